@@ -1,0 +1,5 @@
+import sys
+
+from sparekit.cli.main import main
+
+sys.exit(main())

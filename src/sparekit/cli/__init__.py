@@ -1,0 +1,1 @@
+"""The ``sparekit`` command line (see :mod:`sparekit.cli.main`)."""

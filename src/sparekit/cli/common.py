@@ -1,0 +1,21 @@
+"""Options and output helpers shared by every sub-command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import click
+
+model_option = click.option(
+    "--model", "-m", default="default", show_default=True,
+    help="'default' (Gemma 3 270M), 'smollm2-135m', a hub id, a local folder or a .gguf file.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available).")
+dtype_option = click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
+
+
+def emit(result: dict, as_json: bool, render: Callable[[dict], str]) -> None:
+    """Print ``result`` as JSON, or as the human-readable text ``render`` makes of it."""
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))

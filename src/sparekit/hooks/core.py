@@ -1,0 +1,238 @@
+"""One hook mechanism for everything that reads or edits a model's activations.
+
+Capture, probes, SAE splicing and every steering method go through :class:`Hooks`::
+
+    from sparekit.hooks import Hooks, Site
+
+    with Hooks(lm) as hooks:
+        hooks.capture(Site(6))                                  # residual stream after block 6
+        hooks.edit(Site(8, "mlp"), lambda h: h * 0, positions="last")
+        hooks.stop_after_captures()                             # skip upper layers and LM head
+        lm.model(**batch)
+    h6 = hooks[Site(6)]                                         # [batch, d_model] at the last prompt token
+
+Sites are a layer index plus a component: ``resid`` (output of decoder block L, =
+``output_hidden_states[L + 1]``), ``attn`` (the attention module's output) or
+``mlp`` (the MLP module's output). Positions are ``"last"`` (the last real prompt
+token, correct under left *and* right padding), ``"all"``, or an int index.
+Under ``generate`` with a KV cache, ``when="prompt"`` acts on the prompt pass only
+and ``when="always"`` on every decoding step as well (where ``"last"`` is the new token).
+
+Hooks are registered in ``__enter__`` and always removed on exit, even after an
+error. A decoder layer may return a tensor (transformers 5) or a tuple (older
+versions, attention modules): both are handled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from sparekit.errors import SparekitError
+from sparekit.models.architecture import ModelInfo
+from sparekit.models.loading import LoadedModel
+
+Component = Literal["resid", "attn", "mlp"]
+Positions = Literal["last", "all"] | int
+When = Literal["prompt", "always"]
+EditFn = Callable[[torch.Tensor], torch.Tensor]
+
+_COMPONENT_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A place in the model: ``layer`` (0-based decoder block) and ``component``."""
+
+    layer: int
+    component: Component = "resid"
+
+    def __post_init__(self) -> None:
+        if self.component not in _COMPONENT_ORDER:
+            raise SparekitError(f"unknown component {self.component!r}", "use one of: resid, attn, mlp")
+
+    @property
+    def depth(self) -> tuple[int, int]:
+        """Execution order inside the forward pass."""
+        return (self.layer, _COMPONENT_ORDER[self.component])
+
+    def __str__(self) -> str:
+        return f"{self.component}.{self.layer}"
+
+    @classmethod
+    def parse(cls, text: str) -> Site:
+        """``"6"`` or ``"resid.6"`` / ``"mlp.6"`` / ``"attn.6"``."""
+        component, _, layer = text.rpartition(".")
+        try:
+            return cls(int(layer), component or "resid")  # type: ignore[arg-type]
+        except ValueError:
+            raise SparekitError(f"cannot parse site {text!r}", "write e.g. 6, resid.6, mlp.6 or attn.6") from None
+
+
+class StopForward(Exception):
+    """Raised inside a hook to end the forward pass once every needed site has run."""
+
+
+@dataclass
+class _Action:
+    site: Site
+    positions: Positions
+    when: When
+    edit: EditFn | None = None
+    dtype: torch.dtype | None = None
+    values: list[torch.Tensor] = field(default_factory=list)
+
+
+def last_token_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, device) -> torch.Tensor:
+    """Index of each row's last real token, for left or right padding."""
+    if attention_mask is None or attention_mask.shape[-1] != seq_len:
+        return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
+    mask = attention_mask.to(device).bool()
+    flipped_first_real = mask.flip(-1).int().argmax(-1)
+    return seq_len - 1 - flipped_first_real
+
+
+def _split_output(output) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
+    """Return the hidden-state tensor of a module output and a function rebuilding it."""
+    if isinstance(output, torch.Tensor):
+        return output, lambda hidden: hidden
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0], lambda hidden: (hidden, *output[1:])
+    raise TypeError(f"cannot hook a module returning {type(output).__name__}")
+
+
+class Hooks:
+    """Context manager that captures and edits activations at :class:`Site` s."""
+
+    def __init__(self, lm: LoadedModel | tuple[torch.nn.Module, ModelInfo]):
+        self.model, self.info = (lm.model, lm.info) if isinstance(lm, LoadedModel) else lm
+        self._actions: list[_Action] = []
+        self._stop_site: Site | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._is_prompt_pass = True
+        self._attention_mask: torch.Tensor | None = None
+        self._active = False
+
+    # -- declaring what to do -------------------------------------------------
+    def capture(
+        self, site: Site, positions: Positions = "last", when: When = "prompt", dtype: torch.dtype | None = None
+    ) -> Hooks:
+        """Record the activation at ``site``; read it back with ``hooks[site]``."""
+        self._add(_Action(self._checked(site), positions, when, dtype=dtype))
+        return self
+
+    def edit(self, site: Site, fn: EditFn, positions: Positions = "last", when: When = "prompt") -> Hooks:
+        """Replace the activation at ``site`` by ``fn(activation)`` at ``positions``.
+
+        ``fn`` gets ``[batch, d]`` for a single position per row and ``[batch, seq, d]``
+        for ``"all"``, and returns a tensor of the same shape.
+        """
+        self._add(_Action(self._checked(site), positions, when, edit=fn))
+        return self
+
+    def stop_after(self, site: Site) -> Hooks:
+        """End the forward pass right after ``site`` has run (the call then returns nothing)."""
+        self._stop_site = self._checked(site)
+        return self
+
+    def stop_after_captures(self) -> Hooks:
+        """Stop after the deepest captured site: capture never pays for the upper layers."""
+        sites = [a.site for a in self._actions if a.edit is None]
+        if not sites:
+            raise SparekitError("stop_after_captures() needs at least one capture")
+        return self.stop_after(max(sites, key=lambda s: s.depth))
+
+    # -- reading results ------------------------------------------------------
+    def __getitem__(self, site: Site) -> torch.Tensor:
+        """The most recent captured activation at ``site``."""
+        return self.all(site)[-1]
+
+    def all(self, site: Site) -> list[torch.Tensor]:
+        """Every captured activation at ``site`` (one per matching forward call)."""
+        values = [v for a in self._actions if a.edit is None and a.site == site for v in a.values]
+        if not values:
+            raise KeyError(f"nothing captured at {site}: was it declared with capture() and did the forward reach it?")
+        return values
+
+    # -- context protocol ------------------------------------------------------
+    def __enter__(self) -> Hooks:
+        if self._active:
+            raise RuntimeError("Hooks context is already active")
+        self._active = True
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
+            for action in self._actions:
+                module = self.model.get_submodule(self.info.module_path(action.site.layer, action.site.component))
+                self._handles.append(module.register_forward_hook(self._make_hook(action)))
+            if self._stop_site is not None:
+                module = self.model.get_submodule(self.info.module_path(self._stop_site.layer, self._stop_site.component))
+                self._handles.append(module.register_forward_hook(self._raise_stop))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._remove()
+        return exc_type is StopForward
+
+    # -- internals --------------------------------------------------------------
+    def _checked(self, site: Site) -> Site:
+        if not isinstance(site, Site):
+            raise TypeError(f"expected a Site, got {type(site).__name__}")
+        self.info.check_layer(site.layer)
+        return site
+
+    def _add(self, action: _Action) -> None:
+        if self._active:
+            raise RuntimeError("declare captures and edits before entering the Hooks context")
+        if action.positions not in ("last", "all") and not isinstance(action.positions, int):
+            raise SparekitError(f"bad positions {action.positions!r}", "use 'last', 'all' or an int index")
+        self._actions.append(action)
+
+    def _remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        self._active = False
+
+    def _on_model_call(self, module, args, kwargs) -> None:
+        cache = kwargs.get("past_key_values")
+        self._is_prompt_pass = cache is None or cache.get_seq_length() == 0
+        self._attention_mask = kwargs.get("attention_mask")
+
+    def _raise_stop(self, module, args, output) -> None:
+        raise StopForward
+
+    def _positions(self, hidden: torch.Tensor, positions: Positions) -> torch.Tensor:
+        batch, seq_len = hidden.shape[0], hidden.shape[1]
+        if positions == "last":
+            return last_token_index(self._attention_mask, batch, seq_len, hidden.device)
+        index = positions if positions >= 0 else seq_len + positions
+        if not 0 <= index < seq_len:
+            raise SparekitError(f"position {positions} is outside a sequence of length {seq_len}")
+        return torch.full((batch,), index, dtype=torch.long, device=hidden.device)
+
+    def _make_hook(self, action: _Action):
+        def hook(module, args, output):
+            if action.when == "prompt" and not self._is_prompt_pass:
+                return None
+            hidden, rebuild = _split_output(output)
+            if action.positions == "all":
+                if action.edit is None:
+                    action.values.append(hidden.detach().to(action.dtype or hidden.dtype))
+                    return None
+                return rebuild(action.edit(hidden).to(hidden.dtype))
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            cols = self._positions(hidden, action.positions)
+            vectors = hidden[rows, cols]
+            if action.edit is None:
+                action.values.append(vectors.detach().to(action.dtype or hidden.dtype))
+                return None
+            edited = hidden.clone()
+            edited[rows, cols] = action.edit(vectors).to(hidden.dtype)
+            return rebuild(edited)
+
+        return hook

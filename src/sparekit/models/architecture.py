@@ -1,0 +1,93 @@
+"""Where the decoder blocks, attention and MLP live in each supported architecture.
+
+Layer indexing, stated once for the whole package: **layer L is the output of
+decoder block L**, i.e. ``output_hidden_states[L + 1]`` (``hidden_states[0]`` is
+the embedding output), which TransformerLens calls ``blocks.L.hook_resid_post``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sparekit.errors import SparekitError
+
+# model_type -> (path of the ModuleList of blocks, attention attr, MLP attr)
+_LAYOUTS: dict[str, tuple[str, str, str]] = {
+    "llama": ("model.layers", "self_attn", "mlp"),
+    "mistral": ("model.layers", "self_attn", "mlp"),
+    "qwen2": ("model.layers", "self_attn", "mlp"),
+    "qwen3": ("model.layers", "self_attn", "mlp"),
+    "gemma": ("model.layers", "self_attn", "mlp"),
+    "gemma2": ("model.layers", "self_attn", "mlp"),
+    "gemma3_text": ("model.layers", "self_attn", "mlp"),
+    "gpt2": ("transformer.h", "attn", "mlp"),
+}
+
+SUPPORTED_ARCHITECTURES = tuple(sorted(_LAYOUTS))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A small description of a loaded model's architecture and provenance."""
+
+    name: str
+    model_type: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    layers_path: str
+    attn_attr: str
+    mlp_attr: str
+    model_hash: str
+
+    def block_path(self, layer: int) -> str:
+        return f"{self.layers_path}.{layer}"
+
+    def module_path(self, layer: int, component: str) -> str:
+        """HF module path of a component: ``resid`` (block output), ``attn`` or ``mlp``."""
+        self.check_layer(layer)
+        if component == "resid":
+            return self.block_path(layer)
+        if component == "attn":
+            return f"{self.block_path(layer)}.{self.attn_attr}"
+        if component == "mlp":
+            return f"{self.block_path(layer)}.{self.mlp_attr}"
+        raise SparekitError(f"unknown component {component!r}", "use one of: resid, attn, mlp")
+
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise SparekitError(
+                f"layer {layer} is out of range for {self.name}",
+                f"this model has layers 0..{self.n_layers - 1}",
+            )
+        return layer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe(model: torch.nn.Module, name: str, model_hash: str) -> ModelInfo:
+    """Build :class:`ModelInfo` for an HF causal LM, or raise for unknown layouts."""
+    config = model.config
+    model_type = getattr(config, "model_type", "unknown")
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if model_type not in _LAYOUTS:
+        raise SparekitError(
+            f"unsupported architecture {model_type!r} ({type(model).__name__})",
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
+        )
+    layers_path, attn_attr, mlp_attr = _LAYOUTS[model_type]
+    layers = model.get_submodule(layers_path)
+    return ModelInfo(
+        name=name,
+        model_type=model_type,
+        n_layers=len(layers),
+        d_model=int(getattr(text_config, "hidden_size", None) or text_config.n_embd),
+        vocab_size=int(text_config.vocab_size),
+        layers_path=layers_path,
+        attn_attr=attn_attr,
+        mlp_attr=mlp_attr,
+        model_hash=model_hash,
+    )

