@@ -1,0 +1,185 @@
+"""Sparse autoencoders: one base class, one small subclass per architecture, one registry.
+
+An SAE reads the activation ``h`` of one :class:`~sparekit.hooks.Site` in model units.
+It first standardises ``h`` with per-dimension statistics stored in the SAE
+(``x = (h - input_mean) / input_scale``; identity for imported SAEs), because a few
+massive residual dimensions would otherwise dominate every squared error. Codes live
+in that normalised space; :meth:`SAE.decode` and :meth:`SAE.decode_delta` map back to
+model units, so steering can edit ``h`` directly::
+
+    z = sae.pre_acts(h)                       # dense code SpARE reads
+    h_edit = h - sae.decode_delta(z_minus) + sae.decode_delta(z_plus)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from sparekit.errors import SparekitError
+from sparekit.hooks import Site
+
+REGISTRY: dict[str, type[SAE]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an architecture loadable by the name written in ``cfg.json``."""
+
+    def wrap(cls: type[SAE]) -> type[SAE]:
+        if name in REGISTRY:
+            raise RuntimeError(f"SAE architecture {name!r} registered twice")
+        cls.architecture = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def sae_class(architecture: str) -> type[SAE]:
+    if architecture not in REGISTRY:
+        raise SparekitError(f"unknown SAE architecture {architecture!r}", f"known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[architecture]
+
+
+class SAE(nn.Module):
+    """Base sparse autoencoder; subclasses define :meth:`pre_acts` / :meth:`encode` nonlinearity."""
+
+    architecture: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_sae: int,
+        k: int | None = None,
+        hook_layer: int | None = None,
+        hook_component: str = "resid",
+        apply_b_dec_to_input: bool = False,
+    ):
+        super().__init__()
+        if d_in <= 0 or d_sae <= 0:
+            raise SparekitError(f"SAE sizes must be positive, got d_in={d_in}, d_sae={d_sae}")
+        self.d_in, self.d_sae, self.k = int(d_in), int(d_sae), k
+        self.hook_layer, self.hook_component = hook_layer, hook_component
+        self.apply_b_dec_to_input = apply_b_dec_to_input
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("input_mean", torch.zeros(d_in))
+        self.register_buffer("input_scale", torch.ones(d_in))
+
+    # -- where it reads ----------------------------------------------------------
+    @property
+    def site(self) -> Site | None:
+        """The :class:`Site` this SAE was trained on, when known."""
+        return None if self.hook_layer is None else Site(int(self.hook_layer), self.hook_component)  # type: ignore[arg-type]
+
+    def init_kwargs(self) -> dict:
+        """Constructor arguments besides the sizes (to rebuild an equivalent SAE)."""
+        kwargs = {"hook_layer": self.hook_layer, "hook_component": self.hook_component,
+                  "apply_b_dec_to_input": self.apply_b_dec_to_input}
+        return kwargs if self.k is None else {**kwargs, "k": self.k}
+
+    # -- the maps ----------------------------------------------------------------
+    def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        """Model units -> the SAE's standardised input space."""
+        return (h.to(self.W_enc.dtype) - self.input_mean) / self.input_scale
+
+    def hidden_pre(self, h: torch.Tensor) -> torch.Tensor:
+        """Affine encoder output before any nonlinearity."""
+        x = self.normalize(h)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def pre_acts(self, h: torch.Tensor) -> torch.Tensor:
+        """Dense code SpARE reads: ReLU code (TopK: before top-k; JumpReLU: thresholded)."""
+        return torch.relu(self.hidden_pre(h))
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """Sparse code of ``h`` (model units), ``[N, d_sae]``."""
+        return self.pre_acts(h)
+
+    def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in the standardised space (what the training loss compares)."""
+        return z @ self.W_dec + self.b_dec
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``h`` in model units."""
+        return self.decode_normalized(z) * self.input_scale + self.input_mean
+
+    def decode_delta(self, z: torch.Tensor) -> torch.Tensor:
+        """Change of ``h`` (model units) caused by code ``z``: no bias, scale applied."""
+        return (z.to(self.W_dec.dtype) @ self.W_dec) * self.input_scale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``h``: ``decode(encode(h))``."""
+        return self.decode(self.encode(h))
+
+    # -- persistence -------------------------------------------------------------
+    def config(self) -> dict:
+        """The SAE-specific part of ``cfg.json`` (SAELens keys plus sparekit's own)."""
+        cfg = {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
+               "apply_b_dec_to_input": self.apply_b_dec_to_input, "hook_layer": self.hook_layer,
+               "hook_component": self.hook_component}
+        if self.k is not None:
+            cfg["k"] = self.k
+        return cfg
+
+    def save(self, path) -> None:
+        """Write a SAELens-layout folder (``cfg.json`` + ``sae_weights.safetensors``)."""
+        from sparekit.sae.formats import save_sae
+
+        save_sae(self, path)
+
+    def extra_repr(self) -> str:
+        return f"d_in={self.d_in}, d_sae={self.d_sae}, k={self.k}, site={self.site}"
+
+
+@register("standard")
+class ReluSAE(SAE):
+    """ReLU SAE (SAELens ``standard``): code = relu(W_enc x + b_enc)."""
+
+
+@register("jumprelu")
+class JumpReluSAE(SAE):
+    """JumpReLU SAE (Gemma Scope): a latent fires only above its learned threshold."""
+
+    def __init__(self, d_in: int, d_sae: int, **kwargs):
+        super().__init__(d_in, d_sae, **kwargs)
+        self.threshold = nn.Parameter(torch.zeros(d_sae))
+
+    def pre_acts(self, h: torch.Tensor) -> torch.Tensor:
+        pre = self.hidden_pre(h)
+        return torch.relu(pre) * (pre > self.threshold)
+
+
+def topk_code(dense: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest entries of each row of a non-negative code."""
+    values, indices = dense.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(dense).scatter_(-1, indices, values)
+
+
+@register("topk")
+class TopKSAE(SAE):
+    """TopK SAE: the ``k`` largest ReLU pre-activations of each token fire."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int = 32, **kwargs):
+        super().__init__(d_in, d_sae, k=int(k), **kwargs)
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        return topk_code(self.pre_acts(h), self.k)
+
+
+@register("batchtopk")
+class BatchTopKSAE(TopKSAE):
+    """BatchTopK SAE: trains with the top ``k × N`` codes of a batch; encodes per token with top-k."""
+
+    def batch_encode(self, h: torch.Tensor) -> torch.Tensor:
+        """Training-time code: the ``k * N`` largest values over the whole batch."""
+        dense = self.pre_acts(h)
+        flat = dense.flatten()
+        values, indices = flat.topk(min(self.k * dense.shape[0], flat.numel()), sorted=False)
+        return torch.zeros_like(flat).scatter_(0, indices, values).view_as(dense)

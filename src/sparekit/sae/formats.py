@@ -1,0 +1,264 @@
+"""Read SAEs from the formats users bring, and save in the SAELens layout.
+
+Supported inputs (detected from the files present):
+
+- SAELens / sparekit folder: ``cfg.json`` + ``sae_weights.safetensors``.
+- Gemma Scope: ``params.npz`` (``W_enc, W_dec, b_enc, b_dec, threshold``; JumpReLU).
+- Gemma Scope 2: ``params.safetensors`` (lower-case ``w_enc, w_dec, ...``) + optional ``config.json``.
+- EleutherAI sparsify: ``cfg.json`` + ``sae.safetensors`` (``encoder.weight``, ``encoder.bias``, ``W_dec``, ``b_dec``).
+
+sparekit saves SAELens folders with the input standardisation folded into the weights
+(exact: an affine map before an affine encoder), so SAELens users can read them as-is.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from sparekit.errors import SparekitError
+from sparekit.models.architecture import ModelInfo
+from sparekit.sae.base import SAE, sae_class
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+
+FORMAT_VERSION = 1
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "saes"
+DEFAULT_SAES = ASSETS / "gemma-3-270m"
+_HOOK_PATTERNS = (
+    (re.compile(r"blocks\.(\d+)\.hook_resid_post"), "resid"),
+    (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "attn"),
+    (re.compile(r"blocks\.(\d+)\.hook_mlp_out"), "mlp"),
+    (re.compile(r"layers\.(\d+)\.(?:self_attn|attn)\b"), "attn"),
+    (re.compile(r"layers\.(\d+)\.mlp\b"), "mlp"),
+    (re.compile(r"layers?[._](\d+)"), "resid"),
+)
+_SAELENS_HOOK = {"resid": "blocks.{}.hook_resid_post", "attn": "blocks.{}.hook_attn_out", "mlp": "blocks.{}.hook_mlp_out"}
+
+
+def parse_hook(text: str | None) -> tuple[int | None, str]:
+    """Layer and component from a hook name or path (``blocks.6.hook_resid_post``, ``layers.6``, ``layer_6_width``)."""
+    for pattern, component in _HOOK_PATTERNS:
+        match = pattern.search(text or "")
+        if match:
+            return int(match.group(1)), component
+    return None, "resid"
+
+
+def _tensors(path: Path, keys: dict[str, str], optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Read ``{our_name: file_key}`` from a safetensors or npz file; name the file and key when one is missing."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            available = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in data.files}
+    else:
+        with safe_open(str(path), framework="pt") as fh:
+            available = {k: fh.get_tensor(k).float() for k in fh.keys()}
+    out = {}
+    for name, key in keys.items():
+        if key not in available:
+            if name in optional:
+                continue
+            raise SparekitError(f"missing key {key!r} in {path}", f"keys present: {', '.join(sorted(available))}")
+        out[name] = available[key]
+    return out
+
+
+def _require(cfg: dict, key: str, path: Path):
+    if key not in cfg:
+        raise SparekitError(f"missing key {key!r} in {path}", f"keys present: {', '.join(sorted(cfg))}")
+    return cfg[key]
+
+
+def _build(architecture: str, tensors: dict[str, torch.Tensor], source: Path, **kwargs) -> SAE:
+    W_enc = tensors["W_enc"]
+    d_in, d_sae = W_enc.shape
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, tensor in tensors.items():
+        if name in expected and tuple(tensor.shape) != expected[name]:
+            raise SparekitError(f"{name} in {source} has shape {tuple(tensor.shape)}, expected {expected[name]}")
+    sae = sae_class(architecture)(d_in, d_sae, **kwargs)
+    sae.load_state_dict(tensors, strict=False)
+    missing = {n for n, _ in sae.named_parameters()} - set(tensors)
+    if missing:
+        raise SparekitError(f"{source} lacks {', '.join(sorted(missing))} needed by a {architecture} SAE")
+    return sae.eval()
+
+
+def _load_saelens(folder: Path) -> SAE:
+    cfg_path = folder / "cfg.json"
+    cfg = read_json(cfg_path)
+    architecture = cfg.get("architecture", "standard")
+    norm = cfg.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise SparekitError(f"{cfg_path}: normalize_activations={norm!r} is not supported", "only 'none' is")
+    meta = cfg.get("metadata") or {}
+    extra = cfg.get("sparekit") or {}
+    layer, component = parse_hook(meta.get("hook_name") or cfg.get("hook_name"))
+    layer = extra.get("hook_layer", cfg.get("hook_layer", layer))
+    kwargs = {"hook_layer": layer, "hook_component": extra.get("hook_component", component),
+              "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", False))}
+    if architecture in ("topk", "batchtopk"):
+        kwargs["k"] = int(_require(cfg, "k", cfg_path))
+    keys = {"W_enc": "W_enc", "W_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec"}
+    if architecture == "jumprelu":
+        keys["threshold"] = "threshold"
+    sae = _build(architecture, _tensors(folder / "sae_weights.safetensors", keys), folder / "sae_weights.safetensors", **kwargs)
+    for key, width in (("d_in", sae.d_in), ("d_sae", sae.d_sae)):
+        if key in cfg and int(cfg[key]) != width:
+            raise SparekitError(f"{cfg_path} says {key}={cfg[key]} but the weights have {width}")
+    return sae
+
+
+def _load_gemmascope(file: Path) -> SAE:
+    keys = {n: n for n in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+    layer, _ = parse_hook(str(file.parent))
+    return _build("jumprelu", _tensors(file, keys), file, hook_layer=layer)
+
+
+def _load_gemmascope2(file: Path) -> SAE:
+    keys = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
+    config = file.parent / "config.json"
+    hook = read_json(config).get("hf_hook_point_in") if config.is_file() else None
+    layer, component = parse_hook(hook or str(file.parent))
+    return _build("jumprelu", _tensors(file, keys), file, hook_layer=layer, hook_component=component)
+
+
+def _load_sparsify(folder: Path) -> SAE:
+    cfg_path = folder / "cfg.json"
+    cfg = read_json(cfg_path)
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise SparekitError(f"{cfg_path}: sparsify activation {activation!r} is not supported", "only 'topk' is")
+    if cfg.get("skip_connection"):
+        raise SparekitError(f"{cfg_path}: sparsify SAEs with a skip connection are not supported")
+    weights = folder / "sae.safetensors"
+    tensors = _tensors(weights, {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"})
+    tensors["W_enc"] = tensors["W_enc"].T.contiguous()
+    d_in = int(_require(cfg, "d_in", cfg_path))
+    if tensors["W_enc"].shape[0] != d_in:
+        raise SparekitError(f"{cfg_path} says d_in={d_in} but {weights} has width {tensors['W_enc'].shape[0]}")
+    layer, component = parse_hook(folder.name)
+    return _build("topk", tensors, weights, k=int(_require(cfg, "k", cfg_path)), hook_layer=layer,
+                  hook_component=component, apply_b_dec_to_input=True)
+
+
+def detect_format(path: Path) -> str:
+    """``saelens``, ``gemmascope``, ``gemmascope2`` or ``sparsify`` from the files at ``path``."""
+    if path.is_file():
+        if path.name.endswith(".npz"):
+            return "gemmascope"
+        if path.name == "params.safetensors":
+            return "gemmascope2"
+        path = path.parent
+    if (path / "sae_weights.safetensors").is_file():
+        return "saelens"
+    if (path / "sae.safetensors").is_file():
+        return "sparsify"
+    if (path / "params.npz").is_file():
+        return "gemmascope"
+    if (path / "params.safetensors").is_file():
+        return "gemmascope2"
+    raise SparekitError(
+        f"no SAE found at {path}",
+        "expected cfg.json+sae_weights.safetensors (SAELens), params.npz (Gemma Scope), "
+        "params.safetensors (Gemma Scope 2) or cfg.json+sae.safetensors (sparsify)",
+    )
+
+
+def default_sae_path(layer: int, model: str = "gemma-3-270m") -> Path:
+    folder = ASSETS / model / f"resid.{layer}"
+    if not folder.is_dir():
+        shipped = sorted(p.name for p in (ASSETS / model).glob("resid.*")) if (ASSETS / model).is_dir() else []
+        raise SparekitError(f"no shipped SAE for layer {layer} of {model}", f"shipped: {', '.join(shipped) or 'none'}")
+    return folder
+
+
+def load_sae(
+    path: str | Path = "default",
+    layer: int | None = None,
+    model_info: ModelInfo | None = None,
+    device: str | torch.device | None = None,
+) -> SAE:
+    """Load an SAE from any supported format (float32, eval mode).
+
+    ``path="default"`` with ``layer=L`` returns the SAE shipped for Gemma 3 270M.
+    ``layer`` overrides the layer read from the files. With ``model_info`` the SAE's
+    width and layer are checked against the model.
+    """
+    if str(path) == "default":
+        if layer is None:
+            raise SparekitError("load_sae('default') needs layer=", "shipped layers: see sparekit.sae.shipped_layers()")
+        path = default_sae_path(layer)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SparekitError(f"missing SAE path: {path}")
+    fmt = detect_format(path)
+    folder = path if path.is_dir() else path.parent
+    loader = {"saelens": lambda: _load_saelens(folder),
+              "sparsify": lambda: _load_sparsify(folder),
+              "gemmascope": lambda: _load_gemmascope(path if path.is_file() else folder / "params.npz"),
+              "gemmascope2": lambda: _load_gemmascope2(path if path.is_file() else folder / "params.safetensors")}[fmt]
+    sae = loader()
+    if layer is not None:
+        sae.hook_layer = int(layer)
+    if model_info is not None:
+        check_compatible(sae, model_info, path)
+    return sae.to(device) if device is not None else sae
+
+
+def shipped_layers(model: str = "gemma-3-270m") -> list[int]:
+    folder = ASSETS / model
+    return sorted(int(p.name.split(".")[1]) for p in folder.glob("resid.*")) if folder.is_dir() else []
+
+
+def check_compatible(sae: SAE, info: ModelInfo, source: Path | str = "SAE") -> None:
+    """Raise a clear error when an SAE cannot read this model's activations."""
+    if sae.d_in != info.d_model:
+        raise SparekitError(f"SAE {source} reads width {sae.d_in} but {info.name} has d_model {info.d_model}",
+                            "use an SAE trained on this model")
+    if sae.hook_layer is None:
+        raise SparekitError(f"SAE {source} does not say which layer it reads", "pass layer=")
+    info.check_layer(int(sae.hook_layer))
+
+
+def folded(sae: SAE) -> SAE:
+    """An equivalent SAE reading raw model units: input standardisation folded into the weights."""
+    mean, scale = sae.input_mean, sae.input_scale
+    out = sae_class(sae.architecture)(sae.d_in, sae.d_sae, **{**sae.init_kwargs(), "apply_b_dec_to_input": False})
+    with torch.no_grad():
+        state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
+        b_shift = sae.b_dec if sae.apply_b_dec_to_input else torch.zeros_like(sae.b_dec)
+        state["W_enc"] = sae.W_enc / scale[:, None]
+        state["b_enc"] = sae.b_enc - ((mean / scale + b_shift) @ sae.W_enc)
+        state["W_dec"] = sae.W_dec * scale
+        state["b_dec"] = sae.b_dec * scale + mean
+        state["input_mean"], state["input_scale"] = torch.zeros_like(mean), torch.ones_like(scale)
+        out.load_state_dict(state)
+    return out.eval()
+
+
+def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> Path:
+    """Write ``sae`` as a SAELens folder; ``extra`` (e.g. training facts) goes under ``cfg['sparekit']``."""
+    from sparekit import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    plain = folded(sae)
+    tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in plain.named_parameters()}
+    cfg = plain.config()
+    for key in ("hook_layer", "hook_component"):
+        cfg.pop(key)
+    cfg.update({"dtype": str(dtype).removeprefix("torch."), "normalize_activations": "none",
+                "metadata": {"hook_name": None if sae.hook_layer is None
+                             else _SAELENS_HOOK[sae.hook_component].format(sae.hook_layer)},
+                "sparekit": {"kind": "sae", "format_version": FORMAT_VERSION, "sparekit_version": __version__,
+                             "hook_layer": sae.hook_layer, "hook_component": sae.hook_component, **(extra or {})}})
+    with atomic_path(path / "sae_weights.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_json(path / "cfg.json", cfg)
+    return path
