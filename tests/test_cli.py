@@ -1,0 +1,38 @@
+"""The CLI front door: help, info, generate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sparekit.cli.main import COMMANDS, main
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["packages"]["torch"] and info["device"] in ("cpu", "cuda")
+    assert "gemma3_text" in info["architectures"]
+
+
+def test_missing_argument_through_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "sparekit", "generate"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "PROMPT" in proc.stderr
+
+
+@pytest.mark.slow
+def test_generate_json_on_default_model(capsys):
+    prompt = "context: The capital of France is Lyon.\nquestion: what is the capital of France\nanswer:"
+    assert main(["generate", prompt, "-n", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["completion"].strip().startswith("Lyon")
