@@ -1,0 +1,75 @@
+"""Resolve a dataset name or path to a :class:`ConflictDataset`, local files first.
+
+``default`` is the embedded country-facts dataset shipped in the package; ``nqswap``
+is the shared dev file beside the repository when present (offline), else the hub id
+``pminervini/NQ-Swap`` through the optional ``datasets`` package; anything else is a
+JSONL(.gz) path in the NQ-Swap schema. A file whose name contains ``macnoise`` is
+judged with Macnoise's substring rule for "uses context".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparekit.data.dataset import ConflictDataset, ContextMatch, parse_row, read_jsonl
+from sparekit.errors import SparekitError
+
+NQSWAP_HUB_ID = "pminervini/NQ-Swap"
+DATASET_NAMES = ("default", "nqswap")
+DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "default.jsonl"
+NQSWAP_LOCAL = Path(__file__).resolve().parents[4] / "shared" / "data" / "nqswap" / "dev.jsonl.gz"
+
+
+def _default_dataset() -> ConflictDataset:
+    if not DEFAULT_ASSET.is_file():
+        from sparekit.data.default import build_default_dataset, write_default_dataset
+        from sparekit.models.loading import CACHE_DIR
+
+        cached = CACHE_DIR / "data" / "default.jsonl"
+        if not cached.is_file():
+            write_default_dataset(build_default_dataset(), cached)
+        return read_jsonl(cached, name="default")
+    return read_jsonl(DEFAULT_ASSET, name="default")
+
+
+def _nqswap() -> ConflictDataset:
+    if NQSWAP_LOCAL.is_file():
+        return read_jsonl(NQSWAP_LOCAL, name="nqswap")
+    try:
+        import datasets
+    except ImportError:
+        raise SparekitError(
+            "NQ-Swap is not available locally and the 'datasets' package is not installed",
+            f"pip install datasets (hub id {NQSWAP_HUB_ID}) or pass the path of a local dev.jsonl.gz",
+        ) from None
+    try:
+        rows = datasets.load_dataset(NQSWAP_HUB_ID, split="dev")
+    except Exception as exc:  # network and hub errors come in many types
+        raise SparekitError(f"cannot load {NQSWAP_HUB_ID} from the hub: {exc}",
+                            "pass the path of a local NQ-Swap .jsonl(.gz) file") from None
+    examples = [parse_row(dict(row), f"{NQSWAP_HUB_ID}:{i + 1}", f"nqswap-{i + 1}") for i, row in enumerate(rows)]
+    return ConflictDataset(examples, "nqswap")
+
+
+def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
+                 context_match: ContextMatch | None = None) -> ConflictDataset:
+    """Load ``default``, ``nqswap`` or a JSONL(.gz) path; ``limit`` keeps a seeded sample of rows
+    drawn as whole question groups.
+
+    ``context_match`` overrides the "uses context" rule (``answer`` or ``substring``);
+    by default files named ``*macnoise*`` use ``substring``.
+    """
+    name = str(name_or_path)
+    if name == "default":
+        dataset = _default_dataset()
+    elif name == "nqswap":
+        dataset = _nqswap()
+    elif Path(name).suffix in (".jsonl", ".gz", ".json") or Path(name).exists():
+        path = Path(name)
+        rule: ContextMatch = "substring" if "macnoise" in path.name.lower() else "answer"
+        dataset = read_jsonl(path, context_match=rule)
+    else:
+        raise SparekitError(f"unknown dataset {name!r}", f"use one of {', '.join(DATASET_NAMES)} or a .jsonl(.gz) path")
+    if context_match is not None:
+        dataset = ConflictDataset(list(dataset), dataset.name, context_match)
+    return dataset if limit is None else dataset.sample(limit, seed)

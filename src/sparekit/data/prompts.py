@@ -1,0 +1,64 @@
+"""Few-shot prompts in the papers' format, with demonstrations from other question groups.
+
+Each block is ``context: {ctx}\\nquestion: {q}\\nanswer: {a}\\n\\n`` (no instruction);
+closed-book blocks drop the context line, and the test item ends at ``answer:``.
+Demonstration flavours:
+
+- ``sub_sub``: substituted context + substituted answer (shows "follow the context");
+- ``sub_org``: substituted context + original answer (shows "answer from memory");
+- ``org_org``: original context + original answer (no conflict shown);
+- ``closed``: no context + original answer (closed-book).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Literal
+
+from sparekit.data.dataset import ConflictDataset, ConflictExample
+from sparekit.errors import SparekitError
+
+FLAVOURS = ("sub_sub", "sub_org", "org_org", "closed")
+Flavour = Literal["sub_sub", "sub_org", "org_org", "closed"]
+
+
+def format_block(question: str, context: str | None, answer: str | None = None) -> str:
+    """One prompt block; without ``answer`` it ends at ``answer:`` for the model to complete."""
+    head = "" if context is None else f"context: {context}\n"
+    tail = "answer:" if answer is None else f"answer: {answer}\n\n"
+    return f"{head}question: {question}\n{tail}"
+
+
+def demo_block(example: ConflictExample, flavour: Flavour) -> str:
+    """``example`` as a solved demonstration of ``flavour``."""
+    if flavour == "sub_sub":
+        return format_block(example.question, example.sub_context, example.sub_answer[0])
+    if flavour == "sub_org":
+        return format_block(example.question, example.sub_context, example.org_answer[0])
+    if flavour == "org_org":
+        return format_block(example.question, example.org_context, example.org_answer[0])
+    if flavour == "closed":
+        return format_block(example.question, None, example.org_answer[0])
+    raise SparekitError(f"unknown demonstration flavour {flavour!r}", f"use one of {', '.join(FLAVOURS)}")
+
+
+def sample_demos(dataset: ConflictDataset, exclude_group: str, k: int, flavour: Flavour,
+                 rng: random.Random) -> list[str]:
+    """``k`` formatted demonstrations, each from a different question group other than ``exclude_group``."""
+    if k == 0:
+        return []
+    index = dataset.group_index()
+    candidates = [g for g in index if g != exclude_group]
+    if len(candidates) < k:
+        raise SparekitError(f"{dataset.name}: {k} demonstrations need {k} other question groups, "
+                            f"only {len(candidates)} available", "use a larger dataset or a smaller --k-shot")
+    return [demo_block(dataset[rng.choice(index[g])], flavour) for g in rng.sample(candidates, k)]
+
+
+def build_prompt(example: ConflictExample, context: Literal["org", "sub", None], demos: Sequence[str]) -> str:
+    """Demonstrations followed by ``example`` with its original, substituted or no context."""
+    if context not in ("org", "sub", None):
+        raise SparekitError(f"unknown context {context!r}", "use 'org', 'sub' or None")
+    text = {"org": example.org_context, "sub": example.sub_context, None: None}[context]
+    return "".join(demos) + format_block(example.question, text)

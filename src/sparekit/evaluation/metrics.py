@@ -1,0 +1,65 @@
+"""SQuAD-style exact match, behaviour labels under conflict and conditional steering metrics."""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from sparekit.data.dataset import ConflictExample, ContextMatch
+
+Label = Literal["context", "memory", "other"]
+LABELS: tuple[Label, ...] = ("context", "memory", "other")
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation: unicode NFD, lower-case, drop punctuation and a/an/the, collapse whitespace."""
+    s = unicodedata.normalize("NFD", s).lower()
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match(pred: str, golds: Iterable[str]) -> bool:
+    """True when the normalised prediction equals any normalised gold string."""
+    norm = normalize_answer(pred)
+    return any(norm == normalize_answer(gold) for gold in golds)
+
+
+def uses_context(pred: str, example: ConflictExample, context_match: ContextMatch = "answer") -> bool:
+    """Whether ``pred`` follows the substituted context: EM with ``sub_answer`` (NQ-Swap), or for
+    Macnoise a non-empty normalised prediction found inside the normalised ``sub_context``."""
+    if context_match == "substring":
+        norm = normalize_answer(pred)
+        return bool(norm) and norm in normalize_answer(example.sub_context)
+    return exact_match(pred, example.sub_answer)
+
+
+def behaviour_label(pred: str, example: ConflictExample, context_match: ContextMatch = "answer") -> Label:
+    """Knowledge source of a prediction made with ``sub_context`` in the prompt (context wins ties)."""
+    if uses_context(pred, example, context_match):
+        return "context"
+    if exact_match(pred, example.org_answer):
+        return "memory"
+    return "other"
+
+
+def conditional_metrics(before_labels: Sequence[str], after_labels: Sequence[str]) -> dict[str, float | int | None]:
+    """Where steering moved each item, relative to its unsteered label.
+
+    ``C→M`` is the share of items that used the context before and use memory after
+    (likewise ``C→C``, ``M→C``, ``M→M``); ``None`` when no item had that starting label.
+    """
+    if len(before_labels) != len(after_labels):
+        raise ValueError(f"{len(before_labels)} labels before steering but {len(after_labels)} after")
+    result: dict[str, float | int | None] = {}
+    for start, s in (("context", "C"), ("memory", "M")):
+        afters = [a for b, a in zip(before_labels, after_labels) if b == start]
+        result[f"n_{s}"] = len(afters)
+        for end, e in (("memory", "M"), ("context", "C")):
+            result[f"{s}→{e}"] = afters.count(end) / len(afters) if afters else None
+    return result
