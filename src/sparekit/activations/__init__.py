@@ -1,0 +1,5 @@
+"""Capture hidden states to a sharded safetensors store and read them back (see :mod:`.store`)."""
+
+from sparekit.activations.store import ActivationStore, capture_activations
+
+__all__ = ["ActivationStore", "capture_activations"]
