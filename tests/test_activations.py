@@ -124,3 +124,22 @@ def test_errors(tiny_llama, tmp_path):
     store = capture_activations(tiny_llama, TEXTS, [Site(0)], tmp_path / "ok", progress=False)
     with pytest.raises(SparekitError, match="not in this store"):
         store.load(Site(1))
+
+
+def test_capture_cli_on_a_corpus(tiny_llama, tmp_path, capsys):
+    from sparekit.cli.main import main
+
+    folder = tmp_path / "model"
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    args = ["capture", "--texts", str(corpus), "--model", str(folder), "--layers", "1-2", "--components",
+            "resid,mlp", "--positions", "all", "--skip-first-token", "--out", str(tmp_path / "acts"), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sites"] == ["mlp.1", "resid.1", "mlp.2", "resid.2"]
+    assert result["rows"] == sum(len(tiny_llama.tokenizer(t)["input_ids"]) - 1 for t in TEXTS)
+    assert main(["capture", "--texts", str(corpus), "--model", str(folder), "--layers", "9",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "out of range" in capsys.readouterr().err
