@@ -1,0 +1,214 @@
+"""Evaluate the unsteered model on a conflict dataset: closed-book, original context, conflict.
+
+For every seed (the seed chooses the demonstrations) three conditions are generated:
+
+- ``closed``: no context, ``closed`` demos; one prompt per question group (the answer
+  does not depend on the substitution). Groups answered correctly form the *memorised* set.
+- ``org``: the original context, ``org_org`` demos.
+- ``sub``: the substituted context (conflict), with the same ``org_org`` demos as ``org``.
+
+With ``out_dir`` the run is resumable: predictions are written atomically in chunks of
+``CHUNK`` prompts (``predictions/seed{S}-{condition}-{i}.jsonl``) and chunks already on
+disk are read back instead of regenerated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from sparekit.data.dataset import ConflictDataset
+from sparekit.data.prompts import build_prompt, sample_demos
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches, greedy_generate
+from sparekit.evaluation.metrics import behaviour_label, exact_match
+from sparekit.models.loading import LoadedModel
+from sparekit.utils.env import environment_info
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+
+CONDITIONS = ("closed", "org", "sub")
+CHUNK = 64
+MAX_NEW_TOKENS = 12
+METRICS = ("closed_book_em", "org_context_em", "conflict_uses_context", "conflict_uses_memory", "conflict_other",
+           "memorised_n", "memorised_org_context_em", "memorised_conflict_uses_context",
+           "memorised_conflict_uses_memory")
+
+
+def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_shot: int) -> dict[str, str]:
+    """Prompt per key for one (seed, condition): keys are question groups for ``closed``, row ids otherwise.
+
+    Demonstrations come from other question groups of ``dataset``, drawn with an RNG keyed
+    on (seed, item), so an item's demos do not depend on the order of the rows.
+    """
+    if condition == "closed":
+        index = dataset.group_index()
+        return {group: build_prompt(dataset[rows[0]], None,
+                                    sample_demos(dataset, group, k_shot, "closed", random.Random(f"{seed}:{group}")))
+                for group, rows in index.items()}
+    if condition not in ("org", "sub"):
+        raise SparekitError(f"unknown condition {condition!r}", f"use one of {', '.join(CONDITIONS)}")
+    return {ex.id: build_prompt(ex, condition,
+                                sample_demos(dataset, ex.group, k_shot, "org_org", random.Random(f"{seed}:{ex.id}")))
+            for ex in dataset}
+
+
+def _generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, chunk_dir: Path | None,
+                    chunk_prefix: str, bar: tqdm) -> dict[str, str]:
+    """Greedy predictions for ``prompts``, reading/writing chunk files under ``chunk_dir`` when given.
+
+    Prompts are sorted by length so batches waste little left padding.
+    """
+    keys = sorted(prompts, key=lambda k: (len(prompts[k]), k))
+    predictions: dict[str, str] = {}
+    for i, chunk in enumerate(batches(keys, CHUNK)):
+        path = None if chunk_dir is None else chunk_dir / f"{chunk_prefix}-{i:04d}.jsonl"
+        if path is not None and path.is_file():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            if [r["key"] for r in rows] != list(chunk):
+                raise SparekitError(f"{path} does not match this run's items", "delete the run directory to restart")
+            predictions.update((r["key"], r["prediction"]) for r in rows)
+        else:
+            outputs = greedy_generate(lm, [prompts[k] for k in chunk], max_new_tokens=MAX_NEW_TOKENS,
+                                      batch_size=batch_size)
+            predictions.update(zip(chunk, outputs))
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    tmp.write_text("".join(json.dumps({"key": k, "prediction": o}, ensure_ascii=False) + "\n"
+                                           for k, o in zip(chunk, outputs)), encoding="utf-8")
+        bar.update(len(chunk))
+    return predictions
+
+
+def closed_book_predictions(lm: LoadedModel, dataset: ConflictDataset, seed: int = 42, k_shot: int = 3,
+                            batch_size: int = 8) -> list[str]:
+    """The few-shot closed-book prediction for each row (shared by the rows of a question group)."""
+    prompts = condition_prompts(dataset, "closed", seed, k_shot)
+    with tqdm(total=len(prompts), desc="closed-book", unit="prompt", leave=False) as bar:
+        by_group = _generate_keyed(lm, prompts, batch_size, None, "", bar)
+    return [by_group[ex.group] for ex in dataset]
+
+
+def memorised_subset(lm: LoadedModel, dataset: ConflictDataset, seed: int = 42, k_shot: int = 3,
+                     batch_size: int = 8) -> ConflictDataset:
+    """Rows whose question the model answers correctly closed-book: only these can be in conflict."""
+    preds = closed_book_predictions(lm, dataset, seed, k_shot, batch_size)
+    return dataset.subset([i for i, (ex, p) in enumerate(zip(dataset, preds)) if exact_match(p, ex.org_answer)])
+
+
+def dataset_fingerprint(dataset: ConflictDataset) -> str:
+    """SHA-256 of the rows' content, so a run directory is tied to the exact items evaluated."""
+    digest = hashlib.sha256()
+    for ex in dataset:
+        digest.update(json.dumps(ex.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def run_config(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int) -> dict:
+    """Everything that determines the predictions of a run (batch size and environment excluded)."""
+    return {"kind": "eval", "dataset": dataset.name, "dataset_sha256": dataset_fingerprint(dataset),
+            "n": len(dataset), "context_match": dataset.context_match, "seeds": [int(s) for s in seeds],
+            "k_shot": k_shot, "max_new_tokens": MAX_NEW_TOKENS, "model": lm.info.name,
+            "model_hash": lm.info.model_hash}
+
+
+def default_run_dir(config: dict, root: str | Path = "runs") -> Path:
+    """``runs/eval-<dataset>-<hash of config>``: the same config resumes the same directory."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / f"eval-{config['dataset']}-{digest}"
+
+
+def _prepare_run_dir(out_dir: Path, config: dict) -> None:
+    path = out_dir / "config.json"
+    if path.is_file():
+        if read_json(path) != config:
+            raise SparekitError(f"{out_dir} holds a run with a different configuration",
+                                "choose another --out directory or delete this one")
+    else:
+        atomic_write_json(path, config)
+    atomic_write_json(out_dir / "environment.json", environment_info())
+
+
+def _item_records(dataset: ConflictDataset, closed: dict[str, str], org: dict[str, str],
+                  sub: dict[str, str]) -> list[dict]:
+    return [{"id": ex.id, "relation": ex.relation, "closed": closed[ex.group], "org": org[ex.id], "sub": sub[ex.id],
+             "closed_em": exact_match(closed[ex.group], ex.org_answer), "org_em": exact_match(org[ex.id], ex.org_answer),
+             "sub_label": behaviour_label(sub[ex.id], ex, dataset.context_match)} for ex in dataset]
+
+
+def _share(rows: list[dict], test: Callable[[dict], bool]) -> float | None:
+    return sum(map(test, rows)) / len(rows) if rows else None
+
+
+def _metrics(items: list[dict]) -> dict[str, float | int | None]:
+    memorised = [it for it in items if it["closed_em"]]
+    return {
+        "closed_book_em": _share(items, lambda it: it["closed_em"]),
+        "org_context_em": _share(items, lambda it: it["org_em"]),
+        "conflict_uses_context": _share(items, lambda it: it["sub_label"] == "context"),
+        "conflict_uses_memory": _share(items, lambda it: it["sub_label"] == "memory"),
+        "conflict_other": _share(items, lambda it: it["sub_label"] == "other"),
+        "memorised_n": len(memorised),
+        "memorised_org_context_em": _share(memorised, lambda it: it["org_em"]),
+        "memorised_conflict_uses_context": _share(memorised, lambda it: it["sub_label"] == "context"),
+        "memorised_conflict_uses_memory": _share(memorised, lambda it: it["sub_label"] == "memory"),
+    }
+
+
+def _mean_std(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and population std over seeds (None values, from empty subsets, are left out)."""
+    kept = [v for v in values if v is not None]
+    if not kept:
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(kept), "std": statistics.pstdev(kept)}
+
+
+def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int = 3,
+             out_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True) -> dict:
+    """Unsteered accuracy and knowledge-source shares, mean ± std over ``seeds``.
+
+    Returns ``n``, ``seeds``, every name in :data:`METRICS` as ``{"mean", "std"}``, the same
+    per ``relation`` under ``by_relation`` (empty without relations) and ``per_seed`` values. With ``out_dir`` the config, environment, per-item predictions
+    (``items-seed{S}.jsonl``) and ``results.json`` are written there, and an interrupted
+    run resumes from its chunk files.
+    """
+    if not seeds:
+        raise SparekitError("no seeds given", "pass at least one seed, e.g. --seeds 42")
+    if len(dataset) == 0:
+        raise SparekitError(f"{dataset.name}: nothing to evaluate (0 rows)")
+    config = run_config(lm, dataset, seeds, k_shot)
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None:
+        _prepare_run_dir(out, config)
+    total = len(seeds) * (len(dataset.groups()) + 2 * len(dataset))
+    per_seed: dict[str, dict] = {}
+    per_relation: dict[str, dict] = {}
+    with tqdm(total=total, desc=f"eval {dataset.name}", unit="prompt", disable=not progress) as bar:
+        for seed in seeds:
+            preds = {cond: _generate_keyed(lm, condition_prompts(dataset, cond, seed, k_shot), batch_size,
+                                           None if out is None else out / "predictions", f"seed{seed}-{cond}", bar)
+                     for cond in CONDITIONS}
+            items = _item_records(dataset, preds["closed"], preds["org"], preds["sub"])
+            per_seed[str(seed)] = _metrics(items)
+            relations = sorted({it["relation"] for it in items if it["relation"] is not None})
+            per_relation[str(seed)] = {r: _metrics([it for it in items if it["relation"] == r]) for r in relations}
+            if out is not None:
+                with atomic_path(out / f"items-seed{seed}.jsonl") as tmp:
+                    tmp.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items),
+                                   encoding="utf-8")
+    result = {"dataset": dataset.name, "model": lm.info.name, "model_hash": lm.info.model_hash,
+              "n": len(dataset), "seeds": list(config["seeds"]), "k_shot": k_shot,
+              **{name: _mean_std([per_seed[str(s)][name] for s in seeds]) for name in METRICS},
+              "by_relation": {r: {name: _mean_std([per_relation[str(s)][r][name] for s in seeds]) for name in METRICS}
+                              for r in per_relation[str(seeds[0])]},
+              "per_seed": per_seed}
+    if out is not None:
+        result["run_dir"] = str(out)
+        atomic_write_json(out / "results.json", result)
+    return result
+
