@@ -1,0 +1,26 @@
+"""Steering methods behind one interface (see :mod:`sparekit.steering.base`).
+
+Importing this package registers every method; ``make_method(kind, **params)`` builds one
+and ``load_method(path)`` restores a saved one.
+"""
+
+from sparekit.steering.base import (
+    DIRECTIONS,
+    REGISTRY,
+    BehaviourData,
+    Direction,
+    Gate,
+    Steered,
+    SteeringMethod,
+    SteeringPrompt,
+    load_method,
+    make_method,
+)
+from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
+from sparekit.steering import baselines  # noqa: F401  (registers the baselines)
+from sparekit.steering.spare import SpARE
+
+__all__ = [
+    "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "Gate", "SpARE", "Steered", "SteeringMethod",
+    "SteeringPrompt", "behaviour_prompts", "collect_behaviour_data", "load_method", "make_method",
+]

@@ -1,0 +1,298 @@
+"""One interface for every steering method.
+
+A method is fitted on behaviour data (prompts the unsteered model answered from the
+context or from memory, with their last-prompt-token hidden states) and then applied
+as a context manager around generation::
+
+    method = ActAdd(layer=6).fit(behaviour)
+    with method.steer(lm, toward="memory", strength=4.0) as steered:
+        answers = steered.generate(prompts)          # list[SteeringPrompt] -> list[str]
+        # hook-based methods also steer a plain lm.model.generate(...) inside the block
+
+Methods differ in three overridable places only: :meth:`SteeringMethod.edits` (residual
+edits through the shared :class:`~sparekit.hooks.Hooks`), :meth:`SteeringMethod.rewrite`
+(prompt-level methods such as ICL) and :meth:`SteeringMethod.logits_processor`
+(decoding-level methods such as CAD and DoLa). Edits touch the last prompt token of
+the prompt pass only. A ``gate`` restricts the edit to prompts where it fires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LogitsProcessorList
+
+from sparekit.data.dataset import ConflictDataset, ConflictExample
+from sparekit.data.prompts import build_prompt
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches, greedy_generate
+from sparekit.hooks import Hooks, Site
+from sparekit.models.loading import LoadedModel
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+
+Direction = Literal["context", "memory"]
+DIRECTIONS: tuple[Direction, ...] = ("context", "memory")
+FORMAT_VERSION = 1
+EditFn = Callable[[torch.Tensor], torch.Tensor]
+
+REGISTRY: dict[str, type[SteeringMethod]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a method constructible and loadable by ``name``."""
+
+    def wrap(cls: type[SteeringMethod]) -> type[SteeringMethod]:
+        if name in REGISTRY:
+            raise RuntimeError(f"steering method {name!r} registered twice")
+        cls.kind = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class SteeringPrompt:
+    """A test item with its demonstrations, kept structured so any method can rebuild it."""
+
+    example: ConflictExample
+    context: Literal["org", "sub"] | None
+    demos: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return build_prompt(self.example, self.context, self.demos)
+
+    @property
+    def text_without_context(self) -> str:
+        """Same demonstrations, test item closed-book (the contrast CAD needs)."""
+        return build_prompt(self.example, None, self.demos)
+
+
+@dataclass
+class BehaviourData:
+    """Prompts labelled by what the unsteered model did, with their hidden states.
+
+    ``labels``: 1 = used the context, 0 = used memory. ``hidden[layer]``: float32
+    ``[n, d_model]`` at the last prompt token (residual stream after block ``layer``).
+    ``pool``: the feature-learning question groups (ICL draws demonstrations here).
+    """
+
+    prompts: list[SteeringPrompt]
+    labels: np.ndarray
+    hidden: dict[int, torch.Tensor]
+    pool: ConflictDataset | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def require_both_classes(self, who: str) -> None:
+        n_context, n_memory = int((self.labels == 1).sum()), int((self.labels == 0).sum())
+        if n_context == 0 or n_memory == 0:
+            missing = "uses-context" if n_context == 0 else "uses-memory"
+            raise SparekitError(
+                f"{who}: behaviour data has no {missing} examples ({n_context} context, {n_memory} memory)",
+                "use more feature-learning groups or other demonstration flavours/seeds",
+            )
+
+    def layer(self, layer: int, who: str) -> torch.Tensor:
+        if layer not in self.hidden:
+            raise SparekitError(f"{who}: no hidden states for layer {layer} in the behaviour data",
+                                f"collect layers {sorted(self.hidden)} or include {layer}")
+        return self.hidden[layer].float()
+
+    def group_means(self, layer: int, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean hidden state over uses-context and over uses-memory prompts."""
+        h = self.layer(layer, who)
+        labels = torch.as_tensor(self.labels)
+        return h[labels == 1].mean(0), h[labels == 0].mean(0)
+
+
+class Gate:
+    """Decides per prompt whether steering applies (e.g. the conflict probe fires)."""
+
+    site: Site
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        """``[batch, d]`` hidden states at :attr:`site` -> boolean ``[batch]``."""
+        raise NotImplementedError
+
+
+class Steered:
+    """What ``with method.steer(...)`` yields: generation under the chosen steering."""
+
+    def __init__(self, method: SteeringMethod, lm: LoadedModel, toward: Direction, strength: float | None,
+                 gate: Gate | None, batch_size: int):
+        self.method, self.lm, self.toward, self.strength = method, lm, toward, strength
+        self.gate, self.batch_size = gate, batch_size
+        self._row_mask: torch.Tensor | None = None
+
+    def generate(self, prompts: Sequence[SteeringPrompt], max_new_tokens: int = 12, progress: bool = False) -> list[str]:
+        outputs: list[str] = []
+        for chunk in batches(list(prompts), self.batch_size):
+            rewritten = self.method.rewrite(list(chunk), self.toward, self.strength)
+            texts = [p.text for p in rewritten]
+            self._row_mask = self._gate_mask(texts) if self.gate is not None else None
+            processors = self.method.logits_processor(self.lm, rewritten, self.toward, self.strength)
+            outputs += greedy_generate(self.lm, texts, max_new_tokens=max_new_tokens, batch_size=len(texts),
+                                       logits_processor=processors)
+        return outputs
+
+    def _gate_mask(self, texts: list[str]) -> torch.Tensor:
+        from sparekit.evaluation.generation import tokenize
+
+        with Hooks(self.lm).capture(self.gate.site).stop_after_captures() as hooks, torch.inference_mode():
+            self.lm.model(**tokenize(self.lm, texts))
+        return self.gate.fire(hooks[self.gate.site].float())
+
+    def gated(self, fn: EditFn) -> EditFn:
+        """Wrap an edit so rows whose gate did not fire keep their activation."""
+
+        def edit(h: torch.Tensor) -> torch.Tensor:
+            new = fn(h)
+            if self._row_mask is None or self._row_mask.shape[0] != h.shape[0]:
+                return new
+            keep = self._row_mask.to(h.device)[:, None]
+            return torch.where(keep, new, h)
+
+        return edit
+
+
+class SteeringMethod:
+    """Base class: sklearn-style (``__init__`` stores parameters, ``fit`` learns ``*_``)."""
+
+    kind: ClassVar[str] = ""
+    #: the strengths a sweep or dev-split tuning tries; empty for methods without one.
+    strength_grid: ClassVar[tuple[float, ...]] = ()
+    default_strength: ClassVar[float | None] = None
+
+    # -- parameters ---------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> SteeringMethod:
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise SparekitError(f"{self.kind}: unknown parameter {key!r}", f"valid: {', '.join(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    # -- fitting --------------------------------------------------------------------
+    def fit(self, data: BehaviourData) -> SteeringMethod:
+        """Learn from behaviour data; the base method needs nothing."""
+        self.fitted_ = True
+        return self
+
+    def check_is_fitted(self) -> None:
+        if not getattr(self, "fitted_", False):
+            raise SparekitError(f"{self.kind} is not fitted", "call .fit(behaviour_data) or load a fitted method first")
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Layers whose hidden states :meth:`fit` reads (behaviour data must include them)."""
+        return ()
+
+    # -- the three ways to steer ----------------------------------------------------
+    def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
+        """Residual-stream edits at the last prompt token (hook-based methods override)."""
+        return []
+
+    def rewrite(self, prompts: list[SteeringPrompt], toward: Direction, strength: float | None) -> list[SteeringPrompt]:
+        """Prompt-level steering (ICL overrides)."""
+        return prompts
+
+    def logits_processor(self, lm: LoadedModel, prompts: list[SteeringPrompt], toward: Direction,
+                         strength: float | None) -> LogitsProcessorList | None:
+        """Decoding-level steering (CAD, DoLa override)."""
+        return None
+
+    @contextlib.contextmanager
+    def steer(self, lm: LoadedModel, toward: Direction, strength: float | None = None, gate: Gate | None = None,
+              batch_size: int = 8) -> Iterator[Steered]:
+        """Apply the method around generation; hooks are removed on exit, even after an error."""
+        if toward not in DIRECTIONS:
+            raise SparekitError(f"unknown direction {toward!r}", "use 'context' or 'memory'")
+        self.check_is_fitted()
+        strength = self.default_strength if strength is None else strength
+        steered = Steered(self, lm, toward, strength, gate, batch_size)
+        hooks = Hooks(lm)
+        for site, fn in self.edits(lm, toward, strength):
+            hooks.edit(site, steered.gated(fn), positions="last", when="prompt")
+        with hooks:
+            yield steered
+
+    # -- persistence -------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Learned tensors to save (names end in ``_``)."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and isinstance(v, torch.Tensor)}
+
+    def state_extra(self) -> dict[str, Any]:
+        """Learned non-tensor state (JSON-serialisable)."""
+        return {}
+
+    def load_extra(self, extra: dict[str, Any]) -> None:
+        """Restore what :meth:`state_extra` saved."""
+
+    def save(self, path: str | Path) -> None:
+        """Write ``config.json`` + ``tensors.safetensors`` into the folder ``path``."""
+        import sparekit
+
+        self.check_is_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
+        with atomic_path(path / "tensors.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(path / "config.json", {
+            "kind": self.kind, "format_version": FORMAT_VERSION, "sparekit_version": sparekit.__version__,
+            "params": self.get_params(), "extra": self.state_extra(),
+        })
+
+
+def load_method(path: str | Path) -> SteeringMethod:
+    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle)."""
+    path = Path(path)
+    config = read_json(path / "config.json")
+    kind = config.get("kind")
+    if kind not in REGISTRY:
+        raise SparekitError(f"{path}: unknown steering method {kind!r}", f"known: {', '.join(sorted(REGISTRY))}")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise SparekitError(f"{path}: format version {config.get('format_version')} is not {FORMAT_VERSION}")
+    method = REGISTRY[kind]().set_params(**config["params"])
+    tensor_file = path / "tensors.safetensors"
+    for key, value in (load_file(str(tensor_file)) if tensor_file.is_file() else {}).items():
+        setattr(method, key, value)
+    method.load_extra(config.get("extra", {}))
+    method.fitted_ = True
+    return method
+
+
+def make_method(kind: str, **params: Any) -> SteeringMethod:
+    """Instantiate a registered method by name."""
+    if kind not in REGISTRY:
+        raise SparekitError(f"unknown steering method {kind!r}", f"known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[kind]().set_params(**params)
+
+
+def with_strength_sign(toward: Direction) -> float:
+    """+1 toward context, -1 toward memory: the sign of a context-minus-memory direction."""
+    return 1.0 if toward == "context" else -1.0
+
+
+__all__ = [
+    "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "Gate", "Steered", "SteeringMethod", "SteeringPrompt",
+    "load_method", "make_method", "register", "with_strength_sign",
+]

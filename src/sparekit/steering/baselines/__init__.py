@@ -1,0 +1,1 @@
+"""Baseline steering methods; importing this package registers them."""

@@ -1,0 +1,143 @@
+"""SpARE: steer knowledge selection by editing SAE features (Zhao et al., NAACL 2025).
+
+Per layer: SAE pre-activation codes ``z`` of the last prompt token; per feature the
+mutual information with the behaviour label (min-max scaled ``z``, seeded) and the
+mean difference ``E = mean_context(z) - mean_memory(z)``. Features are taken in MI
+order until their cumulative MI exceeds ``mi_mass`` (K) × total MI; ``E > 0`` makes a
+context feature, ``E < 0`` a memory feature. Steering toward memory removes up to
+``α·z̄_C`` of each context feature and tops memory features up to ``α·z̄_M``;
+toward context it swaps the roles. The edit is added to ``h`` as a difference of
+decoded codes (the decoder bias cancels); ``h`` is never replaced by a reconstruction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.feature_selection import mutual_info_classif
+
+from sparekit.errors import SparekitError
+from sparekit.hooks import Site
+from sparekit.models.loading import LoadedModel
+from sparekit.sae import SAE, load_sae
+from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register
+
+
+def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
+    """Indices of the smallest MI-ordered prefix whose cumulative MI exceeds ``mass`` × total."""
+    if not 0 < mass <= 1:
+        raise SparekitError(f"mi_mass must be in (0, 1], got {mass}")
+    order = np.argsort(-mi, kind="stable")
+    total = float(mi.sum())
+    if total <= 0:
+        return order[:0]
+    cumulative = np.cumsum(mi[order])
+    count = int(np.searchsorted(cumulative, mass * total, side="right")) + 1
+    return order[: min(count, len(order))]
+
+
+def feature_mutual_information(z: torch.Tensor, labels: np.ndarray, seed: int) -> np.ndarray:
+    """MI between each min-max-scaled feature and the label; constant features get 0."""
+    z = z.numpy().astype(np.float64)
+    low, span = z.min(0), z.max(0) - z.min(0)
+    active = span > 0
+    mi = np.zeros(z.shape[1])
+    if active.any():
+        scaled = (z[:, active] - low[active]) / span[active]
+        mi[active] = mutual_info_classif(scaled, labels, discrete_features=False, random_state=seed)
+    return mi
+
+
+def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_target: torch.Tensor,
+                add_idx: torch.Tensor, add_target: torch.Tensor) -> torch.Tensor:
+    """The residual change: ``-W_dec^T z⁻ + W_dec^T z⁺`` with z⁻ = min(target, z), z⁺ = max(target - z, 0)."""
+    z_minus = torch.zeros_like(z)
+    z_plus = torch.zeros_like(z)
+    z_minus[:, remove_idx] = torch.minimum(remove_target, z[:, remove_idx])
+    z_plus[:, add_idx] = torch.clamp(add_target - z[:, add_idx], min=0)
+    return sae.decode_delta(z_plus) - sae.decode_delta(z_minus)
+
+
+@register("spare")
+class SpARE(SteeringMethod):
+    """SAE-based representation engineering at the last prompt token of several layers."""
+
+    strength_grid = (1.0, 1.5, 2.0, 3.0)
+    default_strength = 2.0
+
+    def __init__(self, layers: tuple[int, ...] = (5, 6, 7, 8), sae: str = "default", mi_mass: float = 0.07,
+                 seed: int = 0):
+        self.layers_param = layers
+        self.sae = sae
+        self.mi_mass = mi_mass
+        self.seed = seed
+
+    # sklearn-style get_params reads attributes named like __init__ arguments
+    @property
+    def layers(self) -> tuple[int, ...]:  # type: ignore[override]
+        return tuple(int(x) for x in self.layers_param)
+
+    @layers.setter
+    def layers(self, value) -> None:
+        self.layers_param = tuple(int(x) for x in value)
+
+    def _sae(self, layer: int) -> SAE:
+        cache = self.__dict__.setdefault("_saes", {})
+        if layer not in cache:
+            source = self.sae if self.sae == "default" else self.sae.format(layer=layer)
+            cache[layer] = load_sae(source, layer=layer).eval()
+        return cache[layer]
+
+    def fit(self, data: BehaviourData) -> SpARE:
+        data.require_both_classes(self.kind)
+        labels = data.labels
+        for layer in self.layers:
+            sae = self._sae(layer)
+            with torch.no_grad():
+                z = sae.pre_acts(data.layer(layer, self.kind))
+            z_context, z_memory = z[torch.as_tensor(labels == 1)].mean(0), z[torch.as_tensor(labels == 0)].mean(0)
+            mi = feature_mutual_information(z, labels, self.seed)
+            chosen = torch.as_tensor(select_by_mi_mass(mi, self.mi_mass), dtype=torch.long)
+            diff = (z_context - z_memory)[chosen]
+            context_idx, memory_idx = chosen[diff > 0], chosen[diff < 0]
+            setattr(self, f"context_idx_{layer}_", context_idx)
+            setattr(self, f"memory_idx_{layer}_", memory_idx)
+            setattr(self, f"mean_context_{layer}_", z_context)
+            setattr(self, f"mean_memory_{layer}_", z_memory)
+            setattr(self, f"mi_{layer}_", torch.as_tensor(mi, dtype=torch.float32))
+        self.fitted_ = True
+        return self
+
+    def selected(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context features, memory features) chosen at ``layer``."""
+        return getattr(self, f"context_idx_{layer}_"), getattr(self, f"memory_idx_{layer}_")
+
+    def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
+        alpha = float(self.default_strength if strength is None else strength)
+        return [(Site(layer), self._edit(lm, layer, toward, alpha)) for layer in self.layers]
+
+    def _edit(self, lm: LoadedModel, layer: int, toward: Direction, alpha: float) -> EditFn:
+        from sparekit.sae import check_compatible
+
+        sae = self._sae(layer).to(lm.model.device)
+        check_compatible(sae, lm.info, self.sae)
+        context_idx, memory_idx = (t.to(lm.model.device) for t in self.selected(layer))
+        mean_context = getattr(self, f"mean_context_{layer}_").to(lm.model.device)
+        mean_memory = getattr(self, f"mean_memory_{layer}_").to(lm.model.device)
+        if toward == "memory":  # remove context features, add memory features
+            remove_idx, remove_mean, add_idx, add_mean = context_idx, mean_context, memory_idx, mean_memory
+        else:
+            remove_idx, remove_mean, add_idx, add_mean = memory_idx, mean_memory, context_idx, mean_context
+        remove_target, add_target = alpha * remove_mean[remove_idx], alpha * add_mean[add_idx]
+
+        def edit(h: torch.Tensor) -> torch.Tensor:
+            z = sae.pre_acts(h.float())
+            return h + spare_delta(z, sae, remove_idx, remove_target, add_idx, add_target).to(h.dtype)
+
+        return edit
+
+    def state_extra(self) -> dict[str, Any]:
+        return {"n_context_features": {L: len(self.selected(L)[0]) for L in self.layers},
+                "n_memory_features": {L: len(self.selected(L)[1]) for L in self.layers}}
