@@ -3,7 +3,7 @@
 Per layer: SAE pre-activation codes ``z`` of the last prompt token; per feature the
 mutual information with the behaviour label (min-max scaled ``z``, seeded) and the
 mean difference ``E = mean_context(z) - mean_memory(z)``. Features are taken in MI
-order until their cumulative MI exceeds ``mi_mass`` (K) × total MI; ``E > 0`` makes a
+order until their cumulative MI reaches ``mi_mass`` (K) × total MI; ``E > 0`` makes a
 context feature, ``E < 0`` a memory feature. Steering toward memory removes up to
 ``α·z̄_C`` of each context feature and tops memory features up to ``α·z̄_M``;
 toward context it swaps the roles. The edit is added to ``h`` as a difference of
@@ -26,7 +26,7 @@ from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMet
 
 
 def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
-    """Indices of the smallest MI-ordered prefix whose cumulative MI exceeds ``mass`` × total."""
+    """Indices of the smallest MI-ordered prefix whose cumulative MI reaches ``mass`` × total."""
     if not 0 < mass <= 1:
         raise SparekitError(f"mi_mass must be in (0, 1], got {mass}")
     order = np.argsort(-mi, kind="stable")
@@ -34,7 +34,7 @@ def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
     if total <= 0:
         return order[:0]
     cumulative = np.cumsum(mi[order])
-    count = int(np.searchsorted(cumulative, mass * total, side="right")) + 1
+    count = int(np.searchsorted(cumulative, mass * total, side="left")) + 1
     return order[: min(count, len(order))]
 
 
