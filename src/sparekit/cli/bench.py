@@ -1,0 +1,109 @@
+"""``sparekit bench``: steering methods side by side, and their strength frontier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sparekit.cli.common import device_option, emit, json_option, model_option
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size):
+    from sparekit.data import load_dataset
+    from sparekit.models import load_model
+    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+
+    data = load_dataset(dataset)
+    lm = load_model(model, device=device)
+    config = BenchConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=_int_list(seeds),
+                         layers=_int_list(layers), pool_groups=pool_groups, dev_groups=dev_groups,
+                         test_limit=test_limit)
+    from sparekit.steering import REGISTRY
+
+    for label in config.methods:
+        if label.partition("+")[0] not in REGISTRY:
+            raise click.BadParameter(f"unknown method {label!r}; known: {', '.join(sorted(REGISTRY))}", param_hint="--methods")
+    out = Path(out or f"runs/bench-steer-{data.name}-{lm.info.model_hash[:8]}")
+    return SteeringBenchmark(lm, data, config, out, batch_size=batch_size), out
+
+
+def _options(fn):
+    from sparekit.steering.benchmark import DEFAULT_METHODS
+
+    for option in reversed([
+        click.option("--dataset", "-d", default="default", show_default=True, help="default, nqswap, or a JSONL path."),
+        model_option,
+        click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
+                     help="Comma-separated methods; append +gate to steer only where the conflict probe fires."),
+        click.option("--seeds", default="42,43,44", show_default=True, help="Seeds for the test demonstrations."),
+        click.option("--layers", default="5,6,7,8", show_default=True, help="Candidate layers (SpARE edits all)."),
+        click.option("--pool-groups", default=128, show_default=True, help="Feature-learning question groups."),
+        click.option("--dev-groups", default=32, show_default=True, help="Question groups for tuning."),
+        click.option("--test-limit", default=150, show_default=True, help="Test items (seeded sample)."),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Run directory (default runs/bench-steer-<dataset>-<model>); rerun to resume."),
+        device_option,
+        click.option("--batch-size", default=8, show_default=True),
+        json_option,
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: steering methods side by side on a conflict dataset."""
+
+
+@bench.command("steer")
+@_options
+def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size,
+                as_json):
+    """EM toward memory / context and EM without conflict for every method, mean ± std over seeds.
+
+    \b
+    Example:
+      sparekit bench steer --dataset default --methods none,actadd,spare,spare+gate --seeds 42,43
+    """
+    from sparekit.steering.benchmark import markdown_table
+    from sparekit.utils.io import atomic_write_text
+
+    runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
+                                 device, batch_size)
+    summary = runner.run()
+    table = markdown_table(summary)
+    atomic_write_text(out_dir / "results.md", table + "\n")
+    summary["run_dir"] = str(out_dir)
+    emit(summary, as_json, lambda r: f"{table}\n\nrun directory: {out_dir}")
+
+
+@bench.command("frontier")
+@_options
+def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device,
+                   batch_size, as_json):
+    """Sweep each method's strength: EM toward the target vs EM without conflict, plotted per direction."""
+    from sparekit.reporting.frontier import plot_frontier
+
+    runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
+                                 device, batch_size)
+    curves = runner.frontier()
+    plot = plot_frontier(curves, out_dir / "frontier.png", title=f"{runner.lm.info.name} on {runner.dataset.name}")
+
+    def render(r: dict) -> str:
+        lines = []
+        for label, by_direction in r["curves"].items():
+            for toward, points in by_direction.items():
+                pts = ", ".join(f"s={p['strength']}: {100 * p['em_target']:.0f}/{100 * p['em_no_conflict']:.0f}"
+                                for p in points)
+                lines.append(f"{label:>12} → {toward:<7} {pts}")
+        return "\n".join(lines + [f"(EM toward target / EM without conflict, %)  plot: {r['plot']}"])
+
+    emit({"curves": curves, "plot": str(plot), "run_dir": str(out_dir)}, as_json, render)

@@ -1,0 +1,1 @@
+"""Figures and tables people read instead of JSON."""

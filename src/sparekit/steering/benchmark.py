@@ -1,0 +1,382 @@
+"""The steering benchmark: every method through one loop, tuned on dev, scored on test.
+
+Protocol (method.md, SpARE section): the memorised items of a dataset are split by
+question group into a feature-learning *pool* (behaviour data, ICL demonstrations,
+the gate's conflict probe), a *dev* split (each method's hyper-parameters and
+strength per direction) and a *test* split (every reported number). Test prompts use
+``k_shot`` org_ctx/org_ans demonstrations from the pool, a different draw per seed.
+
+Per method, seed and direction: EM toward the target under conflict (``em_memory``:
+steered toward memory and answers ``org_answer``; ``em_context``: steered toward
+context and answers ``sub_answer``), the conditional moves relative to the unsteered
+answer, and EM on the same questions *without* conflict (``org_context``) under the
+same steering, so harm is visible. Every generation is cached in the run directory
+(one atomic JSONL file per cell) and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sparekit.data.dataset import ConflictDataset, split_by_group
+from sparekit.data.prompts import sample_demos
+from sparekit.errors import SparekitError
+from sparekit.evaluation.harness import _mean_std as mean_std
+from sparekit.evaluation.harness import memorised_subset
+from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, exact_match, uses_context
+from sparekit.models.loading import LoadedModel
+from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
+from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
+from sparekit.utils.env import environment_info
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+
+DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
+
+
+@dataclass
+class BenchConfig:
+    """Everything that determines a steering benchmark's numbers."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: tuple[int, ...] = (42, 43, 44)
+    layers: tuple[int, ...] = (5, 6, 7, 8)
+    pool_groups: int = 128
+    dev_groups: int = 32
+    test_limit: int | None = 150
+    behaviour_seeds: tuple[int, ...] = (0, 1)
+    k_shot: int = 3
+    split_seed: int = 0
+    gate_threshold: float = 0.5
+    param_grids: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def grid(self, kind: str) -> dict[str, list]:
+        """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""
+        if kind in self.param_grids:
+            return self.param_grids[kind]
+        defaults = {"spare": {"mi_mass": [0.01, 0.03, 0.07]}, "actadd": {"layer": list(self.layers)},
+                    "knob": {"layer": list(self.layers)}, "sea": {"layer": list(self.layers)}}
+        return defaults.get(kind, {})
+
+
+def _kind(label: str) -> tuple[str, bool]:
+    """``"spare+gate"`` -> ("spare", gated)."""
+    kind, _, suffix = label.partition("+")
+    if suffix not in ("", "gate"):
+        raise SparekitError(f"unknown method variant {label!r}", "append +gate to gate a method on the conflict probe")
+    return kind, suffix == "gate"
+
+
+class ProbeGate(Gate):
+    """Steer only prompts the conflict probe flags (probability above ``threshold``)."""
+
+    def __init__(self, probe, layer: int, threshold: float = 0.5):
+        from sparekit.hooks import Site
+
+        self.probe, self.site, self.threshold = probe, Site(layer), threshold
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.probe.predict_proba(h.cpu().numpy())[:, 1] > self.threshold)
+
+
+def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,
+                 k_shot: int) -> list[SteeringPrompt]:
+    """org_ctx/org_ans demonstrations from the pool, drawn per (seed, item)."""
+    return [SteeringPrompt(ex, context, tuple(sample_demos(demo_pool, ex.group, k_shot, "org_org",  # type: ignore[arg-type]
+                                                           random.Random(f"{seed}:{ex.id}"))))
+            for ex in items]
+
+
+class SteeringBenchmark:
+    """Runs :class:`BenchConfig` on one model and dataset, caching every generation in ``out_dir``."""
+
+    def __init__(self, lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
+                 batch_size: int = 8, progress: bool = True):
+        self.lm, self.dataset, self.config = lm, dataset, config
+        self.out = Path(out_dir)
+        self.batch_size, self.progress = batch_size, progress
+        self._record_config()
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def _record_config(self) -> None:
+        config = {"kind": "bench-steer", "dataset": self.dataset.name, "n_rows": len(self.dataset),
+                  "model": self.lm.info.name, "model_hash": self.lm.info.model_hash, **asdict(self.config)}
+        config = json.loads(json.dumps(config))
+        path = self.out / "config.json"
+        if path.is_file():
+            previous = read_json(path)
+            if {k: v for k, v in previous.items() if k != "methods"} != {k: v for k, v in config.items() if k != "methods"}:
+                raise SparekitError(f"{self.out} holds a benchmark with a different configuration",
+                                    "choose another --out directory or delete this one")
+        atomic_write_json(path, config)
+        atomic_write_json(self.out / "environment.json", environment_info())
+
+    def _cached_generate(self, name: str, method: SteeringMethod, prompts: list[SteeringPrompt], toward: Direction,
+                         strength: float | None, gate: Gate | None) -> list[str]:
+        path = self.out / "generations" / f"{name}.jsonl"
+        ids = [f"{p.example.id}:{p.context}" for p in prompts]
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            if [r["id"] for r in rows] == ids:
+                return [r["prediction"] for r in rows]
+        with method.steer(self.lm, toward=toward, strength=strength, gate=gate, batch_size=self.batch_size) as steered:
+            outputs = steered.generate(prompts)
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps({"id": i, "prediction": o}, ensure_ascii=False) + "\n"
+                                   for i, o in zip(ids, outputs)), encoding="utf-8")
+        return outputs
+
+    # -- data ---------------------------------------------------------------------------
+    def splits(self) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
+        """(pool, dev, test) memorised items, split by question group."""
+        path = self.out / "memorised.json"
+        if path.is_file():
+            keep = set(read_json(path)["ids"])
+            memorised = self.dataset.subset([i for i, ex in enumerate(self.dataset) if ex.id in keep])
+        else:
+            memorised = memorised_subset(self.lm, self.dataset, seed=42, k_shot=self.config.k_shot,
+                                         batch_size=self.batch_size)
+            atomic_write_json(path, {"ids": [ex.id for ex in memorised]})
+        n_groups = len(memorised.groups())
+        c = self.config
+        if n_groups < c.k_shot + 3:
+            raise SparekitError(f"{self.dataset.name}: only {n_groups} memorised question groups",
+                                "use a larger dataset or a model that knows more of it")
+        pool_n = min(c.pool_groups, n_groups // 2)
+        dev_n = min(c.dev_groups, (n_groups - pool_n) // 3)
+        fractions = [pool_n / n_groups, dev_n / n_groups, 1 - (pool_n + dev_n) / n_groups]
+        pool, dev, test = split_by_group(memorised, fractions, seed=c.split_seed)
+        if c.test_limit is not None and len(test) > c.test_limit:
+            test = test.sample(c.test_limit, seed=c.split_seed)
+        return pool, dev, test
+
+    def behaviour(self, pool: ConflictDataset) -> BehaviourData:
+        """Behaviour data on the pool, cached as safetensors + JSON."""
+        from safetensors.torch import load_file, save_file
+
+        tensors, meta = self.out / "behaviour.safetensors", self.out / "behaviour.json"
+        prompts = behaviour_prompts(pool, self.config.behaviour_seeds)
+        if tensors.is_file() and meta.is_file():
+            saved = read_json(meta)
+            by_key = {f"{p.example.id}|{'|'.join(p.demos)}": p for p in prompts}
+            kept = [by_key[k] for k in saved["keys"]]
+            hidden = {int(k.split(".")[1]): v for k, v in load_file(str(tensors)).items()}
+            return BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"])
+        data = collect_behaviour_data(self.lm, prompts, self.config.layers, pool=pool,
+                                      context_match=self.dataset.context_match, batch_size=self.batch_size,
+                                      progress=self.progress)
+        with atomic_path(tensors) as tmp:
+            save_file({f"layer.{k}": v.contiguous() for k, v in data.hidden.items()}, str(tmp))
+        atomic_write_json(meta, {"keys": [f"{p.example.id}|{'|'.join(p.demos)}" for p in data.prompts],
+                                 "labels": data.labels.tolist(), "meta": data.meta})
+        return data
+
+    def conflict_gate(self, pool: ConflictDataset) -> ProbeGate:
+        """A conflict probe fitted on the pool (org vs sub context) at the first steering layer."""
+        from sparekit.hooks import Hooks, Site
+        from sparekit.probes import LinearProbe
+        from sparekit.evaluation.generation import batches, tokenize
+
+        layer = min(self.config.layers)
+        path = self.out / "gate_probe"
+        if (path / "config.json").is_file():
+            probe = LinearProbe.load(path, model_hash=self.lm.info.model_hash)
+            return ProbeGate(probe, layer, self.config.gate_threshold)
+        prompts = [p for ctx in ("org", "sub") for p in eval_prompts(pool, pool, ctx, 0, self.config.k_shot)]
+        rows = []
+        for chunk in batches(prompts, self.batch_size):
+            with Hooks(self.lm).capture(Site(layer), dtype=torch.float32).stop_after_captures() as hooks, \
+                    torch.inference_mode():
+                self.lm.model(**tokenize(self.lm, [p.text for p in chunk]))
+            rows.append(hooks[Site(layer)])
+        X = torch.cat(rows).numpy()
+        y = np.asarray([1 if p.context == "sub" else 0 for p in prompts])
+        probe = LinearProbe(seed=0, site=f"resid.{layer}", model_hash=self.lm.info.model_hash).fit(X, y)
+        probe.save(path)
+        return ProbeGate(probe, layer, self.config.gate_threshold)
+
+    # -- scoring --------------------------------------------------------------------------
+    @staticmethod
+    def _hit(pred: str, prompt: SteeringPrompt, toward: Direction, context_match: str) -> bool:
+        if prompt.context == "org" or toward == "memory":
+            return exact_match(pred, prompt.example.org_answer)
+        return uses_context(pred, prompt.example, context_match)  # type: ignore[arg-type]
+
+    def _score(self, preds: Sequence[str], prompts: Sequence[SteeringPrompt], toward: Direction) -> float:
+        hits = [self._hit(p, q, toward, self.dataset.context_match) for p, q in zip(preds, prompts)]
+        return float(np.mean(hits)) if hits else 0.0
+
+    # -- tuning -----------------------------------------------------------------------------
+    def tune(self, label: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset,
+             gate: Gate | None) -> dict[str, Any]:
+        """Per direction, the (params, strength) with the best dev EM toward the target."""
+        kind, _ = _kind(label)
+        path = self.out / "tuning" / f"{label}.json"
+        if path.is_file():
+            return read_json(path)
+        grid = self.config.grid(kind)
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+        dev_prompts = eval_prompts(dev, pool, "sub", 7, self.config.k_shot)
+        best: dict[str, Any] = {}
+        for params in combos:
+            method = self._fit(kind, params, data)
+            strengths = method.strength_grid or (None,)
+            for toward in DIRECTIONS:
+                for strength in strengths:
+                    name = f"dev/{label}-{_slug(params)}-{toward}-{strength}"
+                    score = self._score(self._cached_generate(name, method, dev_prompts, toward, strength, gate),
+                                        dev_prompts, toward)
+                    if toward not in best or score > best[toward]["dev_em"]:
+                        best[toward] = {"params": params, "strength": strength, "dev_em": score}
+        atomic_write_json(path, best)
+        return best
+
+    def _fit(self, kind: str, params: dict, data: BehaviourData) -> SteeringMethod:
+        defaults = {"layers": tuple(self.config.layers)} if kind == "spare" else {}
+        if kind in ("actadd", "knob", "sea", "dola") and "layer" not in params and hasattr(make_method(kind), "layer"):
+            defaults["layer"] = sorted(self.config.layers)[len(self.config.layers) // 2]
+        return make_method(kind, **{**defaults, **params}).fit(data)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        pool, dev, test = self.splits()
+        data = self.behaviour(pool)
+        labels = data.labels
+        summary: dict[str, Any] = {
+            "dataset": self.dataset.name, "model": self.lm.info.name, "model_hash": self.lm.info.model_hash,
+            "splits": {"pool_groups": len(pool.groups()), "dev_groups": len(dev.groups()),
+                       "test_items": len(test), "test_groups": len(test.groups())},
+            "behaviour": {"n": int(len(labels)), "uses_context": int((labels == 1).sum()),
+                          "uses_memory": int((labels == 0).sum()), **data.meta},
+            "seeds": list(self.config.seeds), "methods": {},
+        }
+        needs_gate = any(_kind(m)[1] for m in self.config.methods)
+        gate = self.conflict_gate(pool) if needs_gate else None
+        baseline = self._unsteered(test, pool)
+        for label in tqdm(self.config.methods, desc="methods", disable=not self.progress):
+            summary["methods"][label] = self._evaluate(label, data, dev, test, pool, gate, baseline)
+            atomic_write_json(self.out / "results.json", summary)
+        return summary
+
+    def _unsteered(self, test: ConflictDataset, pool: ConflictDataset) -> dict[int, list[str]]:
+        """Unsteered labels on the conflict prompts, per seed (for the conditional metrics)."""
+        none = make_method("none").fit(None)  # type: ignore[arg-type]
+        labels = {}
+        for seed in self.config.seeds:
+            prompts = eval_prompts(test, pool, "sub", seed, self.config.k_shot)
+            preds = self._cached_generate(f"test/none-seed{seed}-sub-context", none, prompts, "context", None, None)
+            labels[seed] = [behaviour_label(p, q.example, self.dataset.context_match) for p, q in zip(preds, prompts)]
+        return labels
+
+    def _evaluate(self, label: str, data: BehaviourData, dev: ConflictDataset, test: ConflictDataset,
+                  pool: ConflictDataset, gate: Gate | None, baseline: dict[int, list[str]]) -> dict[str, Any]:
+        kind, gated = _kind(label)
+        use_gate = gate if gated else None
+        tuned = self.tune(label, data, dev, pool, use_gate)
+        per_seed: dict[str, list[float]] = {"em_memory": [], "em_context": [], "em_no_conflict": [],
+                                            "em_no_conflict_memory": [], "em_no_conflict_context": []}
+        moves: dict[str, list] = {"memory": [], "context": []}
+        bar = tqdm(total=len(self.config.seeds) * 4, desc=label, leave=False, disable=not self.progress)
+        for seed in self.config.seeds:
+            for toward in DIRECTIONS:
+                choice = tuned[toward]
+                method = self._fit(kind, choice["params"], data)
+                for context in ("sub", "org"):
+                    prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
+                    name = f"test/{label}-{_slug(choice['params'])}-{choice['strength']}-seed{seed}-{context}-{toward}"
+                    preds = self._cached_generate(name, method, prompts, toward, choice["strength"], use_gate)
+                    score = self._score(preds, prompts, toward)
+                    if context == "sub":
+                        per_seed[f"em_{toward}"].append(score)
+                        after = [behaviour_label(p, q.example, self.dataset.context_match)
+                                 for p, q in zip(preds, prompts)]
+                        moves[toward].append(conditional_metrics(baseline[seed], after))
+                    else:
+                        per_seed[f"em_no_conflict_{toward}"].append(score)
+                    bar.update(1)
+            per_seed["em_no_conflict"].append((per_seed["em_no_conflict_memory"][-1]
+                                               + per_seed["em_no_conflict_context"][-1]) / 2)
+        bar.close()
+        result: dict[str, Any] = {name: mean_std(values) for name, values in per_seed.items()}
+        result["conditional"] = {toward: {key: mean_std([m[key] for m in runs]) for key in runs[0]}
+                                 for toward, runs in moves.items()}
+        result["tuned"] = tuned
+        result["per_seed"] = per_seed
+        self._export(label, kind, tuned, data)
+        return result
+
+    def _export(self, label: str, kind: str, tuned: dict, data: BehaviourData) -> None:
+        """Save the dev-tuned fitted method per direction (``sparekit steer --fitted`` reads these)."""
+        for toward in DIRECTIONS:
+            folder = self.out / "fitted" / label / toward
+            self._fit(kind, tuned[toward]["params"], data).save(folder)
+            atomic_write_json(folder / "tuned.json", {**tuned[toward], "toward": toward, "label": label})
+
+
+    def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None) -> dict[str, Any]:
+        """Strength sweep per method and direction on test: EM toward the target vs EM without conflict.
+
+        Uses each method's dev-tuned parameters and its whole strength grid; the frontier
+        (not one setting) is the fair comparison between a dense vector and SpARE.
+        """
+        pool, dev, test = self.splits()
+        data = self.behaviour(pool)
+        seed = self.config.seeds[0] if seed is None else seed
+        needs_gate = any(_kind(m)[1] for m in (labels or self.config.methods))
+        gate = self.conflict_gate(pool) if needs_gate else None
+        curves: dict[str, Any] = {}
+        for label in labels or self.config.methods:
+            kind, gated = _kind(label)
+            tuned = self.tune(label, data, dev, pool, gate if gated else None)
+            curves[label] = {}
+            for toward in DIRECTIONS:
+                params = tuned[toward]["params"]
+                method = self._fit(kind, params, data)
+                points = []
+                for strength in method.strength_grid or (None,):
+                    point: dict[str, Any] = {"strength": strength}
+                    for context in ("sub", "org"):
+                        prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
+                        name = f"test/{label}-{_slug(params)}-{strength}-seed{seed}-{context}-{toward}"
+                        preds = self._cached_generate(name, method, prompts, toward, strength,
+                                                      gate if gated else None)
+                        point["em_target" if context == "sub" else "em_no_conflict"] = self._score(preds, prompts, toward)
+                    points.append(point)
+                curves[label][toward] = points
+        atomic_write_json(self.out / "frontier.json", curves)
+        return curves
+
+
+def _slug(params: dict) -> str:
+    if not params:
+        return "default"
+    text = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return text if len(text) < 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def markdown_table(summary: dict) -> str:
+    """The side-by-side table: EM toward each target and EM without conflict, mean ± std (%)."""
+
+    def cell(stat: dict) -> str:
+        if stat["mean"] is None:
+            return "n/a"
+        return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+    lines = ["| method | EM_M (→ memory) | EM_C (→ context) | EM no conflict (steered) | C→M | M→C | tuned (memory / context) |",
+             "|---|---|---|---|---|---|---|"]
+    for label, r in summary["methods"].items():
+        tuned = r["tuned"]
+        choice = " / ".join(f"{_slug(tuned[d]['params'])}, s={tuned[d]['strength']}" for d in ("memory", "context"))
+        lines.append(f"| {label} | {cell(r['em_memory'])} | {cell(r['em_context'])} | {cell(r['em_no_conflict'])} | "
+                     f"{cell(r['conditional']['memory']['C→M'])} | {cell(r['conditional']['context']['M→C'])} | {choice} |")
+    return "\n".join(lines)
