@@ -1,0 +1,43 @@
+"""``actadd``: add the context-minus-memory mean difference to the residual stream.
+
+``v = mean_context(h) - mean_memory(h)`` at ``layer``; the edit at the last prompt token
+is ``h + sign · strength · v`` (sign +1 toward context, -1 toward memory).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparekit.hooks import Site
+from sparekit.models.loading import LoadedModel
+from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register, with_strength_sign
+
+
+@register("actadd")
+class ActAdd(SteeringMethod):
+    """Activation addition with the behaviour groups' mean difference at one layer."""
+
+    strength_grid = (1.0, 2.0, 4.0, 8.0)
+    default_strength = 4.0
+
+    def __init__(self, layer: int = 6):
+        self.layer = layer
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return (int(self.layer),)
+
+    def fit(self, data: BehaviourData) -> ActAdd:
+        data.require_both_classes(self.kind)
+        mean_context, mean_memory = data.group_means(int(self.layer), self.kind)
+        self.vector_ = mean_context - mean_memory
+        self.fitted_ = True
+        return self
+
+    def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
+        shift = with_strength_sign(toward) * float(strength) * self.vector_.to(lm.model.device)
+
+        def edit(h: torch.Tensor) -> torch.Tensor:
+            return h + shift.to(h.dtype)
+
+        return [(Site(int(self.layer)), edit)]
