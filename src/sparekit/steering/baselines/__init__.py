@@ -12,10 +12,11 @@ from sparekit.steering.baselines.dola import DoLa, logit_lens
 from sparekit.steering.baselines.icl import InContextDemonstrations
 from sparekit.steering.baselines.knob import Knob
 from sparekit.steering.baselines.none import NoSteering
+from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.baselines.sea import SpectralEditing
 from sparekit.steering.baselines.shadow import ShadowForward
 
 __all__ = [
-    "ActAdd", "ContextAwareDecoding", "DoLa", "InContextDemonstrations", "Knob", "NoSteering", "ShadowForward",
-    "SpectralEditing", "logit_lens",
+    "ActAdd", "ContextAwareDecoding", "DoLa", "InContextDemonstrations", "Knob", "NoSteering", "OneLayerMethod",
+    "ShadowForward", "SpectralEditing", "logit_lens",
 ]

@@ -10,11 +10,12 @@ import torch
 
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
-from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register, with_strength_sign
+from sparekit.steering.base import BehaviourData, Direction, EditFn, register, with_strength_sign
+from sparekit.steering.baselines.one_layer import OneLayerMethod
 
 
 @register("actadd")
-class ActAdd(SteeringMethod):
+class ActAdd(OneLayerMethod):
     """Activation addition with the behaviour groups' mean difference at one layer."""
 
     strength_grid = (1.0, 2.0, 4.0, 8.0)
@@ -22,10 +23,6 @@ class ActAdd(SteeringMethod):
 
     def __init__(self, layer: int = 6):
         self.layer = layer
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return (int(self.layer),)
 
     def fit(self, data: BehaviourData) -> ActAdd:
         data.require_both_classes(self.kind)
@@ -40,4 +37,4 @@ class ActAdd(SteeringMethod):
         def edit(h: torch.Tensor) -> torch.Tensor:
             return h + shift.to(h.dtype)
 
-        return [(Site(int(self.layer)), edit)]
+        return [(self.site, edit)]

@@ -18,11 +18,12 @@ from sklearn.preprocessing import StandardScaler
 
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
-from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register
+from sparekit.steering.base import BehaviourData, Direction, EditFn, register
+from sparekit.steering.baselines.one_layer import OneLayerMethod
 
 
 @register("knob")
-class Knob(SteeringMethod):
+class Knob(OneLayerMethod):
     """Set the activation's coordinate on the learned 1-D knob to the target side."""
 
     strength_grid = (0.0, 1.0, 2.0)
@@ -33,18 +34,14 @@ class Knob(SteeringMethod):
         self.C = C
         self.seed = seed
 
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return (int(self.layer),)
-
     def fit(self, data: BehaviourData) -> Knob:
-        data.require_both_classes(self.kind)
-        h = data.layer(int(self.layer), self.kind).double().numpy()
+        hidden = self.labelled_hidden(data)
+        h = hidden.double().numpy()
         scaler = StandardScaler().fit(h)
         probe = LogisticRegression(C=self.C, random_state=self.seed, max_iter=1000).fit(scaler.transform(h), data.labels)
         direction = probe.coef_[0] / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
         u = torch.as_tensor(direction / np.linalg.norm(direction), dtype=torch.float32)
-        projection = data.layer(int(self.layer), self.kind) @ u
+        projection = hidden @ u
         labels = torch.as_tensor(data.labels)
         p_context, p_memory = projection[labels == 1].mean(), projection[labels == 0].mean()
         if p_context < p_memory:
@@ -68,4 +65,4 @@ class Knob(SteeringMethod):
             coordinate = h.float() @ u
             return (h.float() + (t - coordinate)[:, None] * u).to(h.dtype)
 
-        return [(Site(int(self.layer)), edit)]
+        return [(self.site, edit)]

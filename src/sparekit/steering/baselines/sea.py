@@ -28,7 +28,8 @@ import torch
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
-from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register
+from sparekit.steering.base import BehaviourData, Direction, EditFn, register
+from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.spare import select_by_mi_mass
 
 
@@ -41,7 +42,7 @@ def spectral_basis(centred: torch.Tensor, energy: float) -> torch.Tensor:
 
 
 @register("sea")
-class SpectralEditing(SteeringMethod):
+class SpectralEditing(OneLayerMethod):
     """Linear SEA at one layer: keep the target group's spectrum, remove the other's."""
 
     strength_grid = (0.5, 1.0)
@@ -52,15 +53,10 @@ class SpectralEditing(SteeringMethod):
         self.energy = energy
         self.seed = seed
 
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return (int(self.layer),)
-
     def fit(self, data: BehaviourData) -> SpectralEditing:
-        data.require_both_classes(self.kind)
         if not 0 < self.energy <= 1:
             raise SparekitError(f"sea: energy must be in (0, 1], got {self.energy}")
-        h = data.layer(int(self.layer), self.kind)
+        h = self.labelled_hidden(data)
         self.mean_ = h.mean(0)
         rng = np.random.default_rng(self.seed)
         groups = {name: np.flatnonzero(data.labels == label) for name, label in (("context", 1), ("memory", 0))}
@@ -82,4 +78,4 @@ class SpectralEditing(SteeringMethod):
             edited = mean + 0.5 * (x + (x @ keep) @ keep.T - (x @ remove) @ remove.T)
             return (h.float() + s * (edited - h.float())).to(h.dtype)
 
-        return [(Site(int(self.layer)), edit)]
+        return [(self.site, edit)]
