@@ -1,0 +1,150 @@
+"""The probing experiment: features and labels from a conflict dataset, per-layer probe metrics.
+
+Following the probing paper, only *memorised* items are used (the model answers them
+correctly closed-book). Each item is asked twice with the same ``org_org`` few-shot
+demonstrations: with ``org_context`` (no conflict, label 0) and with ``sub_context``
+(conflict, label 1). Features are the last prompt token's hidden state at each site.
+Two targets:
+
+- ``conflict``: org vs sub prompt, over all memorised items;
+- ``source``: among the sub prompts, will the model answer from the context (1) or from
+  memory (0), labelled by its own greedy answer; items answering neither are dropped.
+
+Metrics are computed on held-out question groups, for several seeds (seed = split and
+probe initialisation), as mean ± std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+from tqdm.auto import tqdm
+
+from sparekit.activations import capture_activations
+from sparekit.data import ConflictDataset, split_by_group
+from sparekit.errors import SparekitError
+from sparekit.evaluation.harness import _generate_keyed, condition_prompts, memorised_subset
+from sparekit.evaluation.metrics import behaviour_label
+from sparekit.hooks import Site
+from sparekit.models.loading import LoadedModel
+from sparekit.probes.linear import LinearProbe
+
+TARGETS = ("conflict", "source")
+METRICS = ("accuracy", "auroc", "auprc")
+MIN_ITEMS = 8
+
+
+@dataclass
+class ProbingData:
+    """Features of the org and sub prompts of ``items`` at ``sites``, and the model's behaviour on sub."""
+
+    items: ConflictDataset
+    org: dict[Site, torch.Tensor]
+    sub: dict[Site, torch.Tensor]
+    behaviour: list[str]
+
+    def target(self, name: str, site: Site) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+        """``(X, y, row_ids)`` of one target; ``row_ids`` ties rows to items for group splits."""
+        ids = [ex.id for ex in self.items]
+        if name == "conflict":
+            return (torch.cat([self.org[site], self.sub[site]]), np.repeat([0, 1], len(ids)), ids + ids)
+        if name == "source":
+            keep = [i for i, b in enumerate(self.behaviour) if b in ("context", "memory")]
+            y = np.array([int(self.behaviour[i] == "context") for i in keep])
+            return self.sub[site][keep], y, [ids[i] for i in keep]
+        raise SparekitError(f"unknown probe target {name!r}", f"use one of {', '.join(TARGETS)}")
+
+    def source_items(self) -> ConflictDataset:
+        return self.items.subset([i for i, b in enumerate(self.behaviour) if b in ("context", "memory")])
+
+    def counts(self) -> dict[str, int]:
+        return {label: self.behaviour.count(label) for label in ("context", "memory", "other")}
+
+
+def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], work_dir: str | Path, *,
+            k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True) -> ProbingData:
+    """Memorised items of ``dataset``, their org/sub features at ``sites`` and the model's behaviour.
+
+    Activations and predictions are cached under ``work_dir``: a rerun resumes.
+    """
+    work_dir = Path(work_dir)
+    items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size)
+    if len(items) < MIN_ITEMS:
+        raise SparekitError(f"only {len(items)} of {len(dataset)} items of {dataset.name} are memorised by "
+                            f"{lm.info.name}; probing needs at least {MIN_ITEMS}",
+                            "use a larger --limit or a dataset the model knows better")
+    prompts = {c: condition_prompts(dataset, c, prompt_seed, k_shot) for c in ("org", "sub")}
+    org = [prompts["org"][ex.id] for ex in items]
+    sub = [prompts["sub"][ex.id] for ex in items]
+    store = capture_activations(lm, org + sub, sites, work_dir / "activations", positions="last",
+                                ids=[f"org:{ex.id}" for ex in items] + [f"sub:{ex.id}" for ex in items],
+                                dtype=torch.float32, batch_size=batch_size, max_length=None, progress=progress)
+    n = len(items)
+    features = {site: store.load(site) for site in sites}
+    with tqdm(total=n, desc="conflict answers", unit="prompt", disable=not progress, leave=False) as bar:
+        predictions = _generate_keyed(lm, {ex.id: p for ex, p in zip(items, sub)}, batch_size,
+                                      work_dir / "predictions", "sub", bar)
+    behaviour = [behaviour_label(predictions[ex.id], ex, dataset.context_match) for ex in items]
+    return ProbingData(items, {s: f[:n] for s, f in features.items()}, {s: f[n:] for s, f in features.items()},
+                       behaviour)
+
+
+def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    if len(set(y.tolist())) < 2:
+        raise SparekitError("a held-out split has a single class, so AUROC is undefined",
+                            "use more items (--limit) or fewer held-out groups")
+    return {"accuracy": float(accuracy_score(y, p > 0.5)), "auroc": float(roc_auc_score(y, p)),
+            "auprc": float(average_precision_score(y, p))}
+
+
+def _mean_std(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs]))}
+            for m in METRICS}
+
+
+def cross_validate(data: ProbingData, target: str, site: Site, seeds: Sequence[int], test_fraction: float = 0.3,
+                   probe_params: dict | None = None) -> dict[str, dict[str, float]]:
+    """Held-out-group metrics of a probe on ``target`` at ``site``, mean/std over ``seeds``."""
+    X, y, row_ids = data.target(target, site)
+    items = data.items if target == "conflict" else data.source_items()
+    if len(items.groups()) < 4:
+        raise SparekitError(f"too few question groups ({len(items.groups())}) for a {target} probe split",
+                            "use a larger --limit")
+    runs = []
+    for seed in seeds:
+        train_items, _ = split_by_group(items, [1 - test_fraction, test_fraction], seed)
+        train_ids = {ex.id for ex in train_items}
+        train = np.array([i in train_ids for i in row_ids])
+        probe = LinearProbe(seed=seed, **(probe_params or {})).fit(X[train], y[train])
+        runs.append(_scores(y[~train], probe.predict_proba(X[~train])[:, 1]))
+    return _mean_std(runs)
+
+
+def transfer(train: ProbingData, test: ProbingData, target: str, site: Site, seeds: Sequence[int],
+             probe_params: dict | None = None) -> dict[str, dict[str, float]]:
+    """Fit on all of ``train`` and score on all of ``test`` (another dataset), mean/std over seeds."""
+    X, y, _ = train.target(target, site)
+    X_test, y_test, _ = test.target(target, site)
+    runs = [_scores(y_test, LinearProbe(seed=s, **(probe_params or {})).fit(X, y).predict_proba(X_test)[:, 1])
+            for s in seeds]
+    return _mean_std(runs)
+
+
+def layer_table(per_site: dict[Site, dict[str, dict[str, float]]], sites: Sequence[Site]) -> dict:
+    """Per-metric ``{"mean": [...], "std": [...]}`` lists in the order of ``sites``, plus ``best_layer``."""
+    table: dict = {m: {k: [per_site[s][m][k] for s in sites] for k in ("mean", "std")} for m in METRICS}
+    best = max(range(len(sites)), key=lambda i: (table["accuracy"]["mean"][i], table["auroc"]["mean"][i]))
+    table["best_layer"] = sites[best].layer
+    return table
+
+
+def fit_probe(data: ProbingData, target: str, site: Site, seed: int, model_hash: str,
+              probe_params: dict | None = None) -> LinearProbe:
+    """The deployable probe: fitted on every row of ``target`` at ``site``."""
+    X, y, _ = data.target(target, site)
+    return LinearProbe(seed=seed, site=str(site), model_hash=model_hash, **(probe_params or {})).fit(X, y)

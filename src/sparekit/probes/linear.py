@@ -1,0 +1,146 @@
+"""L1-regularised logistic-regression probe, trained with Adam as in the probing paper.
+
+sklearn conventions: ``__init__`` only stores arguments, ``fit`` validates and returns
+``self``, learned state ends in ``_``. A fitted probe saves to a folder with
+``config.json`` (hyper-parameters, the ``site`` it reads and the ``model_hash`` it was
+fitted on) and ``tensors.safetensors``; loading it for another model raises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparekit.errors import SparekitError
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+
+KIND = "linear_probe"
+FORMAT_VERSION = 1
+_PARAMS = ("l1", "lr", "epochs", "batch_size", "standardize", "seed", "site", "model_hash")
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float().cpu()
+
+
+class LinearProbe:
+    """Binary linear probe on hidden states: ``p(y=1 | h) = sigmoid(w·standardise(h) + b)``.
+
+    ``l1`` is the L1 penalty on ``w`` (added to the mean BCE); ``standardize`` scales
+    each feature by its training mean/std, which keeps Gemma's few huge residual
+    dimensions from dominating. ``site`` and ``model_hash`` are recorded, not used.
+    """
+
+    def __init__(self, l1: float = 6e-4, lr: float = 2e-3, epochs: int = 20, batch_size: int = 64,
+                 standardize: bool = True, seed: int = 0, site: str | None = None, model_hash: str | None = None):
+        self.l1 = l1
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.standardize = standardize
+        self.seed = seed
+        self.site = site
+        self.model_hash = model_hash
+
+    def get_params(self) -> dict:
+        return {name: getattr(self, name) for name in _PARAMS}
+
+    def __repr__(self) -> str:
+        return f"LinearProbe({', '.join(f'{k}={v!r}' for k, v in self.get_params().items() if v is not None)})"
+
+    def fit(self, X, y) -> LinearProbe:
+        """Fit on features ``X [n, d]`` and labels ``y`` in {0, 1}; needs both classes."""
+        X, y = _as_tensor(X), _as_tensor(y)
+        if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
+            raise SparekitError(f"expected X [n, d] and y [n], got {tuple(X.shape)} and {tuple(y.shape)}")
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise SparekitError("probe labels must be 0 or 1")
+        counts = [int((y == c).sum()) for c in (0, 1)]
+        if min(counts) == 0:
+            raise SparekitError(f"cannot fit a probe on one class ({counts[0]} negatives, {counts[1]} positives)",
+                                "this split has a single label: use more data or another seed")
+        if self.l1 < 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise SparekitError("probe needs l1 >= 0, lr > 0, epochs >= 1, batch_size >= 1")
+        self.mean_ = X.mean(0) if self.standardize else torch.zeros(X.shape[1])
+        self.scale_ = X.std(0).clamp_min(1e-6) if self.standardize else torch.ones(X.shape[1])
+        Z = (X - self.mean_) / self.scale_
+        generator = torch.Generator().manual_seed(self.seed)
+        weight = torch.zeros(X.shape[1], requires_grad=True)
+        bias = torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.Adam([weight, bias], lr=self.lr)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        with torch.enable_grad():
+            for _ in range(self.epochs):
+                for idx in torch.randperm(len(Z), generator=generator).split(self.batch_size):
+                    optimizer.zero_grad()
+                    loss = loss_fn(Z[idx] @ weight + bias, y[idx]) + self.l1 * weight.abs().sum()
+                    loss.backward()
+                    optimizer.step()
+        self.coef_ = weight.detach().clone()
+        self.intercept_ = bias.detach().clone()
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise SparekitError("this LinearProbe is not fitted yet", "call fit(X, y) or LinearProbe.load(path)")
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits ``[n]``."""
+        self._check_fitted()
+        X = _as_tensor(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise SparekitError(f"probe expects [n, {self.n_features_in_}] features, got {tuple(X.shape)}")
+        return (((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_).numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        """``[n, 2]`` probabilities of class 0 and class 1 (sklearn layout)."""
+        p1 = 1.0 / (1.0 + np.exp(-self.decision_function(X).astype(np.float64)))
+        return np.stack([1 - p1, p1], axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``tensors.safetensors`` into the folder ``path``."""
+        self._check_fitted()
+        from sparekit import __version__
+
+        path = Path(path)
+        tensors = {"coef": self.coef_, "intercept": self.intercept_.reshape(1), "mean": self.mean_,
+                   "scale": self.scale_}
+        with atomic_path(path / "tensors.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        atomic_write_json(path / "config.json", {"kind": KIND, "format_version": FORMAT_VERSION,
+                                                 "sparekit_version": __version__, **self.get_params(),
+                                                 "n_features_in": self.n_features_in_})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model_hash: str | None = None) -> LinearProbe:
+        """Read a saved probe; with ``model_hash``, refuse a probe fitted on another model."""
+        path = Path(path)
+        config = read_json(path / "config.json")
+        if config.get("kind") != KIND:
+            raise SparekitError(f"{path} holds a {config.get('kind')!r}, not a linear probe")
+        if config.get("format_version") != FORMAT_VERSION:
+            raise SparekitError(f"unsupported probe format {config.get('format_version')!r} in {path}")
+        unknown = set(config) - {*_PARAMS, "kind", "format_version", "sparekit_version", "n_features_in"}
+        if unknown:
+            raise SparekitError(f"{path}/config.json has unknown keys {sorted(unknown)}",
+                                f"valid keys: {', '.join(_PARAMS)}")
+        if model_hash is not None and config.get("model_hash") != model_hash:
+            raise SparekitError(f"the probe in {path} was fitted on another model "
+                                f"(hash {str(config.get('model_hash'))[:12]}…, this model {model_hash[:12]}…)",
+                                "fit a probe for this model with `sparekit probe`")
+        if not (path / "tensors.safetensors").is_file():
+            raise SparekitError(f"missing {path / 'tensors.safetensors'}")
+        probe = cls(**{k: config[k] for k in _PARAMS if k in config})
+        tensors = load_file(str(path / "tensors.safetensors"))
+        probe.coef_, probe.mean_, probe.scale_ = tensors["coef"], tensors["mean"], tensors["scale"]
+        probe.intercept_ = tensors["intercept"][0]
+        probe.n_features_in_ = int(config["n_features_in"])
+        return probe

@@ -1,0 +1,43 @@
+"""Paper-style figures of per-layer probe metrics (matplotlib Agg, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparekit.utils.io import atomic_path
+
+_LABELS = {"conflict": "conflict vs no conflict", "source": "context vs memory (under conflict)"}
+
+
+def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
+    """Accuracy and AUROC by layer (mean ± std band over seeds) for both targets; dashed: ``eval`` transfer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    layers = np.array(result["layers"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, metric, name in zip(axes, ("accuracy", "auroc"), ("Accuracy", "AUROC")):
+        for (target, label), colour in zip(_LABELS.items(), ("tab:blue", "tab:orange")):
+            for block, style, suffix in ((result, "-", ""), (result.get("eval") or {}, "--", " (transfer)")):
+                if target not in block:
+                    continue
+                mean = np.array(block[target][metric]["mean"])
+                std = np.array(block[target][metric]["std"])
+                ax.plot(layers, mean, style, color=colour, marker="o", markersize=3, label=label + suffix)
+                ax.fill_between(layers, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance")
+        ax.set_xlabel("layer (output of decoder block)")
+        ax.set_ylabel(f"held-out {name}")
+        ax.set_ylim(0.3, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return path
