@@ -131,3 +131,38 @@ def test_cross_validate_errors():
     data.behaviour = ["context"] * len(data.items)
     with pytest.raises(SparekitError, match="one class|single class"):
         cross_validate(data, "source", Site(0), seeds=[0])
+
+
+def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch, capsys):
+    """End to end on a tiny random model; memorisation and answers are faked (it knows nothing)."""
+    from sparekit.cli import probe as probe_cli
+    from sparekit.cli.main import main
+    from sparekit.probes import experiment
+
+    folder = tmp_path / "model"
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    rows = [{"id": f"r{i}", "question": f"q{i}", "org_context": f"it is {i}", "org_answer": [f"o{i}"],
+             "sub_context": f"it is x{i}", "sub_answer": [f"s{i}"]} for i in range(16)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
+    monkeypatch.setattr(experiment, "_generate_keyed", lambda lm, prompts, *a: {
+        k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
+    monkeypatch.setattr(probe_cli, "_latest_pointer", lambda: tmp_path / "none.json")
+    run = tmp_path / "run"
+    args = ["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1-2", "--seeds", "0,1",
+            "--k-shot", "1", "--out", str(run), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["layers"] == [1, 2] and result["counts"] == {"context": 8, "memory": 8, "other": 0}
+    for target in ("conflict", "source"):
+        assert result[target]["best_layer"] in (1, 2)
+        assert len(result[target]["auroc"]["mean"]) == 2 and len(result[target]["accuracy"]["std"]) == 2
+    assert set(result["stats"]) == {"kurtosis", "skewness", "hoyer", "gini", "l1", "l2"}
+    assert (run / "probe_metrics.png").stat().st_size > 10_000 and (run / "config.json").is_file()
+    assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--json"]) == 0
+    detected = json.loads(capsys.readouterr().out)
+    assert 0 <= detected["conflict_probability"] <= 1 and detected["source"] in ("context", "memory")
+    assert main(["detect", "hello"]) == 2
+    assert "run `sparekit probe` first" in capsys.readouterr().err

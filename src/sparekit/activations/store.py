@@ -71,7 +71,7 @@ def _chunks(lengths: Iterator[tuple[int, list[int]]], positions: str, skip_first
 
 
 def _run_chunk(lm: LoadedModel, chunk, sites: Sequence[Site], positions: str, skip_first: bool,
-               dtype: torch.dtype, batch_size: int) -> dict[str, torch.Tensor]:
+               dtype: torch.dtype, batch_size: int, bar: tqdm) -> dict[str, torch.Tensor]:
     """Forward one chunk in length-sorted batches; rows come back in text order."""
     order = sorted(range(len(chunk)), key=lambda i: -len(chunk[i][1]))
     per_text: list[dict[str, torch.Tensor] | None] = [None] * len(chunk)
@@ -104,6 +104,7 @@ def _run_chunk(lm: LoadedModel, chunk, sites: Sequence[Site], positions: str, sk
             out["token_id"] = token_ids[keep]
             out["position"] = torch.arange(len(ids))[keep]
             per_text[i] = out
+        bar.update(len(batch_idx))
     keys = per_text[0].keys()
     return {k: torch.cat([t[k] for t in per_text]).contiguous() for k in keys}
 
@@ -173,12 +174,12 @@ def capture_activations(
             enc = lm.tokenizer(block, truncation=max_length is not None, max_length=max_length)
             yield from enumerate(enc["input_ids"], start)
 
-    bar = tqdm(total=len(texts), initial=0, desc="capture", unit="text", disable=not progress)
+    bar = tqdm(total=len(texts), desc="capture", unit="text", disable=not progress)
     for number, chunk in enumerate(_chunks(tokenized(), positions, skip_first_token, shard_rows)):
-        bar.update(len(chunk))
         if chunk[-1][0] < done:
+            bar.update(len(chunk))
             continue
-        tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size)
+        tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size, bar)
         name = f"shard-{number:05d}.safetensors"
         with atomic_path(out_dir / name) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt"})

@@ -1,0 +1,134 @@
+"""Activation capture on the default model: throughput and bounded memory.
+
+1. Throughput: ``capture_activations`` (last token, layer L, writing shards) against a
+   bare forward through blocks 0..L (the model with its upper blocks removed, no hooks)
+   on the same length-sorted batches; interleaved rounds, medians.
+2. Memory: peak RSS of a capture of N texts and of 10·N texts (every token, nine sites,
+   float32: the 10·N run produces ~10x more activations than fit in the first run's
+   growth), each in a fresh subprocess.
+
+    python benchmarks/bench_capture.py [--texts 64] [--rounds 3] [--rss-texts 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sparekit.activations import capture_activations
+from sparekit.hooks import Site
+from sparekit.models import load_model
+
+NQSWAP = Path(__file__).resolve().parents[2] / "shared" / "data" / "nqswap" / "dev.jsonl.gz"
+
+
+def corpus(n: int) -> list[str]:
+    with gzip.open(NQSWAP, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for _, line in zip(range(n), fh)]
+    return [f"context: {r['org_context']}\nquestion: {r['question']}\nanswer:" for r in rows]
+
+
+def throughput(args) -> None:
+    lm = load_model("default", device="cpu")
+    texts = corpus(args.texts)
+    layer = args.layer
+    enc = lm.tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    batches = []
+    for start in range(0, len(order), args.batch):
+        padded = lm.tokenizer.pad({"input_ids": [enc[i] for i in order[start:start + args.batch]]}, return_tensors="pt")
+        padded["position_ids"] = (padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        batches.append(padded)
+    n_tokens = sum(len(x) for x in enc)
+    base = lm.model.model
+    all_layers = base.layers
+
+    def bare():
+        base.layers = all_layers[: layer + 1]
+        try:
+            for b in batches:
+                base(**b, use_cache=False)
+        finally:
+            base.layers = all_layers
+
+    def capture():
+        with tempfile.TemporaryDirectory() as tmp:
+            capture_activations(lm, texts, [Site(layer)], tmp, batch_size=args.batch, max_length=args.max_length,
+                                progress=False)
+
+    times = {"bare": [], "capture": []}
+    with torch.inference_mode():
+        bare()
+    for _ in range(args.rounds):
+        for name, fn in (("bare", bare), ("capture", capture)):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                fn()
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{len(texts)} texts, {n_tokens} tokens, layer {layer}, batch {args.batch}, {args.rounds} rounds")
+    for name, t in med.items():
+        print(f"  {name:8s} median {t:.2f} s  ({n_tokens / t:.0f} tok/s)")
+    print(f"capture / bare-forward-to-layer throughput: {med['bare'] / med['capture']:.3f}  (goal >= 0.95)")
+
+
+def rss_child(n: int, out: str) -> None:
+    lm = load_model("default", device="cpu")
+    texts = corpus(n)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    store = capture_activations(lm, texts, [Site(layer) for layer in range(9)], out, positions="all",
+                                dtype=torch.float32, max_length=128, shard_rows=512, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stored = sum((Path(out) / s["file"]).stat().st_size for s in store.manifest["shards"])
+    print(json.dumps({"texts": n, "rows": len(store), "rss_after_load_mb": before / 1024, "peak_rss_mb": peak / 1024,
+                      "stored_mb": stored / 2**20}))
+
+
+def memory(args) -> None:
+    results = []
+    for n in (args.rss_texts, 10 * args.rss_texts):
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--out", tmp],
+                                  check=True, capture_output=True, text=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  {results[-1]}")
+    small, large = results
+    print(f"peak RSS {large['texts']} vs {small['texts']} texts: {large['peak_rss_mb']:.0f} / "
+          f"{small['peak_rss_mb']:.0f} MB = {large['peak_rss_mb'] / small['peak_rss_mb']:.3f} "
+          f"(goal < 1.10) while storing {large['stored_mb']:.0f} vs {small['stored_mb']:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--texts", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--layer", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rss-texts", type=int, default=40)
+    parser.add_argument("--rss-child", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--skip", choices=["throughput", "memory"], default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.rss_child is not None:
+        rss_child(args.rss_child, args.out)
+        return
+    if args.skip != "throughput":
+        throughput(args)
+    if args.skip != "memory":
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()
