@@ -1,0 +1,215 @@
+"""``sparekit sae train|eval|features|convert``: sparse autoencoders for one model's residual stream."""
+
+from __future__ import annotations
+
+import click
+
+from sparekit.cli.common import device_option, emit, json_option, model_option
+
+corpus_option = click.option(
+    "--corpus", default="nqswap", show_default=True,
+    help="'nqswap' (the shared NQ-Swap dev file), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
+         "all of it is evaluation text).")
+holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
+seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
+
+
+def _layers(text: str) -> list[int]:
+    from sparekit.errors import SparekitError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SparekitError(f"cannot parse layers {text!r}", "write e.g. 5,6,7,8") from None
+
+
+def _corpus_path(corpus: str):
+    from pathlib import Path
+
+    from sparekit.data.loaders import NQSWAP_LOCAL
+
+    return NQSWAP_LOCAL if corpus == "nqswap" else Path(corpus)
+
+
+def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
+    """Held-out NQ-Swap windows, or every line of a text file."""
+    from sparekit.errors import SparekitError
+    from sparekit.sae.corpus import corpus_windows, token_windows
+
+    path = _corpus_path(corpus)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise SparekitError(f"missing text file: {path}")
+        return token_windows(lm.tokenizer, [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()])
+    return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
+
+
+def _load_saes(lm, sae_paths: tuple[str, ...], layers: str | None):
+    from sparekit.sae import load_sae, shipped_layers
+
+    if sae_paths:
+        return [load_sae(p, model_info=lm.info) for p in sae_paths]
+    return [load_sae("default", layer=L, model_info=lm.info) for L in (_layers(layers) if layers else shipped_layers())]
+
+
+@click.group()
+def sae() -> None:
+    """Train, evaluate, inspect and convert sparse autoencoders.
+
+    \b
+    Shipped: TopK SAEs for Gemma 3 270M at layers 5-8 (load_sae("default", layer=6)).
+    """
+
+
+@sae.command()
+@model_option
+@click.option("--layers", default="5,6,7,8", show_default=True, help="Comma-separated layers (block outputs).")
+@click.option("--out", "out_dir", default="runs/sae/default", show_default=True,
+              help="Run folder: activations, checkpoints and one SAE folder per layer (resid.L).")
+@corpus_option
+@holdout_option
+@seed_option
+@click.option("--width", default=4096, show_default=True, help="Number of latents (d_sae).")
+@click.option("--k", default=32, show_default=True, help="Active latents per token.")
+@click.option("--architecture", type=click.Choice(["topk", "batchtopk"]), default="topk", show_default=True)
+@click.option("--epochs", default=2.0, show_default=True, help="Passes over the training tokens.")
+@click.option("--lr", default=None, type=float, help="Adam learning rate (default: 2e-4/sqrt(width/16384)).")
+@click.option("--batch-size", default=1024, show_default=True, help="Tokens per optimiser step.")
+@click.option("--max-texts", default=None, type=int, help="Train on the first N corpus windows only (<=256 tokens each).")
+@click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@device_option
+def train(model, layers, out_dir, corpus, holdout, seed, width, k, architecture, epochs, lr, batch_size, max_texts,
+          save_dtype, device) -> None:
+    """Capture activations once (all layers in one pass, BOS dropped), then train one SAE per layer.
+
+    Rerunning the same command resumes: finished shards, checkpoints and finished SAEs are reused.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from sparekit.activations import capture_activations
+    from sparekit.hooks import Site
+    from sparekit.models import load_model
+    from sparekit.sae.corpus import corpus_windows
+    from sparekit.sae.formats import save_sae
+    from sparekit.sae.train import StoreSource, TopKTrainer
+    from sparekit.utils.io import atomic_write_json
+
+    out = Path(out_dir)
+    layer_list = _layers(layers)
+    config = {"model": model, "layers": layer_list, "corpus": str(_corpus_path(corpus)), "holdout": holdout,
+              "seed": seed, "width": width, "k": k, "architecture": architecture, "epochs": epochs, "lr": lr,
+              "batch_size": batch_size, "max_texts": max_texts, "save_dtype": save_dtype}
+    atomic_write_json(out / "run.json", config)
+    lm = load_model(model, device=device)
+    for layer in layer_list:
+        lm.info.check_layer(layer)
+    texts = corpus_windows(lm.tokenizer, _corpus_path(corpus), holdout, seed)[0][:max_texts]
+    store = capture_activations(lm, texts, [Site(L) for L in layer_list], out / "acts", positions="all",
+                                skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
+                                shard_rows=16384)
+    del lm
+    for layer in layer_list:
+        target = out / f"resid.{layer}"
+        if (target / "cfg.json").is_file():
+            click.echo(f"layer {layer}: already trained at {target}")
+            continue
+        trainer = TopKTrainer(d_sae=width, k=k, architecture=architecture, lr=lr, epochs=epochs, seed=seed,
+                              device=device, checkpoint_dir=out / f"checkpoint.{layer}")
+        trainer.fit(StoreSource(store, Site(layer), batch_size=batch_size, seed=seed), hook_layer=layer)
+        last = trainer.history_[-1]
+        save_sae(trainer.sae_, target, dtype=getattr(torch, save_dtype), extra={"training": {
+            **config, "layers": [layer], "tokens_per_epoch": len(store), "tokens_seen": trainer.tokens_seen_,
+            "skipped_outlier_rows": trainer.skipped_rows_, "final_train_fvu_standardised": last["fvu"],
+            "final_dead_fraction": trainer.dead_fraction_}})
+        click.echo(f"layer {layer}: {trainer.tokens_seen_} tokens, train FVU {last['fvu']:.4f}, "
+                   f"dead {trainer.dead_fraction_:.3f} -> {target}")
+
+
+def _render_eval(result: dict) -> str:
+    head = f"{'layer':>5} {'width':>6} {'k':>4} {'FVU':>7} {'FVU/dim':>7} {'L0':>6} {'dead':>6} " \
+           f"{'CE clean':>8} {'CE SAE':>8} {'CE zero':>8} {'recovered':>9}"
+    rows = [f"{r['layer']:>5} {r['d_sae']:>6} {r['k'] or '-':>4} {r['fvu']:7.4f} {r['fvu_per_dim']:7.4f} "
+            f"{r['l0']:6.1f} {r['dead_fraction']:6.3f} {r['ce_clean']:8.4f} {r['ce_spliced']:8.4f} "
+            f"{r['ce_zero']:8.4f} {100 * r['loss_recovered']:8.1f}%" for r in result["layers"]]
+    return "\n".join([head, *rows])
+
+
+@sae.command("eval")
+@model_option
+@click.option("--sae", "sae_paths", multiple=True, help="SAE folder/file (repeatable); default: the shipped SAEs.")
+@click.option("--layers", default=None, help="Shipped SAEs to evaluate (default: all shipped layers).")
+@corpus_option
+@holdout_option
+@seed_option
+@click.option("--max-tokens", default=None, type=int, help="Tokens for FVU/L0/dead share (default: all held-out).")
+@click.option("--ce-tokens", default=8192, show_default=True, help="Tokens for the loss-recovered runs.")
+@json_option
+@device_option
+def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce_tokens, as_json, device) -> None:
+    """FVU, L0, dead share and LM loss recovered on held-out text (BOS never spliced)."""
+    from sparekit.models import load_model
+    from sparekit.sae.evaluate import evaluate_saes
+
+    lm = load_model(model, device=device)
+    saes = [s.to(lm.model.device) for s in _load_saes(lm, sae_paths, layers)]
+    texts = _eval_texts(lm, corpus, holdout, seed)
+    emit({"layers": evaluate_saes(lm, saes, texts, max_tokens=max_tokens, ce_tokens=ce_tokens, progress=True)},
+         as_json, _render_eval)
+
+
+@sae.command()
+@model_option
+@click.option("--layer", type=int, default=None, help="Shipped SAE of this layer.")
+@click.option("--sae", "sae_path", default=None, help="SAE folder/file instead of a shipped one.")
+@click.option("--latents", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="Comma-separated latent ids.")
+@click.option("--top", default=5, show_default=True, help="Snippets per latent.")
+@corpus_option
+@holdout_option
+@seed_option
+@click.option("--max-tokens", default=None, type=int, help="Scan at most this many tokens.")
+@click.option("--html", "html_path", default=None, help="Also write a shaded HTML view here.")
+@json_option
+@device_option
+def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_tokens, html_path, as_json,
+             device) -> None:
+    """Held-out snippets that activate chosen latents most (the token in [[ ]])."""
+    from sparekit.errors import SparekitError
+    from sparekit.models import load_model
+    from sparekit.sae import load_sae
+    from sparekit.sae.evaluate import render_html, render_text, top_activations
+    from sparekit.utils.io import atomic_write_text
+
+    if (layer is None) == (sae_path is None):
+        raise SparekitError("pass exactly one of --layer and --sae")
+    lm = load_model(model, device=device)
+    sae_model = load_sae(sae_path or "default", layer=layer, model_info=lm.info).to(lm.model.device)
+    ids = _layers(latents)
+    bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
+    if bad:
+        raise SparekitError(f"latents {bad} out of range", f"this SAE has latents 0..{sae_model.d_sae - 1}")
+    result = top_activations(lm, sae_model, _eval_texts(lm, corpus, holdout, seed), ids, top=top,
+                             max_tokens=max_tokens, progress=True)
+    if html_path:
+        atomic_write_text(html_path, render_html(result, f"{lm.info.name} layer {sae_model.hook_layer} SAE"))
+    emit({"layer": sae_model.hook_layer, "latents": result}, as_json, lambda r: render_text(r["latents"]))
+
+
+@sae.command()
+@click.argument("source")
+@click.argument("dest")
+@click.option("--layer", type=int, default=None, help="Layer the SAE reads, if the files do not say.")
+@click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float32", show_default=True)
+@json_option
+def convert(source, dest, layer, save_dtype, as_json) -> None:
+    """Convert a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE to a SAELens folder."""
+    import torch
+
+    from sparekit.sae import load_sae, save_sae
+
+    loaded = load_sae(source, layer=layer)
+    save_sae(loaded, dest, dtype=getattr(torch, save_dtype))
+    emit({"source": source, "dest": dest, "architecture": loaded.architecture, "d_in": loaded.d_in,
+          "d_sae": loaded.d_sae, "layer": loaded.hook_layer},
+         as_json, lambda r: f"{r['architecture']} SAE {r['d_in']}x{r['d_sae']} (layer {r['layer']}) -> {r['dest']}")
