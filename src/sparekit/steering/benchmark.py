@@ -312,15 +312,20 @@ class SteeringBenchmark:
                                  for toward, runs in moves.items()}
         result["tuned"] = tuned
         result["per_seed"] = per_seed
-        self._export(label, kind, tuned, data)
+        self._export(label, kind, tuned, data, pool)
         return result
 
-    def _export(self, label: str, kind: str, tuned: dict, data: BehaviourData) -> None:
-        """Save the dev-tuned fitted method per direction (``sparekit steer --fitted`` reads these)."""
+    def _export(self, label: str, kind: str, tuned: dict, data: BehaviourData, pool: ConflictDataset) -> None:
+        """Save the dev-tuned fitted method per direction, with demonstrations for new questions.
+
+        ``sparekit steer --fitted <run>/fitted/<label>`` reads these folders.
+        """
+        demos = sample_demos(pool, "", self.config.k_shot, "org_org", random.Random(0))
         for toward in DIRECTIONS:
             folder = self.out / "fitted" / label / toward
             self._fit(kind, tuned[toward]["params"], data).save(folder)
-            atomic_write_json(folder / "tuned.json", {**tuned[toward], "toward": toward, "label": label})
+            atomic_write_json(folder / "tuned.json", {**tuned[toward], "toward": toward, "label": label,
+                                                      "model_hash": self.lm.info.model_hash, "demos": demos})
 
 
     def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""``sparekit steer``: one question, unsteered and steered, with the conflict probe's reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sparekit.cli.common import device_option, emit, json_option, model_option
+
+
+def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
+                   strength: float | None) -> dict:
+    """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``."""
+    from sparekit.data.dataset import ConflictExample
+    from sparekit.errors import SparekitError
+    from sparekit.steering import SteeringPrompt, make_method
+    from sparekit.steering.fitted import load_fitted, shipped_root
+
+    if fitted is None:
+        if lm.info.name not in ("default", "gemma3-270m"):
+            raise SparekitError(f"no shipped {method_label} for {lm.info.name}",
+                                "fit one with `sparekit bench steer --model …` and pass --fitted <run>/fitted/<method>")
+        fitted = shipped_root(method_label)
+    loaded = load_fitted(fitted, toward, lm.info)  # type: ignore[arg-type]
+    strength = loaded.strength if strength is None else strength
+    example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
+                              sub_answer=())
+    prompt = SteeringPrompt(example, "sub", loaded.demos)
+    with make_method("none").fit(None).steer(lm, toward=toward) as plain:  # type: ignore[arg-type]
+        unsteered = plain.generate([prompt])[0]
+    with loaded.method.steer(lm, toward=toward, strength=strength) as steered:  # type: ignore[arg-type]
+        answer = steered.generate([prompt])[0]
+    return {"method": method_label, "toward": toward, "strength": strength, "unsteered": unsteered,
+            "steered": answer, "prompt": prompt.text}
+
+
+@click.command()
+@click.argument("context")
+@click.argument("question")
+@click.option("--toward", type=click.Choice(["memory", "context"]), required=True,
+              help="memory: answer from what the model knows; context: answer from CONTEXT.")
+@click.option("--method", "method_label", default="spare", show_default=True,
+              help="A fitted method (spare, actadd, icl, …).")
+@click.option("--fitted", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder from `sparekit bench steer` (<run>/fitted/<method>); default: the shipped one.")
+@click.option("--strength", type=float, default=None, help="Override the dev-tuned strength.")
+@click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
+              help="Conflict/source probes (default: the shipped ones for the default model).")
+@model_option
+@device_option
+@json_option
+def steer(context, question, toward, method_label, fitted, strength, probe_dir, model, device, as_json) -> None:
+    """Answer QUESTION given CONTEXT, unsteered and steered TOWARD memory or context.
+
+    \b
+    Example:
+      sparekit steer "The capital of France is Lyon." "What is the capital of France?" --toward memory
+    """
+    from sparekit.models import load_model
+    from sparekit.probes.detect import detect_prompt
+
+    lm = load_model(model, device=device)
+    result = steer_question(lm, context, question, toward, method_label, fitted, strength)
+    result["detection"] = detect_prompt(lm, result["prompt"], probe_dir)
+
+    def render(r: dict) -> str:
+        d = r["detection"]
+        return "\n".join([
+            f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['predicted_source']}",
+            f"unsteered:              {r['unsteered']}",
+            f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}",
+        ])
+
+    emit(result, as_json, render)

@@ -1,0 +1,44 @@
+"""Fitted, dev-tuned steering methods on disk: what ``sparekit steer`` loads.
+
+A folder per direction (``<root>/<toward>/``) holds the saved method
+(``config.json`` + ``tensors.safetensors``) and ``tuned.json`` (strength, model hash,
+the demonstrations to prepend to new questions). ``sparekit bench steer`` writes
+them under ``<run>/fitted/<method>/``; the default model ships its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparekit.errors import SparekitError
+from sparekit.models.architecture import ModelInfo
+from sparekit.steering.base import Direction, SteeringMethod, load_method
+from sparekit.utils.io import read_json
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "steering"
+
+
+@dataclass
+class FittedSteering:
+    method: SteeringMethod
+    strength: float | None
+    demos: tuple[str, ...]
+
+
+def shipped_root(label: str) -> Path:
+    """Where the default model's shipped fitted methods live (``assets/steering/gemma-3-270m/<label>``)."""
+    return ASSETS / "gemma-3-270m" / label
+
+
+def load_fitted(root: str | Path, toward: Direction, info: ModelInfo) -> FittedSteering:
+    """Load ``<root>/<toward>`` and refuse a method tuned on another model."""
+    folder = Path(root) / toward
+    if not (folder / "config.json").is_file():
+        raise SparekitError(f"no fitted method for direction {toward!r} in {root}",
+                            "run `sparekit bench steer` and pass --fitted <run>/fitted/<method>")
+    tuned = read_json(folder / "tuned.json")
+    if tuned.get("model_hash") not in (None, info.model_hash):
+        raise SparekitError(f"{folder} was tuned on another model (hash {str(tuned['model_hash'])[:12]}…)",
+                            "fit it for this model with `sparekit bench steer --model …`")
+    return FittedSteering(load_method(folder), tuned.get("strength"), tuple(tuned.get("demos", ())))
