@@ -101,6 +101,13 @@ class ConflictDataset(Sequence[ConflictExample]):
     def groups(self) -> list[str]:
         return list(self.group_index())
 
+    def relation_counts(self) -> dict[str, int]:
+        """Rows per ``relation`` (``"-"`` for rows without one), in first-appearance order."""
+        counts: dict[str, int] = {}
+        for ex in self._examples:
+            counts[ex.relation or "-"] = counts.get(ex.relation or "-", 0) + 1
+        return counts
+
     def sample(self, limit: int, seed: int) -> ConflictDataset:
         """A seeded sample of ``limit`` rows drawn as whole question groups (the last one cut to fit)."""
         if limit < 1:
