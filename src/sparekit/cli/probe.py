@@ -27,6 +27,9 @@ def _render_table(result: dict) -> str:
     for prefix, block in blocks:
         for target in ("conflict", "source"):
             table = block[target]
+            if "error" in table:
+                lines.append(f"{prefix}{target}: not fitted: {table['error']}")
+                continue
             lines.append(f"{prefix}{target}: best layer {table['best_layer']}")
             lines.append("  layer  accuracy        AUROC           AUPRC")
             for i, layer in enumerate(result["layers"]):
@@ -110,8 +113,15 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
                               batch_size=batch_size, progress=progress)
 
     def tables(score) -> dict:
-        return {c: {t: layer_table({s: score(t, s) for s in sites[c]}, sites[c]) for t in ("conflict", "source")}
-                for c in comps}
+        """Per component and target, the layer table; a target without enough data gets an ``error``."""
+        out: dict = {}
+        for c in comps:
+            for t in ("conflict", "source"):
+                try:
+                    out.setdefault(c, {})[t] = layer_table({s: score(t, s) for s in sites[c]}, sites[c])
+                except SparekitError as exc:
+                    out.setdefault(c, {})[t] = {"error": str(exc)}
+        return out
 
     by_component = tables(lambda t, s: cross_validate(train, t, s, seed_list, config["test_fraction"]))
     main = comps[0]
@@ -123,13 +133,13 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
     if test:
         result["eval"] = {"dataset": data_b.name, "n_items": len(test.items), "counts": test.counts(),
                           **tables(lambda t, s: transfer(train, test, t, s, seed_list))[main]}
-    if "resid" in sites:
+    if "resid" in sites and "error" not in result["source"]:
         labels = [int(b == "context") for b in train.behaviour if b in ("context", "memory")]
         per_layer = [compare_behaviours(train.target("source", s)[0], labels) for s in sites["resid"]]
         result["stats"] = {name: {k: [row[name][k] for row in per_layer] for k in per_layer[0][name]}
                            for name in per_layer[0]}
     probes_dir = run_dir / "probes"
-    for target in ("conflict", "source"):
+    for target in (t for t in ("conflict", "source") if "error" not in result[t]):
         site = Site(result[target]["best_layer"], main)
         fit_probe(train, target, site, seed_list[0], lm.info.model_hash, config["probe"]).save(probes_dir / target)
     demos = sample_demos(data_a, "", k_shot, "org_org", random.Random(f"{PROMPT_SEED}:detect"))
@@ -182,7 +192,10 @@ def detect(prompt, question, context, probe_dir, model, device, as_json) -> None
         raise SparekitError("pass either PROMPT or --question (with --context)")
     text = prompt if prompt is not None else "".join(meta["demos"]) + format_block(question, context)
     lm = load_model(model or meta["model"], device=device)
-    probes = {t: LinearProbe.load(probes_dir / t, model_hash=lm.info.model_hash) for t in ("conflict", "source")}
+    probes = {t: LinearProbe.load(probes_dir / t, model_hash=lm.info.model_hash) for t in ("conflict", "source")
+              if (probes_dir / t).is_dir()}
+    if "conflict" not in probes:
+        raise SparekitError(f"{probes_dir} has no conflict probe", "rerun `sparekit probe` with a larger --limit")
     sites = {t: Site.parse(p.site) for t, p in probes.items()}
     hooks = Hooks(lm)
     for site in set(sites.values()):
@@ -191,10 +204,17 @@ def detect(prompt, question, context, probe_dir, model, device, as_json) -> None
     with torch.inference_mode(), hooks:
         lm.model(**tokenize(lm, [text]), use_cache=False)
     p_conflict = float(probes["conflict"].predict_proba(hooks[sites["conflict"]])[0, 1])
-    p_context = float(probes["source"].predict_proba(hooks[sites["source"]])[0, 1])
-    result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": p_context,
-              "source": "context" if p_context > 0.5 else "memory", "sites": {t: str(s) for t, s in sites.items()},
-              "probe_dir": str(probes_dir)}
-    emit(result, as_json, lambda r: f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, "
-                                    f"{r['sites']['conflict']})\npredicted source: {r['source']} "
-                                    f"(p(context) = {r['context_probability']:.1%}, {r['sites']['source']})")
+    result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": None,
+              "source": None, "sites": {t: str(s) for t, s in sites.items()}, "probe_dir": str(probes_dir)}
+    if "source" in probes:
+        p_context = float(probes["source"].predict_proba(hooks[sites["source"]])[0, 1])
+        result.update(context_probability=p_context, source="context" if p_context > 0.5 else "memory")
+
+    def render(r: dict) -> str:
+        text = f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
+        if r["source"] is None:
+            return text + "\npredicted source: no source probe in this run"
+        return text + (f"\npredicted source: {r['source']} (p(context) = {r['context_probability']:.1%}, "
+                       f"{r['sites']['source']})")
+
+    emit(result, as_json, render)

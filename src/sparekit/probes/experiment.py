@@ -83,7 +83,8 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
     sub = [prompts["sub"][ex.id] for ex in items]
     store = capture_activations(lm, org + sub, sites, work_dir / "activations", positions="last",
                                 ids=[f"org:{ex.id}" for ex in items] + [f"sub:{ex.id}" for ex in items],
-                                dtype=torch.float32, batch_size=batch_size, max_length=None, progress=progress)
+                                dtype=torch.float32, batch_size=batch_size, max_length=None, shard_rows=64,
+                                progress=progress)
     n = len(items)
     features = {site: store.load(site) for site in sites}
     with tqdm(total=n, desc="conflict answers", unit="prompt", disable=not progress, leave=False) as bar:

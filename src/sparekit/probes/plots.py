@@ -22,7 +22,7 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
     for ax, metric, name in zip(axes, ("accuracy", "auroc"), ("Accuracy", "AUROC")):
         for (target, label), colour in zip(_LABELS.items(), ("tab:blue", "tab:orange")):
             for block, style, suffix in ((result, "-", ""), (result.get("eval") or {}, "--", " (transfer)")):
-                if target not in block:
+                if target not in block or "error" in block[target]:
                     continue
                 mean = np.array(block[target][metric]["mean"])
                 std = np.array(block[target][metric]["std"])
