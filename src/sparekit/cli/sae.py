@@ -69,12 +69,12 @@ def sae() -> None:
 @corpus_option
 @holdout_option
 @seed_option
-@click.option("--width", default=4096, show_default=True, help="Number of latents (d_sae).")
-@click.option("--k", default=32, show_default=True, help="Active latents per token.")
+@click.option("--width", default=2048, show_default=True, help="Number of latents (d_sae).")
+@click.option("--k", default=64, show_default=True, help="Active latents per token.")
 @click.option("--architecture", type=click.Choice(["topk", "batchtopk"]), default="topk", show_default=True)
-@click.option("--epochs", default=2.0, show_default=True, help="Passes over the training tokens.")
-@click.option("--lr", default=None, type=float, help="Adam learning rate (default: 2e-4/sqrt(width/16384)).")
-@click.option("--batch-size", default=1024, show_default=True, help="Tokens per optimiser step.")
+@click.option("--epochs", default=1.0, show_default=True, help="Passes over the training tokens.")
+@click.option("--lr", default=2e-3, show_default=True, help="Peak Adam learning rate (warm-up, then linear decay).")
+@click.option("--batch-size", default=512, show_default=True, help="Tokens per optimiser step.")
 @click.option("--max-texts", default=None, type=int, help="Train on the first N corpus windows only (<=256 tokens each).")
 @click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @device_option
@@ -144,7 +144,7 @@ def _render_eval(result: dict) -> str:
 @holdout_option
 @seed_option
 @click.option("--max-tokens", default=None, type=int, help="Tokens for FVU/L0/dead share (default: all held-out).")
-@click.option("--ce-tokens", default=8192, show_default=True, help="Tokens for the loss-recovered runs.")
+@click.option("--ce-tokens", default=4096, show_default=True, help="Tokens for the loss-recovered runs.")
 @json_option
 @device_option
 def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce_tokens, as_json, device) -> None:

@@ -88,7 +88,7 @@ def _cross_entropy(logits: torch.Tensor, enc: dict, keep: torch.Tensor) -> tuple
 
 @torch.inference_mode()
 def loss_recovered(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[str], batch_size: int = 4,
-                   max_tokens: int | None = 8192, progress: bool = False) -> list[dict]:
+                   max_tokens: int | None = 4096, progress: bool = False) -> list[dict]:
     """Per SAE: ``ce_clean``, ``ce_spliced``, ``ce_zero`` (nats/token) and ``loss_recovered`` (0..1)."""
     totals = [{"spliced": 0.0, "zero": 0.0} for _ in saes]
     clean, count = 0.0, 0
@@ -113,7 +113,7 @@ def loss_recovered(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[str], b
 
 
 def evaluate_saes(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[str], max_tokens: int | None = None,
-                  ce_tokens: int | None = 8192, progress: bool = False) -> list[dict]:
+                  ce_tokens: int | None = 4096, progress: bool = False) -> list[dict]:
     """The ``sparekit sae eval`` table: one dict per SAE."""
     recon = reconstruction_stats(lm, saes, texts, max_tokens=max_tokens, progress=progress)
     ce = loss_recovered(lm, saes, texts, max_tokens=ce_tokens, progress=progress)

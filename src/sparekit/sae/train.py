@@ -152,14 +152,18 @@ class TopKTrainer:
             epoch += 1
 
     def _init_weights(self, sae: SAE, source: BatchStream, device: torch.device) -> None:
-        """Standardisation stats from the first ``stats_tokens`` rows; W_enc = W_dec^T with unit rows."""
+        """Standardisation stats from the first ``stats_tokens`` rows; decoder rows start at random
+        standardised data rows (plus noise), which converges much faster than random directions
+        on short CPU budgets; W_enc = W_dec^T."""
         first = next(iter(source(0))).to(device, torch.float32)
         norms = first.norm(dim=1)
         self.median_norm_ = float(norms[torch.isfinite(norms)].median())
-        count, total, total_sq = 0, 0.0, 0.0
+        count, total, total_sq, sample = 0, 0.0, 0.0, []
         for x in source(0):
             x = x.to(device, torch.float32)
-            x = x[self._inliers(x)].double()
+            x = x[self._inliers(x)]
+            sample.append(x)
+            x = x.double()
             count, total, total_sq = count + x.shape[0], total + x.sum(0), total_sq + (x * x).sum(0)
             if count >= self.stats_tokens:
                 break
@@ -169,8 +173,12 @@ class TopKTrainer:
             sae.input_mean.copy_(mean.float())
             sae.input_scale.copy_(std.clamp(min=1e-6 * float(std.max()) + 1e-12).float())
             generator = torch.Generator(device="cpu").manual_seed(self.seed)
-            W = torch.randn(sae.d_sae, sae.d_in, generator=generator)
-            sae.W_dec.copy_(F.normalize(W, dim=1).to(device))
+            W = torch.randn(sae.d_sae, sae.d_in, generator=generator).to(device) / math.sqrt(sae.d_in)
+            rows = sae.normalize(torch.cat(sample))
+            picked = torch.randperm(rows.shape[0], generator=generator)[:sae.d_sae].to(device)
+            data = F.normalize(rows[picked], dim=1)
+            W[:data.shape[0]] += data
+            sae.W_dec.copy_(F.normalize(W, dim=1))
             sae.W_enc.copy_(sae.W_dec.T)
 
     def _inliers(self, x: torch.Tensor) -> torch.Tensor:
