@@ -170,6 +170,8 @@ class SteeringMethod:
     #: the strengths a sweep or dev-split tuning tries; empty for methods without one.
     strength_grid: ClassVar[tuple[float, ...]] = ()
     default_strength: ClassVar[float | None] = None
+    #: False for methods that act the same whichever way they are asked to steer (none, DoLa).
+    directional: ClassVar[bool] = True
 
     # -- parameters ---------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:

@@ -121,9 +121,17 @@ class SteeringBenchmark:
         atomic_write_json(path, config)
         atomic_write_json(self.out / "environment.json", environment_info())
 
-    def _cached_generate(self, name: str, method: SteeringMethod, prompts: list[SteeringPrompt], toward: Direction,
-                         strength: float | None, gate: Gate | None) -> list[str]:
-        path = self.out / "generations" / f"{name}.jsonl"
+    def _cached_generate(self, split: str, label: str, params: dict, method: SteeringMethod,
+                         prompts: list[SteeringPrompt], toward: Direction, strength: float | None, gate: Gate | None,
+                         seed: int | None = None) -> list[str]:
+        """Generate one benchmark cell, or read it back from ``generations/<split>/<cell>.jsonl``.
+
+        Methods that do not depend on the direction (``directional = False``) share one cell.
+        """
+        way = toward if method.directional else "any"
+        context = prompts[0].context if prompts else "none"
+        cell = f"{label}-{_slug(params)}-{strength}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
+        path = self.out / "generations" / split / f"{cell}.jsonl"
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
         if path.is_file():
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -233,9 +241,8 @@ class SteeringBenchmark:
             strengths = method.strength_grid or (None,)
             for toward in DIRECTIONS:
                 for strength in strengths:
-                    name = f"dev/{label}-{_slug(params)}-{toward}-{strength}"
-                    score = self._score(self._cached_generate(name, method, dev_prompts, toward, strength, gate),
-                                        dev_prompts, toward)
+                    preds = self._cached_generate("dev", label, params, method, dev_prompts, toward, strength, gate)
+                    score = self._score(preds, dev_prompts, toward)
                     if toward not in best or score > best[toward]["dev_em"]:
                         best[toward] = {"params": params, "strength": strength, "dev_em": score}
         atomic_write_json(path, best)
@@ -274,7 +281,7 @@ class SteeringBenchmark:
         labels = {}
         for seed in self.config.seeds:
             prompts = eval_prompts(test, pool, "sub", seed, self.config.k_shot)
-            preds = self._cached_generate(f"test/none-seed{seed}-sub-context", none, prompts, "context", None, None)
+            preds = self._cached_generate("test", "none", {}, none, prompts, "context", None, None, seed)
             labels[seed] = [behaviour_label(p, q.example, self.dataset.context_match) for p, q in zip(preds, prompts)]
         return labels
 
@@ -293,8 +300,8 @@ class SteeringBenchmark:
                 method = self._fit(kind, choice["params"], data)
                 for context in ("sub", "org"):
                     prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
-                    name = f"test/{label}-{_slug(choice['params'])}-{choice['strength']}-seed{seed}-{context}-{toward}"
-                    preds = self._cached_generate(name, method, prompts, toward, choice["strength"], use_gate)
+                    preds = self._cached_generate("test", label, choice["params"], method, prompts, toward,
+                                                  choice["strength"], use_gate, seed)
                     score = self._score(preds, prompts, toward)
                     if context == "sub":
                         per_seed[f"em_{toward}"].append(score)
@@ -352,9 +359,8 @@ class SteeringBenchmark:
                     point: dict[str, Any] = {"strength": strength}
                     for context in ("sub", "org"):
                         prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
-                        name = f"test/{label}-{_slug(params)}-{strength}-seed{seed}-{context}-{toward}"
-                        preds = self._cached_generate(name, method, prompts, toward, strength,
-                                                      gate if gated else None)
+                        preds = self._cached_generate("test", label, params, method, prompts, toward, strength,
+                                                      gate if gated else None, seed)
                         point["em_target" if context == "sub" else "em_no_conflict"] = self._score(preds, prompts, toward)
                     points.append(point)
                 curves[label][toward] = points

@@ -77,6 +77,8 @@ class LayerContrast(LogitsProcessor):
 class DoLa(SteeringMethod):
     """Final-vs-premature layer contrast at decoding time; learns nothing."""
 
+    directional = False
+
     def __init__(self, premature_layers: tuple[int, ...] = (0, 2, 4, 6, 8), plausibility: float = 0.1):
         self.premature_layers = premature_layers
         self.plausibility = plausibility

@@ -9,5 +9,7 @@ from sparekit.steering.base import SteeringMethod, register
 class NoSteering(SteeringMethod):
     """No edits, no rewriting, no logits processing; fitting learns nothing."""
 
+    directional = False
+
     def __init__(self) -> None:
         pass
