@@ -307,3 +307,13 @@ def test_shipped_saes_read_the_default_model(default_lm):
             fvu = (h - sae.decode(z)).pow(2).sum() / (h - h.mean(0)).pow(2).sum()
         assert (z > 0).sum(1).max() <= sae.k and sae.pre_acts(h).shape == (h.shape[0], sae.d_sae)
         assert fvu < 0.5, f"layer {layer}: FVU {fvu:.3f}"
+
+
+def test_corpus_holds_out_question_groups_without_overlap(nqswap_path):
+    from sparekit.sae.corpus import nqswap_passages
+
+    train, held = nqswap_passages(nqswap_path, holdout=0.1, seed=0)
+    assert not set(train) & set(held) and len(set(train)) == len(train)
+    assert 0.05 < len(held) / (len(train) + len(held)) < 0.2
+    assert not any("<P>" in p or "</P>" in p for p in train + held)
+    assert nqswap_passages(nqswap_path, holdout=0.1, seed=1)[1] != held

@@ -8,13 +8,11 @@ the very text distribution SpARE later reads. Held-out passages are chosen by
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 import re
 from pathlib import Path
 
-from sparekit.errors import SparekitError
+from sparekit.data.dataset import read_jsonl
 
 _TAGS = re.compile(r"</?(?:P|Table|Tr|Td|Th|Li|Ul|Ol|Dd|Dl|Dt|H\d)>")
 
@@ -26,20 +24,9 @@ def clean_passage(text: str) -> str:
 
 def nqswap_passages(path: str | Path, holdout: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
     """Distinct cleaned passages split into ``(train, heldout)`` by question group."""
-    path = Path(path)
-    if not path.is_file():
-        raise SparekitError(f"missing corpus file: {path}", "pass the NQ-Swap jsonl(.gz) path")
-    opener = gzip.open if path.suffix == ".gz" else open
     by_question: dict[str, list[str]] = {}
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                by_question.setdefault(row["question"], []).append(clean_passage(row["org_context"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise SparekitError(f"{path}:{number}: bad row ({exc})", "expected question and org_context") from None
+    for example in read_jsonl(path):
+        by_question.setdefault(example.question, []).append(clean_passage(example.org_context))
     questions = sorted(by_question)
     random.Random(seed).shuffle(questions)
     n_held = max(1, round(holdout * len(questions))) if holdout > 0 else 0
