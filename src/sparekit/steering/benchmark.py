@@ -59,14 +59,20 @@ class BenchConfig:
     split_seed: int = 0
     gate_threshold: float = 0.5
     param_grids: dict[str, dict[str, list]] = field(default_factory=dict)
+    strength_grids: dict[str, list[float]] = field(default_factory=dict)
 
     def grid(self, kind: str) -> dict[str, list]:
         """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""
         if kind in self.param_grids:
             return self.param_grids[kind]
-        defaults = {"spare": {"mi_mass": [0.01, 0.03, 0.07]}, "actadd": {"layer": list(self.layers)},
+        defaults = {"spare": {"mi_mass": [0.05, 0.1, 0.2, 0.4]}, "actadd": {"layer": list(self.layers)},
                     "knob": {"layer": list(self.layers)}, "sea": {"layer": list(self.layers)}}
         return defaults.get(kind, {})
+
+    def strengths(self, method: SteeringMethod) -> tuple[float | None, ...]:
+        """The strengths tuned and swept for ``method`` (its own grid unless overridden)."""
+        grid = self.strength_grids.get(method.kind, method.strength_grid)
+        return tuple(grid) or (None,)
 
 
 def _kind(label: str) -> tuple[str, bool]:
@@ -238,7 +244,7 @@ class SteeringBenchmark:
         best: dict[str, Any] = {}
         for params in combos:
             method = self._fit(kind, params, data)
-            strengths = method.strength_grid or (None,)
+            strengths = self.config.strengths(method)
             for toward in DIRECTIONS:
                 for strength in strengths:
                     preds = self._cached_generate("dev", label, params, method, dev_prompts, toward, strength, gate)
@@ -355,7 +361,7 @@ class SteeringBenchmark:
                 params = tuned[toward]["params"]
                 method = self._fit(kind, params, data)
                 points = []
-                for strength in method.strength_grid or (None,):
+                for strength in self.config.strengths(method):
                     point: dict[str, Any] = {"strength": strength}
                     for context in ("sub", "org"):
                         prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)

@@ -40,7 +40,7 @@ def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
 
 def feature_mutual_information(z: torch.Tensor, labels: np.ndarray, seed: int) -> np.ndarray:
     """MI between each min-max-scaled feature and the label; constant features get 0."""
-    z = z.numpy().astype(np.float64)
+    z = z.detach().cpu().numpy().astype(np.float64)
     low, span = z.min(0), z.max(0) - z.min(0)
     active = span > 0
     mi = np.zeros(z.shape[1])
@@ -64,7 +64,7 @@ def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_targ
 class SpARE(SteeringMethod):
     """SAE-based representation engineering at the last prompt token of several layers."""
 
-    strength_grid = (1.0, 1.5, 2.0, 3.0)
+    strength_grid = (1.0, 2.0, 4.0, 8.0)
     default_strength = 2.0
 
     def __init__(self, layers: tuple[int, ...] = (5, 6, 7, 8), sae: str = "default", mi_mass: float = 0.07,
