@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from sparekit.errors import SparekitError
-from sparekit.evaluation.generation import batches
+from sparekit.evaluation.generation import batches, padded_positions
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
@@ -79,9 +79,7 @@ def _run_chunk(lm: LoadedModel, chunk, sites: Sequence[Site], positions: str, sk
     for batch_idx in batches(order, batch_size):
         enc = lm.tokenizer.pad({"input_ids": [chunk[i][1] for i in batch_idx]}, return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
-        # Positions count real tokens only, as generate() does: absolute-position models
-        # (GPT-2) would otherwise see a different text under left padding.
-        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        enc["position_ids"] = padded_positions(enc["attention_mask"])
         hooks = Hooks(lm)
         for site in sites:
             hooks.capture(site, positions=positions, dtype=dtype)

@@ -202,7 +202,7 @@ def detect(prompt, question, context, probe_dir, model, device, as_json) -> None
         hooks.capture(site, dtype=torch.float32)
     hooks.stop_after_captures()
     with torch.inference_mode(), hooks:
-        lm.model(**tokenize(lm, [text]), use_cache=False)
+        lm.model(**tokenize(lm, [text], position_ids=True), use_cache=False)
     p_conflict = float(probes["conflict"].predict_proba(hooks[sites["conflict"]])[0, 1])
     result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": None,
               "source": None, "sites": {t: str(s) for t, s in sites.items()}, "probe_dir": str(probes_dir)}

@@ -33,10 +33,21 @@ def batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start:start + batch_size]
 
 
-def tokenize(lm: LoadedModel, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Left-padded batch on the model's device."""
+def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting real tokens only (0 on padding), as ``generate`` computes them.
+
+    Absolute-position models (GPT-2) see a different text under left padding without them.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def tokenize(lm: LoadedModel, prompts: Sequence[str], position_ids: bool = False) -> dict[str, torch.Tensor]:
+    """Left-padded batch on the model's device; ``position_ids=True`` for a plain forward pass."""
     enc = lm.tokenizer(list(prompts), return_tensors="pt", padding=True)
-    return {k: v.to(lm.model.device) for k, v in enc.items()}
+    enc = {k: v.to(lm.model.device) for k, v in enc.items()}
+    if position_ids:
+        enc["position_ids"] = padded_positions(enc["attention_mask"])
+    return enc
 
 
 @torch.inference_mode()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sparekit.evaluation.generation import batches
+from sparekit.evaluation.generation import batches, tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.sae.base import SAE
@@ -24,9 +24,7 @@ from sparekit.sae.base import SAE
 
 def _encode_batch(lm: LoadedModel, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Left-padded batch and the mask of positions an SAE reads (real tokens after the first)."""
-    enc = lm.tokenizer(list(texts), return_tensors="pt", padding=True)
-    enc = {k: v.to(lm.model.device) for k, v in enc.items()}
-    enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    enc = tokenize(lm, texts, position_ids=True)
     return enc, enc["attention_mask"].bool() & (enc["position_ids"] > 0)
 
 

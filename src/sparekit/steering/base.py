@@ -147,7 +147,7 @@ class Steered:
         from sparekit.evaluation.generation import tokenize
 
         with Hooks(self.lm).capture(self.gate.site).stop_after_captures() as hooks, torch.inference_mode():
-            self.lm.model(**tokenize(self.lm, texts))
+            self.lm.model(**tokenize(self.lm, texts, position_ids=True))
         return self.gate.fire(hooks[self.gate.site].float())
 
     def gated(self, fn: EditFn) -> EditFn:

@@ -58,6 +58,7 @@ class BenchConfig:
     k_shot: int = 3
     split_seed: int = 0
     gate_threshold: float = 0.5
+    gate_layer: int | None = None  # default: 55% depth, where conflict probes peak on Gemma 3 270M
     param_grids: dict[str, dict[str, list]] = field(default_factory=dict)
     strength_grids: dict[str, list[float]] = field(default_factory=dict)
 
@@ -196,12 +197,13 @@ class SteeringBenchmark:
         return data
 
     def conflict_gate(self, pool: ConflictDataset) -> ProbeGate:
-        """A conflict probe fitted on the pool (org vs sub context) at the first steering layer."""
+        """A conflict probe fitted on the pool (org vs sub context) at ``gate_layer``."""
         from sparekit.hooks import Hooks, Site
         from sparekit.probes import LinearProbe
         from sparekit.evaluation.generation import batches, tokenize
 
-        layer = min(self.config.layers)
+        layer = self.config.gate_layer
+        layer = self.lm.info.check_layer(round(0.55 * (self.lm.info.n_layers - 1)) if layer is None else layer)
         path = self.out / "gate_probe"
         if (path / "config.json").is_file():
             probe = LinearProbe.load(path, model_hash=self.lm.info.model_hash)
@@ -211,7 +213,7 @@ class SteeringBenchmark:
         for chunk in batches(prompts, self.batch_size):
             with Hooks(self.lm).capture(Site(layer), dtype=torch.float32).stop_after_captures() as hooks, \
                     torch.inference_mode():
-                self.lm.model(**tokenize(self.lm, [p.text for p in chunk]))
+                self.lm.model(**tokenize(self.lm, [p.text for p in chunk], position_ids=True))
             rows.append(hooks[Site(layer)])
         X = torch.cat(rows).numpy()
         y = np.asarray([1 if p.context == "sub" else 0 for p in prompts])

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from sparekit.evaluation.generation import tokenize
+from sparekit.evaluation.generation import padded_positions, tokenize
 from sparekit.hooks import Hooks
 from sparekit.models.loading import LoadedModel
 
@@ -44,7 +44,7 @@ class ShadowForward:
             ids = input_ids[:, self._seen:]
             self._mask = torch.cat([self._mask, self._mask.new_ones(ids.shape)], dim=1)
         self._seen = input_ids.shape[1]
-        positions = (self._mask.long().cumsum(-1) - 1).masked_fill(self._mask == 0, 0)[:, -ids.shape[1]:]
+        positions = padded_positions(self._mask)[:, -ids.shape[1]:]
         inputs = dict(input_ids=ids, attention_mask=self._mask, position_ids=positions,
                       past_key_values=self._cache, use_cache=True)
         if hooks is None:

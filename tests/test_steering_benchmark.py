@@ -1,0 +1,63 @@
+"""The steering benchmark loop on the real default model, at a tiny scale, and its resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparekit.data import load_dataset
+from sparekit.errors import SparekitError
+from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
+
+
+def test_method_labels_parse():
+    assert _kind("spare+gate") == ("spare", True) and _kind("actadd") == ("actadd", False)
+    with pytest.raises(SparekitError, match="unknown method variant"):
+        _kind("spare+always")
+
+
+def test_eval_prompts_draw_demos_from_the_pool_never_the_item():
+    data = load_dataset("default", limit=60, seed=1)
+    pool, items = data[:30], data[30:]
+    pool_questions = {ex.question for ex in pool}
+    for prompt in eval_prompts(items, pool, "sub", 42, 3):
+        assert len(prompt.demos) == 3
+        for demo in prompt.demos:
+            question = demo.split("question: ", 1)[1].split("\n", 1)[0]
+            assert question in pool_questions and question != prompt.example.question
+        assert prompt.text.endswith(f"context: {prompt.example.sub_context}\nquestion: {prompt.example.question}\nanswer:")
+    again = eval_prompts(items, pool, "sub", 42, 3)
+    assert [p.demos for p in again] == [p.demos for p in eval_prompts(items, pool, "sub", 42, 3)]
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, monkeypatch):
+    dataset = load_dataset("default", limit=60, seed=3)
+    config = BenchConfig(methods=("none", "actadd", "spare", "spare+gate"), seeds=(42,), layers=(5, 6),
+                         pool_groups=12, dev_groups=3, test_limit=6, behaviour_seeds=(0,),
+                         param_grids={"spare": {"mi_mass": [0.3]}, "actadd": {"layer": [6]}},
+                         strength_grids={"spare": [4.0], "actadd": [8.0]})
+    summary = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).run()
+    assert summary["splits"]["test_items"] == 6 and summary["splits"]["pool_groups"] == 12
+    assert set(summary["methods"]) == {"none", "actadd", "spare", "spare+gate"}
+    for result in summary["methods"].values():
+        for key in ("em_memory", "em_context", "em_no_conflict"):
+            assert 0.0 <= result[key]["mean"] <= 1.0 and result[key]["std"] == 0.0
+    # the unsteered method does not move anything relative to itself
+    assert summary["methods"]["none"]["conditional"]["memory"]["C→M"]["mean"] in (0.0, None)
+    assert "| spare+gate |" in markdown_table(summary)
+    assert (tmp_path / "fitted" / "spare" / "memory" / "tuned.json").is_file()
+
+    # a rerun reads every cell back: generating anything now would fail
+    def no_generation(*args, **kwargs):
+        raise AssertionError("resumed run generated again")
+
+    monkeypatch.setattr("sparekit.steering.base.greedy_generate", no_generation)
+    monkeypatch.setattr("sparekit.steering.behaviour.greedy_generate", no_generation)
+    again = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).run()
+    assert json.dumps(again["methods"], sort_keys=True) == json.dumps(summary["methods"], sort_keys=True)
+
+    changed = BenchConfig(**{**config.__dict__, "k_shot": 2})
+    with pytest.raises(SparekitError, match="different configuration"):
+        SteeringBenchmark(default_lm, dataset, changed, tmp_path, progress=False)
