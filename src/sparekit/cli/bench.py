@@ -16,7 +16,22 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size):
+def _json_option(text: str | None, name: str) -> dict:
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("expected a JSON object keyed by method", param_hint=name)
+    return value
+
+
+def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size,
+               grid=None, strengths=None):
     from sparekit.data import load_dataset
     from sparekit.models import load_model
     from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
@@ -25,7 +40,8 @@ def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, 
     lm = load_model(model, device=device)
     config = BenchConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=_int_list(seeds),
                          layers=_int_list(layers), pool_groups=pool_groups, dev_groups=dev_groups,
-                         test_limit=test_limit)
+                         test_limit=test_limit, param_grids=_json_option(grid, "--grid"),
+                         strength_grids=_json_option(strengths, "--strengths"))
     from sparekit.steering import REGISTRY
 
     for label in config.methods:
@@ -48,6 +64,10 @@ def _options(fn):
         click.option("--pool-groups", default=128, show_default=True, help="Feature-learning question groups."),
         click.option("--dev-groups", default=32, show_default=True, help="Question groups for tuning."),
         click.option("--test-limit", default=150, show_default=True, help="Test items (seeded sample)."),
+        click.option("--grid", default=None,
+                     help='Dev-tuned parameters per method as JSON, e.g. \'{"actadd": {"layer": [6, 8]}}\'.'),
+        click.option("--strengths", default=None,
+                     help='Strength grids per method as JSON, e.g. \'{"spare": [2, 4, 8]}\'.'),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory (default runs/bench-steer-<dataset>-<model>); rerun to resume."),
         device_option,
@@ -65,8 +85,8 @@ def bench() -> None:
 
 @bench.command("steer")
 @_options
-def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size,
-                as_json):
+def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, out,
+                device, batch_size, as_json):
     """EM toward memory / context and EM without conflict for every method, mean ± std over seeds.
 
     \b
@@ -77,7 +97,7 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
     from sparekit.utils.io import atomic_write_text
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, batch_size)
+                                 device, batch_size, grid, strengths)
     summary = runner.run()
     table = markdown_table(summary)
     atomic_write_text(out_dir / "results.md", table + "\n")
@@ -87,13 +107,13 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
 
 @bench.command("frontier")
 @_options
-def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device,
-                   batch_size, as_json):
+def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, out,
+                   device, batch_size, as_json):
     """Sweep each method's strength: EM toward the target vs EM without conflict, plotted per direction."""
     from sparekit.reporting.frontier import plot_frontier
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, batch_size)
+                                 device, batch_size, grid, strengths)
     curves = runner.frontier()
     plot = plot_frontier(curves, out_dir / "frontier.png", title=f"{runner.lm.info.name} on {runner.dataset.name}")
 
