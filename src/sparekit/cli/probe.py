@@ -14,12 +14,6 @@ from sparekit.errors import SparekitError
 PROMPT_SEED = 42
 
 
-def _latest_pointer() -> Path:
-    from sparekit.models.loading import CACHE_DIR
-
-    return CACHE_DIR / "probes" / "latest-default.json"
-
-
 def _render_table(result: dict) -> str:
     lines = [f"{result['model']} on {result['dataset']}: {result['n_items']} memorised items, "
              f"source labels {result['counts']}"]
@@ -150,7 +144,9 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
     result.update(run_dir=str(run_dir), plot=str(plot), probes=str(probes_dir))
     atomic_write_json(run_dir / "results.json", result)
     if model == "default" and dataset == "default":
-        atomic_write_json(_latest_pointer(), {"run_dir": str(Path(run_dir).resolve())})
+        from sparekit.probes.detect import LATEST_POINTER
+
+        atomic_write_json(LATEST_POINTER, {"run_dir": str(Path(run_dir).resolve())})
     emit(result, as_json, _render_table)
 
 
@@ -170,45 +166,17 @@ def detect(prompt, question, context, probe_dir, model, device, as_json) -> None
     PROMPT is used as is (few-shot blocks ending in `answer:`, like the probing prompts);
     or pass --question and --context to format it with the probe run's demonstrations.
     """
-    import torch
-
     from sparekit.data.prompts import format_block
-    from sparekit.evaluation.generation import tokenize
-    from sparekit.hooks import Hooks, Site
     from sparekit.models import load_model
-    from sparekit.probes import LinearProbe
+    from sparekit.probes.detect import detect_prompt, detection_demos, resolve_probe_dir
     from sparekit.utils.io import read_json
 
-    if probe_dir is None:
-        pointer = _latest_pointer()
-        if not pointer.is_file():
-            raise SparekitError("no probes found", "run `sparekit probe` first (or pass --probe DIR)")
-        probe_dir = Path(read_json(pointer)["run_dir"])
-    probes_dir = probe_dir / "probes" if (probe_dir / "probes").is_dir() else probe_dir
-    if not (probes_dir / "detect.json").is_file():
-        raise SparekitError(f"{probe_dir} holds no fitted probes", "run `sparekit probe` first")
-    meta = read_json(probes_dir / "detect.json")
     if (prompt is None) == (question is None):
         raise SparekitError("pass either PROMPT or --question (with --context)")
-    text = prompt if prompt is not None else "".join(meta["demos"]) + format_block(question, context)
-    lm = load_model(model or meta["model"], device=device)
-    probes = {t: LinearProbe.load(probes_dir / t, model_hash=lm.info.model_hash) for t in ("conflict", "source")
-              if (probes_dir / t).is_dir()}
-    if "conflict" not in probes:
-        raise SparekitError(f"{probes_dir} has no conflict probe", "rerun `sparekit probe` with a larger --limit")
-    sites = {t: Site.parse(p.site) for t, p in probes.items()}
-    hooks = Hooks(lm)
-    for site in set(sites.values()):
-        hooks.capture(site, dtype=torch.float32)
-    hooks.stop_after_captures()
-    with torch.inference_mode(), hooks:
-        lm.model(**tokenize(lm, [text], position_ids=True), use_cache=False)
-    p_conflict = float(probes["conflict"].predict_proba(hooks[sites["conflict"]])[0, 1])
-    result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": None,
-              "source": None, "sites": {t: str(s) for t, s in sites.items()}, "probe_dir": str(probes_dir)}
-    if "source" in probes:
-        p_context = float(probes["source"].predict_proba(hooks[sites["source"]])[0, 1])
-        result.update(context_probability=p_context, source="context" if p_context > 0.5 else "memory")
+    folder = resolve_probe_dir(probe_dir)
+    lm = load_model(model or read_json(folder / "detect.json")["model"], device=device)
+    text = prompt if prompt is not None else "".join(detection_demos(folder)) + format_block(question, context)
+    result = detect_prompt(lm, text, folder)
 
     def render(r: dict) -> str:
         text = f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"

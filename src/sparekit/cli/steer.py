@@ -67,7 +67,7 @@ def steer(context, question, toward, method_label, fitted, strength, probe_dir, 
     def render(r: dict) -> str:
         d = r["detection"]
         return "\n".join([
-            f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['predicted_source']}",
+            f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['source']}",
             f"unsteered:              {r['unsteered']}",
             f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}",
         ])

@@ -1,0 +1,77 @@
+"""Read a prompt with fitted probes before generating: conflict probability and knowledge source.
+
+Probe folders come from ``sparekit probe`` (``<run>/probes/{conflict,source}/`` plus
+``detect.json`` with the demonstrations used to build prompts). Resolution order: an
+explicit folder, the last ``sparekit probe`` run on the default model and dataset, then
+the probes shipped for the default model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import tokenize
+from sparekit.hooks import Hooks, Site
+from sparekit.models.loading import CACHE_DIR, LoadedModel
+from sparekit.probes.linear import LinearProbe
+from sparekit.utils.io import read_json
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "probes" / "gemma-3-270m"
+LATEST_POINTER = CACHE_DIR / "probes" / "latest-default.json"
+TARGETS = ("conflict", "source")
+
+
+def resolve_probe_dir(probe_dir: str | Path | None, model_hash: str | None = None) -> Path:
+    """The folder holding ``detect.json`` and the per-target probe folders."""
+    if probe_dir is None:
+        candidates = []
+        if LATEST_POINTER.is_file():
+            candidates.append(Path(read_json(LATEST_POINTER)["run_dir"]))
+        candidates.append(SHIPPED)
+        for candidate in candidates:
+            folder = candidate / "probes" if (candidate / "probes").is_dir() else candidate
+            meta = folder / "detect.json"
+            if meta.is_file() and model_hash in (None, read_json(meta).get("model_hash")):
+                return folder
+        raise SparekitError("no probes found for this model", "run `sparekit probe` first (or pass --probe DIR)")
+    probe_dir = Path(probe_dir)
+    folder = probe_dir / "probes" if (probe_dir / "probes").is_dir() else probe_dir
+    if not (folder / "detect.json").is_file():
+        raise SparekitError(f"{probe_dir} holds no fitted probes", "run `sparekit probe` first")
+    return folder
+
+
+def load_probes(folder: Path, model_hash: str) -> dict[str, LinearProbe]:
+    """The conflict (required) and source (optional) probes in ``folder``, checked against the model."""
+    probes = {t: LinearProbe.load(folder / t, model_hash=model_hash) for t in TARGETS if (folder / t).is_dir()}
+    if "conflict" not in probes:
+        raise SparekitError(f"{folder} has no conflict probe", "rerun `sparekit probe` with a larger --limit")
+    return probes
+
+
+def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = None) -> dict:
+    """Conflict probability and predicted source for one prompt; one forward to the deepest probe layer."""
+    folder = resolve_probe_dir(probe_dir, lm.info.model_hash)
+    probes = load_probes(folder, lm.info.model_hash)
+    sites = {t: Site.parse(p.site) for t, p in probes.items()}
+    hooks = Hooks(lm)
+    for site in set(sites.values()):
+        hooks.capture(site, dtype=torch.float32)
+    hooks.stop_after_captures()
+    with torch.inference_mode(), hooks:
+        lm.model(**tokenize(lm, [text], position_ids=True), use_cache=False)
+    p_conflict = float(probes["conflict"].predict_proba(hooks[sites["conflict"]])[0, 1])
+    result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": None,
+              "source": None, "sites": {t: str(s) for t, s in sites.items()}, "probe_dir": str(folder)}
+    if "source" in probes:
+        p_context = float(probes["source"].predict_proba(hooks[sites["source"]])[0, 1])
+        result.update(context_probability=p_context, source="context" if p_context > 0.5 else "memory")
+    return result
+
+
+def detection_demos(folder: Path) -> list[str]:
+    """The demonstrations the probes were fitted with (to format a bare question the same way)."""
+    return list(read_json(folder / "detect.json")["demos"])
