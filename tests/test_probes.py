@@ -135,7 +135,6 @@ def test_cross_validate_errors():
 
 def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch, capsys):
     """End to end on a tiny random model; memorisation and answers are faked (it knows nothing)."""
-    from sparekit.cli import probe as probe_cli
     from sparekit.cli.main import main
     from sparekit.probes import experiment
 
@@ -149,7 +148,10 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch,
     monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
     monkeypatch.setattr(experiment, "_generate_keyed", lambda lm, prompts, *a: {
         k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
-    monkeypatch.setattr(probe_cli, "_latest_pointer", lambda: tmp_path / "none.json")
+    from sparekit.probes import detect as detect_module
+
+    monkeypatch.setattr(detect_module, "LATEST_POINTER", tmp_path / "none.json")
+    monkeypatch.setattr(detect_module, "SHIPPED", tmp_path / "no-shipped-probes")
     run = tmp_path / "run"
     args = ["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1-2", "--seeds", "0,1",
             "--k-shot", "1", "--out", str(run), "--json"]
