@@ -20,27 +20,14 @@ from torch import nn
 
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
+from sparekit.utils.registry import Registry
 
-REGISTRY: dict[str, type[SAE]] = {}
-
-
-def register(name: str):
-    """Class decorator: make an architecture loadable by the name written in ``cfg.json``."""
-
-    def wrap(cls: type[SAE]) -> type[SAE]:
-        if name in REGISTRY:
-            raise RuntimeError(f"SAE architecture {name!r} registered twice")
-        cls.architecture = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
+REGISTRY: Registry = Registry("SAE architecture", "architecture")
+register = REGISTRY.register
 
 
 def sae_class(architecture: str) -> type[SAE]:
-    if architecture not in REGISTRY:
-        raise SparekitError(f"unknown SAE architecture {architecture!r}", f"known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[architecture]
+    return REGISTRY.lookup(architecture)
 
 
 class SAE(nn.Module):

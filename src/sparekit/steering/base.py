@@ -36,26 +36,15 @@ from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.registry import Registry
 
 Direction = Literal["context", "memory"]
 DIRECTIONS: tuple[Direction, ...] = ("context", "memory")
 FORMAT_VERSION = 1
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 
-REGISTRY: dict[str, type[SteeringMethod]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a method constructible and loadable by ``name``."""
-
-    def wrap(cls: type[SteeringMethod]) -> type[SteeringMethod]:
-        if name in REGISTRY:
-            raise RuntimeError(f"steering method {name!r} registered twice")
-        cls.kind = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
+REGISTRY: Registry = Registry("steering method", "kind")
+register = REGISTRY.register
 
 
 @dataclass(frozen=True)
@@ -268,12 +257,10 @@ def load_method(path: str | Path) -> SteeringMethod:
     """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle)."""
     path = Path(path)
     config = read_json(path / "config.json")
-    kind = config.get("kind")
-    if kind not in REGISTRY:
-        raise SparekitError(f"{path}: unknown steering method {kind!r}", f"known: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY.lookup(str(config.get("kind")), where=str(path))
     if config.get("format_version") != FORMAT_VERSION:
         raise SparekitError(f"{path}: format version {config.get('format_version')} is not {FORMAT_VERSION}")
-    method = REGISTRY[kind]().set_params(**config["params"])
+    method = cls().set_params(**config["params"])
     tensor_file = path / "tensors.safetensors"
     for key, value in (load_file(str(tensor_file)) if tensor_file.is_file() else {}).items():
         setattr(method, key, value)
@@ -284,9 +271,7 @@ def load_method(path: str | Path) -> SteeringMethod:
 
 def make_method(kind: str, **params: Any) -> SteeringMethod:
     """Instantiate a registered method by name."""
-    if kind not in REGISTRY:
-        raise SparekitError(f"unknown steering method {kind!r}", f"known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[kind]().set_params(**params)
+    return REGISTRY.lookup(kind)().set_params(**params)
 
 
 def with_strength_sign(toward: Direction) -> float:
