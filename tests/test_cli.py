@@ -36,3 +36,17 @@ def test_generate_json_on_default_model(capsys):
     assert main(["generate", prompt, "-n", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["completion"].strip().startswith("Lyon")
+
+
+@pytest.mark.slow
+def test_demo_runs_on_shipped_artefacts(capsys):
+    """The README's main command: shipped probes and fitted SpARE load and produce answers."""
+    assert main(["demo", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["closed_book"] and result["with_org_context"] and result["with_sub_context"]
+    for context in ("org", "sub"):
+        assert 0.0 <= result["detection"][context]["conflict_probability"] <= 1.0
+    for toward in ("memory", "context"):
+        steering = result["steering"][toward]
+        assert steering["method"] == "spare" and steering["strength"] is not None
+        assert steering["steered"].strip() != "" and steering["unsteered"] == result["with_sub_context"]

@@ -48,8 +48,8 @@ def demo(item: str, method_label: str, device: str | None, as_json: bool) -> Non
         "closed_book": closed, "with_org_context": original, "with_sub_context": conflict,
         "conflict_behaviour": behaviour_label(conflict, ex),
         "detection": {ctx: detect_prompt(lm, build_prompt(ex, ctx, demos), None) for ctx in ("org", "sub")},
-        "steering": {toward: steer_question(lm, ex.sub_context, ex.question, toward, method_label, None, None)
-                     for toward in ("memory", "context")},
+        "steering": {toward: steer_question(lm, ex.sub_context, ex.question, toward, method_label, None, None,
+                                            demos=tuple(demos)) for toward in ("memory", "context")},
     }
 
     def render(r: dict) -> str:

@@ -10,8 +10,12 @@ from sparekit.cli.common import device_option, emit, json_option, model_option
 
 
 def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
-                   strength: float | None) -> dict:
-    """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``."""
+                   strength: float | None, demos: tuple[str, ...] | None = None, k_shot: int = 3) -> dict:
+    """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``.
+
+    Without ``demos``, the fitted method's stored demonstrations are used, skipping any
+    that asks the same question.
+    """
     from sparekit.data.dataset import ConflictExample
     from sparekit.errors import SparekitError
     from sparekit.steering import SteeringPrompt, make_method
@@ -26,7 +30,9 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     strength = loaded.strength if strength is None else strength
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
                               sub_answer=())
-    prompt = SteeringPrompt(example, "sub", loaded.demos)
+    if demos is None:
+        demos = tuple(d for d in loaded.demos if f"question: {question}\n" not in d)[:k_shot]
+    prompt = SteeringPrompt(example, "sub", demos)
     with make_method("none").fit(None).steer(lm, toward=toward) as plain:  # type: ignore[arg-type]
         unsteered = plain.generate([prompt])[0]
     with loaded.method.steer(lm, toward=toward, strength=strength) as steered:  # type: ignore[arg-type]

@@ -335,7 +335,7 @@ class SteeringBenchmark:
 
         ``sparekit steer --fitted <run>/fitted/<label>`` reads these folders.
         """
-        demos = sample_demos(pool, "", self.config.k_shot, "org_org", random.Random(0))
+        demos = sample_demos(pool, "", 2 * self.config.k_shot, "org_org", random.Random(0))
         for toward in DIRECTIONS:
             folder = self.out / "fitted" / label / toward
             self._fit(kind, tuned[toward]["params"], data).save(folder)
