@@ -146,7 +146,7 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch,
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
-    monkeypatch.setattr(experiment, "_generate_keyed", lambda lm, prompts, *a: {
+    monkeypatch.setattr(experiment, "generate_keyed", lambda lm, prompts, *a: {
         k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
     from sparekit.probes import detect as detect_module
 

@@ -58,7 +58,7 @@ def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_sho
             for ex in dataset}
 
 
-def _generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, chunk_dir: Path | None,
+def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, chunk_dir: Path | None,
                     chunk_prefix: str, bar: tqdm) -> dict[str, str]:
     """Greedy predictions for ``prompts``, reading/writing chunk files under ``chunk_dir`` when given.
 
@@ -90,7 +90,7 @@ def closed_book_predictions(lm: LoadedModel, dataset: ConflictDataset, seed: int
     """The few-shot closed-book prediction for each row (shared by the rows of a question group)."""
     prompts = condition_prompts(dataset, "closed", seed, k_shot)
     with tqdm(total=len(prompts), desc="closed-book", unit="prompt", leave=False) as bar:
-        by_group = _generate_keyed(lm, prompts, batch_size, None, "", bar)
+        by_group = generate_keyed(lm, prompts, batch_size, None, "", bar)
     return [by_group[ex.group] for ex in dataset]
 
 
@@ -160,7 +160,7 @@ def _metrics(items: list[dict]) -> dict[str, float | int | None]:
     }
 
 
-def _mean_std(values: list[float | None]) -> dict[str, float | None]:
+def mean_std(values: list[float | None]) -> dict[str, float | None]:
     """Mean and population std over seeds (None values, from empty subsets, are left out)."""
     kept = [v for v in values if v is not None]
     if not kept:
@@ -190,7 +190,7 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
     per_relation: dict[str, dict] = {}
     with tqdm(total=total, desc=f"eval {dataset.name}", unit="prompt", disable=not progress) as bar:
         for seed in seeds:
-            preds = {cond: _generate_keyed(lm, condition_prompts(dataset, cond, seed, k_shot), batch_size,
+            preds = {cond: generate_keyed(lm, condition_prompts(dataset, cond, seed, k_shot), batch_size,
                                            None if out is None else out / "predictions", f"seed{seed}-{cond}", bar)
                      for cond in CONDITIONS}
             items = _item_records(dataset, preds["closed"], preds["org"], preds["sub"])
@@ -203,8 +203,8 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
                                    encoding="utf-8")
     result = {"dataset": dataset.name, "model": lm.info.name, "model_hash": lm.info.model_hash,
               "n": len(dataset), "seeds": list(config["seeds"]), "k_shot": k_shot,
-              **{name: _mean_std([per_seed[str(s)][name] for s in seeds]) for name in METRICS},
-              "by_relation": {r: {name: _mean_std([per_relation[str(s)][r][name] for s in seeds]) for name in METRICS}
+              **{name: mean_std([per_seed[str(s)][name] for s in seeds]) for name in METRICS},
+              "by_relation": {r: {name: mean_std([per_relation[str(s)][r][name] for s in seeds]) for name in METRICS}
                               for r in per_relation[str(seeds[0])]},
               "per_seed": per_seed}
     if out is not None:

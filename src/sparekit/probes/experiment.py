@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, split_by_group
 from sparekit.errors import SparekitError
-from sparekit.evaluation.harness import _generate_keyed, condition_prompts, memorised_subset
+from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
@@ -88,7 +88,7 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
     n = len(items)
     features = {site: store.load(site) for site in sites}
     with tqdm(total=n, desc="conflict answers", unit="prompt", disable=not progress, leave=False) as bar:
-        predictions = _generate_keyed(lm, {ex.id: p for ex, p in zip(items, sub)}, batch_size,
+        predictions = generate_keyed(lm, {ex.id: p for ex, p in zip(items, sub)}, batch_size,
                                       work_dir / "predictions", "sub", bar)
     behaviour = [behaviour_label(predictions[ex.id], ex, dataset.context_match) for ex in items]
     return ProbingData(items, {s: f[:n] for s, f in features.items()}, {s: f[n:] for s, f in features.items()},
@@ -103,9 +103,8 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "auprc": float(average_precision_score(y, p))}
 
 
-def _mean_std(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs]))}
-            for m in METRICS}
+def _mean_std(runs: list[dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    return {m: mean_std([r[m] for r in runs]) for m in METRICS}
 
 
 def cross_validate(data: ProbingData, target: str, site: Site, seeds: Sequence[int], test_fraction: float = 0.3,

@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 from sparekit.data.dataset import ConflictDataset, split_by_group
 from sparekit.data.prompts import sample_demos
 from sparekit.errors import SparekitError
-from sparekit.evaluation.harness import _mean_std as mean_std
-from sparekit.evaluation.harness import memorised_subset
+from sparekit.evaluation.harness import mean_std, memorised_subset
 from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, exact_match, uses_context
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
