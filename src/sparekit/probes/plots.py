@@ -15,6 +15,7 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     import numpy as np
 
     layers = np.array(result["layers"])
@@ -30,6 +31,7 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
                 ax.fill_between(layers, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance")
         ax.set_xlabel("layer (output of decoder block)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"held-out {name}")
         ax.set_ylim(0.3, 1.02)
         ax.grid(alpha=0.3)
