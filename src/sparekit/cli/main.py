@@ -60,6 +60,10 @@ def cli(verbose: bool) -> None:
     The default model is Gemma 3 270M, installed from PyPI; everything runs offline.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # transformers' own weight-loading bars would bury sparekit's output and errors
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
