@@ -1,0 +1,63 @@
+"""Steered ÷ unsteered generation time on the default model, same prompts, same process.
+
+Each steering method runs through its own ``steer`` context; rounds are interleaved and
+the median is kept, so the ratio holds on a busy machine. Goal for SpARE: ≤ 1.05.
+
+    python benchmarks/bench_steer.py --n 16 --rounds 3 --methods spare,actadd
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from sparekit.data import load_dataset
+from sparekit.data.prompts import sample_demos
+from sparekit.models import load_model
+from sparekit.steering import SteeringPrompt, make_method
+from sparekit.steering.fitted import load_fitted, shipped_root
+
+
+def timed(method, lm, prompts, toward, strength) -> float:
+    start = time.perf_counter()
+    with method.steer(lm, toward=toward, strength=strength) as steered:
+        steered.generate(prompts)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--methods", default="spare", help="shipped fitted methods to time")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    lm = load_model("default", device="cpu")
+    data = load_dataset("default", limit=args.n + 40, seed=0)
+    items, pool = data[:args.n], data[args.n:]
+    prompts = [SteeringPrompt(ex, "sub", tuple(sample_demos(pool, ex.group, 3, "org_org", random.Random(i))))
+               for i, ex in enumerate(items)]
+    methods = {"none": (make_method("none").fit(None), None)}  # type: ignore[arg-type]
+    for label in args.methods.split(","):
+        fitted = load_fitted(shipped_root(label), "memory", lm.info)
+        methods[label] = (fitted.method, fitted.strength)
+    times: dict[str, list[float]] = {label: [] for label in methods}
+    timed(methods["none"][0], lm, prompts[:2], "memory", None)  # warm-up
+    for _ in range(args.rounds):
+        for label, (method, strength) in methods.items():
+            times[label].append(timed(method, lm, prompts, "memory", strength))
+    base = statistics.median(times["none"])
+    print(f"{args.n} prompts, {args.rounds} interleaved rounds, median seconds; toward memory")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"{label:>8}: {median:7.2f} s   steered ÷ unsteered = {median / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
