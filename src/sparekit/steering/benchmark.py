@@ -256,10 +256,15 @@ class SteeringBenchmark:
         return best
 
     def _fit(self, kind: str, params: dict, data: BehaviourData) -> SteeringMethod:
-        defaults = {"layers": tuple(self.config.layers)} if kind == "spare" else {}
-        if kind in ("actadd", "knob", "sea", "dola") and "layer" not in params and hasattr(make_method(kind), "layer"):
-            defaults["layer"] = sorted(self.config.layers)[len(self.config.layers) // 2]
-        return make_method(kind, **{**defaults, **params}).fit(data)
+        """Fit ``kind`` with ``params`` once per benchmark (SpARE's MI estimates are the slow part)."""
+        key = (kind, json.dumps(params, sort_keys=True))
+        fits = self.__dict__.setdefault("_fits", {})
+        if key not in fits:
+            defaults = {"layers": tuple(self.config.layers)} if kind == "spare" else {}
+            if "layer" not in params and hasattr(make_method(kind), "layer"):
+                defaults["layer"] = sorted(self.config.layers)[len(self.config.layers) // 2]
+            fits[key] = make_method(kind, **{**defaults, **params}).fit(data)
+        return fits[key]
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
