@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args", [
     ("bench_steer.py", ["--n", "2", "--rounds", "1"]),
-    ("bench_generation.py", ["--n", "2", "--batch-size", "2"]),
+    ("bench_generation.py", ["--n", "4", "--batch-size", "2"]),
 ])
 def test_benchmark_script_runs(script, args):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
