@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from sparekit.activations.last_token import last_token_states
 from sparekit.errors import SparekitError
-from sparekit.evaluation.generation import tokenize
-from sparekit.hooks import Hooks, Site
+from sparekit.hooks import Site
 from sparekit.models.loading import CACHE_DIR, LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.utils.io import read_json
@@ -57,17 +55,12 @@ def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = Non
     folder = resolve_probe_dir(probe_dir, lm.info.model_hash)
     probes = load_probes(folder, lm.info.model_hash)
     sites = {t: Site.parse(p.site) for t, p in probes.items()}
-    hooks = Hooks(lm)
-    for site in set(sites.values()):
-        hooks.capture(site, dtype=torch.float32)
-    hooks.stop_after_captures()
-    with torch.inference_mode(), hooks:
-        lm.model(**tokenize(lm, [text], position_ids=True), use_cache=False)
-    p_conflict = float(probes["conflict"].predict_proba(hooks[sites["conflict"]])[0, 1])
+    states = last_token_states(lm, [text], list(sites.values()))
+    p_conflict = float(probes["conflict"].predict_proba(states[sites["conflict"]])[0, 1])
     result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": None,
               "source": None, "sites": {t: str(s) for t, s in sites.items()}, "probe_dir": str(folder)}
     if "source" in probes:
-        p_context = float(probes["source"].predict_proba(hooks[sites["source"]])[0, 1])
+        p_context = float(probes["source"].predict_proba(states[sites["source"]])[0, 1])
         result.update(context_probability=p_context, source="context" if p_context > 0.5 else "memory")
     return result
 

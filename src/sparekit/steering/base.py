@@ -133,11 +133,9 @@ class Steered:
         return outputs
 
     def _gate_mask(self, texts: list[str]) -> torch.Tensor:
-        from sparekit.evaluation.generation import tokenize
+        from sparekit.activations.last_token import last_token_states
 
-        with Hooks(self.lm).capture(self.gate.site).stop_after_captures() as hooks, torch.inference_mode():
-            self.lm.model(**tokenize(self.lm, texts, position_ids=True))
-        return self.gate.fire(hooks[self.gate.site].float())
+        return self.gate.fire(last_token_states(self.lm, texts, [self.gate.site])[self.gate.site])
 
     def gated(self, fn: EditFn) -> EditFn:
         """Wrap an edit so rows whose gate did not fire keep their activation."""

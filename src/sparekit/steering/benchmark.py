@@ -197,9 +197,10 @@ class SteeringBenchmark:
 
     def conflict_gate(self, pool: ConflictDataset) -> ProbeGate:
         """A conflict probe fitted on the pool (org vs sub context) at ``gate_layer``."""
-        from sparekit.hooks import Hooks, Site
+        from sparekit.activations.last_token import last_token_states
+        from sparekit.evaluation.generation import batches
+        from sparekit.hooks import Site
         from sparekit.probes import LinearProbe
-        from sparekit.evaluation.generation import batches, tokenize
 
         layer = self.config.gate_layer
         layer = self.lm.info.check_layer(round(0.55 * (self.lm.info.n_layers - 1)) if layer is None else layer)
@@ -208,13 +209,9 @@ class SteeringBenchmark:
             probe = LinearProbe.load(path, model_hash=self.lm.info.model_hash)
             return ProbeGate(probe, layer, self.config.gate_threshold)
         prompts = [p for ctx in ("org", "sub") for p in eval_prompts(pool, pool, ctx, 0, self.config.k_shot)]
-        rows = []
-        for chunk in batches(prompts, self.batch_size):
-            with Hooks(self.lm).capture(Site(layer), dtype=torch.float32).stop_after_captures() as hooks, \
-                    torch.inference_mode():
-                self.lm.model(**tokenize(self.lm, [p.text for p in chunk], position_ids=True))
-            rows.append(hooks[Site(layer)])
-        X = torch.cat(rows).numpy()
+        site = Site(layer)
+        X = torch.cat([last_token_states(self.lm, [p.text for p in chunk], [site])[site]
+                       for chunk in batches(prompts, self.batch_size)]).numpy()
         y = np.asarray([1 if p.context == "sub" else 0 for p in prompts])
         probe = LinearProbe(seed=0, site=f"resid.{layer}", model_hash=self.lm.info.model_hash).fit(X, y)
         probe.save(path)
