@@ -100,7 +100,7 @@ def loss_recovered(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[str], b
                 def splice(hidden: torch.Tensor, replace=replace) -> torch.Tensor:
                     return torch.where(keep[..., None], replace(hidden), hidden)
 
-                with Hooks(lm).edit(Site(_sae_layer(sae), sae.hook_component), splice, positions="all") as hooks:
+                with Hooks(lm).edit(Site(_sae_layer(sae), sae.hook_component), splice, positions="all"):
                     total[name] += _cross_entropy(lm.model(**enc, use_cache=False).logits, enc, keep)[0]
     out = []
     for total in totals:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset, split_by_group
@@ -37,6 +36,7 @@ from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, ex
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
+from sparekit.steering.gate import ProbeGate, fit_probe_gate
 from sparekit.utils.env import environment_info
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 
@@ -56,8 +56,8 @@ class BenchConfig:
     behaviour_seeds: tuple[int, ...] = (0, 1)
     k_shot: int = 3
     split_seed: int = 0
-    gate_threshold: float = 0.5
-    gate_layer: int | None = None  # default: 55% depth, where conflict probes peak on Gemma 3 270M
+    gate_layer: int | None = None  # default: the best dev AUROC among the layers from 1/3 depth on
+    gate_max_false_positive_rate: float = 0.05  # the gate's threshold: this share of dev no-conflict prompts fire
     param_grids: dict[str, dict[str, list]] = field(default_factory=dict)
     strength_grids: dict[str, list[float]] = field(default_factory=dict)
 
@@ -81,18 +81,6 @@ def _kind(label: str) -> tuple[str, bool]:
     if suffix not in ("", "gate"):
         raise SparekitError(f"unknown method variant {label!r}", "append +gate to gate a method on the conflict probe")
     return kind, suffix == "gate"
-
-
-class ProbeGate(Gate):
-    """Steer only prompts the conflict probe flags (probability above ``threshold``)."""
-
-    def __init__(self, probe, layer: int, threshold: float = 0.5):
-        from sparekit.hooks import Site
-
-        self.probe, self.site, self.threshold = probe, Site(layer), threshold
-
-    def fire(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.probe.predict_proba(h.cpu().numpy())[:, 1] > self.threshold)
 
 
 def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,
@@ -195,27 +183,19 @@ class SteeringBenchmark:
                                  "labels": data.labels.tolist(), "meta": data.meta})
         return data
 
-    def conflict_gate(self, pool: ConflictDataset) -> ProbeGate:
-        """A conflict probe fitted on the pool (org vs sub context) at ``gate_layer``."""
-        from sparekit.activations.last_token import last_token_states
-        from sparekit.evaluation.generation import batches
-        from sparekit.hooks import Site
-        from sparekit.probes import LinearProbe
-
-        layer = self.config.gate_layer
-        layer = self.lm.info.check_layer(round(0.55 * (self.lm.info.n_layers - 1)) if layer is None else layer)
+    def conflict_gate(self, pool: ConflictDataset, dev: ConflictDataset) -> ProbeGate:
+        """The conflict probe gating ``+gate`` methods: fitted on the pool, layer and threshold chosen on dev."""
         path = self.out / "gate_probe"
-        if (path / "config.json").is_file():
-            probe = LinearProbe.load(path, model_hash=self.lm.info.model_hash)
-            return ProbeGate(probe, layer, self.config.gate_threshold)
-        prompts = [p for ctx in ("org", "sub") for p in eval_prompts(pool, pool, ctx, 0, self.config.k_shot)]
-        site = Site(layer)
-        X = torch.cat([last_token_states(self.lm, [p.text for p in chunk], [site])[site]
-                       for chunk in batches(prompts, self.batch_size)]).numpy()
-        y = np.asarray([1 if p.context == "sub" else 0 for p in prompts])
-        probe = LinearProbe(seed=0, site=f"resid.{layer}", model_hash=self.lm.info.model_hash).fit(X, y)
-        probe.save(path)
-        return ProbeGate(probe, layer, self.config.gate_threshold)
+        if (path / "gate.json").is_file():
+            return ProbeGate.load(path, model_hash=self.lm.info.model_hash)
+        c, n_layers = self.config, self.lm.info.n_layers
+        layers = [c.gate_layer] if c.gate_layer is not None else list(range(n_layers // 3, n_layers))
+        train, held_out = ([p for ctx in ("org", "sub") for p in eval_prompts(items, pool, ctx, seed, c.k_shot)]
+                           for items, seed in ((pool, 0), (dev, 7)))
+        gate, report = fit_probe_gate(self.lm, train, held_out, layers, c.gate_max_false_positive_rate,
+                                      self.batch_size)
+        gate.save(path, **report)
+        return gate
 
     # -- scoring --------------------------------------------------------------------------
     @staticmethod
@@ -277,7 +257,7 @@ class SteeringBenchmark:
             "seeds": list(self.config.seeds), "methods": {},
         }
         needs_gate = any(_kind(m)[1] for m in self.config.methods)
-        gate = self.conflict_gate(pool) if needs_gate else None
+        gate = self.conflict_gate(pool, dev) if needs_gate else None
         baseline = self._unsteered(test, pool)
         for label in tqdm(self.config.methods, desc="methods", disable=not self.progress):
             summary["methods"][label] = self._evaluate(label, data, dev, test, pool, gate, baseline)
@@ -354,7 +334,7 @@ class SteeringBenchmark:
         data = self.behaviour(pool)
         seed = self.config.seeds[0] if seed is None else seed
         needs_gate = any(_kind(m)[1] for m in (labels or self.config.methods))
-        gate = self.conflict_gate(pool) if needs_gate else None
+        gate = self.conflict_gate(pool, dev) if needs_gate else None
         curves: dict[str, Any] = {}
         for label in labels or self.config.methods:
             kind, gated = _kind(label)
@@ -377,10 +357,17 @@ class SteeringBenchmark:
         return curves
 
 
-def _slug(params: dict) -> str:
+def describe(params: dict) -> str:
+    """``layer=6,mi_mass=0.1``: readable hyper-parameters ("default" for none)."""
     if not params:
         return "default"
-    text = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return ",".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, list | tuple) else v}"
+                    for k, v in sorted(params.items()))
+
+
+def _slug(params: dict) -> str:
+    """:func:`describe`, hashed when too long for a file name."""
+    text = describe(params)
     return text if len(text) < 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -396,7 +383,7 @@ def markdown_table(summary: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for label, r in summary["methods"].items():
         tuned = r["tuned"]
-        choice = " / ".join(f"{_slug(tuned[d]['params'])}, s={tuned[d]['strength']}" for d in ("memory", "context"))
+        choice = " / ".join(f"{describe(tuned[d]['params'])}, s={tuned[d]['strength']}" for d in ("memory", "context"))
         lines.append(f"| {label} | {cell(r['em_memory'])} | {cell(r['em_context'])} | {cell(r['em_no_conflict'])} | "
                      f"{cell(r['conditional']['memory']['C→M'])} | {cell(r['conditional']['context']['M→C'])} | {choice} |")
     return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Gated steering: edit only the prompts the conflict probe flags.
+
+The gate is a conflict probe (org vs sub context) on the last prompt token, read in a
+forward pass stopped at the probe's layer before the steered generation. Two choices
+decide what it costs on prompts *without* conflict, and both are made on held-out
+data, never on test: the layer (best dev AUROC among candidates) and the threshold
+(the ``1 - max_false_positive_rate`` quantile of dev no-conflict scores), so harm is
+bounded by construction rather than by the 0.5 default of an uncalibrated probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from sparekit.errors import SparekitError
+from sparekit.hooks import Site
+from sparekit.models.loading import LoadedModel
+from sparekit.probes import LinearProbe
+from sparekit.steering.base import Gate, SteeringPrompt
+from sparekit.utils.io import atomic_write_json, read_json
+
+
+class ProbeGate(Gate):
+    """Steer only prompts whose conflict probability at ``layer`` is above ``threshold``."""
+
+    def __init__(self, probe: LinearProbe, layer: int, threshold: float = 0.5):
+        self.probe, self.site, self.threshold = probe, Site(layer), threshold
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.probe.predict_proba(h.cpu().numpy())[:, 1] > self.threshold)
+
+    def save(self, path: str | Path, **report: Any) -> None:
+        """The probe plus ``gate.json`` (layer, threshold and how they were chosen)."""
+        self.probe.save(path)
+        atomic_write_json(Path(path) / "gate.json", {"layer": self.site.layer, "threshold": self.threshold, **report})
+
+    @classmethod
+    def load(cls, path: str | Path, model_hash: str | None = None) -> ProbeGate:
+        info = read_json(Path(path) / "gate.json")
+        return cls(LinearProbe.load(path, model_hash=model_hash), int(info["layer"]), float(info["threshold"]))
+
+
+def threshold_for_false_positive_rate(negative_scores: np.ndarray, max_false_positive_rate: float) -> float:
+    """The smallest threshold at which at most ``max_false_positive_rate`` of ``negative_scores`` fire."""
+    if not 0 <= max_false_positive_rate < 1:
+        raise SparekitError(f"max false-positive rate must be in [0, 1), got {max_false_positive_rate}")
+    if len(negative_scores) == 0:
+        raise SparekitError("cannot calibrate a gate without no-conflict prompts")
+    scores = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
+    allowed = int(np.floor(max_false_positive_rate * len(scores)))  # prompts allowed to fire
+    return float(scores[allowed]) if allowed < len(scores) else 0.0
+
+
+def _states(lm: LoadedModel, prompts: Sequence[SteeringPrompt], sites: Sequence[Site],
+            batch_size: int) -> dict[Site, np.ndarray]:
+    from sparekit.activations.last_token import last_token_states
+    from sparekit.evaluation.generation import batches
+
+    parts = [last_token_states(lm, [p.text for p in chunk], sites) for chunk in batches(list(prompts), batch_size)]
+    return {s: torch.cat([part[s] for part in parts]).numpy() for s in sites}
+
+
+def fit_probe_gate(lm: LoadedModel, train: Sequence[SteeringPrompt], dev: Sequence[SteeringPrompt],
+                   layers: Sequence[int], max_false_positive_rate: float = 0.05, batch_size: int = 8,
+                   seed: int = 0) -> tuple[ProbeGate, dict[str, Any]]:
+    """Fit a conflict probe per candidate layer on ``train``; keep the best on ``dev``; calibrate.
+
+    Prompts with ``context == "sub"`` are conflicts (label 1), ``"org"`` are not. Returns
+    the gate and a report (per-layer dev AUROC, the chosen layer, threshold, dev rates).
+    """
+    sites = [Site(lm.info.check_layer(layer)) for layer in layers]
+    if not sites:
+        raise SparekitError("no candidate layers for the conflict gate")
+    y_train = np.asarray([int(p.context == "sub") for p in train])
+    y_dev = np.asarray([int(p.context == "sub") for p in dev])
+    if len(set(y_dev.tolist())) < 2:
+        raise SparekitError("the gate's dev prompts need both conflict and no-conflict prompts")
+    X_train, X_dev = _states(lm, train, sites, batch_size), _states(lm, dev, sites, batch_size)
+    probes, auroc = {}, {}
+    for site in sites:
+        probes[site] = LinearProbe(seed=seed, site=str(site), model_hash=lm.info.model_hash).fit(X_train[site], y_train)
+        auroc[site.layer] = float(roc_auc_score(y_dev, probes[site].predict_proba(X_dev[site])[:, 1]))
+    best = max(sites, key=lambda s: (auroc[s.layer], -s.layer))
+    scores = probes[best].predict_proba(X_dev[best])[:, 1]
+    threshold = threshold_for_false_positive_rate(scores[y_dev == 0], max_false_positive_rate)
+    fires = scores > threshold
+    report = {"dev_auroc": auroc, "max_false_positive_rate": max_false_positive_rate,
+              "dev_false_positive_rate": float(fires[y_dev == 0].mean()),
+              "dev_true_positive_rate": float(fires[y_dev == 1].mean()), "n_train": len(train), "n_dev": len(dev)}
+    return ProbeGate(probes[best], best.layer, threshold), report
