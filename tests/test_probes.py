@@ -35,6 +35,16 @@ def test_probe_fits_a_separable_problem():
     assert probe.coef_.shape == (16,)
 
 
+def test_probe_without_signal_predicts_the_majority_class():
+    """The bias starts at the log prior odds: an uninformative feature must not pull accuracy below the prior."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(600, 4, generator=g)
+    y = (torch.rand(600, generator=g) < 0.75).long()
+    probe = LinearProbe(epochs=5).fit(X[:400], y[:400])
+    assert abs(float(probe.predict_proba(X[400:])[:, 1].mean()) - float(y[:400].float().mean())) < 0.05
+    assert (probe.predict(X[400:]) == y[400:].numpy()).mean() >= (y[400:] == 1).float().mean() - 0.02
+
+
 def test_l1_shrinks_weights():
     X, y = _separable()
     weak = LinearProbe(l1=0.0, epochs=30).fit(X, y).coef_.abs().sum()

@@ -24,7 +24,9 @@ def _render_table(result: dict) -> str:
             if "error" in table:
                 lines.append(f"{prefix}{target}: not fitted: {table['error']}")
                 continue
-            lines.append(f"{prefix}{target}: best layer {table['best_layer']}")
+            majority = table["majority_accuracy"]["mean"][0]
+            lines.append(f"{prefix}{target}: best layer {table['best_layer']} "
+                         f"(always answering the majority class scores {majority:.3f})")
             lines.append("  layer  accuracy        AUROC           AUPRC")
             for i, layer in enumerate(result["layers"]):
                 cells = [f"{table[m]['mean'][i]:.3f}±{table[m]['std'][i]:.3f}" for m in ("accuracy", "auroc", "auprc")]

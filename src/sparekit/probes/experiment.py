@@ -35,7 +35,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 
 TARGETS = ("conflict", "source")
-METRICS = ("accuracy", "auroc", "auprc")
+METRICS = ("accuracy", "auroc", "auprc", "majority_accuracy")
 MIN_ITEMS = 8
 
 
@@ -95,12 +95,14 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
                        behaviour)
 
 
-def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def _scores(y: np.ndarray, p: np.ndarray, y_train: np.ndarray) -> dict[str, float]:
+    """Held-out metrics, and the accuracy of always answering the training majority class (the bar to clear)."""
     if len(set(y.tolist())) < 2:
         raise SparekitError("a held-out split has a single class, so AUROC is undefined",
                             "use more items (--limit) or fewer held-out groups")
     return {"accuracy": float(accuracy_score(y, p > 0.5)), "auroc": float(roc_auc_score(y, p)),
-            "auprc": float(average_precision_score(y, p))}
+            "auprc": float(average_precision_score(y, p)),
+            "majority_accuracy": float(np.mean(y == int(y_train.mean() >= 0.5)))}
 
 
 def _mean_std(runs: list[dict[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -121,7 +123,7 @@ def cross_validate(data: ProbingData, target: str, site: Site, seeds: Sequence[i
         train_ids = {ex.id for ex in train_items}
         train = np.array([i in train_ids for i in row_ids])
         probe = LinearProbe(seed=seed, **(probe_params or {})).fit(X[train], y[train])
-        runs.append(_scores(y[~train], probe.predict_proba(X[~train])[:, 1]))
+        runs.append(_scores(y[~train], probe.predict_proba(X[~train])[:, 1], y[train]))
     return _mean_std(runs)
 
 
@@ -130,7 +132,7 @@ def transfer(train: ProbingData, test: ProbingData, target: str, site: Site, see
     """Fit on all of ``train`` and score on all of ``test`` (another dataset), mean/std over seeds."""
     X, y, _ = train.target(target, site)
     X_test, y_test, _ = test.target(target, site)
-    runs = [_scores(y_test, LinearProbe(seed=s, **(probe_params or {})).fit(X, y).predict_proba(X_test)[:, 1])
+    runs = [_scores(y_test, LinearProbe(seed=s, **(probe_params or {})).fit(X, y).predict_proba(X_test)[:, 1], y)
             for s in seeds]
     return _mean_std(runs)
 

@@ -69,7 +69,8 @@ class LinearProbe:
         Z = (X - self.mean_) / self.scale_
         generator = torch.Generator().manual_seed(self.seed)
         weight = torch.zeros(X.shape[1], requires_grad=True)
-        bias = torch.zeros((), requires_grad=True)
+        prior = float(y.mean())  # start at the log prior odds, so a few epochs still respect class balance
+        bias = torch.tensor(float(np.log(prior / (1 - prior))), requires_grad=True)
         optimizer = torch.optim.Adam([weight, bias], lr=self.lr)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         with torch.enable_grad():

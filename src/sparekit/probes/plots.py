@@ -29,6 +29,9 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
                 std = np.array(block[target][metric]["std"])
                 ax.plot(layers, mean, style, color=colour, marker="o", markersize=3, label=label + suffix)
                 ax.fill_between(layers, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+                if metric == "accuracy" and "majority_accuracy" in block[target] and not suffix:
+                    ax.axhline(block[target]["majority_accuracy"]["mean"][0], color=colour, linewidth=0.8,
+                               linestyle=":", label=f"{target}: majority class")
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance")
         ax.set_xlabel("layer (output of decoder block)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
