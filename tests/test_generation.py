@@ -33,3 +33,24 @@ def test_batched_equals_one_by_one_default_model(default_lm):
     single = [greedy_generate(default_lm, [p], batch_size=1)[0] for p in prompts]
     assert batched == single
     assert all("\n" not in out for out in batched) and any(batched)
+
+
+def test_answer_nll_matches_a_teacher_forced_forward():
+    """Scoring through generate (batched, left-padded) equals the NLL from one full forward per prompt."""
+    import torch
+
+    from sparekit.evaluation.generation import answer_nll
+    from sparekit.models.tiny import tiny_model
+
+    lm = tiny_model("llama")
+    prompts = ["context: a b\nquestion: c?\nanswer:", "question: dd?\nanswer:", "x"]
+    answers = ["Paris", "New York City", "b"]
+    batched = answer_nll(lm, prompts, answers, batch_size=3)
+    for prompt, answer, got in zip(prompts, answers, batched):
+        p = lm.tokenizer(prompt)["input_ids"]
+        a = lm.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = lm.model(torch.tensor([p + a])).logits[0].float()
+        log_probs = torch.log_softmax(logits[len(p) - 1:-1], dim=-1)
+        expected = -log_probs[torch.arange(len(a)), torch.tensor(a)].mean().item()
+        assert abs(got - expected) < 1e-3

@@ -119,6 +119,24 @@ def test_conformance(kind, lm, behaviour, params, tmp_path):
             assert steered.generate(prompts, max_new_tokens=3) == outputs[toward]
 
 
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_answer_nll_is_scored_under_the_steering(kind, lm, behaviour, params):
+    """Every method scores the gold answer the way it answers: the unsteered NLL for `none`, finite for all."""
+    from sparekit.evaluation.generation import answer_nll
+
+    prompts = behaviour.prompts[:3]
+    answers = [p.example.org_answer[0] for p in prompts]
+    method = _fitted(kind, params, behaviour)
+    with method.steer(lm, "memory", strength=method.default_strength) as steered:
+        scores = steered.answer_nll(prompts, answers)
+    assert len(scores) == 3 and all(np.isfinite(scores)) and all(s > 0 for s in scores)
+    plain = answer_nll(lm, [p.text for p in prompts], answers)
+    if kind == "none":
+        assert np.allclose(scores, plain, atol=1e-4)
+    if kind in ("actadd", "cad"):  # an edit or a logit contrast changes the likelihood of the answer
+        assert not np.allclose(scores, plain, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", sorted(BASELINES))
 def test_hooks_removed_after_an_error(kind, lm, behaviour, params):
     method = _fitted(kind, params, behaviour)

@@ -49,6 +49,12 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     assert "| spare+gate |" in markdown_table(summary)
     assert (tmp_path / "fitted" / "spare" / "memory" / "tuned.json").is_file()
 
+    curves = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).frontier(["actadd"])
+    for toward in ("memory", "context"):
+        (point,) = curves["actadd"][toward]  # one strength in the grid
+        assert point["strength"] == 8.0 and point["answer_nll_no_conflict"] > 0
+        assert point["em_target"] == summary["methods"]["actadd"]["per_seed"][f"em_{toward}"][0]
+
     # a rerun reads every cell back: generating anything now would fail
     def no_generation(*args, **kwargs):
         raise AssertionError("resumed run generated again")
@@ -61,3 +67,20 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     changed = BenchConfig(**{**config.__dict__, "k_shot": 2})
     with pytest.raises(SparekitError, match="different configuration"):
         SteeringBenchmark(default_lm, dataset, changed, tmp_path, progress=False)
+
+
+def test_frontier_plot_draws_both_harm_measures(tmp_path):
+    from PIL import Image
+
+    from sparekit.reporting.frontier import plot_frontier
+
+    point = {"strength": 2.0, "em_target": 0.5, "em_no_conflict": 0.9, "answer_nll_no_conflict": 0.4}
+    curves = {f"m{i}": {"memory": [point, {**point, "strength": 4.0, "em_target": 0.6}], "context": [point]}
+              for i in range(12)}
+    curves["none"] = {"memory": [{**point, "strength": None}], "context": [{**point, "strength": None}]}
+    path = plot_frontier(curves, tmp_path / "frontier.png")
+    width, height = Image.open(path).size
+    assert height > width / 2  # two rows of panels: EM without conflict and answer NLL
+    without_nll = {k: {d: [{kk: vv for kk, vv in p.items() if kk != "answer_nll_no_conflict"} for p in pts]
+                       for d, pts in v.items()} for k, v in curves.items()}
+    assert Image.open(plot_frontier(without_nll, tmp_path / "one-row.png")).size[1] < height

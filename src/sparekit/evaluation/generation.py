@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from sparekit.models.loading import LoadedModel
 
@@ -84,3 +84,52 @@ def greedy_generate(
         bar.update(len(chunk))
     bar.close()
     return outputs
+
+
+class _ForcedAnswerScorer(LogitsProcessor):
+    """Records log p(gold token) at each step from the final scores, then forces the gold token.
+
+    Placed last in the processor list, it scores exactly what decoding-level methods
+    (CAD, DoLa) would sample from, and teacher-forces the answer for the next step.
+    """
+
+    def __init__(self, gold: torch.Tensor):
+        self.gold = gold  # [batch, steps], -1 past a row's answer
+        self.step = 0
+        self.log_probs = torch.zeros(gold.shape, dtype=torch.float64)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        gold = self.gold[:, self.step].to(scores.device)
+        valid = gold >= 0
+        log_probs = torch.log_softmax(scores.float(), dim=-1)
+        picked = log_probs.gather(1, gold.clamp(min=0)[:, None])[:, 0]
+        self.log_probs[:, self.step] = torch.where(valid, picked, torch.zeros_like(picked)).double().cpu()
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, gold.clamp(min=0)[:, None], 0.0)
+        self.step += 1
+        return forced
+
+
+@torch.inference_mode()
+def answer_nll(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8,
+               logits_processor: LogitsProcessorList | None = None) -> list[float]:
+    """Mean negative log-likelihood per token of each gold ``answer`` after its prompt (teacher-forced).
+
+    Runs through ``generate`` so steering hooks and logits processors act exactly as when
+    answering; the answer is tokenized with a leading space, as the model writes it after ``answer:``.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    out: list[float] = []
+    for chunk in batches(list(range(len(prompts))), batch_size):
+        ids = [lm.tokenizer(" " + answers[i].strip(), add_special_tokens=False)["input_ids"] or [0] for i in chunk]
+        steps = max(len(x) for x in ids)
+        gold = torch.tensor([x + [-1] * (steps - len(x)) for x in ids])
+        scorer = _ForcedAnswerScorer(gold)
+        enc = tokenize(lm, [prompts[i] for i in chunk])
+        lm.model.generate(**enc, max_new_tokens=steps, do_sample=False, num_beams=1,
+                          logits_processor=LogitsProcessorList([*(logits_processor or []), scorer]),
+                          pad_token_id=lm.tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+        lengths = (gold >= 0).sum(1).double()
+        out.extend((-scorer.log_probs.sum(1) / lengths).tolist())
+    return out

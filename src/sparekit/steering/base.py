@@ -32,7 +32,7 @@ from transformers import LogitsProcessorList
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.data.prompts import build_prompt
 from sparekit.errors import SparekitError
-from sparekit.evaluation.generation import batches, greedy_generate
+from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
@@ -121,15 +121,28 @@ class Steered:
         self.gate, self.batch_size = gate, batch_size
         self._row_mask: torch.Tensor | None = None
 
-    def generate(self, prompts: Sequence[SteeringPrompt], max_new_tokens: int = 12, progress: bool = False) -> list[str]:
-        outputs: list[str] = []
+    def generate(self, prompts: Sequence[SteeringPrompt], max_new_tokens: int = 12) -> list[str]:
+        """Greedy answers under the steering, cut at the first newline."""
+        return self._run(prompts, lambda texts, processors: greedy_generate(
+            self.lm, texts, max_new_tokens=max_new_tokens, batch_size=len(texts), logits_processor=processors))
+
+    def answer_nll(self, prompts: Sequence[SteeringPrompt], answers: Sequence[str]) -> list[float]:
+        """Per-token NLL of each gold answer under the steering: how fluent the steered model stays."""
+        if len(answers) != len(prompts):
+            raise SparekitError(f"{len(prompts)} prompts but {len(answers)} answers")
+        pending = iter(answers)  # _run decodes the batches in order
+        return self._run(prompts, lambda texts, processors: answer_nll(
+            self.lm, texts, [next(pending) for _ in texts], batch_size=len(texts), logits_processor=processors))
+
+    def _run(self, prompts: Sequence[SteeringPrompt], decode: Callable[[list[str], LogitsProcessorList | None], list]
+             ) -> list:
+        """Per batch: rewrite the prompts, set the gate's rows, build the logits processors, decode."""
+        outputs: list = []
         for chunk in batches(list(prompts), self.batch_size):
             rewritten = self.method.rewrite(list(chunk), self.toward, self.strength)
             texts = [p.text for p in rewritten]
             self._row_mask = self._gate_mask(texts) if self.gate is not None else None
-            processors = self.method.logits_processor(self.lm, rewritten, self.toward, self.strength)
-            outputs += greedy_generate(self.lm, texts, max_new_tokens=max_new_tokens, batch_size=len(texts),
-                                       logits_processor=processors)
+            outputs += decode(texts, self.method.logits_processor(self.lm, rewritten, self.toward, self.strength))
         return outputs
 
     def _gate_mask(self, texts: list[str]) -> torch.Tensor:

@@ -115,28 +115,33 @@ class SteeringBenchmark:
         atomic_write_json(path, config)
         atomic_write_json(self.out / "environment.json", environment_info())
 
-    def _cached_generate(self, split: str, label: str, params: dict, method: SteeringMethod,
-                         prompts: list[SteeringPrompt], toward: Direction, strength: float | None, gate: Gate | None,
-                         seed: int | None = None) -> list[str]:
-        """Generate one benchmark cell, or read it back from ``generations/<split>/<cell>.jsonl``.
+    def _cached_cell(self, split: str, label: str, params: dict, method: SteeringMethod,
+                     prompts: list[SteeringPrompt], toward: Direction, strength: float | None, gate: Gate | None,
+                     seed: int | None = None, measure: str = "prediction") -> list:
+        """One benchmark cell, or read back from ``generations/<split>/<cell>.jsonl``.
 
-        Methods that do not depend on the direction (``directional = False``) share one cell.
+        ``measure`` is ``"prediction"`` (greedy answers) or ``"nll"`` (per-token NLL of the
+        gold ``org_answer`` under the steering). Methods that do not depend on the direction
+        (``directional = False``) share one cell.
         """
         way = toward if method.directional else "any"
         context = prompts[0].context if prompts else "none"
         cell = f"{label}-{_slug(params)}-{strength}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
-        path = self.out / "generations" / split / f"{cell}.jsonl"
+        path = self.out / "generations" / split / f"{cell}{'' if measure == 'prediction' else '-' + measure}.jsonl"
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
         if path.is_file():
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
             if [r["id"] for r in rows] == ids:
-                return [r["prediction"] for r in rows]
+                return [r[measure] for r in rows]
         with method.steer(self.lm, toward=toward, strength=strength, gate=gate, batch_size=self.batch_size) as steered:
-            outputs = steered.generate(prompts)
+            if measure == "prediction":
+                values = steered.generate(prompts)
+            else:
+                values = steered.answer_nll(prompts, [p.example.org_answer[0] for p in prompts])
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps({"id": i, "prediction": o}, ensure_ascii=False) + "\n"
-                                   for i, o in zip(ids, outputs)), encoding="utf-8")
-        return outputs
+            tmp.write_text("".join(json.dumps({"id": i, measure: v}, ensure_ascii=False) + "\n"
+                                   for i, v in zip(ids, values)), encoding="utf-8")
+        return values
 
     # -- data ---------------------------------------------------------------------------
     def splits(self) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
@@ -209,10 +214,14 @@ class SteeringBenchmark:
         return float(np.mean(hits)) if hits else 0.0
 
     # -- tuning -----------------------------------------------------------------------------
-    def tune(self, label: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset,
-             gate: Gate | None) -> dict[str, Any]:
-        """Per direction, the (params, strength) with the best dev EM toward the target."""
-        kind, _ = _kind(label)
+    def tune(self, label: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset) -> dict[str, Any]:
+        """Per direction, the (params, strength) with the best dev EM toward the target.
+
+        A gated variant reuses its method's tuning, so ``+gate`` rows isolate what the gate changes.
+        """
+        kind, gated = _kind(label)
+        if gated:
+            return self.tune(kind, data, dev, pool)
         path = self.out / "tuning" / f"{label}.json"
         if path.is_file():
             return read_json(path)
@@ -225,7 +234,7 @@ class SteeringBenchmark:
             strengths = self.config.strengths(method)
             for toward in DIRECTIONS:
                 for strength in strengths:
-                    preds = self._cached_generate("dev", label, params, method, dev_prompts, toward, strength, gate)
+                    preds = self._cached_cell("dev", label, params, method, dev_prompts, toward, strength, None)
                     score = self._score(preds, dev_prompts, toward)
                     if toward not in best or score > best[toward]["dev_em"]:
                         best[toward] = {"params": params, "strength": strength, "dev_em": score}
@@ -270,7 +279,7 @@ class SteeringBenchmark:
         labels = {}
         for seed in self.config.seeds:
             prompts = eval_prompts(test, pool, "sub", seed, self.config.k_shot)
-            preds = self._cached_generate("test", "none", {}, none, prompts, "context", None, None, seed)
+            preds = self._cached_cell("test", "none", {}, none, prompts, "context", None, None, seed)
             labels[seed] = [behaviour_label(p, q.example, self.dataset.context_match) for p, q in zip(preds, prompts)]
         return labels
 
@@ -278,7 +287,7 @@ class SteeringBenchmark:
                   pool: ConflictDataset, gate: Gate | None, baseline: dict[int, list[str]]) -> dict[str, Any]:
         kind, gated = _kind(label)
         use_gate = gate if gated else None
-        tuned = self.tune(label, data, dev, pool, use_gate)
+        tuned = self.tune(label, data, dev, pool)
         per_seed: dict[str, list[float]] = {"em_memory": [], "em_context": [], "em_no_conflict": [],
                                             "em_no_conflict_memory": [], "em_no_conflict_context": []}
         moves: dict[str, list] = {"memory": [], "context": []}
@@ -289,7 +298,7 @@ class SteeringBenchmark:
                 method = self._fit(kind, choice["params"], data)
                 for context in ("sub", "org"):
                     prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
-                    preds = self._cached_generate("test", label, choice["params"], method, prompts, toward,
+                    preds = self._cached_cell("test", label, choice["params"], method, prompts, toward,
                                                   choice["strength"], use_gate, seed)
                     score = self._score(preds, prompts, toward)
                     if context == "sub":
@@ -325,7 +334,8 @@ class SteeringBenchmark:
 
 
     def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None) -> dict[str, Any]:
-        """Strength sweep per method and direction on test: EM toward the target vs EM without conflict.
+        """Strength sweep per method and direction on test: EM toward the target vs EM without conflict
+        and vs the gold answer's per-token NLL without conflict (fluency).
 
         Uses each method's dev-tuned parameters and its whole strength grid; the frontier
         (not one setting) is the fair comparison between a dense vector and SpARE.
@@ -338,7 +348,7 @@ class SteeringBenchmark:
         curves: dict[str, Any] = {}
         for label in labels or self.config.methods:
             kind, gated = _kind(label)
-            tuned = self.tune(label, data, dev, pool, gate if gated else None)
+            tuned = self.tune(label, data, dev, pool)
             curves[label] = {}
             for toward in DIRECTIONS:
                 params = tuned[toward]["params"]
@@ -346,11 +356,14 @@ class SteeringBenchmark:
                 points = []
                 for strength in self.config.strengths(method):
                     point: dict[str, Any] = {"strength": strength}
+                    cell = ("test", label, params, method)
                     for context in ("sub", "org"):
                         prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
-                        preds = self._cached_generate("test", label, params, method, prompts, toward, strength,
-                                                      gate if gated else None, seed)
+                        preds = self._cached_cell(*cell, prompts, toward, strength, gate if gated else None, seed)
                         point["em_target" if context == "sub" else "em_no_conflict"] = self._score(preds, prompts, toward)
+                    no_conflict = eval_prompts(test, pool, "org", seed, self.config.k_shot)
+                    nll = self._cached_cell(*cell, no_conflict, toward, strength, gate if gated else None, seed, "nll")
+                    point["answer_nll_no_conflict"] = float(np.mean(nll))
                     points.append(point)
                 curves[label][toward] = points
         atomic_write_json(self.out / "frontier.json", curves)
