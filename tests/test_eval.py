@@ -68,3 +68,16 @@ def test_memorised_subset_keeps_closed_book_correct_rows(small, tiny_llama, monk
     monkeypatch.setattr(harness, "closed_book_predictions", lambda lm, ds, *a, **k: [ex.org_answer[0] if
                         ex.id in ("r0", "r5") else "nope" for ex in ds])
     assert [ex.id for ex in memorised_subset(tiny_llama, small)] == ["r0", "r5"]
+
+
+def test_closed_book_predictions_are_cached(small, tiny_llama, tmp_path, monkeypatch):
+    first = harness.closed_book_predictions(tiny_llama, small, k_shot=1, cache_dir=tmp_path)
+    assert list(tmp_path.glob("closed-*.jsonl"))
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("cached closed-book predictions were generated again")
+
+    monkeypatch.setattr(harness, "greedy_generate", no_generation)
+    assert harness.closed_book_predictions(tiny_llama, small, k_shot=1, cache_dir=tmp_path) == first
+    with pytest.raises(AssertionError, match="generated again"):
+        harness.closed_book_predictions(tiny_llama, small, k_shot=1)

@@ -10,16 +10,17 @@ from sparekit.cli.common import device_option, emit, json_option, model_option
 
 
 def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
-                   strength: float | None, demos: tuple[str, ...] | None = None, k_shot: int = 3) -> dict:
+                   strength: float | None, demos: tuple[str, ...] | None = None, k_shot: int = 3,
+                   gated: bool = False) -> dict:
     """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``.
 
     Without ``demos``, the fitted method's stored demonstrations are used, skipping any
-    that asks the same question.
+    that asks the same question. ``gated``: steer only if the calibrated conflict gate fires.
     """
     from sparekit.data.dataset import ConflictExample
     from sparekit.errors import SparekitError
     from sparekit.steering import SteeringPrompt, make_method
-    from sparekit.steering.fitted import load_fitted, shipped_root
+    from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
 
     if fitted is None:
         if lm.info.name not in ("default", "gemma3-270m"):
@@ -35,10 +36,12 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     prompt = SteeringPrompt(example, "sub", demos)
     with make_method("none").fit(None).steer(lm, toward=toward) as plain:  # type: ignore[arg-type]
         unsteered = plain.generate([prompt])[0]
-    with loaded.method.steer(lm, toward=toward, strength=strength) as steered:  # type: ignore[arg-type]
+    gate = load_gate(fitted, lm.info) if gated else None
+    with loaded.method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:  # type: ignore[arg-type]
         answer = steered.generate([prompt])[0]
+        fired = None if gate is None else bool(steered.gate_fires([prompt])[0])
     return {"method": method_label, "toward": toward, "strength": strength, "unsteered": unsteered,
-            "steered": answer, "prompt": prompt.text}
+            "steered": answer, "gate_fired": fired, "prompt": prompt.text}
 
 
 @click.command()
@@ -51,12 +54,14 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
 @click.option("--fitted", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder from `sparekit bench steer` (<run>/fitted/<method>); default: the shipped one.")
 @click.option("--strength", type=float, default=None, help="Override the dev-tuned strength.")
+@click.option("--gate/--no-gate", default=False, show_default=True,
+              help="Steer only if the method's calibrated conflict gate detects a conflict in this prompt.")
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
               help="Conflict/source probes (default: the shipped ones for the default model).")
 @model_option
 @device_option
 @json_option
-def steer(context, question, toward, method_label, fitted, strength, probe_dir, model, device, as_json) -> None:
+def steer(context, question, toward, method_label, fitted, strength, gate, probe_dir, model, device, as_json) -> None:
     """Answer QUESTION given CONTEXT, unsteered and steered TOWARD memory or context.
 
     \b
@@ -67,15 +72,16 @@ def steer(context, question, toward, method_label, fitted, strength, probe_dir, 
     from sparekit.probes.detect import detect_prompt
 
     lm = load_model(model, device=device)
-    result = steer_question(lm, context, question, toward, method_label, fitted, strength)
+    result = steer_question(lm, context, question, toward, method_label, fitted, strength, gated=gate)
     result["detection"] = detect_prompt(lm, result["prompt"], probe_dir)
 
     def render(r: dict) -> str:
         d = r["detection"]
+        gate = {None: "", True: "   [gate fired]", False: "   [gate did not fire: left unsteered]"}[r["gate_fired"]]
         return "\n".join([
             f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['source']}",
             f"unsteered:              {r['unsteered']}",
-            f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}",
+            f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}{gate}",
         ])
 
     emit(result, as_json, render)

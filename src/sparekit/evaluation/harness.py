@@ -86,18 +86,21 @@ def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, ch
 
 
 def closed_book_predictions(lm: LoadedModel, dataset: ConflictDataset, seed: int = 42, k_shot: int = 3,
-                            batch_size: int = 8) -> list[str]:
-    """The few-shot closed-book prediction for each row (shared by the rows of a question group)."""
+                            batch_size: int = 8, cache_dir: Path | None = None) -> list[str]:
+    """The few-shot closed-book prediction for each row (shared by the rows of a question group).
+
+    With ``cache_dir``, predictions are written there in chunks and read back on a rerun.
+    """
     prompts = condition_prompts(dataset, "closed", seed, k_shot)
     with tqdm(total=len(prompts), desc="closed-book", unit="prompt", leave=False) as bar:
-        by_group = generate_keyed(lm, prompts, batch_size, None, "", bar)
+        by_group = generate_keyed(lm, prompts, batch_size, cache_dir, "closed", bar)
     return [by_group[ex.group] for ex in dataset]
 
 
 def memorised_subset(lm: LoadedModel, dataset: ConflictDataset, seed: int = 42, k_shot: int = 3,
-                     batch_size: int = 8) -> ConflictDataset:
+                     batch_size: int = 8, cache_dir: Path | None = None) -> ConflictDataset:
     """Rows whose question the model answers correctly closed-book: only these can be in conflict."""
-    preds = closed_book_predictions(lm, dataset, seed, k_shot, batch_size)
+    preds = closed_book_predictions(lm, dataset, seed, k_shot, batch_size, cache_dir)
     return dataset.subset([i for i, (ex, p) in enumerate(zip(dataset, preds)) if exact_match(p, ex.org_answer)])
 
 

@@ -73,7 +73,8 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
     Activations and predictions are cached under ``work_dir``: a rerun resumes.
     """
     work_dir = Path(work_dir)
-    items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size)
+    items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size,
+                             cache_dir=work_dir / "closed-book")
     if len(items) < MIN_ITEMS:
         raise SparekitError(f"only {len(items)} of {len(dataset)} items of {dataset.name} are memorised by "
                             f"{lm.info.name}; probing needs at least {MIN_ITEMS}",

@@ -145,6 +145,11 @@ class Steered:
             outputs += decode(texts, self.method.logits_processor(self.lm, rewritten, self.toward, self.strength))
         return outputs
 
+    def gate_fires(self, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
+        """Boolean ``[len(prompts)]``: where the gate lets the steering act (all True without a gate)."""
+        texts = [p.text for p in self.method.rewrite(list(prompts), self.toward, self.strength)]
+        return self._gate_mask(texts) if self.gate is not None else torch.ones(len(texts), dtype=torch.bool)
+
     def _gate_mask(self, texts: list[str]) -> torch.Tensor:
         from sparekit.activations.last_token import last_token_states
 

@@ -3,7 +3,8 @@
 A folder per direction (``<root>/<toward>/``) holds the saved method
 (``config.json`` + ``tensors.safetensors``) and ``tuned.json`` (strength, model hash,
 the demonstrations to prepend to new questions). ``sparekit bench steer`` writes
-them under ``<run>/fitted/<method>/``; the default model ships its own.
+them under ``<run>/fitted/<method>/`` and the run's calibrated conflict gate under
+``<run>/gate_probe/``; the default model ships both (``gemma-3-270m/<method>``, ``gemma-3-270m/gate``).
 """
 
 from __future__ import annotations
@@ -42,3 +43,16 @@ def load_fitted(root: str | Path, toward: Direction, info: ModelInfo) -> FittedS
         raise SparekitError(f"{folder} was tuned on another model (hash {str(tuned['model_hash'])[:12]}…)",
                             "fit it for this model with `sparekit bench steer --model …`")
     return FittedSteering(load_method(folder), tuned.get("strength"), tuple(tuned.get("demos", ())))
+
+
+def load_gate(root: str | Path, info: ModelInfo):
+    """The conflict gate that goes with the fitted method at ``root``: its run's, or the shipped one."""
+    from sparekit.steering.gate import ProbeGate
+
+    root = Path(root)
+    candidates = [root.parent.parent / "gate_probe", root.parent / "gate"]
+    folder = next((c for c in candidates if (c / "gate.json").is_file()), None)
+    if folder is None:
+        raise SparekitError(f"no conflict gate next to {root}",
+                            "gates come from `sparekit bench steer` runs with a +gate method")
+    return ProbeGate.load(folder, model_hash=info.model_hash)
