@@ -229,15 +229,19 @@ class SteeringBenchmark:
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
         dev_prompts = eval_prompts(dev, pool, "sub", 7, self.config.k_shot)
         best: dict[str, Any] = {}
+        strengths = self.config.strengths(make_method(kind))
+        bar = tqdm(total=len(combos) * len(DIRECTIONS) * len(strengths), desc=f"tune {label} on dev", unit="cell",
+                   leave=False, disable=not self.progress)
         for params in combos:
             method = self._fit(kind, params, data)
-            strengths = self.config.strengths(method)
             for toward in DIRECTIONS:
                 for strength in strengths:
                     preds = self._cached_cell("dev", label, params, method, dev_prompts, toward, strength, None)
                     score = self._score(preds, dev_prompts, toward)
                     if toward not in best or score > best[toward]["dev_em"]:
                         best[toward] = {"params": params, "strength": strength, "dev_em": score}
+                    bar.update(1)
+        bar.close()
         atomic_write_json(path, best)
         return best
 
