@@ -64,6 +64,14 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     again = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).run()
     assert json.dumps(again["methods"], sort_keys=True) == json.dumps(summary["methods"], sort_keys=True)
 
+    monkeypatch.undo()
+    wider = BenchConfig(**{**config.__dict__, "methods": ("actadd",), "strength_grids": {"spare": [4.0],
+                                                                                        "actadd": [8.0, 2.0]}})
+    SteeringBenchmark(default_lm, dataset, wider, tmp_path, progress=False).run()
+    searched = json.loads((tmp_path / "tuning" / "actadd.json").read_text())["searched"]
+    assert searched["strengths"] == [8.0, 2.0]
+    assert len(list((tmp_path / "generations" / "dev").glob("actadd-layer=6-2.0-*.jsonl"))) == 2
+
     changed = BenchConfig(**{**config.__dict__, "k_shot": 2})
     with pytest.raises(SparekitError, match="different configuration"):
         SteeringBenchmark(default_lm, dataset, changed, tmp_path, progress=False)

@@ -11,7 +11,8 @@ steered toward memory and answers ``org_answer``; ``em_context``: steered toward
 context and answers ``sub_answer``), the conditional moves relative to the unsteered
 answer, and EM on the same questions *without* conflict (``org_context``) under the
 same steering, so harm is visible. Every generation is cached in the run directory
-(one atomic JSONL file per cell) and an interrupted run resumes.
+(one atomic JSONL file per cell) and an interrupted run resumes; a rerun with a wider
+grid re-tunes on dev, generating only the new cells.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from sparekit.utils.env import environment_info
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 
 DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
+#: config keys a rerun may change: methods run, and the dev grids (a changed grid is re-tuned,
+#: reusing every cell already generated)
+_EXTENSIBLE = ("methods", "param_grids", "strength_grids")
 
 
 @dataclass
@@ -109,7 +113,8 @@ class SteeringBenchmark:
         path = self.out / "config.json"
         if path.is_file():
             previous = read_json(path)
-            if {k: v for k, v in previous.items() if k != "methods"} != {k: v for k, v in config.items() if k != "methods"}:
+            if {k: v for k, v in previous.items() if k not in _EXTENSIBLE} != {k: v for k, v in config.items()
+                                                                          if k not in _EXTENSIBLE}:
                 raise SparekitError(f"{self.out} holds a benchmark with a different configuration",
                                     "choose another --out directory or delete this one")
         atomic_write_json(path, config)
@@ -223,13 +228,14 @@ class SteeringBenchmark:
         if gated:
             return self.tune(kind, data, dev, pool)
         path = self.out / "tuning" / f"{label}.json"
-        if path.is_file():
-            return read_json(path)
         grid = self.config.grid(kind)
+        strengths = self.config.strengths(make_method(kind))
+        searched = json.loads(json.dumps({"grid": grid, "strengths": strengths}))
+        if path.is_file() and read_json(path).get("searched") == searched:
+            return {d: v for d, v in read_json(path).items() if d in DIRECTIONS}
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
         dev_prompts = eval_prompts(dev, pool, "sub", 7, self.config.k_shot)
         best: dict[str, Any] = {}
-        strengths = self.config.strengths(make_method(kind))
         bar = tqdm(total=len(combos) * len(DIRECTIONS) * len(strengths), desc=f"tune {label} on dev", unit="cell",
                    leave=False, disable=not self.progress)
         for params in combos:
@@ -242,7 +248,7 @@ class SteeringBenchmark:
                         best[toward] = {"params": params, "strength": strength, "dev_em": score}
                     bar.update(1)
         bar.close()
-        atomic_write_json(path, best)
+        atomic_write_json(path, {**best, "searched": searched})
         return best
 
     def _fit(self, kind: str, params: dict, data: BehaviourData) -> SteeringMethod:
