@@ -50,3 +50,16 @@ def test_demo_runs_on_shipped_artefacts(capsys):
         steering = result["steering"][toward]
         assert steering["method"] == "spare" and steering["strength"] is not None
         assert steering["steered"].strip() != "" and steering["unsteered"] == result["with_sub_context"]
+
+
+@pytest.mark.slow
+def test_steer_with_the_shipped_gate(capsys):
+    """`sparekit steer --gate`: the shipped calibrated gate decides; an unfired gate leaves the answer alone."""
+    args = ["steer", "The capital of France is Lyon.", "What is the capital of France?", "--toward", "memory"]
+    assert main([*args, "--gate", "--json"]) == 0
+    gated = json.loads(capsys.readouterr().out)
+    assert isinstance(gated["gate_fired"], bool)
+    if not gated["gate_fired"]:
+        assert gated["steered"] == gated["unsteered"]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gate_fired"] is None

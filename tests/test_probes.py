@@ -178,3 +178,17 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch,
     assert 0 <= detected["conflict_probability"] <= 1 and detected["source"] in ("context", "memory")
     assert main(["detect", "hello"]) == 2
     assert "run `sparekit probe` first" in capsys.readouterr().err
+
+
+def test_component_plot_draws_every_component(tmp_path):
+    from sparekit.probes.plots import plot_components
+
+    def table(level: float) -> dict:
+        block = {m: {"mean": [level, level + 0.1], "std": [0.01, 0.02]} for m in ("accuracy", "auroc", "auprc")}
+        return {**block, "majority_accuracy": {"mean": [0.6, 0.6], "std": [0.0, 0.0]}, "best_layer": 1}
+
+    result = {"layers": [3, 4], "components": {c: {"conflict": table(0.7), "source": table(0.65)}
+                                               for c in ("resid", "attn", "mlp")}}
+    result["components"]["mlp"]["source"] = {"error": "too few items"}
+    path = plot_components(result, tmp_path / "components.png", "toy")
+    assert path.stat().st_size > 10_000

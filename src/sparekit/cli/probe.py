@@ -70,7 +70,7 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
     from sparekit.models import load_model
     from sparekit.models.loading import CACHE_DIR
     from sparekit.probes import collect, compare_behaviours, cross_validate, fit_probe, layer_table, transfer
-    from sparekit.probes.plots import plot_layer_metrics
+    from sparekit.probes.plots import plot_components, plot_layer_metrics
     from sparekit.utils.env import environment_info, seed_everything
     from sparekit.utils.io import atomic_write_json, read_json
 
@@ -144,6 +144,10 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
                               f"{lm.info.name}: linear probes on the {main} stream, {data_a.name} "
                               f"({len(train.items)} memorised items, {len(seed_list)} seeds)")
     result.update(run_dir=str(run_dir), plot=str(plot), probes=str(probes_dir))
+    if len(comps) > 1:
+        result["components_plot"] = str(plot_components(
+            result, run_dir / "probe_components.png",
+            f"{lm.info.name}: probe accuracy by component, {data_a.name} ({len(train.items)} memorised items)"))
     atomic_write_json(run_dir / "results.json", result)
     if model == "default" and dataset == "default":
         from sparekit.probes.detect import LATEST_POINTER

@@ -46,3 +46,41 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
         fig.savefig(tmp, format="png", dpi=150)
     plt.close(fig)
     return path
+
+
+def plot_components(result: dict, path: str | Path, title: str) -> Path:
+    """Held-out accuracy by layer for each component (resid / attn / mlp), one panel per target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    import numpy as np
+
+    layers = np.array(result["layers"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True, sharey=True)
+    for ax, (target, label) in zip(axes, _LABELS.items()):
+        for (component, tables), marker in zip(result["components"].items(), "osD^v"):
+            table = tables[target]
+            if "error" in table:
+                continue
+            mean, std = np.array(table["accuracy"]["mean"]), np.array(table["accuracy"]["std"])
+            ax.plot(layers, mean, marker=marker, markersize=3, label=component)
+            ax.fill_between(layers, mean - std, mean + std, alpha=0.15, linewidth=0)
+        majority = next((t[target]["majority_accuracy"]["mean"][0] for t in result["components"].values()
+                         if "majority_accuracy" in t[target]), None)
+        if majority is not None:
+            ax.axhline(majority, color="grey", linewidth=0.8, linestyle=":", label="majority class")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("layer (decoder block)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out accuracy")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return path
