@@ -2,8 +2,10 @@
 
 Each steering method runs through its own ``steer`` context; rounds are interleaved and
 the median is kept, so the ratio holds on a busy machine. Goal for SpARE: ≤ 1.05.
+``spare+gate`` adds the shipped conflict gate, whose probe needs its own forward pass
+up to the gate layer before generation (the edit changes the states the gate reads).
 
-    python benchmarks/bench_steer.py --n 16 --rounds 3 --methods spare,actadd
+    python benchmarks/bench_steer.py --n 16 --rounds 3 --methods spare,spare+gate
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from sparekit.data import load_dataset
 from sparekit.data.prompts import sample_demos
 from sparekit.models import load_model
 from sparekit.steering import SteeringPrompt, make_method
-from sparekit.steering.fitted import load_fitted, shipped_root
+from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
 
 
-def timed(method, lm, prompts, toward, strength) -> float:
+def timed(method, lm, prompts, toward, strength, gate=None) -> float:
     start = time.perf_counter()
-    with method.steer(lm, toward=toward, strength=strength) as steered:
+    with method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:
         steered.generate(prompts)
     return time.perf_counter() - start
 
@@ -33,7 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--methods", default="spare", help="shipped fitted methods to time")
+    parser.add_argument("--methods", default="spare,spare+gate",
+                        help="shipped fitted methods to time; append +gate for the shipped conflict gate")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,20 +46,21 @@ def main() -> None:
     items, pool = data[:args.n], data[args.n:]
     prompts = [SteeringPrompt(ex, "sub", tuple(sample_demos(pool, ex.group, 3, "org_org", random.Random(i))))
                for i, ex in enumerate(items)]
-    methods = {"none": (make_method("none").fit(None), None)}  # type: ignore[arg-type]
+    methods = {"none": (make_method("none").fit(None), None, None)}  # type: ignore[arg-type]
     for label in args.methods.split(","):
-        fitted = load_fitted(shipped_root(label), "memory", lm.info)
-        methods[label] = (fitted.method, fitted.strength)
+        kind, _, gated = label.partition("+")
+        fitted = load_fitted(shipped_root(kind), "memory", lm.info)
+        methods[label] = (fitted.method, fitted.strength, load_gate(shipped_root(kind), lm.info) if gated else None)
     times: dict[str, list[float]] = {label: [] for label in methods}
     timed(methods["none"][0], lm, prompts[:2], "memory", None)  # warm-up
     for _ in range(args.rounds):
-        for label, (method, strength) in methods.items():
-            times[label].append(timed(method, lm, prompts, "memory", strength))
+        for label, (method, strength, gate) in methods.items():
+            times[label].append(timed(method, lm, prompts, "memory", strength, gate))
     base = statistics.median(times["none"])
     print(f"{args.n} prompts, {args.rounds} interleaved rounds, median seconds; toward memory")
     for label, values in times.items():
         median = statistics.median(values)
-        print(f"{label:>8}: {median:7.2f} s   steered ÷ unsteered = {median / base:.3f}")
+        print(f"{label:>10}: {median:7.2f} s   steered ÷ unsteered = {median / base:.3f}")
 
 
 if __name__ == "__main__":
