@@ -17,6 +17,16 @@ def test_method_labels_parse():
         _kind("spare+always")
 
 
+def test_frontier_sweeps_the_dev_grid_plus_extra_strengths():
+    from sparekit.steering import make_method
+
+    config = BenchConfig(strength_grids={"actadd": [2.0, 4.0]}, sweep_strengths={"actadd": [1.0, 2.0], "icl": [3.0]})
+    assert config.strengths(make_method("actadd")) == (2.0, 4.0)
+    assert config.sweep(make_method("actadd")) == (1.0, 2.0, 4.0)
+    assert config.sweep(make_method("icl")) == (None,)  # no strength: nothing to sweep
+    assert config.sweep(make_method("spare")) == config.strengths(make_method("spare"))
+
+
 def test_eval_prompts_draw_demos_from_the_pool_never_the_item():
     data = load_dataset("default", limit=60, seed=1)
     pool, items = data[:30], data[30:]

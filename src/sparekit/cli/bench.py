@@ -31,7 +31,7 @@ def _json_option(text: str | None, name: str) -> dict:
 
 
 def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size,
-               grid=None, strengths=None):
+               grid=None, strengths=None, sweep=None):
     from sparekit.data import load_dataset
     from sparekit.models import load_model
     from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
@@ -41,7 +41,8 @@ def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, 
     config = BenchConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=_int_list(seeds),
                          layers=_int_list(layers), pool_groups=pool_groups, dev_groups=dev_groups,
                          test_limit=test_limit, param_grids=_json_option(grid, "--grid"),
-                         strength_grids=_json_option(strengths, "--strengths"))
+                         strength_grids=_json_option(strengths, "--strengths"),
+                         sweep_strengths=_json_option(sweep, "--sweep"))
     from sparekit.steering import REGISTRY
 
     for label in config.methods:
@@ -68,6 +69,8 @@ def _options(fn):
                      help='Dev-tuned parameters per method as JSON, e.g. \'{"actadd": {"layer": [6, 8]}}\'.'),
         click.option("--strengths", default=None,
                      help='Strength grids per method as JSON, e.g. \'{"spare": [2, 4, 8]}\'.'),
+        click.option("--sweep", default=None,
+                     help='Extra strengths for `bench frontier` only (not tuned), e.g. \'{"actadd": [1]}\'.'),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory (default runs/bench-steer-<dataset>-<model>); rerun to resume."),
         device_option,
@@ -85,8 +88,8 @@ def bench() -> None:
 
 @bench.command("steer")
 @_options
-def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, out,
-                device, batch_size, as_json):
+def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, sweep,
+                out, device, batch_size, as_json):
     """EM toward memory / context and EM without conflict for every method, mean ± std over seeds.
 
     \b
@@ -97,7 +100,7 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
     from sparekit.utils.io import atomic_write_text
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, batch_size, grid, strengths)
+                                 device, batch_size, grid, strengths, sweep)
     summary = runner.run()
     table = markdown_table(summary)
     atomic_write_text(out_dir / "results.md", table + "\n")
@@ -107,13 +110,13 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
 
 @bench.command("frontier")
 @_options
-def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, out,
-                   device, batch_size, as_json):
+def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths,
+                   sweep, out, device, batch_size, as_json):
     """Sweep each method's strength: EM toward the target vs EM without conflict, plotted per direction."""
     from sparekit.reporting.frontier import plot_frontier
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, batch_size, grid, strengths)
+                                 device, batch_size, grid, strengths, sweep)
     curves = runner.frontier()
     plot = plot_frontier(curves, out_dir / "frontier.png", title=f"{runner.lm.info.name} on {runner.dataset.name}")
 

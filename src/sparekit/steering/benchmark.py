@@ -44,7 +44,7 @@ from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
 #: config keys a rerun may change: methods run, and the dev grids (a changed grid is re-tuned,
 #: reusing every cell already generated)
-_EXTENSIBLE = ("methods", "param_grids", "strength_grids")
+_EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class BenchConfig:
     gate_max_false_positive_rate: float = 0.05  # the gate's threshold: this share of dev no-conflict prompts fire
     param_grids: dict[str, dict[str, list]] = field(default_factory=dict)
     strength_grids: dict[str, list[float]] = field(default_factory=dict)
+    sweep_strengths: dict[str, list[float]] = field(default_factory=dict)  # frontier only, beyond the dev grid
 
     def grid(self, kind: str) -> dict[str, list]:
         """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""
@@ -74,9 +75,15 @@ class BenchConfig:
         return defaults.get(kind, {})
 
     def strengths(self, method: SteeringMethod) -> tuple[float | None, ...]:
-        """The strengths tuned and swept for ``method`` (its own grid unless overridden)."""
+        """The strengths tuned on dev for ``method`` (its own grid unless overridden)."""
         grid = self.strength_grids.get(method.kind, method.strength_grid)
         return tuple(grid) or (None,)
+
+    def sweep(self, method: SteeringMethod) -> tuple[float | None, ...]:
+        """The strengths of ``method``'s frontier: the dev grid plus ``sweep_strengths`` (test seed only)."""
+        tuned = self.strengths(method)
+        extra = self.sweep_strengths.get(method.kind, []) if tuned != (None,) else []
+        return tuple(sorted(set(tuned) | set(extra)))
 
 
 def _kind(label: str) -> tuple[str, bool]:
@@ -364,7 +371,7 @@ class SteeringBenchmark:
                 params = tuned[toward]["params"]
                 method = self._fit(kind, params, data)
                 points = []
-                for strength in self.config.strengths(method):
+                for strength in self.config.sweep(method):
                     point: dict[str, Any] = {"strength": strength}
                     cell = ("test", label, params, method)
                     for context in ("sub", "org"):
