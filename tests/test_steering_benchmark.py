@@ -74,6 +74,11 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     again = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).run()
     assert json.dumps(again["methods"], sort_keys=True) == json.dumps(summary["methods"], sort_keys=True)
 
+    swept = BenchConfig(**{**config.__dict__, "sweep_strengths": {"actadd": [1.0]}})
+    partial = SteeringBenchmark(default_lm, dataset, swept, tmp_path, progress=False).frontier(["actadd"],
+                                                                                               cached_only=True)
+    assert [p["strength"] for p in partial["actadd"]["memory"]] == [8.0]  # 1.0 not computed yet: skipped
+
     monkeypatch.undo()
     wider = BenchConfig(**{**config.__dict__, "methods": ("actadd",), "strength_grids": {"spare": [4.0],
                                                                                         "actadd": [8.0, 2.0]}})

@@ -110,14 +110,15 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
 
 @bench.command("frontier")
 @_options
+@click.option("--cached-only", is_flag=True, help="Generate nothing: draw the points earlier runs computed.")
 def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths,
-                   sweep, out, device, batch_size, as_json):
+                   sweep, out, device, batch_size, as_json, cached_only):
     """Sweep each method's strength: EM toward the target vs EM without conflict, plotted per direction."""
     from sparekit.reporting.frontier import plot_frontier
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
                                  device, batch_size, grid, strengths, sweep)
-    curves = runner.frontier()
+    curves = runner.frontier(cached_only=cached_only)
     plot = plot_frontier(curves, out_dir / "frontier.png", title=f"{runner.lm.info.name} on {runner.dataset.name}")
 
     def render(r: dict) -> str:

@@ -129,12 +129,12 @@ class SteeringBenchmark:
 
     def _cached_cell(self, split: str, label: str, params: dict, method: SteeringMethod,
                      prompts: list[SteeringPrompt], toward: Direction, strength: float | None, gate: Gate | None,
-                     seed: int | None = None, measure: str = "prediction") -> list:
+                     seed: int | None = None, measure: str = "prediction", cached_only: bool = False) -> list | None:
         """One benchmark cell, or read back from ``generations/<split>/<cell>.jsonl``.
 
         ``measure`` is ``"prediction"`` (greedy answers) or ``"nll"`` (per-token NLL of the
         gold ``org_answer`` under the steering). Methods that do not depend on the direction
-        (``directional = False``) share one cell.
+        (``directional = False``) share one cell. ``cached_only``: ``None`` instead of generating.
         """
         way = toward if method.directional else "any"
         context = prompts[0].context if prompts else "none"
@@ -145,6 +145,8 @@ class SteeringBenchmark:
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
             if [r["id"] for r in rows] == ids:
                 return [r[measure] for r in rows]
+        if cached_only:
+            return None
         with method.steer(self.lm, toward=toward, strength=strength, gate=gate, batch_size=self.batch_size) as steered:
             if measure == "prediction":
                 values = steered.generate(prompts)
@@ -350,18 +352,21 @@ class SteeringBenchmark:
                                                       "model_hash": self.lm.info.model_hash, "demos": demos})
 
 
-    def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None) -> dict[str, Any]:
+    def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None,
+                 cached_only: bool = False) -> dict[str, Any]:
         """Strength sweep per method and direction on test: EM toward the target vs EM without conflict
         and vs the gold answer's per-token NLL without conflict (fluency).
 
-        Uses each method's dev-tuned parameters and its whole strength grid; the frontier
-        (not one setting) is the fair comparison between a dense vector and SpARE.
+        Uses each method's dev-tuned parameters and its dev grid plus ``sweep_strengths``; the
+        frontier (not one setting) is the fair comparison between a dense vector and SpARE.
+        ``cached_only`` draws what earlier runs generated and skips points not yet computed.
         """
         pool, dev, test = self.splits()
         data = self.behaviour(pool)
         seed = self.config.seeds[0] if seed is None else seed
         needs_gate = any(_kind(m)[1] for m in (labels or self.config.methods))
         gate = self.conflict_gate(pool, dev) if needs_gate else None
+        prompts = {context: eval_prompts(test, pool, context, seed, self.config.k_shot) for context in ("sub", "org")}
         curves: dict[str, Any] = {}
         for label in labels or self.config.methods:
             kind, gated = _kind(label)
@@ -372,16 +377,16 @@ class SteeringBenchmark:
                 method = self._fit(kind, params, data)
                 points = []
                 for strength in self.config.sweep(method):
-                    point: dict[str, Any] = {"strength": strength}
                     cell = ("test", label, params, method)
-                    for context in ("sub", "org"):
-                        prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
-                        preds = self._cached_cell(*cell, prompts, toward, strength, gate if gated else None, seed)
-                        point["em_target" if context == "sub" else "em_no_conflict"] = self._score(preds, prompts, toward)
-                    no_conflict = eval_prompts(test, pool, "org", seed, self.config.k_shot)
-                    nll = self._cached_cell(*cell, no_conflict, toward, strength, gate if gated else None, seed, "nll")
-                    point["answer_nll_no_conflict"] = float(np.mean(nll))
-                    points.append(point)
+                    args = (toward, strength, gate if gated else None, seed)
+                    conflict = self._cached_cell(*cell, prompts["sub"], *args, cached_only=cached_only)
+                    no_conflict = self._cached_cell(*cell, prompts["org"], *args, cached_only=cached_only)
+                    nll = self._cached_cell(*cell, prompts["org"], *args, "nll", cached_only=cached_only)
+                    if conflict is None or no_conflict is None or nll is None:
+                        continue
+                    points.append({"strength": strength, "em_target": self._score(conflict, prompts["sub"], toward),
+                                   "em_no_conflict": self._score(no_conflict, prompts["org"], toward),
+                                   "answer_nll_no_conflict": float(np.mean(nll))})
                 curves[label][toward] = points
         atomic_write_json(self.out / "frontier.json", curves)
         return curves
