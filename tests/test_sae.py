@@ -293,7 +293,9 @@ def test_shipped_saes_read_the_default_model(default_lm):
 
     layers = shipped_layers()
     assert len(layers) >= 4
-    enc = tokenize(default_lm, ["The Eiffel Tower is in Paris, the capital of France."])
+    text = ("The Eiffel Tower is in Paris, the capital of France. It was built by Gustave Eiffel's company for "
+            "the 1889 World's Fair and is one of the most visited monuments in the world.")
+    enc = tokenize(default_lm, [text])
     hooks = Hooks(default_lm)
     for layer in layers:
         hooks.capture(Site(layer), positions="all")
@@ -306,7 +308,11 @@ def test_shipped_saes_read_the_default_model(default_lm):
             z = sae.encode(h)
             fvu = (h - sae.decode(z)).pow(2).sum() / (h - h.mean(0)).pow(2).sum()
         assert (z > 0).sum(1).max() <= sae.k and sae.pre_acts(h).shape == (h.shape[0], sae.d_sae)
-        assert fvu < 0.5, f"layer {layer}: FVU {fvu:.3f}"
+        # Held-out FVU over 8,825 tokens is 0.20-0.35 (BENCHMARKS.md); measured against one text's own
+        # (smaller) variance it is higher (0.21-0.68 here). A mismatched or untrained SAE gives >= 1.
+        assert fvu < 0.8, f"layer {layer}: FVU {fvu:.3f}"
+        shuffled = sae.decode(z[:, torch.randperm(z.shape[1], generator=torch.Generator().manual_seed(0))])
+        assert (h - shuffled).pow(2).sum() / (h - h.mean(0)).pow(2).sum() > 1.5 * fvu
 
 
 def test_corpus_holds_out_question_groups_without_overlap(nqswap_path):
