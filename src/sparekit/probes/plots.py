@@ -9,6 +9,20 @@ from sparekit.utils.io import atomic_path
 _LABELS = {"conflict": "conflict vs no conflict", "source": "context vs memory (under conflict)"}
 
 
+def _finish(fig, axes, title: str, path: str | Path) -> Path:
+    """Legend, title, atomic PNG write, close."""
+    import matplotlib.pyplot as plt
+
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
+    plt.close(fig)
+    return path
+
+
 def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
     """Accuracy and AUROC by layer (mean ± std band over seeds) for both targets; dashed: ``eval`` transfer."""
     import matplotlib
@@ -38,14 +52,7 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
         ax.set_ylabel(f"held-out {name}")
         ax.set_ylim(0.3, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, title, path)
 
 
 def plot_components(result: dict, path: str | Path, title: str) -> Path:
@@ -76,11 +83,4 @@ def plot_components(result: dict, path: str | Path, title: str) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy")
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, title, path)
