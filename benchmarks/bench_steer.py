@@ -24,11 +24,13 @@ from sparekit.steering import SteeringPrompt, make_method
 from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
 
 
-def timed(method, lm, prompts, toward, strength, gate=None) -> float:
+def timed(method, lm, prompts, toward, strength, gate=None) -> tuple[float, int]:
+    """Seconds, and answer tokens generated (steering can make answers longer, which costs decode steps)."""
     start = time.perf_counter()
     with method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:
-        steered.generate(prompts)
-    return time.perf_counter() - start
+        answers = steered.generate(prompts)
+    seconds = time.perf_counter() - start
+    return seconds, sum(len(lm.tokenizer(" " + a, add_special_tokens=False)["input_ids"]) for a in answers)
 
 
 def main() -> None:
@@ -52,15 +54,18 @@ def main() -> None:
         fitted = load_fitted(shipped_root(kind), "memory", lm.info)
         methods[label] = (fitted.method, fitted.strength, load_gate(shipped_root(kind), lm.info) if gated else None)
     times: dict[str, list[float]] = {label: [] for label in methods}
+    tokens: dict[str, int] = {}
     timed(methods["none"][0], lm, prompts[:2], "memory", None)  # warm-up
     for _ in range(args.rounds):
         for label, (method, strength, gate) in methods.items():
-            times[label].append(timed(method, lm, prompts, "memory", strength, gate))
+            seconds, tokens[label] = timed(method, lm, prompts, "memory", strength, gate)
+            times[label].append(seconds)
     base = statistics.median(times["none"])
     print(f"{args.n} prompts, {args.rounds} interleaved rounds, median seconds; toward memory")
     for label, values in times.items():
         median = statistics.median(values)
-        print(f"{label:>10}: {median:7.2f} s   steered ÷ unsteered = {median / base:.3f}")
+        print(f"{label:>10}: {median:7.2f} s   steered ÷ unsteered = {median / base:.3f}   "
+              f"answer tokens {tokens[label]} ({tokens[label] / tokens['none']:.2f}× unsteered)")
 
 
 if __name__ == "__main__":
