@@ -64,7 +64,7 @@ def test_a_gate_that_never_fires_leaves_generation_unchanged():
         unsteered = plain.generate(texts, max_new_tokens=3)
     with method.steer(lm, "memory", strength=1.0, gate=gate) as gated:
         assert gated.generate(texts, max_new_tokens=3) == unsteered
-        assert not gated.gate_fires(texts).any()
+        assert not gated.last_fired.any()
     with method.steer(lm, "memory", strength=1.0) as ungated:
         assert ungated.generate(texts, max_new_tokens=3) != unsteered
-        assert ungated.gate_fires(texts).all()
+        assert ungated.last_fired is None

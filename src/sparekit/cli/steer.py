@@ -39,7 +39,7 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     gate = load_gate(fitted, lm.info) if gated else None
     with loaded.method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:  # type: ignore[arg-type]
         answer = steered.generate([prompt])[0]
-        fired = None if gate is None else bool(steered.gate_fires([prompt])[0])
+        fired = None if gate is None else bool(steered.last_fired[0])
     return {"method": method_label, "toward": toward, "strength": strength, "unsteered": unsteered,
             "steered": answer, "gate_fired": fired, "prompt": prompt.text}
 

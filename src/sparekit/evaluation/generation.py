@@ -50,6 +50,14 @@ def tokenize(lm: LoadedModel, prompts: Sequence[str], position_ids: bool = False
     return enc
 
 
+def _greedy(lm: LoadedModel, enc: dict[str, torch.Tensor], max_new_tokens: int,
+            logits_processor: LogitsProcessorList | None, stopping: StoppingCriteriaList | None = None) -> torch.Tensor:
+    """``generate`` in greedy mode, whatever sampling defaults the model's generation config carries."""
+    return lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             stopping_criteria=stopping, logits_processor=logits_processor,
+                             pad_token_id=lm.tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+
+
 @torch.inference_mode()
 def greedy_generate(
     lm: LoadedModel,
@@ -67,18 +75,7 @@ def greedy_generate(
         enc = tokenize(lm, chunk)
         prompt_len = enc["input_ids"].shape[1]
         stopping = StoppingCriteriaList([_NewlineStop(lm.tokenizer, prompt_len)]) if stop_at_newline else None
-        generated = lm.model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            stopping_criteria=stopping,
-            logits_processor=logits_processor,
-            pad_token_id=lm.tokenizer.pad_token_id,
-            top_p=None,
-            top_k=None,
-            temperature=None,
-        )
+        generated = _greedy(lm, enc, max_new_tokens, logits_processor, stopping)
         texts = lm.tokenizer.batch_decode(generated[:, prompt_len:], skip_special_tokens=True)
         outputs.extend(t.split("\n", 1)[0].strip() if stop_at_newline else t for t in texts)
         bar.update(len(chunk))
@@ -127,9 +124,7 @@ def answer_nll(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], 
         gold = torch.tensor([x + [-1] * (steps - len(x)) for x in ids])
         scorer = _ForcedAnswerScorer(gold)
         enc = tokenize(lm, [prompts[i] for i in chunk])
-        lm.model.generate(**enc, max_new_tokens=steps, do_sample=False, num_beams=1,
-                          logits_processor=LogitsProcessorList([*(logits_processor or []), scorer]),
-                          pad_token_id=lm.tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+        _greedy(lm, enc, steps, LogitsProcessorList([*(logits_processor or []), scorer]))
         lengths = (gold >= 0).sum(1).double()
         out.extend((-scorer.log_probs.sum(1) / lengths).tolist())
     return out

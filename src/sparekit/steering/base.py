@@ -145,10 +145,10 @@ class Steered:
             outputs += decode(texts, self.method.logits_processor(self.lm, rewritten, self.toward, self.strength))
         return outputs
 
-    def gate_fires(self, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
-        """Boolean ``[len(prompts)]``: where the gate lets the steering act (all True without a gate)."""
-        texts = [p.text for p in self.method.rewrite(list(prompts), self.toward, self.strength)]
-        return self._gate_mask(texts) if self.gate is not None else torch.ones(len(texts), dtype=torch.bool)
+    @property
+    def last_fired(self) -> torch.Tensor | None:
+        """Boolean ``[batch]``: where the gate let the steering act in the last batch (None without a gate)."""
+        return self._row_mask
 
     def _gate_mask(self, texts: list[str]) -> torch.Tensor:
         from sparekit.activations.last_token import last_token_states

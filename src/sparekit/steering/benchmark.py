@@ -240,8 +240,9 @@ class SteeringBenchmark:
         grid = self.config.grid(kind)
         strengths = self.config.strengths(make_method(kind))
         searched = json.loads(json.dumps({"grid": grid, "strengths": strengths}))
-        if path.is_file() and read_json(path).get("searched") == searched:
-            return {d: v for d, v in read_json(path).items() if d in DIRECTIONS}
+        previous = read_json(path) if path.is_file() else {}
+        if previous.get("searched") == searched:
+            return {d: v for d, v in previous.items() if d in DIRECTIONS}
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
         dev_prompts = eval_prompts(dev, pool, "sub", 7, self.config.k_shot)
         best: dict[str, Any] = {}
@@ -376,8 +377,8 @@ class SteeringBenchmark:
                 params = tuned[toward]["params"]
                 method = self._fit(kind, params, data)
                 points = []
+                cell = ("test", label, params, method)
                 for strength in self.config.sweep(method):
-                    cell = ("test", label, params, method)
                     args = (toward, strength, gate if gated else None, seed)
                     conflict = self._cached_cell(*cell, prompts["sub"], *args, cached_only=cached_only)
                     no_conflict = self._cached_cell(*cell, prompts["org"], *args, cached_only=cached_only)
