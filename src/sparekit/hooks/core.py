@@ -25,11 +25,13 @@ versions, attention modules): both are handled here and nowhere else.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from transformers.cache_utils import Cache
 
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
@@ -93,6 +95,24 @@ def last_token_index(attention_mask: torch.Tensor | None, batch: int, seq_len: i
     mask = attention_mask.to(device).bool()
     flipped_first_real = mask.flip(-1).int().argmax(-1)
     return seq_len - 1 - flipped_first_real
+
+
+def is_prompt_pass(args: tuple, kwargs: dict) -> bool:
+    """Whether a model call is a prompt pass: no KV cache, or an empty one.
+
+    The cache is found by its type, not by its keyword: ``generate`` passes it as
+    ``past_key_values`` up to transformers 5.23 and as ``cache`` from 5.24 on. This is
+    the one place sparekit decides "prompt pass" (``when="prompt"`` edits and captures).
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Cache):
+            return value.get_seq_length() == 0
+    return True
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword a model's forward takes its KV cache by (``cache`` from transformers 5.24 on)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _split_output(output) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
@@ -199,8 +219,7 @@ class Hooks:
         self._active = False
 
     def _on_model_call(self, module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
-        self._is_prompt_pass = cache is None or cache.get_seq_length() == 0
+        self._is_prompt_pass = is_prompt_pass(args, kwargs)
         self._attention_mask = kwargs.get("attention_mask")
 
     def _raise_stop(self, module, args, output) -> None:

@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from sparekit.evaluation.generation import padded_positions, tokenize
-from sparekit.hooks import Hooks
+from sparekit.hooks import Hooks, cache_keyword
 from sparekit.models.loading import LoadedModel
 
 
@@ -46,7 +46,7 @@ class ShadowForward:
         self._seen = input_ids.shape[1]
         positions = padded_positions(self._mask)[:, -ids.shape[1]:]
         inputs = dict(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                      past_key_values=self._cache, use_cache=True)
+                      use_cache=True, **{cache_keyword(self.lm.model): self._cache})
         if hooks is None:
             return self.lm.model(**inputs)
         with hooks:
