@@ -208,9 +208,9 @@ def test_trainer_lowers_fvu_and_recovers_dictionary(architecture):
     assert trainer.sae_.k == 3
     fvu = [h["fvu"] for h in trainer.history_]
     assert np.mean(fvu[-10:]) < 0.5 * np.mean(fvu[:10])
-    W = F.normalize(folded(trainer.sae_).W_dec, dim=1)
+    W = F.normalize(folded(trainer.sae_).W_dec, dim=1).cpu()  # the trainer uses CUDA when present
     assert ((D @ W.T).max(1).values > 0.9).float().mean() > 0.85
-    assert torch.allclose(trainer.sae_.W_dec.norm(dim=1), torch.ones(128), atol=1e-4)
+    assert torch.allclose(trainer.sae_.W_dec.norm(dim=1).cpu(), torch.ones(128), atol=1e-4)
 
 
 def test_trainer_resumes_from_checkpoint_to_the_same_weights(tmp_path):

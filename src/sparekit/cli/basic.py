@@ -8,30 +8,49 @@ from sparekit.cli.common import device_option, dtype_option, emit, json_option, 
 
 
 @click.command()
+@click.option("--model", "-m", default="default", show_default=True,
+              help="Short-name model whose fingerprint to check ('default' or 'smollm2-135m').")
+@click.option("--no-verify", is_flag=True, help="Skip loading the model to check its fingerprint.")
 @json_option
-def info(as_json: bool) -> None:
-    """Versions, device and where the default model is cached."""
-    from sparekit.models.loading import CACHE_DIR, default_device
+def info(model: str, no_verify: bool, as_json: bool) -> None:
+    """Versions, device, cache locations, and whether the model computes the tested logits."""
     from sparekit.models.architecture import SUPPORTED_ARCHITECTURES
+    from sparekit.models.loading import CACHE_DIR, SUPPORTED_TRANSFORMERS, check_fingerprint, default_device, load_model
     from sparekit.utils.env import environment_info
 
     result = {
         **environment_info(),
         "device": default_device(),
         "cache_dir": str(CACHE_DIR),
-        "default_model_cache": str(CACHE_DIR / "models" / "gemma-3-270m"),
-        "default_model_cached": (CACHE_DIR / "models" / "gemma-3-270m" / "config.json").is_file(),
+        "supported_transformers": SUPPORTED_TRANSFORMERS,
         "architectures": list(SUPPORTED_ARCHITECTURES),
+        "fingerprint": None,
     }
+    if not no_verify:
+        lm = load_model(model, verify=False)
+        check = check_fingerprint(lm)
+        result["fingerprint"] = {"model": model, **check.as_dict()} if check else {"model": model, "ok": None}
 
     def render(r: dict) -> str:
         lines = [f"python {r['python']} on {r['platform']}", f"device: {r['device']} ({r['threads']} threads)"]
         lines += [f"  {k}: {v}" for k, v in r["packages"].items()]
-        lines.append(f"default model cache: {r['default_model_cache']} ({'ready' if r['default_model_cached'] else 'built on first use'})")
+        lines.append(f"tested transformers range: {r['supported_transformers']}")
+        lines.append(f"cache: {r['cache_dir']}")
+        fp = r["fingerprint"]
+        if fp is None:
+            lines.append("fingerprint: not checked (--no-verify)")
+        elif fp["ok"] is None:
+            lines.append(f"fingerprint: no reference for {fp['model']!r} (only short-name models have one)")
+        else:
+            verdict = "ok" if fp["ok"] else "MISMATCH: this stack computes different logits; see the README's tested range"
+            lines.append(f"fingerprint of {fp['model']}: {verdict} (max |Δ log p| {fp['max_abs_diff']:.2g}, "
+                         f"tolerance {fp['tolerance']})")
         lines.append(f"architectures: {', '.join(r['architectures'])}")
         return "\n".join(lines)
 
     emit(result, as_json, render)
+    if result["fingerprint"] and result["fingerprint"]["ok"] is False:
+        raise SystemExit(2)
 
 
 @click.command()

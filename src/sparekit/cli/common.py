@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import click
 
-model_option = click.option(
-    "--model", "-m", default="default", show_default=True,
-    help="'default' (Gemma 3 270M), 'smollm2-135m', a hub id, a local folder or a .gguf file.",
+def _skip_verification(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:  # load_model reads it: the CLI has no other path to every load
+        os.environ["SPAREKIT_NO_VERIFY"] = "1"
+
+
+no_verify_option = click.option(
+    "--no-verify", is_flag=True, expose_value=False, callback=_skip_verification,
+    help="Load a short-name model even if its logits differ from the tested stack's.",
 )
+
+
+def model_option(command: Callable) -> Callable:
+    """``-m/--model`` plus ``--no-verify`` (skip the fingerprint check of a short-name model)."""
+    return click.option(
+        "--model", "-m", default="default", show_default=True,
+        help="'default' (Gemma 3 270M), 'smollm2-135m', a hub id, a local folder or a .gguf file.",
+    )(no_verify_option(command))
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available).")
 dtype_option = click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")

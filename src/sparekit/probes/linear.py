@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from sparekit.errors import SparekitError
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.arrays import to_numpy
 
 KIND = "linear_probe"
 FORMAT_VERSION = 1
@@ -95,7 +96,7 @@ class LinearProbe:
         X = _as_tensor(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise SparekitError(f"probe expects [n, {self.n_features_in_}] features, got {tuple(X.shape)}")
-        return (((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_).numpy()
+        return to_numpy(((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_)
 
     def predict_proba(self, X) -> np.ndarray:
         """``[n, 2]`` probabilities of class 0 and class 1 (sklearn layout)."""

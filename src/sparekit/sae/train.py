@@ -259,7 +259,8 @@ class TopKTrainer:
         sae.load_state_dict({k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")})
         for name, param in sae.named_parameters():
             if f"adam.{name}.step" in tensors:
-                optimizer.state[param] = {"step": tensors[f"adam.{name}.step"].cpu(),
+                # fused Adam keeps its step counter on the parameter's device
+                optimizer.state[param] = {"step": tensors[f"adam.{name}.step"],
                                           "exp_avg": tensors[f"adam.{name}.exp_avg"],
                                           "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"]}
         return ({"step": meta["step"], "tokens": meta["tokens"], "skipped": meta["skipped"], "history": meta["history"]},

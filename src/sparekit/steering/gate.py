@@ -24,6 +24,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.probes import LinearProbe
 from sparekit.steering.base import Gate, SteeringPrompt
 from sparekit.utils.io import atomic_write_json, read_json
+from sparekit.utils.arrays import to_numpy
 
 
 class ProbeGate(Gate):
@@ -33,7 +34,7 @@ class ProbeGate(Gate):
         self.probe, self.site, self.threshold = probe, Site(layer), threshold
 
     def fire(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(self.probe.predict_proba(h.cpu().numpy())[:, 1] > self.threshold)
+        return torch.as_tensor(self.probe.predict_proba(to_numpy(h))[:, 1] > self.threshold, device=h.device)
 
     def save(self, path: str | Path, **report: Any) -> None:
         """The probe plus ``gate.json`` (layer, threshold and how they were chosen)."""
@@ -63,7 +64,7 @@ def _states(lm: LoadedModel, prompts: Sequence[SteeringPrompt], sites: Sequence[
     from sparekit.evaluation.generation import batches
 
     parts = [last_token_states(lm, [p.text for p in chunk], sites) for chunk in batches(list(prompts), batch_size)]
-    return {s: torch.cat([part[s] for part in parts]).numpy() for s in sites}
+    return {s: to_numpy(torch.cat([part[s] for part in parts])) for s in sites}
 
 
 def fit_probe_gate(lm: LoadedModel, train: Sequence[SteeringPrompt], dev: Sequence[SteeringPrompt],

@@ -23,6 +23,7 @@ from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.sae import SAE, load_sae
 from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register
+from sparekit.utils.arrays import to_numpy
 
 
 def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
@@ -40,7 +41,7 @@ def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
 
 def feature_mutual_information(z: torch.Tensor, labels: np.ndarray, seed: int) -> np.ndarray:
     """MI between each min-max-scaled feature and the label; constant features get 0."""
-    z = z.detach().cpu().numpy().astype(np.float64)
+    z = to_numpy(z).astype(np.float64)
     low, span = z.min(0), z.max(0) - z.min(0)
     active = span > 0
     mi = np.zeros(z.shape[1])

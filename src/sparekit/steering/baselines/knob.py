@@ -20,6 +20,7 @@ from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import OneLayerMethod
+from sparekit.utils.arrays import to_numpy
 
 
 @register("knob")
@@ -36,7 +37,7 @@ class Knob(OneLayerMethod):
 
     def fit(self, data: BehaviourData) -> Knob:
         hidden = self.labelled_hidden(data)
-        h = hidden.double().numpy()
+        h = to_numpy(hidden.double())
         scaler = StandardScaler().fit(h)
         probe = LogisticRegression(C=self.C, random_state=self.seed, max_iter=1000).fit(scaler.transform(h), data.labels)
         direction = probe.coef_[0] / np.where(scaler.scale_ > 0, scaler.scale_, 1.0)

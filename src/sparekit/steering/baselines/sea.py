@@ -31,12 +31,13 @@ from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.spare import select_by_mi_mass
+from sparekit.utils.arrays import to_numpy
 
 
 def spectral_basis(centred: torch.Tensor, energy: float) -> torch.Tensor:
     """``[d, k]`` top left singular vectors of ``centredᵀ centred / m`` covering ``energy`` of its spectrum."""
     _, singular, vh = torch.linalg.svd(centred.double(), full_matrices=False)
-    spectrum = (singular**2 / centred.shape[0]).numpy()
+    spectrum = to_numpy(singular**2 / centred.shape[0])
     keep = np.sort(select_by_mi_mass(spectrum, energy))
     return vh[torch.as_tensor(keep, dtype=torch.long)].T.float().contiguous()
 
