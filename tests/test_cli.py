@@ -63,3 +63,12 @@ def test_steer_with_the_shipped_gate(capsys):
         assert gated["steered"] == gated["unsteered"]
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gate_fired"] is None
+
+
+def test_a_command_whose_import_fails_shows_the_real_error(monkeypatch, capsys):
+    from sparekit.cli import main as cli_main
+
+    monkeypatch.setitem(cli_main.COMMANDS, "broken", ("sparekit_no_such_module", "x", "A broken command."))
+    assert cli_main.main(["broken"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "sparekit_no_such_module" in err and "No such command" not in err

@@ -41,8 +41,9 @@ class LazyGroup(click.Group):
         module, attr, _ = COMMANDS[name]
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return None
+        except ImportError as exc:  # a missing optional dependency, not an unknown command
+            missing = f"pip install {exc.name}" if exc.name else "reinstall sparekit"
+            raise SparekitError(f"`sparekit {name}` cannot start: {exc}", missing) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, _, help_text) in COMMANDS.items()]
