@@ -199,11 +199,13 @@ def check_max_tokens(limits: Limits, max_tokens: int) -> None:
         raise ApiError(400, f"max_tokens is {max_tokens}, more than this server's limit of {limits.max_tokens}.")
 
 
-def validation_message(exc: RequestValidationError) -> tuple[int, str]:
+def validation_message(exc: RequestValidationError, content_type: str) -> tuple[int, str]:
     """One sentence for the first problem pydantic found (400 when the body is not JSON at all)."""
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         return 400, "The request body is not valid JSON."
+    if tuple(first.get("loc", ())) == ("body",) and "json" not in content_type:
+        return 400, "Send the request body as a JSON object with Content-Type: application/json."
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     return 422, f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
 
@@ -288,7 +290,7 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(*validation_message(exc))
+        return error_response(*validation_message(exc, request.headers.get("content-type", "")))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
