@@ -44,30 +44,16 @@ def serve(model, device, host, port, probe_dir, fitted, max_batch, batch_wait_ms
         "question": "What is the capital of France?", "steer": {"toward": "memory"}}'
     """
     try:
-        from sparekit.serve import Engine, Limits, Server, create_app, load_steering
+        from sparekit.serve import Limits, Server, build_engine, create_app
     except ImportError as exc:
         from sparekit.errors import SparekitError
 
         raise SparekitError(f"sparekit serve needs {exc.name}", "pip install 'sparekit[serve]'") from None
-    from sparekit.errors import SparekitError
     from sparekit.models import load_model
-    from sparekit.probes.detect import detection_demos, load_probes, resolve_probe_dir
 
-    lm = load_model(model, device=device)
-    try:
-        folder = resolve_probe_dir(probe_dir, lm.info.model_hash)
-        probes = load_probes(folder, lm.info.model_hash)
-    except SparekitError:
-        if probe_dir is not None:
-            raise
-        folder, probes = None, {}
-    steering = load_steering(lm, list(fitted))
-    demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
-    if demos is None:
-        demos = tuple(detection_demos(folder)) if folder is not None else ()
-    engine = Engine(lm, probes, steering, demos)
+    engine = build_engine(load_model(model, device=device), probe_dir, fitted)
     limits = Limits(max_body_bytes, max_prompt_tokens, max_new, max_queue, max_streams, max_batch, batch_wait_ms,
                     max_strength, drain_timeout)
-    click.echo(f"sparekit serve: {lm.info.name} on http://{host}:{port}  (detect: {'yes' if probes else 'no'}; "
+    click.echo(f"sparekit serve: {engine.lm.info.name} on http://{host}:{port}  (detect: {'yes' if engine.can_detect else 'no'}; "
                f"methods: {', '.join(engine.method_names())}; playground at /)", err=True)
     Server(create_app(engine, limits), host=host, port=port, log_level="warning").run()

@@ -4,6 +4,6 @@ Needs the ``serve`` extra (``pip install 'sparekit[serve]'``: FastAPI, uvicorn, 
 """
 
 from sparekit.serve.app import Limits, Server, create_app
-from sparekit.serve.engine import Engine, load_steering
+from sparekit.serve.engine import Engine, build_engine, load_steering
 
-__all__ = ["Engine", "Limits", "Server", "create_app", "load_steering"]
+__all__ = ["Engine", "Limits", "Server", "build_engine", "create_app", "load_steering"]

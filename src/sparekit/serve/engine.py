@@ -282,3 +282,25 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
         except SparekitError:
             pass  # gate=true is then refused for this method with a clear 422
     return Steering(methods, gates)
+
+
+def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = ()) -> Engine:
+    """What ``sparekit serve`` runs: probes (explicit, else the last run or shipped ones, else none), fitted methods.
+
+    ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
+    or else the probes' (the prompts they were fitted on).
+    """
+    from sparekit.probes.detect import detection_demos, load_probes, resolve_probe_dir
+
+    try:
+        folder: Path | None = resolve_probe_dir(probe_dir, lm.info.model_hash)
+        probes = load_probes(folder, lm.info.model_hash)
+    except SparekitError:
+        if probe_dir is not None:
+            raise
+        folder, probes = None, {}
+    steering = load_steering(lm, fitted)
+    demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
+    if demos is None:
+        demos = tuple(detection_demos(folder)) if folder is not None else ()
+    return Engine(lm, probes, steering, demos)
