@@ -164,10 +164,9 @@ class Engine:
 
     def answer_prompt(self, context: str | None, question: str, k_shot: int = 3) -> str:
         """The project's prompt format: fitted demonstrations (other questions) then the item."""
-        from sparekit.data.prompts import format_block
+        from sparekit.data.prompts import demos_for, format_block
 
-        demos = [d for d in self.demos if f"question: {question}\n" not in d][:k_shot]
-        return "".join(demos) + format_block(question, context)
+        return "".join(demos_for(question, self.demos, k_shot)) + format_block(question, context)
 
     # -- one batch ---------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> None:
