@@ -15,11 +15,12 @@ fi
 "$PY" -m pip install -q -e ".${extras}"
 # The playground test drives a real headless Chromium: install Debian's when missing.
 if [[ "${1:-}" == "--dev" ]] && ! { command -v chromium && command -v chromedriver; } >/dev/null; then
-  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null \
+  SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && { [[ -z "$SUDO" ]] || command -v sudo >/dev/null; }; then
+    { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+        chromium chromium-driver; } >/dev/null \
       || echo "setup: could not apt-get install chromium; the playground test will be skipped" >&2
   else
-    echo "setup: chromium + chromium-driver missing and apt-get unavailable (or not root);" \
-         "the playground test will be skipped" >&2
+    echo "setup: chromium + chromium-driver missing and no apt-get (or no root); the playground test will be skipped" >&2
   fi
 fi
