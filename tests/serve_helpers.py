@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import torch
 
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
-from sparekit.serve import Limits, Server, create_app
+from sparekit.serve import serve_in_thread as serving  # noqa: F401  (re-exported for the tests)
 from sparekit.serve.engine import Engine, Job
 from sparekit.steering import BehaviourData, make_method
 from sparekit.steering.gate import ProbeGate
@@ -54,24 +51,6 @@ def run_jobs(engine: Engine, rows: list[dict]) -> list[dict]:
 
     engine.run([Job(emit=emitter(out), **row) for out, row in zip(results, rows)])
     return results
-
-
-@contextmanager
-def serving(engine: Engine, limits: Limits = Limits()):
-    """A real uvicorn server on 127.0.0.1 (free port) in a thread; yields (server, base URL)."""
-    server = Server(create_app(engine, limits), port=0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    try:
-        yield server, f"http://127.0.0.1:{server.port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def post(url: str, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict | str]:

@@ -3,7 +3,7 @@
 Needs the ``serve`` extra (``pip install 'sparekit[serve]'``: FastAPI, uvicorn, prometheus-client).
 """
 
-from sparekit.serve.app import Limits, Server, create_app
+from sparekit.serve.app import Limits, Server, create_app, serve_in_thread
 from sparekit.serve.engine import Engine, build_engine, load_steering
 
-__all__ = ["Engine", "Limits", "Server", "build_engine", "create_app", "load_steering"]
+__all__ = ["Engine", "Limits", "Server", "build_engine", "create_app", "load_steering", "serve_in_thread"]

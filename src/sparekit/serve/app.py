@@ -15,8 +15,8 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -424,3 +424,26 @@ class Server(uvicorn.Server):
     def port(self) -> int:
         """The bound port (useful with ``port=0``)."""
         return self.servers[0].sockets[0].getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(engine: Engine, limits: Limits = Limits(), host: str = "127.0.0.1",
+                    port: int = 0) -> Iterator[tuple[Server, str]]:
+    """A real server in a background thread (tests, benchmarks, notebooks); yields it and its base URL.
+
+    ``port=0`` takes a free port. Signals stay with the main thread: call
+    ``server.handle_exit(signal.SIGTERM, None)`` to drain.
+    """
+    server = Server(create_app(engine, limits), host=host, port=port)
+    thread = threading.Thread(target=server.run, name="sparekit-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield server, f"http://{host}:{server.port}"
+    finally:
+        server.should_exit = True
+        thread.join(limits.drain_timeout_s + 30)

@@ -13,6 +13,7 @@ does), so those rows, and only those, get one batched forward stopped at the pro
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -145,6 +146,9 @@ class Engine:
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                         *([lm.tokenizer.eos_token_id] if lm.tokenizer.eos_token_id is not None else [])}
         self._edit_cache: dict[tuple[str, str, float], list[tuple[Site, EditFn]]] = {}
+        # The HTTP thread counts prompt tokens with its own copy: a fast tokenizer keeps its padding
+        # setting on one shared object, so a count during a batch's padded encoding would break it.
+        self._counter = copy.deepcopy(lm.tokenizer)
 
     # -- what requests may ask for --------------------------------------------------
     @property
@@ -160,7 +164,7 @@ class Engine:
         return float(strength or 0.0)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.lm.tokenizer(text)["input_ids"])
+        return len(self._counter(text)["input_ids"])
 
     def answer_prompt(self, context: str | None, question: str, k_shot: int = 3) -> str:
         """The project's prompt format: fitted demonstrations (other questions) then the item."""
