@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +19,7 @@ from sparekit.steering import BehaviourData, make_method
 from sparekit.steering.gate import ProbeGate
 from sparekit.utils.io import atomic_write_json
 
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PROBE_SITE = "resid.2"
 DEMO = "context: Paris is in France.\nquestion: Where is Paris?\nanswer: France\n\n"
 
@@ -79,3 +81,16 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def chromium(width: int = 1100, height: int = 760):
+    """A headless Chromium driven by Debian's chromedriver (Selenium)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)

@@ -309,3 +309,48 @@ def test_load_200_requests_16_clients(lm, engine):
     expected = greedy_generate(lm, [prompts[i] for i in sample], max_new_tokens=4, stop_at_newline=False)
     assert [answers[i] for i in sample] == expected
 
+
+
+# -- the command line: a real process, a real SIGTERM ----------------------------------------------------------
+def test_cli_serve_drains_on_sigterm(lm, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparekit", "serve", "-m", str(folder), "--port", str(port),
+                             "--drain-timeout", "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if get(url + "/healthz")[0] == 200:
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        sock = _open_stream(url, 200)
+        received = b""
+        while b"data:" not in received:
+            received += sock.recv(4096)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        code, reply = post(url + "/v1/completions", {"prompt": "late", "max_tokens": 2})
+        assert code == 503 and "another replica" in reply["error"]["message"]
+        while not received.endswith(b"data: [DONE]\r\n\r\n") and b"data: [DONE]" not in received[-64:]:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream was cut before its end"
+            received += chunk
+        sock.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

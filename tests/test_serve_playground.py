@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 pytest.importorskip("fastapi")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (bash scripts/setup.sh --dev)")
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (bash scripts/setup.sh --dev)")
 
-from serve_helpers import fit_assets, post, serving  # noqa: E402
+from serve_helpers import CHROMIUM, DRIVER, chromium, fit_assets, post, serving  # noqa: E402
 
 from sparekit.models.tiny import tiny_model  # noqa: E402
 from sparekit.serve import build_engine  # noqa: E402
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-def chromium(width: int = 1100, height: int = 760):
-    """A headless Chromium driven by Debian's chromedriver."""
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--window-size={width},{height}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
 def words(text: str) -> list[str]:
