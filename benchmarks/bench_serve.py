@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--parts", default="throughput,cost", help="which parts to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import openai
@@ -76,39 +77,48 @@ def main() -> None:
             return time.perf_counter() - start, reply.usage.completion_tokens
 
         ask(prompts[0], VARIANTS["steer+gate"])  # warm-up: loads the SAEs, builds the edits
-        print(f"throughput: {args.n} requests, threads {args.threads}, max batch {args.max_batch}")
-        print("| clients | requests/s | ÷ one at a time | p50 latency | p95 latency | rows per batch |")
-        print("|---|---|---|---|---|---|")
-        baseline = None
-        for clients in (int(c) for c in args.clients.split(",")):
-            rows_before, batches_before = batch_totals(url)
-            start = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                latencies = [t for t, _ in pool.map(lambda p: ask(p, {}), prompts[: args.n])]
-            rate = args.n / (time.perf_counter() - start)
-            rows_after, batches_after = batch_totals(url)
-            rows = (rows_after - rows_before) / max(1.0, batches_after - batches_before)
-            baseline = baseline or rate
-            print(f"| {clients} | {rate:.2f} | {rate / baseline:.2f} | {statistics.median(latencies):.2f} s | "
-                  f"{percentile(latencies, 0.95):.2f} s | {rows:.1f} |")
+        if "throughput" in args.parts:
+            throughput(args, url, prompts, ask)
+        if "cost" in args.parts:
+            cost(args, prompts, ask)
 
-        print(f"\ncost: {args.cost_n} prompts one at a time, {args.rounds} rounds, variants interleaved per prompt")
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        tokens: dict[str, int] = {v: 0 for v in VARIANTS}
-        for r in range(args.rounds):
-            for i, prompt in enumerate(prompts[: args.cost_n]):
-                order = list(VARIANTS) if (i + r) % 2 == 0 else list(reversed(VARIANTS))
-                for variant in order:
-                    seconds, n_tokens = ask(prompt, VARIANTS[variant])
-                    times[variant].append(seconds)
-                    tokens[variant] += n_tokens
-        base = statistics.median(times["plain"])
-        print("| variant | median latency | ÷ plain | completion tokens |")
-        print("|---|---|---|---|")
-        for variant in VARIANTS:
-            median = statistics.median(times[variant])
-            print(f"| {variant} | {median * 1000:.0f} ms | {median / base:.3f} | {tokens[variant]} "
-                  f"({tokens[variant] / tokens['plain']:.2f}×) |")
+
+def throughput(args, url: str, prompts: list[str], ask) -> None:
+    print(f"throughput: {args.n} requests, threads {args.threads}, max batch {args.max_batch}")
+    print("| clients | requests/s | ÷ one at a time | p50 latency | p95 latency | rows per batch |")
+    print("|---|---|---|---|---|---|")
+    baseline = None
+    for clients in (int(c) for c in args.clients.split(",")):
+        rows_before, batches_before = batch_totals(url)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            latencies = [t for t, _ in pool.map(lambda p: ask(p, {}), prompts[: args.n])]
+        rate = args.n / (time.perf_counter() - start)
+        rows_after, batches_after = batch_totals(url)
+        rows = (rows_after - rows_before) / max(1.0, batches_after - batches_before)
+        baseline = baseline or rate
+        print(f"| {clients} | {rate:.2f} | {rate / baseline:.2f} | {statistics.median(latencies):.2f} s | "
+              f"{percentile(latencies, 0.95):.2f} s | {rows:.1f} |")
+
+
+def cost(args, prompts: list[str], ask) -> None:
+    print(f"\ncost: {args.cost_n} prompts one at a time, {args.rounds} rounds, variants interleaved per prompt")
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    tokens: dict[str, int] = {v: 0 for v in VARIANTS}
+    for r in range(args.rounds):
+        for i, prompt in enumerate(prompts[: args.cost_n]):
+            order = list(VARIANTS) if (i + r) % 2 == 0 else list(reversed(VARIANTS))
+            for variant in order:
+                seconds, n_tokens = ask(prompt, VARIANTS[variant])
+                times[variant].append(seconds)
+                tokens[variant] += n_tokens
+    base = statistics.median(times["plain"])
+    print("| variant | median latency | ÷ plain | completion tokens |")
+    print("|---|---|---|---|")
+    for variant in VARIANTS:
+        median = statistics.median(times[variant])
+        print(f"| {variant} | {median * 1000:.0f} ms | {median / base:.3f} | {tokens[variant]} "
+              f"({tokens[variant] / tokens['plain']:.2f}×) |")
 
 
 if __name__ == "__main__":

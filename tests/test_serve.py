@@ -163,7 +163,7 @@ def test_health_metrics_and_playground(server):
     ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "up"}}}, 422, "context, memory"),
     ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": -1}}}, 422, "0 to 10"),
     ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": 11}}}, 422, "0 to 10"),
-    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": "hi"}}}, 422, "0 to 10"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": "1"}}}, 422, "0 to 10"),
     ({"prompt": "x", "sparekit": {"steer": {"toward": "memory", "power": 1}}}, 422, "power"),
     ({"prompt": "x", "sparekit": {"detect": "maybe"}}, 422, "detect"),
     ({"prompt": "x" * 30_000}, 413, "20000 bytes"),

@@ -22,7 +22,8 @@ from sparekit.cli.common import device_option, model_option
               help="Most prompts in one batched generate.")
 @click.option("--batch-wait-ms", default=10.0, show_default=True, type=click.FloatRange(0, 1000),
               help="How long the first request of a batch waits for others to join.")
-@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(1), help="Prompts waiting (429 above).")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(1),
+              help="Prompts waiting (429 above).")
 @click.option("--max-streams", default=32, show_default=True, type=click.IntRange(1),
               help="Streaming responses open at once (429 above).")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="413 above.")
@@ -54,6 +55,7 @@ def serve(model, device, host, port, probe_dir, fitted, max_batch, batch_wait_ms
     engine = build_engine(load_model(model, device=device), probe_dir, fitted)
     limits = Limits(max_body_bytes, max_prompt_tokens, max_new, max_queue, max_streams, max_batch, batch_wait_ms,
                     max_strength, drain_timeout)
-    click.echo(f"sparekit serve: {engine.lm.info.name} on http://{host}:{port}  (detect: {'yes' if engine.can_detect else 'no'}; "
+    detect = "yes" if engine.can_detect else "no"
+    click.echo(f"sparekit serve: {engine.lm.info.name} on http://{host}:{port}  (detect: {detect}; "
                f"methods: {', '.join(engine.method_names())}; playground at /)", err=True)
     Server(create_app(engine, limits), host=host, port=port, log_level="warning").run()

@@ -294,7 +294,8 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = {404: f"No endpoint {request.url.path}.", 405: f"{request.method} is not allowed on {request.url.path}."}
+        path = request.url.path
+        message = {404: f"No endpoint {path}.", 405: f"{request.method} is not allowed on {path}."}
         return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
 
     @app.get("/", response_class=HTMLResponse)
@@ -303,7 +304,7 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz(request: Request) -> dict:
-        return {"status": "ok", "model": model_name, "queue_depth": len(app.state.batcher._pending),
+        return {"status": "ok", "model": model_name, "queue_depth": app.state.batcher.depth,
                 "detect": engine.can_detect, "methods": engine.method_names()}
 
     @app.get("/metrics")

@@ -1,9 +1,10 @@
 """A simple scheduler: collect the requests that arrive together, run them as one batch.
 
-One worker thread owns the model. It waits for a first job, then collects more for at
-most ``max_wait_s`` (counted from the first job's arrival, so jobs that queued while
-the previous batch ran start at once) or until ``max_batch`` are waiting, and runs
-them in one batched ``generate``. This is static batching: a request that arrives
+One worker thread owns the model. It waits for a first job, then collects more until
+``max_batch`` are waiting or ``max_wait_s`` has passed since the later of the first
+job's arrival and the end of the previous batch (so the clients that batch just
+answered can send their next request and join, instead of the clients splitting
+into cohorts that alternate), and runs them in one batched ``generate``. This is static batching: a request that arrives
 mid-generation waits for the running batch to finish (no joining mid-generation).
 """
 
@@ -29,6 +30,7 @@ class Batcher:
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
+        self._last_end = 0.0
         self._thread = threading.Thread(target=self._loop, name="sparekit-batcher", daemon=True)
 
     def start(self) -> None:
@@ -40,6 +42,11 @@ class Batcher:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(timeout)
+
+    @property
+    def depth(self) -> int:
+        """Prompts waiting for a batch."""
+        return len(self._pending)
 
     def submit(self, jobs: list[Job]) -> None:
         """Queue ``jobs`` together (all or none), or raise :class:`QueueFull`."""
@@ -66,7 +73,7 @@ class Batcher:
                 if self._closed:
                     return None
                 self._cv.wait()
-            deadline = self._pending[0].arrived + self.max_wait_s
+            deadline = max(self._pending[0].arrived, self._last_end) + self.max_wait_s
             while len(self._pending) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                 self._cv.wait(left)
             batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
@@ -81,3 +88,4 @@ class Batcher:
             self.engine.run(batch)
             self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_seconds.observe(time.perf_counter() - start)
+            self._last_end = time.monotonic()

@@ -279,7 +279,8 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
         label = root.name
         methods[label] = {t: load_fitted(root, t, lm.info) for t in DIRECTIONS if (root / t).is_dir()}  # type: ignore
         if not methods[label]:
-            raise SparekitError(f"no fitted method in {root}", "pass a folder from `sparekit bench steer` (<run>/fitted/<method>)")
+            raise SparekitError(f"no fitted method in {root}",
+                                "pass a folder from `sparekit bench steer` (<run>/fitted/<method>)")
         try:
             gates[label] = load_gate(root, lm.info)
         except SparekitError:
