@@ -10,7 +10,7 @@ Requests are three-shot conflict prompts from the embedded dataset (substituted 
    its gate): the same prompts one at a time, variants interleaved per prompt over
    rounds; median latency ÷ the plain request's, and the completion tokens generated.
 
-    python benchmarks/bench_serve.py [--n 48] [--rounds 2] [--threads 2] [--max-batch 16]
+    python benchmarks/bench_serve.py [--n 48] [--rounds 2] [--threads 2] [--max-batch 16] [--batch-wait-ms 10]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--parts", default="throughput,cost", help="which parts to run")
     args = parser.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
     engine = build_engine(lm)
     data = list(load_dataset("default"))
     prompts = [engine.answer_prompt(ex.sub_context, ex.question) for ex in data[: max(args.n, args.cost_n)]]
-    with serve_in_thread(engine, Limits(max_batch=args.max_batch, max_queue=4096)) as (_, url):
+    with serve_in_thread(engine, Limits(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=4096)) as (_, url):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
 
         def ask(prompt: str, options: dict) -> tuple[float, int]:
@@ -84,7 +85,8 @@ def main() -> None:
 
 
 def throughput(args, url: str, prompts: list[str], ask) -> None:
-    print(f"throughput: {args.n} requests, threads {args.threads}, max batch {args.max_batch}")
+    print(f"throughput: {args.n} requests, threads {args.threads}, max batch {args.max_batch}, "
+          f"batch wait {args.batch_wait_ms:g} ms")
     print("| clients | requests/s | ÷ one at a time | p50 latency | p95 latency | rows per batch |")
     print("|---|---|---|---|---|---|")
     baseline = None
