@@ -30,7 +30,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     with serve_in_thread(build_engine(load_model("default", device="cpu"))) as (_, url):
-        browser = chromium(1100, 620)
+        browser = chromium(1100, 1000)
         try:
             browser.get(url + "/")
             wait = WebDriverWait(browser, 300)
