@@ -340,7 +340,14 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
             queue, jobs = runner.submit(prompts, body.max_tokens, stop, options.detect, steer, stream=True)
             app.state.streams += 1
             metrics.streams.inc()
-            return StreamingResponse(_sse(runner, request, queue, jobs, head, app), media_type="text/event-stream")
+
+            def closed() -> None:
+                app.state.streams -= 1
+                metrics.streams.dec()
+                for job in jobs:  # no-op for finished jobs; covers a client gone before the first chunk
+                    runner.batcher.cancel(job)
+
+            return _Stream(_sse(runner, request, queue, jobs, head), closed)
         queue, jobs = runner.submit(prompts, body.max_tokens, stop, options.detect, steer, stream=False)
         results = {i: data async for i, kind, data in runner.events(request, queue, jobs) if kind == "done"}
         if len(results) < len(jobs):
@@ -373,8 +380,22 @@ def _usage(results) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _sse(runner: _Runner, request: Request, queue: asyncio.Queue, jobs: list[Job], head: dict,
-               app: FastAPI) -> AsyncIterator[str]:
+class _Stream(StreamingResponse):
+    """An event stream that frees its slot however it ends (even if its body never started)."""
+
+    def __init__(self, events: AsyncIterator[str], on_close):
+        super().__init__(events, media_type="text/event-stream")
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+async def _sse(runner: _Runner, request: Request, queue: asyncio.Queue, jobs: list[Job], head: dict
+               ) -> AsyncIterator[str]:
     """Server-sent events in the OpenAI shape; the first chunk of each choice carries its ``sparekit`` object."""
 
     def chunk(index: int, text: str, finish_reason: str | None = None, **extra) -> str:
@@ -392,9 +413,6 @@ async def _sse(runner: _Runner, request: Request, queue: asyncio.Queue, jobs: li
         yield "data: [DONE]\n\n"
     except ApiError as exc:
         yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error', 'code': exc.status}})}\n\n"
-    finally:
-        app.state.streams -= 1
-        runner.metrics.streams.dec()
 
 
 class Server(uvicorn.Server):
