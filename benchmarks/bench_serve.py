@@ -68,7 +68,8 @@ def main() -> None:
     engine = build_engine(lm)
     data = list(load_dataset("default"))
     prompts = [engine.answer_prompt(ex.sub_context, ex.question) for ex in data[: max(args.n, args.cost_n)]]
-    with serve_in_thread(engine, Limits(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=4096)) as (_, url):
+    limits = Limits(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=4096)
+    with serve_in_thread(engine, limits) as (_, url):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
 
         def ask(prompt: str, options: dict) -> tuple[float, int]:
