@@ -18,6 +18,7 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     that asks the same question. ``gated``: steer only if the calibrated conflict gate fires.
     """
     from sparekit.data.dataset import ConflictExample
+    from sparekit.data.prompts import demos_for
     from sparekit.errors import SparekitError
     from sparekit.steering import SteeringPrompt, make_method
     from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
@@ -32,7 +33,7 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
                               sub_answer=())
     if demos is None:
-        demos = tuple(d for d in loaded.demos if f"question: {question}\n" not in d)[:k_shot]
+        demos = tuple(demos_for(question, loaded.demos, k_shot))
     prompt = SteeringPrompt(example, "sub", demos)
     with make_method("none").fit(None).steer(lm, toward=toward) as plain:  # type: ignore[arg-type]
         unsteered = plain.generate([prompt])[0]

@@ -56,6 +56,11 @@ def sample_demos(dataset: ConflictDataset, exclude_group: str, k: int, flavour: 
     return [demo_block(dataset[rng.choice(index[g])], flavour) for g in rng.sample(candidates, k)]
 
 
+def demos_for(question: str, demos: Sequence[str], k: int) -> list[str]:
+    """The first ``k`` of ``demos`` that do not ask ``question`` itself (no answer leaks into the prompt)."""
+    return [d for d in demos if f"question: {question}\n" not in d][:k]
+
+
 def build_prompt(example: ConflictExample, context: Literal["org", "sub", None], demos: Sequence[str]) -> str:
     """Demonstrations followed by ``example`` with its original, substituted or no context."""
     if context not in ("org", "sub", None):

@@ -50,7 +50,7 @@ def tokenize(lm: LoadedModel, prompts: Sequence[str], position_ids: bool = False
     return enc
 
 
-def _greedy(lm: LoadedModel, enc: dict[str, torch.Tensor], max_new_tokens: int,
+def greedy_call(lm: LoadedModel, enc: dict[str, torch.Tensor], max_new_tokens: int,
             logits_processor: LogitsProcessorList | None, stopping: StoppingCriteriaList | None = None) -> torch.Tensor:
     """``generate`` in greedy mode, whatever sampling defaults the model's generation config carries."""
     return lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -75,7 +75,7 @@ def greedy_generate(
         enc = tokenize(lm, chunk)
         prompt_len = enc["input_ids"].shape[1]
         stopping = StoppingCriteriaList([_NewlineStop(lm.tokenizer, prompt_len)]) if stop_at_newline else None
-        generated = _greedy(lm, enc, max_new_tokens, logits_processor, stopping)
+        generated = greedy_call(lm, enc, max_new_tokens, logits_processor, stopping)
         texts = lm.tokenizer.batch_decode(generated[:, prompt_len:], skip_special_tokens=True)
         outputs.extend(t.split("\n", 1)[0].strip() if stop_at_newline else t for t in texts)
         bar.update(len(chunk))
@@ -124,7 +124,7 @@ def answer_nll(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], 
         gold = torch.tensor([x + [-1] * (steps - len(x)) for x in ids])
         scorer = _ForcedAnswerScorer(gold)
         enc = tokenize(lm, [prompts[i] for i in chunk])
-        _greedy(lm, enc, steps, LogitsProcessorList([*(logits_processor or []), scorer]))
+        greedy_call(lm, enc, steps, LogitsProcessorList([*(logits_processor or []), scorer]))
         lengths = (gold >= 0).sum(1).double()
         out.extend((-scorer.log_probs.sum(1) / lengths).tolist())
     return out

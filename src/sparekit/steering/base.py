@@ -290,6 +290,30 @@ def make_method(kind: str, **params: Any) -> SteeringMethod:
     return REGISTRY.lookup(kind)().set_params(**params)
 
 
+def row_edits(per_row: Sequence[Sequence[tuple[Site, EditFn]] | None]) -> list[tuple[Site, EditFn]]:
+    """One edit per site from each batch row's own edits (a server mixes methods, directions and strengths).
+
+    Row ``i`` gets ``per_row[i]``; rows with ``None``, or with no edit at a site, keep their
+    activation there. Rows holding the same edit function share one call.
+    """
+    groups: dict[Site, dict[int, tuple[EditFn, list[int]]]] = {}
+    for row, edits in enumerate(per_row):
+        for site, fn in edits or ():
+            groups.setdefault(site, {}).setdefault(id(fn), (fn, []))[1].append(row)
+
+    def compose(parts: list[tuple[EditFn, list[int]]]) -> EditFn:
+        def edit(h: torch.Tensor) -> torch.Tensor:
+            out = h.clone()
+            for fn, rows in parts:
+                index = torch.tensor(rows, device=h.device)
+                out[index] = fn(h[index]).to(h.dtype)
+            return out
+
+        return edit
+
+    return [(site, compose(list(parts.values()))) for site, parts in sorted(groups.items())]
+
+
 def with_strength_sign(toward: Direction) -> float:
     """+1 toward context, -1 toward memory: the sign of a context-minus-memory direction."""
     return 1.0 if toward == "context" else -1.0
@@ -297,5 +321,5 @@ def with_strength_sign(toward: Direction) -> float:
 
 __all__ = [
     "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "Gate", "Steered", "SteeringMethod", "SteeringPrompt",
-    "load_method", "make_method", "register", "with_strength_sign",
+    "load_method", "make_method", "register", "row_edits", "with_strength_sign",
 ]

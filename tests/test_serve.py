@@ -1,0 +1,356 @@
+"""``sparekit serve``: batching correctness, the OpenAI client against a live server, every bound, drain, load."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+from serve_helpers import fit_assets, get, metric, post, run_jobs, serving  # noqa: E402
+
+from sparekit.activations.last_token import last_token_states  # noqa: E402
+from sparekit.evaluation.generation import greedy_generate  # noqa: E402
+from sparekit.models.tiny import tiny_model  # noqa: E402
+from sparekit.probes.detect import detect_prompt  # noqa: E402
+from sparekit.serve import Limits, build_engine  # noqa: E402
+from sparekit.serve.engine import RowSteer  # noqa: E402
+
+PROMPTS = ["context: a b c\nquestion: x?\nanswer:", "hi", "question: what is it?\nanswer:", "zz top 12"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def assets(lm, tmp_path_factory):
+    return fit_assets(lm, tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def engine(lm, assets):
+    return build_engine(lm, assets[0], [assets[1]])
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with serving(engine, Limits(max_body_bytes=20_000, max_prompt_tokens=300, max_tokens=64, max_strength=10)) as s:
+        yield s
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def reference(lm, engine, prompt: str, steer: RowSteer | None, max_tokens: int) -> str:
+    """The same prompt alone, through the library: greedy_generate inside ``method.steer`` (or unsteered)."""
+    if steer is None:
+        return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
+    method = engine.steering.methods[steer.label][steer.toward].method
+    with method.steer(lm, toward=steer.toward, strength=steer.strength):
+        return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
+
+
+# -- the engine: rows mixed in one batch ------------------------------------------------------------
+def test_mixed_batch_rows_match_each_row_alone(lm, engine, assets):
+    steers = [None, RowSteer("actadd", "memory", 1.0), RowSteer("actadd", "context", 2.0), None]
+    rows = [dict(prompt=p, max_tokens=n, steer=s, detect=True) for p, n, s in zip(PROMPTS, (6, 3, 8, 5), steers)]
+    results = run_jobs(engine, rows)
+    for row, result in zip(rows, results):
+        assert result["done"]["text"] == reference(lm, engine, row["prompt"], row["steer"], row["max_tokens"])
+        assert result["done"]["completion_tokens"] <= row["max_tokens"]
+        # detection reads the unsteered prompt, whether from the shared pass or the steered rows' early pass
+        expected = detect_prompt(lm, row["prompt"], assets[0])
+        assert result["done"]["sparekit"]["conflict_probability"] == pytest.approx(expected["conflict_probability"],
+                                                                                   abs=1e-5)
+        assert result["done"]["sparekit"]["predicted_source"] == expected["source"]
+        assert result["done"]["sparekit"]["steered"] == (row["steer"] is not None)
+    # the steering changes something (otherwise the comparison above proves little)
+    assert results[1]["done"]["text"] != reference(lm, engine, PROMPTS[1], None, 3)
+
+
+def test_gate_steers_only_the_rows_where_it_fires(lm, engine):
+    gate = engine.steering.gates["actadd"]
+    scores = gate.probe.predict_proba(last_token_states(lm, PROMPTS, [gate.site])[gate.site].numpy())[:, 1]
+    gate.threshold = float(np.median(scores))
+    steer = RowSteer("actadd", "memory", 8.0, gate=True)
+    results = run_jobs(engine, [dict(prompt=p, max_tokens=4, steer=steer) for p in PROMPTS])
+    fired = [r["done"]["sparekit"]["steered"] for r in results]
+    assert fired == (scores > gate.threshold).tolist() and any(fired) and not all(fired)
+    for prompt, result, fire in zip(PROMPTS, results, fired):
+        assert result["done"]["text"] == reference(lm, engine, prompt, steer if fire else None, 4)
+
+
+def test_stop_strings_cut_the_text_and_streamed_deltas_add_up(lm, engine):
+    full = run_jobs(engine, [dict(prompt=PROMPTS[0], max_tokens=12)])[0]["done"]["text"]
+    stop = full[4:6]
+    cut = full[:full.find(stop)]
+    streamed = run_jobs(engine, [dict(prompt=PROMPTS[0], max_tokens=12, stop=(stop,), stream=True)])[0]
+    assert streamed["done"]["text"] == cut and streamed["done"]["finish_reason"] == "stop"
+    assert "".join(streamed["delta"]) == cut
+
+
+# -- the official openai client against a live server -------------------------------------------------
+def test_openai_client_completion_with_detect_and_steer(lm, engine, client):
+    response = client.completions.create(
+        model="tiny", prompt=PROMPTS[0], max_tokens=6, temperature=0,
+        extra_body={"sparekit": {"detect": True, "steer": {"method": "actadd", "toward": "context", "strength": 2}}})
+    assert response.choices[0].text == reference(lm, engine, PROMPTS[0], RowSteer("actadd", "context", 2.0), 6)
+    assert response.choices[0].text != reference(lm, engine, PROMPTS[0], None, 6)
+    info = response.sparekit
+    assert info["steered"] is True and info["method"] == "actadd" and info["strength"] == 2.0
+    assert 0 <= info["conflict_probability"] <= 1 and info["predicted_source"] in ("context", "memory")
+    assert response.usage.completion_tokens == 6 and response.usage.prompt_tokens == len(PROMPTS[0]) + 1
+
+
+def test_openai_client_streaming_matches_the_plain_answer(client):
+    plain = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=10)
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=10, stream=True,
+                                            extra_body={"sparekit": {"detect": True}}))
+    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+    assert chunks[0].sparekit["steered"] is False and "conflict_probability" in chunks[0].sparekit
+    assert chunks[-1].choices[0].finish_reason == plain.choices[0].finish_reason == "length"
+
+
+def test_openai_client_stop_and_prompt_list(client):
+    full = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=10).choices[0].text
+    stopped = client.completions.create(model="tiny", prompt=[PROMPTS[1], PROMPTS[3]], max_tokens=10, stop=[full[3:5]])
+    assert stopped.choices[0].text == full[:full.find(full[3:5])]
+    assert [c.index for c in stopped.choices] == [0, 1]
+
+
+def test_answer_endpoint_uses_the_prompt_format(server, engine):
+    status, body = post(server[1] + "/v1/answer", {"context": "a b", "question": "q?", "max_tokens": 4})
+    assert status == 200 and set(body["sparekit"]) >= {"conflict_probability", "predicted_source", "steered"}
+    assert engine.answer_prompt("a b", "q?").endswith("context: a b\nquestion: q?\nanswer:")
+    assert "\n" not in body["answer"]
+
+
+def test_health_metrics_and_playground(server):
+    assert json.loads(get(server[1] + "/healthz")[1])["methods"] == ["none", "actadd"]
+    post(server[1] + "/v1/completions", {"prompt": "x", "max_tokens": 2})
+    status, text = get(server[1] + "/metrics")
+    assert status == 200
+    assert metric(text, 'sparekit_requests_total{endpoint="/v1/completions",status="200"}') >= 1
+    for name in ("sparekit_queue_depth", "sparekit_batch_size_bucket", "sparekit_request_seconds_bucket",
+                 "sparekit_errors_total", "sparekit_active_streams"):
+        assert name in text
+    status, page = get(server[1] + "/")
+    assert status == 200 and 'id="gauge-value"' in page and "<script src" not in page  # no CDN
+
+
+# -- bounds: every one answers with its status and one sentence -------------------------------------------
+@pytest.mark.parametrize("body, status, words", [
+    ({"prompt": "x", "max_tokens": 65}, 400, "limit of 64"),
+    ({"prompt": "x" * 400, "max_tokens": 2}, 400, "limit of 300"),
+    ({"prompt": "x", "max_tokens": 0}, 422, "at least 1"),
+    ({"prompt": "x", "max_tokens": "many"}, 422, "max_tokens"),
+    ({"prompt": "x", "temperature": 0.7}, 422, "greedily"),
+    ({"prompt": "x", "n": 2}, 422, "not supported"),
+    ({"max_tokens": 2}, 422, "prompt"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "dola", "toward": "memory"}}}, 422, "none, actadd"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "up"}}}, 422, "context, memory"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": -1}}}, 422, "0 to 10"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": 11}}}, 422, "0 to 10"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": "1"}}}, 422, "0 to 10"),
+    ({"prompt": "x", "sparekit": {"steer": {"toward": "memory", "power": 1}}}, 422, "power"),
+    ({"prompt": "x", "sparekit": {"detect": "maybe"}}, 422, "detect"),
+    ({"prompt": "x" * 30_000}, 413, "20000 bytes"),
+    (b"{not json", 400, "not valid JSON"),
+])
+def test_bad_requests_get_status_and_one_sentence(server, body, status, words):
+    code, reply = post(server[1] + "/v1/completions", body)
+    assert code == status, reply
+    message = reply["error"]["message"]
+    assert words in message and "\n" not in message and message.endswith(".")
+
+
+def test_openai_client_sees_the_error_message(client):
+    with pytest.raises(openai.UnprocessableEntityError, match="valid methods: none, actadd"):
+        client.completions.create(model="tiny", prompt="x", extra_body={"sparekit": {"steer": {"method": "spare2",
+                                                                                               "toward": "memory"}}})
+
+
+@pytest.fixture()
+def paused(engine):
+    """Hold the batcher's next batch until released: makes queue and stream limits deterministic."""
+    release, started, original = threading.Event(), threading.Event(), engine.run
+
+    def run(jobs):
+        started.set()
+        release.wait(30)
+        original(jobs)
+
+    engine.run = run
+    yield started, release
+    release.set()
+    engine.run = original
+
+
+def test_full_queue_and_too_many_streams_get_429(engine, paused):
+    started, release = paused
+    limits = Limits(max_queue=1, max_streams=1, max_batch=1, batch_wait_ms=0)
+    with serving(engine, limits) as (_, url), ThreadPoolExecutor(4) as pool:
+        first = pool.submit(post, url + "/v1/completions", {"prompt": "a", "max_tokens": 2})
+        assert started.wait(10)  # running (held)
+        second = pool.submit(post, url + "/v1/completions", {"prompt": "b", "max_tokens": 2})
+        _wait_metric(url, "sparekit_queue_depth", 1.0)
+        code, reply = post(url + "/v1/completions", {"prompt": "c", "max_tokens": 2})
+        assert code == 429 and "queue is full" in reply["error"]["message"]
+        release.set()
+        assert first.result()[0] == second.result()[0] == 200
+
+
+def _open_stream(url: str, max_tokens: int) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": "stream me", "max_tokens": max_tokens, "stream": True}).encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def _wait_metric(url: str, name: str, value: float) -> None:
+    deadline = time.monotonic() + 20
+    while metric(get(url + "/metrics")[1], name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.02)
+
+
+def test_stream_limit_and_disconnect_frees_the_slot(engine, paused):
+    started, release = paused
+    with serving(engine, Limits(max_streams=1, batch_wait_ms=0)) as (_, url):
+        sock = _open_stream(url, 4)
+        assert started.wait(10)
+        _wait_metric(url, "sparekit_active_streams", 1.0)
+        code, reply = post(url + "/v1/completions", {"prompt": "x", "max_tokens": 2, "stream": True})
+        assert code == 429 and "streams" in reply["error"]["message"]
+        sock.close()  # the client goes away while its job is held
+        _wait_metric(url, "sparekit_active_streams", 0.0)
+        _wait_metric(url, "sparekit_cancelled_total", 1.0)
+        release.set()
+        code, _ = post(url + "/v1/completions", {"prompt": "x", "max_tokens": 2, "stream": True})
+        assert code == 200
+
+
+def test_disconnect_mid_generation_stops_the_row(engine):
+    done, original = [], engine.run
+
+    def run(jobs):
+        for job in jobs:
+            emit = job.emit
+            job.emit = lambda kind, data, emit=emit: (done.append(data) if kind == "done" else None, emit(kind, data))
+        original(jobs)
+
+    engine.run = run
+    try:
+        with serving(engine, Limits(max_tokens=4000)) as (_, url):
+            sock = _open_stream(url, 4000)
+            received = b""
+            while b"data:" not in received:
+                received += sock.recv(4096)
+            sock.close()  # after the first chunk: the row is generating
+            _wait_metric(url, "sparekit_cancelled_total", 1.0)
+            deadline = time.monotonic() + 20
+            while not done:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    finally:
+        engine.run = original
+    assert done[0]["finish_reason"] == "cancelled" and done[0]["completion_tokens"] < 4000
+
+
+def test_sigterm_drains_in_flight_and_refuses_new(engine, paused):
+    started, release = paused
+    with serving(engine, Limits(drain_timeout_s=30)) as (server, url), ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(post, url + "/v1/completions", {"prompt": "a", "max_tokens": 3})
+        assert started.wait(10)
+        server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+        code, reply = post(url + "/v1/completions", {"prompt": "b", "max_tokens": 2})
+        assert code == 503 and "shutting down" in reply["error"]["message"]
+        assert get(url + "/healthz")[0] == 503
+        assert not server.should_exit  # still draining
+        release.set()
+        assert in_flight.result()[0] == 200
+        deadline = time.monotonic() + 10
+        while not server.should_exit:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+# -- load: 200 requests from 16 concurrent clients, none lost, batches formed -----------------------------
+def test_load_200_requests_16_clients(lm, engine):
+    prompts = [f"item {i}: {'abc'[i % 3] * (1 + i % 7)}" for i in range(200)]
+    with serving(engine, Limits(max_batch=16)) as (_, url):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+        def ask(prompt: str) -> str:
+            return client.completions.create(model="tiny", prompt=prompt, max_tokens=4).choices[0].text
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(ask, prompts))
+        text = get(url + "/metrics")[1]
+    assert len(answers) == 200
+    assert metric(text, 'sparekit_requests_total{endpoint="/v1/completions",status="200"}') == 200
+    assert metric(text, "sparekit_batch_size_sum") == 200
+    assert metric(text, "sparekit_batch_size_count") < 100  # requests shared batches
+    sample = list(range(0, 200, 25))
+    expected = greedy_generate(lm, [prompts[i] for i in sample], max_new_tokens=4, stop_at_newline=False)
+    assert [answers[i] for i in sample] == expected
+
+
+
+# -- the command line: a real process, a real SIGTERM ----------------------------------------------------------
+def test_cli_serve_drains_on_sigterm(lm, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "tiny"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparekit", "serve", "-m", str(folder), "--port", str(port),
+                             "--drain-timeout", "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if get(url + "/healthz")[0] == 200:
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        sock = _open_stream(url, 200)
+        received = b""
+        while b"data:" not in received:
+            received += sock.recv(4096)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        code, reply = post(url + "/v1/completions", {"prompt": "late", "max_tokens": 2})
+        assert code == 503 and "another replica" in reply["error"]["message"]
+        while not received.endswith(b"data: [DONE]\r\n\r\n") and b"data: [DONE]" not in received[-64:]:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream was cut before its end"
+            received += chunk
+        sock.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
