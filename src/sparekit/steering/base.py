@@ -241,6 +241,14 @@ class SteeringMethod:
         with hooks:
             yield steered
 
+    def control_vector(self, toward: Direction, strength: float):
+        """The fixed vector per layer this method adds (:mod:`sparekit.steering.control_vector`).
+
+        Only methods that add a vector to the residual stream have one; the others raise.
+        """
+        raise SparekitError(f"{self.kind} adds no fixed vector to the residual stream, so it has no control vector",
+                            "export a method that does: actadd, knob, spare (approximated) or cvec")
+
     # -- persistence -------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Learned tensors to save (names end in ``_``)."""
@@ -270,8 +278,15 @@ class SteeringMethod:
 
 
 def load_method(path: str | Path) -> SteeringMethod:
-    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle)."""
+    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle).
+
+    A ``.gguf`` path is read as a llama.cpp / repeng control vector (a ``cvec`` method).
+    """
     path = Path(path)
+    if path.suffix == ".gguf":
+        from sparekit.steering.control_vector import load_control_vector
+
+        return load_control_vector(path)
     config = read_json(path / "config.json")
     cls = REGISTRY.lookup(str(config.get("kind")), where=str(path))
     if config.get("format_version") != FORMAT_VERSION:
