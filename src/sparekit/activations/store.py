@@ -28,6 +28,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, padded_positions
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import input_device
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 
 FORMAT_VERSION = 1
@@ -75,7 +76,7 @@ def _run_chunk(lm: LoadedModel, chunk, sites: Sequence[Site], positions: str, sk
     """Forward one chunk in length-sorted batches; rows come back in text order."""
     order = sorted(range(len(chunk)), key=lambda i: -len(chunk[i][1]))
     per_text: list[dict[str, torch.Tensor] | None] = [None] * len(chunk)
-    device = lm.model.device
+    device = input_device(lm)
     for batch_idx in batches(order, batch_size):
         enc = lm.tokenizer.pad({"input_ids": [chunk[i][1] for i in batch_idx]}, return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}

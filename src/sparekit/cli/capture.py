@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 from sparekit.errors import SparekitError
 
 
@@ -92,9 +92,10 @@ def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, see
 @click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store folder (rerun to resume).")
 @device_option
+@device_map_option
 @json_option
 def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, components, positions, skip_first_token,
-            dtype, batch_size, max_length, shard_rows, out, device, as_json) -> None:
+            dtype, batch_size, max_length, shard_rows, out, device, device_map, as_json) -> None:
     """Capture activations of a conflict dataset or a text corpus into a sharded, resumable store.
 
     \b
@@ -112,7 +113,7 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
         texts, ids = dataset_prompts(dataset, context, k_shot, limit, seed)
     else:
         texts, ids = read_texts(texts_file)
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers) for c in parse_components(components)]
     store = capture_activations(lm, texts, sites, out, positions=positions, skip_first_token=skip_first_token, ids=ids,
                                 dtype=dtype, batch_size=batch_size, max_length=max_length or None,

@@ -21,6 +21,7 @@ from sklearn.feature_selection import mutual_info_classif
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.sae import SAE, load_sae
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import MultiLayerMethod
@@ -127,7 +128,7 @@ class SpARE(MultiLayerMethod):
     def _edit(self, lm: LoadedModel, layer: int, toward: Direction, alpha: float) -> EditFn:
         from sparekit.sae import check_compatible
 
-        sae, remove_idx, remove_target, add_idx, add_target = self._targets(layer, toward, alpha, lm.model.device)
+        sae, remove_idx, remove_target, add_idx, add_target = self._targets(layer, toward, alpha, site_device(lm, layer))
         check_compatible(sae, lm.info, self.sae)
 
         def edit(h: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register, with_strength_sign
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.control_vector import ControlVector, shift_edit
@@ -35,4 +36,4 @@ class ActAdd(OneLayerMethod):
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
         shift = self.control_vector(toward, float(strength)).vectors[int(self.layer)]
-        return [(self.site, shift_edit(shift.to(lm.model.device)))]
+        return [(self.site, shift_edit(shift.to(site_device(lm, int(self.layer)))))]

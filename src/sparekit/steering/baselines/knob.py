@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.control_vector import ControlVector
@@ -67,7 +68,7 @@ class Knob(OneLayerMethod):
                                                "shift of the other behaviour group's mean coordinate to the target")
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
-        u = self.direction_.to(lm.model.device)
+        u = self.direction_.to(site_device(lm, int(self.layer)))
         t = self.target(toward, float(strength))
 
         def edit(h: torch.Tensor) -> torch.Tensor:

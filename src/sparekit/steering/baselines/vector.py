@@ -14,6 +14,7 @@ import torch
 
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import MultiLayerMethod
 from sparekit.steering.control_vector import ControlVector, shift_edit
@@ -53,7 +54,7 @@ class VectorSteering(MultiLayerMethod):
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
         shifts = self.control_vector(toward, float(strength)).vectors
-        return [(Site(lm.info.check_layer(layer)), shift_edit(shift.to(lm.model.device)))
+        return [(Site(lm.info.check_layer(layer)), shift_edit(shift.to(site_device(lm, layer))))
                 for layer, shift in shifts.items()]
 
     def state_extra(self) -> dict[str, Any]:
