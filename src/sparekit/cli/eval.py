@@ -67,13 +67,18 @@ def eval_command(dataset: str, model: str, limit: int | None, limit_seed: int, s
 
     \b
     Example: sparekit eval --dataset nqswap --limit 300 --seeds 42,43 --json
+    Data-parallel (ranks generate disjoint cells of the run directory):
+      torchrun --nproc-per-node 2 -m sparekit eval --dataset nqswap --limit 300 --out runs/eval-nq
     """
     from sparekit.data import load_dataset
     from sparekit.evaluation.harness import default_run_dir, evaluate, run_config
     from sparekit.models import load_model
+    from sparekit.utils.distributed import distributed_from_env, local_device
 
     ds = load_dataset(dataset, limit=limit, seed=limit_seed)
-    lm = load_model(model, dtype=dtype, device=device, device_map=device_map)
-    run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))
-    result = evaluate(lm, ds, seeds, k_shot=k_shot, out_dir=run_dir, batch_size=batch_size, progress=True)
-    emit(result, as_json, render)
+    with distributed_from_env() as (rank, _):
+        lm = load_model(model, dtype=dtype, device=local_device(device), device_map=device_map)
+        run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))
+        result = evaluate(lm, ds, seeds, k_shot=k_shot, out_dir=run_dir, batch_size=batch_size, progress=True)
+    if rank == 0:
+        emit(result, as_json, render)
