@@ -123,12 +123,16 @@ def _write(path, arch: str, tensors: dict[str, np.ndarray]) -> None:
     writer.close()
 
 
-def test_foreign_control_vectors_load_and_bad_ones_are_refused(tmp_path):
+def test_foreign_control_vectors_load_and_bad_ones_are_refused(tiny_llama, tmp_path):
     v = np.arange(64, dtype=np.float32)
     _write(tmp_path / "repeng.gguf", "controlvector", {"direction.1": v, "direction.3": 2 * v})
     method = load_method(tmp_path / "repeng.gguf")
     assert method.layers == (1, 3) and method.toward_ == "context"  # no sparekit.toward: taken as toward context
     assert torch.equal(method.control_vector("memory", 0.5).vectors[3], torch.from_numpy(-v))
+    _write(tmp_path / "wide.gguf", "controlvector", {"direction.1": np.zeros(128, dtype=np.float32)})
+    wide = load_method(tmp_path / "wide.gguf")
+    with pytest.raises(SparekitError, match="do not fit"), wide.steer(tiny_llama, "memory"):
+        pass
     cases = {"zero": ("controlvector", {"direction.0": v}, "direction.N with N >= 1"),
              "name": ("controlvector", {"dir.1": v}, "direction.N"),
              "arch": ("llama", {"direction.1": v}, "not a control vector"),

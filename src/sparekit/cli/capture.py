@@ -119,7 +119,8 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
         texts, ids = read_texts(texts_file)
     with distributed_from_env() as (rank, world):
         lm = load_model(model, device=local_device(device), device_map=device_map)
-        sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers) for c in parse_components(components)]
+        sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers)
+                 for c in parse_components(components)]
         store = capture_activations(lm, texts, sites, out, positions=positions, skip_first_token=skip_first_token,
                                     ids=ids, dtype=dtype, batch_size=batch_size, max_length=max_length or None,
                                     shard_rows=shard_rows, progress=not as_json)

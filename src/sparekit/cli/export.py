@@ -16,7 +16,8 @@ def export() -> None:
 
 @export.command("control-vector")
 @click.argument("method_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The .gguf to write.")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="The .gguf to write.")
 @click.option("--toward", type=click.Choice(["memory", "context"]), default=None,
               help="Direction to bake in (default: the one METHOD_DIR was tuned for, else context).")
 @click.option("--strength", type=float, default=None,

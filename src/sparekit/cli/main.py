@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sae": ("sparekit.cli.sae", "sae", "Train, evaluate, inspect and convert sparse autoencoders."),
     "steer": ("sparekit.cli.steer", "steer", "Steer one question toward the context or the model's memory."),
     "bench": ("sparekit.cli.bench", "bench", "Benchmarks: steering methods side by side."),
-    "export": ("sparekit.cli.export", "export", "Write fitted methods in other tools' formats (llama.cpp control vectors)."),
+    "export": ("sparekit.cli.export", "export", "Write fitted methods for other tools (llama.cpp control vectors)."),
 }
 
 

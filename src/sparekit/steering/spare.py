@@ -128,7 +128,8 @@ class SpARE(MultiLayerMethod):
     def _edit(self, lm: LoadedModel, layer: int, toward: Direction, alpha: float) -> EditFn:
         from sparekit.sae import check_compatible
 
-        sae, remove_idx, remove_target, add_idx, add_target = self._targets(layer, toward, alpha, site_device(lm, layer))
+        sae, remove_idx, remove_target, add_idx, add_target = self._targets(layer, toward, alpha,
+                                                                            site_device(lm, layer))
         check_compatible(sae, lm.info, self.sae)
 
         def edit(h: torch.Tensor) -> torch.Tensor:

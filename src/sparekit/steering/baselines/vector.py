@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
@@ -54,6 +55,10 @@ class VectorSteering(MultiLayerMethod):
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
         shifts = self.control_vector(toward, float(strength)).vectors
+        sizes = {int(shift.numel()) for shift in shifts.values()}
+        if sizes != {lm.info.d_model}:
+            raise SparekitError(f"cvec: vectors of size {sorted(sizes)} do not fit {lm.info.name} (d_model "
+                                f"{lm.info.d_model})", "use vectors fitted on or exported for this model")
         return [(Site(lm.info.check_layer(layer)), shift_edit(shift.to(site_device(lm, layer))))
                 for layer, shift in shifts.items()]
 
