@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 from sparekit.utils.registry import Registry
+
+if TYPE_CHECKING:
+    from sparekit.steering.control_vector import ControlVector
 
 Direction = Literal["context", "memory"]
 DIRECTIONS: tuple[Direction, ...] = ("context", "memory")
@@ -241,7 +244,7 @@ class SteeringMethod:
         with hooks:
             yield steered
 
-    def control_vector(self, toward: Direction, strength: float):
+    def control_vector(self, toward: Direction, strength: float) -> ControlVector:
         """The fixed vector per layer this method adds (:mod:`sparekit.steering.control_vector`).
 
         Only methods that add a vector to the residual stream have one; the others raise.

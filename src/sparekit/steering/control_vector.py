@@ -17,8 +17,8 @@ output of block 0) has no slot, so a method editing it cannot be exported.
 
 **Where it acts**: llama.cpp adds the vector at every position of the prompt and of every
 generated token; sparekit's edits act on the last prompt token of the prompt pass. The same
-file therefore steers harder in llama.cpp than in sparekit at the same scale; scale it down
-there (``--control-vector-scaled x.gguf 0.25``) and check.
+file therefore steers harder in llama.cpp than in sparekit at the same scale: choose the scale
+there (``--control-vector-scaled x.gguf S``) on a few prompts rather than reusing sparekit's.
 """
 
 from __future__ import annotations
