@@ -72,7 +72,8 @@ def params(tmp_path_factory) -> dict[str, dict]:
             sae.W_enc.normal_(0, 0.2), sae.W_dec.normal_(0, 0.2)
         save_sae(sae, folder / f"resid.{layer}")
     return {"actadd": {"layer": 2}, "sea": {"layer": 2}, "knob": {"layer": 2}, "dola": {"premature_layers": (0, 1)},
-            "icl": {"k": 2}, "spare": {"layers": LAYERS, "sae": str(folder / "resid.{layer}"), "mi_mass": 0.5}}
+            "icl": {"k": 2}, "cvec": {"layers": LAYERS},
+            "spare": {"layers": LAYERS, "sae": str(folder / "resid.{layer}"), "mi_mass": 0.5}}
 
 
 def _fitted(kind: str, params, behaviour):

@@ -7,6 +7,13 @@ the same file) plus a ``manifest.json``. Memory stays bounded by one chunk whate
 the corpus size. Each shard is written atomically and recorded in the manifest only
 afterwards, so rerunning the same call after an interruption skips finished shards.
 
+Under a launcher (``torchrun --nproc-per-node N -m sparekit capture …``, or any initialised
+torch.distributed group) rank ``r`` captures the shards ``r, r + N, …`` and records them in
+``progress.rank<r>.json``; rank 0 writes the manifest's configuration first and merges the
+records into it at the end. Shard boundaries do not depend on the number of ranks, so the
+store equals a one-process capture, and a rerun with any number of ranks skips every shard
+some rank recorded.
+
 Shard keys: one ``[rows, d]`` tensor per site (``"resid.6"``), and per row
 ``prompt_index`` (index into the manifest's ``ids``), ``token_id`` and ``position``
 (token position inside its text, padding excluded).
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,10 +36,15 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, padded_positions
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import input_device
+from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_RANK_RECORD = "progress.rank"  # + "<rank>.json": one rank's finished shards during a data-parallel capture
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # Manifest keys that must agree for a rerun to resume into an existing store.
 _RESUME_KEYS = ("model_hash", "sites", "dtype", "positions", "skip_first_token", "max_length", "shard_rows",
@@ -75,7 +88,7 @@ def _run_chunk(lm: LoadedModel, chunk, sites: Sequence[Site], positions: str, sk
     """Forward one chunk in length-sorted batches; rows come back in text order."""
     order = sorted(range(len(chunk)), key=lambda i: -len(chunk[i][1]))
     per_text: list[dict[str, torch.Tensor] | None] = [None] * len(chunk)
-    device = lm.model.device
+    device = input_device(lm)
     for batch_idx in batches(order, batch_size):
         enc = lm.tokenizer.pad({"input_ids": [chunk[i][1] for i in batch_idx]}, return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
@@ -107,6 +120,26 @@ def _run_chunk(lm: LoadedModel, chunk, sites: Sequence[Site], positions: str, sk
     return {k: torch.cat([t[k] for t in per_text]).contiguous() for k in keys}
 
 
+def _rank_records(out_dir: Path) -> list[dict]:
+    """Shards the ranks of a data-parallel capture recorded (any world size: a rerun may use another)."""
+    return [shard for path in sorted(out_dir.glob(f"{_RANK_RECORD}*.json")) for shard in read_json(path)["shards"]]
+
+
+def _finish(out_dir: Path, manifest: dict, n_chunks: int) -> None:
+    """Merge the ranks' records into the one manifest, in shard order, and mark it complete."""
+    records = [read_json(path) for path in sorted(out_dir.glob(f"{_RANK_RECORD}*.json"))]
+    by_file = {shard["file"]: shard for shard in [*manifest["shards"], *(s for r in records for s in r["shards"])]}
+    if len(by_file) != n_chunks:
+        raise SparekitError(f"{out_dir}: {len(by_file)} of {n_chunks} shards recorded", "rerun the same command")
+    manifest["shards"] = [by_file[name] for name in sorted(by_file)]
+    manifest["rows"] = sum(shard["rows"] for shard in manifest["shards"])
+    manifest["d"] = manifest["d"] or next(r["d"] for r in records if r["d"])
+    manifest["complete"] = True
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    for path in out_dir.glob(f"{_RANK_RECORD}*.json"):
+        path.unlink()
+
+
 def capture_activations(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -128,7 +161,8 @@ def capture_activations(
     ``positions="all"``: one row per real token (padding dropped; ``skip_first_token``
     also drops each text's first token, usually BOS, whose huge norm dominates SAE losses).
     Texts longer than ``max_length`` tokens lose their end (``None``: no truncation).
-    Rerunning with the same arguments resumes after the last finished shard.
+    Rerunning with the same arguments resumes, skipping finished shards. Inside a
+    torch.distributed process group the ranks split the shards (module docstring).
     """
     if positions not in ("last", "all"):
         raise SparekitError(f"bad positions {positions!r}", "use 'last' or 'all'")
@@ -154,6 +188,10 @@ def capture_activations(
         "max_length": max_length, "shard_rows": shard_rows, "n_texts": len(texts),
         "texts_sha256": _texts_digest(texts), "ids": ids, "shards": [], "rows": 0, "complete": False,
     }
+    rank, world = rank_and_world()
+    if world > len(texts):
+        raise SparekitError(f"{world} ranks for {len(texts)} texts: some ranks would have nothing to capture",
+                            f"launch at most {len(texts)} processes")
     if (out_dir / MANIFEST).is_file():
         previous = ActivationStore(out_dir).manifest
         for key in _RESUME_KEYS:
@@ -161,10 +199,16 @@ def capture_activations(
                 raise SparekitError(f"{out_dir} already holds a different capture ({key} differs)",
                                     "choose a new output folder or delete the old one")
         manifest = previous
+    elif world > 1 and rank == 0:  # written before any shard, so a rerun after a crash checks its config
+        atomic_write_json(out_dir / MANIFEST, manifest)
+    barrier()
     if manifest["complete"]:
         return ActivationStore(out_dir)
-    done = manifest["shards"][-1]["prompt_end"] if manifest["shards"] else 0
+    done = {shard["file"] for shard in [*manifest["shards"], *_rank_records(out_dir)]}
     store_dtype = STORE_DTYPES[manifest["dtype"]]
+    # this rank's shards (world > 1), kept across reruns and merged into the manifest at the end
+    own_record = out_dir / f"{_RANK_RECORD}{rank}.json"
+    record = read_json(own_record) if world > 1 and own_record.is_file() else {"d": {}, "shards": []}
 
     def tokenized() -> Iterator[tuple[int, list[int]]]:
         for start in range(0, len(texts), 256):
@@ -172,24 +216,38 @@ def capture_activations(
             enc = lm.tokenizer(block, truncation=max_length is not None, max_length=max_length)
             yield from enumerate(enc["input_ids"], start)
 
-    bar = tqdm(total=len(texts), desc="capture", unit="text", disable=not progress)
-    for number, chunk in enumerate(_chunks(tokenized(), positions, skip_first_token, shard_rows)):
-        if chunk[-1][0] < done:
+    chunks = list(_chunks(tokenized(), positions, skip_first_token, shard_rows))
+    if world > len(chunks):
+        log.warning("%d ranks share %d shards: %d rank(s) stay idle (a smaller shard_rows splits the work finer)",
+                    world, len(chunks), world - len(chunks))
+    mine = [(number, chunk) for number, chunk in enumerate(chunks) if number % world == rank]
+    bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc="capture", unit="text",
+               disable=not progress or rank != 0)
+    for number, chunk in mine:
+        name = f"shard-{number:05d}.safetensors"
+        if name in done:
             bar.update(len(chunk))
             continue
         tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size, bar)
-        name = f"shard-{number:05d}.safetensors"
         with atomic_path(out_dir / name) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt"})
-        rows = int(tensors["prompt_index"].shape[0])
-        manifest["d"] = {str(s): int(tensors[str(s)].shape[-1]) for s in sites}
-        manifest["shards"].append({"file": name, "rows": rows, "prompt_start": chunk[0][0],
-                                   "prompt_end": chunk[-1][0] + 1})
-        manifest["rows"] += rows
-        atomic_write_json(out_dir / MANIFEST, manifest)
+        shard = {"file": name, "rows": int(tensors["prompt_index"].shape[0]), "prompt_start": chunk[0][0],
+                 "prompt_end": chunk[-1][0] + 1}
+        d = {str(s): int(tensors[str(s)].shape[-1]) for s in sites}
+        if world == 1:
+            manifest["d"] = d
+            manifest["shards"].append(shard)
+            manifest["rows"] += shard["rows"]
+            atomic_write_json(out_dir / MANIFEST, manifest)
+        else:
+            record["d"] = d
+            record["shards"].append(shard)
+            atomic_write_json(own_record, record)
     bar.close()
-    manifest["complete"] = True
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    barrier()
+    if rank == 0:
+        _finish(out_dir, manifest, len(chunks))
+    barrier()
     return ActivationStore(out_dir)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -30,14 +30,14 @@ def _json_option(text: str | None, name: str) -> dict:
     return value
 
 
-def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, batch_size,
-               grid=None, strengths=None, sweep=None):
+def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, device_map,
+               batch_size, grid=None, strengths=None, sweep=None):
     from sparekit.data import load_dataset
     from sparekit.models import load_model
     from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
 
     data = load_dataset(dataset)
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     config = BenchConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=_int_list(seeds),
                          layers=_int_list(layers), pool_groups=pool_groups, dev_groups=dev_groups,
                          test_limit=test_limit, param_grids=_json_option(grid, "--grid"),
@@ -74,6 +74,7 @@ def _options(fn):
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run directory (default runs/bench-steer-<dataset>-<model>); rerun to resume."),
         device_option,
+        device_map_option,
         click.option("--batch-size", default=8, show_default=True),
         json_option,
     ]):
@@ -89,7 +90,7 @@ def bench() -> None:
 @bench.command("steer")
 @_options
 def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, sweep,
-                out, device, batch_size, as_json):
+                out, device, device_map, batch_size, as_json):
     """EM toward memory / context and EM without conflict for every method, mean ± std over seeds.
 
     \b
@@ -100,7 +101,7 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
     from sparekit.utils.io import atomic_write_text
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, batch_size, grid, strengths, sweep)
+                                 device, device_map, batch_size, grid, strengths, sweep)
     summary = runner.run()
     table = markdown_table(summary)
     atomic_write_text(out_dir / "results.md", table + "\n")
@@ -112,12 +113,12 @@ def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups,
 @_options
 @click.option("--cached-only", is_flag=True, help="Generate nothing: draw the points earlier runs computed.")
 def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths,
-                   sweep, out, device, batch_size, as_json, cached_only):
+                   sweep, out, device, device_map, batch_size, as_json, cached_only):
     """Sweep each method's strength: EM toward the target vs EM without conflict, plotted per direction."""
     from sparekit.reporting.frontier import plot_frontier
 
     runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, batch_size, grid, strengths, sweep)
+                                 device, device_map, batch_size, grid, strengths, sweep)
     curves = runner.frontier(cached_only=cached_only)
     plot = plot_frontier(curves, out_dir / "frontier.png", title=f"{runner.lm.info.name} on {runner.dataset.name}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 from sparekit.errors import SparekitError
 
 
@@ -92,15 +92,18 @@ def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, see
 @click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(1))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store folder (rerun to resume).")
 @device_option
+@device_map_option
 @json_option
 def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, components, positions, skip_first_token,
-            dtype, batch_size, max_length, shard_rows, out, device, as_json) -> None:
+            dtype, batch_size, max_length, shard_rows, out, device, device_map, as_json) -> None:
     """Capture activations of a conflict dataset or a text corpus into a sharded, resumable store.
 
     \b
     Example:
       sparekit capture --dataset nqswap --limit 500 --layers 4-8 --out runs/acts
       sparekit capture --texts corpus.txt --positions all --skip-first-token --layers 6 --out runs/sae6
+    Data-parallel (each rank writes its own shards into one store; rank 0 prints):
+      torchrun --nproc-per-node 2 -m sparekit capture --dataset nqswap --shard-rows 256 --out runs/acts
     """
     if (dataset is None) == (texts_file is None):
         raise SparekitError("pass exactly one of --dataset and --texts")
@@ -108,15 +111,21 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
     from sparekit.hooks import Site
     from sparekit.models import load_model
 
+    from sparekit.utils.distributed import distributed_from_env, local_device
+
     if dataset is not None:
         texts, ids = dataset_prompts(dataset, context, k_shot, limit, seed)
     else:
         texts, ids = read_texts(texts_file)
-    lm = load_model(model, device=device)
-    sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers) for c in parse_components(components)]
-    store = capture_activations(lm, texts, sites, out, positions=positions, skip_first_token=skip_first_token, ids=ids,
-                                dtype=dtype, batch_size=batch_size, max_length=max_length or None,
-                                shard_rows=shard_rows, progress=not as_json)
+    with distributed_from_env() as (rank, world):
+        lm = load_model(model, device=local_device(device), device_map=device_map)
+        sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers)
+                 for c in parse_components(components)]
+        store = capture_activations(lm, texts, sites, out, positions=positions, skip_first_token=skip_first_token,
+                                    ids=ids, dtype=dtype, batch_size=batch_size, max_length=max_length or None,
+                                    shard_rows=shard_rows, progress=not as_json)
+    if rank != 0:
+        return
     result = {"out": str(out), "rows": len(store), "texts": len(texts), "sites": store.manifest["sites"],
               "shards": len(store.manifest["shards"]), "dtype": store.manifest["dtype"], "positions": positions}
     emit(result, as_json, lambda r: f"{r['rows']} rows of {len(r['sites'])} site(s) from {r['texts']} texts "

@@ -29,6 +29,10 @@ def model_option(command: Callable) -> Callable:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available).")
+device_map_option = click.option(
+    "--device-map", default=None, type=click.Choice(["auto", "balanced", "balanced_low_0", "sequential"]),
+    help="Spread the model's blocks over GPUs, CPU and disk with accelerate (replaces --device).",
+)
 dtype_option = click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
 
 

@@ -12,7 +12,7 @@ import random
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, no_verify_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, no_verify_option
 
 DEMO_ITEM = "capital-FR"
 
@@ -22,8 +22,9 @@ DEMO_ITEM = "capital-FR"
 @click.option("--method", "method_label", default="spare", show_default=True, help="Shipped steering method.")
 @device_option
 @no_verify_option
+@device_map_option
 @json_option
-def demo(item: str, method_label: str, device: str | None, as_json: bool) -> None:
+def demo(item: str, method_label: str, device: str | None, device_map: str | None, as_json: bool) -> None:
     """Detect and steer a knowledge conflict on the default model (offline)."""
     from sparekit.cli.steer import steer_question
     from sparekit.data import load_dataset
@@ -34,7 +35,7 @@ def demo(item: str, method_label: str, device: str | None, as_json: bool) -> Non
     from sparekit.models import load_model
     from sparekit.probes.detect import detect_prompt
 
-    lm = load_model("default", device=device)
+    lm = load_model("default", device=device, device_map=device_map)
     dataset = load_dataset("default")
     by_id = {ex.id: ex for ex in dataset}
     if item not in by_id:

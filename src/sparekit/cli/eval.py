@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_option, dtype_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, dtype_option, emit, json_option, model_option
 from sparekit.cli.data import dataset_option
 
 ROWS = (("closed-book EM", "closed_book_em"), ("EM with original context", "org_context_em"),
@@ -56,22 +56,29 @@ def render(r: dict) -> str:
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False),
               help="Run directory (default runs/eval-<dataset>-<config hash>); rerun to resume.")
 @device_option
+@device_map_option
 @dtype_option
 @json_option
 def eval_command(dataset: str, model: str, limit: int | None, limit_seed: int, seeds: list[int], k_shot: int,
-                 batch_size: int, out: str | None, device: str | None, dtype: str, as_json: bool) -> None:
+                 batch_size: int, out: str | None, device: str | None, device_map: str | None, dtype: str,
+                 as_json: bool) -> None:
     """Evaluate the unsteered model: closed-book accuracy, accuracy with the original context,
     and under conflict the share that uses the context or memory (all items and memorised ones).
 
     \b
     Example: sparekit eval --dataset nqswap --limit 300 --seeds 42,43 --json
+    Data-parallel (ranks generate disjoint cells of the run directory):
+      torchrun --nproc-per-node 2 -m sparekit eval --dataset nqswap --limit 300 --out runs/eval-nq
     """
     from sparekit.data import load_dataset
     from sparekit.evaluation.harness import default_run_dir, evaluate, run_config
     from sparekit.models import load_model
+    from sparekit.utils.distributed import distributed_from_env, local_device
 
     ds = load_dataset(dataset, limit=limit, seed=limit_seed)
-    lm = load_model(model, dtype=dtype, device=device)
-    run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))
-    result = evaluate(lm, ds, seeds, k_shot=k_shot, out_dir=run_dir, batch_size=batch_size, progress=True)
-    emit(result, as_json, render)
+    with distributed_from_env() as (rank, _):
+        lm = load_model(model, dtype=dtype, device=local_device(device), device_map=device_map)
+        run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))
+        result = evaluate(lm, ds, seeds, k_shot=k_shot, out_dir=run_dir, batch_size=batch_size, progress=True)
+    if rank == 0:
+        emit(result, as_json, render)

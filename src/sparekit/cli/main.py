@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "steer": ("sparekit.cli.steer", "steer", "Steer one question toward the context or the model's memory."),
     "bench": ("sparekit.cli.bench", "bench", "Benchmarks: steering methods side by side."),
     "serve": ("sparekit.cli.serve", "serve", "HTTP server: answers, conflict probability, per-request steering."),
+    "export": ("sparekit.cli.export", "export", "Write fitted methods for other tools (llama.cpp control vectors)."),
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 from sparekit.errors import SparekitError
 
 PROMPT_SEED = 42
@@ -48,9 +48,10 @@ def _render_table(result: dict) -> str:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory (default: under the cache, keyed by the configuration; reruns resume).")
 @device_option
+@device_map_option
 @json_option
 def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot, batch_size, out, device,
-          as_json) -> None:
+          device_map, as_json) -> None:
     """Fit linear probes per layer: conflict vs no conflict, and context vs memory under conflict.
 
     \b
@@ -83,7 +84,7 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
     comps = parse_components(components)
     data_a = load_dataset(dataset, limit=limit, seed=PROMPT_SEED)
     data_b = load_dataset(eval_dataset, limit=limit, seed=PROMPT_SEED) if eval_dataset else None
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     layer_list = parse_layers(layers, lm.info.n_layers)
     sites = {c: [Site(layer, c) for layer in layer_list] for c in comps}
     all_sites = [s for group in sites.values() for s in group]
@@ -164,8 +165,9 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
               help="A `sparekit probe` run directory or its probes/ folder (default: the last default run).")
 @click.option("--model", "-m", default=None, help="Model (default: the one the probes were fitted on).")
 @device_option
+@device_map_option
 @json_option
-def detect(prompt, question, context, probe_dir, model, device, as_json) -> None:
+def detect(prompt, question, context, probe_dir, model, device, device_map, as_json) -> None:
     """Conflict probability and predicted knowledge source of one prompt, before generating.
 
     \b
@@ -180,7 +182,8 @@ def detect(prompt, question, context, probe_dir, model, device, as_json) -> None
     if (prompt is None) == (question is None):
         raise SparekitError("pass either PROMPT or --question (with --context)")
     folder = resolve_probe_dir(probe_dir)
-    lm = load_model(model or read_json(folder / "detect.json")["model"], device=device)
+    lm = load_model(model or read_json(folder / "detect.json")["model"], device=device,
+                    device_map=device_map)
     text = prompt if prompt is not None else "".join(detection_demos(folder)) + format_block(question, context)
     result = detect_prompt(lm, text, folder)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 
 corpus_option = click.option(
     "--corpus", default="nqswap", show_default=True,
@@ -78,8 +78,9 @@ def sae() -> None:
 @click.option("--max-texts", default=None, type=int, help="Train on the first N corpus windows only (<=256 tokens each).")
 @click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @device_option
+@device_map_option
 def train(model, layers, out_dir, corpus, holdout, seed, width, k, architecture, epochs, lr, batch_size, max_texts,
-          save_dtype, device) -> None:
+          save_dtype, device, device_map) -> None:
     """Capture activations once (all layers in one pass, BOS dropped), then train one SAE per layer.
 
     Rerunning the same command resumes: finished shards, checkpoints and finished SAEs are reused.
@@ -102,7 +103,7 @@ def train(model, layers, out_dir, corpus, holdout, seed, width, k, architecture,
               "seed": seed, "width": width, "k": k, "architecture": architecture, "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "max_texts": max_texts, "save_dtype": save_dtype}
     atomic_write_json(out / "run.json", config)
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     for layer in layer_list:
         lm.info.check_layer(layer)
     texts = corpus_windows(lm.tokenizer, _corpus_path(corpus), holdout, seed)[0][:max_texts]
@@ -147,12 +148,14 @@ def _render_eval(result: dict) -> str:
 @click.option("--ce-tokens", default=4096, show_default=True, help="Tokens for the loss-recovered runs.")
 @json_option
 @device_option
-def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce_tokens, as_json, device) -> None:
+@device_map_option
+def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce_tokens, as_json, device,
+                 device_map) -> None:
     """FVU, L0, dead share and LM loss recovered on held-out text (BOS never spliced)."""
     from sparekit.models import load_model
     from sparekit.sae.evaluate import evaluate_saes
 
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     saes = [s.to(lm.model.device) for s in _load_saes(lm, sae_paths, layers)]
     texts = _eval_texts(lm, corpus, holdout, seed)
     emit({"layers": evaluate_saes(lm, saes, texts, max_tokens=max_tokens, ce_tokens=ce_tokens, progress=True)},
@@ -172,8 +175,9 @@ def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce
 @click.option("--html", "html_path", default=None, help="Also write a shaded HTML view here.")
 @json_option
 @device_option
+@device_map_option
 def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_tokens, html_path, as_json,
-             device) -> None:
+             device, device_map) -> None:
     """Held-out snippets that activate chosen latents most (the token in [[ ]])."""
     from sparekit.errors import SparekitError
     from sparekit.models import load_model
@@ -183,7 +187,7 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
 
     if (layer is None) == (sae_path is None):
         raise SparekitError("pass exactly one of --layer and --sae")
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     sae_model = load_sae(sae_path or "default", layer=layer, model_info=lm.info).to(lm.model.device)
     ids = _layers(latents)
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 
 
 def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
@@ -61,8 +61,10 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
               help="Conflict/source probes (default: the shipped ones for the default model).")
 @model_option
 @device_option
+@device_map_option
 @json_option
-def steer(context, question, toward, method_label, fitted, strength, gate, probe_dir, model, device, as_json) -> None:
+def steer(context, question, toward, method_label, fitted, strength, gate, probe_dir, model, device, device_map,
+          as_json) -> None:
     """Answer QUESTION given CONTEXT, unsteered and steered TOWARD memory or context.
 
     \b
@@ -72,7 +74,7 @@ def steer(context, question, toward, method_label, fitted, strength, gate, probe
     from sparekit.models import load_model
     from sparekit.probes.detect import detect_prompt
 
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, device_map=device_map)
     result = steer_question(lm, context, question, toward, method_label, fitted, strength, gated=gate)
     result["detection"] = detect_prompt(lm, result["prompt"], probe_dir)
 

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import input_device
 
 
 class _NewlineStop(StoppingCriteria):
@@ -44,7 +45,7 @@ def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def tokenize(lm: LoadedModel, prompts: Sequence[str], position_ids: bool = False) -> dict[str, torch.Tensor]:
     """Left-padded batch on the model's device; ``position_ids=True`` for a plain forward pass."""
     enc = lm.tokenizer(list(prompts), return_tensors="pt", padding=True)
-    enc = {k: v.to(lm.model.device) for k, v in enc.items()}
+    enc = {k: v.to(input_device(lm)) for k, v in enc.items()}
     if position_ids:
         enc["position_ids"] = padded_positions(enc["attention_mask"])
     return enc

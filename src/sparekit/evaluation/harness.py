@@ -9,7 +9,9 @@ For every seed (the seed chooses the demonstrations) three conditions are genera
 
 With ``out_dir`` the run is resumable: predictions are written atomically in chunks of
 ``CHUNK`` prompts (``predictions/seed{S}-{condition}-{i}.jsonl``) and chunks already on
-disk are read back instead of regenerated.
+disk are read back instead of regenerated. Under a launcher (``torchrun -m sparekit eval …``)
+the ranks first write disjoint chunk files, then every rank reads them all; rank 0 writes the
+results.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
+from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.env import environment_info
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 
@@ -59,10 +62,12 @@ def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_sho
 
 
 def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, chunk_dir: Path | None,
-                    chunk_prefix: str, bar: tqdm) -> dict[str, str]:
+                   chunk_prefix: str, bar: tqdm, mine: Callable[[int], bool] | None = None) -> dict[str, str]:
     """Greedy predictions for ``prompts``, reading/writing chunk files under ``chunk_dir`` when given.
 
-    Prompts are sorted by length so batches waste little left padding.
+    Prompts are sorted by length so batches waste little left padding. ``mine``: which chunk
+    numbers this process generates (data-parallel ranks); the others are read if on disk, else
+    left out of the result.
     """
     keys = sorted(prompts, key=lambda k: (len(prompts[k]), k))
     predictions: dict[str, str] = {}
@@ -73,6 +78,8 @@ def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, ch
             if [r["key"] for r in rows] != list(chunk):
                 raise SparekitError(f"{path} does not match this run's items", "delete the run directory to restart")
             predictions.update((r["key"], r["prediction"]) for r in rows)
+        elif mine is not None and not mine(i):
+            continue
         else:
             outputs = greedy_generate(lm, [prompts[k] for k in chunk], max_new_tokens=MAX_NEW_TOKENS,
                                       batch_size=batch_size)
@@ -188,10 +195,13 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
     out = None if out_dir is None else Path(out_dir)
     if out is not None:
         _prepare_run_dir(out, config)
+    rank, world = rank_and_world()
+    if world > 1:
+        _generate_share(lm, dataset, seeds, k_shot, out, batch_size, rank, world, progress)
     total = len(seeds) * (len(dataset.groups()) + 2 * len(dataset))
     per_seed: dict[str, dict] = {}
     per_relation: dict[str, dict] = {}
-    with tqdm(total=total, desc=f"eval {dataset.name}", unit="prompt", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"eval {dataset.name}", unit="prompt", disable=not progress or rank != 0) as bar:
         for seed in seeds:
             preds = {cond: generate_keyed(lm, condition_prompts(dataset, cond, seed, k_shot), batch_size,
                                            None if out is None else out / "predictions", f"seed{seed}-{cond}", bar)
@@ -200,7 +210,7 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
             per_seed[str(seed)] = _metrics(items)
             relations = sorted({it["relation"] for it in items if it["relation"] is not None})
             per_relation[str(seed)] = {r: _metrics([it for it in items if it["relation"] == r]) for r in relations}
-            if out is not None:
+            if out is not None and rank == 0:
                 with atomic_path(out / f"items-seed{seed}.jsonl") as tmp:
                     tmp.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items),
                                    encoding="utf-8")
@@ -212,6 +222,28 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
               "per_seed": per_seed}
     if out is not None:
         result["run_dir"] = str(out)
-        atomic_write_json(out / "results.json", result)
+        if rank == 0:
+            atomic_write_json(out / "results.json", result)
     return result
+
+
+def _generate_share(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int, out: Path | None,
+                    batch_size: int, rank: int, world: int, progress: bool) -> None:
+    """Data-parallel phase: each rank writes its cells (chunk files, numbered across seeds and
+    conditions, taken round-robin); after the barrier every cell is on disk for every rank."""
+    if out is None:
+        raise SparekitError("a data-parallel eval shares its cells through the run directory", "pass --out")
+    cells = [(seed, cond, condition_prompts(dataset, cond, seed, k_shot)) for seed in seeds for cond in CONDITIONS]
+    sizes = [-(-len(prompts) // CHUNK) for _, _, prompts in cells]
+    if world > sum(sizes):
+        raise SparekitError(f"{world} ranks for {sum(sizes)} generation cells: some ranks would have nothing to do",
+                            f"launch at most {sum(sizes)} processes")
+    first = 0
+    with tqdm(total=sum(len(prompts) for _, _, prompts in cells), desc=f"eval {dataset.name} (rank 0 of {world})",
+              unit="prompt", disable=not progress or rank != 0) as bar:
+        for (seed, cond, prompts), size in zip(cells, sizes):
+            generate_keyed(lm, prompts, batch_size, out / "predictions", f"seed{seed}-{cond}", bar,
+                           mine=lambda i, first=first: (first + i) % world == rank)
+            first += size
+    barrier()
 

@@ -22,6 +22,7 @@ from sparekit.errors import SparekitError
 from sparekit.models import fingerprint
 from sparekit.models.architecture import ModelInfo, describe
 from sparekit.utils.env import package_versions
+from sparekit.models.placement import device_map_kwargs
 from sparekit.utils.io import atomic_write_json, read_json, sha256_file
 from sparekit.utils.arrays import to_numpy
 
@@ -170,6 +171,7 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | None = None,
     verify: bool | None = None,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load a causal LM, its tokenizer and a :class:`ModelInfo`.
 
@@ -179,23 +181,29 @@ def load_model(
     ``verify``: check a short-name model's logits against its shipped fingerprint
     (one short forward pass; a mismatch raises). ``None`` verifies unless the
     environment sets ``SPAREKIT_NO_VERIFY=1`` (what the CLI's ``--no-verify`` does).
+    ``device_map`` (``"auto"`` or a ``{module: device}`` mapping, replaces ``device``):
+    accelerate spreads the blocks over the GPUs, the CPU and disk (:mod:`sparekit.models.placement`).
     """
     torch_dtype = _parse_dtype(dtype)
     device = device or default_device()
     source, gguf_name, digest = resolve_source(name_or_path)
     if gguf_name is not None:
+        if device_map is not None:
+            raise SparekitError("--device-map needs a safetensors model, not a .gguf file",
+                                "convert it once: load it and save_pretrained, or use 'default'")
         model, tokenizer = _load_gguf(Path(source))
         model = model.to(torch_dtype)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
+                                                         **device_map_kwargs(device_map, digest))
         except OSError as exc:
             first = str(exc).strip().splitlines()[0]
             raise SparekitError(f"cannot load model {name_or_path!r}: {first}") from None
     if isinstance(source, str) and digest.startswith("hub:"):
         digest = f"hub:{name_or_path}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
-    model = model.to(device).eval()
+    model = (model if device_map is not None else model.to(device)).eval()
     prepare_tokenizer(tokenizer)
     lm = LoadedModel(model, tokenizer, describe(model, name_or_path, digest))
     if verify is None:

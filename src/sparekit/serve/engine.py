@@ -33,6 +33,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, row_edits
 from sparekit.steering.fitted import FittedSteering
+from sparekit.utils.arrays import to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class Engine:
     def _read(self, states: dict[Site, torch.Tensor], row: int) -> dict:
         def proba(target: str) -> float:
             site = self.probe_sites[target]
-            return float(self.probes[target].predict_proba(states[site][row:row + 1].float().cpu().numpy())[0, 1])
+            return float(self.probes[target].predict_proba(to_numpy(states[site][row:row + 1].float()))[0, 1])
 
         p_context = proba("source") if "source" in self.probes else None
         return {"conflict_probability": proba("conflict"), "context_probability": p_context,

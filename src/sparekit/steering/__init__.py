@@ -18,9 +18,10 @@ from sparekit.steering.base import (
 )
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering import baselines  # noqa: F401  (registers the baselines)
+from sparekit.steering.baselines import VectorSteering
 from sparekit.steering.spare import SpARE
 
 __all__ = [
     "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "Gate", "SpARE", "Steered", "SteeringMethod",
-    "SteeringPrompt", "behaviour_prompts", "collect_behaviour_data", "load_method", "make_method",
+    "SteeringPrompt", "VectorSteering", "behaviour_prompts", "collect_behaviour_data", "load_method", "make_method",
 ]

@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 from sparekit.utils.registry import Registry
+
+if TYPE_CHECKING:
+    from sparekit.steering.control_vector import ControlVector
 
 Direction = Literal["context", "memory"]
 DIRECTIONS: tuple[Direction, ...] = ("context", "memory")
@@ -241,6 +244,14 @@ class SteeringMethod:
         with hooks:
             yield steered
 
+    def control_vector(self, toward: Direction, strength: float) -> ControlVector:
+        """The fixed vector per layer this method adds (:mod:`sparekit.steering.control_vector`).
+
+        Only methods that add a vector to the residual stream have one; the others raise.
+        """
+        raise SparekitError(f"{self.kind} adds no fixed vector to the residual stream, so it has no control vector",
+                            "export a method that does: actadd, knob, spare (approximated) or cvec")
+
     # -- persistence -------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Learned tensors to save (names end in ``_``)."""
@@ -270,8 +281,15 @@ class SteeringMethod:
 
 
 def load_method(path: str | Path) -> SteeringMethod:
-    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle)."""
+    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle).
+
+    A ``.gguf`` path is read as a llama.cpp / repeng control vector (a ``cvec`` method).
+    """
     path = Path(path)
+    if path.suffix == ".gguf":
+        from sparekit.steering.control_vector import load_control_vector
+
+        return load_control_vector(path)
     config = read_json(path / "config.json")
     cls = REGISTRY.lookup(str(config.get("kind")), where=str(path))
     if config.get("format_version") != FORMAT_VERSION:

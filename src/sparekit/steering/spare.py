@@ -21,8 +21,11 @@ from sklearn.feature_selection import mutual_info_classif
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.sae import SAE, load_sae
-from sparekit.steering.base import BehaviourData, Direction, EditFn, SteeringMethod, register
+from sparekit.steering.base import BehaviourData, Direction, EditFn, register
+from sparekit.steering.baselines.one_layer import MultiLayerMethod
+from sparekit.steering.control_vector import ControlVector
 from sparekit.utils.arrays import to_numpy
 
 
@@ -62,7 +65,7 @@ def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_targ
 
 
 @register("spare")
-class SpARE(SteeringMethod):
+class SpARE(MultiLayerMethod):
     """SAE-based representation engineering at the last prompt token of several layers."""
 
     strength_grid = (1.0, 2.0, 4.0, 8.0)
@@ -74,15 +77,6 @@ class SpARE(SteeringMethod):
         self.sae = sae
         self.mi_mass = mi_mass
         self.seed = seed
-
-    # sklearn-style get_params reads attributes named like __init__ arguments
-    @property
-    def layers(self) -> tuple[int, ...]:  # type: ignore[override]
-        return tuple(int(x) for x in self.layers_param)
-
-    @layers.setter
-    def layers(self, value) -> None:
-        self.layers_param = tuple(int(x) for x in value)
 
     def _sae(self, layer: int) -> SAE:
         cache = self.__dict__.setdefault("_saes", {})
@@ -119,25 +113,43 @@ class SpARE(SteeringMethod):
         alpha = float(self.default_strength if strength is None else strength)
         return [(Site(layer), self._edit(lm, layer, toward, alpha)) for layer in self.layers]
 
-    def _edit(self, lm: LoadedModel, layer: int, toward: Direction, alpha: float) -> EditFn:
-        from sparekit.sae import check_compatible
-
-        sae = self._sae(layer).to(lm.model.device)
-        check_compatible(sae, lm.info, self.sae)
-        context_idx, memory_idx = (t.to(lm.model.device) for t in self.selected(layer))
-        mean_context = getattr(self, f"mean_context_{layer}_").to(lm.model.device)
-        mean_memory = getattr(self, f"mean_memory_{layer}_").to(lm.model.device)
+    def _targets(self, layer: int, toward: Direction, alpha: float, device: torch.device
+                 ) -> tuple[SAE, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(SAE, features to remove, their targets, features to add, their targets) at ``layer``."""
+        sae = self._sae(layer).to(device)
+        context_idx, memory_idx = (t.to(device) for t in self.selected(layer))
+        mean_context = getattr(self, f"mean_context_{layer}_").to(device)
+        mean_memory = getattr(self, f"mean_memory_{layer}_").to(device)
         if toward == "memory":  # remove context features, add memory features
             remove_idx, remove_mean, add_idx, add_mean = context_idx, mean_context, memory_idx, mean_memory
         else:
             remove_idx, remove_mean, add_idx, add_mean = memory_idx, mean_memory, context_idx, mean_context
-        remove_target, add_target = alpha * remove_mean[remove_idx], alpha * add_mean[add_idx]
+        return sae, remove_idx, alpha * remove_mean[remove_idx], add_idx, alpha * add_mean[add_idx]
+
+    def _edit(self, lm: LoadedModel, layer: int, toward: Direction, alpha: float) -> EditFn:
+        from sparekit.sae import check_compatible
+
+        sae, remove_idx, remove_target, add_idx, add_target = self._targets(layer, toward, alpha,
+                                                                            site_device(lm, layer))
+        check_compatible(sae, lm.info, self.sae)
 
         def edit(h: torch.Tensor) -> torch.Tensor:
             z = sae.pre_acts(h.float())
             return h + spare_delta(z, sae, remove_idx, remove_target, add_idx, add_target).to(h.dtype)
 
         return edit
+
+    def control_vector(self, toward: Direction, strength: float) -> ControlVector:
+        """Approximate: SpARE's edit depends on the input's SAE codes; this is the edit of the mean code of
+        the behaviour group steered away from (the uses-context prompts when steering toward memory)."""
+        vectors = {}
+        with torch.no_grad():
+            for layer in self.layers:
+                sae, *targets = self._targets(layer, toward, float(strength), torch.device("cpu"))
+                source = getattr(self, f"mean_{'context' if toward == 'memory' else 'memory'}_{layer}_")
+                vectors[layer] = spare_delta(source[None].float(), sae, *targets)[0]
+        return ControlVector(vectors, exact=False, note="spare: the edit of the steered-away group's mean SAE code, "
+                                                        "not the input-dependent edit SpARE applies")
 
     def state_extra(self) -> dict[str, Any]:
         return {"n_context_features": {L: len(self.selected(L)[0]) for L in self.layers},

@@ -2,8 +2,9 @@
 
 ``none`` (no steering), ``icl`` (demonstrations showing the behaviour), ``cad``
 (context-aware decoding), ``actadd`` (mean-difference vector), ``sea`` (linear
-spectral editing), ``dola`` (final-vs-premature layer contrast) and ``knob`` (one
-1-D subspace set to the target side).
+spectral editing), ``dola`` (final-vs-premature layer contrast), ``knob`` (one
+1-D subspace set to the target side) and ``cvec`` (fixed vectors at several layers, fitted
+or imported from a llama.cpp control vector).
 """
 
 from sparekit.steering.baselines.actadd import ActAdd
@@ -15,8 +16,9 @@ from sparekit.steering.baselines.none import NoSteering
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.baselines.sea import SpectralEditing
 from sparekit.steering.baselines.shadow import ShadowForward
+from sparekit.steering.baselines.vector import VectorSteering
 
 __all__ = [
     "ActAdd", "ContextAwareDecoding", "DoLa", "InContextDemonstrations", "Knob", "NoSteering", "OneLayerMethod",
-    "ShadowForward", "SpectralEditing", "logit_lens",
+    "ShadowForward", "SpectralEditing", "VectorSteering", "logit_lens",
 ]

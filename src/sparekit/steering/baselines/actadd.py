@@ -6,12 +6,12 @@ is ``h + sign · strength · v`` (sign +1 toward context, -1 toward memory).
 
 from __future__ import annotations
 
-import torch
-
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register, with_strength_sign
 from sparekit.steering.baselines.one_layer import OneLayerMethod
+from sparekit.steering.control_vector import ControlVector, shift_edit
 
 
 @register("actadd")
@@ -31,10 +31,9 @@ class ActAdd(OneLayerMethod):
         self.fitted_ = True
         return self
 
+    def control_vector(self, toward: Direction, strength: float) -> ControlVector:
+        return ControlVector({int(self.layer): with_strength_sign(toward) * float(strength) * self.vector_}, exact=True)
+
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
-        shift = with_strength_sign(toward) * float(strength) * self.vector_.to(lm.model.device)
-
-        def edit(h: torch.Tensor) -> torch.Tensor:
-            return h + shift.to(h.dtype)
-
-        return [(self.site, edit)]
+        shift = self.control_vector(toward, float(strength)).vectors[int(self.layer)]
+        return [(self.site, shift_edit(shift.to(site_device(lm, int(self.layer)))))]

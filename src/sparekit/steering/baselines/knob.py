@@ -18,9 +18,11 @@ from sklearn.preprocessing import StandardScaler
 
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.utils.arrays import to_numpy
+from sparekit.steering.control_vector import ControlVector
 
 
 @register("knob")
@@ -58,8 +60,16 @@ class Knob(OneLayerMethod):
         gap = p_context - p_memory
         return p_context + strength * gap if toward == "context" else p_memory - strength * gap
 
+    def control_vector(self, toward: Direction, strength: float) -> ControlVector:
+        """Approximate: the shift that takes the *mean* projection of the group steered away from to the target."""
+        p_context, p_memory = (float(x) for x in self.projections_)
+        source = p_memory if toward == "context" else p_context
+        return ControlVector({int(self.layer): (self.target(toward, float(strength)) - source) * self.direction_},
+                             exact=False, note="knob: its edit depends on the input's coordinate along u; this is the "
+                                               "shift of the other behaviour group's mean coordinate to the target")
+
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
-        u = self.direction_.to(lm.model.device)
+        u = self.direction_.to(site_device(lm, int(self.layer)))
         t = self.target(toward, float(strength))
 
         def edit(h: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.spare import select_by_mi_mass
@@ -70,7 +71,7 @@ class SpectralEditing(OneLayerMethod):
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
         other = "memory" if toward == "context" else "context"
-        device = lm.model.device
+        device = site_device(lm, int(self.layer))
         keep, remove = getattr(self, f"basis_{toward}_").to(device), getattr(self, f"basis_{other}_").to(device)
         mean, s = self.mean_.to(device), float(strength)
 

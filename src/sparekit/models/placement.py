@@ -1,0 +1,54 @@
+"""Where a model's parts compute, also when accelerate spreads it over devices (``device_map``).
+
+With ``load_model(..., device_map="auto")`` the decoder blocks may sit on different GPUs, on
+the CPU, or offloaded (parameters on ``meta``, loaded by accelerate's hook for each call).
+``model.device`` then names only the first parameter's device, so inputs and the tensors an
+edit adds go to the device that actually runs the module: accelerate's execution device
+when it hooked the module, else the module's parameters' device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+
+from sparekit.errors import SparekitError
+
+DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device(device)
+    for parameter in module.parameters():
+        if parameter.device.type != "meta":
+            return parameter.device
+    return torch.device("cpu")
+
+
+def input_device(lm) -> torch.device:
+    """Where token ids go: the input embedding's device."""
+    return module_device(lm.model.get_input_embeddings())
+
+
+def site_device(lm, layer: int) -> torch.device:
+    """Where decoder block ``layer`` computes (captures and edits of that layer live there)."""
+    return module_device(lm.model.get_submodule(lm.info.module_path(layer, "resid")))
+
+
+def device_map_kwargs(device_map: str | dict[str, Any] | None, model_hash: str) -> dict[str, Any]:
+    """``from_pretrained`` arguments that place the model with accelerate; offloaded weights go
+    under ``$SPAREKIT_CACHE/offload/<model>`` (kept: a rerun reuses them)."""
+    if device_map is None:
+        return {}
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_CHOICES:
+        raise SparekitError(f"unknown device map {device_map!r}",
+                            f"use {', '.join(DEVICE_MAP_CHOICES)} or a {{module: device}} mapping")
+    from sparekit.models.loading import CACHE_DIR
+
+    folder = CACHE_DIR / "offload" / hashlib.sha256(model_hash.encode()).hexdigest()[:16]
+    return {"device_map": device_map, "offload_folder": str(folder)}

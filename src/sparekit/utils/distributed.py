@@ -1,0 +1,55 @@
+"""Data-parallel runs on an existing launcher (``torchrun``, ``accelerate launch``).
+
+The launcher starts one process per rank and describes the group in the environment
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` …); :func:`distributed_from_env` joins it with
+torch.distributed (gloo on CPU, NCCL on GPU), which does all the rank bookkeeping. Work is
+split by :func:`rank_and_world`: library code asks it, so a user's own torchrun script with
+an initialised process group shards the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, ``(0, 1)`` outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group)."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
+def local_device(device: str | None) -> str | None:
+    """Under a launcher on a GPU machine, each rank takes its own GPU (``cuda:LOCAL_RANK``)."""
+    if device is None and rank_and_world()[1] > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return device
+
+
+@contextlib.contextmanager
+def distributed_from_env() -> Iterator[tuple[int, int]]:
+    """Join the launcher's process group for the duration of a command; yields (rank, world size)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield rank_and_world()
+        return
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        yield rank_and_world()
+    finally:
+        dist.destroy_process_group()
