@@ -61,5 +61,14 @@ def test_steer_with_the_shipped_gate(capsys):
     assert isinstance(gated["gate_fired"], bool)
     if not gated["gate_fired"]:
         assert gated["steered"] == gated["unsteered"]
+    # the decision is the gate's reading of the unsteered prompt (SpARE edits blocks 9-12, the gate reads block 10)
+    import sparekit
+    from sparekit.activations.last_token import last_token_states
+    from sparekit.steering.fitted import load_gate, shipped_root
+
+    lm = sparekit.load_model("default")
+    gate = load_gate(shipped_root("spare"), lm.info)
+    reading = gate.fire(last_token_states(lm, [gated["prompt"]], [gate.site])[gate.site])
+    assert gated["gate_fired"] == bool(reading[0])
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gate_fired"] is None
