@@ -63,3 +63,47 @@ def test_probe_is_fitted_on_the_other_relations_and_scored_on_the_held_out_one()
         "conflict", site, seeds=[0], probe_params=TRAINED)
     assert in_distribution["mean"]["auroc"]["mean"] > 0.95  # both patterns seen in training
     assert result["mean"]["auroc"]["mean"] == pytest.approx(np.mean([result[r]["auroc"]["mean"] for r in "xy"]))
+
+
+def test_benchmark_holds_a_relation_out_of_pool_and_dev(tiny_llama, tmp_path):
+    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+    from sparekit.utils.io import atomic_write_json
+
+    dataset = load_dataset("default", limit=160, seed=2)
+    memorised = tmp_path / "memorised.json"
+    atomic_write_json(memorised, {"ids": [ex.id for ex in dataset]})
+    config = BenchConfig(methods=("none",), pool_groups=30, dev_groups=10, test_limit=None,
+                         held_out_relation="currency")
+    pool, dev, test = SteeringBenchmark(tiny_llama, dataset, config, tmp_path / "run", progress=False,
+                                        memorised_file=memorised).splits()
+    assert {ex.relation for ex in test} == {"currency"}
+    assert len(test) == sum(ex.relation == "currency" for ex in dataset)
+    assert "currency" not in {ex.relation for ex in pool} | {ex.relation for ex in dev}
+    assert len(pool.groups()) == 30 and len(dev.groups()) == 10 and not set(pool.groups()) & set(dev.groups())
+    config.held_out_relation = "planets"
+    with pytest.raises(SparekitError, match="no relation 'planets'"):
+        SteeringBenchmark(tiny_llama, dataset, config, tmp_path / "other", progress=False,
+                          memorised_file=memorised).splits()
+
+
+def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_path, monkeypatch):
+    from sparekit.steering import benchmark
+    from sparekit.steering.benchmark import BenchConfig, relation_table
+
+    em = {"capital": 0.2, "continent": 0.4, "currency": 0.6, "city_country": 0.8}
+    seen = []
+
+    def fake_run(self):
+        relation = self.config.held_out_relation
+        seen.append((relation, self.out.name, self.memorised_file))
+        stat = {"mean": em[relation], "std": 0.0}
+        return {"methods": {"none": {"em_memory": stat, "em_context": stat, "em_no_conflict": stat}}}
+
+    monkeypatch.setattr(benchmark.SteeringBenchmark, "run", fake_run)
+    summary = benchmark.leave_one_relation_out(tiny_llama, load_dataset("default"), BenchConfig(methods=("none",)),
+                                               tmp_path)
+    assert [s[0] for s in seen] == list(em) and all(s[1] == f"held-out-{s[0]}" for s in seen)
+    assert {s[2] for s in seen} == {tmp_path / "memorised.json"}  # one closed-book pass for all runs
+    assert summary["methods"]["none"]["em_memory"]["mean"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "results.json").read_text())["relations"] == list(em)
+    assert "| none | 50.0 ± 22.4 |" in relation_table(summary) and "20.0 / 20.0" in relation_table(summary)
