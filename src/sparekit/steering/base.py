@@ -7,7 +7,7 @@ as a context manager around generation::
     method = ActAdd(layer=6).fit(behaviour)
     with method.steer(lm, toward="memory", strength=4.0) as steered:
         answers = steered.generate(prompts)          # list[SteeringPrompt] -> list[str]
-        # hook-based methods also steer a plain lm.model.generate(...) inside the block
+        # ungated hook-based methods also steer a plain lm.model.generate(...) inside the block
 
 Methods differ in three overridable places only: :meth:`SteeringMethod.edits` (residual
 edits through the shared :class:`~sparekit.hooks.Hooks`), :meth:`SteeringMethod.rewrite`
