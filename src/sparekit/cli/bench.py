@@ -62,7 +62,7 @@ def _options(fn):
     from sparekit.steering.benchmark import DEFAULT_METHODS
 
     for option in reversed([
-        click.option("--dataset", "-d", default="default", show_default=True, help="default, nqswap, or a JSONL path."),
+        click.option("--dataset", "-d", default="default", show_default=True, help="default, default-passages, nqswap, or a JSONL path."),
         model_option,
         click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
                      help="Comma-separated methods; append +gate to steer only where the conflict probe fires."),

@@ -67,7 +67,7 @@ def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, see
 
 
 @click.command()
-@click.option("--dataset", default=None, help="Conflict dataset: default, nqswap or a .jsonl(.gz) path.")
+@click.option("--dataset", default=None, help="Conflict dataset: default, default-passages, nqswap or a .jsonl(.gz) path.")
 @click.option("--texts", "texts_file", type=click.Path(path_type=Path), default=None,
               help="Corpus: .txt (one text per line) or .jsonl with 'text' (and optional 'id').")
 @click.option("--context", type=click.Choice(["sub", "org", "none"]), default="sub", show_default=True,

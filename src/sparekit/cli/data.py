@@ -7,7 +7,7 @@ import click
 from sparekit.cli.common import emit, json_option
 
 dataset_option = click.option("--dataset", "-d", default="default", show_default=True,
-                              help="'default', 'nqswap' or a .jsonl/.jsonl.gz path in the NQ-Swap schema.")
+                              help="'default', 'default-passages', 'nqswap' or a .jsonl/.jsonl.gz path in the NQ-Swap schema.")
 
 
 @click.group()

@@ -40,7 +40,7 @@ def _render_table(result: dict) -> str:
 
 
 @click.command()
-@click.option("--dataset", default="default", show_default=True, help="default, nqswap or a .jsonl(.gz) path.")
+@click.option("--dataset", default="default", show_default=True, help="default, default-passages, nqswap or a .jsonl(.gz) path.")
 @click.option("--eval-dataset", default=None, help="Also score probes fitted on --dataset on this dataset.")
 @model_option
 @click.option("--layers", default="all", show_default=True, help="all, 6, 4,8,12 or 4-8.")
