@@ -50,6 +50,26 @@ def test_demo_runs_on_shipped_artefacts(capsys):
         steering = result["steering"][toward]
         assert steering["method"] == "spare" and steering["strength"] is not None
         assert steering["steered"].strip() != "" and steering["unsteered"] == result["with_sub_context"]
+    table = result["table"]
+    assert table["n"] == 12 and set(table["em"]) == {"unsteered", "spare", "spare+gate"}
+    assert all(0 <= count <= 12 for row in table["em"].values() for count in row.values())
+    assert 0 <= table["gate_fired"]["org"] <= table["gate_fired"]["sub"] <= 12
+
+
+def test_demo_table_items_were_held_out_of_the_shipped_tuning():
+    """No shipped demonstration (drawn from the tuning run's pool) asks a question of the demo table."""
+    import json
+
+    from sparekit.cli.demo import HELD_OUT_ITEMS
+    from sparekit.data import load_dataset
+    from sparekit.steering.fitted import shipped_root
+
+    by_id = {ex.id: ex for ex in load_dataset("default")}
+    questions = {by_id[i].question for i in HELD_OUT_ITEMS}
+    assert len(questions) == 12 and len({by_id[i].relation for i in HELD_OUT_ITEMS}) == 4
+    for toward in ("memory", "context"):
+        demos = json.loads((shipped_root("spare") / toward / "tuned.json").read_text())["demos"]
+        assert not any(f"question: {q}\n" in d for q in questions for d in demos)
 
 
 @pytest.mark.slow
@@ -61,6 +81,15 @@ def test_steer_with_the_shipped_gate(capsys):
     assert isinstance(gated["gate_fired"], bool)
     if not gated["gate_fired"]:
         assert gated["steered"] == gated["unsteered"]
+    # the decision is the gate's reading of the unsteered prompt (SpARE edits blocks 9-12, the gate reads block 10)
+    import sparekit
+    from sparekit.activations.last_token import last_token_states
+    from sparekit.steering.fitted import load_gate, shipped_root
+
+    lm = sparekit.load_model("default")
+    gate = load_gate(shipped_root("spare"), lm.info)
+    reading = gate.fire(last_token_states(lm, [gated["prompt"]], [gate.site])[gate.site])
+    assert gated["gate_fired"] == bool(reading[0])
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gate_fired"] is None
 

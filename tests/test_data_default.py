@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -59,3 +60,26 @@ def test_same_type_substitution():
     answers = {r: {normalize_answer(ex.org_answer[0]) for ex in data if ex.relation == r} for r in RELATIONS}
     for ex in data:
         assert normalize_answer(ex.sub_answer[0]) in answers[ex.relation], ex.id
+
+
+def test_passage_builder_reproduces_the_shipped_file(built, tmp_path):
+    """Same rows as the default set, each context a 3-6 sentence paragraph stating the fact once."""
+    from sparekit.data.default import build_passage_dataset
+    from sparekit.data.loaders import PASSAGES_ASSET
+
+    passages = build_passage_dataset()
+    out = tmp_path / "default-passages.jsonl"
+    write_default_dataset(passages, out)
+    assert out.read_bytes() == PASSAGES_ASSET.read_bytes()
+    shipped = load_dataset("default-passages")
+    assert len(shipped) == len(built)
+    for ex, base in zip(shipped, built):
+        assert (ex.id, ex.question, ex.org_answer, ex.sub_answer) == (base.id, base.question, base.org_answer,
+                                                                      base.sub_answer)
+        assert base.org_context in ex.org_context and base.sub_context in ex.sub_context
+        assert ex.org_context.replace(base.org_context, base.sub_context) == ex.sub_context
+        assert 3 <= len(re.split(r"\. (?=[^\W\d_])", ex.org_context)) <= 6, ex.org_context  # "İzmir", "Cairo"
+        rest = ex.org_context.replace(base.org_context, "")
+        for alias in ex.org_answer + ex.sub_answer:  # the answer appears only in the fact sentence
+            assert f" {normalize_answer(alias)} " not in f" {normalize_answer(rest)} " or \
+                normalize_answer(alias) in normalize_answer(ex.question), ex.id

@@ -68,3 +68,81 @@ def test_a_gate_that_never_fires_leaves_generation_unchanged():
     with method.steer(lm, "memory", strength=1.0) as ungated:
         assert ungated.generate(texts, max_new_tokens=3) != unsteered
         assert ungated.last_fired is None
+
+
+def _half_firing_gate(lm, prompts: list[SteeringPrompt]) -> ProbeGate:
+    """A fitted gate whose threshold (the median unsteered score) lets half of ``prompts`` fire."""
+    from sparekit.activations.last_token import last_token_states
+
+    gate, _ = fit_probe_gate(lm, _prompts(12, 0), _prompts(8, 100), layers=[2], max_false_positive_rate=0.1)
+    h = last_token_states(lm, [p.text for p in prompts], [gate.site])[gate.site]
+    gate.threshold = float(np.median(gate.probe.predict_proba(h.numpy())[:, 1]))
+    return gate
+
+
+def _strong_actadd(lm, layer: int = 1):
+    method = make_method("actadd", layer=layer)
+    method.vector_ = torch.randn(lm.info.d_model, generator=torch.Generator().manual_seed(0)) * 50
+    method.fitted_ = True
+    return method
+
+
+def test_the_gate_decides_on_unsteered_activations_of_the_same_prompts():
+    """The edit sits below the gate's layer: reading the gate under the edit would change its decisions."""
+    from sparekit.activations.last_token import last_token_states
+
+    lm = tiny_model("llama")
+    prompts = _prompts(4, 200)
+    gate = _half_firing_gate(lm, prompts)
+    unsteered_decision = gate.fire(last_token_states(lm, [p.text for p in prompts], [gate.site])[gate.site])
+    assert 0 < int(unsteered_decision.sum()) < len(prompts)
+    with _strong_actadd(lm).steer(lm, "memory", strength=1.0, gate=gate, batch_size=len(prompts)) as steered:
+        steered.generate(prompts, max_new_tokens=2)
+        first = steered.last_fired.clone()
+        steered.generate(prompts[::-1], max_new_tokens=2)  # another batch never lends its mask
+        second = steered.last_fired.clone()
+    assert torch.equal(first, unsteered_decision)
+    assert torch.equal(second, unsteered_decision.flip(0))
+
+
+@pytest.mark.parametrize("kind", ["actadd", "cad", "icl"])
+def test_gated_steering_leaves_rows_that_do_not_fire_bit_identical(kind):
+    lm = tiny_model("llama")
+    prompts = _prompts(4, 200)
+    gate = _half_firing_gate(lm, prompts)
+    if kind == "actadd":
+        method, strength = _strong_actadd(lm), 1.0
+    elif kind == "cad":
+        method, strength = make_method("cad").fit(None), 8.0  # type: ignore[arg-type]
+    else:
+        from sparekit.data import ConflictDataset
+        from sparekit.steering.base import BehaviourData
+
+        pool = ConflictDataset([p.example for p in _prompts(6, 300)[::2]], "pool")
+        method, strength = make_method("icl", k=3).fit(BehaviourData([], np.zeros(0), {}, pool)), None
+    golds = ["Ann"] * len(prompts)
+    with make_method("none").fit(None).steer(lm, "memory", batch_size=len(prompts)) as plain:  # type: ignore[arg-type]
+        answers, nll = plain.generate(prompts, max_new_tokens=4), plain.answer_nll(prompts, golds)
+    with method.steer(lm, "memory", strength=strength, gate=gate, batch_size=len(prompts)) as steered:
+        gated_answers, gated_nll = steered.generate(prompts, max_new_tokens=4), steered.answer_nll(prompts, golds)
+        fired = steered.last_fired.tolist()
+    with method.steer(lm, "memory", strength=strength, batch_size=len(prompts)) as ungated:
+        ungated_nll = ungated.answer_nll(prompts, golds)
+    assert any(fired) and not all(fired)
+    for row, fires in enumerate(fired):
+        if fires:  # the firing rows are steered exactly as without a gate
+            assert gated_nll[row] == pytest.approx(ungated_nll[row], rel=1e-5) and gated_nll[row] != nll[row]
+        elif kind == "icl":  # rewritten neighbours change the batch's padding: equal up to float rounding
+            assert gated_nll[row] == pytest.approx(nll[row], rel=1e-6) and gated_answers[row] == answers[row]
+        else:
+            assert gated_nll[row] == nll[row] and gated_answers[row] == answers[row]
+
+
+def test_a_gated_edit_outside_steered_generate_is_refused():
+    lm = tiny_model("llama")
+    prompts = _prompts(2, 200)
+    from sparekit.evaluation.generation import tokenize
+
+    with _strong_actadd(lm).steer(lm, "memory", strength=1.0, gate=_half_firing_gate(lm, prompts)):
+        with pytest.raises(SparekitError, match="decides per batch"):
+            lm.model(**tokenize(lm, [p.text for p in prompts], position_ids=True))

@@ -8,7 +8,8 @@ import pytest
 
 from sparekit.data import load_dataset
 from sparekit.errors import SparekitError
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
+from sparekit.steering.benchmark import DEV_SEED, BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
+from sparekit.utils.io import atomic_write_json
 
 
 def test_method_labels_parse():
@@ -107,3 +108,50 @@ def test_frontier_plot_draws_both_harm_measures(tmp_path):
     without_nll = {k: {d: [{kk: vv for kk, vv in p.items() if kk != "answer_nll_no_conflict"} for p in pts]
                        for d, pts in v.items()} for k, v in curves.items()}
     assert Image.open(plot_frontier(without_nll, tmp_path / "one-row.png")).size[1] < height
+
+
+@pytest.mark.slow
+def test_dev_em_of_none_is_the_harness_unsteered_em_on_the_same_items(default_lm, tmp_path):
+    """Tuning scores dev with the harness's prompts and labels: one builder, one scoring."""
+    from statistics import fmean
+
+    from tqdm.auto import tqdm
+
+    from sparekit.evaluation.harness import condition_prompts, generate_keyed
+    from sparekit.evaluation.metrics import behaviour_label
+
+    dataset = load_dataset("default", limit=40, seed=5)
+    atomic_write_json(tmp_path / "memorised.json", {"ids": [ex.id for ex in dataset]})  # skip the closed-book pass
+    config = BenchConfig(methods=("none",), seeds=(42,), pool_groups=20, dev_groups=8, test_limit=4)
+    bench = SteeringBenchmark(default_lm, dataset, config, tmp_path, batch_size=1, progress=False)
+    pool, dev, test = bench.splits()
+    for items, seed in ((dev, DEV_SEED), (test, 42)):
+        for context in ("org", "sub"):
+            harness = condition_prompts(items, context, seed, config.k_shot, demo_pool=pool)
+            assert [p.text for p in eval_prompts(items, pool, context, seed, config.k_shot)] == \
+                [harness[ex.id] for ex in items]
+    tuned = bench.tune("none", None, dev, pool)  # type: ignore[arg-type]
+    with tqdm(disable=True) as bar:  # batch size 1 on both sides: no padding, the same greedy answers
+        answers = generate_keyed(default_lm, condition_prompts(dev, "sub", DEV_SEED, config.k_shot, demo_pool=pool),
+                                 1, None, "sub", bar)
+    labels = [behaviour_label(answers[ex.id], ex, dev.context_match) for ex in dev]
+    assert len(dev) == 6 and 0 < labels.count("context") < len(dev)
+    assert tuned["context"]["dev_em"] == pytest.approx(fmean(label == "context" for label in labels))
+    assert tuned["memory"]["dev_em"] == pytest.approx(fmean(label == "memory" for label in labels))
+
+
+def test_a_cached_cell_is_reused_only_for_the_same_prompt_text(tiny_llama, tmp_path):
+    from sparekit.data import ConflictDataset
+    from sparekit.steering import make_method
+
+    dataset = ConflictDataset([ex for ex in load_dataset("default", limit=12, seed=1)], "d")
+    bench = SteeringBenchmark(tiny_llama, dataset, BenchConfig(methods=("none",)), tmp_path, progress=False)
+    none = make_method("none").fit(None)  # type: ignore[arg-type]
+    pool, items = dataset[:8], dataset[8:]
+    first = eval_prompts(items, pool, "sub", 1, 2)
+    cell = ("dev", "none", {}, none)
+    generated = bench._cached_cell(*cell, first, "context", None, None)
+    assert bench._cached_cell(*cell, first, "context", None, None, cached_only=True) == generated
+    redrawn = eval_prompts(items, pool, "sub", 2, 2)  # same ids, other demonstrations
+    assert [p.example.id for p in redrawn] == [p.example.id for p in first] and redrawn != first
+    assert bench._cached_cell(*cell, redrawn, "context", None, None, cached_only=True) is None

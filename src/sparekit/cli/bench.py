@@ -31,12 +31,16 @@ def _json_option(text: str | None, name: str) -> dict:
 
 
 def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out, device, device_map,
-               batch_size, grid=None, strengths=None, sweep=None):
+               batch_size, grid=None, strengths=None, sweep=None, split_by="group"):
+    """The model, dataset, config and run directory; a group split also gets its :class:`SteeringBenchmark`."""
     from sparekit.data import load_dataset
+    from sparekit.data.dataset import held_out_relations
     from sparekit.models import load_model
     from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
 
     data = load_dataset(dataset)
+    if split_by == "relation":
+        held_out_relations(data)  # bad input fails before the model loads
     lm = load_model(model, device=device, device_map=device_map)
     config = BenchConfig(methods=tuple(m.strip() for m in methods.split(",") if m.strip()), seeds=_int_list(seeds),
                          layers=_int_list(layers), pool_groups=pool_groups, dev_groups=dev_groups,
@@ -48,15 +52,17 @@ def _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, 
     for label in config.methods:
         if label.partition("+")[0] not in REGISTRY:
             raise click.BadParameter(f"unknown method {label!r}; known: {', '.join(sorted(REGISTRY))}", param_hint="--methods")
-    out = Path(out or f"runs/bench-steer-{data.name}-{lm.info.model_hash[:8]}")
-    return SteeringBenchmark(lm, data, config, out, batch_size=batch_size), out
+    suffix = "-by-relation" if split_by == "relation" else ""
+    out = Path(out or f"runs/bench-steer-{data.name}-{lm.info.model_hash[:8]}{suffix}")
+    runner = SteeringBenchmark(lm, data, config, out, batch_size=batch_size) if split_by == "group" else None
+    return lm, data, config, out, runner
 
 
 def _options(fn):
     from sparekit.steering.benchmark import DEFAULT_METHODS
 
     for option in reversed([
-        click.option("--dataset", "-d", default="default", show_default=True, help="default, nqswap, or a JSONL path."),
+        click.option("--dataset", "-d", default="default", show_default=True, help="default, default-passages, nqswap, or a JSONL path."),
         model_option,
         click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
                      help="Comma-separated methods; append +gate to steer only where the conflict probe fires."),
@@ -89,21 +95,30 @@ def bench() -> None:
 
 @bench.command("steer")
 @_options
+@click.option("--split-by", type=click.Choice(["group", "relation"]), default="group", show_default=True,
+              help="group: pool/dev/test question groups; relation: leave one relation out in turn (fit and tune "
+                   "on the others, test on it), per held-out relation and the mean.")
 def bench_steer(dataset, model, methods, seeds, layers, pool_groups, dev_groups, test_limit, grid, strengths, sweep,
-                out, device, device_map, batch_size, as_json):
+                out, device, device_map, batch_size, as_json, split_by):
     """EM toward memory / context and EM without conflict for every method, mean ± std over seeds.
 
     \b
     Example:
       sparekit bench steer --dataset default --methods none,actadd,spare,spare+gate --seeds 42,43
+      sparekit bench steer --split-by relation --methods none,cad,spare --test-limit 30
     """
-    from sparekit.steering.benchmark import markdown_table
+    from sparekit.steering.benchmark import leave_one_relation_out, markdown_table, relation_table
     from sparekit.utils.io import atomic_write_text
 
-    runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, device_map, batch_size, grid, strengths, sweep)
-    summary = runner.run()
-    table = markdown_table(summary)
+    lm, data, config, out_dir, runner = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups,
+                                                   test_limit, out, device, device_map, batch_size, grid, strengths, sweep,
+                                                   split_by)
+    if runner is None:
+        summary = leave_one_relation_out(lm, data, config, out_dir, batch_size)
+        table = relation_table(summary)
+    else:
+        summary = runner.run()
+        table = markdown_table(summary)
     atomic_write_text(out_dir / "results.md", table + "\n")
     summary["run_dir"] = str(out_dir)
     emit(summary, as_json, lambda r: f"{table}\n\nrun directory: {out_dir}")
@@ -117,8 +132,8 @@ def bench_frontier(dataset, model, methods, seeds, layers, pool_groups, dev_grou
     """Sweep each method's strength: EM toward the target vs EM without conflict, plotted per direction."""
     from sparekit.reporting.frontier import plot_frontier
 
-    runner, out_dir = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
-                                 device, device_map, batch_size, grid, strengths, sweep)
+    *_, out_dir, runner = _benchmark(model, dataset, methods, seeds, layers, pool_groups, dev_groups, test_limit, out,
+                                     device, device_map, batch_size, grid, strengths, sweep)
     curves = runner.frontier(cached_only=cached_only)
     plot = plot_frontier(curves, out_dir / "frontier.png", title=f"{runner.lm.info.name} on {runner.dataset.name}")
 

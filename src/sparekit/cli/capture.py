@@ -57,20 +57,17 @@ def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
 
 def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, seed: int) -> tuple[list[str], list[str]]:
     """Few-shot prompts (org_org demos) of a conflict dataset's items with the chosen context."""
-    import random
-
     from sparekit.data import load_dataset
-    from sparekit.data.prompts import build_prompt, sample_demos
+    from sparekit.data.prompts import build_prompt, item_demos
 
     dataset = load_dataset(name, limit=limit, seed=seed)
     ctx = None if context == "none" else context
-    prompts = [build_prompt(ex, ctx, sample_demos(dataset, ex.group, k_shot, "org_org", random.Random(f"{seed}:{ex.id}")))
-               for ex in dataset]
+    prompts = [build_prompt(ex, ctx, item_demos(ex, dataset, seed, k_shot)) for ex in dataset]
     return prompts, [ex.id for ex in dataset]
 
 
 @click.command()
-@click.option("--dataset", default=None, help="Conflict dataset: default, nqswap or a .jsonl(.gz) path.")
+@click.option("--dataset", default=None, help="Conflict dataset: default, default-passages, nqswap or a .jsonl(.gz) path.")
 @click.option("--texts", "texts_file", type=click.Path(path_type=Path), default=None,
               help="Corpus: .txt (one text per line) or .jsonl with 'text' (and optional 'id').")
 @click.option("--context", type=click.Choice(["sub", "org", "none"]), default="sub", show_default=True,

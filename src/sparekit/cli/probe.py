@@ -31,18 +31,25 @@ def _render_table(result: dict) -> str:
             for i, layer in enumerate(result["layers"]):
                 cells = [f"{table[m]['mean'][i]:.3f}±{table[m]['std'][i]:.3f}" for m in ("accuracy", "auroc", "auprc")]
                 lines.append(f"  {layer:5d}  " + "   ".join(cells))
+    for relation, by_target in result.get("held_out_relations", {}).items():
+        cells = [f"{t} " + ("n/a" if "error" in table else f"{max(table['accuracy']['mean']):.3f}")
+                 for t, table in by_target.items()]
+        lines.append(f"held out {relation}: best-layer accuracy " + ", ".join(cells))
     lines.append(f"run dir: {result['run_dir']}")
     return "\n".join(lines)
 
 
 @click.command()
-@click.option("--dataset", default="default", show_default=True, help="default, nqswap or a .jsonl(.gz) path.")
+@click.option("--dataset", default="default", show_default=True, help="default, default-passages, nqswap or a .jsonl(.gz) path.")
 @click.option("--eval-dataset", default=None, help="Also score probes fitted on --dataset on this dataset.")
 @model_option
 @click.option("--layers", default="all", show_default=True, help="all, 6, 4,8,12 or 4-8.")
 @click.option("--components", default="resid", show_default=True, help="resid, attn, mlp (comma-separated).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Seeded sample of N rows (whole question groups).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated split/probe seeds.")
+@click.option("--split-by", type=click.Choice(["group", "relation"]), default="group", show_default=True,
+              help="group: held-out question groups; relation: leave one relation out (fit on the others), "
+                   "per held-out relation and their mean.")
 @click.option("--k-shot", default=3, show_default=True, type=click.IntRange(0, 16))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -50,13 +57,15 @@ def _render_table(result: dict) -> str:
 @device_option
 @device_map_option
 @json_option
-def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot, batch_size, out, device,
+def probe(dataset, eval_dataset, model, layers, components, limit, seeds, split_by, k_shot, batch_size, out, device,
           device_map, as_json) -> None:
     """Fit linear probes per layer: conflict vs no conflict, and context vs memory under conflict.
 
     \b
     Reports held-out-group accuracy, AUROC and AUPRC (mean ± std over seeds) per layer,
     saves plots and the best-layer probes (used by `sparekit detect`) in the run directory.
+    With --split-by relation the tables are the mean over held-out relations (std across
+    relations) and `held_out_relations` holds each relation's table.
     Example:
       sparekit probe --dataset nqswap --limit 600 --seeds 0,1,2 --json
     """
@@ -65,12 +74,14 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
     from sparekit import __version__
     from sparekit.cli.capture import parse_components, parse_layers
     from sparekit.data import load_dataset
+    from sparekit.data.dataset import held_out_relations
     from sparekit.data.prompts import sample_demos
     from sparekit.evaluation.harness import dataset_fingerprint
     from sparekit.hooks import Site
     from sparekit.models import load_model
     from sparekit.models.loading import CACHE_DIR
-    from sparekit.probes import collect, compare_behaviours, cross_validate, fit_probe, layer_table, transfer
+    from sparekit.probes import (collect, compare_behaviours, cross_validate, fit_probe, layer_table,
+                                 leave_one_relation_out, transfer)
     from sparekit.probes.plots import plot_components, plot_layer_metrics
     from sparekit.utils.env import environment_info, seed_everything
     from sparekit.utils.io import atomic_write_json, read_json
@@ -83,6 +94,8 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
         raise SparekitError("--seeds is empty")
     comps = parse_components(components)
     data_a = load_dataset(dataset, limit=limit, seed=PROMPT_SEED)
+    if split_by == "relation":
+        held_out_relations(data_a)  # bad input fails before the model loads
     data_b = load_dataset(eval_dataset, limit=limit, seed=PROMPT_SEED) if eval_dataset else None
     lm = load_model(model, device=device, device_map=device_map)
     layer_list = parse_layers(layers, lm.info.n_layers)
@@ -92,7 +105,7 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
               "dataset": dataset, "dataset_sha256": dataset_fingerprint(data_a), "limit": limit,
               "eval_dataset": eval_dataset, "eval_dataset_sha256": data_b and dataset_fingerprint(data_b),
               "layers": layer_list, "components": comps, "seeds": seed_list, "k_shot": k_shot,
-              "prompt_seed": PROMPT_SEED, "test_fraction": 0.3, "probe": {"l1": 6e-4, "lr": 2e-3, "epochs": 20,
+              "prompt_seed": PROMPT_SEED, "split_by": split_by, "test_fraction": 0.3, "probe": {"l1": 6e-4, "lr": 2e-3, "epochs": 20,
                                                                           "batch_size": 64, "standardize": True}}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     run_dir = out or CACHE_DIR / "probes" / f"{Path(model).name}-{Path(dataset).name}-{digest}"
@@ -120,11 +133,24 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, k_shot
                     out.setdefault(c, {})[t] = {"error": str(exc)}
         return out
 
-    by_component = tables(lambda t, s: cross_validate(train, t, s, seed_list, config["test_fraction"]))
     main = comps[0]
+    if split_by == "relation":
+        cache: dict = {}
+
+        def held_out(t: str, s: Site) -> dict:
+            if (t, s) not in cache:
+                cache[t, s] = leave_one_relation_out(train, t, s, seed_list, config["probe"])
+            return cache[t, s]
+
+        by_component = tables(lambda t, s: held_out(t, s)["mean"])
+        per_relation = {r: tables(lambda t, s: held_out(t, s)[r])[main] for r in held_out_relations(train.items)}
+    else:
+        by_component = tables(lambda t, s: cross_validate(train, t, s, seed_list, config["test_fraction"]))
     result = {"model": lm.info.name, "model_hash": lm.info.model_hash, "dataset": data_a.name,
               "n_items": len(train.items), "counts": train.counts(), "layers": layer_list, "component": main,
-              **by_component[main]}
+              "split_by": split_by, **by_component[main]}
+    if split_by == "relation":
+        result["held_out_relations"] = per_relation
     if len(comps) > 1:
         result["components"] = by_component
     if test:

@@ -146,6 +146,23 @@ def split_by_group(dataset: ConflictDataset, fractions: Sequence[float], seed: i
     return splits
 
 
+def held_out_relations(dataset: ConflictDataset) -> list[str]:
+    """The relations a leave-one-relation-out protocol holds out in turn (first-appearance order).
+
+    Every row needs a ``relation`` and there must be at least two: with one, nothing is left to fit on.
+    """
+    missing = sum(ex.relation is None for ex in dataset)
+    if missing:
+        raise SparekitError(f"{dataset.name}: {missing} of {len(dataset)} rows have no 'relation' field",
+                            "give every row a relation to split by relation, or drop --split-by relation")
+    relations = list(dict.fromkeys(ex.relation for ex in dataset))
+    if len(relations) < 2:
+        raise SparekitError(f"{dataset.name}: only one relation ({relations[0] if relations else 'none'}), "
+                            "nothing to fit on when it is held out",
+                            "leave-one-relation-out needs rows of at least two relations")
+    return relations  # type: ignore[return-value]
+
+
 def _answers(value, field: str, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]

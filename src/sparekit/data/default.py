@@ -13,12 +13,22 @@ country or city:
 The substituted context swaps the answer for another entity of the same relation whose
 normalised names share nothing with the original answer's aliases. Everything is drawn
 from an RNG keyed on (seed, item), so a build is reproducible.
+
+The *passage* variant (``default-passages``) keeps every row's question, answers and
+substitution and turns each one-sentence context into a paragraph of 3–6 sentences: the
+(original or conflicting) fact sentence among 2–5 true sentences about the same subject
+from the same packages (population, area, neighbours, calling code, web domain, and the
+subject's other relations; for a city its population, position and time zone), none of
+which names the original or the substituted answer. Retrieved contexts are paragraphs, so
+"logits with minus without the context" (CAD) no longer isolates the one fact.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
+from dataclasses import replace
 from pathlib import Path
 
 from sparekit.data.dataset import ConflictDataset, ConflictExample, write_jsonl
@@ -185,6 +195,81 @@ def build_default_dataset(seed: int = 0) -> ConflictDataset:
                 relation=relation,
             ))
     return ConflictDataset(rows, "default")
+
+
+def _number(n: float) -> str:
+    """"67.0 million", "850 thousand": rounded the way a text would round them."""
+    return f"{n / 1e6:.1f} million" if n >= 1e6 else f"{round(n / 1e3)} thousand"
+
+
+def _country_sentences(code: str, countries: dict) -> dict[str, str]:
+    """True sentences about one country, keyed by what they state ({S} stands for its name)."""
+    c = countries[code]
+    names = sorted(countries[n]["name"] for n in c["neighbours"].split(",") if n in countries)
+    out = {"population": f"{{S}} has a population of about {_number(c['population'])}.",
+           "area": f"{{S}} covers about {c['areakm2']:,.0f} square kilometres.",
+           "phone": f"The international calling code of {{S}} is +{c['phone'].lstrip('+')}." if c["phone"] else "",
+           "tld": f"Web addresses in {{S}} end in {c['tld']}." if c["tld"] else "",
+           "neighbours": (f"{{S}} borders {', '.join(names[:-1])} and {names[-1]}." if len(names) > 1
+                          else f"{{S}} borders {names[0]}." if names else ""),
+           "capital": f"The capital of {{S}} is {c['capital']}.",
+           "continent": f"{{S}} lies in {CONTINENTS[c['continentcode']]}." if c["continentcode"] in CONTINENTS else "",
+           "currency": f"{{S}} pays with the {c['currencyname']}." if c["currencyname"] else ""}
+    return {k: v for k, v in out.items() if v}
+
+
+def _city_sentences(city: dict) -> dict[str, str]:
+    lat, lon = city["latitude"], city["longitude"]
+    return {"population": f"{{S}} has about {_number(city['population'])} inhabitants.",
+            "position": f"{{S}} lies at {abs(lat):.1f}° {'N' if lat >= 0 else 'S'}, "
+                        f"{abs(lon):.1f}° {'E' if lon >= 0 else 'W'}.",
+            "timezone": f"Clocks in {{S}} follow the {city['timezone']} time zone."}
+
+
+def _related_sentences() -> dict[str, tuple[str, list[str]]]:
+    """Per row id: the subject as written, and true sentences about it (``{S}`` for the subject) that do
+    not state the row's relation, in a fixed order."""
+    countries, cities, _ = _sources()
+    related: dict[str, tuple[str, list[str]]] = {}
+    for code, c in countries.items():
+        sentences = _country_sentences(code, countries)
+        for relation in ("capital", "continent", "currency"):
+            related[f"{relation}-{code}"] = (_phrase(c["name"]), [t for k, t in sentences.items() if k != relation])
+    for gid, city in cities.items():
+        related[f"city_country-{gid}"] = (city["name"], list(_city_sentences(city).values()))
+    return related
+
+
+def _names_any(sentence: str, aliases: tuple[str, ...]) -> bool:
+    """Whether ``sentence`` names one of ``aliases`` as whole words ("America/Argentina/Cordoba" names Argentina)."""
+    text = f" {normalize_answer(re.sub(r'[/_-]', ' ', sentence))} "
+    return any(f" {a} " in text for a in _norms(aliases))
+
+
+def build_passage_dataset(seed: int = 0) -> ConflictDataset:
+    """The default rows with paragraph contexts: the fact sentence among 2–5 true sentences about its subject.
+
+    Sentences naming the original or the substituted answer (outside the subject's own name,
+    as in Guinea-Bissau / Bissau) are left out, so the paragraph states the (conflicting) fact
+    once; org and sub paragraphs differ only in that sentence.
+    """
+    related = _related_sentences()
+    rows = []
+    for ex in build_default_dataset(seed):
+        subject, templates = related[ex.id]
+        pool = [_capitalise(t.replace("{S}", subject)) for t in templates
+                if not _names_any(t.replace("{S}", ""), ex.org_answer + ex.sub_answer)]
+        if len(pool) < 2:
+            raise SparekitError(f"{ex.id}: only {len(pool)} related sentences for a passage")
+        rng = random.Random(f"{seed}:passage:{ex.id}")
+        chosen = rng.sample(pool, rng.randint(2, min(5, len(pool))))
+        at = rng.randint(0, len(chosen))
+
+        def passage(fact: str) -> str:
+            return " ".join(chosen[:at] + [fact] + chosen[at:])
+
+        rows.append(replace(ex, org_context=passage(ex.org_context), sub_context=passage(ex.sub_context)))
+    return ConflictDataset(rows, "default-passages")
 
 
 def source_versions() -> dict[str, str | None]:

@@ -1,6 +1,7 @@
 """Resolve a dataset name or path to a :class:`ConflictDataset`, local files first.
 
-``default`` is the embedded country-facts dataset shipped in the package; ``nqswap``
+``default`` is the embedded country-facts dataset shipped in the package
+(``default-passages``: the same rows with paragraph contexts); ``nqswap``
 is the shared dev file beside the repository when present (offline), else the hub id
 ``pminervini/NQ-Swap`` through the optional ``datasets`` package; anything else is a
 JSONL(.gz) path in the NQ-Swap schema. A file whose name contains ``macnoise`` is
@@ -15,8 +16,9 @@ from sparekit.data.dataset import ConflictDataset, ContextMatch, parse_row, read
 from sparekit.errors import SparekitError
 
 NQSWAP_HUB_ID = "pminervini/NQ-Swap"
-DATASET_NAMES = ("default", "nqswap")
+DATASET_NAMES = ("default", "default-passages", "nqswap")
 DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "default.jsonl"
+PASSAGES_ASSET = DEFAULT_ASSET.with_name("default-passages.jsonl")
 NQSWAP_LOCAL = Path(__file__).resolve().parents[4] / "shared" / "data" / "nqswap" / "dev.jsonl.gz"
 
 
@@ -62,6 +64,8 @@ def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
     name = str(name_or_path)
     if name == "default":
         dataset = _default_dataset()
+    elif name == "default-passages":
+        dataset = read_jsonl(PASSAGES_ASSET, name="default-passages")
     elif name == "nqswap":
         dataset = _nqswap()
     elif Path(name).suffix in (".jsonl", ".gz", ".json") or Path(name).exists():

@@ -61,6 +61,18 @@ def demos_for(question: str, demos: Sequence[str], k: int) -> list[str]:
     return [d for d in demos if f"question: {question}\n" not in d][:k]
 
 
+def item_demos(example: ConflictExample, demo_pool: ConflictDataset, seed: int, k_shot: int,
+               flavour: Flavour = "org_org") -> tuple[str, ...]:
+    """The demonstrations of one test item: ``k_shot`` from ``demo_pool``'s other groups, drawn with an RNG
+    keyed on (seed, item id).
+
+    The one draw every evaluation uses (harness, probes, capture, the steering benchmark's dev
+    and test prompts), so an item's prompt depends only on its pool and seed, never on which
+    split it sits in or on the order of the rows.
+    """
+    return tuple(sample_demos(demo_pool, example.group, k_shot, flavour, random.Random(f"{seed}:{example.id}")))
+
+
 def build_prompt(example: ConflictExample, context: Literal["org", "sub", None], demos: Sequence[str]) -> str:
     """Demonstrations followed by ``example`` with its original, substituted or no context."""
     if context not in ("org", "sub", None):

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset
-from sparekit.data.prompts import build_prompt, sample_demos
+from sparekit.data.prompts import build_prompt, item_demos, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
@@ -43,11 +43,13 @@ METRICS = ("closed_book_em", "org_context_em", "conflict_uses_context", "conflic
            "memorised_conflict_uses_memory")
 
 
-def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_shot: int) -> dict[str, str]:
+def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_shot: int,
+                      demo_pool: ConflictDataset | None = None) -> dict[str, str]:
     """Prompt per key for one (seed, condition): keys are question groups for ``closed``, row ids otherwise.
 
-    Demonstrations come from other question groups of ``dataset``, drawn with an RNG keyed
-    on (seed, item), so an item's demos do not depend on the order of the rows.
+    Demonstrations come from other question groups of ``demo_pool`` (default: ``dataset``
+    itself), drawn with an RNG keyed on (seed, item) (:func:`~sparekit.data.prompts.item_demos`),
+    so an item's demos do not depend on the order of the rows.
     """
     if condition == "closed":
         index = dataset.group_index()
@@ -56,9 +58,8 @@ def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_sho
                 for group, rows in index.items()}
     if condition not in ("org", "sub"):
         raise SparekitError(f"unknown condition {condition!r}", f"use one of {', '.join(CONDITIONS)}")
-    return {ex.id: build_prompt(ex, condition,
-                                sample_demos(dataset, ex.group, k_shot, "org_org", random.Random(f"{seed}:{ex.id}")))
-            for ex in dataset}
+    pool = dataset if demo_pool is None else demo_pool
+    return {ex.id: build_prompt(ex, condition, item_demos(ex, pool, seed, k_shot)) for ex in dataset}
 
 
 def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, chunk_dir: Path | None,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, split_by_group
+from sparekit.data.dataset import held_out_relations
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
 from sparekit.evaluation.metrics import behaviour_label
@@ -126,6 +127,29 @@ def cross_validate(data: ProbingData, target: str, site: Site, seeds: Sequence[i
         probe = LinearProbe(seed=seed, **(probe_params or {})).fit(X[train], y[train])
         runs.append(_scores(y[~train], probe.predict_proba(X[~train])[:, 1], y[train]))
     return _mean_std(runs)
+
+
+def leave_one_relation_out(data: ProbingData, target: str, site: Site, seeds: Sequence[int],
+                           probe_params: dict | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Per relation: a probe fitted on every other relation, scored on this one (mean/std over ``seeds``).
+
+    Also ``"mean"``: the mean over held-out relations of each metric's mean, and the std
+    across relations. Generalisation to relations never seen is what a deployed probe faces.
+    """
+    X, y, row_ids = data.target(target, site)
+    relation_of = {ex.id: ex.relation for ex in data.items}
+    rows = np.array([relation_of[i] for i in row_ids], dtype=object)
+    per_relation = {}
+    for relation in held_out_relations(data.items):
+        test = rows == relation
+        if test.all() or not test.any():
+            raise SparekitError(f"{target} probe: no {'training' if test.all() else 'held-out'} rows when "
+                                f"holding out relation {relation!r}", "use a larger --limit")
+        runs = [_scores(y[test], LinearProbe(seed=s, **(probe_params or {})).fit(X[~test], y[~test])
+                        .predict_proba(X[test])[:, 1], y[~test]) for s in seeds]
+        per_relation[relation] = _mean_std(runs)
+    mean = {m: mean_std([r[m]["mean"] for r in per_relation.values()]) for m in METRICS}
+    return {"mean": mean, **per_relation}
 
 
 def transfer(train: ProbingData, test: ProbingData, target: str, site: Site, seeds: Sequence[int],

@@ -7,13 +7,14 @@ as a context manager around generation::
     method = ActAdd(layer=6).fit(behaviour)
     with method.steer(lm, toward="memory", strength=4.0) as steered:
         answers = steered.generate(prompts)          # list[SteeringPrompt] -> list[str]
-        # hook-based methods also steer a plain lm.model.generate(...) inside the block
+        # ungated hook-based methods also steer a plain lm.model.generate(...) inside the block
 
 Methods differ in three overridable places only: :meth:`SteeringMethod.edits` (residual
 edits through the shared :class:`~sparekit.hooks.Hooks`), :meth:`SteeringMethod.rewrite`
 (prompt-level methods such as ICL) and :meth:`SteeringMethod.logits_processor`
 (decoding-level methods such as CAD and DoLa). Edits touch the last prompt token of
-the prompt pass only. A ``gate`` restricts the edit to prompts where it fires.
+the prompt pass only. A ``gate`` restricts all three to the prompts where it fires,
+decided on their unsteered activations.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.data.prompts import build_prompt
@@ -116,13 +117,21 @@ class Gate:
 
 
 class Steered:
-    """What ``with method.steer(...)`` yields: generation under the chosen steering."""
+    """What ``with method.steer(...)`` yields: generation under the chosen steering.
+
+    With a gate, each batch is first read *unsteered* (a forward pass stopped at the gate's
+    site, with every edit of this steering switched off), and the gate decides per row on
+    that reading; only then is the batch decoded, with the edit, the prompt rewrite and the
+    logits processor applied to the firing rows only. Rows that do not fire are decoded
+    exactly as without steering.
+    """
 
     def __init__(self, method: SteeringMethod, lm: LoadedModel, toward: Direction, strength: float | None,
                  gate: Gate | None, batch_size: int):
         self.method, self.lm, self.toward, self.strength = method, lm, toward, strength
         self.gate, self.batch_size = gate, batch_size
         self._row_mask: torch.Tensor | None = None
+        self._reading_gate = False
 
     def generate(self, prompts: Sequence[SteeringPrompt], max_new_tokens: int = 12) -> list[str]:
         """Greedy answers under the steering, cut at the first newline."""
@@ -139,13 +148,18 @@ class Steered:
 
     def _run(self, prompts: Sequence[SteeringPrompt], decode: Callable[[list[str], LogitsProcessorList | None], list]
              ) -> list:
-        """Per batch: rewrite the prompts, set the gate's rows, build the logits processors, decode."""
+        """Per batch: the gate's rows (from the unsteered prompts), rewrite, logits processors, decode."""
         outputs: list = []
         for chunk in batches(list(prompts), self.batch_size):
-            rewritten = self.method.rewrite(list(chunk), self.toward, self.strength)
-            texts = [p.text for p in rewritten]
-            self._row_mask = self._gate_mask(texts) if self.gate is not None else None
-            outputs += decode(texts, self.method.logits_processor(self.lm, rewritten, self.toward, self.strength))
+            chunk = list(chunk)
+            self._row_mask = None if self.gate is None else self._gate_mask([p.text for p in chunk])
+            rewritten = self.method.rewrite(chunk, self.toward, self.strength)
+            if self._row_mask is not None:
+                rewritten = [new if fires else old for new, old, fires in zip(rewritten, chunk, self._row_mask.tolist())]
+            processors = self.method.logits_processor(self.lm, rewritten, self.toward, self.strength)
+            if processors is not None and self._row_mask is not None:
+                processors = LogitsProcessorList([_RowGatedProcessor(processors, self._row_mask)])
+            outputs += decode([p.text for p in rewritten], processors)
         return outputs
 
     @property
@@ -154,21 +168,42 @@ class Steered:
         return self._row_mask
 
     def _gate_mask(self, texts: list[str]) -> torch.Tensor:
+        """The gate's decision per row, read with this steering's edits switched off."""
         from sparekit.activations.last_token import last_token_states
 
-        return self.gate.fire(last_token_states(self.lm, texts, [self.gate.site])[self.gate.site])
+        self._reading_gate = True
+        try:
+            states = last_token_states(self.lm, texts, [self.gate.site])[self.gate.site]
+        finally:
+            self._reading_gate = False
+        return self.gate.fire(states).bool().cpu()
 
     def gated(self, fn: EditFn) -> EditFn:
-        """Wrap an edit so rows whose gate did not fire keep their activation."""
+        """Wrap an edit: off while the gate reads, and with a gate only on the rows where it fired."""
 
         def edit(h: torch.Tensor) -> torch.Tensor:
-            new = fn(h)
+            if self._reading_gate:
+                return h
+            if self.gate is None:
+                return fn(h)
             if self._row_mask is None or self._row_mask.shape[0] != h.shape[0]:
-                return new
+                raise SparekitError("gated steering decides per batch in Steered.generate / answer_nll",
+                                    "call those methods of the steered object instead of model.generate")
             keep = self._row_mask.to(h.device)[:, None]
-            return torch.where(keep, new, h)
+            return torch.where(keep, fn(h), h)
 
         return edit
+
+
+class _RowGatedProcessor(LogitsProcessor):
+    """Apply decoding-level steering to the gate's firing rows; the other rows keep their scores."""
+
+    def __init__(self, processors: LogitsProcessorList, mask: torch.Tensor):
+        self.processors, self.mask = processors, mask
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        steered = self.processors(input_ids, scores.clone())
+        return torch.where(self.mask.to(scores.device)[:, None], steered, scores)
 
 
 class SteeringMethod:

@@ -22,17 +22,17 @@ import itertools
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from sparekit.data.dataset import ConflictDataset, split_by_group
-from sparekit.data.prompts import sample_demos
+from sparekit.data.dataset import ConflictDataset, held_out_relations, split_by_group
+from sparekit.data.prompts import item_demos, sample_demos
 from sparekit.errors import SparekitError
-from sparekit.evaluation.harness import mean_std, memorised_subset
+from sparekit.evaluation.harness import dataset_fingerprint, mean_std, memorised_subset
 from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, exact_match, uses_context
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
@@ -45,6 +45,8 @@ DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare
 #: config keys a rerun may change: methods run, and the dev grids (a changed grid is re-tuned,
 #: reusing every cell already generated)
 _EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths")
+#: the demonstration seed of the dev prompts (test prompts use the config's seeds)
+DEV_SEED = 7
 
 
 @dataclass
@@ -65,6 +67,8 @@ class BenchConfig:
     param_grids: dict[str, dict[str, list]] = field(default_factory=dict)
     strength_grids: dict[str, list[float]] = field(default_factory=dict)
     sweep_strengths: dict[str, list[float]] = field(default_factory=dict)  # frontier only, beyond the dev grid
+    #: leave-one-relation-out: test on this relation's items, fit and tune on the other relations only
+    held_out_relation: str | None = None
 
     def grid(self, kind: str) -> dict[str, list]:
         """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""
@@ -96,25 +100,28 @@ def _kind(label: str) -> tuple[str, bool]:
 
 def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,
                  k_shot: int) -> list[SteeringPrompt]:
-    """org_ctx/org_ans demonstrations from the pool, drawn per (seed, item)."""
-    return [SteeringPrompt(ex, context, tuple(sample_demos(demo_pool, ex.group, k_shot, "org_org",  # type: ignore[arg-type]
-                                                           random.Random(f"{seed}:{ex.id}"))))
-            for ex in items]
+    """The benchmark's prompts (dev, test, the gate's): org_ctx/org_ans demonstrations from the pool, drawn
+    per (seed, item) by :func:`~sparekit.data.prompts.item_demos`, the draw the evaluation harness makes, so
+    each prompt's text is the harness's ``condition_prompts(items, context, seed, k_shot, demo_pool)``."""
+    return [SteeringPrompt(ex, context, item_demos(ex, demo_pool, seed, k_shot)) for ex in items]  # type: ignore[arg-type]
 
 
 class SteeringBenchmark:
     """Runs :class:`BenchConfig` on one model and dataset, caching every generation in ``out_dir``."""
 
     def __init__(self, lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
-                 batch_size: int = 8, progress: bool = True):
+                 batch_size: int = 8, progress: bool = True, memorised_file: str | Path | None = None):
         self.lm, self.dataset, self.config = lm, dataset, config
         self.out = Path(out_dir)
+        #: the closed-book memorised ids (one file may serve several runs on the same model and dataset)
+        self.memorised_file = Path(memorised_file) if memorised_file is not None else self.out / "memorised.json"
         self.batch_size, self.progress = batch_size, progress
         self._record_config()
 
     # -- bookkeeping ------------------------------------------------------------------
     def _record_config(self) -> None:
         config = {"kind": "bench-steer", "dataset": self.dataset.name, "n_rows": len(self.dataset),
+                  "dataset_sha256": dataset_fingerprint(self.dataset),
                   "model": self.lm.info.name, "model_hash": self.lm.info.model_hash, **asdict(self.config)}
         config = json.loads(json.dumps(config))
         path = self.out / "config.json"
@@ -135,15 +142,18 @@ class SteeringBenchmark:
         ``measure`` is ``"prediction"`` (greedy answers) or ``"nll"`` (per-token NLL of the
         gold ``org_answer`` under the steering). Methods that do not depend on the direction
         (``directional = False``) share one cell. ``cached_only``: ``None`` instead of generating.
+        A cell is read back only if every row's id *and* prompt text match: a cell from an older
+        prompt builder or an edited dataset is regenerated, never scored against other items.
         """
         way = toward if method.directional else "any"
         context = prompts[0].context if prompts else "none"
         cell = f"{label}-{_slug(params)}-{strength}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
         path = self.out / "generations" / split / f"{cell}{'' if measure == 'prediction' else '-' + measure}.jsonl"
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
+        texts = [_fingerprint(p.text) for p in prompts]
         if path.is_file():
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            if [r["id"] for r in rows] == ids:
+            if [(r["id"], r.get("prompt")) for r in rows] == list(zip(ids, texts)):
                 return [r[measure] for r in rows]
         if cached_only:
             return None
@@ -153,14 +163,18 @@ class SteeringBenchmark:
             else:
                 values = steered.answer_nll(prompts, [p.example.org_answer[0] for p in prompts])
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps({"id": i, measure: v}, ensure_ascii=False) + "\n"
-                                   for i, v in zip(ids, values)), encoding="utf-8")
+            tmp.write_text("".join(json.dumps({"id": i, "prompt": t, measure: v}, ensure_ascii=False) + "\n"
+                                   for i, t, v in zip(ids, texts, values)), encoding="utf-8")
         return values
 
     # -- data ---------------------------------------------------------------------------
     def splits(self) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
-        """(pool, dev, test) memorised items, split by question group."""
-        path = self.out / "memorised.json"
+        """(pool, dev, test) memorised items, split by question group.
+
+        With ``held_out_relation``, test is that relation's items and pool and dev are split
+        from the other relations' items: nothing is fitted or tuned on the held-out relation.
+        """
+        path = self.memorised_file
         if path.is_file():
             keep = set(read_json(path)["ids"])
             memorised = self.dataset.subset([i for i, ex in enumerate(self.dataset) if ex.id in keep])
@@ -168,15 +182,31 @@ class SteeringBenchmark:
             memorised = memorised_subset(self.lm, self.dataset, seed=42, k_shot=self.config.k_shot,
                                          batch_size=self.batch_size)
             atomic_write_json(path, {"ids": [ex.id for ex in memorised]})
-        n_groups = len(memorised.groups())
         c = self.config
+        held_out = None
+        if c.held_out_relation is not None:
+            if c.held_out_relation not in held_out_relations(self.dataset):
+                raise SparekitError(f"{self.dataset.name} has no relation {c.held_out_relation!r}")
+            held_out = memorised.subset([i for i, ex in enumerate(memorised) if ex.relation == c.held_out_relation])
+            memorised = memorised.subset([i for i, ex in enumerate(memorised) if ex.relation != c.held_out_relation])
+            if len(held_out) == 0:
+                raise SparekitError(f"no memorised item of relation {c.held_out_relation!r} to test on",
+                                    "leave this relation out of the dataset or use a model that knows it")
+        n_groups = len(memorised.groups())
         if n_groups < c.k_shot + 3:
-            raise SparekitError(f"{self.dataset.name}: only {n_groups} memorised question groups",
+            raise SparekitError(f"{self.dataset.name}: only {n_groups} memorised question groups"
+                                + ("" if held_out is None else f" outside relation {c.held_out_relation!r}"),
                                 "use a larger dataset or a model that knows more of it")
-        pool_n = min(c.pool_groups, n_groups // 2)
-        dev_n = min(c.dev_groups, (n_groups - pool_n) // 3)
-        fractions = [pool_n / n_groups, dev_n / n_groups, 1 - (pool_n + dev_n) / n_groups]
-        pool, dev, test = split_by_group(memorised, fractions, seed=c.split_seed)
+        if held_out is None:
+            pool_n = min(c.pool_groups, n_groups // 2)
+            dev_n = min(c.dev_groups, (n_groups - pool_n) // 3)
+            fractions = [pool_n / n_groups, dev_n / n_groups, 1 - (pool_n + dev_n) / n_groups]
+            pool, dev, test = split_by_group(memorised, fractions, seed=c.split_seed)
+        else:
+            pool_n = min(c.pool_groups, (2 * n_groups) // 3)
+            dev_n = min(c.dev_groups, n_groups - pool_n)
+            pool, dev = split_by_group(memorised, [pool_n / n_groups, dev_n / n_groups], seed=c.split_seed)
+            test = held_out
         if c.test_limit is not None and len(test) > c.test_limit:
             test = test.sample(c.test_limit, seed=c.split_seed)
         return pool, dev, test
@@ -210,7 +240,7 @@ class SteeringBenchmark:
         c, n_layers = self.config, self.lm.info.n_layers
         layers = [c.gate_layer] if c.gate_layer is not None else list(range(n_layers // 3, n_layers))
         train, held_out = ([p for ctx in ("org", "sub") for p in eval_prompts(items, pool, ctx, seed, c.k_shot)]
-                           for items, seed in ((pool, 0), (dev, 7)))
+                           for items, seed in ((pool, 0), (dev, DEV_SEED)))
         gate, report = fit_probe_gate(self.lm, train, held_out, layers, c.gate_max_false_positive_rate,
                                       self.batch_size)
         gate.save(path, **report)
@@ -244,7 +274,7 @@ class SteeringBenchmark:
         if previous.get("searched") == searched:
             return {d: v for d, v in previous.items() if d in DIRECTIONS}
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
-        dev_prompts = eval_prompts(dev, pool, "sub", 7, self.config.k_shot)
+        dev_prompts = eval_prompts(dev, pool, "sub", DEV_SEED, self.config.k_shot)
         best: dict[str, Any] = {}
         bar = tqdm(total=len(combos) * len(DIRECTIONS) * len(strengths), desc=f"tune {label} on dev", unit="cell",
                    leave=False, disable=not self.progress)
@@ -393,12 +423,58 @@ class SteeringBenchmark:
         return curves
 
 
+HEADLINE = ("em_memory", "em_context", "em_no_conflict")
+
+
+def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
+                           batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+    """The benchmark once per relation held out (``<out>/held-out-<relation>``), and the mean over relations.
+
+    Each run fits behaviour data, methods and the gate, and tunes on dev, using the other
+    relations only, then tests on the held-out relation. ``methods[label][metric]`` is the
+    mean over held-out relations of each run's mean over seeds, with the std across relations.
+    """
+    relations = held_out_relations(dataset)
+    out = Path(out_dir)
+    runs = {relation: SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
+                                        out / f"held-out-{relation}", batch_size, progress,
+                                        memorised_file=out / "memorised.json").run()
+            for relation in relations}
+    summary = {"split_by": "relation", "dataset": dataset.name, "model": lm.info.name,
+               "model_hash": lm.info.model_hash, "relations": relations,
+               "methods": {label: {metric: mean_std([runs[r]["methods"][label][metric]["mean"] for r in relations])
+                                   for metric in HEADLINE} for label in config.methods},
+               "held_out": runs}
+    atomic_write_json(out / "results.json", summary)
+    return summary
+
+
+def relation_table(summary: dict) -> str:
+    """Leave-one-relation-out: EM per held-out relation (→ memory / → context) and the mean over relations (%)."""
+    relations = summary["relations"]
+    lines = ["| method | EM_M mean | EM_C mean | EM no conflict mean | "
+             + " | ".join(f"{r}: EM_M / EM_C" for r in relations) + " |",
+             "|---|---|---|---|" + "---|" * len(relations)]
+    for label, r in summary["methods"].items():
+        means = " | ".join(f"{100 * r[m]['mean']:.1f} ± {100 * r[m]['std']:.1f}" for m in HEADLINE)
+        per = " | ".join(f"{100 * summary['held_out'][rel]['methods'][label]['em_memory']['mean']:.1f} / "
+                         f"{100 * summary['held_out'][rel]['methods'][label]['em_context']['mean']:.1f}"
+                         for rel in relations)
+        lines.append(f"| {label} | {means} | {per} |")
+    return "\n".join(lines)
+
+
 def describe(params: dict) -> str:
     """``layer=6,mi_mass=0.1``: readable hyper-parameters ("default" for none)."""
     if not params:
         return "default"
     return ",".join(f"{k}={'-'.join(map(str, v)) if isinstance(v, list | tuple) else v}"
                     for k, v in sorted(params.items()))
+
+
+def _fingerprint(text: str) -> str:
+    """A short hash of a prompt: cached cells are tied to the exact text that was generated from."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _slug(params: dict) -> str:

@@ -1,7 +1,9 @@
 """Gated steering: edit only the prompts the conflict probe flags.
 
 The gate is a conflict probe (org vs sub context) on the last prompt token, read in a
-forward pass stopped at the probe's layer before the steered generation. Two choices
+forward pass stopped at the probe's layer, with the steering's edits off, before the
+steered generation (:class:`~sparekit.steering.base.Steered`): it sees what the unsteered
+model sees, so a prompt it does not flag is decoded exactly as unsteered. Two choices
 decide what it costs on prompts *without* conflict, and both are made on held-out
 data, never on test: the layer (best dev AUROC among candidates) and the threshold
 (the ``1 - max_false_positive_rate`` quantile of dev no-conflict scores), so harm is

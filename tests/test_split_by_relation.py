@@ -1,0 +1,109 @@
+"""Leave-one-relation-out: bad input fails clearly, and nothing of the held-out relation is fitted on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparekit.cli.main import main
+from sparekit.data import ConflictDataset, ConflictExample, load_dataset, write_jsonl
+from sparekit.data.dataset import held_out_relations
+from sparekit.errors import SparekitError
+from sparekit.hooks import Site
+from sparekit.probes import ProbingData, leave_one_relation_out
+
+TRAINED = {"epochs": 200, "lr": 0.05}  # a well-trained probe on this small synthetic set
+
+
+def _rows(relations: list[str | None]) -> list[ConflictExample]:
+    return [ConflictExample(id=f"r{i}", question=f"q{i}?", org_context=f"c {i}.", org_answer=("a",),
+                            sub_context=f"s {i}.", sub_answer=("b",), relation=r) for i, r in enumerate(relations)]
+
+
+def test_held_out_relations_need_every_row_labelled_and_two_relations():
+    assert held_out_relations(ConflictDataset(_rows(["x", "y", "x"]), "d")) == ["x", "y"]
+    with pytest.raises(SparekitError, match="1 of 3 rows have no 'relation'"):
+        held_out_relations(ConflictDataset(_rows(["x", None, "y"]), "d"))
+    with pytest.raises(SparekitError, match="only one relation"):
+        held_out_relations(ConflictDataset(_rows(["x", "x"]), "d"))
+    assert held_out_relations(load_dataset("default")) == ["capital", "continent", "currency", "city_country"]
+
+
+@pytest.mark.parametrize("relations", [[None] * 12, ["x"] * 12])
+@pytest.mark.parametrize("command", [["probe"], ["bench", "steer"]])
+def test_cli_refuses_bad_relation_splits_before_loading_a_model(tmp_path, capsys, relations, command):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(_rows(relations), path)
+    assert main([*command, "--dataset", str(path), "--split-by", "relation", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert ("no 'relation' field" in err or "only one relation" in err) and "Traceback" not in err
+
+
+def test_probe_is_fitted_on_the_other_relations_and_scored_on_the_held_out_one():
+    """Conflicts of relation 'x' move along (+6, -6), those of 'y' along (0, +6): one direction separates
+    both, but a probe fitted on one relation alone ranks the other's conflicts *below* its non-conflicts."""
+    rng = np.random.default_rng(0)
+    items = ConflictDataset(_rows(["x"] * 40 + ["y"] * 40), "d")
+    site = Site(0)
+    org = torch.as_tensor(rng.normal(size=(80, 4)), dtype=torch.float32)
+    sub = org.clone()
+    sub[:40, 0] += 6.0
+    sub[:40, 1] -= 6.0
+    sub[40:, 1] += 6.0
+    data = ProbingData(items, {site: org}, {site: sub}, ["context"] * 80)
+    result = leave_one_relation_out(data, "conflict", site, seeds=[0], probe_params=TRAINED)
+    assert set(result) == {"mean", "x", "y"}
+    for relation in ("x", "y"):
+        assert result[relation]["auroc"]["mean"] < 0.3
+    in_distribution = leave_one_relation_out(
+        ProbingData(ConflictDataset(_rows(["x", "y"] * 40), "d"), {site: org}, {site: sub}, ["context"] * 80),
+        "conflict", site, seeds=[0], probe_params=TRAINED)
+    assert in_distribution["mean"]["auroc"]["mean"] > 0.95  # both patterns seen in training
+    assert result["mean"]["auroc"]["mean"] == pytest.approx(np.mean([result[r]["auroc"]["mean"] for r in "xy"]))
+
+
+def test_benchmark_holds_a_relation_out_of_pool_and_dev(tiny_llama, tmp_path):
+    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+    from sparekit.utils.io import atomic_write_json
+
+    dataset = load_dataset("default", limit=160, seed=2)
+    memorised = tmp_path / "memorised.json"
+    atomic_write_json(memorised, {"ids": [ex.id for ex in dataset]})
+    config = BenchConfig(methods=("none",), pool_groups=30, dev_groups=10, test_limit=None,
+                         held_out_relation="currency")
+    pool, dev, test = SteeringBenchmark(tiny_llama, dataset, config, tmp_path / "run", progress=False,
+                                        memorised_file=memorised).splits()
+    assert {ex.relation for ex in test} == {"currency"}
+    assert len(test) == sum(ex.relation == "currency" for ex in dataset)
+    assert "currency" not in {ex.relation for ex in pool} | {ex.relation for ex in dev}
+    assert len(pool.groups()) == 30 and len(dev.groups()) == 10 and not set(pool.groups()) & set(dev.groups())
+    config.held_out_relation = "planets"
+    with pytest.raises(SparekitError, match="no relation 'planets'"):
+        SteeringBenchmark(tiny_llama, dataset, config, tmp_path / "other", progress=False,
+                          memorised_file=memorised).splits()
+
+
+def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_path, monkeypatch):
+    from sparekit.steering import benchmark
+    from sparekit.steering.benchmark import BenchConfig, relation_table
+
+    em = {"capital": 0.2, "continent": 0.4, "currency": 0.6, "city_country": 0.8}
+    seen = []
+
+    def fake_run(self):
+        relation = self.config.held_out_relation
+        seen.append((relation, self.out.name, self.memorised_file))
+        stat = {"mean": em[relation], "std": 0.0}
+        return {"methods": {"none": {"em_memory": stat, "em_context": stat, "em_no_conflict": stat}}}
+
+    monkeypatch.setattr(benchmark.SteeringBenchmark, "run", fake_run)
+    summary = benchmark.leave_one_relation_out(tiny_llama, load_dataset("default"), BenchConfig(methods=("none",)),
+                                               tmp_path)
+    assert [s[0] for s in seen] == list(em) and all(s[1] == f"held-out-{s[0]}" for s in seen)
+    assert {s[2] for s in seen} == {tmp_path / "memorised.json"}  # one closed-book pass for all runs
+    assert summary["methods"]["none"]["em_memory"]["mean"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "results.json").read_text())["relations"] == list(em)
+    assert "| none | 50.0 ± 22.4 |" in relation_table(summary) and "20.0 / 20.0" in relation_table(summary)
