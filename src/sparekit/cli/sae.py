@@ -8,7 +8,7 @@ from sparekit.cli.common import device_option, emit, json_option, model_option
 
 corpus_option = click.option(
     "--corpus", default="nqswap", show_default=True,
-    help="'nqswap' (the shared NQ-Swap dev file), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
+    help="'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
          "all of it is evaluation text).")
 holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
 seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
@@ -33,14 +33,12 @@ def _corpus_path(corpus: str):
 
 def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
     """Held-out NQ-Swap windows, or every line of a text file."""
-    from sparekit.errors import SparekitError
+    from sparekit.cli.capture import read_texts
     from sparekit.sae.corpus import corpus_windows, token_windows
 
     path = _corpus_path(corpus)
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise SparekitError(f"missing text file: {path}")
-        return token_windows(lm.tokenizer, [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()])
+        return token_windows(lm.tokenizer, read_texts(path)[0])
     return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
 
 
@@ -57,7 +55,7 @@ def sae() -> None:
     """Train, evaluate, inspect and convert sparse autoencoders.
 
     \b
-    Shipped: TopK SAEs for Gemma 3 270M at layers 5-8 (load_sae("default", layer=6)).
+    Shipped: TopK SAEs for Gemma 3 270M at layers 5-12 (load_sae("default", layer=6)).
     """
 
 

@@ -199,7 +199,8 @@ def read_jsonl(path: str | Path, name: str | None = None, context_match: Context
     path = Path(path)
     stem = name or path.name.split(".")[0]
     examples: list[ConflictExample] = []
-    for lineno, raw in enumerate(_read_bytes(path).splitlines(), start=1):
+    data = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows editors write
+    for lineno, raw in enumerate(data.splitlines(), start=1):
         where = f"{path}:{lineno}"
         try:
             line = raw.decode("utf-8")

@@ -1,14 +1,16 @@
 """Resolve a dataset name or path to a :class:`ConflictDataset`, local files first.
 
 ``default`` is the embedded country-facts dataset shipped in the package; ``nqswap``
-is the shared dev file beside the repository when present (offline), else the hub id
-``pminervini/NQ-Swap`` through the optional ``datasets`` package; anything else is a
-JSONL(.gz) path in the NQ-Swap schema. A file whose name contains ``macnoise`` is
+is the NQ-Swap dev file shipped in the package (``assets/datasets/nqswap``, with its
+provenance and CC BY-SA 3.0 note), or, only where that file was removed and a hub is
+reachable, the hub id ``pminervini/NQ-Swap`` through the optional ``datasets`` package;
+anything else is a JSONL(.gz) path in the NQ-Swap schema. A file whose name contains ``macnoise`` is
 judged with Macnoise's substring rule for "uses context".
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sparekit.data.dataset import ConflictDataset, ContextMatch, parse_row, read_jsonl
@@ -17,7 +19,7 @@ from sparekit.errors import SparekitError
 NQSWAP_HUB_ID = "pminervini/NQ-Swap"
 DATASET_NAMES = ("default", "nqswap")
 DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "default.jsonl"
-NQSWAP_LOCAL = Path(__file__).resolve().parents[4] / "shared" / "data" / "nqswap" / "dev.jsonl.gz"
+NQSWAP_LOCAL = DEFAULT_ASSET.parent / "nqswap" / "dev.jsonl.gz"
 
 
 def _default_dataset() -> ConflictDataset:
@@ -35,6 +37,9 @@ def _default_dataset() -> ConflictDataset:
 def _nqswap() -> ConflictDataset:
     if NQSWAP_LOCAL.is_file():
         return read_jsonl(NQSWAP_LOCAL, name="nqswap")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise SparekitError(f"NQ-Swap is not in this installation ({NQSWAP_LOCAL}) and the hub is offline",
+                            "reinstall sparekit, or pass the path of a local NQ-Swap .jsonl(.gz) file")
     try:
         import datasets
     except ImportError:

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.sae.base import SAE, sae_class
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir, read_json
 
 FORMAT_VERSION = 1
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "saes"
@@ -321,8 +321,7 @@ def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, ext
     """Write ``sae`` as a SAELens folder; ``extra`` (e.g. training facts) goes under ``cfg['sparekit']``."""
     from sparekit import __version__
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = ensure_dir(path)
     plain = folded(sae)
     tensors = {plain.saelens_keys.get(name, name): t.detach().to("cpu", dtype).contiguous()
                for name, t in plain.named_parameters()}
