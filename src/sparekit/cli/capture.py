@@ -113,11 +113,14 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
     from sparekit.activations import capture_activations
     from sparekit.hooks import Site
     from sparekit.models import load_model
+    from sparekit.utils.io import ensure_dir
 
     if dataset is not None:
         texts, ids = dataset_prompts(dataset, context, k_shot, limit, seed)
     else:
         texts, ids = read_texts(texts_file)
+    parse_components(components)
+    ensure_dir(out)  # a bad --out fails now, not after loading the model
     lm = load_model(model, device=device)
     sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers) for c in parse_components(components)]
     store = capture_activations(lm, texts, sites, out, positions=positions, skip_first_token=skip_first_token, ids=ids,

@@ -69,8 +69,11 @@ def eval_command(dataset: str, model: str, limit: int | None, limit_seed: int, s
     from sparekit.data import load_dataset
     from sparekit.evaluation.harness import default_run_dir, evaluate, run_config
     from sparekit.models import load_model
+    from sparekit.utils.io import ensure_dir
 
     ds = load_dataset(dataset, limit=limit, seed=limit_seed)
+    if out is not None:
+        ensure_dir(out)  # a bad --out fails now, not after loading the model
     lm = load_model(model, dtype=dtype, device=device)
     run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))
     result = evaluate(lm, ds, seeds, k_shot=k_shot, out_dir=run_dir, batch_size=batch_size, progress=True)

@@ -42,12 +42,22 @@ def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
     return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
 
 
-def _load_saes(lm, sae_paths: tuple[str, ...], layers: str | None):
+def _load_saes(sae_paths: tuple[str, ...], layers: str | None):
+    """The SAEs to read, loaded before the model so a bad file fails fast (check them with ``_checked``)."""
     from sparekit.sae import load_sae, shipped_layers
 
     if sae_paths:
-        return [load_sae(p, model_info=lm.info) for p in sae_paths]
-    return [load_sae("default", layer=L, model_info=lm.info) for L in (_layers(layers) if layers else shipped_layers())]
+        return [load_sae(p) for p in sae_paths]
+    return [load_sae("default", layer=L) for L in (_layers(layers) if layers else shipped_layers())]
+
+
+def _checked(lm, saes: list) -> list:
+    """``saes`` on the model's device, each checked to read this model's activations."""
+    from sparekit.sae import check_compatible
+
+    for sae_model in saes:
+        check_compatible(sae_model, lm.info)
+    return [s.to(lm.model.device) for s in saes]
 
 
 @click.group()
@@ -150,8 +160,9 @@ def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce
     from sparekit.models import load_model
     from sparekit.sae.evaluate import evaluate_saes
 
+    saes = _load_saes(sae_paths, layers)
     lm = load_model(model, device=device)
-    saes = [s.to(lm.model.device) for s in _load_saes(lm, sae_paths, layers)]
+    saes = _checked(lm, saes)
     texts = _eval_texts(lm, corpus, holdout, seed)
     emit({"layers": evaluate_saes(lm, saes, texts, max_tokens=max_tokens, ce_tokens=ce_tokens, progress=True)},
          as_json, _render_eval)
@@ -181,8 +192,9 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
 
     if (layer is None) == (sae_path is None):
         raise SparekitError("pass exactly one of --layer and --sae")
+    sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device)
-    sae_model = load_sae(sae_path or "default", layer=layer, model_info=lm.info).to(lm.model.device)
+    sae_model = _checked(lm, [sae_model])[0]
     ids = _layers(latents)
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:

@@ -2,14 +2,16 @@
 
 Supported inputs (detected from the files present):
 
-- SAELens / sparekit folder: ``cfg.json`` + ``sae_weights.safetensors``.
+- SAELens / sparekit folder: ``cfg.json`` + ``sae_weights.safetensors`` (standard, topk,
+  batchtopk, jumprelu, gated; a TopK saved with ``rescale_acts_by_decoder_norm`` gets the
+  decoder norms folded into its weights, which gives SAELens's codes and reconstructions).
 - Gemma Scope: ``params.npz`` (``W_enc, W_dec, b_enc, b_dec, threshold``; JumpReLU).
 - Gemma Scope 2: ``params.safetensors`` (lower-case ``w_enc, w_dec, ...``) + optional ``config.json``.
 - EleutherAI sparsify: ``cfg.json`` + ``sae.safetensors`` (``encoder.weight``, ``encoder.bias``, ``W_dec``, ``b_dec``).
 
 sparekit saves SAELens folders with the input standardisation folded into the weights
 (exact: an affine map before an affine encoder), so SAELens users can read them as-is.
-Nothing is ever unpickled.
+Nothing is ever unpickled; a damaged or badly typed file is one :class:`SparekitError`.
 """
 
 from __future__ import annotations

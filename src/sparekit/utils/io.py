@@ -28,11 +28,9 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise SparekitError(f"cannot create folder {path}: a file is in the way",
-                            "choose an output path that is not under an existing file") from None
-    except NotADirectoryError:
-        raise SparekitError(f"cannot create folder {path}: part of the path is a file",
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise SparekitError(f"cannot create folder {path}: {blocker} is a file",
                             "choose an output path that is not under an existing file") from None
     except PermissionError:
         raise SparekitError(f"cannot create folder {path}: permission denied") from None
