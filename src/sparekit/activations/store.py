@@ -28,7 +28,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, padded_positions
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json, run_lock
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -154,15 +154,24 @@ def capture_activations(
         "max_length": max_length, "shard_rows": shard_rows, "n_texts": len(texts),
         "texts_sha256": _texts_digest(texts), "ids": ids, "shards": [], "rows": 0, "complete": False,
     }
-    if (out_dir / MANIFEST).is_file():
-        previous = ActivationStore(out_dir).manifest
-        for key in _RESUME_KEYS:
-            if previous.get(key) != manifest[key]:
-                raise SparekitError(f"{out_dir} already holds a different capture ({key} differs)",
-                                    "choose a new output folder or delete the old one")
-        manifest = previous
-    if manifest["complete"]:
-        return ActivationStore(out_dir)
+    with run_lock(out_dir, "capture"):  # two writers would interleave shards and manifests
+        if (out_dir / MANIFEST).is_file():
+            previous = ActivationStore(out_dir).manifest
+            for key in _RESUME_KEYS:
+                if previous.get(key) != manifest[key]:
+                    raise SparekitError(f"{out_dir} already holds a different capture ({key} differs)",
+                                        "choose a new output folder or delete the old one")
+            manifest = previous
+        if not manifest["complete"]:
+            _write_shards(lm, texts, sites, out_dir, manifest, batch_size, max_length, progress)
+    return ActivationStore(out_dir)
+
+
+def _write_shards(lm: LoadedModel, texts: Sequence[str], sites: Sequence[Site], out_dir: Path, manifest: dict,
+                  batch_size: int, max_length: int | None, progress: bool) -> None:
+    """Capture the chunks not yet in ``manifest`` and record each one once its shard is on disk."""
+    positions, skip_first_token = manifest["positions"], manifest["skip_first_token"]
+    shard_rows = manifest["shard_rows"]
     done = manifest["shards"][-1]["prompt_end"] if manifest["shards"] else 0
     store_dtype = STORE_DTYPES[manifest["dtype"]]
 
@@ -190,7 +199,6 @@ def capture_activations(
     bar.close()
     manifest["complete"] = True
     atomic_write_json(out_dir / MANIFEST, manifest)
-    return ActivationStore(out_dir)
 
 
 class ActivationStore:
