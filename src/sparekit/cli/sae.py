@@ -213,7 +213,13 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
 @click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float32", show_default=True)
 @json_option
 def convert(source, dest, layer, save_dtype, as_json) -> None:
-    """Convert a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE to a SAELens folder."""
+    """Convert a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE to a SAELens folder.
+
+    
+    A SAELens TopK saved with rescale_acts_by_decoder_norm is written with the decoder
+    norms folded into the weights: SAELens reads the result with the same codes and
+    reconstructions, without the flag.
+    """
     import torch
 
     from sparekit.sae import load_sae, save_sae
