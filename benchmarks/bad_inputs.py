@@ -52,6 +52,7 @@ def rows(tmp: Path) -> list[tuple[str, str, int, str]]:
     def case(name: str, args: list[str]) -> None:
         code, line = run(args, tmp)
         out.append((name, "sparekit " + " ".join(a.replace(str(tmp), "$TMP") for a in args), code, line))
+        print(f"{name}: {code} {line}", file=sys.stderr, flush=True)  # progress
 
     cut = sae_copy(tmp, "topk", "cut")
     weights = cut / "sae_weights.safetensors"
@@ -104,12 +105,13 @@ def rows(tmp: Path) -> list[tuple[str, str, int, str]]:
                     .rsplit(b"\n", 1)[0] + b"\n")
     case("JSONL with a UTF-8 BOM", ["data", "show", "--dataset", str(bom), "--rows", "0"])
 
-    lock_args = ["eval", "--limit", "24", "--seeds", "42", "--out", str(tmp / "locked")]
+    lock_args = ["eval", "--limit", "16", "--seeds", "42", "--k-shot", "0", "--out", str(tmp / "locked")]
     first = subprocess.Popen([sys.executable, "-m", "sparekit", *lock_args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env=ENV)
     while not (tmp / "locked" / "config.json").is_file() and first.poll() is None:
         time.sleep(0.5)
     case("a second eval on the same --out", lock_args)
+    first.kill()  # it has shown what it holds; no need to finish
     first.wait()
 
     perms = tmp / "perms"

@@ -65,7 +65,7 @@ def check_prompt(lm: LoadedModel, text: str, max_tokens: int | None = MAX_PROMPT
                             "shorten it")
     if max_tokens and n_tokens > max_tokens:
         raise SparekitError(f"the prompt has {n_tokens} tokens, over the limit of {max_tokens}",
-                            "shorten it, or raise the limit (--max-tokens)")
+                            "shorten it, or raise --max-tokens")
     return n_tokens
 
 

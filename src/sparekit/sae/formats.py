@@ -66,8 +66,10 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error,
             struct.error) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SparekitError(f"cannot read {path}: {reason}", "the file is damaged or not an SAE weights file; "
-                            "download or save it again") from None
+        hint = ("it holds pickled Python objects, which sparekit never loads; save plain float arrays"
+                if "allow_pickle" in reason else
+                "the file is damaged or not an SAE weights file; download or save it again")
+        raise SparekitError(f"cannot read {path}: {reason}", hint) from None
 
 
 def _tensors(path: Path, keys: dict[str, str]) -> dict[str, torch.Tensor]:
