@@ -174,6 +174,16 @@ def test_eval_recomputes_a_truncated_chunk_and_says_so(tmp_path, tiny_llama, cap
     assert f"{chunk} is damaged" in caplog.text and "recomputing it" in caplog.text
     assert again["per_seed"] == first["per_seed"]
     assert json.loads(chunk.read_text().splitlines()[-1])["key"]
+    lines = chunk.read_text().splitlines(keepends=True)
+    chunk.write_text("".join(lines[:-1]))  # cut at a line end: valid JSON lines, one row short
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert evaluate(tiny_llama, data, [0], k_shot=1, out_dir=tmp_path / "run", progress=False)["per_seed"] \
+            == first["per_seed"]
+    assert "recomputing it" in caplog.text and chunk.read_text().splitlines(keepends=True) == lines
+    chunk.write_text(lines[-1])  # another item's row: not damage, another run
+    with pytest.raises(SparekitError, match="does not match this run's items"):
+        evaluate(tiny_llama, data, [0], k_shot=1, out_dir=tmp_path / "run", progress=False)
 
 
 def test_a_second_eval_on_a_locked_run_directory_is_told(tmp_path, tiny_llama):

@@ -61,17 +61,22 @@ def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_sho
             for ex in dataset}
 
 
-def _read_chunk(path: Path) -> list[dict] | None:
-    """The rows of a finished predictions chunk, or None (with a warning) when it is damaged.
+def _read_chunk(path: Path, keys: list[str]) -> list[dict] | None:
+    """The rows of a finished predictions chunk for ``keys``, or None (with a warning) when it is damaged.
 
     Chunks are written atomically, but a crash on a filesystem without atomic rename or a
     full disk can still leave a cut file; a resumable job recomputes it instead of dying.
+    A chunk holding other items is not damage but another run: that stays an error.
     """
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         if rows and all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("prediction"), str)
                         for r in rows):
-            return rows
+            found = [r["key"] for r in rows]
+            if found == keys:
+                return rows
+            if found != keys[:len(found)]:
+                raise SparekitError(f"{path} does not match this run's items", "delete the run directory to restart")
     except (json.JSONDecodeError, UnicodeDecodeError):
         pass
     logger.warning("%s is damaged (truncated or not JSON lines): recomputing it", path)
@@ -89,10 +94,8 @@ def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, ch
     predictions: dict[str, str] = {}
     for i, chunk in enumerate(batches(keys, CHUNK)):
         path = None if chunk_dir is None else chunk_dir / f"{chunk_prefix}-{i:04d}.jsonl"
-        rows = None if path is None or not path.is_file() else _read_chunk(path)
+        rows = None if path is None or not path.is_file() else _read_chunk(path, list(chunk))
         if rows is not None:
-            if [r["key"] for r in rows] != list(chunk):
-                raise SparekitError(f"{path} does not match this run's items", "delete the run directory to restart")
             predictions.update((r["key"], r["prediction"]) for r in rows)
         else:
             outputs = greedy_generate(lm, [prompts[k] for k in chunk], max_new_tokens=MAX_NEW_TOKENS,
