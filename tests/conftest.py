@@ -18,8 +18,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from sparekit.models.tiny import TINY_CONFIGS, tiny_model  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NQSWAP_DEV = SHARED / "data" / "nqswap" / "dev.jsonl.gz"
+from sparekit.data.loaders import NQSWAP_LOCAL as NQSWAP_DEV  # noqa: E402  (shipped inside the package)
 
 
 @pytest.fixture(params=sorted(TINY_CONFIGS))
@@ -44,5 +43,5 @@ def default_lm():
 @pytest.fixture(scope="session")
 def nqswap_path() -> Path:
     if not NQSWAP_DEV.is_file():
-        pytest.fail(f"shared NQ-Swap file missing at {NQSWAP_DEV}: CI must place ../shared beside the repo")
+        pytest.fail(f"the NQ-Swap dev file is missing from the package at {NQSWAP_DEV}")
     return NQSWAP_DEV

@@ -1,4 +1,4 @@
-"""Dataset loading: the shared NQ-Swap file, broken files, seeded samples and group splits."""
+"""Dataset loading: the NQ-Swap file shipped in the package, broken files, seeded samples and group splits."""
 
 from __future__ import annotations
 
@@ -18,6 +18,26 @@ def _write(path, lines: list[str | bytes]) -> str:
     return str(path)
 
 
+def test_nqswap_file_ships_with_its_provenance_and_licence(nqswap_path):
+    import hashlib
+
+    from sparekit.data.loaders import DEFAULT_ASSET
+
+    assert nqswap_path.is_relative_to(DEFAULT_ASSET.parents[1])  # inside the package, not ../shared
+    assert hashlib.sha256(nqswap_path.read_bytes()).hexdigest().startswith("a0db563bbba6ff4e")
+    note = (nqswap_path.parent / "README.md").read_text()
+    assert "CC BY-SA 3.0" in note and "pminervini/NQ-Swap" in note and "Longpre" in note
+
+
+def test_nqswap_without_the_file_and_offline_is_one_clear_error(monkeypatch, tmp_path):
+    from sparekit.data import loaders
+
+    monkeypatch.setattr(loaders, "NQSWAP_LOCAL", tmp_path / "absent.jsonl.gz")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SparekitError, match="not in this installation .* the hub is offline"):
+        load_dataset("nqswap")
+
+
 def test_nqswap_shared_file(nqswap_path):
     data = load_dataset(str(nqswap_path))
     assert len(data) == 4746 and len(data.groups()) == 1667
@@ -27,7 +47,7 @@ def test_nqswap_shared_file(nqswap_path):
     assert len({ex.id for ex in data}) == len(data)
 
 
-def test_nqswap_name_resolves_to_shared_file():
+def test_nqswap_name_resolves_to_packaged_file():
     data = load_dataset("nqswap", limit=50, seed=1)
     assert data.name == "nqswap" and len(data) == 50
 

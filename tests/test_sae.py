@@ -187,8 +187,8 @@ def test_registry_refuses_duplicates_and_unknown_architectures(tmp_path):
         register("topk")(type("Again", (SAE,), {}))
     folder = write_saelens(tmp_path / "sl", _weights(), "topk")
     cfg = json.loads((folder / "cfg.json").read_text())
-    (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
-    with pytest.raises(SparekitError, match="unknown SAE architecture 'gated'"):
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "matryoshka"}))
+    with pytest.raises(SparekitError, match="unknown SAE architecture 'matryoshka'"):
         load_sae(folder)
 
 

@@ -21,6 +21,7 @@ Shard keys: one ``[rows, d]`` tensor per site (``"resid.6"``), and per row
 
 from __future__ import annotations
 
+import contextlib
 import bisect
 import hashlib
 import logging
@@ -38,7 +39,7 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.utils.distributed import barrier, rank_and_world
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -192,63 +193,66 @@ def capture_activations(
     if world > len(texts):
         raise SparekitError(f"{world} ranks for {len(texts)} texts: some ranks would have nothing to capture",
                             f"launch at most {len(texts)} processes")
-    if (out_dir / MANIFEST).is_file():
-        previous = ActivationStore(out_dir).manifest
-        for key in _RESUME_KEYS:
-            if previous.get(key) != manifest[key]:
-                raise SparekitError(f"{out_dir} already holds a different capture ({key} differs)",
-                                    "choose a new output folder or delete the old one")
-        manifest = previous
-    elif world > 1 and rank == 0:  # written before any shard, so a rerun after a crash checks its config
-        atomic_write_json(out_dir / MANIFEST, manifest)
-    barrier()
-    if manifest["complete"]:
-        return ActivationStore(out_dir)
-    done = {shard["file"] for shard in [*manifest["shards"], *_rank_records(out_dir)]}
-    store_dtype = STORE_DTYPES[manifest["dtype"]]
-    # this rank's shards (world > 1), kept across reruns and merged into the manifest at the end
-    own_record = out_dir / f"{_RANK_RECORD}{rank}.json"
-    record = read_json(own_record) if world > 1 and own_record.is_file() else {"d": {}, "shards": []}
-
-    def tokenized() -> Iterator[tuple[int, list[int]]]:
-        for start in range(0, len(texts), 256):
-            block = list(texts[start:start + 256])
-            enc = lm.tokenizer(block, truncation=max_length is not None, max_length=max_length)
-            yield from enumerate(enc["input_ids"], start)
-
-    chunks = list(_chunks(tokenized(), positions, skip_first_token, shard_rows))
-    if world > len(chunks):
-        log.warning("%d ranks share %d shards: %d rank(s) stay idle (a smaller shard_rows splits the work finer)",
-                    world, len(chunks), world - len(chunks))
-    mine = [(number, chunk) for number, chunk in enumerate(chunks) if number % world == rank]
-    bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc="capture", unit="text",
-               disable=not progress or rank != 0)
-    for number, chunk in mine:
-        name = f"shard-{number:05d}.safetensors"
-        if name in done:
-            bar.update(len(chunk))
-            continue
-        tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size, bar)
-        with atomic_path(out_dir / name) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        shard = {"file": name, "rows": int(tensors["prompt_index"].shape[0]), "prompt_start": chunk[0][0],
-                 "prompt_end": chunk[-1][0] + 1}
-        d = {str(s): int(tensors[str(s)].shape[-1]) for s in sites}
-        if world == 1:
-            manifest["d"] = d
-            manifest["shards"].append(shard)
-            manifest["rows"] += shard["rows"]
+    # two writers would interleave shards; the ranks of a data-parallel capture share the folder by design
+    lock = run_lock(out_dir, "capture") if world == 1 else contextlib.nullcontext()
+    with lock:
+        if (out_dir / MANIFEST).is_file():
+            previous = ActivationStore(out_dir).manifest
+            for key in _RESUME_KEYS:
+                if previous.get(key) != manifest[key]:
+                    raise SparekitError(f"{out_dir} already holds a different capture ({key} differs)",
+                                        "choose a new output folder or delete the old one")
+            manifest = previous
+        elif world > 1 and rank == 0:  # written before any shard, so a rerun after a crash checks its config
             atomic_write_json(out_dir / MANIFEST, manifest)
-        else:
-            record["d"] = d
-            record["shards"].append(shard)
-            atomic_write_json(own_record, record)
-    bar.close()
-    barrier()
-    if rank == 0:
-        _finish(out_dir, manifest, len(chunks))
-    barrier()
-    return ActivationStore(out_dir)
+        barrier()
+        if manifest["complete"]:
+            return ActivationStore(out_dir)
+        done = {shard["file"] for shard in [*manifest["shards"], *_rank_records(out_dir)]}
+        store_dtype = STORE_DTYPES[manifest["dtype"]]
+        # this rank's shards (world > 1), kept across reruns and merged into the manifest at the end
+        own_record = out_dir / f"{_RANK_RECORD}{rank}.json"
+        record = read_json(own_record) if world > 1 and own_record.is_file() else {"d": {}, "shards": []}
+
+        def tokenized() -> Iterator[tuple[int, list[int]]]:
+            for start in range(0, len(texts), 256):
+                block = list(texts[start:start + 256])
+                enc = lm.tokenizer(block, truncation=max_length is not None, max_length=max_length)
+                yield from enumerate(enc["input_ids"], start)
+
+        chunks = list(_chunks(tokenized(), positions, skip_first_token, shard_rows))
+        if world > len(chunks):
+            log.warning("%d ranks share %d shards: %d rank(s) stay idle (a smaller shard_rows splits the work finer)",
+                        world, len(chunks), world - len(chunks))
+        mine = [(number, chunk) for number, chunk in enumerate(chunks) if number % world == rank]
+        bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc="capture", unit="text",
+                   disable=not progress or rank != 0)
+        for number, chunk in mine:
+            name = f"shard-{number:05d}.safetensors"
+            if name in done:
+                bar.update(len(chunk))
+                continue
+            tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size, bar)
+            with atomic_path(out_dir / name) as tmp:
+                save_file(tensors, str(tmp), metadata={"format": "pt"})
+            shard = {"file": name, "rows": int(tensors["prompt_index"].shape[0]), "prompt_start": chunk[0][0],
+                     "prompt_end": chunk[-1][0] + 1}
+            d = {str(s): int(tensors[str(s)].shape[-1]) for s in sites}
+            if world == 1:
+                manifest["d"] = d
+                manifest["shards"].append(shard)
+                manifest["rows"] += shard["rows"]
+                atomic_write_json(out_dir / MANIFEST, manifest)
+            else:
+                record["d"] = d
+                record["shards"].append(shard)
+                atomic_write_json(own_record, record)
+        bar.close()
+        barrier()
+        if rank == 0:
+            _finish(out_dir, manifest, len(chunks))
+        barrier()
+        return ActivationStore(out_dir)
 
 
 class ActivationStore:

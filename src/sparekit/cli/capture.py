@@ -19,7 +19,10 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
     try:
         for part in text.split(","):
             start, _, end = part.strip().partition("-")
-            layers.update(range(int(start), int(end or start) + 1))
+            first, last = int(start), int(end or start)
+            if last < first:
+                raise SparekitError(f"layer range {part.strip()!r} is reversed", f"write {last}-{first}")
+            layers.update(range(first, last + 1))
     except ValueError:
         raise SparekitError(f"cannot parse layers {text!r}", "write all, 6, 4,8,12 or 4-8") from None
     if not layers or min(layers) < 0 or max(layers) >= n_layers:
@@ -39,7 +42,10 @@ def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
     """Texts from a ``.txt`` file (one per line) or ``.jsonl`` rows with ``text`` and optional ``id``."""
     if not path.is_file():
         raise SparekitError(f"missing texts file: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SparekitError(f"{path}: not valid UTF-8 (byte {exc.start})", "re-encode the file as UTF-8") from None
     if path.suffix != ".jsonl":
         return [line for line in lines if line.strip()], None
     texts, ids = [], []
@@ -107,6 +113,7 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
     from sparekit.activations import capture_activations
     from sparekit.hooks import Site
     from sparekit.models import load_model
+    from sparekit.utils.io import ensure_dir
 
     from sparekit.utils.distributed import distributed_from_env, local_device
 
@@ -114,6 +121,8 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
         texts, ids = dataset_prompts(dataset, context, k_shot, limit, seed)
     else:
         texts, ids = read_texts(texts_file)
+    parse_components(components)
+    ensure_dir(out)  # a bad --out fails now, not after loading the model
     with distributed_from_env() as (rank, world):
         lm = load_model(model, device=local_device(device), device_map=device_map)
         sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers)

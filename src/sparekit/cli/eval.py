@@ -74,8 +74,11 @@ def eval_command(dataset: str, model: str, limit: int | None, limit_seed: int, s
     from sparekit.evaluation.harness import default_run_dir, evaluate, run_config
     from sparekit.models import load_model
     from sparekit.utils.distributed import distributed_from_env, local_device
+    from sparekit.utils.io import ensure_dir
 
     ds = load_dataset(dataset, limit=limit, seed=limit_seed)
+    if out is not None:
+        ensure_dir(out)  # a bad --out fails now, not after loading the model
     with distributed_from_env() as (rank, _):
         lm = load_model(model, dtype=dtype, device=local_device(device), device_map=device_map)
         run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))

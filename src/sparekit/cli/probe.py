@@ -190,10 +190,12 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, split_
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
               help="A `sparekit probe` run directory or its probes/ folder (default: the last default run).")
 @click.option("--model", "-m", default=None, help="Model (default: the one the probes were fitted on).")
+@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(0),
+              help="Refuse longer prompts (0: only the model's context length limits them).")
 @device_option
 @device_map_option
 @json_option
-def detect(prompt, question, context, probe_dir, model, device, device_map, as_json) -> None:
+def detect(prompt, question, context, probe_dir, model, max_tokens, device, device_map, as_json) -> None:
     """Conflict probability and predicted knowledge source of one prompt, before generating.
 
     \b
@@ -207,11 +209,13 @@ def detect(prompt, question, context, probe_dir, model, device, device_map, as_j
 
     if (prompt is None) == (question is None):
         raise SparekitError("pass either PROMPT or --question (with --context)")
+    if question is not None and not question.strip():
+        raise SparekitError("the question is empty")
     folder = resolve_probe_dir(probe_dir)
     lm = load_model(model or read_json(folder / "detect.json")["model"], device=device,
                     device_map=device_map)
     text = prompt if prompt is not None else "".join(detection_demos(folder)) + format_block(question, context)
-    result = detect_prompt(lm, text, folder)
+    result = detect_prompt(lm, text, folder, max_tokens=max_tokens)
 
     def render(r: dict) -> str:
         text = f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"

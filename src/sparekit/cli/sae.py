@@ -8,7 +8,7 @@ from sparekit.cli.common import device_map_option, device_option, emit, json_opt
 
 corpus_option = click.option(
     "--corpus", default="nqswap", show_default=True,
-    help="'nqswap' (the shared NQ-Swap dev file), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
+    help="'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
          "all of it is evaluation text).")
 holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
 seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
@@ -33,23 +33,31 @@ def _corpus_path(corpus: str):
 
 def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
     """Held-out NQ-Swap windows, or every line of a text file."""
-    from sparekit.errors import SparekitError
+    from sparekit.cli.capture import read_texts
     from sparekit.sae.corpus import corpus_windows, token_windows
 
     path = _corpus_path(corpus)
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise SparekitError(f"missing text file: {path}")
-        return token_windows(lm.tokenizer, [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()])
+        return token_windows(lm.tokenizer, read_texts(path)[0])
     return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
 
 
-def _load_saes(lm, sae_paths: tuple[str, ...], layers: str | None):
+def _load_saes(sae_paths: tuple[str, ...], layers: str | None):
+    """The SAEs to read, loaded before the model so a bad file fails fast (check them with ``_checked``)."""
     from sparekit.sae import load_sae, shipped_layers
 
     if sae_paths:
-        return [load_sae(p, model_info=lm.info) for p in sae_paths]
-    return [load_sae("default", layer=L, model_info=lm.info) for L in (_layers(layers) if layers else shipped_layers())]
+        return [load_sae(p) for p in sae_paths]
+    return [load_sae("default", layer=L) for L in (_layers(layers) if layers else shipped_layers())]
+
+
+def _checked(lm, saes: list) -> list:
+    """``saes`` on the model's device, each checked to read this model's activations."""
+    from sparekit.sae import check_compatible
+
+    for sae_model in saes:
+        check_compatible(sae_model, lm.info)
+    return [s.to(lm.model.device) for s in saes]
 
 
 @click.group()
@@ -57,7 +65,7 @@ def sae() -> None:
     """Train, evaluate, inspect and convert sparse autoencoders.
 
     \b
-    Shipped: TopK SAEs for Gemma 3 270M at layers 5-8 (load_sae("default", layer=6)).
+    Shipped: TopK SAEs for Gemma 3 270M at layers 5-12 (load_sae("default", layer=6)).
     """
 
 
@@ -155,8 +163,9 @@ def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce
     from sparekit.models import load_model
     from sparekit.sae.evaluate import evaluate_saes
 
+    saes = _load_saes(sae_paths, layers)
     lm = load_model(model, device=device, device_map=device_map)
-    saes = [s.to(lm.model.device) for s in _load_saes(lm, sae_paths, layers)]
+    saes = _checked(lm, saes)
     texts = _eval_texts(lm, corpus, holdout, seed)
     emit({"layers": evaluate_saes(lm, saes, texts, max_tokens=max_tokens, ce_tokens=ce_tokens, progress=True)},
          as_json, _render_eval)
@@ -187,8 +196,9 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
 
     if (layer is None) == (sae_path is None):
         raise SparekitError("pass exactly one of --layer and --sae")
+    sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device, device_map=device_map)
-    sae_model = load_sae(sae_path or "default", layer=layer, model_info=lm.info).to(lm.model.device)
+    sae_model = _checked(lm, [sae_model])[0]
     ids = _layers(latents)
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:
@@ -207,7 +217,13 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
 @click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float32", show_default=True)
 @json_option
 def convert(source, dest, layer, save_dtype, as_json) -> None:
-    """Convert a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE to a SAELens folder."""
+    """Convert a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE to a SAELens folder.
+
+    
+    A SAELens TopK saved with rescale_acts_by_decoder_norm is written with the decoder
+    norms folded into the weights: SAELens reads the result with the same codes and
+    reconstructions, without the flag.
+    """
     import torch
 
     from sparekit.sae import load_sae, save_sae

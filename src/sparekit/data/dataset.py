@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as fh:
                 return fh.read()
         return path.read_bytes()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # a cut or damaged gzip stream
         raise SparekitError(f"{path}: cannot read ({exc})") from None
 
 
@@ -216,7 +217,8 @@ def read_jsonl(path: str | Path, name: str | None = None, context_match: Context
     path = Path(path)
     stem = name or path.name.split(".")[0]
     examples: list[ConflictExample] = []
-    for lineno, raw in enumerate(_read_bytes(path).splitlines(), start=1):
+    data = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM, as Windows editors write
+    for lineno, raw in enumerate(data.splitlines(), start=1):
         where = f"{path}:{lineno}"
         try:
             line = raw.decode("utf-8")

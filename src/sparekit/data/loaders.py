@@ -2,14 +2,16 @@
 
 ``default`` is the embedded country-facts dataset shipped in the package
 (``default-passages``: the same rows with paragraph contexts); ``nqswap``
-is the shared dev file beside the repository when present (offline), else the hub id
-``pminervini/NQ-Swap`` through the optional ``datasets`` package; anything else is a
-JSONL(.gz) path in the NQ-Swap schema. A file whose name contains ``macnoise`` is
+is the NQ-Swap dev file shipped in the package (``assets/datasets/nqswap``, with its
+provenance and CC BY-SA 3.0 note), or, only where that file was removed and a hub is
+reachable, the hub id ``pminervini/NQ-Swap`` through the optional ``datasets`` package;
+anything else is a JSONL(.gz) path in the NQ-Swap schema. A file whose name contains ``macnoise`` is
 judged with Macnoise's substring rule for "uses context".
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sparekit.data.dataset import ConflictDataset, ContextMatch, parse_row, read_jsonl
@@ -19,7 +21,7 @@ NQSWAP_HUB_ID = "pminervini/NQ-Swap"
 DATASET_NAMES = ("default", "default-passages", "nqswap")
 DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "default.jsonl"
 PASSAGES_ASSET = DEFAULT_ASSET.with_name("default-passages.jsonl")
-NQSWAP_LOCAL = Path(__file__).resolve().parents[4] / "shared" / "data" / "nqswap" / "dev.jsonl.gz"
+NQSWAP_LOCAL = DEFAULT_ASSET.parent / "nqswap" / "dev.jsonl.gz"
 
 
 def _default_dataset() -> ConflictDataset:
@@ -37,6 +39,9 @@ def _default_dataset() -> ConflictDataset:
 def _nqswap() -> ConflictDataset:
     if NQSWAP_LOCAL.is_file():
         return read_jsonl(NQSWAP_LOCAL, name="nqswap")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise SparekitError(f"NQ-Swap is not in this installation ({NQSWAP_LOCAL}) and the hub is offline",
+                            "reinstall sparekit, or pass the path of a local NQ-Swap .jsonl(.gz) file")
     try:
         import datasets
     except ImportError:

@@ -16,8 +16,10 @@ results.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -33,8 +35,9 @@ from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.env import environment_info
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json, run_lock
 
+logger = logging.getLogger(__name__)
 CONDITIONS = ("closed", "org", "sub")
 CHUNK = 64
 MAX_NEW_TOKENS = 12
@@ -62,6 +65,29 @@ def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_sho
     return {ex.id: build_prompt(ex, condition, item_demos(ex, pool, seed, k_shot)) for ex in dataset}
 
 
+def _read_chunk(path: Path, keys: list[str]) -> list[dict] | None:
+    """The rows of a finished predictions chunk for ``keys``, or None (with a warning) when it is damaged.
+
+    Chunks are written atomically, but a crash on a filesystem without atomic rename or a
+    full disk can still leave a cut file; a resumable job recomputes it instead of dying.
+    A chunk holding other items is not damage but another run: that stays an error.
+    """
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if rows and all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("prediction"), str)
+                        for r in rows):
+            found = [r["key"] for r in rows]
+            if found == keys:
+                return rows
+            if found != keys[:len(found)]:
+                raise SparekitError(f"{path} does not match this run's items", "delete the run directory to restart")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    logger.warning("%s is damaged (truncated or not JSON lines): recomputing it", path)
+    path.unlink()
+    return None
+
+
 def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, chunk_dir: Path | None,
                    chunk_prefix: str, bar: tqdm, mine: Callable[[int], bool] | None = None) -> dict[str, str]:
     """Greedy predictions for ``prompts``, reading/writing chunk files under ``chunk_dir`` when given.
@@ -74,10 +100,8 @@ def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, ch
     predictions: dict[str, str] = {}
     for i, chunk in enumerate(batches(keys, CHUNK)):
         path = None if chunk_dir is None else chunk_dir / f"{chunk_prefix}-{i:04d}.jsonl"
-        if path is not None and path.is_file():
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            if [r["key"] for r in rows] != list(chunk):
-                raise SparekitError(f"{path} does not match this run's items", "delete the run directory to restart")
+        rows = None if path is None or not path.is_file() else _read_chunk(path, list(chunk))
+        if rows is not None:
             predictions.update((r["key"], r["prediction"]) for r in rows)
         elif mine is not None and not mine(i):
             continue
@@ -192,8 +216,14 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
         raise SparekitError("no seeds given", "pass at least one seed, e.g. --seeds 42")
     if len(dataset) == 0:
         raise SparekitError(f"{dataset.name}: nothing to evaluate (0 rows)")
-    config = run_config(lm, dataset, seeds, k_shot)
     out = None if out_dir is None else Path(out_dir)
+    with contextlib.nullcontext() if out is None else run_lock(out, "eval"):
+        return _evaluate(lm, dataset, seeds, k_shot, out, batch_size, progress)
+
+
+def _evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int, out: Path | None,
+              batch_size: int, progress: bool) -> dict:
+    config = run_config(lm, dataset, seeds, k_shot)
     if out is not None:
         _prepare_run_dir(out, config)
     rank, world = rank_and_world()

@@ -20,6 +20,7 @@ from sparekit.utils.io import read_json
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "probes" / "gemma-3-270m"
 LATEST_POINTER = CACHE_DIR / "probes" / "latest-default.json"
 TARGETS = ("conflict", "source")
+MAX_PROMPT_TOKENS = 4096  # far beyond the probing prompts (~300 tokens); longer ones take minutes on a CPU
 
 
 def resolve_probe_dir(probe_dir: str | Path | None, model_hash: str | None = None) -> Path:
@@ -50,8 +51,28 @@ def load_probes(folder: Path, model_hash: str) -> dict[str, LinearProbe]:
     return probes
 
 
-def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = None) -> dict:
+def check_prompt(lm: LoadedModel, text: str, max_tokens: int | None = MAX_PROMPT_TOKENS) -> int:
+    """The prompt's token count; an empty prompt or one longer than the model's context or
+    ``max_tokens`` (``None`` or 0: only the model's context) is a clear error."""
+    if not text.strip():
+        raise SparekitError("the prompt is empty", "pass the text to read, ending in 'answer:' like the probing prompts")
+    n_tokens = len(lm.tokenizer(text)["input_ids"])
+    config = lm.model.config
+    context = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
+                      "max_position_embeddings", None)
+    if context and n_tokens > context:
+        raise SparekitError(f"the prompt has {n_tokens} tokens but {lm.info.name} reads at most {context}",
+                            "shorten it")
+    if max_tokens and n_tokens > max_tokens:
+        raise SparekitError(f"the prompt has {n_tokens} tokens, over the limit of {max_tokens}",
+                            "shorten it, or raise --max-tokens")
+    return n_tokens
+
+
+def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = None,
+                  max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
     """Conflict probability and predicted source for one prompt; one forward to the deepest probe layer."""
+    check_prompt(lm, text, max_tokens)
     folder = resolve_probe_dir(probe_dir, lm.info.model_hash)
     probes = load_probes(folder, lm.info.model_hash)
     sites = {t: Site.parse(p.site) for t, p in probes.items()}

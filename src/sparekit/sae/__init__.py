@@ -6,8 +6,8 @@
     h2 = h - sae.decode_delta(z_minus) + sae.decode_delta(z_plus)
 """
 
-from sparekit.sae.base import REGISTRY, SAE, BatchTopKSAE, JumpReluSAE, ReluSAE, TopKSAE, register
+from sparekit.sae.base import REGISTRY, SAE, BatchTopKSAE, GatedSAE, JumpReluSAE, ReluSAE, TopKSAE, register
 from sparekit.sae.formats import check_compatible, folded, load_sae, save_sae, shipped_layers
 
-__all__ = ["REGISTRY", "SAE", "BatchTopKSAE", "JumpReluSAE", "ReluSAE", "TopKSAE", "check_compatible", "folded",
+__all__ = ["REGISTRY", "SAE", "BatchTopKSAE", "GatedSAE", "JumpReluSAE", "ReluSAE", "TopKSAE", "check_compatible", "folded",
            "load_sae", "register", "save_sae", "shipped_layers"]

@@ -34,6 +34,10 @@ class SAE(nn.Module):
     """Base sparse autoencoder; subclasses define :meth:`pre_acts` / :meth:`encode` nonlinearity."""
 
     architecture: ClassVar[str] = ""
+    # our parameter name -> its key in a SAELens ``sae_weights.safetensors`` (where they differ)
+    saelens_keys: ClassVar[dict[str, str]] = {}
+    # per-latent ``[d_sae]`` parameters beyond W_enc, W_dec, b_enc, b_dec
+    extra_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -74,12 +78,16 @@ class SAE(nn.Module):
         """Model units -> the SAE's standardised input space."""
         return (h.to(self.W_enc.dtype) - self.input_mean) / self.input_scale
 
-    def hidden_pre(self, h: torch.Tensor) -> torch.Tensor:
-        """Affine encoder output before any nonlinearity."""
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """``x @ W_enc`` of the normalised (and, if configured, ``b_dec``-centred) input."""
         x = self.normalize(h)
         if self.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        return x @ self.W_enc
+
+    def hidden_pre(self, h: torch.Tensor) -> torch.Tensor:
+        """Affine encoder output before any nonlinearity."""
+        return self.project(h) + self.b_enc
 
     def pre_acts(self, h: torch.Tensor) -> torch.Tensor:
         """Dense code SpARE reads: ReLU code (TopK: before top-k; JumpReLU: thresholded)."""
@@ -88,6 +96,10 @@ class SAE(nn.Module):
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         """Sparse code of ``h`` (model units), ``[N, d_sae]``."""
         return self.pre_acts(h)
+
+    def shift_input(self, state: dict[str, torch.Tensor], shift: torch.Tensor) -> None:
+        """Fold ``x -> x - shift`` into the encoder biases of ``state`` (exact: the encoder is affine in x)."""
+        state["b_enc"] = self.b_enc - shift @ self.W_enc
 
     def decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstruction in the standardised space (what the training loss compares)."""
@@ -134,6 +146,8 @@ class ReluSAE(SAE):
 class JumpReluSAE(SAE):
     """JumpReLU SAE (Gemma Scope): a latent fires only above its learned threshold."""
 
+    extra_params: ClassVar[tuple[str, ...]] = ("threshold",)
+
     def __init__(self, d_in: int, d_sae: int, **kwargs):
         super().__init__(d_in, d_sae, **kwargs)
         self.threshold = nn.Parameter(torch.zeros(d_sae))
@@ -141,6 +155,29 @@ class JumpReluSAE(SAE):
     def pre_acts(self, h: torch.Tensor) -> torch.Tensor:
         pre = self.hidden_pre(h)
         return torch.relu(pre) * (pre > self.threshold)
+
+
+@register("gated")
+class GatedSAE(SAE):
+    """Gated SAE (SAELens ``gated``): ``W_enc x + b_gate > 0`` decides which latents fire,
+    ``relu(W_enc·exp(r_mag) x + b_mag)`` how strongly. ``b_enc`` holds ``b_gate``.
+    """
+
+    saelens_keys: ClassVar[dict[str, str]] = {"b_enc": "b_gate"}
+    extra_params: ClassVar[tuple[str, ...]] = ("b_mag", "r_mag")
+
+    def __init__(self, d_in: int, d_sae: int, **kwargs):
+        super().__init__(d_in, d_sae, **kwargs)
+        self.b_mag = nn.Parameter(torch.zeros(d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(d_sae))
+
+    def pre_acts(self, h: torch.Tensor) -> torch.Tensor:
+        projected = self.project(h)  # shared by the gate and the magnitude path
+        return torch.relu(projected * self.r_mag.exp() + self.b_mag) * (projected + self.b_enc > 0)
+
+    def shift_input(self, state: dict[str, torch.Tensor], shift: torch.Tensor) -> None:
+        super().shift_input(state, shift)
+        state["b_mag"] = self.b_mag - (shift @ self.W_enc) * self.r_mag.exp()
 
 
 def topk_code(dense: torch.Tensor, k: int) -> torch.Tensor:

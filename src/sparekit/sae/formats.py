@@ -2,30 +2,35 @@
 
 Supported inputs (detected from the files present):
 
-- SAELens / sparekit folder: ``cfg.json`` + ``sae_weights.safetensors``.
+- SAELens / sparekit folder: ``cfg.json`` + ``sae_weights.safetensors`` (standard, topk,
+  batchtopk, jumprelu, gated; a TopK saved with ``rescale_acts_by_decoder_norm`` gets the
+  decoder norms folded into its weights, which gives SAELens's codes and reconstructions).
 - Gemma Scope: ``params.npz`` (``W_enc, W_dec, b_enc, b_dec, threshold``; JumpReLU).
 - Gemma Scope 2: ``params.safetensors`` (lower-case ``w_enc, w_dec, ...``) + optional ``config.json``.
 - EleutherAI sparsify: ``cfg.json`` + ``sae.safetensors`` (``encoder.weight``, ``encoder.bias``, ``W_dec``, ``b_dec``).
 
 sparekit saves SAELens folders with the input standardisation folded into the weights
 (exact: an affine map before an affine encoder), so SAELens users can read them as-is.
-Nothing is ever unpickled.
+Nothing is ever unpickled; a damaged or badly typed file is one :class:`SparekitError`.
 """
 
 from __future__ import annotations
 
 import re
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.sae.base import SAE, sae_class
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir, read_json
 
 FORMAT_VERSION = 1
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "saes"
@@ -50,19 +55,29 @@ def parse_hook(text: str | None) -> tuple[int | None, str]:
     return None, "resid"
 
 
-def _tensors(path: Path, keys: dict[str, str], optional: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Read ``{our_name: file_key}`` from a safetensors or npz file; name the file and key when one is missing."""
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            available = {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in data.files}
-    else:
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every array of a safetensors or npz file as float32; a damaged file is one clear error."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in data.files}
         with safe_open(str(path), framework="pt") as fh:
-            available = {k: fh.get_tensor(k).float() for k in fh.keys()}
+            return {k: fh.get_tensor(k).float() for k in fh.keys()}
+    except (SafetensorError, OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error,
+            struct.error) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = ("it holds pickled Python objects, which sparekit never loads; save plain float arrays"
+                if "allow_pickle" in reason else
+                "the file is damaged or not an SAE weights file; download or save it again")
+        raise SparekitError(f"cannot read {path}: {reason}", hint) from None
+
+
+def _tensors(path: Path, keys: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read ``{our_name: file_key}`` from a safetensors or npz file; name the file and key when one is missing."""
+    available = _read_tensors(path)
     out = {}
     for name, key in keys.items():
         if key not in available:
-            if name in optional:
-                continue
             raise SparekitError(f"missing key {key!r} in {path}", f"keys present: {', '.join(sorted(available))}")
         out[name] = available[key]
     return out
@@ -74,13 +89,49 @@ def _require(cfg: dict, key: str, path: Path):
     return cfg[key]
 
 
+def _cfg_int(cfg: dict, key: str, path: Path, minimum: int = 0) -> int:
+    """``cfg[key]`` as an int >= ``minimum`` (integral floats allowed); anything else is a clear error."""
+    value = _require(cfg, key, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
+        raise SparekitError(f"{path}: {key!r} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _cfg_bool(cfg: dict, key: str, path: Path) -> bool:
+    value = cfg.get(key, False)
+    if not isinstance(value, bool):
+        raise SparekitError(f"{path}: {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _cfg_dict(cfg: dict, key: str, path: Path) -> dict:
+    value = cfg.get(key) or {}
+    if not isinstance(value, dict):
+        raise SparekitError(f"{path}: {key!r} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_cfg(path: Path) -> dict:
+    cfg = read_json(path)
+    if not isinstance(cfg, dict):
+        raise SparekitError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
 def _build(architecture: str, tensors: dict[str, torch.Tensor], source: Path, **kwargs) -> SAE:
     W_enc = tensors["W_enc"]
+    if W_enc.ndim != 2 or 0 in W_enc.shape:
+        raise SparekitError(f"W_enc in {source} has shape {tuple(W_enc.shape)}, expected (d_in, d_sae)")
     d_in, d_sae = W_enc.shape
-    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     for name, tensor in tensors.items():
-        if name in expected and tuple(tensor.shape) != expected[name]:
-            raise SparekitError(f"{name} in {source} has shape {tuple(tensor.shape)}, expected {expected[name]}")
+        want = expected.get(name, (d_sae,))
+        if tuple(tensor.shape) != want:
+            raise SparekitError(f"{name} in {source} has shape {tuple(tensor.shape)}, expected {want}")
+        if not torch.isfinite(tensor).all():
+            raise SparekitError(f"{name} in {source} holds NaN or infinite values", "the file is damaged")
+    if kwargs.get("k") is not None and not 1 <= kwargs["k"] <= d_sae:
+        raise SparekitError(f"{source}: k={kwargs['k']} is outside 1..d_sae={d_sae}")
     sae = sae_class(architecture)(d_in, d_sae, **kwargs)
     sae.load_state_dict(tensors, strict=False)
     missing = {n for n, _ in sae.named_parameters()} - set(tensors)
@@ -89,28 +140,54 @@ def _build(architecture: str, tensors: dict[str, torch.Tensor], source: Path, **
     return sae.eval()
 
 
+def _fold_decoder_norm(sae: SAE) -> None:
+    """SAELens's ``rescale_acts_by_decoder_norm`` TopK, made a plain one with the same codes and reconstructions.
+
+    SAELens ranks ``hidden_pre * |W_dec_i|`` and decodes ``(z / |W_dec_i|) @ W_dec``; scaling
+    encoder column i by ``|W_dec_i|`` and decoder row i by its inverse computes exactly that.
+    """
+    with torch.no_grad():
+        norms = sae.W_dec.norm(dim=-1)
+        inverse = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))  # a zero row never contributes
+        sae.W_enc.mul_(norms)
+        sae.b_enc.mul_(norms)
+        sae.W_dec.mul_(inverse[:, None])
+
+
 def _load_saelens(folder: Path) -> SAE:
     cfg_path = folder / "cfg.json"
-    cfg = read_json(cfg_path)
+    cfg = _read_cfg(cfg_path)
     architecture = cfg.get("architecture", "standard")
-    norm = cfg.get("normalize_activations", "none") or "none"
-    if norm != "none":
-        raise SparekitError(f"{cfg_path}: normalize_activations={norm!r} is not supported", "only 'none' is")
-    meta = cfg.get("metadata") or {}
-    extra = cfg.get("sparekit") or {}
-    layer, component = parse_hook(meta.get("hook_name") or cfg.get("hook_name"))
-    layer = extra.get("hook_layer", cfg.get("hook_layer", layer))
-    kwargs = {"hook_layer": layer, "hook_component": extra.get("hook_component", component),
-              "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", False))}
+    cls = sae_class(str(architecture))
+    for key in ("normalize_activations", "reshape_activations"):
+        value = cfg.get(key, "none") or "none"
+        if value != "none":
+            raise SparekitError(f"{cfg_path}: {key}={value!r} is not supported", "only 'none' is")
+    meta, extra = _cfg_dict(cfg, "metadata", cfg_path), _cfg_dict(cfg, "sparekit", cfg_path)
+    hook_name = meta.get("hook_name") or cfg.get("hook_name")
+    layer, component = parse_hook(hook_name if isinstance(hook_name, str) else None)
+    for source in (cfg, extra):
+        if source.get("hook_layer") is not None:
+            layer = _cfg_int(source, "hook_layer", cfg_path)
+    component = extra.get("hook_component", component)
+    if component not in _SAELENS_HOOK:
+        raise SparekitError(f"{cfg_path}: unknown hook_component {component!r}", "use resid, attn or mlp")
+    kwargs = {"hook_layer": layer, "hook_component": component,
+              "apply_b_dec_to_input": _cfg_bool(cfg, "apply_b_dec_to_input", cfg_path)}
     if architecture in ("topk", "batchtopk"):
-        kwargs["k"] = int(_require(cfg, "k", cfg_path))
-    keys = {"W_enc": "W_enc", "W_dec": "W_dec", "b_enc": "b_enc", "b_dec": "b_dec"}
-    if architecture == "jumprelu":
-        keys["threshold"] = "threshold"
-    sae = _build(architecture, _tensors(folder / "sae_weights.safetensors", keys), folder / "sae_weights.safetensors", **kwargs)
+        kwargs["k"] = _cfg_int(cfg, "k", cfg_path, minimum=1)
+    rescale = _cfg_bool(cfg, "rescale_acts_by_decoder_norm", cfg_path)
+    if rescale and architecture not in ("topk", "batchtopk"):
+        raise SparekitError(f"{cfg_path}: rescale_acts_by_decoder_norm is only supported for topk SAEs",
+                            f"this one is {architecture!r}")
+    names = ("W_enc", "W_dec", "b_enc", "b_dec", *cls.extra_params)
+    weights = folder / "sae_weights.safetensors"
+    sae = _build(architecture, _tensors(weights, {n: cls.saelens_keys.get(n, n) for n in names}), weights, **kwargs)
     for key, width in (("d_in", sae.d_in), ("d_sae", sae.d_sae)):
-        if key in cfg and int(cfg[key]) != width:
+        if key in cfg and _cfg_int(cfg, key, cfg_path, minimum=1) != width:
             raise SparekitError(f"{cfg_path} says {key}={cfg[key]} but the weights have {width}")
+    if rescale:
+        _fold_decoder_norm(sae)
     return sae
 
 
@@ -123,14 +200,14 @@ def _load_gemmascope(file: Path) -> SAE:
 def _load_gemmascope2(file: Path) -> SAE:
     keys = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
     config = file.parent / "config.json"
-    hook = read_json(config).get("hf_hook_point_in") if config.is_file() else None
-    layer, component = parse_hook(hook or str(file.parent))
+    hook = _read_cfg(config).get("hf_hook_point_in") if config.is_file() else None
+    layer, component = parse_hook(hook if isinstance(hook, str) else str(file.parent))
     return _build("jumprelu", _tensors(file, keys), file, hook_layer=layer, hook_component=component)
 
 
 def _load_sparsify(folder: Path) -> SAE:
     cfg_path = folder / "cfg.json"
-    cfg = read_json(cfg_path)
+    cfg = _read_cfg(cfg_path)
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise SparekitError(f"{cfg_path}: sparsify activation {activation!r} is not supported", "only 'topk' is")
@@ -138,13 +215,15 @@ def _load_sparsify(folder: Path) -> SAE:
         raise SparekitError(f"{cfg_path}: sparsify SAEs with a skip connection are not supported")
     weights = folder / "sae.safetensors"
     tensors = _tensors(weights, {"W_enc": "encoder.weight", "b_enc": "encoder.bias", "W_dec": "W_dec", "b_dec": "b_dec"})
-    tensors["W_enc"] = tensors["W_enc"].T.contiguous()
-    d_in = int(_require(cfg, "d_in", cfg_path))
-    if tensors["W_enc"].shape[0] != d_in:
-        raise SparekitError(f"{cfg_path} says d_in={d_in} but {weights} has width {tensors['W_enc'].shape[0]}")
+    if tensors["W_enc"].ndim == 2:  # stored [d_sae, d_in]
+        tensors["W_enc"] = tensors["W_enc"].T.contiguous()
+    d_in = _cfg_int(cfg, "d_in", cfg_path, minimum=1)
     layer, component = parse_hook(folder.name)
-    return _build("topk", tensors, weights, k=int(_require(cfg, "k", cfg_path)), hook_layer=layer,
-                  hook_component=component, apply_b_dec_to_input=True)
+    sae = _build("topk", tensors, weights, k=_cfg_int(cfg, "k", cfg_path, minimum=1), hook_layer=layer,
+                 hook_component=component, apply_b_dec_to_input=True)
+    if sae.d_in != d_in:
+        raise SparekitError(f"{cfg_path} says d_in={d_in} but {weights} has width {sae.d_in}")
+    return sae
 
 
 def detect_format(path: Path) -> str:
@@ -234,7 +313,7 @@ def folded(sae: SAE) -> SAE:
         state = {name: t.detach().clone() for name, t in sae.state_dict().items()}
         b_shift = sae.b_dec if sae.apply_b_dec_to_input else torch.zeros_like(sae.b_dec)
         state["W_enc"] = sae.W_enc / scale[:, None]
-        state["b_enc"] = sae.b_enc - ((mean / scale + b_shift) @ sae.W_enc)
+        sae.shift_input(state, mean / scale + b_shift)
         state["W_dec"] = sae.W_dec * scale
         state["b_dec"] = sae.b_dec * scale + mean
         state["input_mean"], state["input_scale"] = torch.zeros_like(mean), torch.ones_like(scale)
@@ -246,10 +325,10 @@ def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, ext
     """Write ``sae`` as a SAELens folder; ``extra`` (e.g. training facts) goes under ``cfg['sparekit']``."""
     from sparekit import __version__
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    path = ensure_dir(path)
     plain = folded(sae)
-    tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in plain.named_parameters()}
+    tensors = {plain.saelens_keys.get(name, name): t.detach().to("cpu", dtype).contiguous()
+               for name, t in plain.named_parameters()}
     cfg = plain.config()
     for key in ("hook_layer", "hook_component"):
         cfg.pop(key)

@@ -23,17 +23,38 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create folder ``path`` (and its parents), or say plainly why it cannot be one."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise SparekitError(f"cannot create folder {path}: {blocker} is a file",
+                            "choose an output path that is not under an existing file") from None
+    except PermissionError:
+        raise SparekitError(f"cannot create folder {path}: permission denied") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise SparekitError(f"cannot write file {path}: it is a folder")
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError:
+        raise SparekitError(f"cannot write to {path.parent}: permission denied") from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the artefact normal permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600, and writers that recreate the file (safetensors' save_file) keep that:
+        # give every artefact the permissions a plain open() would
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -57,6 +78,34 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparekitError(f"{path} is not valid JSON: {exc}") from None
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on a run folder for a long job; a second process is told and stops.
+
+    The lock is ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops it when the holder
+    exits, even on SIGKILL, so a crashed run never leaves a stale lock behind.
+    """
+    import fcntl
+
+    lock_path = ensure_dir(folder) / ".lock"
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise SparekitError(f"{folder} is in use by {holder}",
+                                f"wait for that {what} to finish, or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 _HASH_CACHE = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit")) / "file_hashes.json"
