@@ -21,7 +21,6 @@ Shard keys: one ``[rows, d]`` tensor per site (``"resid.6"``), and per row
 
 from __future__ import annotations
 
-import contextlib
 import bisect
 import hashlib
 import logging
@@ -193,9 +192,7 @@ def capture_activations(
     if world > len(texts):
         raise SparekitError(f"{world} ranks for {len(texts)} texts: some ranks would have nothing to capture",
                             f"launch at most {len(texts)} processes")
-    # two writers would interleave shards; the ranks of a data-parallel capture share the folder by design
-    lock = run_lock(out_dir, "capture") if world == 1 else contextlib.nullcontext()
-    with lock:
+    with run_lock(out_dir, "capture"):  # two writers would interleave shards and manifests
         if (out_dir / MANIFEST).is_file():
             previous = ActivationStore(out_dir).manifest
             for key in _RESUME_KEYS:

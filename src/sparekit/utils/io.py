@@ -85,10 +85,16 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
     """Hold an exclusive lock on a run folder for a long job; a second process is told and stops.
 
     The lock is ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops it when the holder
-    exits, even on SIGKILL, so a crashed run never leaves a stale lock behind.
+    exits, even on SIGKILL, so a crashed run never leaves a stale lock behind. Inside a
+    torch.distributed process group the ranks share the folder and no lock is taken.
     """
     import fcntl
 
+    from sparekit.utils.distributed import rank_and_world
+
+    if rank_and_world()[1] > 1:  # the ranks of one data-parallel job share the folder by design
+        yield
+        return
     lock_path = ensure_dir(folder) / ".lock"
     with open(lock_path, "a+") as fh:
         try:
