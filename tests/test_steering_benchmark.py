@@ -155,3 +155,27 @@ def test_a_cached_cell_is_reused_only_for_the_same_prompt_text(tiny_llama, tmp_p
     redrawn = eval_prompts(items, pool, "sub", 2, 2)  # same ids, other demonstrations
     assert [p.example.id for p in redrawn] == [p.example.id for p in first] and redrawn != first
     assert bench._cached_cell(*cell, redrawn, "context", None, None, cached_only=True) is None
+
+
+def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, caplog):
+    """A crash on a filesystem without atomic rename can leave a cut cell: rerunning recomputes it."""
+    import logging
+
+    from sparekit.data.default import build_default_dataset
+    from sparekit.steering import make_method
+    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
+
+    data = build_default_dataset(0).subset(list(range(12)))
+    bench = SteeringBenchmark(tiny_llama, data, BenchConfig(methods=("none",)), tmp_path, batch_size=4)
+    prompts = eval_prompts(data.subset(list(range(4))), data, "sub", seed=42, k_shot=2)
+    import numpy as np
+
+    from sparekit.steering.base import BehaviourData
+
+    method = make_method("none").fit(BehaviourData([], np.array([1, 0]), {}))
+    first = bench._cached_cell("test", "none", {}, method, prompts, "memory", None, None, seed=42)
+    path = next((tmp_path / "generations" / "test").glob("*.jsonl"))
+    path.write_text(path.read_text()[:25])
+    with caplog.at_level(logging.WARNING):
+        again = bench._cached_cell("test", "none", {}, method, prompts, "memory", None, None, seed=42)
+    assert again == first and "damaged" in caplog.text

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -47,6 +48,8 @@ DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare
 _EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths")
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,9 +155,12 @@ class SteeringBenchmark:
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
         texts = [_fingerprint(p.text) for p in prompts]
         if path.is_file():
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            if [(r["id"], r.get("prompt")) for r in rows] == list(zip(ids, texts)):
-                return [r[measure] for r in rows]
+            try:
+                rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+                if [(r["id"], r.get("prompt")) for r in rows] == list(zip(ids, texts)):
+                    return [r[measure] for r in rows]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                log.warning("%s is damaged (truncated or not JSON lines): recomputing it", path)
         if cached_only:
             return None
         with method.steer(self.lm, toward=toward, strength=strength, gate=gate, batch_size=self.batch_size) as steered:
