@@ -6,8 +6,9 @@ steered generation (:class:`~sparekit.steering.base.Steered`): it sees what the 
 model sees, so a prompt it does not flag is decoded exactly as unsteered. Two choices
 decide what it costs on prompts *without* conflict, and both are made on held-out
 data, never on test: the layer (best dev AUROC among candidates) and the threshold
-(the ``1 - max_false_positive_rate`` quantile of dev no-conflict scores), so harm is
-bounded by construction rather than by the 0.5 default of an uncalibrated probe.
+(the ``1 - max_false_positive_rate`` quantile of dev no-conflict scores), so the share of
+no-conflict prompts it lets through is set on data like dev, rather than by the 0.5 default of
+an uncalibrated probe; on other distributions (held-out relations) it can be higher.
 """
 
 from __future__ import annotations
