@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sae": ("sparekit.cli.sae", "sae", "Train, evaluate, inspect and convert sparse autoencoders."),
     "steer": ("sparekit.cli.steer", "steer", "Steer one question toward the context or the model's memory."),
     "bench": ("sparekit.cli.bench", "bench", "Benchmarks: steering methods side by side."),
+    "kv": ("sparekit.cli.kv", "kv", "KV-cache compression by key L2 norm: retrieval, perplexity, conflicts."),
 }
 
 
