@@ -15,7 +15,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, args, expected", [
     ("bench_steer.py", ["--n", "2", "--rounds", "1"], "÷"),
     ("bench_generation.py", ["--n", "4", "--batch-size", "2"], "prompts/s"),
-    ("bench_capture.py", ["--texts", "4", "--rounds", "1", "--rss-texts", "2"], "peak RSS during capture")
+    ("bench_capture.py", ["--texts", "4", "--rounds", "1", "--rss-texts", "2"], "peak RSS during capture"),
+    ("bench_kv.py", ["--length", "48", "--new-tokens", "3", "--ratios", "0.5", "--rounds", "1"], "÷ uncompressed"),
 ])
 def test_benchmark_script_runs(script, args, expected):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,

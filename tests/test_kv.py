@@ -129,3 +129,29 @@ def test_bad_input_is_one_clear_error(llama, kwargs):
     with pytest.raises(SparekitError):
         with kv_compress(llama, **kwargs):
             pass
+
+
+def test_scoring_a_continuation_through_a_pruned_cache(gemma3):
+    """Several new tokens in one call (perplexity scoring): ratio 0 is bit-identical, batching changes nothing."""
+    from sparekit.kv.bench import KVBenchConfig, _perplexity
+
+    windows = [[1] + list(range(10, 40)), [1] + list(range(40, 70))]
+    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2", "recent"), ppl_tokens=6, min_length=0, batch_size=2)
+    batched = _perplexity(gemma3, windows, config)
+    alone = [_perplexity(gemma3, [w], config) for w in windows]
+    for method in config.methods:
+        nll = batched[method]["0.5"]["nll"]
+        assert nll == pytest.approx(sum(a[method]["0.5"]["nll"] for a in alone) / 2, rel=1e-5)
+        assert batched[method]["0.5"]["kv_ratio"] < 1
+    with kv_compress(gemma3, ratio=0.0, min_length=0):
+        compressed0 = _perplexity(gemma3, windows, KVBenchConfig(ratios=(0.0,), ppl_tokens=6))
+    assert compressed0["none"]["0"]["nll"] == batched["l2"]["0"]["nll"]
+
+
+@pytest.mark.parametrize("args", [["kv", "bench", "--methods", "kmeans"], ["kv", "bench", "--ratios", "0,1"],
+                                  ["kv", "conflict", "--methods", "l2,x"]])
+def test_cli_rejects_bad_input(args, capsys):
+    from sparekit.cli.main import main
+
+    assert main(args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -222,9 +222,10 @@ def _finish(rows: dict, metrics) -> dict:
             entry["kv_ratio"] = row["kv_bytes"] / base["kv_bytes"]
             entry["time_ratio"] = row["decode_s"] / base["decode_s"]
         out.setdefault(method, {})[f"{ratio:g}"] = entry
-    none = out.pop("none", None)
-    if none:
-        for method in {m for m, _ in rows if m != "none"}:
+    methods = {m for m, _ in rows if m != "none"}
+    if "none" in out and methods:
+        none = out.pop("none")
+        for method in methods:
             out[method] = {**none, **out[method]}
     return out
 
