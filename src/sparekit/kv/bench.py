@@ -34,7 +34,8 @@ from sparekit.evaluation.generation import batches, tokenize
 from sparekit.hooks import cache_keyword
 from sparekit.kv.compress import METHODS, cache_bytes, kv_compress
 from sparekit.models.loading import LoadedModel
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.probes.plots import _finish as finish_figure
+from sparekit.utils.io import atomic_write_json, read_json
 
 TASKS = ("passkey", "needle", "perplexity")
 _FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -141,8 +142,11 @@ def _settings(ratio: float, method: str, config: KVBenchConfig) -> dict | None:
 
 @torch.inference_mode()
 def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int,
-           settings: dict | None) -> tuple[torch.Tensor, dict]:
-    """Greedy tokens ``[batch, steps]`` after a finished prompt pass, under ``kv_compress(**settings)``."""
+           settings: dict | None, stop_at_newline: bool = False) -> tuple[torch.Tensor, dict]:
+    """Greedy tokens ``[batch, ≤ steps]`` after a finished prompt pass, under ``kv_compress(**settings)``.
+
+    With ``stop_at_newline`` it stops once every row has written a newline (answers are one line).
+    """
     cache = copy.deepcopy(cache)
     mask = enc["attention_mask"]
     position = mask.sum(-1, keepdim=True)
@@ -158,6 +162,8 @@ def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: 
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(token)
             position = position + 1
+            if stop_at_newline and all("\n" in t for t in lm.tokenizer.batch_decode(torch.cat(tokens, dim=-1))):
+                break
     seconds = time.perf_counter() - start
     return torch.cat(tokens, dim=-1), {"kv_bytes": kv.kv_bytes if kv else prompt_bytes, "decode_s": seconds}
 
@@ -240,7 +246,7 @@ def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence,
         enc = tokenize(lm, [prompts[i] for i in chunk])
         cache, last = _prompt_pass(lm, enc)
         for method, ratio in _grid(config):
-            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config))
+            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config), stop_at_newline=True)
             texts = [t.split("\n", 1)[0].strip() for t in lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             row = rows.setdefault((method, ratio), {"labels": [], "kv_bytes": 0, "decode_s": 0.0})
             row["labels"] += [behaviour_label(t, examples[i]) for t, i in zip(texts, chunk)]
@@ -349,11 +355,4 @@ def plot_bench(summary: dict, path: str | Path) -> Path:
             ax.set_xlabel("compression ratio (share of prompt KV evicted)")
             ax.set_ylabel("perplexity ↓" if task == "perplexity" else "accuracy (%) ↑")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"KV compression on {summary['model']}", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
-    return path
+    return finish_figure(fig, [axes[0][0]], f"KV compression on {summary['model']}", path)
