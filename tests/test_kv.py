@@ -136,7 +136,7 @@ def test_scoring_a_continuation_through_a_pruned_cache(gemma3):
     from sparekit.kv.bench import KVBenchConfig, _perplexity
 
     windows = [[1] + list(range(10, 40)), [1] + list(range(40, 70))]
-    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2", "recent"), ppl_tokens=6, min_length=0, batch_size=2)
+    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2",), ppl_tokens=6, min_length=0, batch_size=2)
     batched = _perplexity(gemma3, windows, config)
     alone = [_perplexity(gemma3, [w], config) for w in windows]
     for method in config.methods:
