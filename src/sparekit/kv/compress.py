@@ -36,7 +36,11 @@ attention module, also rewrites each full-attention layer's mask during decoding
 the layer's own slot validity (kept, filler or padding) and the 2-D mask of the tokens
 generated since. Positions are untouched: keys are cached with their rotary position
 applied, and ``generate`` derives position ids from the 2-D mask, not from the cache length.
-Supported attention implementations: ``eager`` and ``sdpa``.
+Supported: ``eager`` and ``sdpa`` attention; greedy or sampled decoding (beam search and
+assisted decoding reorder or crop the cache behind the per-row slot bookkeeping: not supported).
+
+The conflict probe is not affected by construction: it reads the last prompt token of the
+prompt pass, which runs on the full cache; pruning only changes what decoding attends to.
 """
 
 from __future__ import annotations
