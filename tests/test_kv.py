@@ -155,3 +155,14 @@ def test_cli_rejects_bad_input(args, capsys):
 
     assert main(args) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bench_resumes_from_its_parts(llama, tmp_path, monkeypatch):
+    from sparekit.kv import bench
+
+    config = bench.KVBenchConfig(tasks=("passkey",), lengths=(32,), ratios=(0.0, 0.5), methods=("l2",), items=1,
+                                 min_length=0)
+    first = bench.run_bench(llama, config, tmp_path, passages=[])
+    assert set(first["results"]["passkey"]["32"]["l2"]) == {"0", "0.5"}
+    monkeypatch.setattr(bench, "_retrieval", lambda *a, **k: pytest.fail("a finished part was recomputed"))
+    assert bench.run_bench(llama, config, tmp_path, passages=[])["results"] == first["results"]

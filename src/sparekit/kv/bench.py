@@ -19,6 +19,7 @@ pass. Ratio 0 is the uncompressed baseline every method shares.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import re
@@ -289,7 +290,8 @@ def run_bench(lm: LoadedModel, config: KVBenchConfig, out_dir: Path, passages: S
 
 
 def _part_config(config: KVBenchConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k not in ("tasks", "lengths")}
+    """The settings a part depends on, as its JSON reads back (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in ("tasks", "lengths")}))
 
 
 def largest_safe_ratio(results: dict, method: str = "l2") -> dict:
