@@ -6,6 +6,10 @@ interleaved rounds (medians), so the ratios hold on a busy machine. The decode s
 the generate time minus a prompt-pass-only generate (1 new token) of the same round.
 
     python benchmarks/bench_kv.py [--length 512] [--new-tokens 32] [--ratios 0.5,0.9] [--rounds 3]
+
+``--norms`` instead tests the method's premise on the same prompt: per layer, how much key
+norms vary (coefficient of variation) and the Spearman correlation between a key's norm
+and the attention it receives from the last 32 queries (the paper: negative).
 """
 
 from __future__ import annotations
@@ -33,6 +37,27 @@ def timed_generate(lm, enc, new_tokens: int, ratio: float | None) -> tuple[float
     return time.perf_counter() - start, (kv.kv_bytes, kv.kv_bytes_uncompressed) if kv else None
 
 
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort(-1).argsort(-1).float()
+
+
+@torch.inference_mode()
+def norm_report(lm, enc) -> None:
+    """Key-norm spread and norm/attention rank correlation per layer (eager attention to read weights)."""
+    lm.model.set_attn_implementation("eager")
+    out = lm.model(**enc, use_cache=True, output_attentions=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    print("layer  kind     key-norm CV  Spearman(norm, attention received)")
+    for layer, (attn, cache_layer) in enumerate(zip(out.attentions, cache.layers)):
+        keys = cache_layer.keys[0, 0].float()  # one KV head on the default model
+        received = attn[0, :, -32:, -keys.shape[0]:].float().mean(dim=(0, 1))
+        norms = keys.norm(dim=-1)
+        rho = torch.corrcoef(torch.stack([_ranks(norms), _ranks(received)]))[0, 1]
+        kind = "sliding" if cache_layer.is_sliding else "global"
+        print(f"{layer:5d}  {kind:<7}  {float(norms.std() / norms.mean()):11.3f}  {float(rho):+.3f}")
+    lm.model.set_attn_implementation("sdpa")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--length", type=int, default=512, help="prompt length in tokens (about)")
@@ -40,12 +65,15 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.5,0.9")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--norms", action="store_true", help="key-norm spread and norm/attention correlation only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     lm = load_model("default", device="cpu")
     prompt, _ = passkey_items(lm, args.length, 1, seed=0)[0]
     enc = tokenize(lm, [prompt])
+    if args.norms:
+        return norm_report(lm, enc)
     ratios = [float(r) for r in args.ratios.split(",")]
     timed_generate(lm, enc, 2, None)  # warm-up
     prompt_only, times, held = [], {r: [] for r in [0.0, *ratios]}, {}
