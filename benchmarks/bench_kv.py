@@ -23,7 +23,7 @@ import torch
 
 from sparekit.evaluation.generation import tokenize
 from sparekit.kv import kv_compress
-from sparekit.kv.bench import passkey_items
+from sparekit.kv.bench import PASSKEY_QUESTION, passkey_items
 from sparekit.models import load_model
 
 
@@ -70,8 +70,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     lm = load_model("default", device="cpu")
-    prompt, _ = passkey_items(lm, args.length, 1, seed=0)[0]
-    enc = tokenize(lm, [prompt])
+    context, _ = passkey_items(lm, args.length, 1, seed=0)[0]
+    enc = tokenize(lm, [context + PASSKEY_QUESTION])
     if args.norms:
         return norm_report(lm, enc)
     ratios = [float(r) for r in args.ratios.split(",")]

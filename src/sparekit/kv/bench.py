@@ -9,6 +9,9 @@ pass. Ratio 0 is the uncompressed baseline every method shares.
   (Mohtashami & Jaggi 2023); correct when the greedy continuation contains it.
 * ``needle``: a "special magic word" sentence hidden in shipped Wikipedia passages
   (NQ-Swap contexts held out by :func:`sparekit.sae.corpus.nqswap_passages`).
+  In both, the context alone is the prompt; its cache is compressed and the question is
+  then read through it (as in kvpress and the paper), so even the first answer token
+  depends on what was kept.
 * ``perplexity``: the last ``ppl_tokens`` tokens of a Wikipedia window, scored after its
   compressed prefix (tokens the compressed cache predicts; the first, predicted by the
   prompt pass, is left out).
@@ -81,34 +84,40 @@ def _fill(lm: LoadedModel, pieces: Sequence[str], budget: int) -> list[str]:
     return out
 
 
-def _hide(lm: LoadedModel, pieces: list[str], secret: str, question: str, length: int, rng: random.Random) -> str:
-    """``secret`` at a seeded depth (10-90 %) of a haystack of ``pieces``, then ``question``; ~``length`` tokens."""
-    hay = _fill(lm, pieces, length - _token_length(lm, secret + question) - 2)
+def _hide(lm: LoadedModel, pieces: list[str], secret: str, length: int, rng: random.Random) -> str:
+    """``secret`` at a seeded depth (10-90 %) of a haystack of ``pieces``; about ``length`` tokens."""
+    hay = _fill(lm, pieces, length - _token_length(lm, secret) - 2)
     depth = round(rng.uniform(0.1, 0.9) * len(hay))
-    return " ".join(hay[:depth] + [secret] + hay[depth:]) + question
+    return " ".join(hay[:depth] + [secret] + hay[depth:])
+
+
+PASSKEY_QUESTION = " What is the pass key? The pass key is"
+NEEDLE_QUESTION = "\nWhat is the special magic word? The special magic word is"
 
 
 def passkey_items(lm: LoadedModel, length: int, n: int, seed: int) -> list[tuple[str, str]]:
+    """(context, key) pairs; the context is followed by :data:`PASSKEY_QUESTION`."""
     rng = random.Random(f"passkey:{seed}:{length}")
+    intro = "There is a pass key hidden inside a lot of irrelevant text. Find it and remember it. "
+    budget = length - _token_length(lm, intro + PASSKEY_QUESTION)
     items = []
     for _ in range(n):
         key = str(rng.randint(10000, 99999))
-        intro = "There is a pass key hidden inside a lot of irrelevant text. Find it and remember it. "
-        body = _hide(lm, [_FILLER], f"The pass key is {key}. Remember it. {key} is the pass key.",
-                     " What is the pass key? The pass key is", length - _token_length(lm, intro), rng)
-        items.append((intro + body, key))
+        items.append((intro + _hide(lm, [_FILLER], f"The pass key is {key}. Remember it. {key} is the pass key.",
+                                    budget, rng), key))
     return items
 
 
 def needle_items(lm: LoadedModel, passages: Sequence[str], length: int, n: int, seed: int) -> list[tuple[str, str]]:
+    """(context, word) pairs; the context is followed by :data:`NEEDLE_QUESTION`."""
     rng = random.Random(f"needle:{seed}:{length}")
+    budget = length - _token_length(lm, NEEDLE_QUESTION)
     items = []
     for _ in range(n):
         word = rng.choice(_WORDS)
         start = rng.randrange(len(passages))
         pieces = list(passages[start:]) + list(passages[:start])
-        items.append((_hide(lm, pieces, f"The special magic word is {word}.",
-                            "\nWhat is the special magic word? The special magic word is", length, rng), word))
+        items.append((_hide(lm, pieces, f"The special magic word is {word}.", budget, rng), word))
     return items
 
 
@@ -142,21 +151,30 @@ def _settings(ratio: float, method: str, config: KVBenchConfig) -> dict | None:
 
 
 @torch.inference_mode()
-def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int,
-           settings: dict | None, stop_at_newline: bool = False) -> tuple[torch.Tensor, dict]:
+def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int, settings: dict | None,
+           stop_at_newline: bool = False, question: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Greedy tokens ``[batch, ≤ steps]`` after a finished prompt pass, under ``kv_compress(**settings)``.
 
+    With ``question`` (token ids ``[batch, q]``) the question is read through the compressed
+    cache first, as kvpress and the paper evaluate (the context is compressed before the
+    question is seen); without it, the first token comes from the uncompressed prompt pass.
     With ``stop_at_newline`` it stops once every row has written a newline (answers are one line).
     """
     cache = copy.deepcopy(cache)
     mask = enc["attention_mask"]
     position = mask.sum(-1, keepdim=True)
-    token = last_logits.argmax(-1, keepdim=True)
-    tokens = [token]
     keyword = cache_keyword(lm.model)
     prompt_bytes = cache_bytes(cache)
     start = time.perf_counter()
     with kv_compress(lm, **settings) if settings else nullcontext() as kv:
+        if question is not None:
+            mask = torch.cat([mask, torch.ones_like(question)], dim=-1)
+            offsets = torch.arange(question.shape[1], device=question.device)
+            last_logits = lm.model(input_ids=question, attention_mask=mask, position_ids=position + offsets,
+                                   use_cache=True, **{keyword: cache}).logits[:, -1]
+            position = position + question.shape[1]
+        token = last_logits.argmax(-1, keepdim=True)
+        tokens = [token]
         for _ in range(steps - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
             out = lm.model(input_ids=token, attention_mask=mask, position_ids=position, use_cache=True, **{keyword: cache})
@@ -169,14 +187,20 @@ def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: 
     return torch.cat(tokens, dim=-1), {"kv_bytes": kv.kv_bytes if kv else prompt_bytes, "decode_s": seconds}
 
 
-def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], config: KVBenchConfig, steps: int) -> dict:
-    """Accuracy, KV bytes and decode time per (method, ratio) on (prompt, answer) items."""
+def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, config: KVBenchConfig,
+               steps: int) -> dict:
+    """Accuracy, KV bytes and decode time per (method, ratio) on (context, answer) items.
+
+    The context's cache is compressed, then ``question`` is read through it.
+    """
     rows: dict[tuple[str, float], dict] = {}
+    question_ids = lm.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
     for chunk in batches(items, config.batch_size):
-        enc = tokenize(lm, [prompt for prompt, _ in chunk])
+        enc = tokenize(lm, [context for context, _ in chunk])
         cache, last = _prompt_pass(lm, enc)
+        asked = question_ids.to(lm.model.device).expand(len(chunk), -1)
         for method, ratio in _grid(config):
-            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config))
+            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config), question=asked)
             texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
             row = rows.setdefault((method, ratio), {"correct": 0, "n": 0, "kv_bytes": 0, "decode_s": 0.0, "outputs": []})
             row["correct"] += sum(answer.lower() in text.lower() for text, (_, answer) in zip(texts, chunk))
@@ -275,10 +299,13 @@ def run_bench(lm: LoadedModel, config: KVBenchConfig, out_dir: Path, passages: S
                     windows = perplexity_windows(lm, passages, length + config.ppl_tokens, config.items, config.seed)
                     result, n_tokens = _perplexity(lm, windows, config), [length] * len(windows)
                 else:
-                    items = (passkey_items(lm, length, config.items, config.seed) if task == "passkey"
-                             else needle_items(lm, passages, length, config.items, config.seed))
-                    result = _retrieval(lm, items, config, steps=7 if task == "passkey" else 4)
-                    n_tokens = [len(lm.tokenizer(prompt)["input_ids"]) for prompt, _ in items]
+                    if task == "passkey":
+                        items, question = passkey_items(lm, length, config.items, config.seed), PASSKEY_QUESTION
+                    else:
+                        items = needle_items(lm, passages, length, config.items, config.seed)
+                        question = NEEDLE_QUESTION
+                    result = _retrieval(lm, items, question, config, steps=7 if task == "passkey" else 4)
+                    n_tokens = [len(lm.tokenizer(context + question)["input_ids"]) for context, _ in items]
                 saved = {"config": _part_config(config), "result": result,
                          "prompt_tokens": sum(n_tokens) / len(n_tokens)}
                 atomic_write_json(part, saved)
