@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("sparekit.cli.bench", "bench", "Benchmarks: steering methods side by side."),
     "serve": ("sparekit.cli.serve", "serve", "HTTP server: answers, conflict probability, per-request steering."),
     "export": ("sparekit.cli.export", "export", "Write fitted methods for other tools (llama.cpp control vectors)."),
+    "kv": ("sparekit.cli.kv", "kv", "KV-cache compression by key L2 norm: retrieval, perplexity, conflicts."),
 }
 
 

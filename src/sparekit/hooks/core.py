@@ -18,7 +18,9 @@ token, correct under left *and* right padding), ``"all"``, or an int index.
 Under ``generate`` with a KV cache, ``when="prompt"`` acts on the prompt pass only
 and ``when="always"`` on every decoding step as well (where ``"last"`` is the new token).
 
-Hooks are registered in ``__enter__`` and always removed on exit, even after an
+``intercept(site, fn)`` lets ``fn`` rewrite the keyword arguments a module is called
+with (inputs that are not activations, such as the attention mask; :mod:`sparekit.kv`
+uses it to prune the KV cache). Hooks are registered in ``__enter__`` and always removed on exit, even after an
 error. A decoder layer may return a tensor (transformers 5) or a tuple (older
 versions, attention modules): both are handled here and nowhere else.
 """
@@ -41,6 +43,8 @@ Component = Literal["resid", "attn", "mlp"]
 Positions = Literal["last", "all"] | int
 When = Literal["prompt", "always"]
 EditFn = Callable[[torch.Tensor], torch.Tensor]
+# (module, positional args, keyword args) -> new keyword args, or None to leave them as they are
+InterceptFn = Callable[[torch.nn.Module, tuple, dict], dict | None]
 
 _COMPONENT_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
 
@@ -124,6 +128,14 @@ def _split_output(output) -> tuple[torch.Tensor, Callable[[torch.Tensor], object
     raise TypeError(f"cannot hook a module returning {type(output).__name__}")
 
 
+def _pre_hook(fn: InterceptFn):
+    def hook(module, args, kwargs):
+        new_kwargs = fn(module, args, kwargs)
+        return None if new_kwargs is None else (args, new_kwargs)
+
+    return hook
+
+
 class Hooks:
     """Context manager that captures and edits activations at :class:`Site` s."""
 
@@ -131,6 +143,7 @@ class Hooks:
         self.model, self.info = (lm.model, lm.info) if isinstance(lm, LoadedModel) else lm
         self._actions: list[_Action] = []
         self._stop_site: Site | None = None
+        self._intercepts: list[tuple[Site, InterceptFn]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._is_prompt_pass = True
         self._attention_mask: torch.Tensor | None = None
@@ -152,6 +165,27 @@ class Hooks:
         """
         self._add(_Action(self._checked(site), positions, when, edit=fn))
         return self
+
+    def intercept(self, site: Site, fn: InterceptFn) -> Hooks:
+        """Call ``fn(module, args, kwargs)`` before the module at ``site`` runs, on every call.
+
+        A dict returned replaces the module's keyword arguments; ``None`` leaves them.
+        ``fn`` can read :attr:`is_prompt_pass` and :attr:`attention_mask` of the current model call.
+        """
+        if self._active:
+            raise RuntimeError("declare intercepts before entering the Hooks context")
+        self._intercepts.append((self._checked(site), fn))
+        return self
+
+    @property
+    def is_prompt_pass(self) -> bool:
+        """Whether the model call in progress is a prompt pass (see :func:`is_prompt_pass`)."""
+        return self._is_prompt_pass
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        """The 2-D attention mask the model call in progress was given (``None`` if none)."""
+        return self._attention_mask
 
     def stop_after(self, site: Site) -> Hooks:
         """End the forward pass right after ``site`` has run (the call then returns nothing)."""
@@ -187,6 +221,9 @@ class Hooks:
             for action in self._actions:
                 module = self.model.get_submodule(self.info.module_path(action.site.layer, action.site.component))
                 self._handles.append(module.register_forward_hook(self._make_hook(action)))
+            for site, fn in self._intercepts:
+                module = self.model.get_submodule(self.info.module_path(site.layer, site.component))
+                self._handles.append(module.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
             if self._stop_site is not None:
                 module = self.model.get_submodule(self.info.module_path(self._stop_site.layer, self._stop_site.component))
                 self._handles.append(module.register_forward_hook(self._raise_stop))

@@ -1,0 +1,387 @@
+"""``sparekit kv bench``: passkey, needle-in-a-haystack, perplexity and knowledge conflicts under KV compression.
+
+Compression acts only after the prompt pass, so each batch of prompts runs its prompt
+pass once; every (method, ratio) then decodes from its own copy of that cache inside
+:func:`~sparekit.kv.kv_compress`, exactly as ``generate`` would after the same prompt
+pass. Ratio 0 is the uncompressed baseline every method shares.
+
+* ``passkey``: a 5-digit key hidden at a seeded depth in repeated filler
+  (Mohtashami & Jaggi 2023); correct when the greedy continuation contains it.
+* ``needle``: a "special magic word" sentence hidden in shipped Wikipedia passages
+  (NQ-Swap contexts held out by :func:`sparekit.sae.corpus.nqswap_passages`).
+  In both, the context alone is the prompt; its cache is compressed and the question is
+  then read through it (as in kvpress and the paper), so even the first answer token
+  depends on what was kept.
+* ``perplexity``: the last ``ppl_tokens`` tokens of a Wikipedia window, scored after its
+  compressed prefix (tokens the compressed cache predicts; the first, predicted by the
+  prompt pass, is left out).
+* ``conflict``: answers to conflicting-context prompts of a conflict dataset, labelled
+  context / memory / other (:func:`~sparekit.evaluation.metrics.behaviour_label`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sparekit.evaluation.generation import batches, tokenize
+from sparekit.hooks import cache_keyword
+from sparekit.kv.compress import METHODS, cache_bytes, kv_compress
+from sparekit.models.loading import LoadedModel
+from sparekit.probes.plots import _finish as finish_figure
+from sparekit.utils.io import atomic_write_json, read_json
+
+TASKS = ("passkey", "needle", "perplexity")
+_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+_WORDS = ("umbrella", "volcano", "lantern", "harbour", "pepper", "glacier", "violin", "meadow", "compass", "falcon",
+          "orchid", "anchor", "saddle", "thimble", "walnut", "canyon")
+
+
+@dataclass(frozen=True)
+class KVBenchConfig:
+    """What ``sparekit kv bench`` measures; the run directory keeps one JSON part per (task, length)."""
+
+    tasks: tuple[str, ...] = TASKS
+    lengths: tuple[int, ...] = (512, 1024)
+    ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9)
+    methods: tuple[str, ...] = METHODS
+    items: int = 4
+    ppl_tokens: int = 64
+    skip_layers: tuple[int, ...] = (0, 1)
+    keep_last: int = 8
+    min_length: int = 128
+    seed: int = 0
+    batch_size: int = 4
+
+
+def _token_length(lm: LoadedModel, text: str) -> int:
+    return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _fill(lm: LoadedModel, pieces: Sequence[str], budget: int) -> list[str]:
+    """Sentences of ``pieces`` (cycled) until the next would pass ``budget`` tokens."""
+    sentences = [s for piece in pieces for s in re.split(r"(?<=[.!?])\s+", piece) if s]
+    out, used = [], 0
+    for i in range(20 * budget):
+        sentence = sentences[i % len(sentences)]
+        cost = _token_length(lm, sentence) + 1
+        if used + cost > budget:
+            if budget - used < 16:
+                break
+            continue  # a long sentence: a shorter one may still fit
+        out.append(sentence)
+        used += cost
+    return out
+
+
+def _hide(lm: LoadedModel, pieces: list[str], secret: str, length: int, rng: random.Random) -> str:
+    """``secret`` at a seeded depth (10-90 %) of a haystack of ``pieces``; about ``length`` tokens."""
+    hay = _fill(lm, pieces, length - _token_length(lm, secret) - 2)
+    depth = round(rng.uniform(0.1, 0.9) * len(hay))
+    return " ".join(hay[:depth] + [secret] + hay[depth:])
+
+
+PASSKEY_QUESTION = " What is the pass key? The pass key is"
+NEEDLE_QUESTION = "\nWhat is the special magic word? The special magic word is"
+
+
+def passkey_items(lm: LoadedModel, length: int, n: int, seed: int) -> list[tuple[str, str]]:
+    """(context, key) pairs; the context is followed by :data:`PASSKEY_QUESTION`."""
+    rng = random.Random(f"passkey:{seed}:{length}")
+    intro = "There is a pass key hidden inside a lot of irrelevant text. Find it and remember it. "
+    budget = length - _token_length(lm, intro + PASSKEY_QUESTION)
+    items = []
+    for _ in range(n):
+        key = str(rng.randint(10000, 99999))
+        items.append((intro + _hide(lm, [_FILLER], f"The pass key is {key}. Remember it. {key} is the pass key.",
+                                    budget, rng), key))
+    return items
+
+
+def needle_items(lm: LoadedModel, passages: Sequence[str], length: int, n: int, seed: int) -> list[tuple[str, str]]:
+    """(context, word) pairs; the context is followed by :data:`NEEDLE_QUESTION`."""
+    rng = random.Random(f"needle:{seed}:{length}")
+    budget = length - _token_length(lm, NEEDLE_QUESTION)
+    items = []
+    for _ in range(n):
+        word = rng.choice(_WORDS)
+        start = rng.randrange(len(passages))
+        pieces = list(passages[start:]) + list(passages[:start])
+        items.append((_hide(lm, pieces, f"The special magic word is {word}.", budget, rng), word))
+    return items
+
+
+def perplexity_windows(lm: LoadedModel, passages: Sequence[str], length: int, n: int, seed: int) -> list[list[int]]:
+    """``n`` token windows of exactly ``length`` tokens from the passages joined in a seeded order."""
+    order = list(passages)
+    random.Random(f"ppl:{seed}").shuffle(order)
+    ids: list[int] = []
+    windows = []
+    for text in order:
+        ids += lm.tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
+        while len(ids) >= length and len(windows) < n:
+            windows.append(ids[:length])
+            ids = ids[length:]
+        if len(windows) == n:
+            break
+    return windows
+
+
+@torch.inference_mode()
+def _prompt_pass(lm: LoadedModel, enc: dict) -> tuple[object, torch.Tensor]:
+    out = lm.model(**enc, use_cache=True)
+    return getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1]
+
+
+def _settings(ratio: float, method: str, config: KVBenchConfig) -> dict | None:
+    if ratio == 0:
+        return None
+    return {"ratio": ratio, "method": method, "skip_layers": config.skip_layers, "min_length": config.min_length,
+            "keep_last": config.keep_last, "seed": config.seed}
+
+
+@torch.inference_mode()
+def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int, settings: dict | None,
+           stop_at_newline: bool = False, question: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Greedy tokens ``[batch, ≤ steps]`` after a finished prompt pass, under ``kv_compress(**settings)``.
+
+    With ``question`` (token ids ``[batch, q]``) the question is read through the compressed
+    cache first, as kvpress and the paper evaluate (the context is compressed before the
+    question is seen); without it, the first token comes from the uncompressed prompt pass.
+    With ``stop_at_newline`` it stops once every row has written a newline (answers are one line).
+    """
+    cache = copy.deepcopy(cache)
+    mask = enc["attention_mask"]
+    position = mask.sum(-1, keepdim=True)
+    keyword = cache_keyword(lm.model)
+    prompt_bytes = cache_bytes(cache)
+    start = time.perf_counter()
+    with kv_compress(lm, **settings) if settings else nullcontext() as kv:
+        if question is not None:
+            mask = torch.cat([mask, torch.ones_like(question)], dim=-1)
+            offsets = torch.arange(question.shape[1], device=question.device)
+            last_logits = lm.model(input_ids=question, attention_mask=mask, position_ids=position + offsets,
+                                   use_cache=True, **{keyword: cache}).logits[:, -1]
+            position = position + question.shape[1]
+        token = last_logits.argmax(-1, keepdim=True)
+        tokens = [token]
+        for _ in range(steps - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            out = lm.model(input_ids=token, attention_mask=mask, position_ids=position, use_cache=True, **{keyword: cache})
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(token)
+            position = position + 1
+            if stop_at_newline and all("\n" in t for t in lm.tokenizer.batch_decode(torch.cat(tokens, dim=-1))):
+                break
+    seconds = time.perf_counter() - start
+    return torch.cat(tokens, dim=-1), {"kv_bytes": kv.kv_bytes if kv else prompt_bytes, "decode_s": seconds}
+
+
+def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, config: KVBenchConfig,
+               steps: int) -> dict:
+    """Accuracy, KV bytes and decode time per (method, ratio) on (context, answer) items.
+
+    The context's cache is compressed, then ``question`` is read through it.
+    """
+    rows: dict[tuple[str, float], dict] = {}
+    question_ids = lm.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    for chunk in batches(items, config.batch_size):
+        enc = tokenize(lm, [context for context, _ in chunk])
+        cache, last = _prompt_pass(lm, enc)
+        asked = question_ids.to(lm.model.device).expand(len(chunk), -1)
+        for method, ratio in _grid(config):
+            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config), question=asked)
+            texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            row = rows.setdefault((method, ratio), {"correct": 0, "n": 0, "kv_bytes": 0, "decode_s": 0.0, "outputs": []})
+            row["correct"] += sum(answer.lower() in text.lower() for text, (_, answer) in zip(texts, chunk))
+            row["n"] += len(chunk)
+            row["kv_bytes"] += stats["kv_bytes"]
+            row["decode_s"] += stats["decode_s"]
+            row["outputs"] += texts
+    return _finish(rows, lambda r: {"accuracy": r["correct"] / r["n"], "outputs": r["outputs"]})
+
+
+def _perplexity(lm: LoadedModel, windows: list[list[int]], config: KVBenchConfig) -> dict:
+    rows: dict[tuple[str, float], dict] = {}
+    keyword = cache_keyword(lm.model)
+    for chunk in batches(windows, config.batch_size):
+        ids = torch.tensor(chunk, device=lm.model.device)
+        prefix, rest = ids[:, :-config.ppl_tokens], ids[:, -config.ppl_tokens:]
+        enc = {"input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
+        cache, _ = _prompt_pass(lm, enc)
+        position = torch.arange(prefix.shape[1], ids.shape[1], device=ids.device).expand(len(chunk), -1)
+        for method, ratio in _grid(config):
+            settings = _settings(ratio, method, config)
+            copied = copy.deepcopy(cache)
+            start = time.perf_counter()
+            with kv_compress(lm, **settings) if settings else nullcontext() as kv, torch.inference_mode():
+                logits = lm.model(input_ids=rest, attention_mask=torch.ones_like(ids), position_ids=position,
+                                  use_cache=True, **{keyword: copied}).logits
+            seconds = time.perf_counter() - start
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), rest[:, 1:].flatten(),
+                                                    reduction="sum")
+            row = rows.setdefault((method, ratio), {"nll": 0.0, "tokens": 0, "kv_bytes": 0, "decode_s": 0.0})
+            row["nll"] += float(nll)
+            row["tokens"] += rest[:, 1:].numel()
+            row["kv_bytes"] += kv.kv_bytes if kv else cache_bytes(cache)
+            row["decode_s"] += seconds
+    return _finish(rows, lambda r: {"perplexity": math.exp(r["nll"] / r["tokens"]), "nll": r["nll"] / r["tokens"]})
+
+
+def _grid(config: KVBenchConfig) -> list[tuple[str, float]]:
+    """(method, ratio) pairs to run: ratio 0 once (as ``none``), then every method at every other ratio."""
+    return [("none", 0.0)] * (0.0 in config.ratios) + [(m, r) for m in config.methods for r in config.ratios if r > 0]
+
+
+def _finish(rows: dict, metrics) -> dict:
+    """``{method: {ratio: row}}`` with ratio 0 copied under every method, bytes and time relative to it."""
+    base = rows.get(("none", 0.0))
+    out: dict[str, dict[str, dict]] = {}
+    for (method, ratio), row in rows.items():
+        entry = {**metrics(row), "kv_bytes": row["kv_bytes"], "decode_s": round(row["decode_s"], 3)}
+        if base is not None:
+            entry["kv_ratio"] = row["kv_bytes"] / base["kv_bytes"]
+            entry["time_ratio"] = row["decode_s"] / base["decode_s"]
+        out.setdefault(method, {})[f"{ratio:g}"] = entry
+    methods = {m for m, _ in rows if m != "none"}
+    if "none" in out and methods:
+        none = out.pop("none")
+        for method in methods:
+            out[method] = {**none, **out[method]}
+    return out
+
+
+def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence, config: KVBenchConfig,
+                    steps: int = 12) -> dict:
+    """Knowledge-source shares (context / memory / other) of conflict answers per (method, ratio)."""
+    from sparekit.evaluation.metrics import behaviour_label
+
+    rows: dict[tuple[str, float], dict] = {}
+    for chunk in batches(list(range(len(prompts))), config.batch_size):
+        enc = tokenize(lm, [prompts[i] for i in chunk])
+        cache, last = _prompt_pass(lm, enc)
+        for method, ratio in _grid(config):
+            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config), stop_at_newline=True)
+            texts = [t.split("\n", 1)[0].strip() for t in lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+            row = rows.setdefault((method, ratio), {"labels": [], "kv_bytes": 0, "decode_s": 0.0})
+            row["labels"] += [behaviour_label(t, examples[i]) for t, i in zip(texts, chunk)]
+            row["kv_bytes"] += stats["kv_bytes"]
+            row["decode_s"] += stats["decode_s"]
+
+    def shares(row: dict) -> dict:
+        n = len(row["labels"])
+        return {label: row["labels"].count(label) / n for label in ("context", "memory", "other")} | {"n": n}
+
+    return _finish(rows, shares)
+
+
+def run_bench(lm: LoadedModel, config: KVBenchConfig, out_dir: Path, passages: Sequence[str]) -> dict:
+    """Every task at every length; parts already in ``out_dir/parts`` are read back (resume)."""
+    results: dict[str, dict] = {}
+    tokens: dict[str, dict] = {}
+    for task in config.tasks:
+        for length in config.lengths:
+            part = out_dir / "parts" / f"{task}-{length}.json"
+            if part.is_file() and read_json(part)["config"] == _part_config(config):
+                saved = read_json(part)
+            else:
+                if task == "perplexity":
+                    windows = perplexity_windows(lm, passages, length + config.ppl_tokens, config.items, config.seed)
+                    result, n_tokens = _perplexity(lm, windows, config), [length] * len(windows)
+                else:
+                    if task == "passkey":
+                        items, question = passkey_items(lm, length, config.items, config.seed), PASSKEY_QUESTION
+                    else:
+                        items = needle_items(lm, passages, length, config.items, config.seed)
+                        question = NEEDLE_QUESTION
+                    result = _retrieval(lm, items, question, config, steps=7 if task == "passkey" else 4)
+                    n_tokens = [len(lm.tokenizer(context + question)["input_ids"]) for context, _ in items]
+                saved = {"config": _part_config(config), "result": result,
+                         "prompt_tokens": sum(n_tokens) / len(n_tokens)}
+                atomic_write_json(part, saved)
+            results.setdefault(task, {})[str(length)] = saved["result"]
+            tokens.setdefault(task, {})[str(length)] = saved["prompt_tokens"]
+    return {"config": asdict(config), "model": lm.info.name, "model_hash": lm.info.model_hash,
+            "mean_prompt_tokens": tokens, "largest_ratio_within_1_point": largest_safe_ratio(results),
+            "results": results}
+
+
+def _part_config(config: KVBenchConfig) -> dict:
+    """The settings a part depends on, as its JSON reads back (tuples become lists)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in ("tasks", "lengths")}))
+
+
+def largest_safe_ratio(results: dict, method: str = "l2") -> dict:
+    """Per task and length: the largest ratio at which ``method`` stays within 1 point of ratio 0.
+
+    Accuracy tasks: within 1 percentage point; perplexity: within 1 % of the baseline.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for task, by_length in results.items():
+        for length, by_method in by_length.items():
+            curve = by_method.get(method, {})
+            base = curve.get("0")
+            if base is None:
+                continue
+            key = "perplexity" if "perplexity" in base else "accuracy"
+            ok = [float(r) for r, row in curve.items()
+                  if (row[key] <= base[key] * 1.01 if key == "perplexity" else row[key] >= base[key] - 0.01)]
+            out.setdefault(task, {})[length] = max(ok)
+    return out
+
+
+def markdown_tables(summary: dict) -> str:
+    """One table per task: rows method × length, columns ratio (accuracy %, or perplexity)."""
+    lines = []
+    for task, by_length in summary["results"].items():
+        ratios = sorted({r for by_method in by_length.values() for curve in by_method.values() for r in curve}, key=float)
+        lines += [f"**{task}** ({'perplexity, lower is better' if task == 'perplexity' else 'accuracy %'})", "",
+                  "| method | length | " + " | ".join(f"r={r}" for r in ratios) + " | KV held at r=0.5 | decode time at r=0.5 |",
+                  "|---|---|" + "---|" * (len(ratios) + 2)]
+        for length, by_method in by_length.items():
+            for method, curve in by_method.items():
+                key = "perplexity" if task == "perplexity" else "accuracy"
+                cells = [(f"{curve[r][key]:.2f}" if key == "perplexity" else f"{100 * curve[r][key]:.0f}")
+                         if r in curve else "" for r in ratios]
+                half = curve.get("0.5", {})
+                kv = f"{half['kv_ratio']:.2f}" if "kv_ratio" in half else ""
+                tm = f"{half['time_ratio']:.2f}" if "time_ratio" in half else ""
+                lines.append(f"| {method} | {length} | " + " | ".join(cells) + f" | {kv} | {tm} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_bench(summary: dict, path: str | Path) -> Path:
+    """Rows: tasks; columns: context lengths; one line per method (score vs compression ratio)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = summary["results"]
+    lengths = sorted({length for by_length in results.values() for length in by_length}, key=int)
+    fig, axes = plt.subplots(len(results), len(lengths), figsize=(4.2 * len(lengths), 3.4 * len(results)),
+                             squeeze=False)
+    for row_axes, (task, by_length) in zip(axes, results.items()):
+        for ax, length in zip(row_axes, lengths):
+            for i, (method, curve) in enumerate(by_length.get(length, {}).items()):
+                ratios = sorted(curve, key=float)
+                key = "perplexity" if task == "perplexity" else "accuracy"
+                scale = 1.0 if key == "perplexity" else 100.0
+                ax.plot([float(r) for r in ratios], [scale * curve[r][key] for r in ratios], marker="os^D"[i % 4],
+                        label=method, color=f"C{i}")
+            ax.set_title(f"{task}, {length} tokens", fontsize=9)
+            ax.set_xlabel("compression ratio (share of prompt KV evicted)")
+            ax.set_ylabel("perplexity ↓" if task == "perplexity" else "accuracy (%) ↑")
+            ax.grid(alpha=0.3)
+    return finish_figure(fig, [axes[0][0]], f"KV compression on {summary['model']}", path)

@@ -1,0 +1,247 @@
+"""KV-cache compression after the prompt pass: keep the keys with the lowest L2 norm.
+
+Devoto et al. (EMNLP 2024) observed that keys with a low L2 norm draw high attention,
+so evicting the highest-norm keys of a long prompt costs little accuracy. Usage::
+
+    from sparekit.kv import kv_compress
+
+    with kv_compress(lm, ratio=0.5, method="l2") as kv:
+        out = lm.model.generate(**batch, max_new_tokens=20)
+    kv.kv_bytes, kv.kv_bytes_uncompressed            # what the prompt's cache held, after / before
+
+What happens, per layer and KV head, right before the first decoding step reads it:
+
+* each row (prompt) of ``min_length`` real tokens or more loses ``floor(ratio * n_real)``
+  of its prompt positions: those with the worst score. Scores are computed in float32
+  (in bf16 most key norms of a head tie and rounding would choose). The last
+  ``keep_last`` real positions are always kept (the question usually sits there), and
+  padding is never kept over a real position.
+* Methods: ``l2`` (keep the lowest norms, the paper), ``l2-inverse`` (keep the highest:
+  the control that should hurt), ``random`` (seeded, the same for a prompt whatever its
+  batch), ``recent`` (keep the most recent positions: a sliding window).
+* Every head of a row keeps the same *number* of positions, so the cache stays one dense
+  ``[batch, kv_heads, kept, head_dim]`` tensor per layer, as NVIDIA's kvpress does. Rows
+  of a batch keep different numbers (their real lengths differ), so a row shorter than
+  the widest is filled at the front with slots that are masked out.
+* Layers in ``skip_layers`` (the paper leaves the first two alone) and sliding-window
+  layers (Gemma 2/3's local layers: their cache is already cut to the window, and its
+  offset bookkeeping assumes contiguous positions) keep their cache as it is, and
+  are counted as held in ``kv_bytes``. On Gemma 3 only the global layers (one in six) are
+  compressed.
+
+Pruning makes a layer's cache columns stop lining up with the model's 2-D attention
+mask (which ``generate`` keeps extending by one column per token), and layers hold
+different lengths. So the one mechanism this uses, ``Hooks.intercept`` on every
+attention module, also rewrites each full-attention layer's mask during decoding from
+the layer's own slot validity (kept, filler or padding) and the 2-D mask of the tokens
+generated since. Positions are untouched: keys are cached with their rotary position
+applied, and ``generate`` derives position ids from the 2-D mask, not from the cache length.
+Supported: ``eager`` and ``sdpa`` attention; greedy or sampled decoding (beam search and
+assisted decoding reorder or crop the cache behind the per-row slot bookkeeping: not supported).
+
+The conflict probe is not affected by construction: it reads the last prompt token of the
+prompt pass, which runs on the full cache; pruning only changes what decoding attends to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from sparekit.errors import SparekitError
+from sparekit.hooks import Hooks, Site
+from sparekit.models.loading import LoadedModel
+
+METHODS = ("l2", "l2-inverse", "random", "recent")
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+def key_scores(keys: torch.Tensor, method: str, prompt_mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Eviction scores ``[batch, heads, seq]`` in float32: the lowest are kept first.
+
+    ``random`` draws one number per real position, in order, from a generator seeded by
+    ``seed`` alone, so a prompt gets the same draw whatever its padding or batch.
+    """
+    batch, heads, seq, _ = keys.shape
+    if method == "l2":
+        return keys.float().norm(dim=-1)
+    if method == "l2-inverse":
+        return -keys.float().norm(dim=-1)
+    if method == "recent":
+        return -torch.arange(seq, dtype=torch.float32, device=keys.device).expand(batch, heads, seq).clone()
+    if method == "random":
+        scores = torch.zeros(batch, heads, seq, dtype=torch.float32)
+        for row in range(batch):
+            real = prompt_mask[row].cpu()
+            generator = torch.Generator().manual_seed(seed)
+            scores[row][:, real] = torch.rand(heads, int(real.sum()), generator=generator)
+        return scores.to(keys.device)
+    raise SparekitError(f"unknown KV compression method {method!r}", f"use one of: {', '.join(METHODS)}")
+
+
+def keep_counts(n_real: torch.Tensor, ratio: float, min_length: int, keep_last: int) -> torch.Tensor:
+    """Positions each row keeps: all below ``min_length``, else ``n - floor(ratio * n)``, at least ``keep_last``."""
+    dropped = torch.floor(n_real.double() * ratio).long()
+    kept = torch.maximum(n_real - dropped, torch.clamp(n_real, max=keep_last))
+    return torch.where(n_real < min_length, n_real, kept)
+
+
+def select_positions(scores: torch.Tensor, prompt_mask: torch.Tensor, keep: torch.Tensor,
+                     keep_last: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which prompt positions each (row, head) keeps, as ``(index [b, h, width], valid [b, width])``.
+
+    ``width`` is the largest row's count; a row keeping fewer gets filler slots first
+    (``valid`` False), then its kept positions in their original order.
+    """
+    batch, heads, seq = scores.shape
+    real = prompt_mask.bool()
+    from_end = real.flip(-1).long().cumsum(-1).flip(-1)  # real tokens at or after each position
+    protected = real & (from_end <= keep_last)
+    scores = scores.masked_fill(protected[:, None], float("-inf")).masked_fill(~real[:, None], float("inf"))
+    width = int(keep.max())
+    best = scores.argsort(dim=-1, stable=True)[..., :width]  # [b, h, width], best first
+    rank = torch.arange(width, device=scores.device)
+    kept = rank[None, None] < keep.to(scores.device)[:, None, None]
+    order_key = torch.where(kept, best, best - seq)  # filler sorts before every kept position
+    index = best.gather(-1, order_key.argsort(dim=-1))
+    valid = rank[None] >= (width - keep.to(scores.device))[:, None]
+    return index, valid
+
+
+def cache_bytes(cache: Cache) -> int:
+    """Bytes the keys and values of ``cache`` hold."""
+    return sum(layer.keys.nelement() * layer.keys.element_size() + layer.values.nelement() * layer.values.element_size()
+               for layer in cache.layers if getattr(layer, "keys", None) is not None)
+
+
+def _find_cache(args: tuple, kwargs: dict) -> Cache | None:
+    return next((v for v in (*args, *kwargs.values()) if isinstance(v, Cache)), None)
+
+
+def _layer_mask(valid: torch.Tensor, q: int, like: torch.Tensor | None) -> torch.Tensor:
+    """4-D mask ``[b, 1, q, K]`` from slot validity ``[b, K]``: the last ``q`` slots are causal among themselves."""
+    batch, length = valid.shape
+    allowed = valid[:, None, None, :].expand(batch, 1, q, length).clone()
+    allowed[..., length - q:] &= torch.ones(q, q, dtype=torch.bool, device=valid.device).tril()
+    if like is None or like.dtype == torch.bool:
+        return allowed
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(allowed.to(like.device), zero, torch.finfo(like.dtype).min)
+
+
+class KVCompressor:
+    """State of one :func:`kv_compress` context; read ``kv_bytes`` / ``kv_bytes_uncompressed`` after a call."""
+
+    def __init__(self, lm: LoadedModel, ratio: float, method: str, skip_layers: Iterable[int],
+                 min_length: int, keep_last: int, seed: int):
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise SparekitError(f"KV compression ratio must be in [0, 1), got {ratio!r}",
+                                "0 keeps everything, 0.9 evicts 90 % of each prompt")
+        if method not in METHODS:
+            raise SparekitError(f"unknown KV compression method {method!r}", f"use one of: {', '.join(METHODS)}")
+        for name, value in (("min_length", min_length), ("keep_last", keep_last)):
+            if not isinstance(value, int) or value < 0:
+                raise SparekitError(f"{name} must be a non-negative integer, got {value!r}")
+        self.skip_layers = frozenset(lm.info.check_layer(layer) for layer in skip_layers)
+        implementation = getattr(lm.model.config, "_attn_implementation", None)
+        if implementation not in SUPPORTED_ATTENTION:
+            raise SparekitError(f"KV compression needs eager or sdpa attention, the model uses {implementation!r}",
+                                "load the model with attn_implementation='sdpa'")
+        self.ratio, self.method, self.min_length, self.keep_last, self.seed = ratio, method, min_length, keep_last, seed
+        self.hooks = Hooks(lm)
+        for layer in range(lm.info.n_layers):
+            self.hooks.intercept(Site(layer, "attn"), self._interceptor(layer))
+        self._prompt: dict[int, tuple[int, torch.Tensor]] = {}  # layer -> (prompt length, slot validity)
+        self._bytes: dict[int, tuple[int, int]] = {}  # layer -> (before, after)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the last prompt's cache held once pruned (every layer, skipped and sliding ones included)."""
+        return sum(after for _, after in self._bytes.values())
+
+    @property
+    def kv_bytes_uncompressed(self) -> int:
+        """Bytes the same cache held before pruning."""
+        return sum(before for before, _ in self._bytes.values())
+
+    def _interceptor(self, layer: int):
+        def intercept(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict | None:
+            if self.hooks.is_prompt_pass:
+                self._prompt.pop(layer, None)
+                self._bytes.pop(layer, None)
+                return None
+            cache = _find_cache(args, kwargs)
+            if cache is None or layer >= len(cache.layers) or not isinstance(cache.layers[layer], DynamicLayer):
+                return None
+            cache_layer = cache.layers[layer]
+            if layer not in self._prompt:
+                self._prompt[layer] = self._prune(cache_layer, layer)
+            if cache_layer.is_sliding:
+                return None
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            return self._with_mask(kwargs, layer, hidden.shape[1], cache_layer.get_seq_length(), hidden.device)
+
+        return intercept
+
+    def _prompt_mask(self, batch: int, length: int, device) -> torch.Tensor:
+        mask = self.hooks.attention_mask
+        if mask is None:
+            return torch.ones(batch, length, dtype=torch.bool, device=device)
+        return mask[:, :length].to(device).bool()
+
+    def _prune(self, cache_layer: DynamicLayer, layer: int) -> tuple[int, torch.Tensor]:
+        keys, values = cache_layer.keys, cache_layer.values
+        before = keys.nbytes + values.nbytes
+        batch, heads, length, dim = keys.shape
+        prompt_mask = self._prompt_mask(batch, length, keys.device)
+        keep = keep_counts(prompt_mask.sum(-1), self.ratio, self.min_length, self.keep_last)
+        # a sliding layer's columns are the window's, not the prompt's: it is never pruned
+        if cache_layer.is_sliding or layer in self.skip_layers or int(keep.max()) == length:
+            self._bytes[layer] = (before, before)
+            return length, prompt_mask
+        scores = key_scores(keys, self.method, prompt_mask, seed=self.seed)
+        index, valid = select_positions(scores, prompt_mask, keep, self.keep_last)
+        gather = index[..., None].expand(-1, -1, -1, dim)
+        cache_layer.keys = keys.gather(2, gather)
+        cache_layer.values = values.gather(2, gather)
+        self._bytes[layer] = (before, cache_layer.keys.nbytes + cache_layer.values.nbytes)
+        return length, valid
+
+    def _with_mask(self, kwargs: dict, layer: int, q: int, cached: int, device) -> dict | None:
+        """This call's mask for ``layer``, whose cache holds ``cached`` slots before the call adds ``q``."""
+        prompt_length, valid = self._prompt[layer]
+        mask = self.hooks.attention_mask
+        batch, width = valid.shape
+        if mask is None:  # generate drops an all-ones mask
+            later = torch.ones(batch, cached - width + q, dtype=torch.bool, device=device)
+        else:
+            later = mask[:, prompt_length:].to(device).bool()  # tokens generated since, and this call's
+        slots = torch.cat([valid.to(device), later], dim=-1)
+        incoming = kwargs.get("attention_mask")
+        if incoming is None and q == 1 and bool(slots.all()):
+            return None  # sdpa without a mask is exact here, and fastest
+        return {**kwargs, "attention_mask": _layer_mask(slots, q, incoming)}
+
+
+@contextmanager
+def kv_compress(lm: LoadedModel, ratio: float = 0.5, method: str = "l2", skip_layers: Iterable[int] = (0, 1),
+                min_length: int = 128, keep_last: int = 8, seed: int = 0) -> Iterator[KVCompressor]:
+    """Prune the KV cache of every prompt after its prompt pass while the context is open.
+
+    ``ratio`` is the share of each prompt's positions evicted in every compressed layer;
+    see the module docstring for what is kept, what is skipped and why.
+    """
+    compressor = KVCompressor(lm, ratio, method, tuple(skip_layers), min_length, keep_last, seed)
+    with compressor.hooks:
+        yield compressor
+
+
+def mean_norm_spread(keys: torch.Tensor) -> float:
+    """Mean over heads of the coefficient of variation of key norms: how much L2 ranking can tell keys apart."""
+    norms = keys.float().norm(dim=-1)  # [b, h, seq]
+    return float((norms.std(-1) / norms.mean(-1).clamp_min(1e-12)).mean())
+
+

@@ -1,0 +1,168 @@
+"""KV-cache compression: the intended pairs are evicted, ratio 0 changes nothing, batching changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import tokenize
+from sparekit.hooks import cache_keyword
+from sparekit.kv import METHODS, keep_counts, key_scores, kv_compress, select_positions
+from sparekit.models.loading import from_modules
+from sparekit.models.tiny import _DECODER, char_tokenizer, tiny_model
+
+PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank.", "Short prompt here."]
+
+
+def hybrid_gemma3(attn: str = "eager"):
+    """Tiny Gemma 3 with global layers between its sliding ones, as the real model has."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(**_DECODER, head_dim=16, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention"] * 2)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    return from_modules(model.float(), char_tokenizer(), name="tiny-gemma3-hybrid")
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    return hybrid_gemma3()
+
+
+def generate(lm, prompts, steps=4):
+    enc = tokenize(lm, prompts)
+    out = lm.model.generate(**enc, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                            pad_token_id=lm.tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True)
+    return out.sequences[:, enc["input_ids"].shape[1]:], torch.stack(out.scores, 1)
+
+
+def test_exactly_the_intended_pairs_are_dropped(llama):
+    """Hand-built keys of known norms in a real cache: per row and head, the lowest norms and the last two survive."""
+    enc = tokenize(llama, ["abcdefghi", "abcde"])  # 10 and 6 real tokens with BOS: row 1 has 4 pads
+    with torch.inference_mode():
+        out = llama.model(**enc, use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    batch, heads, length, dim = cache.layers[2].keys.shape
+    norms = torch.stack([torch.randperm(length, generator=torch.Generator().manual_seed(i)).float() + 1
+                         for i in range(batch * heads)]).view(batch, heads, length)
+    for layer in range(4):
+        cache.layers[layer].keys = norms[..., None] * torch.nn.functional.one_hot(torch.tensor(0), dim).float()
+        cache.layers[layer].values = torch.arange(length).float().view(1, 1, length, 1).expand(batch, heads, length, dim).clone()
+    mask = torch.cat([enc["attention_mask"], torch.ones(batch, 1, dtype=torch.long)], dim=1)
+    step = {"input_ids": torch.tensor([[5], [5]]), "attention_mask": mask, "position_ids": mask.sum(1, keepdim=True) - 1,
+            cache_keyword(llama.model): cache}
+    with kv_compress(llama, ratio=0.5, method="l2", skip_layers=(0,), min_length=0, keep_last=2) as kv, \
+            torch.inference_mode():
+        llama.model(**step, use_cache=True)
+    assert cache.layers[0].keys.shape[2] == length + 1  # skipped layer: untouched
+    first_real = [0, 4]
+    keep = [5, 3]  # 10 - floor(0.5 * 10) and 6 - floor(0.5 * 6)
+    for layer in (1, 2, 3):
+        assert cache.layers[layer].keys.shape[2] == max(keep) + 1
+        kept_tags = cache.layers[layer].values[..., 0]
+        for row in range(batch):
+            for head in range(heads):
+                real = torch.arange(first_real[row], length)
+                candidates = real[:-2]
+                lowest = candidates[norms[row, head, candidates].argsort()[: keep[row] - 2]]
+                expected = sorted(lowest.tolist() + [length - 2, length - 1])
+                got = kept_tags[row, head, max(keep) - keep[row]: max(keep)].long().tolist()
+                assert got == expected, (layer, row, head)
+    per_position = 2 * heads * dim * 4
+    assert kv.kv_bytes_uncompressed == 4 * batch * length * per_position
+    assert kv.kv_bytes == batch * (length + 3 * max(keep)) * per_position
+
+
+def test_select_positions_recent_and_filler():
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    keys = torch.randn(2, 1, 6, 4)
+    keep = keep_counts(mask.sum(1), 0.5, min_length=0, keep_last=1)
+    assert keep.tolist() == [3, 2]
+    index, valid = select_positions(key_scores(keys, "recent", mask), mask, keep, keep_last=1)
+    assert index[0, 0].tolist() == [3, 4, 5]
+    assert index[1, 0, 1:].tolist() == [4, 5] and valid.tolist() == [[True] * 3, [False, True, True]]
+    assert keep_counts(torch.tensor([5, 200]), 0.9, min_length=100, keep_last=8).tolist() == [5, 20]
+
+
+@pytest.mark.parametrize("which", ["llama", "gemma3"])
+def test_ratio_zero_is_bit_identical(which, llama, gemma3):
+    lm = llama if which == "llama" else gemma3
+    tokens, scores = generate(lm, PROMPTS)
+    with kv_compress(lm, ratio=0.0, min_length=0):
+        tokens0, scores0 = generate(lm, PROMPTS)
+    assert torch.equal(tokens, tokens0) and torch.equal(scores, scores0)
+
+
+def test_ratio_zero_is_bit_identical_with_sdpa():
+    lm = hybrid_gemma3("sdpa")
+    tokens, scores = generate(lm, PROMPTS)
+    with kv_compress(lm, ratio=0.0, min_length=0):
+        tokens0, scores0 = generate(lm, PROMPTS)
+    assert torch.equal(tokens, tokens0) and torch.equal(scores, scores0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("which", ["llama", "gemma3"])
+def test_batched_equals_unbatched(which, method, llama, gemma3):
+    lm = llama if which == "llama" else gemma3
+    plain, _ = generate(lm, PROMPTS)
+    with kv_compress(lm, ratio=0.6, method=method, skip_layers=(0,), min_length=0, keep_last=2) as kv:
+        tokens, scores = generate(lm, PROMPTS)
+        assert kv.kv_bytes < kv.kv_bytes_uncompressed
+        for row, prompt in enumerate(PROMPTS):
+            alone, alone_scores = generate(lm, [prompt])
+            assert torch.equal(tokens[row], alone[0])
+            torch.testing.assert_close(scores[row], alone_scores[0], atol=1e-5, rtol=1e-5)
+    if which == "llama":
+        assert not torch.equal(plain, tokens)  # it did change what the model saw
+
+
+@pytest.mark.parametrize("kwargs", [{"ratio": 1.0}, {"ratio": -0.1}, {"ratio": "0.5"}, {"method": "kmeans"},
+                                    {"skip_layers": (4,)}, {"keep_last": -1}])
+def test_bad_input_is_one_clear_error(llama, kwargs):
+    with pytest.raises(SparekitError):
+        with kv_compress(llama, **kwargs):
+            pass
+
+
+def test_scoring_a_continuation_through_a_pruned_cache(gemma3):
+    """Several new tokens in one call (perplexity scoring): ratio 0 is bit-identical, batching changes nothing."""
+    from sparekit.kv.bench import KVBenchConfig, _perplexity
+
+    windows = [[1] + list(range(10, 40)), [1] + list(range(40, 70))]
+    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2",), ppl_tokens=6, min_length=0, batch_size=2)
+    batched = _perplexity(gemma3, windows, config)
+    alone = [_perplexity(gemma3, [w], config) for w in windows]
+    for method in config.methods:
+        nll = batched[method]["0.5"]["nll"]
+        assert nll == pytest.approx(sum(a[method]["0.5"]["nll"] for a in alone) / 2, rel=1e-5)
+        assert batched[method]["0.5"]["kv_ratio"] < 1
+    with kv_compress(gemma3, ratio=0.0, min_length=0):
+        compressed0 = _perplexity(gemma3, windows, KVBenchConfig(ratios=(0.0,), ppl_tokens=6))
+    assert compressed0["none"]["0"]["nll"] == batched["l2"]["0"]["nll"]
+
+
+@pytest.mark.parametrize("args", [["kv", "bench", "--methods", "kmeans"], ["kv", "bench", "--ratios", "0,1"],
+                                  ["kv", "conflict", "--methods", "l2,x"]])
+def test_cli_rejects_bad_input(args, capsys):
+    from sparekit.cli.main import main
+
+    assert main(args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_bench_resumes_from_its_parts(llama, tmp_path, monkeypatch):
+    from sparekit.kv import bench
+
+    config = bench.KVBenchConfig(tasks=("passkey",), lengths=(32,), ratios=(0.0, 0.5), methods=("l2",), items=1,
+                                 min_length=0)
+    first = bench.run_bench(llama, config, tmp_path, passages=[])
+    assert set(first["results"]["passkey"]["32"]["l2"]) == {"0", "0.5"}
+    monkeypatch.setattr(bench, "_retrieval", lambda *a, **k: pytest.fail("a finished part was recomputed"))
+    assert bench.run_bench(llama, config, tmp_path, passages=[])["results"] == first["results"]
