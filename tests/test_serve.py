@@ -354,3 +354,25 @@ def test_cli_serve_drains_on_sigterm(lm, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_kv_compress_serves_what_the_library_generates_under_the_same_compression(lm, assets):
+    """``sparekit serve --kv-compress R``: each batch runs inside sparekit.kv.kv_compress."""
+    from sparekit.errors import SparekitError
+    from sparekit.kv import kv_compress
+    from sparekit.serve.engine import Job
+
+    compressed = build_engine(lm, assets[0], [assets[1]], kv_ratio=0.5)
+    prompts = ["context: " + "the cat sat on a mat and " * 8 + "\nquestion: where?\nanswer:",
+               "context: " + "a long passage of words " * 7 + "\nquestion: what?\nanswer:"]
+    done: dict[int, dict] = {}
+    jobs = [Job(p, 8, (lambda kind, value, i=i: done.__setitem__(i, value) if kind == "done" else None))
+            for i, p in enumerate(prompts)]
+    compressed.run(jobs)
+    with kv_compress(lm, ratio=0.5):
+        expected = greedy_generate(lm, prompts, max_new_tokens=8, stop_at_newline=False)
+    assert [done[i]["text"] for i in range(2)] == expected
+    plain = greedy_generate(lm, prompts, max_new_tokens=8, stop_at_newline=False)
+    assert expected != plain  # the compression is real on these prompts (> min_length tokens)
+    with pytest.raises(SparekitError):
+        build_engine(lm, assets[0], [assets[1]], kv_ratio=1.5)

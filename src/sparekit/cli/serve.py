@@ -32,10 +32,12 @@ from sparekit.cli.common import device_option, model_option
               help="Largest max_tokens a request may ask for (400 above).")
 @click.option("--max-strength", default=16.0, show_default=True, type=click.FloatRange(0),
               help="Largest steering strength a request may ask for (422 above).")
+@click.option("--kv-compress", "kv_ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of each prompt's KV cache to evict by key L2 norm after the prompt pass (sparekit.kv).")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM, seconds in-flight requests get to finish (new ones get 503).")
 def serve(model, device, host, port, probe_dir, fitted, max_batch, batch_wait_ms, max_queue, max_streams,
-          max_body_bytes, max_prompt_tokens, max_new, max_strength, drain_timeout) -> None:
+          max_body_bytes, max_prompt_tokens, max_new, max_strength, kv_ratio, drain_timeout) -> None:
     """Serve MODEL over HTTP: OpenAI-compatible /v1/completions, /v1/answer, /metrics, a playground at /.
 
     \b
@@ -52,7 +54,7 @@ def serve(model, device, host, port, probe_dir, fitted, max_batch, batch_wait_ms
         raise SparekitError(f"sparekit serve needs {exc.name}", "pip install 'sparekit[serve]'") from None
     from sparekit.models import load_model
 
-    engine = build_engine(load_model(model, device=device), probe_dir, fitted)
+    engine = build_engine(load_model(model, device=device), probe_dir, fitted, kv_ratio)
     limits = Limits(max_body_bytes, max_prompt_tokens, max_new, max_queue, max_streams, max_batch, batch_wait_ms,
                     max_strength, drain_timeout)
     detect = "yes" if engine.can_detect else "no"

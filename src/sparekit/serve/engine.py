@@ -13,6 +13,7 @@ does), so those rows, and only those, get one batched forward stopped at the pro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -132,8 +133,14 @@ class Engine:
     """Runs batches of :class:`Job` on one model; not thread-safe (one batcher thread calls it)."""
 
     def __init__(self, lm: LoadedModel, probes: dict[str, LinearProbe] | None = None,
-                 steering: Steering | None = None, demos: Sequence[str] = ()):
+                 steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0):
+        from sparekit.kv import kv_compress
+
         self.lm = lm
+        if kv_ratio:
+            with kv_compress(lm, ratio=kv_ratio):  # a bad ratio fails now, not at the first request
+                pass
+        self.kv_ratio = kv_ratio
         self.probes = probes or {}
         self.probe_sites = {target: Site.parse(p.site) for target, p in self.probes.items()}
         self.steering = steering or Steering({}, {})
@@ -216,7 +223,7 @@ class Engine:
 
         enc = tokenize(self.lm, texts)
         rows = _Rows(self, jobs, enc["input_ids"].shape[1], first_step)
-        with hooks:
+        with self._kv_compression(), hooks:
             greedy_call(self.lm, enc, max(job.max_tokens for job in jobs), None, StoppingCriteriaList([rows]))
         for i, job in enumerate(jobs):
             result = rows.results[i] or {"text": "", "finish_reason": "length", "completion_tokens": 0}
@@ -224,6 +231,12 @@ class Engine:
                               "sparekit": self._sparekit(job, readings[i], fired[i])})
 
     # -- helpers -----------------------------------------------------------------------
+    def _kv_compression(self):
+        """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
+        from sparekit.kv import kv_compress
+
+        return kv_compress(self.lm, ratio=self.kv_ratio) if self.kv_ratio > 0 else contextlib.nullcontext()
+
     def _reads_before_steering(self, job: Job) -> bool:
         """A gate decides before the edits; detection reads the unsteered prompt (edits below the probe change it)."""
         if job.steer is None:
@@ -289,7 +302,8 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
     return Steering(methods, gates)
 
 
-def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = ()) -> Engine:
+def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
+                 kv_ratio: float = 0.0) -> Engine:
     """What ``sparekit serve`` runs: probes (explicit, else the last run or shipped ones, else none), fitted methods.
 
     ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
@@ -308,4 +322,4 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
     if demos is None:
         demos = tuple(detection_demos(folder)) if folder is not None else ()
-    return Engine(lm, probes, steering, demos)
+    return Engine(lm, probes, steering, demos, kv_ratio)
