@@ -85,7 +85,7 @@ class Batcher:
             if not batch:
                 continue
             start = time.perf_counter()
+            self.metrics.batch_size.observe(len(batch))  # before the rows answer: a client reading /metrics sees it
             self.engine.run(batch)
-            self.metrics.batch_size.observe(len(batch))
             self.metrics.batch_seconds.observe(time.perf_counter() - start)
             self._last_end = time.monotonic()
