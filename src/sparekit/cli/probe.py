@@ -204,13 +204,15 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     """
     from sparekit.data.prompts import format_block
     from sparekit.models import load_model
-    from sparekit.probes.detect import detect_prompt, detection_demos, resolve_probe_dir
+    from sparekit.probes.detect import check_prompt_text, detect_prompt, detection_demos, resolve_probe_dir
     from sparekit.utils.io import read_json
 
     if (prompt is None) == (question is None):
         raise SparekitError("pass either PROMPT or --question (with --context)")
     if question is not None and not question.strip():
         raise SparekitError("the question is empty")
+    if prompt is not None:
+        check_prompt_text(prompt)  # before loading the model
     folder = resolve_probe_dir(probe_dir)
     lm = load_model(model or read_json(folder / "detect.json")["model"], device=device,
                     device_map=device_map)

@@ -51,11 +51,16 @@ def load_probes(folder: Path, model_hash: str) -> dict[str, LinearProbe]:
     return probes
 
 
+def check_prompt_text(text: str) -> None:
+    """An empty or whitespace-only prompt is a clear error (checked before any model loads)."""
+    if not text.strip():
+        raise SparekitError("the prompt is empty", "pass the text to read, ending in 'answer:' like the probing prompts")
+
+
 def check_prompt(lm: LoadedModel, text: str, max_tokens: int | None = MAX_PROMPT_TOKENS) -> int:
     """The prompt's token count; an empty prompt or one longer than the model's context or
     ``max_tokens`` (``None`` or 0: only the model's context) is a clear error."""
-    if not text.strip():
-        raise SparekitError("the prompt is empty", "pass the text to read, ending in 'answer:' like the probing prompts")
+    check_prompt_text(text)
     n_tokens = len(lm.tokenizer(text)["input_ids"])
     config = lm.model.config
     context = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
