@@ -34,6 +34,8 @@ PROMPTS = (
     "The quick brown fox jumps over the",
 )
 TOP_K = 5
+#: The transformers releases the test suite passes on (keep equal to pyproject.toml; a test checks).
+SUPPORTED_TRANSFORMERS = ">=5.23,<5.25"
 FORMAT_VERSION = 1
 #: Largest |Δ log p| accepted, by the dtype the model was loaded in.
 TOLERANCE = {torch.float32: 0.1, torch.float16: 1.0, torch.bfloat16: 1.0}
@@ -131,8 +133,6 @@ def mismatch_error(name: str, check: FingerprintCheck, cache_folder: Path | None
     """One line naming the installed stack, the reference stack and the way out."""
     installed = ", ".join(f"{k} {v}" for k, v in package_versions(STACK).items() if v)
     tested = ", ".join(f"{k} {v}" for k, v in check.reference_stack.items() if v)
-    from sparekit.models.loading import SUPPORTED_TRANSFORMERS
-
     hint = f"install transformers{SUPPORTED_TRANSFORMERS} (the tested range)"
     if cache_folder is not None:
         hint += f", delete {cache_folder} if an older install built it"

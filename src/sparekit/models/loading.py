@@ -21,19 +21,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from sparekit.errors import SparekitError
 from sparekit.models import fingerprint
 from sparekit.models.architecture import ModelInfo, describe
-from sparekit.utils.env import package_versions
+from sparekit.models.fingerprint import SUPPORTED_TRANSFORMERS  # noqa: F401  (read here by the CLI and scripts)
 from sparekit.models.placement import device_map_kwargs
-from sparekit.utils.io import atomic_write_json, read_json, sha256_file
 from sparekit.utils.arrays import to_numpy
+from sparekit.utils.env import package_versions
+from sparekit.utils.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit"))
-SHORT_NAMES = ("default", "gemma3-270m", "smollm2-135m")
-#: The transformers releases the test suite passes on (keep equal to pyproject.toml).
-SUPPORTED_TRANSFORMERS = ">=5.23,<5.25"
 #: Short name -> cache folder name, which also names its shipped fingerprint reference.
 _CACHE_NAMES = {"default": "gemma-3-270m", "gemma3-270m": "gemma-3-270m", "smollm2-135m": "smollm2-135m-instruct"}
+SHORT_NAMES = tuple(_CACHE_NAMES)
 
 
 class LoadedModel(NamedTuple):
