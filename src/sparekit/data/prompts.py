@@ -43,9 +43,8 @@ def demo_block(example: ConflictExample, flavour: Flavour) -> str:
     raise SparekitError(f"unknown demonstration flavour {flavour!r}", f"use one of {', '.join(FLAVOURS)}")
 
 
-def sample_demos(dataset: ConflictDataset, exclude_group: str, k: int, flavour: Flavour,
-                 rng: random.Random) -> list[str]:
-    """``k`` formatted demonstrations, each from a different question group other than ``exclude_group``."""
+def demo_examples(dataset: ConflictDataset, exclude_group: str, k: int, rng: random.Random) -> list[ConflictExample]:
+    """``k`` rows, each from a different question group other than ``exclude_group``."""
     if k == 0:
         return []
     index = dataset.group_index()
@@ -53,7 +52,13 @@ def sample_demos(dataset: ConflictDataset, exclude_group: str, k: int, flavour: 
     if len(candidates) < k:
         raise SparekitError(f"{dataset.name}: {k} demonstrations need {k} other question groups, "
                             f"only {len(candidates)} available", "use a larger dataset or a smaller --k-shot")
-    return [demo_block(dataset[rng.choice(index[g])], flavour) for g in rng.sample(candidates, k)]
+    return [dataset[rng.choice(index[g])] for g in rng.sample(candidates, k)]
+
+
+def sample_demos(dataset: ConflictDataset, exclude_group: str, k: int, flavour: Flavour,
+                 rng: random.Random) -> list[str]:
+    """``k`` formatted demonstrations, each from a different question group other than ``exclude_group``."""
+    return [demo_block(ex, flavour) for ex in demo_examples(dataset, exclude_group, k, rng)]
 
 
 def demos_for(question: str, demos: Sequence[str], k: int) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset
-from sparekit.data.prompts import sample_demos
+from sparekit.data.prompts import demo_block, demo_examples, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label
@@ -31,13 +31,27 @@ BEHAVIOUR_FLAVOURS = ("sub_sub", "sub_org", "org_org")
 
 def behaviour_prompts(pool: ConflictDataset, seeds: Sequence[int], k_choices: Sequence[int] = (3, 4, 5),
                       flavours: Sequence[str] = BEHAVIOUR_FLAVOURS,
-                      demo_source: ConflictDataset | None = None) -> list[SteeringPrompt]:
-    """Conflict prompts over ``pool`` × ``flavours`` × ``seeds``; demonstrations from other groups."""
+                      demo_source: ConflictDataset | None = None, every_k: bool = False) -> list[SteeringPrompt]:
+    """Conflict prompts over ``pool`` × ``flavours`` × ``seeds``; demonstrations from other groups.
+
+    By default each prompt draws its own k from ``k_choices`` and its own demonstration rows.
+    ``every_k`` is the official code's recipe: every k for every seed, and the flavours of one
+    (item, seed, k) show the *same* demonstration rows, so they differ only in what the
+    demonstrations' contexts and answers teach.
+    """
     if len(pool) == 0:
         raise SparekitError("the feature-learning pool is empty", "use a larger dataset or a larger --pool")
     source = demo_source if demo_source is not None else pool
     prompts = []
     for seed in seeds:
+        if every_k:
+            for k in k_choices:
+                rng = random.Random(f"{seed}:{k}")
+                for example in pool:
+                    rows = demo_examples(source, example.group, k, rng)
+                    prompts += [SteeringPrompt(example, "sub", tuple(demo_block(row, flavour) for row in rows))  # type: ignore[arg-type]
+                                for flavour in flavours]
+            continue
         rng = random.Random(seed)
         for example in pool:
             for flavour in flavours:

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset, held_out_relations, split_by_group
-from sparekit.data.prompts import item_demos, sample_demos
+from sparekit.data.prompts import demo_block, item_demos, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import dataset_fingerprint, mean_std, memorised_subset
 from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, exact_match, uses_context
@@ -48,6 +48,8 @@ DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare
 _EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths")
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
+#: "sparekit": this project's protocol (module docstring); "paper": the official SpARE code's (:func:`paper_config`)
+PROTOCOLS = ("sparekit", "paper")
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,15 @@ class BenchConfig:
     sweep_strengths: dict[str, list[float]] = field(default_factory=dict)  # frontier only, beyond the dev grid
     #: leave-one-relation-out: test on this relation's items, fit and tune on the other relations only
     held_out_relation: str | None = None
+    #: one of :data:`PROTOCOLS`
+    protocol: str = "sparekit"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
+        if self.protocol == "paper" and any(_kind(label)[1] for label in self.methods):
+            raise SparekitError("the paper protocol has no dev split to calibrate a gate on",
+                                "drop the +gate methods or use --protocol sparekit")
 
     def grid(self, kind: str) -> dict[str, list]:
         """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""
@@ -91,6 +102,46 @@ class BenchConfig:
         tuned = self.strengths(method)
         extra = self.sweep_strengths.get(method.kind, []) if tuned != (None,) else []
         return tuple(sorted(set(tuned) | set(extra)))
+
+
+def paper_config(**overrides: Any) -> BenchConfig:
+    """The official SpARE code's protocol (yuzhaouoe/SAE-based-representation-engineering), as a preset.
+
+    - pool: 128 question groups drawn among the groups with a memorised row, with *all* their rows;
+    - behaviour data: every k in {3, 4, 5} for seeds 42–46, the three flavours of one (item, seed, k)
+      sharing their demonstration rows (:func:`~sparekit.steering.behaviour.behaviour_prompts` ``every_k``);
+    - test: every row outside the pool groups, memorised or not, with one fixed set of 3 org_ctx/org_ans
+      demonstrations per seed (the first row of 3 pool groups in a seeded order), seeds 42–46;
+    - no dev split: SpARE uses the paper's values for the model family (Gemma: K = 0.01, α = 1.8 toward
+      memory and 3.0 toward context; otherwise K = 0.07, α = 2), other methods their default strength.
+
+    Deliberate differences: answers are cut at the first newline (the official steered decoding stops
+    only at the token that ends "\n\n", so a model that writes a single newline keeps going and fails EM:
+    a pitfall, not a protocol choice); the official code reshuffles one list of pool groups in place for
+    every seed's fixed demonstrations, so they depend on call order; here each seed draws from a fresh
+    copy; SpARE edits the same ``layers`` in both directions (the paper's Gemma-2 memory run used others).
+    """
+    preset: dict[str, Any] = {"protocol": "paper", "methods": tuple(m for m in DEFAULT_METHODS if "+" not in m),
+                              "seeds": (42, 43, 44, 45, 46),
+                              "behaviour_seeds": (42, 43, 44, 45, 46), "pool_groups": 128, "dev_groups": 0,
+                              "test_limit": None}
+    return BenchConfig(**{**preset, **overrides})
+
+
+def paper_choice(kind: str, model_type: str, toward: Direction) -> dict[str, Any]:
+    """What the paper protocol runs for ``kind`` (no tuning): the published SpARE values, else defaults."""
+    if kind != "spare":
+        return {"params": {}, "strength": make_method(kind).default_strength, "dev_em": None}
+    gemma = model_type.startswith("gemma")
+    alpha = (1.8 if toward == "memory" else 3.0) if gemma else 2.0
+    return {"params": {"mi_mass": 0.01 if gemma else 0.07}, "strength": alpha, "dev_em": None}
+
+
+def fixed_demos(pool: ConflictDataset, seed: int, k_shot: int) -> tuple[str, ...]:
+    """The paper protocol's test demonstrations: the first row of ``k_shot`` pool groups in a seeded order."""
+    groups = sorted(pool.group_index().items())
+    random.Random(seed).shuffle(groups)
+    return tuple(demo_block(pool[rows[0]], "org_org") for _, rows in groups[:k_shot])
 
 
 def _kind(label: str) -> tuple[str, bool]:
@@ -189,6 +240,8 @@ class SteeringBenchmark:
                                          batch_size=self.batch_size)
             atomic_write_json(path, {"ids": [ex.id for ex in memorised]})
         c = self.config
+        if c.protocol == "paper":
+            return self._paper_splits(memorised)
         held_out = None
         if c.held_out_relation is not None:
             if c.held_out_relation not in held_out_relations(self.dataset):
@@ -217,12 +270,37 @@ class SteeringBenchmark:
             test = test.sample(c.test_limit, seed=c.split_seed)
         return pool, dev, test
 
+    def _paper_splits(self, memorised: ConflictDataset) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
+        """The paper protocol: pool = every row of ``pool_groups`` memorised groups, test = every other row."""
+        c, data = self.config, self.dataset
+        others = [i for i, ex in enumerate(data) if c.held_out_relation is None or ex.relation != c.held_out_relation]
+        known = sorted({ex.group for ex in memorised if c.held_out_relation is None
+                        or ex.relation != c.held_out_relation})
+        if len(known) < c.k_shot + 3:
+            raise SparekitError(f"{data.name}: only {len(known)} memorised question groups",
+                                "use a larger dataset or a model that knows more of it")
+        random.Random(c.split_seed).shuffle(known)
+        pool_groups = set(known[:min(c.pool_groups, len(known) // 2)])
+        pool = data.subset([i for i in others if data[i].group in pool_groups])
+        test = data.subset([i for i, ex in enumerate(data) if ex.group not in pool_groups
+                            and (c.held_out_relation is None or ex.relation == c.held_out_relation)])
+        if c.test_limit is not None and len(test) > c.test_limit:
+            test = test.sample(c.test_limit, seed=c.split_seed)
+        return pool, data.subset([]), test
+
+    def test_prompts(self, test: ConflictDataset, pool: ConflictDataset, context: str, seed: int) -> list[SteeringPrompt]:
+        """Test prompts: demonstrations per item (:func:`eval_prompts`), or one fixed set per seed (paper)."""
+        if self.config.protocol == "paper":
+            demos = fixed_demos(pool, seed, self.config.k_shot)
+            return [SteeringPrompt(ex, context, demos) for ex in test]  # type: ignore[arg-type]
+        return eval_prompts(test, pool, context, seed, self.config.k_shot)
+
     def behaviour(self, pool: ConflictDataset) -> BehaviourData:
         """Behaviour data on the pool, cached as safetensors + JSON."""
         from safetensors.torch import load_file, save_file
 
         tensors, meta = self.out / "behaviour.safetensors", self.out / "behaviour.json"
-        prompts = behaviour_prompts(pool, self.config.behaviour_seeds)
+        prompts = behaviour_prompts(pool, self.config.behaviour_seeds, every_k=self.config.protocol == "paper")
         if tensors.is_file() and meta.is_file():
             saved = read_json(meta)
             by_key = {f"{p.example.id}|{'|'.join(p.demos)}": p for p in prompts}
@@ -272,6 +350,8 @@ class SteeringBenchmark:
         kind, gated = _kind(label)
         if gated:
             return self.tune(kind, data, dev, pool)
+        if self.config.protocol == "paper":
+            return {toward: paper_choice(kind, self.lm.info.model_type, toward) for toward in DIRECTIONS}
         path = self.out / "tuning" / f"{label}.json"
         grid = self.config.grid(kind)
         strengths = self.config.strengths(make_method(kind))
@@ -334,7 +414,7 @@ class SteeringBenchmark:
         none = make_method("none").fit(None)  # type: ignore[arg-type]
         labels = {}
         for seed in self.config.seeds:
-            prompts = eval_prompts(test, pool, "sub", seed, self.config.k_shot)
+            prompts = self.test_prompts(test, pool, "sub", seed)
             preds = self._cached_cell("test", "none", {}, none, prompts, "context", None, None, seed)
             labels[seed] = [behaviour_label(p, q.example, self.dataset.context_match) for p, q in zip(preds, prompts)]
         return labels
@@ -353,7 +433,7 @@ class SteeringBenchmark:
                 choice = tuned[toward]
                 method = self._fit(kind, choice["params"], data)
                 for context in ("sub", "org"):
-                    prompts = eval_prompts(test, pool, context, seed, self.config.k_shot)
+                    prompts = self.test_prompts(test, pool, context, seed)
                     preds = self._cached_cell("test", label, choice["params"], method, prompts, toward,
                                                   choice["strength"], use_gate, seed)
                     score = self._score(preds, prompts, toward)
@@ -403,7 +483,7 @@ class SteeringBenchmark:
         seed = self.config.seeds[0] if seed is None else seed
         needs_gate = any(_kind(m)[1] for m in (labels or self.config.methods))
         gate = self.conflict_gate(pool, dev) if needs_gate else None
-        prompts = {context: eval_prompts(test, pool, context, seed, self.config.k_shot) for context in ("sub", "org")}
+        prompts = {context: self.test_prompts(test, pool, context, seed) for context in ("sub", "org")}
         curves: dict[str, Any] = {}
         for label in labels or self.config.methods:
             kind, gated = _kind(label)
