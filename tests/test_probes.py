@@ -78,15 +78,15 @@ def test_save_load_round_trip_and_hash_check(tmp_path):
     probe = LinearProbe(seed=1, site="resid.6", model_hash="abc123").fit(X, y)
     probe.save(tmp_path / "p")
     config = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert config["kind"] == "linear_probe" and config["site"] == "resid.6" and "sparekit_version" in config
+    assert config["kind"] == "linear_probe" and config["params"]["site"] == "resid.6" and "sparekit_version" in config
     loaded = LinearProbe.load(tmp_path / "p", model_hash="abc123")
     assert loaded.get_params() == probe.get_params()
     np.testing.assert_allclose(loaded.predict_proba(X), probe.predict_proba(X))
     with pytest.raises(SparekitError, match="another model"):
         LinearProbe.load(tmp_path / "p", model_hash="other")
-    config["surprise"] = 1
+    config["params"]["surprise"] = 1
     (tmp_path / "p" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SparekitError, match="unknown keys"):
+    with pytest.raises(SparekitError, match="unknown probe parameters"):
         LinearProbe.load(tmp_path / "p")
 
 

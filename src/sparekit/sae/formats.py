@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from sparekit.artifacts import header
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.sae.base import SAE, sae_class
@@ -323,8 +324,6 @@ def folded(sae: SAE) -> SAE:
 
 def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> Path:
     """Write ``sae`` as a SAELens folder; ``extra`` (e.g. training facts) goes under ``cfg['sparekit']``."""
-    from sparekit import __version__
-
     path = ensure_dir(path)
     plain = folded(sae)
     tensors = {plain.saelens_keys.get(name, name): t.detach().to("cpu", dtype).contiguous()
@@ -335,8 +334,7 @@ def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, ext
     cfg.update({"dtype": str(dtype).removeprefix("torch."), "normalize_activations": "none",
                 "metadata": {"hook_name": None if sae.hook_layer is None
                              else _SAELENS_HOOK[sae.hook_component].format(sae.hook_layer)},
-                "sparekit": {"kind": "sae", "format_version": FORMAT_VERSION, "sparekit_version": __version__,
-                             "hook_layer": sae.hook_layer, "hook_component": sae.hook_component, **(extra or {})}})
+                "sparekit": {**header("sae", FORMAT_VERSION), "hook_layer": sae.hook_layer, "hook_component": sae.hook_component, **(extra or {})}})
     with atomic_path(path / "sae_weights.safetensors") as tmp:
         save_file(tensors, str(tmp))
     atomic_write_json(path / "cfg.json", cfg)

@@ -51,7 +51,7 @@ def load_gate(root: str | Path, info: ModelInfo):
 
     root = Path(root)
     candidates = [root.parent.parent / "gate_probe", root.parent / "gate"]
-    folder = next((c for c in candidates if (c / "gate.json").is_file()), None)
+    folder = next((c for c in candidates if (c / "config.json").is_file()), None)
     if folder is None:
         raise SparekitError(f"no conflict gate next to {root}",
                             "gates come from `sparekit bench steer` runs with a +gate method")
