@@ -158,10 +158,9 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch,
     monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
     monkeypatch.setattr(experiment, "generate_keyed", lambda lm, prompts, *a: {
         k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
-    from sparekit.probes import detect as detect_module
+    from sparekit.models import assets
 
-    monkeypatch.setattr(detect_module, "LATEST_POINTER", tmp_path / "none.json")
-    monkeypatch.setattr(detect_module, "SHIPPED", tmp_path / "no-shipped-probes")
+    monkeypatch.setattr(assets, "ROOT", tmp_path / "no-shipped-assets")
     run = tmp_path / "run"
     args = ["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1-2", "--seeds", "0,1",
             "--k-shot", "1", "--out", str(run), "--json"]

@@ -34,8 +34,6 @@ from sparekit.sae.base import SAE, sae_class
 from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir, read_json
 
 FORMAT_VERSION = 1
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "saes"
-DEFAULT_SAES = ASSETS / "gemma-3-270m"
 _HOOK_PATTERNS = (
     (re.compile(r"blocks\.(\d+)\.hook_resid_post"), "resid"),
     (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "attn"),
@@ -250,12 +248,21 @@ def detect_format(path: Path) -> str:
     )
 
 
-def default_sae_path(layer: int, model: str = "gemma-3-270m") -> Path:
-    folder = ASSETS / model / f"resid.{layer}"
-    if not folder.is_dir():
-        shipped = sorted(p.name for p in (ASSETS / model).glob("resid.*")) if (ASSETS / model).is_dir() else []
-        raise SparekitError(f"no shipped SAE for layer {layer} of {model}", f"shipped: {', '.join(shipped) or 'none'}")
-    return folder
+def default_sae_path(layer: int, model: ModelInfo | str = "default") -> Path:
+    """The SAE shipped for ``model`` (a short name or a loaded model's info) at ``layer``."""
+    shipped = shipped_saes(model)
+    if layer not in shipped:
+        name = model.name if isinstance(model, ModelInfo) else model
+        raise SparekitError(f"no shipped SAE for layer {layer} of {name}",
+                            f"shipped layers: {', '.join(map(str, shipped)) or 'none'}")
+    return shipped[layer]
+
+
+def shipped_saes(model: ModelInfo | str = "default") -> dict[int, Path]:
+    from sparekit.models.assets import assets_for
+
+    assets = assets_for(model)
+    return assets.saes() if assets is not None else {}
 
 
 def load_sae(
@@ -291,9 +298,8 @@ def load_sae(
     return sae.to(device) if device is not None else sae
 
 
-def shipped_layers(model: str = "gemma-3-270m") -> list[int]:
-    folder = ASSETS / model
-    return sorted(int(p.name.split(".")[1]) for p in folder.glob("resid.*")) if folder.is_dir() else []
+def shipped_layers(model: ModelInfo | str = "default") -> list[int]:
+    return list(shipped_saes(model))
 
 
 def check_compatible(sae: SAE, info: ModelInfo, source: Path | str = "SAE") -> None:
