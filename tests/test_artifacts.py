@@ -98,7 +98,8 @@ def test_shipped_spare_names_its_saes_by_content_hash(tmp_path):
     method = sparekit.load(shipped)
     assert isinstance(method, SpARE) and method.sae == "default"
     config = json.loads((shipped / "config.json").read_text())
-    assert not any(k.startswith("sae.") for k in load_file(str(shipped / "tensors.safetensors")))  # fp16 SAEs stay shared
+    # the shipped fp16 SAEs stay shared, not copied into each method
+    assert not any(k.startswith("sae.") for k in load_file(str(shipped / "tensors.safetensors")))
     assert {info["embedded"] for info in config["state"]["saes"].values()} == {False}
     copy = tmp_path / "memory"
     shutil.copytree(shipped, copy)

@@ -217,8 +217,8 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     result = detect_prompt(lm, text, folder, max_tokens=max_tokens)
 
     def render(r: dict) -> str:
-        text = (f"probes: {r['probe_dir']}\n"
-                f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})")
+        conflict = f"{r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
+        text = f"probes: {r['probe_dir']}\nconflict: {conflict}"
         if r["source"] is None:
             return text + "\npredicted source: no source probe in this run"
         return text + (f"\npredicted source: {r['source']} (p(context) = {r['context_probability']:.1%}, "

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from sparekit.artifacts import header
 from sparekit.errors import SparekitError
+from sparekit.hooks import TRANSFORMERLENS_HOOKS
 from sparekit.models.architecture import ModelInfo
 from sparekit.sae.base import SAE, sae_class
 from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir, read_json
@@ -45,7 +46,6 @@ _HOOK_PATTERNS = (
     (re.compile(r"layers\.(\d+)\.mlp\b"), "mlp"),
     (re.compile(r"layers?[._](\d+)"), "resid"),
 )
-_SAELENS_HOOK = {"resid": "blocks.{}.hook_resid_post", "attn": "blocks.{}.hook_attn_out", "mlp": "blocks.{}.hook_mlp_out"}
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def _load_saelens(folder: Path) -> SAE:
         if source.get("hook_layer") is not None:
             layer = _cfg_int(source, "hook_layer", cfg_path)
     component = extra.get("hook_component", component)
-    if component not in _SAELENS_HOOK:
+    if component not in TRANSFORMERLENS_HOOKS:
         raise SparekitError(f"{cfg_path}: unknown hook_component {component!r}", "use resid, attn or mlp")
     kwargs = {"hook_layer": layer, "hook_component": component,
               "apply_b_dec_to_input": _cfg_bool(cfg, "apply_b_dec_to_input", cfg_path)}
@@ -373,8 +373,9 @@ def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, ext
         cfg.pop(key)
     cfg.update({"dtype": str(dtype).removeprefix("torch."), "normalize_activations": "none",
                 "metadata": {"hook_name": None if sae.hook_layer is None
-                             else _SAELENS_HOOK[sae.hook_component].format(sae.hook_layer)},
-                "sparekit": {**header("sae", FORMAT_VERSION), "hook_layer": sae.hook_layer, "hook_component": sae.hook_component, **(extra or {})}})
+                             else TRANSFORMERLENS_HOOKS[sae.hook_component].format(sae.hook_layer)},
+                "sparekit": {**header("sae", FORMAT_VERSION), "hook_layer": sae.hook_layer,
+                             "hook_component": sae.hook_component, **(extra or {})}})
     with atomic_path(path / "sae_weights.safetensors") as tmp:
         save_file(tensors, str(tmp))
     atomic_write_json(path / "cfg.json", cfg)

@@ -91,7 +91,8 @@ class TopKTrainer(Params):
         d_in, batch = first.shape[1], first.shape[0]
         if self.k >= self.d_sae:
             raise SparekitError(f"k={self.k} must be smaller than d_sae={self.d_sae}")
-        sae = sae_class(self.architecture)(d_in, self.d_sae, k=self.k, hook_layer=hook_layer, hook_component=hook_component).to(device)
+        sae = sae_class(self.architecture)(d_in, self.d_sae, k=self.k, hook_layer=hook_layer,
+                                           hook_component=hook_component).to(device)
         self._init_weights(sae, source, device)
         lr = self.lr or 2e-4 / math.sqrt(self.d_sae / 2**14)
         optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)

@@ -9,6 +9,7 @@ them under ``<run>/fitted/<method>/`` and the run's calibrated conflict gate und
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,10 @@ def shipped_root(label: str, model: ModelInfo | str = "default") -> Path:
     assets = assets_for(model)
     name = model.name if isinstance(model, ModelInfo) else model
     if assets is None or label not in assets.steering_labels():
-        shipped = ", ".join(assets.steering_labels()) if assets is not None else "nothing"
-        raise SparekitError(f"no shipped {label} for {name} (shipped: {shipped})",
+        shipped = assets.steering_labels() if assets is not None else []
+        close = difflib.get_close_matches(label, shipped, n=1)
+        raise SparekitError(f"no shipped {label} for {name} (shipped: {', '.join(shipped) or 'nothing'})",
+                            f"did you mean {close[0]!r}?" if close else
                             "fit one with `sparekit bench steer --model …` and pass --fitted <run>/fitted/<method>")
     return assets.steering(label)
 
