@@ -91,6 +91,10 @@ def test_a_saved_spare_carries_its_sae_and_loads_after_the_sae_is_gone(tiny_llam
     save_file(tensors, str(tmp_path / "spare" / "tensors.safetensors"))
     with pytest.raises(SparekitError, match="not the SAE this method was fitted with"):
         sparekit.load(tmp_path / "spare")
+    del tensors["sae.1.W_dec"]
+    save_file(tensors, str(tmp_path / "spare" / "tensors.safetensors"))
+    with pytest.raises(SparekitError, match="the saved SAE of layer 1 is damaged"):
+        sparekit.load(tmp_path / "spare")
 
 
 def test_shipped_spare_names_its_saes_by_content_hash(tmp_path):

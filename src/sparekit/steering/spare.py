@@ -183,7 +183,11 @@ class SpARE(MultiLayerMethod):
             if info["embedded"]:
                 prefix = f"sae.{layer}."
                 sae = sae_class(info["architecture"])(info["d_in"], info["d_sae"], **info["init"])
-                sae.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
+                try:
+                    sae.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
+                except RuntimeError as exc:  # missing or misshapen tensors
+                    raise SparekitError(f"spare: the saved SAE of layer {layer} is damaged: "
+                                        f"{str(exc).splitlines()[0]}", "save the method again") from None
                 where = "its saved copy"
             else:
                 sae, where = load_sae(self._sae_source(layer), layer=layer), f"SAE {self._sae_source(layer)!r}"
