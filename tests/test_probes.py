@@ -78,15 +78,15 @@ def test_save_load_round_trip_and_hash_check(tmp_path):
     probe = LinearProbe(seed=1, site="resid.6", model_hash="abc123").fit(X, y)
     probe.save(tmp_path / "p")
     config = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert config["kind"] == "linear_probe" and config["site"] == "resid.6" and "sparekit_version" in config
+    assert config["kind"] == "linear_probe" and config["params"]["site"] == "resid.6" and "sparekit_version" in config
     loaded = LinearProbe.load(tmp_path / "p", model_hash="abc123")
     assert loaded.get_params() == probe.get_params()
     np.testing.assert_allclose(loaded.predict_proba(X), probe.predict_proba(X))
     with pytest.raises(SparekitError, match="another model"):
         LinearProbe.load(tmp_path / "p", model_hash="other")
-    config["surprise"] = 1
+    config["params"]["surprise"] = 1
     (tmp_path / "p" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SparekitError, match="unknown keys"):
+    with pytest.raises(SparekitError, match="unknown probe parameters"):
         LinearProbe.load(tmp_path / "p")
 
 
@@ -158,10 +158,9 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch,
     monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
     monkeypatch.setattr(experiment, "generate_keyed", lambda lm, prompts, *a: {
         k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
-    from sparekit.probes import detect as detect_module
+    from sparekit.models import assets
 
-    monkeypatch.setattr(detect_module, "LATEST_POINTER", tmp_path / "none.json")
-    monkeypatch.setattr(detect_module, "SHIPPED", tmp_path / "no-shipped-probes")
+    monkeypatch.setattr(assets, "ROOT", tmp_path / "no-shipped-assets")
     run = tmp_path / "run"
     args = ["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1-2", "--seeds", "0,1",
             "--k-shot", "1", "--out", str(run), "--json"]

@@ -105,8 +105,8 @@ def test_spare_edits_only_last_prompt_token_in_prompt_pass(tiny_llama, tmp_path)
     sae = method._sae(1)
     z = sae.pre_acts(clean[0][:, -1])
     alpha = 2.0
-    expected = clean[0][:, -1] + spare_delta(z, sae, context_idx, alpha * method.mean_context_1_[context_idx],
-                                             memory_idx, alpha * method.mean_memory_1_[memory_idx])
+    expected = clean[0][:, -1] + spare_delta(z, sae, context_idx, alpha * method.mean_context_[1][context_idx],
+                                             memory_idx, alpha * method.mean_memory_[1][memory_idx])
     torch.testing.assert_close(steered[0][:, -1], expected, rtol=1e-5, atol=1e-5)
 
 

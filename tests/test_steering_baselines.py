@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sparekit
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.data.prompts import sample_demos
 from sparekit.errors import SparekitError
@@ -113,8 +114,8 @@ def test_conformance(kind, lm, behaviour, params, tmp_path):
         assert len(outputs[toward]) == len(prompts) and all(isinstance(o, str) for o in outputs[toward])
         assert _hook_count(lm) == before
     method.save(tmp_path / kind)
-    loaded = load_method(tmp_path / kind)
-    assert type(loaded) is type(method)
+    loaded = sparekit.load(tmp_path / kind)
+    assert type(loaded) is type(method) and loaded.get_params() == method.get_params()
     for toward in DIRECTIONS:
         with loaded.steer(lm, toward) as steered:
             assert steered.generate(prompts, max_new_tokens=3) == outputs[toward]
@@ -217,11 +218,11 @@ def test_knob_sets_the_coordinate_to_the_target(lm, behaviour, params):
 
 def test_sea_fits_bases_for_both_directions(behaviour, params):
     method = _fitted("sea", params, behaviour)
-    for basis in (method.basis_context_, method.basis_memory_):
+    for basis in (method.basis_["context"], method.basis_["memory"]):
         assert basis.shape[0] == 64 and 0 < basis.shape[1] <= int(behaviour.labels.sum())
         torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-4, rtol=1e-4)
     smaller = make_method("sea", layer=2, energy=0.5).fit(behaviour)
-    assert smaller.basis_context_.shape[1] < method.basis_context_.shape[1]
+    assert smaller.basis_["context"].shape[1] < method.basis_["context"].shape[1]
     with pytest.raises(SparekitError, match="energy"):
         make_method("sea", layer=2, energy=1.5).fit(behaviour)
 

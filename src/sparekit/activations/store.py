@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from sparekit.artifacts import check_header, header
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, padded_positions
 from sparekit.hooks import Hooks, Site
@@ -179,11 +180,9 @@ def capture_activations(
     if shard_rows < 1 or batch_size < 1:
         raise SparekitError("shard_rows and batch_size must be positive")
     out_dir = Path(out_dir)
-    from sparekit import __version__
-
     manifest = {
-        "kind": "activation_store", "format_version": FORMAT_VERSION, "sparekit_version": __version__,
-        "model": lm.info.name, "model_hash": lm.info.model_hash, "sites": [str(s) for s in sites],
+        **header("activation_store", FORMAT_VERSION), "model": lm.info.name, "model_hash": lm.info.model_hash,
+        "sites": [str(s) for s in sites],
         "d": {}, "dtype": _dtype_name(dtype), "positions": positions, "skip_first_token": bool(skip_first_token),
         "max_length": max_length, "shard_rows": shard_rows, "n_texts": len(texts),
         "texts_sha256": _texts_digest(texts), "ids": ids, "shards": [], "rows": 0, "complete": False,
@@ -261,11 +260,7 @@ class ActivationStore:
             raise SparekitError(f"no activation store at {self.path} (missing {MANIFEST})",
                                 "write one with capture_activations or `sparekit capture`")
         manifest = read_json(self.path / MANIFEST)
-        if not isinstance(manifest, dict) or manifest.get("kind") != "activation_store":
-            raise SparekitError(f"{self.path / MANIFEST} is not an activation-store manifest")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise SparekitError(f"unsupported activation-store format {manifest.get('format_version')!r}",
-                                f"this sparekit reads format {FORMAT_VERSION}; capture again")
+        check_header(manifest, self.path / MANIFEST, "activation_store", (FORMAT_VERSION,))
         try:
             self.sites = [Site.parse(s) for s in manifest["sites"]]
             self._offsets = [0]

@@ -120,6 +120,8 @@ def demo(item: str, method_label: str, table: bool, device: str | None, device_m
         det = r["detection"]
         lines = [
             f"model: {r['model']}",
+            f"shipped probes: {det['org']['probe_dir']}",
+            f"shipped steering: {r['steering']['memory']['fitted']}",
             f"question: {r['question']}",
             f"  closed-book:                          {r['closed_book']}",
             f"  with the true context  ({r['org_context']}): {r['with_org_context']}",

@@ -18,6 +18,7 @@ def _list(text: str, kind: type, name: str) -> tuple:
 
 def _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_length, seed, batch_size):
     from sparekit.errors import SparekitError
+    from sparekit.utils.registry import unknown_name
     from sparekit.kv import METHODS
     from sparekit.kv.bench import TASKS, KVBenchConfig
 
@@ -27,10 +28,10 @@ def _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_
                            min_length=min_length, seed=seed, batch_size=batch_size)
     for task in config.tasks:
         if task not in TASKS:
-            raise SparekitError(f"unknown task {task!r}", f"use some of: {', '.join(TASKS)}")
+            raise unknown_name("task", task, TASKS)
     for method in config.methods:
         if method not in METHODS:
-            raise SparekitError(f"unknown KV compression method {method!r}", f"use some of: {', '.join(METHODS)}")
+            raise unknown_name("KV compression method", method, METHODS)
     for ratio in config.ratios:
         if not 0 <= ratio < 1:
             raise SparekitError(f"KV compression ratio must be in [0, 1), got {ratio}")

@@ -18,6 +18,7 @@ from sparekit.errors import SparekitError
 # command name -> (module, attribute, one-line help shown by `sparekit --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "info": ("sparekit.cli.basic", "info", "Versions, device and where the default model is cached."),
+    "ls": ("sparekit.cli.ls", "ls", "A model's blocks, hookable sites and aliases, and the assets shipped for it."),
     "generate": ("sparekit.cli.basic", "generate", "Greedy-generate a continuation of PROMPT."),
     "demo": ("sparekit.cli.demo", "demo", "The main job: answer a conflicting-context question on the default model."),
     "data": ("sparekit.cli.data", "data", "Build and inspect conflict datasets."),

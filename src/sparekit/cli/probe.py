@@ -176,10 +176,6 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, split_
             result, run_dir / "probe_components.png",
             f"{lm.info.name}: probe accuracy by component, {data_a.name} ({len(train.items)} memorised items)"))
     atomic_write_json(run_dir / "results.json", result)
-    if model == "default" and dataset == "default":
-        from sparekit.probes.detect import LATEST_POINTER
-
-        atomic_write_json(LATEST_POINTER, {"run_dir": str(Path(run_dir).resolve())})
     emit(result, as_json, _render_table)
 
 
@@ -188,7 +184,8 @@ def probe(dataset, eval_dataset, model, layers, components, limit, seeds, split_
 @click.option("--question", default=None, help="Build the prompt from a question …")
 @click.option("--context", default=None, help="… and a context (the probe run's demonstrations are prepended).")
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
-              help="A `sparekit probe` run directory or its probes/ folder (default: the last default run).")
+              help="A `sparekit probe` run directory or its probes/ folder "
+                   "(default: the probes shipped for the default model).")
 @click.option("--model", "-m", default=None, help="Model (default: the one the probes were fitted on).")
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(0),
               help="Refuse longer prompts (0: only the model's context length limits them).")
@@ -220,7 +217,8 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     result = detect_prompt(lm, text, folder, max_tokens=max_tokens)
 
     def render(r: dict) -> str:
-        text = f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
+        conflict = f"{r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
+        text = f"probes: {r['probe_dir']}\nconflict: {conflict}"
         if r["source"] is None:
             return text + "\npredicted source: no source probe in this run"
         return text + (f"\npredicted source: {r['source']} (p(context) = {r['context_probability']:.1%}, "

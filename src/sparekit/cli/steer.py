@@ -19,15 +19,11 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     """
     from sparekit.data.dataset import ConflictExample
     from sparekit.data.prompts import demos_for
-    from sparekit.errors import SparekitError
     from sparekit.steering import SteeringPrompt, make_method
     from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
 
     if fitted is None:
-        if lm.info.name not in ("default", "gemma3-270m"):
-            raise SparekitError(f"no shipped {method_label} for {lm.info.name}",
-                                "fit one with `sparekit bench steer --model …` and pass --fitted <run>/fitted/<method>")
-        fitted = shipped_root(method_label)
+        fitted = shipped_root(method_label, lm.info)
     loaded = load_fitted(fitted, toward, lm.info)  # type: ignore[arg-type]
     strength = loaded.strength if strength is None else strength
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
@@ -41,8 +37,8 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     with loaded.method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:  # type: ignore[arg-type]
         answer = steered.generate([prompt])[0]
         fired = None if gate is None else bool(steered.last_fired[0])
-    return {"method": method_label, "toward": toward, "strength": strength, "unsteered": unsteered,
-            "steered": answer, "gate_fired": fired, "prompt": prompt.text}
+    return {"method": method_label, "fitted": str(fitted), "toward": toward, "strength": strength,
+            "unsteered": unsteered, "steered": answer, "gate_fired": fired, "prompt": prompt.text}
 
 
 @click.command()
@@ -82,6 +78,7 @@ def steer(context, question, toward, method_label, fitted, strength, gate, probe
         d = r["detection"]
         gate = {None: "", True: "   [gate fired]", False: "   [gate did not fire: left unsteered]"}[r["gate_fired"]]
         return "\n".join([
+            f"method: {r['fitted']}   probes: {d['probe_dir']}",
             f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['source']}",
             f"unsteered:              {r['unsteered']}",
             f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}{gate}",

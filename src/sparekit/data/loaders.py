@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sparekit.data.dataset import ConflictDataset, ContextMatch, parse_row, read_jsonl
 from sparekit.errors import SparekitError
+from sparekit.utils.registry import unknown_name
 
 NQSWAP_HUB_ID = "pminervini/NQ-Swap"
 DATASET_NAMES = ("default", "default-passages", "nqswap")
@@ -78,7 +79,8 @@ def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
         rule: ContextMatch = "substring" if "macnoise" in path.name.lower() else "answer"
         dataset = read_jsonl(path, context_match=rule)
     else:
-        raise SparekitError(f"unknown dataset {name!r}", f"use one of {', '.join(DATASET_NAMES)} or a .jsonl(.gz) path")
+        error = unknown_name("dataset", name, DATASET_NAMES)
+        raise SparekitError(error.message, f"{error.hint}, or a .jsonl(.gz) path")
     if context_match is not None:
         dataset = ConflictDataset(list(dataset), dataset.name, context_match)
     return dataset if limit is None else dataset.sample(limit, seed)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.errors import SparekitError
+from sparekit.utils.registry import unknown_name
 
 FLAVOURS = ("sub_sub", "sub_org", "org_org", "closed")
 Flavour = Literal["sub_sub", "sub_org", "org_org", "closed"]
@@ -40,7 +41,7 @@ def demo_block(example: ConflictExample, flavour: Flavour) -> str:
         return format_block(example.question, example.org_context, example.org_answer[0])
     if flavour == "closed":
         return format_block(example.question, None, example.org_answer[0])
-    raise SparekitError(f"unknown demonstration flavour {flavour!r}", f"use one of {', '.join(FLAVOURS)}")
+    raise unknown_name("demonstration flavour", flavour, FLAVOURS)
 
 
 def demo_examples(dataset: ConflictDataset, exclude_group: str, k: int, rng: random.Random) -> list[ConflictExample]:

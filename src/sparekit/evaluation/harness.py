@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from sparekit.data.dataset import ConflictDataset
 from sparekit.data.prompts import build_prompt, item_demos, sample_demos
 from sparekit.errors import SparekitError
+from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
@@ -60,7 +61,7 @@ def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_sho
                                     sample_demos(dataset, group, k_shot, "closed", random.Random(f"{seed}:{group}")))
                 for group, rows in index.items()}
     if condition not in ("org", "sub"):
-        raise SparekitError(f"unknown condition {condition!r}", f"use one of {', '.join(CONDITIONS)}")
+        raise unknown_name("condition", condition, CONDITIONS)
     pool = dataset if demo_pool is None else demo_pool
     return {ex.id: build_prompt(ex, condition, item_demos(ex, pool, seed, k_shot)) for ex in dataset}
 

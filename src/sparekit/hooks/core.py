@@ -38,6 +38,7 @@ from transformers.cache_utils import Cache
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.loading import LoadedModel
+from sparekit.utils.registry import unknown_name
 
 Component = Literal["resid", "attn", "mlp"]
 Positions = Literal["last", "all"] | int
@@ -47,6 +48,10 @@ EditFn = Callable[[torch.Tensor], torch.Tensor]
 InterceptFn = Callable[[torch.nn.Module, tuple, dict], dict | None]
 
 _COMPONENT_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
+#: TransformerLens / SAELens hook name of each component (an alias :meth:`Site.parse` accepts)
+TRANSFORMERLENS_HOOKS = {"resid": "blocks.{}.hook_resid_post", "attn": "blocks.{}.hook_attn_out",
+                         "mlp": "blocks.{}.hook_mlp_out"}
+_TRANSFORMERLENS = {f"hook_{name.split('hook_')[1]}": component for component, name in TRANSFORMERLENS_HOOKS.items()}
 
 
 @dataclass(frozen=True, order=True)
@@ -58,7 +63,7 @@ class Site:
 
     def __post_init__(self) -> None:
         if self.component not in _COMPONENT_ORDER:
-            raise SparekitError(f"unknown component {self.component!r}", "use one of: resid, attn, mlp")
+            raise unknown_name("component", self.component, _COMPONENT_ORDER)
 
     @property
     def depth(self) -> tuple[int, int]:
@@ -68,14 +73,33 @@ class Site:
     def __str__(self) -> str:
         return f"{self.component}.{self.layer}"
 
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Other spellings :meth:`parse` reads as this site."""
+        tl = TRANSFORMERLENS_HOOKS[self.component].format(self.layer)
+        return (str(self.layer), tl) if self.component == "resid" else (tl,)
+
     @classmethod
     def parse(cls, text: str) -> Site:
-        """``"6"`` or ``"resid.6"`` / ``"mlp.6"`` / ``"attn.6"``."""
+        """``6``, ``resid.6`` / ``mlp.6`` / ``attn.6``, or a TransformerLens name (``blocks.6.hook_mlp_out``)."""
+        if text.startswith("blocks."):
+            _, layer, hook = (text.split(".") + ["", ""])[:3]
+            if hook in _TRANSFORMERLENS and layer.isdigit():
+                return cls(int(layer), _TRANSFORMERLENS[hook])  # type: ignore[arg-type]
+            valid = [name.format(layer or 0) for name in TRANSFORMERLENS_HOOKS.values()]
+            raise unknown_name("TransformerLens hook", text, valid)
         component, _, layer = text.rpartition(".")
         try:
             return cls(int(layer), component or "resid")  # type: ignore[arg-type]
         except ValueError:
             raise SparekitError(f"cannot parse site {text!r}", "write e.g. 6, resid.6, mlp.6 or attn.6") from None
+
+
+def site_table(info: ModelInfo) -> list[dict[str, object]]:
+    """Every hookable site of a model in execution order: its name, HF module path and aliases."""
+    return [{"site": str(site), "module": info.module_path(site.layer, site.component), "aliases": list(site.aliases)}
+            for site in sorted((Site(layer, c) for layer in range(info.n_layers) for c in _COMPONENT_ORDER),
+                               key=lambda s: s.depth)]
 
 
 class StopForward(Exception):

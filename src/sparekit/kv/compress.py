@@ -52,6 +52,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from sparekit.errors import SparekitError
+
+from sparekit.utils.registry import unknown_name
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 
@@ -79,7 +81,7 @@ def key_scores(keys: torch.Tensor, method: str, prompt_mask: torch.Tensor, seed:
             generator = torch.Generator().manual_seed(seed)
             scores[row][:, real] = torch.rand(heads, int(real.sum()), generator=generator)
         return scores.to(keys.device)
-    raise SparekitError(f"unknown KV compression method {method!r}", f"use one of: {', '.join(METHODS)}")
+    raise unknown_name("KV compression method", method, METHODS)
 
 
 def keep_counts(n_real: torch.Tensor, ratio: float, min_length: int, keep_last: int) -> torch.Tensor:
@@ -141,7 +143,7 @@ class KVCompressor:
             raise SparekitError(f"KV compression ratio must be in [0, 1), got {ratio!r}",
                                 "0 keeps everything, 0.9 evicts 90 % of each prompt")
         if method not in METHODS:
-            raise SparekitError(f"unknown KV compression method {method!r}", f"use one of: {', '.join(METHODS)}")
+            raise unknown_name("KV compression method", method, METHODS)
         for name, value in (("min_length", min_length), ("keep_last", keep_last)):
             if not isinstance(value, int) or value < 0:
                 raise SparekitError(f"{name} must be a non-negative integer, got {value!r}")

@@ -13,6 +13,8 @@ import torch
 
 from sparekit.errors import SparekitError
 
+from sparekit.utils.registry import unknown_name
+
 # model_type -> (path of the ModuleList of blocks, attention attr, MLP attr)
 _LAYOUTS: dict[str, tuple[str, str, str]] = {
     "llama": ("model.layers", "self_attn", "mlp"),
@@ -54,7 +56,7 @@ class ModelInfo:
             return f"{self.block_path(layer)}.{self.attn_attr}"
         if component == "mlp":
             return f"{self.block_path(layer)}.{self.mlp_attr}"
-        raise SparekitError(f"unknown component {component!r}", "use one of: resid, attn, mlp")
+        raise unknown_name("component", component, ("resid", "attn", "mlp"))
 
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:

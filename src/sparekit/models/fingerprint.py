@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from sparekit.artifacts import header
 from sparekit.errors import SparekitError
 from sparekit.utils.env import package_versions
 from sparekit.utils.io import atomic_write_json, read_json
@@ -82,7 +83,7 @@ def compute_reference(model: torch.nn.Module, tokenizer, model_name: str) -> dic
     """The reference a later :func:`verify` compares with (top-k ids and their log-probabilities)."""
     log_probs = next_token_log_probs(model, tokenizer)
     top = log_probs.topk(TOP_K, dim=-1)
-    return {"format_version": FORMAT_VERSION, "model": model_name, "prompts": list(PROMPTS),
+    return {**header("fingerprint", FORMAT_VERSION), "model": model_name, "prompts": list(PROMPTS),
             "top_ids": top.indices.tolist(), "top_log_probs": top.values.tolist(),
             "stack": package_versions(STACK), "dtype": "float32", "device": "cpu"}
 

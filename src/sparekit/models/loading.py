@@ -26,6 +26,7 @@ from sparekit.models.placement import device_map_kwargs
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
 from sparekit.utils.io import atomic_write_json, read_json, sha256_file
+from sparekit.utils.registry import unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in table:
-        raise SparekitError(f"unknown dtype {dtype!r}", f"use one of: {', '.join(table)}")
+        raise unknown_name("dtype", dtype, table)
     return table[dtype]
 
 
@@ -158,10 +159,9 @@ def resolve_source(name_or_path: str) -> tuple[Path | str, str | None, str]:
     if looks_like_path or path.suffix:
         raise SparekitError(f"missing model path: {name_or_path}")
     if name_or_path.count("/") != 1:
-        raise SparekitError(
-            f"unknown model {name_or_path!r}",
-            f"use {', '.join(SHORT_NAMES)}, a hub id like 'google/gemma-3-270m', a local folder or a .gguf file",
-        )
+        error = unknown_name("model", name_or_path, SHORT_NAMES)
+        raise SparekitError(error.message, f"{error.hint}, a hub id like 'google/gemma-3-270m', a local folder or a "
+                                           ".gguf file")
     return name_or_path, None, f"hub:{name_or_path}"
 
 

@@ -1,9 +1,9 @@
 """Read a prompt with fitted probes before generating: conflict probability and knowledge source.
 
 Probe folders come from ``sparekit probe`` (``<run>/probes/{conflict,source}/`` plus
-``detect.json`` with the demonstrations used to build prompts). Resolution order: an
-explicit folder, the last ``sparekit probe`` run on the default model and dataset, then
-the probes shipped for the default model.
+``detect.json`` with the demonstrations used to build prompts). A command reads the folder
+the user names, else the probes shipped for the model (:mod:`sparekit.models.assets`), and
+says which (``probe_dir`` in every result).
 """
 
 from __future__ import annotations
@@ -13,29 +13,25 @@ from pathlib import Path
 from sparekit.activations.last_token import last_token_states
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
-from sparekit.models.loading import CACHE_DIR, LoadedModel
+from sparekit.models.architecture import ModelInfo
+from sparekit.models.assets import assets_for, default_assets
+from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.utils.io import read_json
 
-SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "probes" / "gemma-3-270m"
-LATEST_POINTER = CACHE_DIR / "probes" / "latest-default.json"
 TARGETS = ("conflict", "source")
 MAX_PROMPT_TOKENS = 4096  # far beyond the probing prompts (~300 tokens); longer ones take minutes on a CPU
 
 
-def resolve_probe_dir(probe_dir: str | Path | None, model_hash: str | None = None) -> Path:
-    """The folder holding ``detect.json`` and the per-target probe folders."""
+def resolve_probe_dir(probe_dir: str | Path | None, model: ModelInfo | None = None) -> Path:
+    """The folder holding ``detect.json`` and the per-target probe folders: ``probe_dir``, else the probes
+    shipped for ``model`` (``None``: for the default model)."""
     if probe_dir is None:
-        candidates = []
-        if LATEST_POINTER.is_file():
-            candidates.append(Path(read_json(LATEST_POINTER)["run_dir"]))
-        candidates.append(SHIPPED)
-        for candidate in candidates:
-            folder = candidate / "probes" if (candidate / "probes").is_dir() else candidate
-            meta = folder / "detect.json"
-            if meta.is_file() and model_hash in (None, read_json(meta).get("model_hash")):
-                return folder
-        raise SparekitError("no probes found for this model", "run `sparekit probe` first (or pass --probe DIR)")
+        assets = default_assets() if model is None else assets_for(model)
+        if assets is None or not (assets.probes / "detect.json").is_file():
+            raise SparekitError(f"no probes shipped for {'the default model' if model is None else model.name}",
+                                "run `sparekit probe` first and pass --probe <run>")
+        return assets.probes
     probe_dir = Path(probe_dir)
     folder = probe_dir / "probes" if (probe_dir / "probes").is_dir() else probe_dir
     if not (folder / "detect.json").is_file():
@@ -78,7 +74,7 @@ def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = Non
                   max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
     """Conflict probability and predicted source for one prompt; one forward to the deepest probe layer."""
     check_prompt(lm, text, max_tokens)
-    folder = resolve_probe_dir(probe_dir, lm.info.model_hash)
+    folder = resolve_probe_dir(probe_dir, lm.info)
     probes = load_probes(folder, lm.info.model_hash)
     sites = {t: Site.parse(p.site) for t, p in probes.items()}
     states = last_token_states(lm, [text], list(sites.values()))

@@ -29,6 +29,7 @@ from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, split_by_group
 from sparekit.data.dataset import held_out_relations
 from sparekit.errors import SparekitError
+from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Site
@@ -58,7 +59,7 @@ class ProbingData:
             keep = [i for i, b in enumerate(self.behaviour) if b in ("context", "memory")]
             y = np.array([int(self.behaviour[i] == "context") for i in keep])
             return self.sub[site][keep], y, [ids[i] for i in keep]
-        raise SparekitError(f"unknown probe target {name!r}", f"use one of {', '.join(TARGETS)}")
+        raise unknown_name("probe target", name, TARGETS)
 
     def source_items(self) -> ConflictDataset:
         return self.items.subset([i for i, b in enumerate(self.behaviour) if b in ("context", "memory")])

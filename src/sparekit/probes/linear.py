@@ -12,22 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from sparekit.artifacts import KINDS, Artifact, read_artifact, save_artifact
 from sparekit.errors import SparekitError
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 from sparekit.utils.arrays import to_numpy
-
-KIND = "linear_probe"
-FORMAT_VERSION = 1
-_PARAMS = ("l1", "lr", "epochs", "batch_size", "standardize", "seed", "site", "model_hash")
+from sparekit.utils.params import Params
 
 
 def _as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float().cpu()
 
 
-class LinearProbe:
+@KINDS.register("linear_probe")
+class LinearProbe(Params):
     """Binary linear probe on hidden states: ``p(y=1 | h) = sigmoid(w·standardise(h) + b)``.
 
     ``l1`` is the L1 penalty on ``w`` (added to the mean BCE); ``standardize`` scales
@@ -45,12 +42,6 @@ class LinearProbe:
         self.seed = seed
         self.site = site
         self.model_hash = model_hash
-
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in _PARAMS}
-
-    def __repr__(self) -> str:
-        return f"LinearProbe({', '.join(f'{k}={v!r}' for k, v in self.get_params().items() if v is not None)})"
 
     def fit(self, X, y) -> LinearProbe:
         """Fit on features ``X [n, d]`` and labels ``y`` in {0, 1}; needs both classes."""
@@ -106,43 +97,38 @@ class LinearProbe:
     def predict(self, X) -> np.ndarray:
         return (self.decision_function(X) > 0).astype(np.int64)
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``tensors.safetensors`` into the folder ``path``."""
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The learned tensors under their saved names."""
         self._check_fitted()
-        from sparekit import __version__
+        return {"coef": self.coef_, "intercept": self.intercept_.reshape(1), "mean": self.mean_, "scale": self.scale_}
 
-        path = Path(path)
-        tensors = {"coef": self.coef_, "intercept": self.intercept_.reshape(1), "mean": self.mean_,
-                   "scale": self.scale_}
-        with atomic_path(path / "tensors.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        atomic_write_json(path / "config.json", {"kind": KIND, "format_version": FORMAT_VERSION,
-                                                 "sparekit_version": __version__, **self.get_params(),
-                                                 "n_features_in": self.n_features_in_})
-        return path
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``tensors.safetensors`` into the folder ``path`` (:mod:`sparekit.artifacts`)."""
+        return save_artifact(path, self.kind, self.get_params(), self.tensors(), {"n_features_in": self.n_features_in_})
 
     @classmethod
     def load(cls, path: str | Path, model_hash: str | None = None) -> LinearProbe:
         """Read a saved probe; with ``model_hash``, refuse a probe fitted on another model."""
-        path = Path(path)
-        config = read_json(path / "config.json")
-        if config.get("kind") != KIND:
-            raise SparekitError(f"{path} holds a {config.get('kind')!r}, not a linear probe")
-        if config.get("format_version") != FORMAT_VERSION:
-            raise SparekitError(f"unsupported probe format {config.get('format_version')!r} in {path}")
-        unknown = set(config) - {*_PARAMS, "kind", "format_version", "sparekit_version", "n_features_in"}
+        return cls.from_artifact(read_artifact(path, "linear_probe"), model_hash=model_hash)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, model_hash: str | None = None) -> LinearProbe:
+        """Rebuild from ``params``, ``state`` and tensors (also the probe inside a saved gate)."""
+        path, params = artifact.path, artifact.params
+        unknown = set(params) - set(cls.param_names())
         if unknown:
-            raise SparekitError(f"{path}/config.json has unknown keys {sorted(unknown)}",
-                                f"valid keys: {', '.join(_PARAMS)}")
-        if model_hash is not None and config.get("model_hash") != model_hash:
+            raise SparekitError(f"{path}/config.json has unknown probe parameters {sorted(unknown)}",
+                                f"valid: {', '.join(cls.param_names())}")
+        if model_hash is not None and params.get("model_hash") != model_hash:
             raise SparekitError(f"the probe in {path} was fitted on another model "
-                                f"(hash {str(config.get('model_hash'))[:12]}…, this model {model_hash[:12]}…)",
+                                f"(hash {str(params.get('model_hash'))[:12]}…, this model {model_hash[:12]}…)",
                                 "fit a probe for this model with `sparekit probe`")
-        if not (path / "tensors.safetensors").is_file():
-            raise SparekitError(f"missing {path / 'tensors.safetensors'}")
-        probe = cls(**{k: config[k] for k in _PARAMS if k in config})
-        tensors = load_file(str(path / "tensors.safetensors"))
+        missing = {"coef", "intercept", "mean", "scale"} - set(artifact.tensors)
+        if missing:
+            raise SparekitError(f"{path} lacks the probe tensors {sorted(missing)}")
+        probe = cls(**params)
+        tensors = artifact.tensors
         probe.coef_, probe.mean_, probe.scale_ = tensors["coef"], tensors["mean"], tensors["scale"]
         probe.intercept_ = tensors["intercept"][0]
-        probe.n_features_in_ = int(config["n_features_in"])
+        probe.n_features_in_ = int(artifact.state["n_features_in"])
         return probe

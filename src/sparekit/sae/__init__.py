@@ -7,7 +7,7 @@
 """
 
 from sparekit.sae.base import REGISTRY, SAE, BatchTopKSAE, GatedSAE, JumpReluSAE, ReluSAE, TopKSAE, register
-from sparekit.sae.formats import check_compatible, folded, load_sae, save_sae, shipped_layers
+from sparekit.sae.formats import FORMATS, check_compatible, folded, load_sae, sae_format, save_sae, shipped_layers
 
-__all__ = ["REGISTRY", "SAE", "BatchTopKSAE", "GatedSAE", "JumpReluSAE", "ReluSAE", "TopKSAE", "check_compatible", "folded",
-           "load_sae", "register", "save_sae", "shipped_layers"]
+__all__ = ["FORMATS", "REGISTRY", "SAE", "BatchTopKSAE", "GatedSAE", "JumpReluSAE", "ReluSAE", "TopKSAE",
+           "check_compatible", "folded", "load_sae", "register", "sae_format", "save_sae", "shipped_layers"]

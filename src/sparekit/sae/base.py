@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparekit.errors import SparekitError
@@ -117,6 +118,22 @@ class SAE(nn.Module):
         """Reconstruction of ``h``: ``decode(encode(h))``."""
         return self.decode(self.encode(h))
 
+    # -- training ----------------------------------------------------------------
+    #: whether :class:`~sparekit.sae.train.TopKTrainer` can fit this architecture
+    trainable: ClassVar[bool] = False
+
+    def training_reconstruction(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction in the standardised space, ``[N, d_sae]`` mask of the latents that fired) of a
+        training batch; each trainable architecture says how it encodes during training."""
+        raise NotImplementedError(f"{type(self).__name__} has no training code path")
+
+    def reconstruction_loss(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(FVU, residual, fired) of a batch ``h`` in model units; FVU = squared error / variance, standardised."""
+        x = self.normalize(h)
+        x_hat, fired = self.training_reconstruction(h)
+        residual = x - x_hat
+        return residual.pow(2).sum() / (x - x.mean(0)).pow(2).sum(), residual, fired
+
     # -- persistence -------------------------------------------------------------
     def config(self) -> dict:
         """The SAE-specific part of ``cfg.json`` (SAELens keys plus sparekit's own)."""
@@ -190,11 +207,20 @@ def topk_code(dense: torch.Tensor, k: int) -> torch.Tensor:
 class TopKSAE(SAE):
     """TopK SAE: the ``k`` largest ReLU pre-activations of each token fire."""
 
+    trainable = True
+
     def __init__(self, d_in: int, d_sae: int, k: int = 32, **kwargs):
         super().__init__(d_in, d_sae, k=int(k), **kwargs)
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
         return topk_code(self.pre_acts(h), self.k)
+
+    def training_reconstruction(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode only the ``k`` chosen rows of ``W_dec`` (``embedding_bag``): no dense ``[N, d_sae]`` product."""
+        dense = self.pre_acts(h)
+        values, indices = dense.topk(self.k, dim=-1, sorted=False)
+        x_hat = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+        return x_hat, torch.zeros_like(dense, dtype=torch.bool).scatter_(-1, indices, values.detach() > 0)
 
 
 @register("batchtopk")
@@ -207,3 +233,7 @@ class BatchTopKSAE(TopKSAE):
         flat = dense.flatten()
         values, indices = flat.topk(min(self.k * dense.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter_(0, indices, values).view_as(dense)
+
+    def training_reconstruction(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.batch_encode(h)
+        return self.decode_normalized(code), code > 0

@@ -20,6 +20,8 @@ import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +29,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from sparekit.artifacts import header
 from sparekit.errors import SparekitError
+from sparekit.hooks import TRANSFORMERLENS_HOOKS
 from sparekit.models.architecture import ModelInfo
 from sparekit.sae.base import SAE, sae_class
 from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir, read_json
+from sparekit.utils.registry import Registry
 
 FORMAT_VERSION = 1
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "saes"
-DEFAULT_SAES = ASSETS / "gemma-3-270m"
 _HOOK_PATTERNS = (
     (re.compile(r"blocks\.(\d+)\.hook_resid_post"), "resid"),
     (re.compile(r"blocks\.(\d+)\.hook_attn_out"), "attn"),
@@ -43,7 +46,51 @@ _HOOK_PATTERNS = (
     (re.compile(r"layers\.(\d+)\.mlp\b"), "mlp"),
     (re.compile(r"layers?[._](\d+)"), "resid"),
 )
-_SAELENS_HOOK = {"resid": "blocks.{}.hook_resid_post", "attn": "blocks.{}.hook_attn_out", "mlp": "blocks.{}.hook_mlp_out"}
+
+
+@dataclass(frozen=True)
+class SaeFormat:
+    """A format users bring SAEs in: how to spot it and how to read it, side by side."""
+
+    name: str
+    files: str  #: what it looks like on disk, for the error that lists the formats
+    detect: Callable[[Path], Path | None]  #: a path -> what ``load`` reads, or ``None`` if not this format
+    load: Callable[[Path], SAE]
+
+
+#: Detected in registration order: the first format whose detector answers reads the path.
+FORMATS: Registry = Registry("SAE format", None)
+
+
+def sae_format(name: str, files: str, detect: Callable[[Path], Path | None]) -> Callable[[Callable], Callable]:
+    """Register the decorated loader with its detector as format ``name``."""
+
+    def wrap(load: Callable[[Path], SAE]) -> Callable[[Path], SAE]:
+        FORMATS.register(name)(SaeFormat(name, files, detect, load))
+        return load
+
+    return wrap
+
+
+def _folder_with(weights: str) -> Callable[[Path], Path | None]:
+    """Detector: a folder holding ``weights`` (also given as that file or its ``cfg.json``)."""
+
+    def detect(path: Path) -> Path | None:
+        folder = path.parent if path.is_file() and path.name in (weights, "cfg.json") else path
+        return folder if (folder / weights).is_file() else None
+
+    return detect
+
+
+def _file_named(name: str, suffix: str = "") -> Callable[[Path], Path | None]:
+    """Detector: the file ``name`` (or any ``*suffix`` file), or a folder holding ``name``."""
+
+    def detect(path: Path) -> Path | None:
+        if path.is_file():
+            return path if path.name == name or (suffix and path.name.endswith(suffix)) else None
+        return path / name if (path / name).is_file() else None
+
+    return detect
 
 
 def parse_hook(text: str | None) -> tuple[int | None, str]:
@@ -154,6 +201,7 @@ def _fold_decoder_norm(sae: SAE) -> None:
         sae.W_dec.mul_(inverse[:, None])
 
 
+@sae_format("saelens", "cfg.json+sae_weights.safetensors (SAELens)", _folder_with("sae_weights.safetensors"))
 def _load_saelens(folder: Path) -> SAE:
     cfg_path = folder / "cfg.json"
     cfg = _read_cfg(cfg_path)
@@ -170,7 +218,7 @@ def _load_saelens(folder: Path) -> SAE:
         if source.get("hook_layer") is not None:
             layer = _cfg_int(source, "hook_layer", cfg_path)
     component = extra.get("hook_component", component)
-    if component not in _SAELENS_HOOK:
+    if component not in TRANSFORMERLENS_HOOKS:
         raise SparekitError(f"{cfg_path}: unknown hook_component {component!r}", "use resid, attn or mlp")
     kwargs = {"hook_layer": layer, "hook_component": component,
               "apply_b_dec_to_input": _cfg_bool(cfg, "apply_b_dec_to_input", cfg_path)}
@@ -191,12 +239,14 @@ def _load_saelens(folder: Path) -> SAE:
     return sae
 
 
+@sae_format("gemmascope", "params.npz (Gemma Scope)", _file_named("params.npz", ".npz"))
 def _load_gemmascope(file: Path) -> SAE:
     keys = {n: n for n in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
     layer, _ = parse_hook(str(file.parent))
     return _build("jumprelu", _tensors(file, keys), file, hook_layer=layer)
 
 
+@sae_format("gemmascope2", "params.safetensors (Gemma Scope 2)", _file_named("params.safetensors"))
 def _load_gemmascope2(file: Path) -> SAE:
     keys = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
     config = file.parent / "config.json"
@@ -205,6 +255,7 @@ def _load_gemmascope2(file: Path) -> SAE:
     return _build("jumprelu", _tensors(file, keys), file, hook_layer=layer, hook_component=component)
 
 
+@sae_format("sparsify", "cfg.json+sae.safetensors (sparsify)", _folder_with("sae.safetensors"))
 def _load_sparsify(folder: Path) -> SAE:
     cfg_path = folder / "cfg.json"
     cfg = _read_cfg(cfg_path)
@@ -226,35 +277,31 @@ def _load_sparsify(folder: Path) -> SAE:
     return sae
 
 
-def detect_format(path: Path) -> str:
-    """``saelens``, ``gemmascope``, ``gemmascope2`` or ``sparsify`` from the files at ``path``."""
-    if path.is_file():
-        if path.name.endswith(".npz"):
-            return "gemmascope"
-        if path.name == "params.safetensors":
-            return "gemmascope2"
-        path = path.parent
-    if (path / "sae_weights.safetensors").is_file():
-        return "saelens"
-    if (path / "sae.safetensors").is_file():
-        return "sparsify"
-    if (path / "params.npz").is_file():
-        return "gemmascope"
-    if (path / "params.safetensors").is_file():
-        return "gemmascope2"
-    raise SparekitError(
-        f"no SAE found at {path}",
-        "expected cfg.json+sae_weights.safetensors (SAELens), params.npz (Gemma Scope), "
-        "params.safetensors (Gemma Scope 2) or cfg.json+sae.safetensors (sparsify)",
-    )
+def detect_format(path: Path) -> tuple[SaeFormat, Path]:
+    """The format of the SAE at ``path`` and what its loader reads (the first registered detector that answers)."""
+    for fmt in FORMATS.values():
+        target = fmt.detect(path)
+        if target is not None:
+            return fmt, target
+    raise SparekitError(f"no SAE found at {path}",
+                        f"expected {', '.join(fmt.files for fmt in FORMATS.values())}")
 
 
-def default_sae_path(layer: int, model: str = "gemma-3-270m") -> Path:
-    folder = ASSETS / model / f"resid.{layer}"
-    if not folder.is_dir():
-        shipped = sorted(p.name for p in (ASSETS / model).glob("resid.*")) if (ASSETS / model).is_dir() else []
-        raise SparekitError(f"no shipped SAE for layer {layer} of {model}", f"shipped: {', '.join(shipped) or 'none'}")
-    return folder
+def default_sae_path(layer: int, model: ModelInfo | str = "default") -> Path:
+    """The SAE shipped for ``model`` (a short name or a loaded model's info) at ``layer``."""
+    shipped = shipped_saes(model)
+    if layer not in shipped:
+        name = model.name if isinstance(model, ModelInfo) else model
+        raise SparekitError(f"no shipped SAE for layer {layer} of {name}",
+                            f"shipped layers: {', '.join(map(str, shipped)) or 'none'}")
+    return shipped[layer]
+
+
+def shipped_saes(model: ModelInfo | str = "default") -> dict[int, Path]:
+    from sparekit.models.assets import assets_for
+
+    assets = assets_for(model)
+    return assets.saes() if assets is not None else {}
 
 
 def load_sae(
@@ -276,13 +323,8 @@ def load_sae(
     path = Path(path).expanduser()
     if not path.exists():
         raise SparekitError(f"missing SAE path: {path}")
-    fmt = detect_format(path)
-    folder = path if path.is_dir() else path.parent
-    loader = {"saelens": lambda: _load_saelens(folder),
-              "sparsify": lambda: _load_sparsify(folder),
-              "gemmascope": lambda: _load_gemmascope(path if path.is_file() else folder / "params.npz"),
-              "gemmascope2": lambda: _load_gemmascope2(path if path.is_file() else folder / "params.safetensors")}[fmt]
-    sae = loader()
+    fmt, target = detect_format(path)
+    sae = fmt.load(target)
     if layer is not None:
         sae.hook_layer = int(layer)
     if model_info is not None:
@@ -290,9 +332,8 @@ def load_sae(
     return sae.to(device) if device is not None else sae
 
 
-def shipped_layers(model: str = "gemma-3-270m") -> list[int]:
-    folder = ASSETS / model
-    return sorted(int(p.name.split(".")[1]) for p in folder.glob("resid.*")) if folder.is_dir() else []
+def shipped_layers(model: ModelInfo | str = "default") -> list[int]:
+    return list(shipped_saes(model))
 
 
 def check_compatible(sae: SAE, info: ModelInfo, source: Path | str = "SAE") -> None:
@@ -323,8 +364,6 @@ def folded(sae: SAE) -> SAE:
 
 def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, extra: dict | None = None) -> Path:
     """Write ``sae`` as a SAELens folder; ``extra`` (e.g. training facts) goes under ``cfg['sparekit']``."""
-    from sparekit import __version__
-
     path = ensure_dir(path)
     plain = folded(sae)
     tensors = {plain.saelens_keys.get(name, name): t.detach().to("cpu", dtype).contiguous()
@@ -334,9 +373,9 @@ def save_sae(sae: SAE, path: str | Path, dtype: torch.dtype = torch.float32, ext
         cfg.pop(key)
     cfg.update({"dtype": str(dtype).removeprefix("torch."), "normalize_activations": "none",
                 "metadata": {"hook_name": None if sae.hook_layer is None
-                             else _SAELENS_HOOK[sae.hook_component].format(sae.hook_layer)},
-                "sparekit": {"kind": "sae", "format_version": FORMAT_VERSION, "sparekit_version": __version__,
-                             "hook_layer": sae.hook_layer, "hook_component": sae.hook_component, **(extra or {})}})
+                             else TRANSFORMERLENS_HOOKS[sae.hook_component].format(sae.hook_layer)},
+                "sparekit": {**header("sae", FORMAT_VERSION), "hook_layer": sae.hook_layer,
+                             "hook_component": sae.hook_component, **(extra or {})}})
     with atomic_path(path / "sae_weights.safetensors") as tmp:
         save_file(tensors, str(tmp))
     atomic_write_json(path / "cfg.json", cfg)

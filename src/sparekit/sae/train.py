@@ -21,9 +21,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sparekit.errors import SparekitError
-from sparekit.sae.base import SAE, BatchTopKSAE, TopKSAE
+from sparekit.sae.base import REGISTRY, SAE, sae_class
 from sparekit.utils.env import seed_everything
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.params import Params
 
 BatchStream = Callable[[int], Iterator[torch.Tensor]]  # epoch -> batches of [n, d_in]
 
@@ -55,7 +56,7 @@ class StoreSource:
         return self.store.iter_batches(self.site, self.batch_size, shuffle=True, seed=self.seed + epoch)
 
 
-class TopKTrainer:
+class TopKTrainer(Params):
     """Fit a TopK (or BatchTopK) SAE; the result is ``sae_``, the per-step log ``history_``.
 
     ``lr=None`` uses 2e-4 / sqrt(d_sae / 2**14) (the sparsify scaling rule).
@@ -90,8 +91,8 @@ class TopKTrainer:
         d_in, batch = first.shape[1], first.shape[0]
         if self.k >= self.d_sae:
             raise SparekitError(f"k={self.k} must be smaller than d_sae={self.d_sae}")
-        cls = TopKSAE if self.architecture == "topk" else BatchTopKSAE
-        sae = cls(d_in, self.d_sae, k=self.k, hook_layer=hook_layer, hook_component=hook_component).to(device)
+        sae = sae_class(self.architecture)(d_in, self.d_sae, k=self.k, hook_layer=hook_layer,
+                                           hook_component=hook_component).to(device)
         self._init_weights(sae, source, device)
         lr = self.lr or 2e-4 / math.sqrt(self.d_sae / 2**14)
         optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
@@ -134,8 +135,9 @@ class TopKTrainer:
 
     # -- internals --------------------------------------------------------------------
     def _validate(self) -> None:
-        if self.architecture not in ("topk", "batchtopk"):
-            raise SparekitError(f"the trainer fits topk or batchtopk SAEs, not {self.architecture!r}")
+        trainable = sorted(name for name, cls in REGISTRY.items() if cls.trainable)
+        if self.architecture not in trainable:
+            raise SparekitError(f"the trainer fits {' or '.join(trainable)} SAEs, not {self.architecture!r}")
         if self.k < 1 or self.d_sae < 2 or self.epochs <= 0:
             raise SparekitError("need k >= 1, d_sae >= 2 and epochs > 0")
 
@@ -187,25 +189,12 @@ class TopKTrainer:
 
     def _step(self, sae: SAE, optimizer: torch.optim.Optimizer, h: torch.Tensor, tokens: int,
               last_fired: torch.Tensor) -> dict:
-        x = sae.normalize(h)
-        if isinstance(sae, BatchTopKSAE):
-            code = sae.batch_encode(h)
-            x_hat = sae.decode_normalized(code)
-            fired = code > 0
-            dense = code.detach()
-        else:
-            dense = sae.pre_acts(h)
-            values, indices = dense.topk(sae.k, dim=-1, sorted=False)
-            x_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-            fired = torch.zeros_like(dense, dtype=torch.bool).scatter_(-1, indices, values.detach() > 0)
-            dense = dense.detach()
-        residual = x - x_hat
-        fvu = residual.pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        fvu, residual, fired = sae.reconstruction_loss(h)
         last_fired[fired.any(0)] = tokens + h.shape[0]
         dead = (tokens - last_fired) > self.dead_tokens
         loss = fvu
         if dead.any():
-            loss = loss + self._aux_loss(sae, x, residual.detach(), dead.nonzero().squeeze(1))
+            loss = loss + self._aux_loss(sae, sae.normalize(h), residual.detach(), dead.nonzero().squeeze(1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
@@ -268,4 +257,4 @@ class TopKTrainer:
 
     def _params(self) -> dict:
         skip = {"checkpoint_dir", "checkpoint_every", "progress", "device"}
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and k not in skip}
+        return {k: v for k, v in self.get_params().items() if k not in skip}

@@ -281,12 +281,14 @@ class Engine:
 
 
 def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
-    """Fitted methods (``<root>/{context,memory}``) and their gates; the shipped ones on the default model."""
-    from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
+    """Fitted methods (``<root>/{context,memory}``) and their gates; without any, those shipped for the model."""
+    from sparekit.models.assets import assets_for
+    from sparekit.steering.fitted import load_fitted, load_gate
 
     roots = list(fitted_roots)
-    if not roots and lm.info.name in ("default", "gemma3-270m"):
-        roots = [p for p in shipped_root("").iterdir() if (p / "context").is_dir() or (p / "memory").is_dir()]
+    shipped = assets_for(lm.info)
+    if not roots and shipped is not None:
+        roots = [shipped.steering(label) for label in shipped.steering_labels()]
     methods: dict[str, dict[str, FittedSteering]] = {}
     gates: dict[str, Gate] = {}
     for root in roots:
@@ -304,7 +306,7 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
                  kv_ratio: float = 0.0) -> Engine:
-    """What ``sparekit serve`` runs: probes (explicit, else the last run or shipped ones, else none), fitted methods.
+    """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods.
 
     ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
     or else the probes' (the prompts they were fitted on).
@@ -312,7 +314,7 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     from sparekit.probes.detect import detection_demos, load_probes, resolve_probe_dir
 
     try:
-        folder: Path | None = resolve_probe_dir(probe_dir, lm.info.model_hash)
+        folder: Path | None = resolve_probe_dir(probe_dir, lm.info)
         probes = load_probes(folder, lm.info.model_hash)
     except SparekitError:
         if probe_dir is not None:

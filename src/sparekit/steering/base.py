@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from sparekit.data.dataset import ConflictDataset, ConflictExample
@@ -36,7 +35,8 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.artifacts import KINDS, Artifact, join_keyed, read_artifact, save_artifact, split_keyed
+from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
 
 if TYPE_CHECKING:
@@ -44,11 +44,14 @@ if TYPE_CHECKING:
 
 Direction = Literal["context", "memory"]
 DIRECTIONS: tuple[Direction, ...] = ("context", "memory")
-FORMAT_VERSION = 1
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 
 REGISTRY: Registry = Registry("steering method", "kind")
-register = REGISTRY.register
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Register a steering method under ``name``, also as a kind :func:`sparekit.load` reads."""
+    return lambda cls: KINDS.register(name)(REGISTRY.register(name)(cls))
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class _RowGatedProcessor(LogitsProcessor):
         return torch.where(self.mask.to(scores.device)[:, None], steered, scores)
 
 
-class SteeringMethod:
+class SteeringMethod(Params):
     """Base class: sklearn-style (``__init__`` stores parameters, ``fit`` learns ``*_``)."""
 
     kind: ClassVar[str] = ""
@@ -215,25 +218,6 @@ class SteeringMethod:
     default_strength: ClassVar[float | None] = None
     #: False for methods that act the same whichever way they are asked to steer (none, DoLa).
     directional: ClassVar[bool] = True
-
-    # -- parameters ---------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        import inspect
-
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
-
-    def set_params(self, **params: Any) -> SteeringMethod:
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise SparekitError(f"{self.kind}: unknown parameter {key!r}", f"valid: {', '.join(valid)}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({params})"
 
     # -- fitting --------------------------------------------------------------------
     def fit(self, data: BehaviourData) -> SteeringMethod:
@@ -289,8 +273,8 @@ class SteeringMethod:
 
     # -- persistence -------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Learned tensors to save (names end in ``_``)."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and isinstance(v, torch.Tensor)}
+        """Learned tensors to save: attributes ending in ``_`` holding a tensor or a ``{layer: tensor}`` dict."""
+        return join_keyed({k: v for k, v in vars(self).items() if k.endswith("_")})
 
     def state_extra(self) -> dict[str, Any]:
         """Learned non-tensor state (JSON-serialisable)."""
@@ -299,20 +283,23 @@ class SteeringMethod:
     def load_extra(self, extra: dict[str, Any]) -> None:
         """Restore what :meth:`state_extra` saved."""
 
-    def save(self, path: str | Path) -> None:
-        """Write ``config.json`` + ``tensors.safetensors`` into the folder ``path``."""
-        import sparekit
+    def load_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Restore what :meth:`state_tensors` and :meth:`state_extra` saved."""
+        for attr, value in split_keyed(tensors).items():
+            setattr(self, attr, value)
+        self.load_extra(extra)
 
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``tensors.safetensors`` into the folder ``path`` (:mod:`sparekit.artifacts`)."""
         self.check_is_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
-        with atomic_path(path / "tensors.safetensors") as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_json(path / "config.json", {
-            "kind": self.kind, "format_version": FORMAT_VERSION, "sparekit_version": sparekit.__version__,
-            "params": self.get_params(), "extra": self.state_extra(),
-        })
+        return save_artifact(path, self.kind, self.get_params(), self.state_tensors(), self.state_extra())
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> SteeringMethod:
+        method = cls().set_params(**artifact.params)
+        method.load_state(artifact.tensors, artifact.state)
+        method.fitted_ = True
+        return method
 
 
 def load_method(path: str | Path) -> SteeringMethod:
@@ -325,17 +312,8 @@ def load_method(path: str | Path) -> SteeringMethod:
         from sparekit.steering.control_vector import load_control_vector
 
         return load_control_vector(path)
-    config = read_json(path / "config.json")
-    cls = REGISTRY.lookup(str(config.get("kind")), where=str(path))
-    if config.get("format_version") != FORMAT_VERSION:
-        raise SparekitError(f"{path}: format version {config.get('format_version')} is not {FORMAT_VERSION}")
-    method = cls().set_params(**config["params"])
-    tensor_file = path / "tensors.safetensors"
-    for key, value in (load_file(str(tensor_file)) if tensor_file.is_file() else {}).items():
-        setattr(method, key, value)
-    method.load_extra(config.get("extra", {}))
-    method.fitted_ = True
-    return method
+    artifact = read_artifact(path)
+    return REGISTRY.lookup(artifact.kind, where=str(path)).from_artifact(artifact)
 
 
 def make_method(kind: str, **params: Any) -> SteeringMethod:

@@ -319,7 +319,7 @@ class SteeringBenchmark:
     def conflict_gate(self, pool: ConflictDataset, dev: ConflictDataset) -> ProbeGate:
         """The conflict probe gating ``+gate`` methods: fitted on the pool, layer and threshold chosen on dev."""
         path = self.out / "gate_probe"
-        if (path / "gate.json").is_file():
+        if (path / "config.json").is_file():
             return ProbeGate.load(path, model_hash=self.lm.info.model_hash)
         c, n_layers = self.config, self.lm.info.n_layers
         layers = [c.gate_layer] if c.gate_layer is not None else list(range(n_layers // 3, n_layers))

@@ -135,8 +135,7 @@ def load_control_vector(path: str | Path) -> SteeringMethod:
     if toward not in ("context", "memory"):
         raise SparekitError(f"{path}: sparekit.toward is {toward!r}, not 'context' or 'memory'")
     method = VectorSteering(layers=tuple(sorted(vectors)))
-    for layer, vector in vectors.items():
-        setattr(method, f"vector_{layer}_", vector)
+    method.vector_ = vectors
     method.toward_ = toward
     method.fitted_ = True
     return method

@@ -4,11 +4,12 @@ A folder per direction (``<root>/<toward>/``) holds the saved method
 (``config.json`` + ``tensors.safetensors``) and ``tuned.json`` (strength, model hash,
 the demonstrations to prepend to new questions). ``sparekit bench steer`` writes
 them under ``<run>/fitted/<method>/`` and the run's calibrated conflict gate under
-``<run>/gate_probe/``; the default model ships both (``gemma-3-270m/<method>``, ``gemma-3-270m/gate``).
+``<run>/gate_probe/``; the default model ships both (found through :mod:`sparekit.models.assets`).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,6 @@ from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.steering.base import Direction, SteeringMethod, load_method
 from sparekit.utils.io import read_json
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "steering"
 
 
 @dataclass
@@ -27,9 +26,19 @@ class FittedSteering:
     demos: tuple[str, ...]
 
 
-def shipped_root(label: str) -> Path:
-    """Where the default model's shipped fitted methods live (``assets/steering/gemma-3-270m/<label>``)."""
-    return ASSETS / "gemma-3-270m" / label
+def shipped_root(label: str, model: ModelInfo | str = "default") -> Path:
+    """Where the fitted method ``label`` shipped for ``model`` lives (:mod:`sparekit.models.assets`)."""
+    from sparekit.models.assets import assets_for
+
+    assets = assets_for(model)
+    name = model.name if isinstance(model, ModelInfo) else model
+    if assets is None or label not in assets.steering_labels():
+        shipped = assets.steering_labels() if assets is not None else []
+        close = difflib.get_close_matches(label, shipped, n=1)
+        raise SparekitError(f"no shipped {label} for {name} (shipped: {', '.join(shipped) or 'nothing'})",
+                            f"did you mean {close[0]!r}?" if close else
+                            "fit one with `sparekit bench steer --model …` and pass --fitted <run>/fitted/<method>")
+    return assets.steering(label)
 
 
 def load_fitted(root: str | Path, toward: Direction, info: ModelInfo) -> FittedSteering:
@@ -51,7 +60,7 @@ def load_gate(root: str | Path, info: ModelInfo):
 
     root = Path(root)
     candidates = [root.parent.parent / "gate_probe", root.parent / "gate"]
-    folder = next((c for c in candidates if (c / "gate.json").is_file()), None)
+    folder = next((c for c in candidates if (c / "config.json").is_file()), None)
     if folder is None:
         raise SparekitError(f"no conflict gate next to {root}",
                             "gates come from `sparekit bench steer` runs with a +gate method")

@@ -14,6 +14,7 @@ an uncalibrated probe; on other distributions (held-out relations) it can be hig
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +22,42 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from sparekit.artifacts import KINDS, Artifact, read_artifact, save_artifact
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes import LinearProbe
 from sparekit.steering.base import Gate, SteeringPrompt
-from sparekit.utils.io import atomic_write_json, read_json
 from sparekit.utils.arrays import to_numpy
 
 
+@KINDS.register("probe_gate")
 class ProbeGate(Gate):
     """Steer only prompts whose conflict probability at ``layer`` is above ``threshold``."""
 
     def __init__(self, probe: LinearProbe, layer: int, threshold: float = 0.5):
         self.probe, self.site, self.threshold = probe, Site(layer), threshold
+        self.report: dict[str, Any] = {}
 
     def fire(self, h: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.probe.predict_proba(to_numpy(h))[:, 1] > self.threshold, device=h.device)
 
-    def save(self, path: str | Path, **report: Any) -> None:
-        """The probe plus ``gate.json`` (layer, threshold and how they were chosen)."""
-        self.probe.save(path)
-        atomic_write_json(Path(path) / "gate.json", {"layer": self.site.layer, "threshold": self.threshold, **report})
+    def save(self, path: str | Path, **report: Any) -> Path:
+        """One folder: the probe's tensors, its parameters, layer, threshold and ``report`` (how they were chosen)."""
+        params = {"layer": self.site.layer, "threshold": self.threshold, "probe": self.probe.get_params()}
+        return save_artifact(path, self.kind, params, self.probe.tensors(),
+                             {"n_features_in": self.probe.n_features_in_, "report": {**self.report, **report}})
 
     @classmethod
     def load(cls, path: str | Path, model_hash: str | None = None) -> ProbeGate:
-        info = read_json(Path(path) / "gate.json")
-        return cls(LinearProbe.load(path, model_hash=model_hash), int(info["layer"]), float(info["threshold"]))
+        return cls.from_artifact(read_artifact(path, "probe_gate"), model_hash=model_hash)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, model_hash: str | None = None) -> ProbeGate:
+        probe = LinearProbe.from_artifact(replace(artifact, params=artifact.params["probe"]), model_hash=model_hash)
+        gate = cls(probe, int(artifact.params["layer"]), float(artifact.params["threshold"]))
+        gate.report = dict(artifact.state.get("report", {}))
+        return gate
 
 
 def threshold_for_false_positive_rate(negative_scores: np.ndarray, max_false_positive_rate: float) -> float:

@@ -20,9 +20,10 @@ from sklearn.feature_selection import mutual_info_classif
 
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
-from sparekit.models.loading import LoadedModel
+from sparekit.models.loading import LoadedModel, parameter_hash
 from sparekit.models.placement import site_device
 from sparekit.sae import SAE, load_sae
+from sparekit.sae.base import sae_class
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import MultiLayerMethod
 from sparekit.steering.control_vector import ControlVector
@@ -81,13 +82,17 @@ class SpARE(MultiLayerMethod):
     def _sae(self, layer: int) -> SAE:
         cache = self.__dict__.setdefault("_saes", {})
         if layer not in cache:
-            source = self.sae if self.sae == "default" else self.sae.format(layer=layer)
-            cache[layer] = load_sae(source, layer=layer).eval()
+            cache[layer] = load_sae(self._sae_source(layer), layer=layer).eval()
         return cache[layer]
+
+    def _sae_source(self, layer: int) -> str:
+        return self.sae if self.sae == "default" else self.sae.format(layer=layer)
 
     def fit(self, data: BehaviourData) -> SpARE:
         data.require_both_classes(self.kind)
         labels = data.labels
+        self.context_idx_, self.memory_idx_ = {}, {}
+        self.mean_context_, self.mean_memory_, self.mi_ = {}, {}, {}
         for layer in self.layers:
             sae = self._sae(layer)
             with torch.no_grad():
@@ -96,18 +101,15 @@ class SpARE(MultiLayerMethod):
             mi = feature_mutual_information(z, labels, self.seed)
             chosen = torch.as_tensor(select_by_mi_mass(mi, self.mi_mass), dtype=torch.long)
             diff = (z_context - z_memory)[chosen]
-            context_idx, memory_idx = chosen[diff > 0], chosen[diff < 0]
-            setattr(self, f"context_idx_{layer}_", context_idx)
-            setattr(self, f"memory_idx_{layer}_", memory_idx)
-            setattr(self, f"mean_context_{layer}_", z_context)
-            setattr(self, f"mean_memory_{layer}_", z_memory)
-            setattr(self, f"mi_{layer}_", torch.as_tensor(mi, dtype=torch.float32))
+            self.context_idx_[layer], self.memory_idx_[layer] = chosen[diff > 0], chosen[diff < 0]
+            self.mean_context_[layer], self.mean_memory_[layer] = z_context, z_memory
+            self.mi_[layer] = torch.as_tensor(mi, dtype=torch.float32)
         self.fitted_ = True
         return self
 
     def selected(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(context features, memory features) chosen at ``layer``."""
-        return getattr(self, f"context_idx_{layer}_"), getattr(self, f"memory_idx_{layer}_")
+        return self.context_idx_[layer], self.memory_idx_[layer]
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
         alpha = float(self.default_strength if strength is None else strength)
@@ -118,8 +120,7 @@ class SpARE(MultiLayerMethod):
         """(SAE, features to remove, their targets, features to add, their targets) at ``layer``."""
         sae = self._sae(layer).to(device)
         context_idx, memory_idx = (t.to(device) for t in self.selected(layer))
-        mean_context = getattr(self, f"mean_context_{layer}_").to(device)
-        mean_memory = getattr(self, f"mean_memory_{layer}_").to(device)
+        mean_context, mean_memory = self.mean_context_[layer].to(device), self.mean_memory_[layer].to(device)
         if toward == "memory":  # remove context features, add memory features
             remove_idx, remove_mean, add_idx, add_mean = context_idx, mean_context, memory_idx, mean_memory
         else:
@@ -146,11 +147,52 @@ class SpARE(MultiLayerMethod):
         with torch.no_grad():
             for layer in self.layers:
                 sae, *targets = self._targets(layer, toward, float(strength), torch.device("cpu"))
-                source = getattr(self, f"mean_{'context' if toward == 'memory' else 'memory'}_{layer}_")
+                source = (self.mean_context_ if toward == "memory" else self.mean_memory_)[layer]
                 vectors[layer] = spare_delta(source[None].float(), sae, *targets)[0]
         return ControlVector(vectors, exact=False, note="spare: the edit of the steered-away group's mean SAE code, "
                                                         "not the input-dependent edit SpARE applies")
 
+    # -- persistence: a saved SpARE carries its SAEs, or names shipped ones by content hash ----------
+    def _embeds_saes(self) -> bool:
+        """Shipped SAEs travel with the package; any other SAE is copied into the saved folder."""
+        return self.sae != "default"
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = super().state_tensors()
+        if self._embeds_saes():
+            for layer in self.layers:
+                tensors.update({f"sae.{layer}.{k}": v for k, v in self._sae(layer).state_dict().items()})
+        return tensors
+
     def state_extra(self) -> dict[str, Any]:
+        saes = {}
+        for layer in self.layers:
+            sae = self._sae(layer)
+            saes[layer] = {"sha256": parameter_hash(sae), "embedded": self._embeds_saes(),
+                           "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
+                           "init": sae.init_kwargs()}
         return {"n_context_features": {L: len(self.selected(L)[0]) for L in self.layers},
-                "n_memory_features": {L: len(self.selected(L)[1]) for L in self.layers}}
+                "n_memory_features": {L: len(self.selected(L)[1]) for L in self.layers}, "saes": saes}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        """Rebuild embedded SAEs, or load the named ones and check they are the SAEs it was fitted with."""
+        super().load_state({k: v for k, v in tensors.items() if not k.startswith("sae.")}, extra)
+        cache = self.__dict__.setdefault("_saes", {})
+        for key, info in extra.get("saes", {}).items():  # absent in folders saved before format 2
+            layer = int(key)
+            if info["embedded"]:
+                prefix = f"sae.{layer}."
+                sae = sae_class(info["architecture"])(info["d_in"], info["d_sae"], **info["init"])
+                try:
+                    sae.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
+                except RuntimeError as exc:  # missing or misshapen tensors
+                    raise SparekitError(f"spare: the saved SAE of layer {layer} is damaged: "
+                                        f"{str(exc).splitlines()[0]}", "save the method again") from None
+                where = "its saved copy"
+            else:
+                sae, where = load_sae(self._sae_source(layer), layer=layer), f"SAE {self._sae_source(layer)!r}"
+            if parameter_hash(sae) != info["sha256"]:
+                raise SparekitError(f"spare: {where} at layer {layer} is not the SAE this method was fitted with "
+                                    f"(content hash {parameter_hash(sae)[:12]}…, expected {info['sha256'][:12]}…)",
+                                    "refit SpARE with this SAE, or restore the SAE it was fitted with")
+            cache[layer] = sae.eval()

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from typing import Any
 from sparekit.errors import SparekitError
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: Permission bits of a written artefact before the umask: what a plain ``open()`` gives a new file.
+FILE_MODE = 0o666
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -44,21 +44,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise SparekitError(f"cannot write file {path}: it is a folder")
     ensure_dir(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except PermissionError:
-        raise SparekitError(f"cannot write to {path.parent}: permission denied") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _fresh_temp(path)
+    mode = stat.S_IMODE(tmp_path.stat().st_mode)  # FILE_MODE less the umask, as the kernel applied it
     try:
         yield tmp_path
-        # mkstemp creates 0600, and writers that recreate the file (safetensors' save_file) keep that:
-        # give every artefact the permissions a plain open() would
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.chmod(tmp_path, mode)  # writers that recreate the file (safetensors' save_file makes it 0600) lose it
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fresh_temp(path: Path) -> Path:
+    """An empty file beside ``path``, created with :data:`FILE_MODE` so the kernel applies the umask: every
+    artefact gets the permissions a plain ``open()`` would, without reading (which sets) the process umask."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            return tmp
+        except FileExistsError:
+            continue
+        except PermissionError:
+            raise SparekitError(f"cannot write to {path.parent}: permission denied") from None
+    raise SparekitError(f"cannot create a temporary file in {path.parent}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

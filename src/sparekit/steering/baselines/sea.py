@@ -63,16 +63,17 @@ class SpectralEditing(OneLayerMethod):
         rng = np.random.default_rng(self.seed)
         groups = {name: np.flatnonzero(data.labels == label) for name, label in (("context", 1), ("memory", 0))}
         m = min(len(rows) for rows in groups.values())
+        self.basis_: dict[str, torch.Tensor] = {}
         for name, rows in groups.items():
             chosen = torch.as_tensor(np.sort(rng.choice(rows, size=m, replace=False)), dtype=torch.long)
-            setattr(self, f"basis_{name}_", spectral_basis(h[chosen] - self.mean_, float(self.energy)))
+            self.basis_[name] = spectral_basis(h[chosen] - self.mean_, float(self.energy))
         self.fitted_ = True
         return self
 
     def edits(self, lm: LoadedModel, toward: Direction, strength: float | None) -> list[tuple[Site, EditFn]]:
         other = "memory" if toward == "context" else "context"
         device = site_device(lm, int(self.layer))
-        keep, remove = getattr(self, f"basis_{toward}_").to(device), getattr(self, f"basis_{other}_").to(device)
+        keep, remove = self.basis_[toward].to(device), self.basis_[other].to(device)
         mean, s = self.mean_.to(device), float(strength)
 
         def edit(h: torch.Tensor) -> torch.Tensor:

@@ -39,15 +39,16 @@ class VectorSteering(MultiLayerMethod):
 
     def fit(self, data: BehaviourData) -> VectorSteering:
         data.require_both_classes(self.kind)
+        self.vector_: dict[int, torch.Tensor] = {}
         for layer in self.layers:
             mean_context, mean_memory = data.group_means(layer, self.kind)
-            setattr(self, f"vector_{layer}_", mean_context - mean_memory)
+            self.vector_[layer] = mean_context - mean_memory
         self.toward_: Direction = "context"
         self.fitted_ = True
         return self
 
     def vector(self, layer: int) -> torch.Tensor:
-        return getattr(self, f"vector_{layer}_")
+        return self.vector_[layer]
 
     def control_vector(self, toward: Direction, strength: float) -> ControlVector:
         sign = 1.0 if toward == self.toward_ else -1.0

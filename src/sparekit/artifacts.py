@@ -1,0 +1,173 @@
+"""One on-disk format for every fitted object, and one loader: :func:`load`.
+
+A saved probe, conflict gate or steering method is a folder with
+
+- ``config.json``: ``kind`` (which class reads it), ``format_version``, ``sparekit_version``,
+  ``params`` (the constructor arguments) and ``state`` (learned JSON values);
+- ``tensors.safetensors``: the learned tensors (never pickle).
+
+``sparekit.load(path)`` reads ``kind`` and hands the folder to the class registered under
+it (:data:`KINDS`). SAEs keep the SAELens layout so SAELens users read them as-is
+(``cfg.json`` with the same header under ``"sparekit"``); ``load`` recognises them, and the
+external SAE formats, through the SAE format detectors. A ``.gguf`` file is a llama.cpp
+control vector. Folders written before format 2 (``format_version`` 1) are still read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sparekit.errors import SparekitError
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.registry import Registry
+
+FORMAT_VERSION = 2
+CONFIG, TENSORS = "config.json", "tensors.safetensors"
+#: kind -> class with a ``from_artifact(artifact, **kwargs)`` classmethod.
+KINDS: Registry = Registry("saved object kind", "kind")
+
+
+def header(kind: str, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The three keys every sparekit file starts with."""
+    from sparekit import __version__
+
+    return {"kind": kind, "format_version": format_version, "sparekit_version": __version__}
+
+
+def check_header(config: Any, path: str | Path, kind: str | None = None,
+                 versions: tuple[int, ...] = (FORMAT_VERSION,)) -> int:
+    """Refuse a file of another kind or an unknown format version; return its version."""
+    if not isinstance(config, dict):
+        raise SparekitError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    if kind is not None and config.get("kind") != kind:
+        raise SparekitError(f"{path} holds a {config.get('kind')!r}, not a {kind!r}")
+    version = config.get("format_version")
+    if version not in versions:
+        raise SparekitError(f"{path}: unsupported format version {version!r}",
+                            f"this sparekit reads {', '.join(map(str, versions))}; save it again")
+    return int(version)
+
+
+@dataclass
+class Artifact:
+    """A saved object as read from its folder, before its class rebuilds it."""
+
+    path: Path
+    kind: str
+    params: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def save_artifact(path: str | Path, kind: str, params: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  state: dict[str, Any] | None = None) -> Path:
+    """Write ``tensors.safetensors`` then ``config.json`` (the config last: a folder with one is complete)."""
+    path = Path(path)
+    with atomic_path(path / TENSORS) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    atomic_write_json(path / CONFIG, {**header(kind), "params": params, "state": state or {}})
+    return path
+
+
+def read_artifact(path: str | Path, kind: str | None = None) -> Artifact:
+    """Read a folder written by :func:`save_artifact` (or by sparekit before format 2)."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise SparekitError(f"no saved sparekit object at {path} (missing {CONFIG})")
+    config = read_json(path / CONFIG)
+    version = check_header(config, path / CONFIG, None, (1, FORMAT_VERSION))
+    tensor_file = path / TENSORS
+    tensors = load_file(str(tensor_file)) if tensor_file.is_file() else {}
+    artifact = (_from_version_1(path, config, tensors) if version == 1 else
+                Artifact(path, str(config["kind"]), dict(config.get("params") or {}), dict(config.get("state") or {}),
+                         tensors))
+    if kind is not None and artifact.kind != kind:
+        raise SparekitError(f"{path} holds a {artifact.kind!r}, not a {kind!r}")
+    # JSON has no tuples; sequence parameters are tuples in every constructor
+    artifact.params = {k: tuple(v) if isinstance(v, list) else v for k, v in artifact.params.items()}
+    return artifact
+
+
+_V1_KEYED = re.compile(r"(?P<name>.+)_(?P<key>\d+|context|memory)_")
+
+
+def _from_version_1(path: Path, config: dict, tensors: dict[str, torch.Tensor]) -> Artifact:
+    """Format 1: probes kept their parameters at the top level (a gate added ``gate.json``); steering
+    methods kept ``params`` and ``extra``, with per-layer tensors under names like ``mean_context_9_``."""
+    kind = str(config.get("kind"))
+    if kind == "linear_probe":
+        params = {k: v for k, v in config.items() if k not in ("kind", "format_version", "sparekit_version",
+                                                                "n_features_in")}
+        state = {"n_features_in": config.get("n_features_in")}
+        if (path / "gate.json").is_file():
+            gate = read_json(path / "gate.json")
+            return Artifact(path, "probe_gate", {"layer": gate.pop("layer"), "threshold": gate.pop("threshold"),
+                                                 "probe": params}, {**state, "report": gate}, tensors)
+        return Artifact(path, kind, params, state, tensors)
+    renamed = {}
+    for name, tensor in tensors.items():
+        match = _V1_KEYED.fullmatch(name)
+        renamed[f"{match['name']}_.{match['key']}" if match else name] = tensor
+    return Artifact(path, kind, dict(config.get("params") or {}), dict(config.get("extra") or {}), renamed)
+
+
+def split_keyed(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``{"vector_.6": t}`` -> ``{"vector_": {6: t}}``; plain names stay tensors (inverse of :func:`join_keyed`)."""
+    out: dict[str, Any] = {}
+    for name, tensor in tensors.items():
+        attr, dot, key = name.partition(".")
+        if dot:
+            out.setdefault(attr, {})[int(key) if key.isdigit() else key] = tensor
+        else:
+            out[attr] = tensor
+    return out
+
+
+def join_keyed(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors and ``{key: tensor}`` dicts as flat safetensors names (``vector_.6``)."""
+    out: dict[str, torch.Tensor] = {}
+    for attr, value in state.items():
+        if isinstance(value, torch.Tensor):
+            out[attr] = value
+        elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+            out.update({f"{attr}.{key}": tensor for key, tensor in value.items()})
+    return out
+
+
+def _register_kinds() -> None:
+    """Import the modules whose classes register a kind."""
+    import sparekit.probes.linear  # noqa: F401
+    import sparekit.steering  # noqa: F401
+    import sparekit.steering.gate  # noqa: F401
+
+
+def load(path: str | Path, **kwargs: Any) -> Any:
+    """The object saved at ``path``: a probe, gate, steering method, SAE or control vector.
+
+    Keyword arguments go to the class's reader (e.g. ``model_hash=`` refuses a probe fitted on
+    another model).
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SparekitError(f"nothing to load at {path}")
+    if path.suffix == ".gguf":
+        from sparekit.steering.control_vector import load_control_vector
+
+        return load_control_vector(path)
+    if path.is_file() or not (path / CONFIG).is_file() or "kind" not in read_json(path / CONFIG):
+        from sparekit.sae.formats import load_sae
+
+        return load_sae(path, **kwargs)
+    _register_kinds()
+    artifact = read_artifact(path)
+    return KINDS.lookup(artifact.kind, where=str(path)).from_artifact(artifact, **kwargs)
+
+
+__all__ = ["CONFIG", "FORMAT_VERSION", "KINDS", "TENSORS", "Artifact", "check_header", "header", "join_keyed", "load",
+           "read_artifact", "save_artifact", "split_keyed"]
