@@ -76,6 +76,7 @@ class BehaviourData:
     ``labels``: 1 = used the context, 0 = used memory. ``hidden[layer]``: float32
     ``[n, d_model]`` at the last prompt token (residual stream after block ``layer``).
     ``pool``: the feature-learning question groups (ICL draws demonstrations here).
+    ``lm``: the model that answered, for methods that fit by running it (JUICE, SpARE's output score).
     """
 
     prompts: list[SteeringPrompt]
@@ -83,6 +84,14 @@ class BehaviourData:
     hidden: dict[int, torch.Tensor]
     pool: ConflictDataset | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    lm: LoadedModel | None = None
+
+    def model(self, who: str) -> LoadedModel:
+        """The model behind the data, for methods that must run it to fit."""
+        if self.lm is None:
+            raise SparekitError(f"{who}: fitting runs the model, but the behaviour data carries none",
+                                "collect it with collect_behaviour_data, or set BehaviourData.lm")
+        return self.lm
 
     def require_both_classes(self, who: str) -> None:
         n_context, n_memory = int((self.labels == 1).sum()), int((self.labels == 0).sum())

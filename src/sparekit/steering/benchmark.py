@@ -228,7 +228,7 @@ class SteeringBenchmark:
             by_key = {f"{p.example.id}|{'|'.join(p.demos)}": p for p in prompts}
             kept = [by_key[k] for k in saved["keys"]]
             hidden = {int(k.split(".")[1]): v for k, v in load_file(str(tensors)).items()}
-            return BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"])
+            return BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"], lm=self.lm)
         data = collect_behaviour_data(self.lm, prompts, self.config.layers, pool=pool,
                                       context_match=self.dataset.context_match, batch_size=self.batch_size,
                                       progress=self.progress)

@@ -28,11 +28,16 @@ class ContextContrast(LogitsProcessor):
         self.shadow = ShadowForward(lm, [p.text_without_context for p in prompts])
         self.toward, self.alpha = toward, alpha
 
+    def weight(self, scores: torch.Tensor, without: torch.Tensor) -> torch.Tensor | float:
+        """The contrast weight α: fixed here, per row and step in AdaCAD."""
+        return self.alpha
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         without = self.shadow.step(input_ids).logits[:, -1].to(scores.dtype)
+        alpha = self.weight(scores, without)
         if self.toward == "context":
-            return (1 + self.alpha) * scores - self.alpha * without
-        return (1 + self.alpha) * without - self.alpha * scores
+            return (1 + alpha) * scores - alpha * without
+        return (1 + alpha) * without - alpha * scores
 
 
 @register("cad")
