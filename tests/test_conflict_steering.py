@@ -173,7 +173,7 @@ def test_juice_needs_the_model(behaviour):
 
 # -- SpARE, selection="output_score" ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def twin_sae(lm, behaviour, tmp_path_factory) -> str:
+def twin_sae(lm, behaviour, tmp_path_factory) -> tuple[str, BehaviourData]:
     """Two features that read the same direction (equally informative about the label) and write
     opposite directions: feature 0 pushes the logit lens toward the context answers, feature 1 away."""
     torch.manual_seed(0)
@@ -193,12 +193,14 @@ def twin_sae(lm, behaviour, tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("twin")
     save_sae(sae, folder / f"resid.{LAST}")
     # the uses-context prompts carry the read direction: both features separate the groups
-    behaviour.hidden[LAST] += torch.as_tensor(behaviour.labels, dtype=torch.float32)[:, None] * 6.0 * read
-    return str(folder / "resid.{layer}")
+    shifted = behaviour.hidden[LAST] + torch.as_tensor(behaviour.labels, dtype=torch.float32)[:, None] * 6.0 * read
+    data = BehaviourData(behaviour.prompts, behaviour.labels, {LAST: shifted}, behaviour.pool, lm=lm)
+    return str(folder / "resid.{layer}"), data
 
 
-def test_output_score_keeps_only_features_that_push_toward_their_side(lm, behaviour, twin_sae, tmp_path):
-    common = dict(layers=(LAST,), sae=twin_sae, mi_mass=1.0)
+def test_output_score_keeps_only_features_that_push_toward_their_side(lm, twin_sae, tmp_path):
+    path, behaviour = twin_sae
+    common = dict(layers=(LAST,), sae=path, mi_mass=1.0)
     by_mi = make_method("spare", **common).fit(behaviour)
     by_output = make_method("spare", selection="output_score", **common).fit(behaviour)
     assert sorted(by_mi.selected(LAST)[0].tolist()) == [0, 1]
@@ -226,3 +228,48 @@ def test_output_score_keeps_only_features_that_push_toward_their_side(lm, behavi
             assert b.generate(prompts[:3], max_new_tokens=3) == first
     with pytest.raises(SparekitError, match="selection"):
         make_method("spare", selection="loudest", **common).fit(behaviour)
+
+
+# -- combinations ---------------------------------------------------------------------------------
+def test_combined_labels_parse():
+    from sparekit.steering.benchmark import _kind, _partner
+
+    assert _kind("spare+gate+cad") == ("spare", True) and _partner("spare+gate+cad") == ("cad", True)
+    assert _kind("spare+cad+gate") == ("spare", True) and _partner("spare+cad+gate") == ("cad", False)
+    assert _kind("spare+adacad") == ("spare", False) and _partner("spare+adacad") == ("adacad", False)
+    assert _partner("spare+gate") == (None, False)
+    for bad in ("spare+actadd", "spare+cad+dola", "spare+gate+gate+cad"):
+        with pytest.raises(SparekitError, match="unknown method variant"):
+            _kind(bad)
+
+
+class _EveryOtherRow:
+    """A gate that fires on rows 0, 2, … of each batch."""
+
+    site = Site(1)
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.arange(h.shape[0]) % 2 == 0
+
+
+def test_fallback_decodes_with_the_second_method_where_the_gate_stays_shut(lm, behaviour):
+    from sparekit.steering.combined import Combined
+
+    prompts = behaviour.prompts[:4]
+    actadd = make_method("actadd", layer=LAST).fit(behaviour)
+    cad = make_method("cad").fit(behaviour)
+    with pytest.raises(SparekitError, match="decoding time"):
+        Combined(cad, actadd)
+
+    def answers(method, strength, gate=None):
+        with method.steer(lm, "memory", strength=strength, gate=gate) as steered:
+            return steered.generate(prompts, max_new_tokens=4)
+
+    edited, contrasted, plain = answers(actadd, 8.0), answers(cad, 4.0), answers(make_method("none").fit(None), None)
+    assert edited != plain and contrasted != plain  # both parts change something here
+    fallback = answers(Combined(actadd, cad, second_strength=4.0, fallback=True), 8.0, _EveryOtherRow())
+    assert fallback == [edited[i] if i % 2 == 0 else contrasted[i] for i in range(4)]
+    both_gated = answers(Combined(actadd, cad, second_strength=4.0), 8.0, _EveryOtherRow())
+    assert [both_gated[i] for i in (1, 3)] == [plain[i] for i in (1, 3)]
+    with pytest.raises(SparekitError, match="not saved"):
+        Combined(actadd, cad).save("unused")

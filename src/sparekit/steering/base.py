@@ -167,7 +167,8 @@ class Steered:
                 rewritten = [new if fires else old for new, old, fires in zip(rewritten, chunk, self._row_mask.tolist())]
             processors = self.method.logits_processor(self.lm, rewritten, self.toward, self.strength)
             if processors is not None and self._row_mask is not None:
-                processors = LogitsProcessorList([_RowGatedProcessor(processors, self._row_mask)])
+                rows = self._row_mask if self.method.decode_where_gate_fires else ~self._row_mask
+                processors = LogitsProcessorList([_RowGatedProcessor(processors, rows)])
             outputs += decode([p.text for p in rewritten], processors)
         return outputs
 
@@ -224,6 +225,8 @@ class SteeringMethod:
     default_strength: ClassVar[float | None] = None
     #: False for methods that act the same whichever way they are asked to steer (none, DoLa).
     directional: ClassVar[bool] = True
+    #: with a gate, decoding-level steering acts on the rows it fires on; False: on the others (a fallback)
+    decode_where_gate_fires: bool = True
 
     # -- parameters ---------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
