@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessorList
 
-from sparekit.errors import SparekitError
-from sparekit.models.loading import LoadedModel
-from sparekit.steering.base import Direction, SteeringPrompt, register
+from sparekit.steering.base import register
 from sparekit.steering.baselines.cad import ContextAwareDecoding, ContextContrast
 from sparekit.steering.baselines.dola import jensen_shannon
 
@@ -38,10 +35,4 @@ class AdaptiveContextAwareDecoding(ContextAwareDecoding):
 
     strength_grid = (1.0, 2.0, 4.0)
     default_strength = 1.0
-
-    def logits_processor(self, lm: LoadedModel, prompts: list[SteeringPrompt], toward: Direction,
-                         strength: float | None) -> LogitsProcessorList:
-        scale = float(strength)
-        if scale < 0:
-            raise SparekitError(f"adacad: strength must be >= 0, got {scale}")
-        return LogitsProcessorList([AdaptiveContextContrast(lm, prompts, toward, scale)])
+    contrast = AdaptiveContextContrast

@@ -46,6 +46,8 @@ class ContextAwareDecoding(SteeringMethod):
 
     strength_grid = (0.5, 1.0, 2.0)
     default_strength = 1.0
+    #: the processor that mixes the two distributions (AdaCAD swaps in its per-token weight)
+    contrast: type[ContextContrast] = ContextContrast
 
     def __init__(self) -> None:
         pass
@@ -54,5 +56,5 @@ class ContextAwareDecoding(SteeringMethod):
                          strength: float | None) -> LogitsProcessorList:
         alpha = float(strength)
         if alpha < 0:
-            raise SparekitError(f"cad: strength α must be >= 0, got {alpha}")
-        return LogitsProcessorList([ContextContrast(lm, prompts, toward, alpha)])
+            raise SparekitError(f"{self.kind}: strength α must be >= 0, got {alpha}")
+        return LogitsProcessorList([self.contrast(lm, prompts, toward, alpha)])

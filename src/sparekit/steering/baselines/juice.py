@@ -130,7 +130,7 @@ class DualRun(LogitsProcessor):
 class JUICE(SteeringMethod):
     """Scale the outputs of the heads that push toward each side, from a clean first run; learns the heads."""
 
-    strength_grid = (1.0, 2.0, 4.0)
+    strength_grid = (0.5, 1.0, 2.0)
     default_strength = 1.0
 
     def __init__(self, n_heads: int = 3, n_prompts: int = 16, seed: int = 0):
