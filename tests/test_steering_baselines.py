@@ -28,8 +28,8 @@ from sparekit.steering.baselines.dola import dola_scores
 
 LAYERS = (1, 2)
 NAMES = ["Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"]
-BASELINES = {"none", "icl", "cad", "actadd", "sea", "dola", "knob"}
-LEARNS_FROM_LABELS = {"actadd", "sea", "knob", "spare"}
+BASELINES = {"none", "icl", "cad", "adacad", "juice", "actadd", "sea", "dola", "knob"}
+LEARNS_FROM_LABELS = {"actadd", "sea", "knob", "spare", "juice"}
 
 
 def _examples() -> list[ConflictExample]:
@@ -59,7 +59,7 @@ def behaviour(lm, pool) -> BehaviourData:
     with hooks.stop_after_captures(), torch.inference_mode():
         lm.model(**tokenize(lm, [p.text for p in prompts]))
     labels = (np.arange(len(prompts)) % 2 == 0).astype(np.int64)
-    return BehaviourData(prompts, labels, {layer: hooks[Site(layer)].clone() for layer in LAYERS}, pool)
+    return BehaviourData(prompts, labels, {layer: hooks[Site(layer)].clone() for layer in LAYERS}, pool, lm=lm)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_answer_nll_is_scored_under_the_steering(kind, lm, behaviour, params):
     plain = answer_nll(lm, [p.text for p in prompts], answers)
     if kind == "none":
         assert np.allclose(scores, plain, atol=1e-4)
-    if kind in ("actadd", "cad"):  # an edit or a logit contrast changes the likelihood of the answer
+    if kind in ("actadd", "cad", "adacad", "juice"):  # an edit, a logit contrast, a head intervention: the NLL moves
         assert not np.allclose(scores, plain, atol=1e-4)
 
 

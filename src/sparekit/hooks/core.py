@@ -12,8 +12,9 @@ Capture, probes, SAE splicing and every steering method go through :class:`Hooks
     h6 = hooks[Site(6)]                                         # [batch, d_model] at the last prompt token
 
 Sites are a layer index plus a component: ``resid`` (output of decoder block L, =
-``output_hidden_states[L + 1]``), ``attn`` (the attention module's output) or
-``mlp`` (the MLP module's output). Positions are ``"last"`` (the last real prompt
+``output_hidden_states[L + 1]``), ``attn`` (the attention module's output),
+``mlp`` (the MLP module's output) or ``heads`` (the *input* of the attention output
+projection: the heads' outputs side by side, ``[..., n_heads * head_dim]``, before they are mixed). Positions are ``"last"`` (the last real prompt
 token, correct under left *and* right padding), ``"all"``, or an int index.
 Under ``generate`` with a KV cache, ``when="prompt"`` acts on the prompt pass only
 and ``when="always"`` on every decoding step as well (where ``"last"`` is the new token).
@@ -40,14 +41,14 @@ from sparekit.models.architecture import ModelInfo
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.registry import unknown_name
 
-Component = Literal["resid", "attn", "mlp"]
+Component = Literal["resid", "attn", "mlp", "heads"]
 Positions = Literal["last", "all"] | int
 When = Literal["prompt", "always"]
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 # (module, positional args, keyword args) -> new keyword args, or None to leave them as they are
 InterceptFn = Callable[[torch.nn.Module, tuple, dict], dict | None]
 
-_COMPONENT_ORDER = {"attn": 0, "mlp": 1, "resid": 2}
+_COMPONENT_ORDER = {"heads": 0, "attn": 1, "mlp": 2, "resid": 3}
 #: TransformerLens / SAELens hook name of each component (an alias :meth:`Site.parse` accepts)
 TRANSFORMERLENS_HOOKS = {"resid": "blocks.{}.hook_resid_post", "attn": "blocks.{}.hook_attn_out",
                          "mlp": "blocks.{}.hook_mlp_out"}
@@ -75,13 +76,15 @@ class Site:
 
     @property
     def aliases(self) -> tuple[str, ...]:
-        """Other spellings :meth:`parse` reads as this site."""
+        """Other spellings :meth:`parse` reads as this site (``heads`` has none)."""
+        if self.component not in TRANSFORMERLENS_HOOKS:
+            return ()
         tl = TRANSFORMERLENS_HOOKS[self.component].format(self.layer)
         return (str(self.layer), tl) if self.component == "resid" else (tl,)
 
     @classmethod
     def parse(cls, text: str) -> Site:
-        """``6``, ``resid.6`` / ``mlp.6`` / ``attn.6``, or a TransformerLens name (``blocks.6.hook_mlp_out``)."""
+        """``6``, ``resid.6`` / ``mlp.6`` / ``attn.6`` / ``heads.6``, or a TransformerLens name (``blocks.6.hook_mlp_out``)."""
         if text.startswith("blocks."):
             _, layer, hook = (text.split(".") + ["", ""])[:3]
             if hook in _TRANSFORMERLENS and layer.isdigit():
@@ -92,7 +95,7 @@ class Site:
         try:
             return cls(int(layer), component or "resid")  # type: ignore[arg-type]
         except ValueError:
-            raise SparekitError(f"cannot parse site {text!r}", "write e.g. 6, resid.6, mlp.6 or attn.6") from None
+            raise SparekitError(f"cannot parse site {text!r}", "write e.g. 6, resid.6, mlp.6, attn.6 or heads.6") from None
 
 
 def site_table(info: ModelInfo) -> list[dict[str, object]]:
@@ -244,7 +247,10 @@ class Hooks:
             self._handles.append(self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
             for action in self._actions:
                 module = self.model.get_submodule(self.info.module_path(action.site.layer, action.site.component))
-                self._handles.append(module.register_forward_hook(self._make_hook(action)))
+                if action.site.component == "heads":  # the projection's input: a pre-hook
+                    self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(action)))
+                else:
+                    self._handles.append(module.register_forward_hook(self._make_hook(action)))
             for site, fn in self._intercepts:
                 module = self.model.get_submodule(self.info.module_path(site.layer, site.component))
                 self._handles.append(module.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True))
@@ -295,24 +301,36 @@ class Hooks:
             raise SparekitError(f"position {positions} is outside a sequence of length {seq_len}")
         return torch.full((batch,), index, dtype=torch.long, device=hidden.device)
 
+    def _apply(self, action: _Action, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Capture (returns ``None``) or edit (returns the new tensor) one activation ``[batch, seq, d]``."""
+        if action.when == "prompt" and not self._is_prompt_pass:
+            return None
+        if action.positions == "all":
+            if action.edit is None:
+                action.values.append(hidden.detach().to(action.dtype or hidden.dtype))
+                return None
+            return action.edit(hidden).to(hidden.dtype)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        cols = self._positions(hidden, action.positions)
+        vectors = hidden[rows, cols]
+        if action.edit is None:
+            action.values.append(vectors.detach().to(action.dtype or hidden.dtype))
+            return None
+        edited = hidden.clone()
+        edited[rows, cols] = action.edit(vectors).to(hidden.dtype)
+        return edited
+
     def _make_hook(self, action: _Action):
         def hook(module, args, output):
-            if action.when == "prompt" and not self._is_prompt_pass:
-                return None
             hidden, rebuild = _split_output(output)
-            if action.positions == "all":
-                if action.edit is None:
-                    action.values.append(hidden.detach().to(action.dtype or hidden.dtype))
-                    return None
-                return rebuild(action.edit(hidden).to(hidden.dtype))
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            cols = self._positions(hidden, action.positions)
-            vectors = hidden[rows, cols]
-            if action.edit is None:
-                action.values.append(vectors.detach().to(action.dtype or hidden.dtype))
-                return None
-            edited = hidden.clone()
-            edited[rows, cols] = action.edit(vectors).to(hidden.dtype)
-            return rebuild(edited)
+            new = self._apply(action, hidden)
+            return None if new is None else rebuild(new)
+
+        return hook
+
+    def _make_pre_hook(self, action: _Action):
+        def hook(module, args):
+            new = self._apply(action, args[0])
+            return None if new is None else (new, *args[1:])
 
         return hook

@@ -28,6 +28,8 @@ _LAYOUTS: dict[str, tuple[str, str, str]] = {
 }
 
 SUPPORTED_ARCHITECTURES = tuple(sorted(_LAYOUTS))
+#: the attention output projection inside the attention module (its input holds the per-head outputs)
+_OUT_PROJ = {"gpt2": "c_proj"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class ModelInfo:
         return f"{self.layers_path}.{layer}"
 
     def module_path(self, layer: int, component: str) -> str:
-        """HF module path of a component: ``resid`` (block output), ``attn`` or ``mlp``."""
+        """HF module path of a component: ``resid`` (block output), ``attn``, ``mlp`` or ``heads``
+        (the attention output projection, whose *input* :class:`~sparekit.hooks.Hooks` reads)."""
         self.check_layer(layer)
         if component == "resid":
             return self.block_path(layer)
@@ -56,7 +59,9 @@ class ModelInfo:
             return f"{self.block_path(layer)}.{self.attn_attr}"
         if component == "mlp":
             return f"{self.block_path(layer)}.{self.mlp_attr}"
-        raise unknown_name("component", component, ("resid", "attn", "mlp"))
+        if component == "heads":
+            return f"{self.block_path(layer)}.{self.attn_attr}.{_OUT_PROJ.get(self.model_type, 'o_proj')}"
+        raise unknown_name("component", component, ("resid", "attn", "mlp", "heads"))
 
     def check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer < self.n_layers:

@@ -79,6 +79,7 @@ class BehaviourData:
     ``labels``: 1 = used the context, 0 = used memory. ``hidden[layer]``: float32
     ``[n, d_model]`` at the last prompt token (residual stream after block ``layer``).
     ``pool``: the feature-learning question groups (ICL draws demonstrations here).
+    ``lm``: the model that answered, for methods that fit by running it (JUICE, SpARE's output score).
     """
 
     prompts: list[SteeringPrompt]
@@ -86,6 +87,14 @@ class BehaviourData:
     hidden: dict[int, torch.Tensor]
     pool: ConflictDataset | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    lm: LoadedModel | None = None
+
+    def model(self, who: str) -> LoadedModel:
+        """The model behind the data, for methods that must run it to fit."""
+        if self.lm is None:
+            raise SparekitError(f"{who}: fitting runs the model, but the behaviour data carries none",
+                                "collect it with collect_behaviour_data, or set BehaviourData.lm")
+        return self.lm
 
     def require_both_classes(self, who: str) -> None:
         n_context, n_memory = int((self.labels == 1).sum()), int((self.labels == 0).sum())
@@ -161,7 +170,8 @@ class Steered:
                 rewritten = [new if fires else old for new, old, fires in zip(rewritten, chunk, self._row_mask.tolist())]
             processors = self.method.logits_processor(self.lm, rewritten, self.toward, self.strength)
             if processors is not None and self._row_mask is not None:
-                processors = LogitsProcessorList([_RowGatedProcessor(processors, self._row_mask)])
+                rows = self._row_mask if self.method.decode_where_gate_fires else ~self._row_mask
+                processors = LogitsProcessorList([_RowGatedProcessor(processors, rows)])
             outputs += decode([p.text for p in rewritten], processors)
         return outputs
 
@@ -218,6 +228,8 @@ class SteeringMethod(Params):
     default_strength: ClassVar[float | None] = None
     #: False for methods that act the same whichever way they are asked to steer (none, DoLa).
     directional: ClassVar[bool] = True
+    #: with a gate, decoding-level steering acts on the rows it fires on; False: on the others (a fallback)
+    decode_where_gate_fires: bool = True
 
     # -- fitting --------------------------------------------------------------------
     def fit(self, data: BehaviourData) -> SteeringMethod:

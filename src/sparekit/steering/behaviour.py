@@ -90,4 +90,5 @@ def collect_behaviour_data(lm: LoadedModel, prompts: Sequence[SteeringPrompt], l
         bar.set_postfix(counts)
     bar.close()
     stacked = {layer: torch.stack(rows) if rows else torch.empty(0, lm.info.d_model) for layer, rows in hidden.items()}
-    return BehaviourData(kept, np.asarray(labels, dtype=np.int64), stacked, pool, meta={"label_counts": counts})
+    return BehaviourData(kept, np.asarray(labels, dtype=np.int64), stacked, pool, meta={"label_counts": counts},
+                        lm=lm)

@@ -145,11 +145,32 @@ def fixed_demos(pool: ConflictDataset, seed: int, k_shot: int) -> tuple[str, ...
 
 
 def _kind(label: str) -> tuple[str, bool]:
-    """``"spare+gate"`` -> ("spare", gated)."""
-    kind, _, suffix = label.partition("+")
-    if suffix not in ("", "gate"):
-        raise SparekitError(f"unknown method variant {label!r}", "append +gate to gate a method on the conflict probe")
-    return kind, suffix == "gate"
+    """``"spare+gate"`` -> ("spare", gated); see :func:`_partner` for the other suffix."""
+    kind, *suffixes = label.split("+")
+    extra = [s for s in suffixes if s != "gate"]
+    if len(suffixes) > 2 or len(extra) > 1 or (extra and extra[0] not in _DECODERS):
+        raise SparekitError(f"unknown method variant {label!r}",
+                            "append +gate to gate a method on the conflict probe, and/or "
+                            f"+{'/+'.join(_DECODERS)} to combine it with a decoding-level method")
+    return kind, "gate" in suffixes
+
+
+#: the decoding-level methods a label may add to another (``spare+cad``)
+_DECODERS = ("cad", "adacad", "dola")
+
+
+def _partner(label: str) -> tuple[str | None, bool]:
+    """The decoding-level partner of a combined label, and whether it is a fallback.
+
+    ``spare+cad``: SpARE and CAD on every prompt; ``spare+cad+gate``: both where the conflict
+    gate fires; ``spare+gate+cad``: SpARE where the gate fires, CAD (the fallback) where it does not.
+    """
+    _kind(label)
+    suffixes = label.split("+")[1:]
+    extra = [s for s in suffixes if s != "gate"]
+    if not extra:
+        return None, False
+    return extra[0], "gate" in suffixes and suffixes.index("gate") < suffixes.index(extra[0])
 
 
 def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,
@@ -306,7 +327,7 @@ class SteeringBenchmark:
             by_key = {f"{p.example.id}|{'|'.join(p.demos)}": p for p in prompts}
             kept = [by_key[k] for k in saved["keys"]]
             hidden = {int(k.split(".")[1]): v for k, v in load_file(str(tensors)).items()}
-            return BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"])
+            return BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"], lm=self.lm)
         data = collect_behaviour_data(self.lm, prompts, self.config.layers, pool=pool,
                                       context_match=self.dataset.context_match, batch_size=self.batch_size,
                                       progress=self.progress)
@@ -345,10 +366,11 @@ class SteeringBenchmark:
     def tune(self, label: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset) -> dict[str, Any]:
         """Per direction, the (params, strength) with the best dev EM toward the target.
 
-        A gated variant reuses its method's tuning, so ``+gate`` rows isolate what the gate changes.
+        A gated or combined variant reuses its method's tuning (and its partner's), so ``+gate`` rows
+        isolate what the gate changes.
         """
         kind, gated = _kind(label)
-        if gated:
+        if gated or _partner(label)[0]:
             return self.tune(kind, data, dev, pool)
         if self.config.protocol == "paper":
             return {toward: paper_choice(kind, self.lm.info.model_type, toward) for toward in DIRECTIONS}
@@ -387,6 +409,20 @@ class SteeringBenchmark:
                 defaults["layer"] = sorted(self.config.layers)[len(self.config.layers) // 2]
             fits[key] = make_method(kind, **{**defaults, **params}).fit(data)
         return fits[key]
+
+    def _cell_method(self, label: str, choice: dict, toward: Direction, data: BehaviourData, dev: ConflictDataset,
+                     pool: ConflictDataset) -> tuple[SteeringMethod, dict]:
+        """The fitted method of a label's cells and the parameters that name them; a combined label
+        (:func:`_partner`) pairs its method with its partner's dev-tuned fit and strength."""
+        method = self._fit(_kind(label)[0], choice["params"], data)
+        partner, fallback = _partner(label)
+        if partner is None:
+            return method, choice["params"]
+        from sparekit.steering.combined import Combined
+
+        other = self.tune(partner, data, dev, pool)[toward]
+        combined = Combined(method, self._fit(partner, other["params"], data), other["strength"], fallback)
+        return combined, {**choice["params"], f"{partner}_strength": other["strength"]}
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -431,10 +467,10 @@ class SteeringBenchmark:
         for seed in self.config.seeds:
             for toward in DIRECTIONS:
                 choice = tuned[toward]
-                method = self._fit(kind, choice["params"], data)
+                method, params = self._cell_method(label, choice, toward, data, dev, pool)
                 for context in ("sub", "org"):
                     prompts = self.test_prompts(test, pool, context, seed)
-                    preds = self._cached_cell("test", label, choice["params"], method, prompts, toward,
+                    preds = self._cached_cell("test", label, params, method, prompts, toward,
                                                   choice["strength"], use_gate, seed)
                     score = self._score(preds, prompts, toward)
                     if context == "sub":
@@ -453,7 +489,11 @@ class SteeringBenchmark:
                                  for toward, runs in moves.items()}
         result["tuned"] = tuned
         result["per_seed"] = per_seed
-        self._export(label, kind, tuned, data, pool)
+        partner = _partner(label)[0]
+        if partner is None:
+            self._export(label, kind, tuned, data, pool)
+        else:  # a combination is not saved as one method: its parts' rows export theirs
+            result["tuned_partner"] = self.tune(partner, data, dev, pool)
         return result
 
     def _export(self, label: str, kind: str, tuned: dict, data: BehaviourData, pool: ConflictDataset) -> None:
@@ -490,11 +530,10 @@ class SteeringBenchmark:
             tuned = self.tune(label, data, dev, pool)
             curves[label] = {}
             for toward in DIRECTIONS:
-                params = tuned[toward]["params"]
-                method = self._fit(kind, params, data)
+                method, params = self._cell_method(label, tuned[toward], toward, data, dev, pool)
                 points = []
                 cell = ("test", label, params, method)
-                for strength in self.config.sweep(method):
+                for strength in self.config.sweep(self._fit(kind, tuned[toward]["params"], data)):
                     args = (toward, strength, gate if gated else None, seed)
                     conflict = self._cached_cell(*cell, prompts["sub"], *args, cached_only=cached_only)
                     no_conflict = self._cached_cell(*cell, prompts["org"], *args, cached_only=cached_only)

@@ -8,6 +8,18 @@ context feature, ``E < 0`` a memory feature. Steering toward memory removes up t
 ``α·z̄_C`` of each context feature and tops memory features up to ``α·z̄_M``;
 toward context it swaps the roles. The edit is added to ``h`` as a difference of
 decoded codes (the decoder bias cancels); ``h`` is never replaced by a reconstruction.
+
+``selection="output_score"`` (after Arad, Mueller & Belinkov, EMNLP 2025: keep features by
+their effect on the output, not only by how they activate) keeps, among the MI candidates,
+only the features whose decoder direction moves the output toward their own side. The
+score is a cheap logit lens, not the paper's: each candidate's decoder row goes straight
+through the final norm and the unembedding (:func:`~sparekit.steering.output_effect.direction_logits`,
+ignoring the blocks after its layer), and the score is its mean logit on the first token of
+each behaviour example's ``sub_answer`` minus that of its ``org_answer``. A context feature
+is kept if the score is positive, a memory feature if it is negative. Arad et al. instead
+*steer* with each feature and measure how much its top logit-lens tokens rise in the steered
+next-token distribution (a forward pass per feature), a task-agnostic score; this one is
+task-specific (it asks about the conflict's two answers) and needs no extra forward pass.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from sparekit.steering.base import BehaviourData, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import MultiLayerMethod
 from sparekit.steering.control_vector import ControlVector
 from sparekit.utils.arrays import to_numpy
+
+SELECTIONS = ("mi", "output_score")
 
 
 def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
@@ -65,6 +79,33 @@ def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_targ
     return sae.decode_delta(z_plus) - sae.decode_delta(z_minus)
 
 
+def _answer_tokens(data: BehaviourData) -> tuple[torch.Tensor, torch.Tensor]:
+    """First tokens of (sub_answer, org_answer) of each distinct behaviour example whose two answers differ there."""
+    from sparekit.steering.output_effect import answer_first_tokens
+
+    lm = data.model("spare")
+    examples = list({p.example.id: p.example for p in data.prompts}.values())
+    context = answer_first_tokens(lm, [ex.sub_answer[0] for ex in examples])
+    memory = answer_first_tokens(lm, [ex.org_answer[0] for ex in examples])
+    differ = context != memory
+    if not differ.any():
+        raise SparekitError("spare: output_score needs examples whose two answers start with different tokens")
+    return context[differ], memory[differ]
+
+
+def output_scores(lm: LoadedModel, sae: SAE, features: torch.Tensor, context_tokens: torch.Tensor,
+                  memory_tokens: torch.Tensor) -> torch.Tensor:
+    """Per feature: mean logit-lens logit of its decoder row on the context answers' first tokens minus
+    the memory answers' (positive: the feature pushes the output toward the context's answer)."""
+    from sparekit.steering.output_effect import direction_logits
+
+    with torch.no_grad():
+        rows = sae.decode_delta(torch.eye(sae.d_sae, device=sae.W_dec.device)[features.to(sae.W_dec.device)])
+    logits = direction_logits(lm, rows, torch.cat([context_tokens, memory_tokens]))
+    n = len(context_tokens)
+    return (logits[:, :n] - logits[:, n:]).mean(1)
+
+
 @register("spare")
 class SpARE(MultiLayerMethod):
     """SAE-based representation engineering at the last prompt token of several layers."""
@@ -73,11 +114,12 @@ class SpARE(MultiLayerMethod):
     default_strength = 2.0
 
     def __init__(self, layers: tuple[int, ...] = (5, 6, 7, 8), sae: str = "default", mi_mass: float = 0.07,
-                 seed: int = 0):
+                 seed: int = 0, selection: str = "mi"):
         self.layers_param = layers
         self.sae = sae
         self.mi_mass = mi_mass
         self.seed = seed
+        self.selection = selection
 
     def _sae(self, layer: int) -> SAE:
         cache = self.__dict__.setdefault("_saes", {})
@@ -89,10 +131,13 @@ class SpARE(MultiLayerMethod):
         return self.sae if self.sae == "default" else self.sae.format(layer=layer)
 
     def fit(self, data: BehaviourData) -> SpARE:
+        if self.selection not in SELECTIONS:
+            raise SparekitError(f"spare: unknown selection {self.selection!r}", f"use one of: {', '.join(SELECTIONS)}")
         data.require_both_classes(self.kind)
         labels = data.labels
         self.context_idx_, self.memory_idx_ = {}, {}
         self.mean_context_, self.mean_memory_, self.mi_ = {}, {}, {}
+        answers = _answer_tokens(data) if self.selection == "output_score" else None
         for layer in self.layers:
             sae = self._sae(layer)
             with torch.no_grad():
@@ -101,6 +146,9 @@ class SpARE(MultiLayerMethod):
             mi = feature_mutual_information(z, labels, self.seed)
             chosen = torch.as_tensor(select_by_mi_mass(mi, self.mi_mass), dtype=torch.long)
             diff = (z_context - z_memory)[chosen]
+            if answers is not None:  # keep only features whose output effect agrees with their side
+                score = output_scores(data.model(self.kind), sae, chosen, *answers)
+                diff = torch.where(torch.sign(score) == torch.sign(diff), diff, torch.zeros_like(diff))
             self.context_idx_[layer], self.memory_idx_[layer] = chosen[diff > 0], chosen[diff < 0]
             self.mean_context_[layer], self.mean_memory_[layer] = z_context, z_memory
             self.mi_[layer] = torch.as_tensor(mi, dtype=torch.float32)

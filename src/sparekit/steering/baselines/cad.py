@@ -28,11 +28,16 @@ class ContextContrast(LogitsProcessor):
         self.shadow = ShadowForward(lm, [p.text_without_context for p in prompts])
         self.toward, self.alpha = toward, alpha
 
+    def weight(self, scores: torch.Tensor, without: torch.Tensor) -> torch.Tensor | float:
+        """The contrast weight α: fixed here, per row and step in AdaCAD."""
+        return self.alpha
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         without = self.shadow.step(input_ids).logits[:, -1].to(scores.dtype)
+        alpha = self.weight(scores, without)
         if self.toward == "context":
-            return (1 + self.alpha) * scores - self.alpha * without
-        return (1 + self.alpha) * without - self.alpha * scores
+            return (1 + alpha) * scores - alpha * without
+        return (1 + alpha) * without - alpha * scores
 
 
 @register("cad")
@@ -41,6 +46,8 @@ class ContextAwareDecoding(SteeringMethod):
 
     strength_grid = (0.5, 1.0, 2.0)
     default_strength = 1.0
+    #: the processor that mixes the two distributions (AdaCAD swaps in its per-token weight)
+    contrast: type[ContextContrast] = ContextContrast
 
     def __init__(self) -> None:
         pass
@@ -49,5 +56,5 @@ class ContextAwareDecoding(SteeringMethod):
                          strength: float | None) -> LogitsProcessorList:
         alpha = float(strength)
         if alpha < 0:
-            raise SparekitError(f"cad: strength α must be >= 0, got {alpha}")
-        return LogitsProcessorList([ContextContrast(lm, prompts, toward, alpha)])
+            raise SparekitError(f"{self.kind}: strength α must be >= 0, got {alpha}")
+        return LogitsProcessorList([self.contrast(lm, prompts, toward, alpha)])

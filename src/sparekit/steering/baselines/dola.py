@@ -29,10 +29,14 @@ from sparekit.steering.baselines.shadow import ShadowForward
 _FINAL_NORM = {"gpt2": "transformer.ln_f"}
 
 
+def final_norm(lm: LoadedModel) -> torch.nn.Module:
+    """The normalisation between the last block and the LM head."""
+    return lm.model.get_submodule(_FINAL_NORM.get(lm.info.model_type, "model.norm"))
+
+
 def logit_lens(lm: LoadedModel, h: torch.Tensor) -> torch.Tensor:
     """Logits the model would emit if residual ``h`` (``[..., d]``) were its last block's output."""
-    norm = lm.model.get_submodule(_FINAL_NORM.get(lm.info.model_type, "model.norm"))
-    logits = lm.model.get_output_embeddings()(norm(h))
+    logits = lm.model.get_output_embeddings()(final_norm(lm)(h))
     cap = getattr(lm.model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -34,7 +34,8 @@ class ShadowForward:
 
         The first call (or a call with a sequence no longer than the last one, i.e. a new
         ``generate``) runs the shadow prompts; later calls feed only the new tokens. With
-        ``hooks`` the pass runs inside that context (it may stop early) and returns ``None``.
+        ``hooks`` the pass runs inside that context; it returns ``None`` if a hook stopped it early.
+        Logits are computed for the newest position only.
         """
         if self._cache is None or input_ids.shape[1] <= self._seen:
             enc = tokenize(self.lm, self.texts)
@@ -45,10 +46,10 @@ class ShadowForward:
             self._mask = torch.cat([self._mask, self._mask.new_ones(ids.shape)], dim=1)
         self._seen = input_ids.shape[1]
         positions = padded_positions(self._mask)[:, -ids.shape[1]:]
-        inputs = dict(input_ids=ids, attention_mask=self._mask, position_ids=positions,
-                      use_cache=True, **{cache_keyword(self.lm.model): self._cache})
+        inputs = dict(input_ids=ids, attention_mask=self._mask, position_ids=positions, use_cache=True,
+                      logits_to_keep=1, **{cache_keyword(self.lm.model): self._cache})
         if hooks is None:
             return self.lm.model(**inputs)
         with hooks:
-            self.lm.model(**inputs)
+            return self.lm.model(**inputs)
         return None
