@@ -73,7 +73,8 @@ def test_ls_on_a_tiny_model_lists_sites_and_says_no_assets(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     n = lm.info.n_layers
     assert result["assets"] is None and result["blocks"] == [f"model.layers.{i}" for i in range(n)]
-    assert len(result["sites"]) == 3 * n and result["sites"][:3] == [
+    assert len(result["sites"]) == 4 * n and result["sites"][:4] == [
+        {"site": "heads.0", "module": "model.layers.0.self_attn.o_proj", "aliases": []},  # the heads' input to o_proj
         {"site": "attn.0", "module": "model.layers.0.self_attn", "aliases": ["blocks.0.hook_attn_out"]},
         {"site": "mlp.0", "module": "model.layers.0.mlp", "aliases": ["blocks.0.hook_mlp_out"]},
         {"site": "resid.0", "module": "model.layers.0", "aliases": ["0", "blocks.0.hook_resid_post"]}]
