@@ -9,33 +9,7 @@ import click
 
 from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
 from sparekit.errors import SparekitError
-
-
-def parse_layers(text: str, n_layers: int) -> list[int]:
-    """``all``, ``6``, ``4,8,12`` or ``4-8`` (inclusive) -> sorted layer indices."""
-    if text.strip() == "all":
-        return list(range(n_layers))
-    layers: set[int] = set()
-    try:
-        for part in text.split(","):
-            start, _, end = part.strip().partition("-")
-            first, last = int(start), int(end or start)
-            if last < first:
-                raise SparekitError(f"layer range {part.strip()!r} is reversed", f"write {last}-{first}")
-            layers.update(range(first, last + 1))
-    except ValueError:
-        raise SparekitError(f"cannot parse layers {text!r}", "write all, 6, 4,8,12 or 4-8") from None
-    if not layers or min(layers) < 0 or max(layers) >= n_layers:
-        raise SparekitError(f"layers {text!r} are out of range", f"this model has layers 0..{n_layers - 1}")
-    return sorted(layers)
-
-
-def parse_components(text: str) -> list[str]:
-    components = [c.strip() for c in text.split(",") if c.strip()]
-    bad = [c for c in components if c not in ("resid", "attn", "mlp")]
-    if bad or not components:
-        raise SparekitError(f"unknown component(s) {', '.join(bad) or text!r}", "use resid, attn, mlp (comma-separated)")
-    return components
+from sparekit.utils.config import check_components, parse_layers, parse_list
 
 
 def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
@@ -121,12 +95,12 @@ def capture(dataset, texts_file, context, k_shot, limit, seed, model, layers, co
         texts, ids = dataset_prompts(dataset, context, k_shot, limit, seed)
     else:
         texts, ids = read_texts(texts_file)
-    parse_components(components)
+    check_components(parse_list(components, str, "--components"))
     ensure_dir(out)  # a bad --out fails now, not after loading the model
     with distributed_from_env() as (rank, world):
         lm = load_model(model, device=local_device(device), device_map=device_map)
         sites = [Site(layer, c) for layer in parse_layers(layers, lm.info.n_layers)
-                 for c in parse_components(components)]
+                 for c in parse_list(components, str, "--components")]
         store = capture_activations(lm, texts, sites, out, positions=positions, skip_first_token=skip_first_token,
                                     ids=ids, dtype=dtype, batch_size=batch_size, max_length=max_length or None,
                                     shard_rows=shard_rows, progress=not as_json)

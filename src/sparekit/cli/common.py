@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 import click
 
+from sparekit.utils.config import parse_list  # noqa: F401 (the one reading of a comma-separated option)
+
+
 def _skip_verification(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:  # load_model reads it: the CLI has no other path to every load
         os.environ["SPAREKIT_NO_VERIFY"] = "1"

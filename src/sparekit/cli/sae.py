@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option, parse_list
 
 corpus_option = click.option(
     "--corpus", default="nqswap", show_default=True,
@@ -12,15 +12,6 @@ corpus_option = click.option(
          "all of it is evaluation text).")
 holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
 seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
-
-
-def _layers(text: str) -> list[int]:
-    from sparekit.errors import SparekitError
-
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SparekitError(f"cannot parse layers {text!r}", "write e.g. 5,6,7,8") from None
 
 
 def _corpus_path(corpus: str):
@@ -48,7 +39,7 @@ def _load_saes(sae_paths: tuple[str, ...], layers: str | None):
 
     if sae_paths:
         return [load_sae(p) for p in sae_paths]
-    return [load_sae("default", layer=L) for L in (_layers(layers) if layers else shipped_layers())]
+    return [load_sae("default", layer=L) for L in (parse_list(layers, int, "--layers") if layers else shipped_layers())]
 
 
 def _checked(lm, saes: list) -> list:
@@ -103,37 +94,37 @@ def train(model, layers, out_dir, corpus, holdout, seed, width, k, architecture,
     from sparekit.sae.corpus import corpus_windows
     from sparekit.sae.formats import save_sae
     from sparekit.sae.train import StoreSource, TopKTrainer
-    from sparekit.utils.io import atomic_write_json
+    from sparekit.utils.rundir import RunDir
 
     out = Path(out_dir)
-    layer_list = _layers(layers)
+    layer_list = list(parse_list(layers, int, "--layers"))
     config = {"model": model, "layers": layer_list, "corpus": str(_corpus_path(corpus)), "holdout": holdout,
               "seed": seed, "width": width, "k": k, "architecture": architecture, "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "max_texts": max_texts, "save_dtype": save_dtype}
-    atomic_write_json(out / "run.json", config)
-    lm = load_model(model, device=device, device_map=device_map)
-    for layer in layer_list:
-        lm.info.check_layer(layer)
-    texts = corpus_windows(lm.tokenizer, _corpus_path(corpus), holdout, seed)[0][:max_texts]
-    store = capture_activations(lm, texts, [Site(L) for L in layer_list], out / "acts", positions="all",
-                                skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
-                                shard_rows=16384)
-    del lm
-    for layer in layer_list:
-        target = out / f"resid.{layer}"
-        if (target / "cfg.json").is_file():
-            click.echo(f"layer {layer}: already trained at {target}")
-            continue
-        trainer = TopKTrainer(d_sae=width, k=k, architecture=architecture, lr=lr, epochs=epochs, seed=seed,
-                              device=device, checkpoint_dir=out / f"checkpoint.{layer}")
-        trainer.fit(StoreSource(store, Site(layer), batch_size=batch_size, seed=seed), hook_layer=layer)
-        last = trainer.history_[-1]
-        save_sae(trainer.sae_, target, dtype=getattr(torch, save_dtype), extra={"training": {
-            **config, "layers": [layer], "tokens_per_epoch": len(store), "tokens_seen": trainer.tokens_seen_,
-            "skipped_outlier_rows": trainer.skipped_rows_, "final_train_fvu_standardised": last["fvu"],
-            "final_dead_fraction": trainer.dead_fraction_}})
-        click.echo(f"layer {layer}: {trainer.tokens_seen_} tokens, train FVU {last['fvu']:.4f}, "
-                   f"dead {trainer.dead_fraction_:.3f} -> {target}")
+    with RunDir(out, "SAE training", config_file="run.json").session(config):
+        lm = load_model(model, device=device, device_map=device_map)
+        for layer in layer_list:
+            lm.info.check_layer(layer)
+        texts = corpus_windows(lm.tokenizer, _corpus_path(corpus), holdout, seed)[0][:max_texts]
+        store = capture_activations(lm, texts, [Site(L) for L in layer_list], out / "acts", positions="all",
+                                    skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
+                                    shard_rows=16384)
+        del lm
+        for layer in layer_list:
+            target = out / f"resid.{layer}"
+            if (target / "cfg.json").is_file():
+                click.echo(f"layer {layer}: already trained at {target}")
+                continue
+            trainer = TopKTrainer(d_sae=width, k=k, architecture=architecture, lr=lr, epochs=epochs, seed=seed,
+                                  device=device, checkpoint_dir=out / f"checkpoint.{layer}")
+            trainer.fit(StoreSource(store, Site(layer), batch_size=batch_size, seed=seed), hook_layer=layer)
+            last = trainer.history_[-1]
+            save_sae(trainer.sae_, target, dtype=getattr(torch, save_dtype), extra={"training": {
+                **config, "layers": [layer], "tokens_per_epoch": len(store), "tokens_seen": trainer.tokens_seen_,
+                "skipped_outlier_rows": trainer.skipped_rows_, "final_train_fvu_standardised": last["fvu"],
+                "final_dead_fraction": trainer.dead_fraction_}})
+            click.echo(f"layer {layer}: {trainer.tokens_seen_} tokens, train FVU {last['fvu']:.4f}, "
+                       f"dead {trainer.dead_fraction_:.3f} -> {target}")
 
 
 def _render_eval(result: dict) -> str:
@@ -199,7 +190,7 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
     sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device, device_map=device_map)
     sae_model = _checked(lm, [sae_model])[0]
-    ids = _layers(latents)
+    ids = parse_list(latents, int, "--latents")
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:
         raise SparekitError(f"latents {bad} out of range", f"this SAE has latents 0..{sae_model.d_sae - 1}")

@@ -16,7 +16,6 @@ results.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -34,8 +33,8 @@ from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.distributed import barrier, rank_and_world
-from sparekit.utils.env import environment_info
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json, run_lock
+from sparekit.utils.io import atomic_path, atomic_write_json
+from sparekit.utils.rundir import RunDir, run_path
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("closed", "org", "sub")
@@ -154,19 +153,7 @@ def run_config(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], 
 
 def default_run_dir(config: dict, root: str | Path = "runs") -> Path:
     """``runs/eval-<dataset>-<hash of config>``: the same config resumes the same directory."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root) / f"eval-{config['dataset']}-{digest}"
-
-
-def _prepare_run_dir(out_dir: Path, config: dict) -> None:
-    path = out_dir / "config.json"
-    if path.is_file():
-        if read_json(path) != config:
-            raise SparekitError(f"{out_dir} holds a run with a different configuration",
-                                "choose another --out directory or delete this one")
-    else:
-        atomic_write_json(path, config)
-    atomic_write_json(out_dir / "environment.json", environment_info())
+    return run_path(root, "eval", config["dataset"], config=config)
 
 
 def _item_records(dataset: ConflictDataset, closed: dict[str, str], org: dict[str, str],
@@ -216,16 +203,15 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
         raise SparekitError("no seeds given", "pass at least one seed, e.g. --seeds 42")
     if len(dataset) == 0:
         raise SparekitError(f"{dataset.name}: nothing to evaluate (0 rows)")
-    out = None if out_dir is None else Path(out_dir)
-    with contextlib.nullcontext() if out is None else run_lock(out, "eval"):
-        return _evaluate(lm, dataset, seeds, k_shot, out, batch_size, progress)
+    config = run_config(lm, dataset, seeds, k_shot)
+    if out_dir is None:
+        return _evaluate(lm, dataset, seeds, k_shot, None, batch_size, progress)
+    with RunDir(out_dir, "eval run").session(config):
+        return _evaluate(lm, dataset, seeds, k_shot, Path(out_dir), batch_size, progress)
 
 
 def _evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int, out: Path | None,
               batch_size: int, progress: bool) -> dict:
-    config = run_config(lm, dataset, seeds, k_shot)
-    if out is not None:
-        _prepare_run_dir(out, config)
     rank, world = rank_and_world()
     if world > 1:
         _generate_share(lm, dataset, seeds, k_shot, out, batch_size, rank, world, progress)
@@ -246,7 +232,7 @@ def _evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k
                     tmp.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items),
                                    encoding="utf-8")
     result = {"dataset": dataset.name, "model": lm.info.name, "model_hash": lm.info.model_hash,
-              "n": len(dataset), "seeds": list(config["seeds"]), "k_shot": k_shot,
+              "n": len(dataset), "seeds": [int(s) for s in seeds], "k_shot": k_shot,
               **{name: mean_std([per_seed[str(s)][name] for s in seeds]) for name in METRICS},
               "by_relation": {r: {name: mean_std([per_relation[str(s)][r][name] for s in seeds]) for name in METRICS}
                               for r in per_relation[str(seeds[0])]},

@@ -1,0 +1,145 @@
+"""Click options generated from an experiment's config dataclass.
+
+``@config_options(Cls)`` adds one option per field of ``Cls`` (name, help, choices and
+bounds from the field's metadata, see :mod:`sparekit.utils.config`), plus ``--config FILE``
+and ``--dry-run``. The command receives ``config``, a ``Cls`` resolved with the precedence
+command line > ``--config`` file > the dataclass defaults; ``--dry-run`` prints it as JSON
+and stops before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from sparekit.cli.common import parse_list
+from sparekit.errors import SparekitError
+from sparekit.utils.config import config_dict, read_config_file
+
+
+def _shape(hint: Any) -> tuple[type, bool]:
+    """``(base type, optional)`` of a field annotation: ``tuple[int, ...] | None`` -> ``(tuple[int, ...], True)``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return hint, False
+
+
+def _parser(field: dataclasses.Field, hint: Any) -> Callable[[Any], Any]:
+    """Turns an option string, or a value from a config file, into the field's value."""
+    base, optional = _shape(hint)
+    flag = _flag(field)
+    origin = typing.get_origin(base)
+
+    def parse(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        if origin is tuple:
+            kind = typing.get_args(base)[0]
+            items = parse_list(value, kind, flag) if isinstance(value, str) else tuple(kind(v) for v in value)
+            if not items:
+                raise SparekitError(f"{flag} is empty", "give at least one value")
+            return items
+        if base is dict or origin is dict:
+            if value is None:
+                return {}
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value) if value else {}
+                except json.JSONDecodeError as exc:
+                    raise SparekitError(f"{flag}: not JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise SparekitError(f"{flag}: expected a JSON object")
+            return value
+        return value
+
+    return parse
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def _click_type(field: dataclasses.Field, base: Any) -> click.ParamType | None:
+    meta = field.metadata
+    if "choices" in meta:
+        return click.Choice(list(meta["choices"]))
+    if base in (int, float) and ("min" in meta or "max" in meta):
+        kind = click.IntRange if base is int else click.FloatRange
+        return kind(meta.get("min"), meta.get("max"))
+    if base in (int, float, str):
+        return click.types.convert_type(base)
+    return None  # lists and JSON objects arrive as strings and are parsed by _parser
+
+
+def _option(field: dataclasses.Field, hint: Any) -> Callable:
+    base, _ = _shape(hint)
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+    names = [_flag(field), *([field.metadata["short"]] if "short" in field.metadata else []), field.name]
+    if base is bool:
+        return click.option(*names, is_flag=True, default=default, help=field.metadata["help"])
+    shown: Any = default
+    if isinstance(default, tuple):
+        shown = ",".join(map(str, default))
+    elif isinstance(default, dict):
+        shown = json.dumps(default) if default else None
+    return click.option(*names, type=_click_type(field, base), default=shown,
+                        show_default=shown is not None and field.metadata.get("show_default", True),
+                        help=field.metadata["help"])
+
+
+def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: str | None) -> Any:
+    """``cls`` from the command line's values, a config file's and the defaults, in that order."""
+    hints = typing.get_type_hints(cls)
+    from_file = read_config_file(config_file, cls) if config_file else {}
+    values = {}
+    for field in dataclasses.fields(cls):
+        if not field.metadata.get("cli", True):
+            continue
+        source = ctx.get_parameter_source(field.name)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or field.name not in from_file:
+            raw = given[field.name]
+        else:
+            raw = from_file[field.name]
+            param = next(p for p in ctx.command.params if p.name == field.name)
+            if raw is not None and isinstance(param.type, click.types.ParamType) and \
+                    not isinstance(param.type, click.types.StringParamType | click.types.BoolParamType):
+                raw = param.type.convert(raw, param, ctx)  # a file's value gets the option's checks
+        values[field.name] = _parser(field, hints[field.name])(raw)
+    return cls(**values)
+
+
+def config_options(cls: type) -> Callable[[Callable], Callable]:
+    """Decorate a click command: options from ``cls``'s fields, ``--config``, ``--dry-run``; passes ``config``."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            config_file, dry_run = kwargs.pop("config_file"), kwargs.pop("dry_run")
+            given = {f.name: kwargs.pop(f.name) for f in fields}
+            config = resolve(cls, ctx, given, config_file)
+            if dry_run:
+                click.echo(json.dumps(config_dict(config), indent=2))
+                return None
+            return command(config=config, **kwargs)
+
+        extra = [click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                              help="JSON or TOML file of option values (the command line wins over it)."),
+                 click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and stop.")]
+        for option in reversed([*(_option(f, hints[f.name]) for f in fields), *extra]):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
