@@ -65,6 +65,27 @@ def option(default: Any = dataclasses.MISSING, *, help: str, **cli: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
+MODEL_HELP = "'default' (Gemma 3 270M), 'smollm2-135m', a hub id, a local folder or a .gguf file."
+DEVICE_HELP = "cpu, cuda, cuda:1 … (default: cuda if available)."
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+DEVICE_MAP_HELP = "Spread the model's blocks over GPUs, CPU and disk with accelerate (replaces --device)."
+
+
+def model_field() -> Any:
+    """``-m/--model`` (the command adds ``--no-verify``)."""
+    return option("default", short="-m", help=MODEL_HELP)
+
+
+def device_field() -> Any:
+    """``--device``: where the model runs (never part of a run's identity)."""
+    return option(None, help=DEVICE_HELP)
+
+
+def device_map_field() -> Any:
+    """``--device-map``: the model spread over devices with accelerate."""
+    return option(None, choices=DEVICE_MAPS, help=DEVICE_MAP_HELP)
+
+
 def config_dict(config: Any) -> dict:
     """``config`` as the JSON object ``--config`` reads back (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
