@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from sparekit.utils.config import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, MODEL_HELP
+from sparekit.utils.config import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, DTYPE_HELP, MODEL_HELP
 from sparekit.utils.config import parse_list  # noqa: F401 (the one reading of a comma-separated option)
 
 
@@ -33,7 +33,7 @@ def model_option(command: Callable) -> Callable:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 device_option = click.option("--device", default=None, help=DEVICE_HELP)
 device_map_option = click.option("--device-map", default=None, type=click.Choice(DEVICE_MAPS), help=DEVICE_MAP_HELP)
-dtype_option = click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
+dtype_option = click.option("--dtype", default="float32", show_default=True, help=DTYPE_HELP)
 
 
 def emit(result: dict, as_json: bool, render: Callable[[dict], str]) -> None:

@@ -34,10 +34,15 @@ def _shape(hint: Any) -> tuple[type, bool]:
     return hint, False
 
 
-def _parser(field: dataclasses.Field, hint: Any) -> Callable[[Any], Any]:
+def _meta(cls: type, field: dataclasses.Field) -> dict[str, Any]:
+    """A field's option settings: its metadata, overridden by the class's ``__cli__`` (for inherited fields)."""
+    return {**field.metadata, **getattr(cls, "__cli__", {}).get(field.name, {})}
+
+
+def _parser(name: str, meta: dict, hint: Any) -> Callable[[Any], Any]:
     """Turns an option string, or a value from a config file, into the field's value."""
     base, optional = _shape(hint)
-    flag = _flag(field)
+    flag = _flag(name, meta)
     origin = typing.get_origin(base)
 
     def parse(value: Any) -> Any:
@@ -65,12 +70,11 @@ def _parser(field: dataclasses.Field, hint: Any) -> Callable[[Any], Any]:
     return parse
 
 
-def _flag(field: dataclasses.Field) -> str:
-    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+def _flag(name: str, meta: dict) -> str:
+    return meta.get("flag", "--" + name.replace("_", "-"))
 
 
-def _click_type(field: dataclasses.Field, base: Any) -> click.ParamType | None:
-    meta = field.metadata
+def _click_type(meta: dict, base: Any) -> click.ParamType | None:
     if "choices" in meta:
         return click.Choice(list(meta["choices"]))
     if base in (int, float) and ("min" in meta or "max" in meta):
@@ -81,20 +85,19 @@ def _click_type(field: dataclasses.Field, base: Any) -> click.ParamType | None:
     return None  # lists and JSON objects arrive as strings and are parsed by _parser
 
 
-def _option(field: dataclasses.Field, hint: Any) -> Callable:
+def _option(field: dataclasses.Field, meta: dict, hint: Any) -> Callable:
     base, _ = _shape(hint)
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-    names = [_flag(field), *([field.metadata["short"]] if "short" in field.metadata else []), field.name]
+    names = [_flag(field.name, meta), *([meta["short"]] if "short" in meta else []), field.name]
     if base is bool:
-        return click.option(*names, is_flag=True, default=default, help=field.metadata["help"])
+        return click.option(*names, is_flag=True, default=default, help=meta.get("help"))
     shown: Any = default
     if isinstance(default, tuple):
         shown = ",".join(map(str, default))
     elif isinstance(default, dict):
         shown = json.dumps(default) if default else None
-    return click.option(*names, type=_click_type(field, base), default=shown,
-                        show_default=shown is not None and field.metadata.get("show_default", True),
-                        help=field.metadata["help"])
+    return click.option(*names, type=_click_type(meta, base), default=shown, show_default=shown is not None,
+                        help=meta.get("help"))
 
 
 def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: str | None) -> Any:
@@ -103,7 +106,8 @@ def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: s
     from_file = read_config_file(config_file, cls) if config_file else {}
     values = {}
     for field in dataclasses.fields(cls):
-        if not field.metadata.get("cli", True):
+        meta = _meta(cls, field)
+        if not meta.get("cli", True):
             continue
         source = ctx.get_parameter_source(field.name)
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or field.name not in from_file:
@@ -114,14 +118,17 @@ def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: s
             if raw is not None and isinstance(param.type, click.types.ParamType) and \
                     not isinstance(param.type, click.types.StringParamType | click.types.BoolParamType):
                 raw = param.type.convert(raw, param, ctx)  # a file's value gets the option's checks
-        values[field.name] = _parser(field, hints[field.name])(raw)
+        values[field.name] = _parser(field.name, meta, hints[field.name])(raw)
     return cls(**values)
 
 
 def config_options(cls: type) -> Callable[[Callable], Callable]:
     """Decorate a click command: options from ``cls``'s fields, ``--config``, ``--dry-run``; passes ``config``."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+    by_name = {f.name: f for f in dataclasses.fields(cls) if _meta(cls, f).get("cli", True)}
+    # the fields of the class that names the inherited ones (what to run on: dataset, model …) lead --help
+    lead = next((vars(k).get("__annotations__", {}) for k in cls.__mro__ if "__cli__" in vars(k)), {})
+    fields = sorted(by_name.values(), key=lambda f: f.name not in lead)
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
@@ -138,7 +145,7 @@ def config_options(cls: type) -> Callable[[Callable], Callable]:
         extra = [click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                               help="JSON or TOML file of option values (the command line wins over it)."),
                  click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and stop.")]
-        for option in reversed([*(_option(f, hints[f.name]) for f in fields), *extra]):
+        for option in reversed([*(_option(f, _meta(cls, f), hints[f.name]) for f in fields), *extra]):
             wrapper = option(wrapper)
         return wrapper
 

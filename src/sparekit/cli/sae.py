@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option, parse_list
+from sparekit.cli.common import (device_map_option, device_option, emit, json_option, model_option, no_verify_option,
+                                 parse_list)
+from sparekit.cli.config import config_options
+from sparekit.sae.experiment import CORPUS_HELP, SaeTrainExperiment
 
-corpus_option = click.option(
-    "--corpus", default="nqswap", show_default=True,
-    help="'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
-         "all of it is evaluation text).")
+corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
 holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
 seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
 
 
-def _corpus_path(corpus: str):
-    from pathlib import Path
-
-    from sparekit.data.loaders import NQSWAP_LOCAL
-
-    return NQSWAP_LOCAL if corpus == "nqswap" else Path(corpus)
-
-
 def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
     """Held-out NQ-Swap windows, or every line of a text file."""
-    from sparekit.cli.capture import read_texts
-    from sparekit.sae.corpus import corpus_windows, token_windows
+    from sparekit.activations.experiment import read_texts
+    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
 
-    path = _corpus_path(corpus)
+    path = corpus_path(corpus)
     if path.suffix == ".txt":
         return token_windows(lm.tokenizer, read_texts(path)[0])
     return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
@@ -61,70 +53,22 @@ def sae() -> None:
 
 
 @sae.command()
-@model_option
-@click.option("--layers", default="5,6,7,8", show_default=True, help="Comma-separated layers (block outputs).")
-@click.option("--out", "out_dir", default="runs/sae/default", show_default=True,
-              help="Run folder: activations, checkpoints and one SAE folder per layer (resid.L).")
-@corpus_option
-@holdout_option
-@seed_option
-@click.option("--width", default=2048, show_default=True, help="Number of latents (d_sae).")
-@click.option("--k", default=64, show_default=True, help="Active latents per token.")
-@click.option("--architecture", type=click.Choice(["topk", "batchtopk"]), default="topk", show_default=True)
-@click.option("--epochs", default=1.0, show_default=True, help="Passes over the training tokens.")
-@click.option("--lr", default=2e-3, show_default=True, help="Peak Adam learning rate (warm-up, then linear decay).")
-@click.option("--batch-size", default=512, show_default=True, help="Tokens per optimiser step.")
-@click.option("--max-texts", default=None, type=int, help="Train on the first N corpus windows only (<=256 tokens each).")
-@click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@device_option
-@device_map_option
-def train(model, layers, out_dir, corpus, holdout, seed, width, k, architecture, epochs, lr, batch_size, max_texts,
-          save_dtype, device, device_map) -> None:
+@config_options(SaeTrainExperiment)
+@no_verify_option
+def train(config: SaeTrainExperiment) -> None:
     """Capture activations once (all layers in one pass, BOS dropped), then train one SAE per layer.
 
     Rerunning the same command resumes: finished shards, checkpoints and finished SAEs are reused.
     """
-    from pathlib import Path
 
-    import torch
+    def report(r: dict) -> None:
+        if r["reused"]:
+            click.echo(f"layer {r['layer']}: already trained at {r['path']}")
+        else:
+            click.echo(f"layer {r['layer']}: {r['tokens']} tokens, train FVU {r['train_fvu']:.4f}, "
+                       f"dead {r['dead_fraction']:.3f} -> {r['path']}")
 
-    from sparekit.activations import capture_activations
-    from sparekit.hooks import Site
-    from sparekit.models import load_model
-    from sparekit.sae.corpus import corpus_windows
-    from sparekit.sae.formats import save_sae
-    from sparekit.sae.train import StoreSource, TopKTrainer
-    from sparekit.utils.rundir import RunDir
-
-    out = Path(out_dir)
-    layer_list = list(parse_list(layers, int, "--layers"))
-    config = {"model": model, "layers": layer_list, "corpus": str(_corpus_path(corpus)), "holdout": holdout,
-              "seed": seed, "width": width, "k": k, "architecture": architecture, "epochs": epochs, "lr": lr,
-              "batch_size": batch_size, "max_texts": max_texts, "save_dtype": save_dtype}
-    with RunDir(out, "SAE training", config_file="run.json").session(config):
-        lm = load_model(model, device=device, device_map=device_map)
-        for layer in layer_list:
-            lm.info.check_layer(layer)
-        texts = corpus_windows(lm.tokenizer, _corpus_path(corpus), holdout, seed)[0][:max_texts]
-        store = capture_activations(lm, texts, [Site(L) for L in layer_list], out / "acts", positions="all",
-                                    skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
-                                    shard_rows=16384)
-        del lm
-        for layer in layer_list:
-            target = out / f"resid.{layer}"
-            if (target / "cfg.json").is_file():
-                click.echo(f"layer {layer}: already trained at {target}")
-                continue
-            trainer = TopKTrainer(d_sae=width, k=k, architecture=architecture, lr=lr, epochs=epochs, seed=seed,
-                                  device=device, checkpoint_dir=out / f"checkpoint.{layer}")
-            trainer.fit(StoreSource(store, Site(layer), batch_size=batch_size, seed=seed), hook_layer=layer)
-            last = trainer.history_[-1]
-            save_sae(trainer.sae_, target, dtype=getattr(torch, save_dtype), extra={"training": {
-                **config, "layers": [layer], "tokens_per_epoch": len(store), "tokens_seen": trainer.tokens_seen_,
-                "skipped_outlier_rows": trainer.skipped_rows_, "final_train_fvu_standardised": last["fvu"],
-                "final_dead_fraction": trainer.dead_fraction_}})
-            click.echo(f"layer {layer}: {trainer.tokens_seen_} tokens, train FVU {last['fvu']:.4f}, "
-                       f"dead {trainer.dead_fraction_:.3f} -> {target}")
+    config.run(on_layer=report)
 
 
 def _render_eval(result: dict) -> str:

@@ -22,6 +22,7 @@ import logging
 import random
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.distributed import barrier, rank_and_world
+from sparekit.utils.config import DATASET_HELP, DTYPE_HELP, config_dict, device_field, device_map_field, model_field, option
 from sparekit.utils.io import atomic_path, atomic_write_json
 from sparekit.utils.rundir import RunDir, run_path
 
@@ -191,7 +193,8 @@ def mean_std(values: list[float | None]) -> dict[str, float | None]:
 
 
 def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int = 3,
-             out_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True) -> dict:
+             out_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True,
+             experiment: dict | None = None) -> dict:
     """Unsteered accuracy and knowledge-source shares, mean ± std over ``seeds``.
 
     Returns ``n``, ``seeds``, every name in :data:`METRICS` as ``{"mean", "std"}``, the same
@@ -206,7 +209,7 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
     config = run_config(lm, dataset, seeds, k_shot)
     if out_dir is None:
         return _evaluate(lm, dataset, seeds, k_shot, None, batch_size, progress)
-    with RunDir(out_dir, "eval run").session(config):
+    with RunDir(out_dir, "eval run").session(config, experiment=experiment):
         return _evaluate(lm, dataset, seeds, k_shot, Path(out_dir), batch_size, progress)
 
 
@@ -264,3 +267,35 @@ def _generate_share(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[i
             first += size
     barrier()
 
+
+
+@dataclass
+class EvalExperiment:
+    """``sparekit eval``: the unsteered model on a conflict dataset, mean ± std over seeds."""
+
+    dataset: str = option("default", short="-d", help=DATASET_HELP)
+    model: str = model_field()
+    limit: int | None = option(None, min=1, help="Seeded sample of N rows (whole question groups).")
+    limit_seed: int = option(0, help="Seed of the --limit sample.")
+    seeds: tuple[int, ...] = option((42, 43, 44, 45, 46), help="Comma-separated seeds; each draws different demonstrations.")
+    k_shot: int = option(3, min=0, help="Demonstrations per prompt.")
+    batch_size: int = option(8, min=1, help="Prompts per generation batch.")
+    out: str | None = option(None, help="Run directory (default runs/eval-<dataset>-<config hash>); rerun to resume.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+    dtype: str = option("float32", help=DTYPE_HELP)
+
+    def run(self, progress: bool = True) -> dict:
+        """:func:`evaluate` on the named dataset and model, in the run directory (``run_dir`` in the result)."""
+        from sparekit.data import load_dataset
+        from sparekit.models import load_model
+        from sparekit.utils.distributed import local_device
+        from sparekit.utils.io import ensure_dir
+
+        data = load_dataset(self.dataset, limit=self.limit, seed=self.limit_seed)
+        if self.out is not None:
+            ensure_dir(self.out)  # a bad --out fails now, not after loading the model
+        lm = load_model(self.model, dtype=self.dtype, device=local_device(self.device), device_map=self.device_map)
+        run_dir = self.out or default_run_dir(run_config(lm, data, self.seeds, self.k_shot))
+        return evaluate(lm, data, self.seeds, k_shot=self.k_shot, out_dir=run_dir, batch_size=self.batch_size,
+                        progress=progress, experiment=config_dict(self))

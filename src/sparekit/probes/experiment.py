@@ -35,7 +35,7 @@ from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
-from sparekit.utils.config import check_components, device_field, device_map_field, model_field, option, parse_layers
+from sparekit.utils.config import check_components, config_dict, device_field, device_map_field, model_field, option, parse_layers
 
 TARGETS = ("conflict", "source")
 PROMPT_SEED = 42  # the --limit sample and the demonstrations of the probing prompts
@@ -229,7 +229,7 @@ class ProbeExperiment:
                   "split_by": self.split_by, "test_fraction": TEST_FRACTION, "probe": PROBE_PARAMS}
         run_dir = Path(self.out) if self.out else run_path(CACHE_DIR / "probes", Path(self.model).name,
                                                            Path(self.dataset).name, config=config)
-        with RunDir(run_dir, "probe run").session(config):
+        with RunDir(run_dir, "probe run").session(config, experiment=config_dict(self)):
             return self._run(lm, data_a, data_b, layer_list, comps, run_dir, progress)
 
     def _run(self, lm: LoadedModel, data_a: ConflictDataset, data_b: ConflictDataset | None, layer_list: list[int],

@@ -22,6 +22,7 @@ from sparekit.errors import SparekitError
 from sparekit.utils.io import atomic_write_json, ensure_dir, read_json, run_lock
 
 DONE = "done"
+EXPERIMENT = "experiment.json"
 _SHOWN = 32  # characters of a value shown in a refusal
 
 
@@ -77,12 +78,13 @@ class RunDir:
         return read_json(path) if path.is_file() else None
 
     def prepare(self, config: dict, *, keys: Iterable[str] | None = None, ignore: Iterable[str] = (),
-                update: bool = True, environment: bool = True) -> dict:
+                update: bool = True, environment: bool = True, experiment: dict | None = None) -> dict:
         """Check ``config`` against the stored one (refusing on a difference), record it, return the live config.
 
         ``keys``/``ignore``: which keys must agree (default all). ``update``: write ``config`` over a
         matching stored one (it may differ in ignored keys); otherwise the stored one is kept and
-        returned (it may carry the job's progress).
+        returned (it may carry the job's progress). ``experiment``: the resolved command configuration
+        (``sparekit.utils.config.config_dict``), kept as ``experiment.json`` (``--config`` reads it back).
         """
         from sparekit.utils.distributed import rank_and_world
         from sparekit.utils.env import environment_info
@@ -100,7 +102,13 @@ class RunDir:
                 atomic_write_json(self.path / self.config_file, config)
             if environment:
                 atomic_write_json(self.path / "environment.json", environment_info())
+            if experiment is not None:
+                self.record_experiment(experiment)
         return live
+
+    def record_experiment(self, experiment: dict) -> None:
+        """Keep the resolved command configuration as ``experiment.json`` (``--config`` reads it back)."""
+        atomic_write_json(self.path / EXPERIMENT, experiment)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:

@@ -1,0 +1,88 @@
+"""``sparekit sae train`` as a config dataclass: capture a corpus once, then one SAE per layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
+
+CORPUS_HELP = ("'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file "
+               "(one text per line; all of it is evaluation text).")
+
+
+@dataclass
+class SaeTrainExperiment:
+    """Capture activations once (all layers in one pass, BOS dropped), then train one SAE per layer."""
+
+    model: str = model_field()
+    layers: tuple[int, ...] = option((5, 6, 7, 8), help="Comma-separated layers (block outputs).")
+    out: str = option("runs/sae/default", help="Run folder: activations, checkpoints and one SAE folder per layer "
+                                               "(resid.L).")
+    corpus: str = option("nqswap", help=CORPUS_HELP)
+    holdout: float = option(0.1, help="Share of question groups held out.")
+    seed: int = option(0, help="Seed for the held-out split and training.")
+    width: int = option(2048, help="Number of latents (d_sae).")
+    k: int = option(64, help="Active latents per token.")
+    architecture: str = option("topk", choices=("topk", "batchtopk"), help="SAE architecture.")
+    epochs: float = option(1.0, help="Passes over the training tokens.")
+    lr: float = option(2e-3, help="Peak Adam learning rate (warm-up, then linear decay).")
+    batch_size: int = option(512, help="Tokens per optimiser step.")
+    max_texts: int | None = option(None, help="Train on the first N corpus windows only (<=256 tokens each).")
+    save_dtype: str = option("float16", choices=("float16", "float32"), help="dtype of the saved SAE weights.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def run(self, on_layer: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train (or reuse) each layer's SAE under ``out``; one summary per layer, also passed to ``on_layer``.
+
+        Rerunning the same config resumes: finished shards, checkpoints and finished SAEs are reused.
+        """
+        from pathlib import Path
+
+        import torch
+
+        from sparekit.activations import capture_activations
+        from sparekit.hooks import Site
+        from sparekit.models import load_model
+        from sparekit.sae.corpus import corpus_path, corpus_windows
+        from sparekit.sae.formats import save_sae
+        from sparekit.sae.train import StoreSource, TopKTrainer
+        from sparekit.utils.rundir import RunDir
+
+        out, layers = Path(self.out), list(self.layers)
+        config = {"model": self.model, "layers": layers, "corpus": str(corpus_path(self.corpus)),
+                  "holdout": self.holdout, "seed": self.seed, "width": self.width, "k": self.k,
+                  "architecture": self.architecture, "epochs": self.epochs, "lr": self.lr,
+                  "batch_size": self.batch_size, "max_texts": self.max_texts, "save_dtype": self.save_dtype}
+        summaries = []
+        with RunDir(out, "SAE training", config_file="run.json").session(config, experiment=config_dict(self)):
+            lm = load_model(self.model, device=self.device, device_map=self.device_map)
+            for layer in layers:
+                lm.info.check_layer(layer)
+            texts = corpus_windows(lm.tokenizer, corpus_path(self.corpus), self.holdout, self.seed)[0][:self.max_texts]
+            store = capture_activations(lm, texts, [Site(L) for L in layers], out / "acts", positions="all",
+                                        skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
+                                        shard_rows=16384)
+            del lm
+            for layer in layers:
+                target = out / f"resid.{layer}"
+                if (target / "cfg.json").is_file():
+                    summary = {"layer": layer, "path": str(target), "reused": True}
+                else:
+                    trainer = TopKTrainer(d_sae=self.width, k=self.k, architecture=self.architecture, lr=self.lr,
+                                          epochs=self.epochs, seed=self.seed, device=self.device,
+                                          checkpoint_dir=out / f"checkpoint.{layer}")
+                    trainer.fit(StoreSource(store, Site(layer), batch_size=self.batch_size, seed=self.seed),
+                                hook_layer=layer)
+                    last = trainer.history_[-1]
+                    save_sae(trainer.sae_, target, dtype=getattr(torch, self.save_dtype), extra={"training": {
+                        **config, "layers": [layer], "tokens_per_epoch": len(store),
+                        "tokens_seen": trainer.tokens_seen_, "skipped_outlier_rows": trainer.skipped_rows_,
+                        "final_train_fvu_standardised": last["fvu"], "final_dead_fraction": trainer.dead_fraction_}})
+                    summary = {"layer": layer, "path": str(target), "reused": False, "tokens": trainer.tokens_seen_,
+                               "train_fvu": last["fvu"], "dead_fraction": trainer.dead_fraction_}
+                summaries.append(summary)
+                if on_layer is not None:
+                    on_layer(summary)
+        return summaries
