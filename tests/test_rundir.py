@@ -72,7 +72,8 @@ def test_dry_run_prints_the_resolved_config_and_does_no_work(tmp_path, monkeypat
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["seeds"] == [1] and resolved["methods"] == ["none", "spare"] and resolved["test_limit"] == 30
     assert resolved["layers"] == [5, 6, 7, 8] and resolved["split_by"] == "group"
-    for command in (["eval"], ["probe"], ["capture", "--texts", "t.txt"], ["sae", "train"], ["bench", "frontier"]):
+    for command in (["eval"], ["probe"], ["capture", "--texts", "t.txt"], ["sae", "train"], ["sae", "eval", "--sae", "x"],
+                    ["bench", "frontier"]):
         assert main([*command, "--dry-run"]) == 0, command
         assert "model" in json.loads(capsys.readouterr().out)
     assert list(tmp_path.iterdir()) == [path]  # nothing written

@@ -51,7 +51,7 @@ def _parser(name: str, meta: dict, hint: Any) -> Callable[[Any], Any]:
         if origin is tuple:
             kind = typing.get_args(base)[0]
             items = parse_list(value, kind, flag) if isinstance(value, str) else tuple(kind(v) for v in value)
-            if not items:
+            if not items and not meta.get("multiple"):
                 raise SparekitError(f"{flag} is empty", "give at least one value")
             return items
         if base is dict or origin is dict:
@@ -91,6 +91,8 @@ def _option(field: dataclasses.Field, meta: dict, hint: Any) -> Callable:
     names = [_flag(field.name, meta), *([meta["short"]] if "short" in meta else []), field.name]
     if base is bool:
         return click.option(*names, is_flag=True, default=default, help=meta.get("help"))
+    if meta.get("multiple"):  # a repeatable option (--sae A --sae B), not a comma list
+        return click.option(*names, multiple=True, default=default, help=meta.get("help"))
     shown: Any = default
     if isinstance(default, tuple):
         shown = ",".join(map(str, default))

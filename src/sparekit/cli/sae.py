@@ -7,40 +7,12 @@ import click
 from sparekit.cli.common import (device_map_option, device_option, emit, json_option, model_option, no_verify_option,
                                  parse_list)
 from sparekit.cli.config import config_options
-from sparekit.sae.experiment import CORPUS_HELP, SaeTrainExperiment
+from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, SEED_HELP, SaeEvalExperiment, SaeTrainExperiment,
+                                     checked_saes, eval_texts)
 
 corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
-holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
-seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
-
-
-def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
-    """Held-out NQ-Swap windows, or every line of a text file."""
-    from sparekit.activations.experiment import read_texts
-    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
-
-    path = corpus_path(corpus)
-    if path.suffix == ".txt":
-        return token_windows(lm.tokenizer, read_texts(path)[0])
-    return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
-
-
-def _load_saes(sae_paths: tuple[str, ...], layers: str | None):
-    """The SAEs to read, loaded before the model so a bad file fails fast (check them with ``_checked``)."""
-    from sparekit.sae import load_sae, shipped_layers
-
-    if sae_paths:
-        return [load_sae(p) for p in sae_paths]
-    return [load_sae("default", layer=L) for L in (parse_list(layers, int, "--layers") if layers else shipped_layers())]
-
-
-def _checked(lm, saes: list) -> list:
-    """``saes`` on the model's device, each checked to read this model's activations."""
-    from sparekit.sae import check_compatible
-
-    for sae_model in saes:
-        check_compatible(sae_model, lm.info)
-    return [s.to(lm.model.device) for s in saes]
+holdout_option = click.option("--holdout", default=0.1, show_default=True, help=HOLDOUT_HELP)
+seed_option = click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 
 
 @click.group()
@@ -81,29 +53,12 @@ def _render_eval(result: dict) -> str:
 
 
 @sae.command("eval")
-@model_option
-@click.option("--sae", "sae_paths", multiple=True, help="SAE folder/file (repeatable); default: the shipped SAEs.")
-@click.option("--layers", default=None, help="Shipped SAEs to evaluate (default: all shipped layers).")
-@corpus_option
-@holdout_option
-@seed_option
-@click.option("--max-tokens", default=None, type=int, help="Tokens for FVU/L0/dead share (default: all held-out).")
-@click.option("--ce-tokens", default=4096, show_default=True, help="Tokens for the loss-recovered runs.")
+@config_options(SaeEvalExperiment)
+@no_verify_option
 @json_option
-@device_option
-@device_map_option
-def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce_tokens, as_json, device,
-                 device_map) -> None:
+def eval_command(config: SaeEvalExperiment, as_json: bool) -> None:
     """FVU, L0, dead share and LM loss recovered on held-out text (BOS never spliced)."""
-    from sparekit.models import load_model
-    from sparekit.sae.evaluate import evaluate_saes
-
-    saes = _load_saes(sae_paths, layers)
-    lm = load_model(model, device=device, device_map=device_map)
-    saes = _checked(lm, saes)
-    texts = _eval_texts(lm, corpus, holdout, seed)
-    emit({"layers": evaluate_saes(lm, saes, texts, max_tokens=max_tokens, ce_tokens=ce_tokens, progress=True)},
-         as_json, _render_eval)
+    emit(config.run(), as_json, _render_eval)
 
 
 @sae.command()
@@ -133,12 +88,12 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
         raise SparekitError("pass exactly one of --layer and --sae")
     sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device, device_map=device_map)
-    sae_model = _checked(lm, [sae_model])[0]
+    sae_model = checked_saes(lm, [sae_model])[0]
     ids = parse_list(latents, int, "--latents")
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:
         raise SparekitError(f"latents {bad} out of range", f"this SAE has latents 0..{sae_model.d_sae - 1}")
-    result = top_activations(lm, sae_model, _eval_texts(lm, corpus, holdout, seed), ids, top=top,
+    result = top_activations(lm, sae_model, eval_texts(lm, corpus, holdout, seed), ids, top=top,
                              max_tokens=max_tokens, progress=True)
     if html_path:
         atomic_write_text(html_path, render_html(result, f"{lm.info.name} layer {sae_model.hook_layer} SAE"))

@@ -1,14 +1,40 @@
-"""``sparekit sae train`` as a config dataclass: capture a corpus once, then one SAE per layer."""
+"""``sparekit sae train`` and ``sae eval`` as config dataclasses: train one SAE per layer, score SAEs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
 
+if TYPE_CHECKING:
+    from sparekit.models.loading import LoadedModel
+
 CORPUS_HELP = ("'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file "
                "(one text per line; all of it is evaluation text).")
+HOLDOUT_HELP = "Share of question groups held out."
+SEED_HELP = "Seed for the held-out split and training."
+
+
+def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[str]:
+    """Held-out NQ-Swap windows, or every line of a text file."""
+    from sparekit.activations.experiment import read_texts
+    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
+
+    path = corpus_path(corpus)
+    if path.suffix == ".txt":
+        return token_windows(lm.tokenizer, read_texts(path)[0])
+    return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
+
+
+def checked_saes(lm: LoadedModel, saes: list) -> list:
+    """``saes`` on the model's device, each checked to read this model's activations."""
+    from sparekit.sae import check_compatible
+
+    for sae_model in saes:
+        check_compatible(sae_model, lm.info)
+    return [s.to(lm.model.device) for s in saes]
 
 
 @dataclass
@@ -20,8 +46,8 @@ class SaeTrainExperiment:
     out: str = option("runs/sae/default", help="Run folder: activations, checkpoints and one SAE folder per layer "
                                                "(resid.L).")
     corpus: str = option("nqswap", help=CORPUS_HELP)
-    holdout: float = option(0.1, help="Share of question groups held out.")
-    seed: int = option(0, help="Seed for the held-out split and training.")
+    holdout: float = option(0.1, help=HOLDOUT_HELP)
+    seed: int = option(0, help=SEED_HELP)
     width: int = option(2048, help="Number of latents (d_sae).")
     k: int = option(64, help="Active latents per token.")
     architecture: str = option("topk", choices=("topk", "batchtopk"), help="SAE architecture.")
@@ -86,3 +112,34 @@ class SaeTrainExperiment:
                 if on_layer is not None:
                     on_layer(summary)
         return summaries
+
+
+@dataclass
+class SaeEvalExperiment:
+    """``sparekit sae eval``: FVU, L0, dead share and LM loss recovered on held-out text (BOS never spliced)."""
+
+    model: str = model_field()
+    sae: tuple[str, ...] = option((), multiple=True, help="SAE folder/file (repeatable); default: the shipped SAEs.")
+    layers: tuple[int, ...] | None = option(None, help="Shipped SAEs to evaluate (default: all shipped layers).")
+    corpus: str = option("nqswap", help=CORPUS_HELP)
+    holdout: float = option(0.1, help=HOLDOUT_HELP)
+    seed: int = option(0, help=SEED_HELP)
+    max_tokens: int | None = option(None, help="Tokens for FVU/L0/dead share (default: all held-out).")
+    ce_tokens: int = option(4096, help="Tokens for the loss-recovered runs.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def run(self, progress: bool = True) -> dict:
+        """``{"layers": [one row per SAE]}`` (:func:`~sparekit.sae.evaluate.evaluate_saes`)."""
+        from sparekit.models import load_model
+        from sparekit.sae import load_sae, shipped_layers
+        from sparekit.sae.evaluate import evaluate_saes
+
+        # the SAEs load before the model, so a bad file fails fast
+        saes = ([load_sae(p) for p in self.sae] if self.sae
+                else [load_sae("default", layer=L) for L in (self.layers or shipped_layers())])
+        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        saes = checked_saes(lm, saes)
+        texts = eval_texts(lm, self.corpus, self.holdout, self.seed)
+        return {"layers": evaluate_saes(lm, saes, texts, max_tokens=self.max_tokens, ce_tokens=self.ce_tokens,
+                                        progress=progress)}
