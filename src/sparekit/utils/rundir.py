@@ -24,6 +24,7 @@ from sparekit.utils.io import atomic_write_json, ensure_dir, read_json, run_lock
 DONE = "done"
 EXPERIMENT = "experiment.json"
 _SHOWN = 32  # characters of a value shown in a refusal
+_MISSING = object()
 
 
 def run_path(root: str | os.PathLike, *parts: str, config: dict | None = None) -> Path:
@@ -37,9 +38,6 @@ def run_path(root: str | os.PathLike, *parts: str, config: dict | None = None) -
 def _short(value: Any) -> str:
     text = "missing" if value is _MISSING else json.dumps(value, default=str, ensure_ascii=False)
     return text if len(text) <= _SHOWN else text[:_SHOWN - 1] + "…"
-
-
-_MISSING = object()
 
 
 def check_same_config(stored: dict, config: dict, subject: str, *, keys: Iterable[str] | None = None,
