@@ -55,6 +55,11 @@ def test_config_file_values_get_the_options_checks_and_unknown_keys_are_named(tm
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"limit": 0}))
     assert CliRunner().invoke(toy, ["--config", str(path)]).exit_code == 2  # min=1, as on the command line
+    path.write_text(json.dumps({"seeds": ["x"]}))
+    with pytest.raises(SparekitError, match="cannot parse --seeds"):
+        CliRunner().invoke(toy, ["--config", str(path)], catch_exceptions=False)
+    path.write_text(json.dumps({"seeds": 3}))
+    assert _toy("--config", str(path))["seeds"] == [3]
     path.write_text(json.dumps({"nmae": "x"}))
     with pytest.raises(SparekitError, match="unknown key.*nmae.*valid keys: fast, grid, limit, name, seeds"):
         CliRunner().invoke(toy, ["--config", str(path)], catch_exceptions=False)

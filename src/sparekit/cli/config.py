@@ -50,7 +50,9 @@ def _parser(name: str, meta: dict, hint: Any) -> Callable[[Any], Any]:
             return None
         if origin is tuple:
             kind = typing.get_args(base)[0]
-            items = parse_list(value, kind, flag) if isinstance(value, str) else tuple(kind(v) for v in value)
+            text = value if isinstance(value, str) else ",".join(map(str, value if isinstance(value, list | tuple)
+                                                                     else [value]))
+            items = parse_list(text, kind, flag)  # a config file's list or number reads like the option's text
             if not items and not meta.get("multiple"):
                 raise SparekitError(f"{flag} is empty", "give at least one value")
             return items
