@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from sparekit.activations import capture_activations
@@ -104,6 +103,8 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
 
 def _scores(y: np.ndarray, p: np.ndarray, y_train: np.ndarray) -> dict[str, float]:
     """Held-out metrics, and the accuracy of always answering the training majority class (the bar to clear)."""
+    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score  # not for `probe --help`
+
     if len(set(y.tolist())) < 2:
         raise SparekitError("a held-out split has a single class, so AUROC is undefined",
                             "use more items (--limit) or fewer held-out groups")
