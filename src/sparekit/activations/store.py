@@ -39,7 +39,8 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.utils.distributed import barrier, rank_and_world
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json, run_lock
+from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -191,16 +192,12 @@ def capture_activations(
     if world > len(texts):
         raise SparekitError(f"{world} ranks for {len(texts)} texts: some ranks would have nothing to capture",
                             f"launch at most {len(texts)} processes")
-    with run_lock(out_dir, "capture"):  # two writers would interleave shards and manifests
-        if (out_dir / MANIFEST).is_file():
-            previous = ActivationStore(out_dir).manifest
-            for key in _RESUME_KEYS:
-                if previous.get(key) != manifest[key]:
-                    raise SparekitError(f"{out_dir} already holds a different capture ({key} differs)",
-                                        "choose a new output folder or delete the old one")
-            manifest = previous
-        elif world > 1 and rank == 0:  # written before any shard, so a rerun after a crash checks its config
-            atomic_write_json(out_dir / MANIFEST, manifest)
+    run = RunDir(out_dir, "capture", config_file=MANIFEST)
+    with run.running():  # two writers would interleave shards and manifests
+        if run.stored_config() is not None:
+            ActivationStore(out_dir)  # an unreadable or foreign manifest is refused as such
+        # the manifest records the config before any shard, so a rerun after a crash checks it
+        manifest = run.prepare(manifest, keys=_RESUME_KEYS, update=False, environment=False)
         barrier()
         if manifest["complete"]:
             return ActivationStore(out_dir)

@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 import click
 
+from sparekit.utils.config import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, DTYPE_HELP, MODEL_HELP
+from sparekit.utils.config import parse_list  # noqa: F401 (the one reading of a comma-separated option)
+
+
 def _skip_verification(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:  # load_model reads it: the CLI has no other path to every load
         os.environ["SPAREKIT_NO_VERIFY"] = "1"
@@ -22,18 +26,14 @@ no_verify_option = click.option(
 def model_option(command: Callable) -> Callable:
     """``-m/--model`` plus ``--no-verify`` (skip the fingerprint check of a short-name model)."""
     return click.option(
-        "--model", "-m", default="default", show_default=True,
-        help="'default' (Gemma 3 270M), 'smollm2-135m', a hub id, a local folder or a .gguf file.",
+        "--model", "-m", default="default", show_default=True, help=MODEL_HELP,
     )(no_verify_option(command))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available).")
-device_map_option = click.option(
-    "--device-map", default=None, type=click.Choice(["auto", "balanced", "balanced_low_0", "sequential"]),
-    help="Spread the model's blocks over GPUs, CPU and disk with accelerate (replaces --device).",
-)
-dtype_option = click.option("--dtype", default="float32", show_default=True, help="float32, bfloat16 or float16.")
+device_option = click.option("--device", default=None, help=DEVICE_HELP)
+device_map_option = click.option("--device-map", default=None, type=click.Choice(DEVICE_MAPS), help=DEVICE_MAP_HELP)
+dtype_option = click.option("--dtype", default="float32", show_default=True, help=DTYPE_HELP)
 
 
 def emit(result: dict, as_json: bool, render: Callable[[dict], str]) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from sparekit.cli.common import emit, json_option
+from sparekit.utils.config import DATASET_HELP
 
-dataset_option = click.option("--dataset", "-d", default="default", show_default=True,
-                              help="'default', 'default-passages', 'nqswap' or a .jsonl/.jsonl.gz path in the NQ-Swap schema.")
+dataset_option = click.option("--dataset", "-d", default="default", show_default=True, help=DATASET_HELP)
 
 
 @click.group()

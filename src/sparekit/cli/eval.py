@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, dtype_option, emit, json_option, model_option
-from sparekit.cli.data import dataset_option
+from sparekit.cli.common import emit, json_option, no_verify_option
+from sparekit.cli.config import config_options
+from sparekit.evaluation.harness import EvalExperiment
 
 ROWS = (("closed-book EM", "closed_book_em"), ("EM with original context", "org_context_em"),
         ("conflict: uses context", "conflict_uses_context"), ("conflict: uses memory", "conflict_uses_memory"),
@@ -13,16 +14,6 @@ ROWS = (("closed-book EM", "closed_book_em"), ("EM with original context", "org_
         ("memorised: EM with original context", "memorised_org_context_em"),
         ("memorised: conflict uses context", "memorised_conflict_uses_context"),
         ("memorised: conflict uses memory", "memorised_conflict_uses_memory"))
-
-
-def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter("give comma-separated integers, e.g. 42,43,44") from None
-    if not seeds:
-        raise click.BadParameter("give at least one seed")
-    return seeds
 
 
 def _pct(stat: dict) -> str:
@@ -45,23 +36,10 @@ def render(r: dict) -> str:
 
 
 @click.command("eval")
-@dataset_option
-@model_option
-@click.option("--limit", type=click.IntRange(1), default=None, help="Seeded sample of N rows (whole question groups).")
-@click.option("--limit-seed", default=0, show_default=True, help="Seed of the --limit sample.")
-@click.option("--seeds", default="42,43,44,45,46", show_default=True, callback=_seeds,
-              help="Comma-separated seeds; each draws different demonstrations.")
-@click.option("--k-shot", default=3, show_default=True, type=click.IntRange(0), help="Demonstrations per prompt.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--out", "out", default=None, type=click.Path(file_okay=False),
-              help="Run directory (default runs/eval-<dataset>-<config hash>); rerun to resume.")
-@device_option
-@device_map_option
-@dtype_option
+@config_options(EvalExperiment)
+@no_verify_option
 @json_option
-def eval_command(dataset: str, model: str, limit: int | None, limit_seed: int, seeds: list[int], k_shot: int,
-                 batch_size: int, out: str | None, device: str | None, device_map: str | None, dtype: str,
-                 as_json: bool) -> None:
+def eval_command(config: EvalExperiment, as_json: bool) -> None:
     """Evaluate the unsteered model: closed-book accuracy, accuracy with the original context,
     and under conflict the share that uses the context or memory (all items and memorised ones).
 
@@ -70,18 +48,9 @@ def eval_command(dataset: str, model: str, limit: int | None, limit_seed: int, s
     Data-parallel (ranks generate disjoint cells of the run directory):
       torchrun --nproc-per-node 2 -m sparekit eval --dataset nqswap --limit 300 --out runs/eval-nq
     """
-    from sparekit.data import load_dataset
-    from sparekit.evaluation.harness import default_run_dir, evaluate, run_config
-    from sparekit.models import load_model
-    from sparekit.utils.distributed import distributed_from_env, local_device
-    from sparekit.utils.io import ensure_dir
+    from sparekit.utils.distributed import distributed_from_env
 
-    ds = load_dataset(dataset, limit=limit, seed=limit_seed)
-    if out is not None:
-        ensure_dir(out)  # a bad --out fails now, not after loading the model
     with distributed_from_env() as (rank, _):
-        lm = load_model(model, dtype=dtype, device=local_device(device), device_map=device_map)
-        run_dir = out or default_run_dir(run_config(lm, ds, seeds, k_shot))
-        result = evaluate(lm, ds, seeds, k_shot=k_shot, out_dir=run_dir, batch_size=batch_size, progress=True)
+        result = config.run()
     if rank == 0:
         emit(result, as_json, render)

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
-
-
-def _list(text: str, kind: type, name: str) -> tuple:
-    try:
-        return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated {kind.__name__}s, got {text!r}", param_hint=name) from None
+from sparekit.cli.common import device_option, emit, json_option, model_option, parse_list
 
 
 def _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_length, seed, batch_size):
@@ -22,9 +15,9 @@ def _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_
     from sparekit.kv import METHODS
     from sparekit.kv.bench import TASKS, KVBenchConfig
 
-    config = KVBenchConfig(tasks=_list(tasks, str, "--tasks"), lengths=_list(lengths, int, "--lengths"),
-                           ratios=_list(ratios, float, "--ratios"), methods=_list(methods, str, "--methods"),
-                           items=items, skip_layers=_list(skip_layers, int, "--skip-layers"), keep_last=keep_last,
+    config = KVBenchConfig(tasks=parse_list(tasks, str, "--tasks"), lengths=parse_list(lengths, int, "--lengths"),
+                           ratios=parse_list(ratios, float, "--ratios"), methods=parse_list(methods, str, "--methods"),
+                           items=items, skip_layers=parse_list(skip_layers, int, "--skip-layers"), keep_last=keep_last,
                            min_length=min_length, seed=seed, batch_size=batch_size)
     for task in config.tasks:
         if task not in TASKS:

@@ -4,60 +4,15 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
+from sparekit.cli.common import (device_map_option, device_option, emit, json_option, model_option, no_verify_option,
+                                 parse_list)
+from sparekit.cli.config import config_options
+from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, SEED_HELP, SaeEvalExperiment, SaeTrainExperiment,
+                                     checked_saes, eval_texts)
 
-corpus_option = click.option(
-    "--corpus", default="nqswap", show_default=True,
-    help="'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file (one text per line; "
-         "all of it is evaluation text).")
-holdout_option = click.option("--holdout", default=0.1, show_default=True, help="Share of question groups held out.")
-seed_option = click.option("--seed", default=0, show_default=True, help="Seed for the held-out split and training.")
-
-
-def _layers(text: str) -> list[int]:
-    from sparekit.errors import SparekitError
-
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SparekitError(f"cannot parse layers {text!r}", "write e.g. 5,6,7,8") from None
-
-
-def _corpus_path(corpus: str):
-    from pathlib import Path
-
-    from sparekit.data.loaders import NQSWAP_LOCAL
-
-    return NQSWAP_LOCAL if corpus == "nqswap" else Path(corpus)
-
-
-def _eval_texts(lm, corpus: str, holdout: float, seed: int) -> list[str]:
-    """Held-out NQ-Swap windows, or every line of a text file."""
-    from sparekit.cli.capture import read_texts
-    from sparekit.sae.corpus import corpus_windows, token_windows
-
-    path = _corpus_path(corpus)
-    if path.suffix == ".txt":
-        return token_windows(lm.tokenizer, read_texts(path)[0])
-    return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
-
-
-def _load_saes(sae_paths: tuple[str, ...], layers: str | None):
-    """The SAEs to read, loaded before the model so a bad file fails fast (check them with ``_checked``)."""
-    from sparekit.sae import load_sae, shipped_layers
-
-    if sae_paths:
-        return [load_sae(p) for p in sae_paths]
-    return [load_sae("default", layer=L) for L in (_layers(layers) if layers else shipped_layers())]
-
-
-def _checked(lm, saes: list) -> list:
-    """``saes`` on the model's device, each checked to read this model's activations."""
-    from sparekit.sae import check_compatible
-
-    for sae_model in saes:
-        check_compatible(sae_model, lm.info)
-    return [s.to(lm.model.device) for s in saes]
+corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
+holdout_option = click.option("--holdout", default=0.1, show_default=True, help=HOLDOUT_HELP)
+seed_option = click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 
 
 @click.group()
@@ -70,70 +25,22 @@ def sae() -> None:
 
 
 @sae.command()
-@model_option
-@click.option("--layers", default="5,6,7,8", show_default=True, help="Comma-separated layers (block outputs).")
-@click.option("--out", "out_dir", default="runs/sae/default", show_default=True,
-              help="Run folder: activations, checkpoints and one SAE folder per layer (resid.L).")
-@corpus_option
-@holdout_option
-@seed_option
-@click.option("--width", default=2048, show_default=True, help="Number of latents (d_sae).")
-@click.option("--k", default=64, show_default=True, help="Active latents per token.")
-@click.option("--architecture", type=click.Choice(["topk", "batchtopk"]), default="topk", show_default=True)
-@click.option("--epochs", default=1.0, show_default=True, help="Passes over the training tokens.")
-@click.option("--lr", default=2e-3, show_default=True, help="Peak Adam learning rate (warm-up, then linear decay).")
-@click.option("--batch-size", default=512, show_default=True, help="Tokens per optimiser step.")
-@click.option("--max-texts", default=None, type=int, help="Train on the first N corpus windows only (<=256 tokens each).")
-@click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@device_option
-@device_map_option
-def train(model, layers, out_dir, corpus, holdout, seed, width, k, architecture, epochs, lr, batch_size, max_texts,
-          save_dtype, device, device_map) -> None:
+@config_options(SaeTrainExperiment)
+@no_verify_option
+def train(config: SaeTrainExperiment) -> None:
     """Capture activations once (all layers in one pass, BOS dropped), then train one SAE per layer.
 
     Rerunning the same command resumes: finished shards, checkpoints and finished SAEs are reused.
     """
-    from pathlib import Path
 
-    import torch
+    def report(r: dict) -> None:
+        if r["reused"]:
+            click.echo(f"layer {r['layer']}: already trained at {r['path']}")
+        else:
+            click.echo(f"layer {r['layer']}: {r['tokens']} tokens, train FVU {r['train_fvu']:.4f}, "
+                       f"dead {r['dead_fraction']:.3f} -> {r['path']}")
 
-    from sparekit.activations import capture_activations
-    from sparekit.hooks import Site
-    from sparekit.models import load_model
-    from sparekit.sae.corpus import corpus_windows
-    from sparekit.sae.formats import save_sae
-    from sparekit.sae.train import StoreSource, TopKTrainer
-    from sparekit.utils.io import atomic_write_json
-
-    out = Path(out_dir)
-    layer_list = _layers(layers)
-    config = {"model": model, "layers": layer_list, "corpus": str(_corpus_path(corpus)), "holdout": holdout,
-              "seed": seed, "width": width, "k": k, "architecture": architecture, "epochs": epochs, "lr": lr,
-              "batch_size": batch_size, "max_texts": max_texts, "save_dtype": save_dtype}
-    atomic_write_json(out / "run.json", config)
-    lm = load_model(model, device=device, device_map=device_map)
-    for layer in layer_list:
-        lm.info.check_layer(layer)
-    texts = corpus_windows(lm.tokenizer, _corpus_path(corpus), holdout, seed)[0][:max_texts]
-    store = capture_activations(lm, texts, [Site(L) for L in layer_list], out / "acts", positions="all",
-                                skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
-                                shard_rows=16384)
-    del lm
-    for layer in layer_list:
-        target = out / f"resid.{layer}"
-        if (target / "cfg.json").is_file():
-            click.echo(f"layer {layer}: already trained at {target}")
-            continue
-        trainer = TopKTrainer(d_sae=width, k=k, architecture=architecture, lr=lr, epochs=epochs, seed=seed,
-                              device=device, checkpoint_dir=out / f"checkpoint.{layer}")
-        trainer.fit(StoreSource(store, Site(layer), batch_size=batch_size, seed=seed), hook_layer=layer)
-        last = trainer.history_[-1]
-        save_sae(trainer.sae_, target, dtype=getattr(torch, save_dtype), extra={"training": {
-            **config, "layers": [layer], "tokens_per_epoch": len(store), "tokens_seen": trainer.tokens_seen_,
-            "skipped_outlier_rows": trainer.skipped_rows_, "final_train_fvu_standardised": last["fvu"],
-            "final_dead_fraction": trainer.dead_fraction_}})
-        click.echo(f"layer {layer}: {trainer.tokens_seen_} tokens, train FVU {last['fvu']:.4f}, "
-                   f"dead {trainer.dead_fraction_:.3f} -> {target}")
+    config.run(on_layer=report)
 
 
 def _render_eval(result: dict) -> str:
@@ -146,29 +53,12 @@ def _render_eval(result: dict) -> str:
 
 
 @sae.command("eval")
-@model_option
-@click.option("--sae", "sae_paths", multiple=True, help="SAE folder/file (repeatable); default: the shipped SAEs.")
-@click.option("--layers", default=None, help="Shipped SAEs to evaluate (default: all shipped layers).")
-@corpus_option
-@holdout_option
-@seed_option
-@click.option("--max-tokens", default=None, type=int, help="Tokens for FVU/L0/dead share (default: all held-out).")
-@click.option("--ce-tokens", default=4096, show_default=True, help="Tokens for the loss-recovered runs.")
+@config_options(SaeEvalExperiment)
+@no_verify_option
 @json_option
-@device_option
-@device_map_option
-def eval_command(model, sae_paths, layers, corpus, holdout, seed, max_tokens, ce_tokens, as_json, device,
-                 device_map) -> None:
+def eval_command(config: SaeEvalExperiment, as_json: bool) -> None:
     """FVU, L0, dead share and LM loss recovered on held-out text (BOS never spliced)."""
-    from sparekit.models import load_model
-    from sparekit.sae.evaluate import evaluate_saes
-
-    saes = _load_saes(sae_paths, layers)
-    lm = load_model(model, device=device, device_map=device_map)
-    saes = _checked(lm, saes)
-    texts = _eval_texts(lm, corpus, holdout, seed)
-    emit({"layers": evaluate_saes(lm, saes, texts, max_tokens=max_tokens, ce_tokens=ce_tokens, progress=True)},
-         as_json, _render_eval)
+    emit(config.run(), as_json, _render_eval)
 
 
 @sae.command()
@@ -198,12 +88,12 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
         raise SparekitError("pass exactly one of --layer and --sae")
     sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device, device_map=device_map)
-    sae_model = _checked(lm, [sae_model])[0]
-    ids = _layers(latents)
+    sae_model = checked_saes(lm, [sae_model])[0]
+    ids = parse_list(latents, int, "--latents")
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:
         raise SparekitError(f"latents {bad} out of range", f"this SAE has latents 0..{sae_model.d_sae - 1}")
-    result = top_activations(lm, sae_model, _eval_texts(lm, corpus, holdout, seed), ids, top=top,
+    result = top_activations(lm, sae_model, eval_texts(lm, corpus, holdout, seed), ids, top=top,
                              max_tokens=max_tokens, progress=True)
     if html_path:
         atomic_write_text(html_path, render_html(result, f"{lm.info.name} layer {sae_model.hook_layer} SAE"))

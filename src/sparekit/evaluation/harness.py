@@ -16,13 +16,13 @@ results.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import random
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -35,8 +35,9 @@ from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.distributed import barrier, rank_and_world
-from sparekit.utils.env import environment_info
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json, run_lock
+from sparekit.utils.config import DATASET_HELP, DTYPE_HELP, config_dict, device_field, device_map_field, model_field, option
+from sparekit.utils.io import atomic_path, atomic_write_json
+from sparekit.utils.rundir import RunDir, run_path
 
 logger = logging.getLogger(__name__)
 CONDITIONS = ("closed", "org", "sub")
@@ -155,19 +156,7 @@ def run_config(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], 
 
 def default_run_dir(config: dict, root: str | Path = "runs") -> Path:
     """``runs/eval-<dataset>-<hash of config>``: the same config resumes the same directory."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root) / f"eval-{config['dataset']}-{digest}"
-
-
-def _prepare_run_dir(out_dir: Path, config: dict) -> None:
-    path = out_dir / "config.json"
-    if path.is_file():
-        if read_json(path) != config:
-            raise SparekitError(f"{out_dir} holds a run with a different configuration",
-                                "choose another --out directory or delete this one")
-    else:
-        atomic_write_json(path, config)
-    atomic_write_json(out_dir / "environment.json", environment_info())
+    return run_path(root, "eval", config["dataset"], config=config)
 
 
 def _item_records(dataset: ConflictDataset, closed: dict[str, str], org: dict[str, str],
@@ -205,7 +194,8 @@ def mean_std(values: list[float | None]) -> dict[str, float | None]:
 
 
 def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int = 3,
-             out_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True) -> dict:
+             out_dir: str | Path | None = None, batch_size: int = 8, progress: bool = True,
+             experiment: dict | None = None) -> dict:
     """Unsteered accuracy and knowledge-source shares, mean ± std over ``seeds``.
 
     Returns ``n``, ``seeds``, every name in :data:`METRICS` as ``{"mean", "std"}``, the same
@@ -217,16 +207,15 @@ def evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_
         raise SparekitError("no seeds given", "pass at least one seed, e.g. --seeds 42")
     if len(dataset) == 0:
         raise SparekitError(f"{dataset.name}: nothing to evaluate (0 rows)")
-    out = None if out_dir is None else Path(out_dir)
-    with contextlib.nullcontext() if out is None else run_lock(out, "eval"):
-        return _evaluate(lm, dataset, seeds, k_shot, out, batch_size, progress)
+    config = run_config(lm, dataset, seeds, k_shot)
+    if out_dir is None:
+        return _evaluate(lm, dataset, seeds, k_shot, None, batch_size, progress)
+    with RunDir(out_dir, "eval run").session(config, experiment=experiment):
+        return _evaluate(lm, dataset, seeds, k_shot, Path(out_dir), batch_size, progress)
 
 
 def _evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k_shot: int, out: Path | None,
               batch_size: int, progress: bool) -> dict:
-    config = run_config(lm, dataset, seeds, k_shot)
-    if out is not None:
-        _prepare_run_dir(out, config)
     rank, world = rank_and_world()
     if world > 1:
         _generate_share(lm, dataset, seeds, k_shot, out, batch_size, rank, world, progress)
@@ -247,7 +236,7 @@ def _evaluate(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[int], k
                     tmp.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items),
                                    encoding="utf-8")
     result = {"dataset": dataset.name, "model": lm.info.name, "model_hash": lm.info.model_hash,
-              "n": len(dataset), "seeds": list(config["seeds"]), "k_shot": k_shot,
+              "n": len(dataset), "seeds": [int(s) for s in seeds], "k_shot": k_shot,
               **{name: mean_std([per_seed[str(s)][name] for s in seeds]) for name in METRICS},
               "by_relation": {r: {name: mean_std([per_relation[str(s)][r][name] for s in seeds]) for name in METRICS}
                               for r in per_relation[str(seeds[0])]},
@@ -279,3 +268,35 @@ def _generate_share(lm: LoadedModel, dataset: ConflictDataset, seeds: Sequence[i
             first += size
     barrier()
 
+
+
+@dataclass
+class EvalExperiment:
+    """``sparekit eval``: the unsteered model on a conflict dataset, mean ± std over seeds."""
+
+    dataset: str = option("default", short="-d", help=DATASET_HELP)
+    model: str = model_field()
+    limit: int | None = option(None, min=1, help="Seeded sample of N rows (whole question groups).")
+    limit_seed: int = option(0, help="Seed of the --limit sample.")
+    seeds: tuple[int, ...] = option((42, 43, 44, 45, 46), help="Comma-separated seeds; each draws different demonstrations.")
+    k_shot: int = option(3, min=0, help="Demonstrations per prompt.")
+    batch_size: int = option(8, min=1, help="Prompts per generation batch.")
+    out: str | None = option(None, help="Run directory (default runs/eval-<dataset>-<config hash>); rerun to resume.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+    dtype: str = option("float32", help=DTYPE_HELP)
+
+    def run(self, progress: bool = True) -> dict:
+        """:func:`evaluate` on the named dataset and model, in the run directory (``run_dir`` in the result)."""
+        from sparekit.data import load_dataset
+        from sparekit.models import load_model
+        from sparekit.utils.distributed import local_device
+        from sparekit.utils.io import ensure_dir
+
+        data = load_dataset(self.dataset, limit=self.limit, seed=self.limit_seed)
+        if self.out is not None:
+            ensure_dir(self.out)  # a bad --out fails now, not after loading the model
+        lm = load_model(self.model, dtype=self.dtype, device=local_device(self.device), device_map=self.device_map)
+        run_dir = self.out or default_run_dir(run_config(lm, data, self.seeds, self.k_shot))
+        return evaluate(lm, data, self.seeds, k_shot=self.k_shot, out_dir=run_dir, batch_size=self.batch_size,
+                        progress=progress, experiment=config_dict(self))

@@ -16,13 +16,13 @@ probe initialisation), as mean ± std.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
 from sparekit.activations import capture_activations
@@ -35,8 +35,12 @@ from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
+from sparekit.utils.config import check_components, config_dict, device_field, device_map_field, model_field, option, parse_layers
 
 TARGETS = ("conflict", "source")
+PROMPT_SEED = 42  # the --limit sample and the demonstrations of the probing prompts
+TEST_FRACTION = 0.3
+PROBE_PARAMS = {"l1": 6e-4, "lr": 2e-3, "epochs": 20, "batch_size": 64, "standardize": True}
 METRICS = ("accuracy", "auroc", "auprc", "majority_accuracy")
 MIN_ITEMS = 8
 
@@ -100,6 +104,8 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
 
 def _scores(y: np.ndarray, p: np.ndarray, y_train: np.ndarray) -> dict[str, float]:
     """Held-out metrics, and the accuracy of always answering the training majority class (the bar to clear)."""
+    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score  # not for `probe --help`
+
     if len(set(y.tolist())) < 2:
         raise SparekitError("a held-out split has a single class, so AUROC is undefined",
                             "use more items (--limit) or fewer held-out groups")
@@ -176,3 +182,128 @@ def fit_probe(data: ProbingData, target: str, site: Site, seed: int, model_hash:
     """The deployable probe: fitted on every row of ``target`` at ``site``."""
     X, y, _ = data.target(target, site)
     return LinearProbe(seed=seed, site=str(site), model_hash=model_hash, **(probe_params or {})).fit(X, y)
+
+
+@dataclass
+class ProbeExperiment:
+    """``sparekit probe``: per-layer conflict/source probes on a dataset, saved with plots in a run directory."""
+
+    dataset: str = option("default", help="default, default-passages, nqswap or a .jsonl(.gz) path.")
+    eval_dataset: str | None = option(None, help="Also score probes fitted on --dataset on this dataset.")
+    model: str = model_field()
+    layers: str = option("all", help="all, 6, 4,8,12 or 4-8.")
+    components: tuple[str, ...] = option(("resid",), help="resid, attn, mlp (comma-separated).")
+    limit: int | None = option(None, min=1, help="Seeded sample of N rows (whole question groups).")
+    seeds: tuple[int, ...] = option((0, 1, 2), help="Comma-separated split/probe seeds.")
+    split_by: str = option("group", choices=("group", "relation"),
+                           help="group: held-out question groups; relation: leave one relation out (fit on the "
+                                "others), per held-out relation and their mean.")
+    k_shot: int = option(3, min=0, max=16, help="Demonstrations per prompt.")
+    batch_size: int = option(8, min=1, help="Prompts per forward pass.")
+    out: str | None = option(None, help="Run directory (default: under the cache, keyed by the configuration; "
+                                        "reruns resume).")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def run(self, progress: bool = True) -> dict:
+        """Fit and score the probes; returns the result table (also ``results.json`` in the run directory)."""
+        from sparekit import __version__
+        from sparekit.data import load_dataset
+        from sparekit.evaluation.harness import dataset_fingerprint
+        from sparekit.models import load_model
+        from sparekit.models.loading import CACHE_DIR
+        from sparekit.utils.rundir import RunDir, run_path
+
+        if not self.seeds:
+            raise SparekitError("--seeds is empty")
+        comps = check_components(self.components)
+        data_a = load_dataset(self.dataset, limit=self.limit, seed=PROMPT_SEED)
+        if self.split_by == "relation":
+            held_out_relations(data_a)  # bad input fails before the model loads
+        data_b = load_dataset(self.eval_dataset, limit=self.limit, seed=PROMPT_SEED) if self.eval_dataset else None
+        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        layer_list = parse_layers(self.layers, lm.info.n_layers)
+        config = {"kind": "probe_run", "sparekit_version": __version__, "model": self.model,
+                  "model_hash": lm.info.model_hash, "dataset": self.dataset,
+                  "dataset_sha256": dataset_fingerprint(data_a), "limit": self.limit, "eval_dataset": self.eval_dataset,
+                  "eval_dataset_sha256": data_b and dataset_fingerprint(data_b), "layers": layer_list,
+                  "components": comps, "seeds": list(self.seeds), "k_shot": self.k_shot, "prompt_seed": PROMPT_SEED,
+                  "split_by": self.split_by, "test_fraction": TEST_FRACTION, "probe": PROBE_PARAMS}
+        run_dir = Path(self.out) if self.out else run_path(CACHE_DIR / "probes", Path(self.model).name,
+                                                           Path(self.dataset).name, config=config)
+        with RunDir(run_dir, "probe run").session(config, experiment=config_dict(self)):
+            return self._run(lm, data_a, data_b, layer_list, comps, run_dir, progress)
+
+    def _run(self, lm: LoadedModel, data_a: ConflictDataset, data_b: ConflictDataset | None, layer_list: list[int],
+             comps: list[str], run_dir: Path, progress: bool) -> dict:
+        from sparekit.data.prompts import sample_demos
+        from sparekit.probes.plots import plot_components, plot_layer_metrics
+        from sparekit.probes.stats import compare_behaviours
+        from sparekit.utils.env import seed_everything
+        from sparekit.utils.io import atomic_write_json
+
+        seeds = list(self.seeds)
+        seed_everything(seeds[0])
+        sites = {c: [Site(layer, c) for layer in layer_list] for c in comps}
+        all_sites = [s for group in sites.values() for s in group]
+        train = collect(lm, data_a, all_sites, run_dir / "data-train", k_shot=self.k_shot, prompt_seed=PROMPT_SEED,
+                        batch_size=self.batch_size, progress=progress)
+        test = data_b and collect(lm, data_b, all_sites, run_dir / "data-eval", k_shot=self.k_shot,
+                                  prompt_seed=PROMPT_SEED, batch_size=self.batch_size, progress=progress)
+
+        def tables(score: Callable[[str, Site], dict]) -> dict:
+            """Per component and target, the layer table; a target without enough data gets an ``error``."""
+            out: dict = {}
+            for c in comps:
+                for t in TARGETS:
+                    try:
+                        out.setdefault(c, {})[t] = layer_table({s: score(t, s) for s in sites[c]}, sites[c])
+                    except SparekitError as exc:
+                        out.setdefault(c, {})[t] = {"error": str(exc)}
+            return out
+
+        main = comps[0]
+        if self.split_by == "relation":
+            cache: dict = {}
+
+            def held_out(t: str, s: Site) -> dict:
+                if (t, s) not in cache:
+                    cache[t, s] = leave_one_relation_out(train, t, s, seeds, PROBE_PARAMS)
+                return cache[t, s]
+
+            by_component = tables(lambda t, s: held_out(t, s)["mean"])
+            per_relation = {r: tables(lambda t, s: held_out(t, s)[r])[main] for r in held_out_relations(train.items)}
+        else:
+            by_component = tables(lambda t, s: cross_validate(train, t, s, seeds, TEST_FRACTION))
+        result = {"model": lm.info.name, "model_hash": lm.info.model_hash, "dataset": data_a.name,
+                  "n_items": len(train.items), "counts": train.counts(), "layers": layer_list, "component": main,
+                  "split_by": self.split_by, **by_component[main]}
+        if self.split_by == "relation":
+            result["held_out_relations"] = per_relation
+        if len(comps) > 1:
+            result["components"] = by_component
+        if test:
+            result["eval"] = {"dataset": data_b.name, "n_items": len(test.items), "counts": test.counts(),
+                              **tables(lambda t, s: transfer(train, test, t, s, seeds))[main]}
+        if "resid" in sites and "error" not in result["source"]:
+            labels = [int(b == "context") for b in train.behaviour if b in ("context", "memory")]
+            per_layer = [compare_behaviours(train.target("source", s)[0], labels) for s in sites["resid"]]
+            result["stats"] = {name: {k: [row[name][k] for row in per_layer] for k in per_layer[0][name]}
+                               for name in per_layer[0]}
+        probes_dir = run_dir / "probes"
+        for target in (t for t in TARGETS if "error" not in result[t]):
+            site = Site(result[target]["best_layer"], main)
+            fit_probe(train, target, site, seeds[0], lm.info.model_hash, PROBE_PARAMS).save(probes_dir / target)
+        demos = sample_demos(data_a, "", self.k_shot, "org_org", random.Random(f"{PROMPT_SEED}:detect"))
+        atomic_write_json(probes_dir / "detect.json", {"model": self.model, "model_hash": lm.info.model_hash,
+                                                       "demos": demos})
+        plot = plot_layer_metrics(result, run_dir / "probe_metrics.png",
+                                  f"{lm.info.name}: linear probes on the {main} stream, {data_a.name} "
+                                  f"({len(train.items)} memorised items, {len(seeds)} seeds)")
+        result.update(run_dir=str(run_dir), plot=str(plot), probes=str(probes_dir))
+        if len(comps) > 1:
+            result["components_plot"] = str(plot_components(
+                result, run_dir / "probe_components.png",
+                f"{lm.info.name}: probe accuracy by component, {data_a.name} ({len(train.items)} memorised items)"))
+        atomic_write_json(run_dir / "results.json", result)
+        return result

@@ -17,6 +17,13 @@ from sparekit.data.dataset import read_jsonl
 _TAGS = re.compile(r"</?(?:P|Table|Tr|Td|Th|Li|Ul|Ol|Dd|Dl|Dt|H\d)>")
 
 
+def corpus_path(corpus: str) -> Path:
+    """``'nqswap'`` (the NQ-Swap dev file shipped in the package) or a file path."""
+    from sparekit.data.loaders import NQSWAP_LOCAL
+
+    return NQSWAP_LOCAL if corpus == "nqswap" else Path(corpus)
+
+
 def clean_passage(text: str) -> str:
     """Drop NQ's HTML-ish markers (``<P>``, ``</P>``...) and collapse whitespace."""
     return " ".join(_TAGS.sub(" ", text).split())

@@ -25,6 +25,7 @@ from sparekit.sae.base import REGISTRY, SAE, sae_class
 from sparekit.utils.env import seed_everything
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 from sparekit.utils.params import Params
+from sparekit.utils.rundir import check_same_config
 
 BatchStream = Callable[[int], Iterator[torch.Tensor]]  # epoch -> batches of [n, d_in]
 
@@ -241,9 +242,8 @@ class TopKTrainer(Params):
     def _load_checkpoint(self, sae, optimizer, device) -> tuple[dict, torch.Tensor]:
         tensor_path, json_path = self._paths()
         meta = read_json(json_path)
-        if meta.get("trainer") != self._params():
-            raise SparekitError(f"checkpoint at {self.checkpoint_dir} was made with different trainer settings",
-                                "use a new checkpoint folder or the same settings")
+        check_same_config(meta.get("trainer") or {}, self._params(), f"checkpoint at {self.checkpoint_dir} was made",
+                          differs="different trainer settings", hint="use a new checkpoint folder or the same settings")
         tensors = load_file(str(tensor_path), device=str(device))
         sae.load_state_dict({k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")})
         for name, param in sae.named_parameters():

@@ -39,8 +39,8 @@ from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering.gate import ProbeGate, fit_probe_gate
-from sparekit.utils.env import environment_info
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.rundir import RunDir
 
 DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
 #: config keys a rerun may change: methods run, and the dev grids (a changed grid is re-tuned,
@@ -191,6 +191,7 @@ class SteeringBenchmark:
         #: the closed-book memorised ids (one file may serve several runs on the same model and dataset)
         self.memorised_file = Path(memorised_file) if memorised_file is not None else self.out / "memorised.json"
         self.batch_size, self.progress = batch_size, progress
+        self.run_dir = RunDir(self.out, "steering benchmark")
         self._record_config()
 
     # -- bookkeeping ------------------------------------------------------------------
@@ -198,16 +199,7 @@ class SteeringBenchmark:
         config = {"kind": "bench-steer", "dataset": self.dataset.name, "n_rows": len(self.dataset),
                   "dataset_sha256": dataset_fingerprint(self.dataset),
                   "model": self.lm.info.name, "model_hash": self.lm.info.model_hash, **asdict(self.config)}
-        config = json.loads(json.dumps(config))
-        path = self.out / "config.json"
-        if path.is_file():
-            previous = read_json(path)
-            if {k: v for k, v in previous.items() if k not in _EXTENSIBLE} != {k: v for k, v in config.items()
-                                                                          if k not in _EXTENSIBLE}:
-                raise SparekitError(f"{self.out} holds a benchmark with a different configuration",
-                                    "choose another --out directory or delete this one")
-        atomic_write_json(path, config)
-        atomic_write_json(self.out / "environment.json", environment_info())
+        self.run_dir.prepare(config, ignore=_EXTENSIBLE)
 
     def _cached_cell(self, split: str, label: str, params: dict, method: SteeringMethod,
                      prompts: list[SteeringPrompt], toward: Direction, strength: float | None, gate: Gate | None,
@@ -426,6 +418,11 @@ class SteeringBenchmark:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
+        """The benchmark: every method tuned on dev and scored on test (``results.json``, then ``done``)."""
+        with self.run_dir.running():
+            return self._run()
+
+    def _run(self) -> dict:
         pool, dev, test = self.splits()
         data = self.behaviour(pool)
         labels = data.labels
@@ -518,6 +515,10 @@ class SteeringBenchmark:
         frontier (not one setting) is the fair comparison between a dense vector and SpARE.
         ``cached_only`` draws what earlier runs generated and skips points not yet computed.
         """
+        with self.run_dir.lock():
+            return self._frontier(labels, seed, cached_only)
+
+    def _frontier(self, labels: Sequence[str] | None, seed: int | None, cached_only: bool) -> dict[str, Any]:
         pool, dev, test = self.splits()
         data = self.behaviour(pool)
         seed = self.config.seeds[0] if seed is None else seed
@@ -561,16 +562,18 @@ def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: Be
     """
     relations = held_out_relations(dataset)
     out = Path(out_dir)
-    runs = {relation: SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
-                                        out / f"held-out-{relation}", batch_size, progress,
-                                        memorised_file=out / "memorised.json").run()
-            for relation in relations}
-    summary = {"split_by": "relation", "dataset": dataset.name, "model": lm.info.name,
-               "model_hash": lm.info.model_hash, "relations": relations,
-               "methods": {label: {metric: mean_std([runs[r]["methods"][label][metric]["mean"] for r in relations])
-                                   for metric in HEADLINE} for label in config.methods},
-               "held_out": runs}
-    atomic_write_json(out / "results.json", summary)
+    with RunDir(out, "leave-one-relation-out benchmark").running():
+        runs = {relation: SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
+                                            out / f"held-out-{relation}", batch_size, progress,
+                                            memorised_file=out / "memorised.json").run()
+                for relation in relations}
+        summary = {"split_by": "relation", "dataset": dataset.name, "model": lm.info.name,
+                   "model_hash": lm.info.model_hash, "relations": relations,
+                   "methods": {label: {metric: mean_std([runs[r]["methods"][label][metric]["mean"]
+                                                         for r in relations])
+                                       for metric in HEADLINE} for label in config.methods},
+                   "held_out": runs}
+        atomic_write_json(out / "results.json", summary)
     return summary
 
 

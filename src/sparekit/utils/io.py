@@ -94,8 +94,9 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
     """Hold an exclusive lock on a run folder for a long job; a second process is told and stops.
 
     The lock is ``fcntl.flock`` on ``<folder>/.lock``: the kernel drops it when the holder
-    exits, even on SIGKILL, so a crashed run never leaves a stale lock behind. Inside a
-    torch.distributed process group the ranks share the folder and no lock is taken.
+    exits, even on SIGKILL, so a crashed run never blocks the next one; a clean exit also
+    removes the file. Inside a torch.distributed process group the ranks share the folder
+    and no lock is taken.
     """
     import fcntl
 
@@ -105,22 +106,32 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
         yield
         return
     lock_path = ensure_dir(folder) / ".lock"
-    with open(lock_path, "a+") as fh:
+    while True:
+        fh = open(lock_path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
+            fh.close()
             raise SparekitError(f"{folder} is in use by {holder}",
                                 f"wait for that {what} to finish, or choose another --out") from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+            if os.stat(lock_path).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(f"process {os.getpid()}")
         fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()  # while still holding it, so no one locks a file about to vanish
+        fh.close()
 
 
 _HASH_CACHE = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit")) / "file_hashes.json"

@@ -1,0 +1,145 @@
+"""``sparekit sae train`` and ``sae eval`` as config dataclasses: train one SAE per layer, score SAEs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
+
+if TYPE_CHECKING:
+    from sparekit.models.loading import LoadedModel
+
+CORPUS_HELP = ("'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file "
+               "(one text per line; all of it is evaluation text).")
+HOLDOUT_HELP = "Share of question groups held out."
+SEED_HELP = "Seed for the held-out split and training."
+
+
+def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[str]:
+    """Held-out NQ-Swap windows, or every line of a text file."""
+    from sparekit.activations.experiment import read_texts
+    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
+
+    path = corpus_path(corpus)
+    if path.suffix == ".txt":
+        return token_windows(lm.tokenizer, read_texts(path)[0])
+    return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
+
+
+def checked_saes(lm: LoadedModel, saes: list) -> list:
+    """``saes`` on the model's device, each checked to read this model's activations."""
+    from sparekit.sae import check_compatible
+
+    for sae_model in saes:
+        check_compatible(sae_model, lm.info)
+    return [s.to(lm.model.device) for s in saes]
+
+
+@dataclass
+class SaeTrainExperiment:
+    """Capture activations once (all layers in one pass, BOS dropped), then train one SAE per layer."""
+
+    model: str = model_field()
+    layers: tuple[int, ...] = option((5, 6, 7, 8), help="Comma-separated layers (block outputs).")
+    out: str = option("runs/sae/default", help="Run folder: activations, checkpoints and one SAE folder per layer "
+                                               "(resid.L).")
+    corpus: str = option("nqswap", help=CORPUS_HELP)
+    holdout: float = option(0.1, help=HOLDOUT_HELP)
+    seed: int = option(0, help=SEED_HELP)
+    width: int = option(2048, help="Number of latents (d_sae).")
+    k: int = option(64, help="Active latents per token.")
+    architecture: str = option("topk", choices=("topk", "batchtopk"), help="SAE architecture.")
+    epochs: float = option(1.0, help="Passes over the training tokens.")
+    lr: float = option(2e-3, help="Peak Adam learning rate (warm-up, then linear decay).")
+    batch_size: int = option(512, help="Tokens per optimiser step.")
+    max_texts: int | None = option(None, help="Train on the first N corpus windows only (<=256 tokens each).")
+    save_dtype: str = option("float16", choices=("float16", "float32"), help="dtype of the saved SAE weights.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def run(self, on_layer: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train (or reuse) each layer's SAE under ``out``; one summary per layer, also passed to ``on_layer``.
+
+        Rerunning the same config resumes: finished shards, checkpoints and finished SAEs are reused.
+        """
+        from pathlib import Path
+
+        import torch
+
+        from sparekit.activations import capture_activations
+        from sparekit.hooks import Site
+        from sparekit.models import load_model
+        from sparekit.sae.corpus import corpus_path, corpus_windows
+        from sparekit.sae.formats import save_sae
+        from sparekit.sae.train import StoreSource, TopKTrainer
+        from sparekit.utils.rundir import RunDir
+
+        out, layers = Path(self.out), list(self.layers)
+        config = {"model": self.model, "layers": layers, "corpus": str(corpus_path(self.corpus)),
+                  "holdout": self.holdout, "seed": self.seed, "width": self.width, "k": self.k,
+                  "architecture": self.architecture, "epochs": self.epochs, "lr": self.lr,
+                  "batch_size": self.batch_size, "max_texts": self.max_texts, "save_dtype": self.save_dtype}
+        summaries = []
+        with RunDir(out, "SAE training", config_file="run.json").session(config, experiment=config_dict(self)):
+            lm = load_model(self.model, device=self.device, device_map=self.device_map)
+            for layer in layers:
+                lm.info.check_layer(layer)
+            texts = corpus_windows(lm.tokenizer, corpus_path(self.corpus), self.holdout, self.seed)[0][:self.max_texts]
+            store = capture_activations(lm, texts, [Site(L) for L in layers], out / "acts", positions="all",
+                                        skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
+                                        shard_rows=16384)
+            del lm
+            for layer in layers:
+                target = out / f"resid.{layer}"
+                if (target / "cfg.json").is_file():
+                    summary = {"layer": layer, "path": str(target), "reused": True}
+                else:
+                    trainer = TopKTrainer(d_sae=self.width, k=self.k, architecture=self.architecture, lr=self.lr,
+                                          epochs=self.epochs, seed=self.seed, device=self.device,
+                                          checkpoint_dir=out / f"checkpoint.{layer}")
+                    trainer.fit(StoreSource(store, Site(layer), batch_size=self.batch_size, seed=self.seed),
+                                hook_layer=layer)
+                    last = trainer.history_[-1]
+                    save_sae(trainer.sae_, target, dtype=getattr(torch, self.save_dtype), extra={"training": {
+                        **config, "layers": [layer], "tokens_per_epoch": len(store),
+                        "tokens_seen": trainer.tokens_seen_, "skipped_outlier_rows": trainer.skipped_rows_,
+                        "final_train_fvu_standardised": last["fvu"], "final_dead_fraction": trainer.dead_fraction_}})
+                    summary = {"layer": layer, "path": str(target), "reused": False, "tokens": trainer.tokens_seen_,
+                               "train_fvu": last["fvu"], "dead_fraction": trainer.dead_fraction_}
+                summaries.append(summary)
+                if on_layer is not None:
+                    on_layer(summary)
+        return summaries
+
+
+@dataclass
+class SaeEvalExperiment:
+    """``sparekit sae eval``: FVU, L0, dead share and LM loss recovered on held-out text (BOS never spliced)."""
+
+    model: str = model_field()
+    sae: tuple[str, ...] = option((), multiple=True, help="SAE folder/file (repeatable); default: the shipped SAEs.")
+    layers: tuple[int, ...] | None = option(None, help="Shipped SAEs to evaluate (default: all shipped layers).")
+    corpus: str = option("nqswap", help=CORPUS_HELP)
+    holdout: float = option(0.1, help=HOLDOUT_HELP)
+    seed: int = option(0, help=SEED_HELP)
+    max_tokens: int | None = option(None, help="Tokens for FVU/L0/dead share (default: all held-out).")
+    ce_tokens: int = option(4096, help="Tokens for the loss-recovered runs.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def run(self, progress: bool = True) -> dict:
+        """``{"layers": [one row per SAE]}`` (:func:`~sparekit.sae.evaluate.evaluate_saes`)."""
+        from sparekit.models import load_model
+        from sparekit.sae import load_sae, shipped_layers
+        from sparekit.sae.evaluate import evaluate_saes
+
+        # the SAEs load before the model, so a bad file fails fast
+        saes = ([load_sae(p) for p in self.sae] if self.sae
+                else [load_sae("default", layer=L) for L in (self.layers or shipped_layers())])
+        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        saes = checked_saes(lm, saes)
+        texts = eval_texts(lm, self.corpus, self.holdout, self.seed)
+        return {"layers": evaluate_saes(lm, saes, texts, max_tokens=self.max_tokens, ce_tokens=self.ce_tokens,
+                                        progress=progress)}
