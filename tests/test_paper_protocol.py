@@ -110,3 +110,15 @@ def test_paper_protocol_runs_end_to_end(default_lm, tmp_path):
     assert sum(counts.values()) == 3 * 8 * 3
     assert summary["methods"]["actadd"]["tuned"]["memory"] == {"params": {}, "strength": 4.0, "dev_em": None}
     assert not (tmp_path / "generations" / "dev").exists()
+
+
+def test_cli_preset_fills_the_sizes_not_given(capsys):
+    import json
+
+    from sparekit.cli.main import main
+
+    assert main(["bench", "steer", "--protocol", "paper", "--seeds", "7", "--methods", "none,spare", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["protocol"] == "paper" and config["seeds"] == [7] and config["methods"] == ["none", "spare"]
+    assert config["behaviour_seeds"] == [42, 43, 44, 45, 46] and config["dev_groups"] == 0
+    assert config["test_limit"] is None

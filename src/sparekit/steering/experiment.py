@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sparekit.errors import SparekitError
 from sparekit.steering.benchmark import BenchConfig, paper_config
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
 
