@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import statistics
 import subprocess
@@ -27,16 +26,13 @@ from pathlib import Path
 import torch
 
 from sparekit.activations import capture_activations
+from sparekit.data import load_dataset
 from sparekit.hooks import Site
 from sparekit.models import load_model
 
-NQSWAP = Path(__file__).resolve().parents[2] / "shared" / "data" / "nqswap" / "dev.jsonl.gz"
-
-
 def corpus(n: int) -> list[str]:
-    with gzip.open(NQSWAP, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for _, line in zip(range(n), fh)]
-    return [f"context: {r['org_context']}\nquestion: {r['question']}\nanswer:" for r in rows]
+    """The first ``n`` NQ-Swap rows (shipped in the package) as context + question prompts."""
+    return [f"context: {ex.org_context}\nquestion: {ex.question}\nanswer:" for ex in load_dataset("nqswap")[:n]]
 
 
 def throughput(args) -> None:
