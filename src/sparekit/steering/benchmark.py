@@ -254,7 +254,7 @@ class SteeringBenchmark:
             atomic_write_json(path, {"ids": [ex.id for ex in memorised]})
         c = self.config
         if c.protocol == "paper":
-            return self._paper_splits(memorised)
+            return self._limit_test(*self._paper_splits(memorised))
         held_out = None
         if c.held_out_relation is not None:
             if c.held_out_relation not in held_out_relations(self.dataset):
@@ -279,6 +279,12 @@ class SteeringBenchmark:
             dev_n = min(c.dev_groups, n_groups - pool_n)
             pool, dev = split_by_group(memorised, [pool_n / n_groups, dev_n / n_groups], seed=c.split_seed)
             test = held_out
+        return self._limit_test(pool, dev, test)
+
+    def _limit_test(self, pool: ConflictDataset, dev: ConflictDataset, test: ConflictDataset
+                    ) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
+        """``test_limit`` items of ``test`` (a seeded sample), whatever the protocol."""
+        c = self.config
         if c.test_limit is not None and len(test) > c.test_limit:
             test = test.sample(c.test_limit, seed=c.split_seed)
         return pool, dev, test
@@ -286,9 +292,12 @@ class SteeringBenchmark:
     def _paper_splits(self, memorised: ConflictDataset) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
         """The paper protocol: pool = every row of ``pool_groups`` memorised groups, test = every other row."""
         c, data = self.config, self.dataset
-        others = [i for i, ex in enumerate(data) if c.held_out_relation is None or ex.relation != c.held_out_relation]
-        known = sorted({ex.group for ex in memorised if c.held_out_relation is None
-                        or ex.relation != c.held_out_relation})
+
+        def fit_on(ex) -> bool:  # rows outside the held-out relation (all rows without one)
+            return c.held_out_relation is None or ex.relation != c.held_out_relation
+
+        others = [i for i, ex in enumerate(data) if fit_on(ex)]
+        known = sorted({ex.group for ex in memorised if fit_on(ex)})
         if len(known) < c.k_shot + 3:
             raise SparekitError(f"{data.name}: only {len(known)} memorised question groups",
                                 "use a larger dataset or a model that knows more of it")
@@ -296,9 +305,7 @@ class SteeringBenchmark:
         pool_groups = set(known[:min(c.pool_groups, len(known) // 2)])
         pool = data.subset([i for i in others if data[i].group in pool_groups])
         test = data.subset([i for i, ex in enumerate(data) if ex.group not in pool_groups
-                            and (c.held_out_relation is None or ex.relation == c.held_out_relation)])
-        if c.test_limit is not None and len(test) > c.test_limit:
-            test = test.sample(c.test_limit, seed=c.split_seed)
+                            and (c.held_out_relation is None or not fit_on(ex))])
         return pool, data.subset([]), test
 
     def test_prompts(self, test: ConflictDataset, pool: ConflictDataset, context: str, seed: int) -> list[SteeringPrompt]:
