@@ -88,6 +88,17 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     assert searched["strengths"] == [8.0, 2.0]
     assert len(list((tmp_path / "generations" / "dev").glob("actadd-layer=6-2.0-*.jsonl"))) == 2
 
+    # an added seed adds test cells only: no behaviour data, no dev cell, seed 42's numbers unchanged
+    dev_cells = sorted((tmp_path / "generations" / "dev").iterdir())
+    monkeypatch.setattr("sparekit.steering.behaviour.greedy_generate", no_generation)
+    seeded = BenchConfig(**{**config.__dict__, "seeds": (42, 43)})
+    more = SteeringBenchmark(default_lm, dataset, seeded, tmp_path, progress=False).run()
+    assert sorted((tmp_path / "generations" / "dev").iterdir()) == dev_cells
+    for label, result in more["methods"].items():
+        assert len(result["per_seed"]["em_context"]) == 2
+        assert result["per_seed"]["em_context"][0] == summary["methods"][label]["per_seed"]["em_context"][0]
+    monkeypatch.undo()
+
     changed = BenchConfig(**{**config.__dict__, "k_shot": 2})
     with pytest.raises(SparekitError, match="different configuration"):
         SteeringBenchmark(default_lm, dataset, changed, tmp_path, progress=False)

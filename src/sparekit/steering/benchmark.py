@@ -43,9 +43,10 @@ from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 from sparekit.utils.rundir import RunDir
 
 DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
-#: config keys a rerun may change: methods run, and the dev grids (a changed grid is re-tuned,
-#: reusing every cell already generated)
-_EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths")
+#: config keys a rerun may change: methods run, the dev grids (a changed grid is re-tuned, reusing every
+#: cell already generated) and the seeds (they choose only the test demonstrations; behaviour data, fits
+#: and dev tuning never read them, so added seeds add test cells only)
+_EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths", "seeds")
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
 #: "sparekit": this project's protocol (module docstring); "paper": the official SpARE code's (:func:`paper_config`)
