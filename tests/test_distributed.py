@@ -1,6 +1,6 @@
 """Data-parallel runs under torchrun (gloo on CPU): a capture store equals a one-process capture,
 a rerun after one rank crashed resumes without recomputing or duplicating shards, and an
-eval's predictions and results equal a one-process eval's."""
+eval's and a steering benchmark's cells and results equal a one-process run's."""
 
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def test_two_rank_capture_equals_one_process_and_resumes_after_a_crash(folder, t
         assert torch.equal(store.load(key), reference.load(key)), key
 
 
-def _small_dataset(path: Path) -> Path:
+def _small_dataset(path: Path, n: int = 6) -> Path:
     rows = [{"question": f"q{i}", "org_context": f"fact {i}", "org_answer": [f"a{i}"], "sub_context": f"other {i}",
-             "sub_answer": [f"b{i}"]} for i in range(6)]
+             "sub_answer": [f"b{i}"]} for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -94,6 +94,45 @@ def test_two_rank_eval_equals_one_process(folder, tmp_path):
     one, two = tmp_path / "one" / "predictions", tmp_path / "two" / "predictions"
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert all((two / p.name).read_text() == p.read_text() for p in one.iterdir())
+
+
+BENCH = ["--methods", "none,icl,cad,dola", "--seeds", "1,2", "--layers", "1,2", "--pool-groups", "6",
+         "--dev-groups", "3", "--test-limit", "4", "--behaviour-seeds", "0", "--batch-size", "2"]
+
+
+def test_two_rank_steering_benchmark_equals_one_process(folder, tmp_path):
+    """Methods that need no labelled behaviour (a random model labels none) split across two ranks."""
+    from sparekit.cli.main import main
+    from sparekit.data import load_dataset
+    from sparekit.utils.io import atomic_write_json
+
+    data = _small_dataset(tmp_path / "small.jsonl", n=14)
+    ids = {"ids": [ex.id for ex in load_dataset(str(data))]}  # a random model memorises nothing: say it did
+    cli = ["bench", "steer", "--dataset", str(data), "-m", str(folder), *BENCH, "--json"]
+    for run in ("one", "two"):
+        atomic_write_json(tmp_path / run / "memorised.json", ids)
+    assert main([*cli, "--out", str(tmp_path / "one")]) == 0
+    run = _torchrun(["-m", "sparekit", *cli], tmp_path / "two")
+    assert run.returncode == 0, run.stderr[-2000:]
+    one, two = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("one", "two"))
+    assert json.loads(run.stdout)["methods"] == two["methods"] == one["methods"]  # rank 0 alone prints
+    cells = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "generations").rglob("*.jsonl"))
+    assert cells and cells == sorted(p.relative_to(tmp_path / "two")
+                                     for p in (tmp_path / "two" / "generations").rglob("*.jsonl"))
+    assert all((tmp_path / "two" / c).read_text() == (tmp_path / "one" / c).read_text() for c in cells)
+
+
+def test_more_ranks_than_methods_is_refused(tiny_llama, tmp_path, monkeypatch):
+    from sparekit.data import load_dataset
+    from sparekit.steering import benchmark
+    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+
+    monkeypatch.setattr(benchmark, "rank_and_world", lambda: (0, 3))
+    config = BenchConfig(methods=("none", "cad", "cad+gate"), seeds=(1,))
+    bench = SteeringBenchmark(tiny_llama, load_dataset(str(_small_dataset(tmp_path / "s.jsonl"))), config,
+                              tmp_path / "run", progress=False)
+    with pytest.raises(SparekitError, match="3 ranks for 2 methods"):
+        bench.run()
 
 
 def test_more_ranks_than_cells_is_refused(tiny_llama, tmp_path, monkeypatch):

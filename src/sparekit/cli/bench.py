@@ -26,10 +26,16 @@ def bench_steer(config: BenchSteerExperiment, as_json: bool) -> None:
       sparekit bench steer --dataset default --methods none,actadd,spare,spare+gate --seeds 42,43
       sparekit bench steer --split-by relation --methods none,cad,spare --test-limit 30
       sparekit bench steer --protocol paper --methods none,icl,cad,spare --layers 9,10,11,12
+    Data-parallel (rank 0 builds the shared behaviour data, then ranks take disjoint methods):
+      torchrun --nproc-per-node 2 -m sparekit bench steer --methods none,cad,actadd,spare --out runs/b
     """
-    summary = config.run()
-    table = summary.pop("table")
-    emit(summary, as_json, lambda r: f"{table}\n\nrun directory: {r['run_dir']}")
+    from sparekit.utils.distributed import distributed_from_env
+
+    with distributed_from_env() as (rank, _):
+        summary = config.run()
+    if rank == 0:
+        table = summary.pop("table")
+        emit(summary, as_json, lambda r: f"{table}\n\nrun directory: {r['run_dir']}")
 
 
 @bench.command("frontier")

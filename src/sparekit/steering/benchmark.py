@@ -39,6 +39,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering.gate import ProbeGate, fit_probe_gate
+from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.io import atomic_path, atomic_write_json, read_json
 from sparekit.utils.rundir import RunDir
 
@@ -430,9 +431,37 @@ class SteeringBenchmark:
         with self.run_dir.running():
             return self._run()
 
-    def _run(self) -> dict:
+    def _shared(self) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset, BehaviourData, Gate | None,
+                               dict[int, list[str]]]:
+        """What every method's cells need: the splits, behaviour data, the gate and the unsteered labels."""
         pool, dev, test = self.splits()
         data = self.behaviour(pool)
+        gate = self.conflict_gate(pool, dev) if any(_kind(m)[1] for m in self.config.methods) else None
+        return pool, dev, test, data, gate, self._unsteered(test, pool)
+
+    def _run_share(self, rank: int, world: int) -> None:
+        """Data-parallel phase (under ``torchrun`` / ``accelerate launch``): rank 0 builds what the methods
+        share while the others wait; then each rank tunes and tests its own methods (a method with its
+        gated and combined variants, which reuse its tuning); after the barrier every cell is on disk."""
+        families = list(dict.fromkeys(_kind(label)[0] for label in self.config.methods))
+        if world > len(families):
+            raise SparekitError(f"{world} ranks for {len(families)} methods: some ranks would have nothing to do",
+                                f"launch at most {len(families)} processes, or benchmark more methods")
+        if rank == 0:
+            self._shared()
+        barrier()
+        pool, dev, test, data, gate, baseline = self._shared()  # rank 0's files, read back
+        mine = families[rank::world]
+        for label in self.config.methods:
+            if _kind(label)[0] in mine:
+                self._evaluate(label, data, dev, test, pool, gate, baseline)
+        barrier()
+
+    def _run(self) -> dict:
+        rank, world = rank_and_world()
+        if world > 1:
+            self._run_share(rank, world)
+        pool, dev, test, data, gate, baseline = self._shared()
         labels = data.labels
         summary: dict[str, Any] = {
             "dataset": self.dataset.name, "model": self.lm.info.name, "model_hash": self.lm.info.model_hash,
@@ -442,12 +471,10 @@ class SteeringBenchmark:
                           "uses_memory": int((labels == 0).sum()), **data.meta},
             "seeds": list(self.config.seeds), "methods": {},
         }
-        needs_gate = any(_kind(m)[1] for m in self.config.methods)
-        gate = self.conflict_gate(pool, dev) if needs_gate else None
-        baseline = self._unsteered(test, pool)
-        for label in tqdm(self.config.methods, desc="methods", disable=not self.progress):
+        for label in tqdm(self.config.methods, desc="methods", disable=not self.progress or rank != 0):
             summary["methods"][label] = self._evaluate(label, data, dev, test, pool, gate, baseline)
-            atomic_write_json(self.out / "results.json", summary)
+            if rank == 0:
+                atomic_write_json(self.out / "results.json", summary)
         return summary
 
     def _unsteered(self, test: ConflictDataset, pool: ConflictDataset) -> dict[int, list[str]]:

@@ -10,10 +10,15 @@ an initialised process group shards the same way.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 
 import torch
+
+#: how long a rank waits at a barrier: ``bench steer`` ranks wait while rank 0 alone builds the
+#: behaviour data every method shares (torch's default, 10–30 min, is too short on a CPU)
+BARRIER_TIMEOUT = datetime.timedelta(hours=6)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -48,7 +53,7 @@ def distributed_from_env() -> Iterator[tuple[int, int]]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield rank_and_world()
         return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=BARRIER_TIMEOUT)
     try:
         yield rank_and_world()
     finally:

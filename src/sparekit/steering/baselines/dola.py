@@ -83,12 +83,14 @@ class DoLa(SteeringMethod):
 
     directional = False
 
-    def __init__(self, premature_layers: tuple[int, ...] = (0, 2, 4, 6, 8), plausibility: float = 0.1):
+    def __init__(self, premature_layers: tuple[int, ...] | None = None, plausibility: float = 0.1):
+        #: ``None``: every second layer of the lower half (0, 2, 4, 6, 8 on an 18-layer model), the
+        #: DoLa paper's early bucket, so the default fits any depth
         self.premature_layers = premature_layers
         self.plausibility = plausibility
 
     def fit(self, data: BehaviourData) -> DoLa:
-        if not self.premature_layers:
+        if self.premature_layers is not None and not self.premature_layers:
             raise SparekitError("dola: premature_layers is empty", "give at least one early layer, e.g. (0, 2, 4)")
         if not 0 < self.plausibility <= 1:
             raise SparekitError(f"dola: plausibility must be in (0, 1], got {self.plausibility}")
@@ -97,7 +99,8 @@ class DoLa(SteeringMethod):
 
     def logits_processor(self, lm: LoadedModel, prompts: list[SteeringPrompt], toward: Direction,
                          strength: float | None) -> LogitsProcessorList:
-        layers = tuple(lm.info.check_layer(int(layer)) for layer in self.premature_layers)
+        chosen = self.premature_layers or range(0, max(lm.info.n_layers // 2, 1), 2)
+        layers = tuple(lm.info.check_layer(int(layer)) for layer in chosen)
         if max(layers) >= lm.info.n_layers - 1:
             raise SparekitError(f"dola: premature layers must be below the last layer ({lm.info.n_layers - 1})")
         return LogitsProcessorList([LayerContrast(lm, prompts, layers, float(self.plausibility))])
