@@ -69,6 +69,29 @@ def test_two_rank_capture_equals_one_process_and_resumes_after_a_crash(folder, t
         assert torch.equal(store.load(key), reference.load(key)), key
 
 
+def test_accelerate_launch_capture_equals_one_process(folder, tmp_path):
+    """``accelerate launch --multi_gpu`` starts torchrun's launcher, also on a CPU-only machine (its
+    ``--cpu`` flag starts one process unless MPI is set up), so the same code path shards the store."""
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS))
+    reference = capture_activations(load_model(str(folder), device="cpu"), TEXTS, [Site(1), Site(3)],
+                                    tmp_path / "one", positions="all", shard_rows=30, dtype="float32", progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(sparekit.__file__).parents[1])}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    (tmp_path / "ranks.py").write_text("import os\nprint(os.environ['RANK'], os.environ['WORLD_SIZE'])\n")
+    ranks = subprocess.run([*launch, str(tmp_path / "ranks.py")], env=env, capture_output=True, text=True, timeout=120)
+    assert sorted(ranks.stdout.split("\n"))[1:] == ["0 2", "1 2"], ranks.stderr[-2000:]  # two ranks, one group
+    run = subprocess.run([*launch, "-m", "sparekit", "capture", "--texts", str(tmp_path / "t.txt"), "-m", str(folder),
+                          *ARGS, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    store = ActivationStore(tmp_path / "two")
+    assert store.manifest["shards"] == reference.manifest["shards"]
+    assert {s["file"] for path in (tmp_path / "two").glob("progress.rank*.json")
+            for s in json.loads(path.read_text())["shards"]} == set()  # merged and cleaned up
+    for key in ("resid.1", "resid.3", "token_id"):
+        assert torch.equal(store.load(key), reference.load(key)), key
+
+
 def _small_dataset(path: Path, n: int = 6) -> Path:
     rows = [{"question": f"q{i}", "org_context": f"fact {i}", "org_answer": [f"a{i}"], "sub_context": f"other {i}",
              "sub_answer": [f"b{i}"]} for i in range(n)]
