@@ -230,6 +230,49 @@ def test_output_score_keeps_only_features_that_push_toward_their_side(lm, twin_s
         make_method("spare", selection="loudest", **common).fit(behaviour)
 
 
+# -- SpARE, selection="consistent" ----------------------------------------------------------------
+def test_consistent_selection_drops_features_whose_side_flips_between_relations(lm, behaviour, tmp_path):
+    """Feature 0 marks uses-context in both relations; feature 1 in relation "a" only (in "b" it marks
+    memory, less strongly, so pooled MI still ranks it). Both write toward the context answers."""
+    torch.manual_seed(1)
+    reads = F.normalize(torch.randn(2, lm.info.d_model), dim=1)
+    unembed = lm.model.get_output_embeddings().weight.detach()
+    examples = list({p.example.id: p.example for p in behaviour.prompts}.values())
+    toward_context = (unembed[answer_first_tokens(lm, [ex.sub_answer[0] for ex in examples])]
+                      - unembed[answer_first_tokens(lm, [ex.org_answer[0] for ex in examples])]).mean(0)
+    sae = ReluSAE(lm.info.d_model, 4, hook_layer=LAST)
+    with torch.no_grad():
+        sae.W_enc[:, :2] = reads.T
+        sae.b_enc[2:] = -1.0
+        sae.W_dec[0] = sae.W_dec[1] = toward_context
+    save_sae(sae, tmp_path / f"resid.{LAST}")
+    relation = [("a", "b")[int(p.example.id[1:]) % 2] for p in behaviour.prompts]
+    prompts = [SteeringPrompt(ConflictExample(**{**vars(p.example), "relation": r}), p.context, p.demos)
+               for p, r in zip(behaviour.prompts, relation)]
+    uses_context = torch.as_tensor(behaviour.labels, dtype=torch.float32)[:, None]
+    flip = torch.tensor([[3.0] if r == "a" else [-1.0] for r in relation])
+    hidden = behaviour.hidden[LAST] + uses_context * (6.0 * reads[0] + 6.0 * flip * reads[1])
+    data = BehaviourData(prompts, behaviour.labels, {LAST: hidden}, behaviour.pool, lm=lm)
+    common = dict(layers=(LAST,), sae=str(tmp_path / "resid.{layer}"), mi_mass=1.0)
+    by_mi = make_method("spare", **common).fit(data)
+    consistent = make_method("spare", selection="consistent", **common).fit(data)
+    assert sorted(by_mi.selected(LAST)[0].tolist()) == [0, 1]
+    assert consistent.selected(LAST)[0].tolist() == [0] and len(consistent.selected(LAST)[1]) == 0
+    texts = [p.text for p in prompts]
+    before = _margin(lm, prompts, _last_logits(lm, texts))
+    with consistent.steer(lm, "context", strength=2.0):
+        assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
+    consistent.save(tmp_path / "spare")
+    loaded = load_method(tmp_path / "spare")
+    for toward in DIRECTIONS:
+        with consistent.steer(lm, toward) as a:
+            first = a.generate(prompts[:3], max_new_tokens=3)
+        with loaded.steer(lm, toward) as b:
+            assert b.generate(prompts[:3], max_new_tokens=3) == first
+    with pytest.raises(SparekitError, match="at least 2 relations"):
+        make_method("spare", selection="consistent", **common).fit(behaviour)  # no relations at all
+
+
 # -- combinations ---------------------------------------------------------------------------------
 def test_combined_labels_parse():
     from sparekit.steering.benchmark import _kind, _partner

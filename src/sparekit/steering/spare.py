@@ -20,6 +20,12 @@ is kept if the score is positive, a memory feature if it is negative. Arad et al
 *steer* with each feature and measure how much its top logit-lens tokens rise in the steered
 next-token distribution (a forward pass per feature), a task-agnostic score; this one is
 task-specific (it asks about the conflict's two answers) and needs no extra forward pass.
+
+``selection="consistent"`` keeps, among the MI candidates, only the features whose side (the
+sign of ``E``) is the same within every relation of the behaviour data that shows both
+behaviours. A feature that marks "uses the context" on capitals but "uses memory" on currencies
+describes the relations, not the choice between context and memory, and steers a relation it
+was not fitted on the wrong way. It needs behaviour data from at least two relations.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from sparekit.steering.baselines.one_layer import MultiLayerMethod
 from sparekit.steering.control_vector import ControlVector
 from sparekit.utils.arrays import to_numpy
 
-SELECTIONS = ("mi", "output_score")
+SELECTIONS = ("mi", "output_score", "consistent")
 
 
 def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
@@ -67,6 +73,22 @@ def feature_mutual_information(z: torch.Tensor, labels: np.ndarray, seed: int) -
         scaled = (z[:, active] - low[active]) / span[active]
         mi[active] = mutual_info_classif(scaled, labels, discrete_features=False, random_state=seed)
     return mi
+
+
+def relation_consistent_sides(z: torch.Tensor, labels: np.ndarray, relations: list[str | None]) -> torch.Tensor:
+    """Per feature, the sign of ``mean_context(z) - mean_memory(z)`` where every relation with both
+    behaviours agrees on it, else 0."""
+    signs = []
+    for relation in sorted({r for r in relations if r is not None}):
+        rows = np.array([r == relation for r in relations])
+        context, memory = torch.as_tensor(rows & (labels == 1)), torch.as_tensor(rows & (labels == 0))
+        if context.any() and memory.any():
+            signs.append(torch.sign(z[context].mean(0) - z[memory].mean(0)))
+    if len(signs) < 2:
+        raise SparekitError(f"spare: selection='consistent' needs behaviour data from at least 2 relations that "
+                            f"show both behaviours (found {len(signs)})", "use selection='mi' on this dataset")
+    sides = torch.stack(signs)
+    return torch.where((sides == sides[0]).all(0), sides[0], torch.zeros_like(sides[0]))
 
 
 def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_target: torch.Tensor,
@@ -138,6 +160,7 @@ class SpARE(MultiLayerMethod):
         self.context_idx_, self.memory_idx_ = {}, {}
         self.mean_context_, self.mean_memory_, self.mi_ = {}, {}, {}
         answers = _answer_tokens(data) if self.selection == "output_score" else None
+        relations = [p.example.relation for p in data.prompts]
         for layer in self.layers:
             sae = self._sae(layer)
             with torch.no_grad():
@@ -149,6 +172,9 @@ class SpARE(MultiLayerMethod):
             if answers is not None:  # keep only features whose output effect agrees with their side
                 score = output_scores(data.model(self.kind), sae, chosen, *answers)
                 diff = torch.where(torch.sign(score) == torch.sign(diff), diff, torch.zeros_like(diff))
+            if self.selection == "consistent":  # keep only features on the same side in every relation
+                sides = relation_consistent_sides(z, labels, relations)[chosen]
+                diff = torch.where(sides == torch.sign(diff), diff, torch.zeros_like(diff))
             self.context_idx_[layer], self.memory_idx_[layer] = chosen[diff > 0], chosen[diff < 0]
             self.mean_context_[layer], self.mean_memory_[layer] = z_context, z_memory
             self.mi_[layer] = torch.as_tensor(mi, dtype=torch.float32)
