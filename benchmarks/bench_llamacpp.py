@@ -5,7 +5,8 @@ Exports a fitted ActAdd (``<run>/fitted/actadd``, one folder per direction) with
 vector through llama.cpp's C API, and decodes greedily on conflict prompts of one relation:
 EM toward memory and toward context per scale, beside the same prompts unsteered.
 
-llama-cpp-python exposes llama.cpp's ``llama_apply_adapter_cvec`` but not the GGUF loader of
+llama-cpp-python exposes llama.cpp's ``llama_set_adapter_cvec`` (``llama_apply_adapter_cvec`` before
+llama.cpp renamed it) but not the GGUF loader of
 ``llama-cli`` (``common_control_vector_load``), so the file is read here with the ``gguf``
 package and laid out the way that loader does: tensor ``direction.N`` at offset
 ``n_embd · (N - 1)`` of one flat buffer, layers 1 … n_layer - 1 (see
@@ -69,14 +70,16 @@ def main() -> None:
     n_embd, n_layer = llm.n_embd(), llama_cpp.llama_model_n_layer(llm.model)
     prompts = conflict_prompts(args.relation, args.memorised, args.n)
 
+    apply_cvec = getattr(llama_cpp, "llama_set_adapter_cvec", None) or llama_cpp.llama_apply_adapter_cvec
+
     def answers(buffer: np.ndarray | None) -> list[str]:
         if buffer is None:
-            code = llama_cpp.llama_apply_adapter_cvec(llm.ctx, None, 0, n_embd, 0, 0)
+            code = apply_cvec(llm.ctx, None, 0, n_embd, 0, 0)
         else:
             data = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            code = llama_cpp.llama_apply_adapter_cvec(llm.ctx, data, buffer.size, n_embd, 1, n_layer - 1)
+            code = apply_cvec(llm.ctx, data, buffer.size, n_embd, 1, n_layer - 1)
         if code != 0:
-            raise SystemExit(f"llama_apply_adapter_cvec returned {code}")
+            raise SystemExit(f"setting the control vector returned {code}")
         out = []
         for _, text in prompts:
             llm.reset()
