@@ -1,0 +1,49 @@
+"""How often a steered method answers with *another relation's* answer, per held-out relation.
+
+A leave-one-relation-out run fits each method on the other relations; an edit that carries their
+answer type (a country where a capital is asked) shows up here. Reads the cached test cells of a
+``sparekit bench steer --split-by relation`` run: for each held-out relation and method, the
+conflict answers steered toward memory (the unsteered ones for ``none``), counted as "other" when
+they exactly match an answer of another relation of the dataset and none of their own relation.
+
+    python benchmarks/answer_types.py runs/loro1 --methods none,actadd,cad,spare
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sparekit.data import load_dataset
+from sparekit.evaluation.metrics import normalize_answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a --split-by relation run directory")
+    parser.add_argument("--methods", default="none,actadd,cad,spare")
+    parser.add_argument("--dataset", default="default")
+    args = parser.parse_args()
+    data = load_dataset(args.dataset)
+    answers: dict[str, set[str]] = {}
+    for ex in data:
+        answers.setdefault(ex.relation, set()).update(normalize_answer(a) for a in ex.org_answer)
+    print("| held-out relation | " + " | ".join(args.methods.split(",")) + " |")
+    print("|---|" + "---|" * len(args.methods.split(",")))
+    for folder in sorted(args.run.glob("held-out-*")):
+        relation = folder.name.removeprefix("held-out-")
+        others = set().union(*(a for r, a in answers.items() if r != relation)) - answers[relation]
+        cells = []
+        for label in args.methods.split(","):
+            way = "any" if label == "none" else "memory"
+            files = [f for f in (folder / "generations" / "test").glob(f"{label}-*-sub-{way}.jsonl")
+                     if f.name.split("-")[0] == label]
+            preds = [json.loads(line)["prediction"] for f in files for line in f.read_text().splitlines()]
+            hits = sum(normalize_answer(p) in others for p in preds)
+            cells.append(f"{hits} / {len(preds)}")
+        print(f"| {relation} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
