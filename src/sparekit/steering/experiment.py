@@ -25,8 +25,10 @@ class _BenchRun(BenchConfig):
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
 
     __cli__: ClassVar[dict[str, dict[str, Any]]] = {
-        "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires."},
-        "seeds": {"help": "Seeds for the test demonstrations."},
+        "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires. "
+                            "A finished run accepts more methods (and other grids)."},
+        "seeds": {"help": "Seeds for the test demonstrations. A finished run accepts more seeds: they add test "
+                          "cells only."},
         "layers": {"help": "Candidate layers (SpARE edits all)."},
         "pool_groups": {"help": "Feature-learning question groups."},
         "dev_groups": {"help": "Question groups for tuning."},
