@@ -66,6 +66,27 @@ def _last_logits(lm, texts) -> torch.Tensor:
         return lm.model(**tokenize(lm, texts)).logits[:, -1].float()
 
 
+def _toward_context(lm, prompts) -> torch.Tensor:
+    """Mean unembedding of the context answers' first tokens minus the memory answers': a direction
+    that, written into the residual stream, raises :func:`_margin` through the logit lens."""
+    unembed = lm.model.get_output_embeddings().weight.detach()
+    examples = list({p.example.id: p.example for p in prompts}.values())
+    context = answer_first_tokens(lm, [ex.sub_answer[0] for ex in examples])
+    memory = answer_first_tokens(lm, [ex.org_answer[0] for ex in examples])
+    return (unembed[context] - unembed[memory]).mean(0)
+
+
+def _assert_reloads_to_same_generations(lm, method, prompts, path) -> None:
+    """Saved and loaded back, ``method`` generates the same answers both ways."""
+    method.save(path)
+    loaded = load_method(path)
+    for toward in DIRECTIONS:
+        with method.steer(lm, toward) as a:
+            first = a.generate(prompts[:3], max_new_tokens=3)
+        with loaded.steer(lm, toward) as b:
+            assert b.generate(prompts[:3], max_new_tokens=3) == first
+
+
 def test_answer_first_tokens_skip_a_split_off_space(lm):
     ids = answer_first_tokens(lm, ["Ann", " Bob "])
     assert lm.tokenizer.convert_ids_to_tokens(ids.tolist()) == ["A", "B"]
@@ -178,11 +199,7 @@ def twin_sae(lm, behaviour, tmp_path_factory) -> tuple[str, BehaviourData]:
     opposite directions: feature 0 pushes the logit lens toward the context answers, feature 1 away."""
     torch.manual_seed(0)
     read = F.normalize(torch.randn(lm.info.d_model), dim=0)
-    unembed = lm.model.get_output_embeddings().weight.detach()
-    examples = list({p.example.id: p.example for p in behaviour.prompts}.values())
-    context = answer_first_tokens(lm, [ex.sub_answer[0] for ex in examples])
-    memory = answer_first_tokens(lm, [ex.org_answer[0] for ex in examples])
-    toward_context = (unembed[context] - unembed[memory]).mean(0)
+    toward_context = _toward_context(lm, behaviour.prompts)
     sae = ReluSAE(lm.info.d_model, 4, hook_layer=LAST)
     with torch.no_grad():
         sae.W_enc[:, 0] = read
@@ -218,14 +235,8 @@ def test_output_score_keeps_only_features_that_push_toward_their_side(lm, twin_s
     assert (steered_margin(by_output, "context") > before + 0.01).all()
     # toward memory the context feature is removed where it is active: the margin falls
     assert float((steered_margin(by_output, "memory") - before).mean()) < 0
-    by_output.save(tmp_path / "spare")
-    loaded = load_method(tmp_path / "spare")
-    assert loaded.selection == "output_score"
-    for toward in DIRECTIONS:
-        with by_output.steer(lm, toward) as a:
-            first = a.generate(prompts[:3], max_new_tokens=3)
-        with loaded.steer(lm, toward) as b:
-            assert b.generate(prompts[:3], max_new_tokens=3) == first
+    _assert_reloads_to_same_generations(lm, by_output, prompts, tmp_path / "spare")
+    assert load_method(tmp_path / "spare").selection == "output_score"
     with pytest.raises(SparekitError, match="selection"):
         make_method("spare", selection="loudest", **common).fit(behaviour)
 
@@ -236,10 +247,7 @@ def test_consistent_selection_drops_features_whose_side_flips_between_relations(
     memory, less strongly, so pooled MI still ranks it). Both write toward the context answers."""
     torch.manual_seed(1)
     reads = F.normalize(torch.randn(2, lm.info.d_model), dim=1)
-    unembed = lm.model.get_output_embeddings().weight.detach()
-    examples = list({p.example.id: p.example for p in behaviour.prompts}.values())
-    toward_context = (unembed[answer_first_tokens(lm, [ex.sub_answer[0] for ex in examples])]
-                      - unembed[answer_first_tokens(lm, [ex.org_answer[0] for ex in examples])]).mean(0)
+    toward_context = _toward_context(lm, behaviour.prompts)
     sae = ReluSAE(lm.info.d_model, 4, hook_layer=LAST)
     with torch.no_grad():
         sae.W_enc[:, :2] = reads.T
@@ -262,13 +270,8 @@ def test_consistent_selection_drops_features_whose_side_flips_between_relations(
     before = _margin(lm, prompts, _last_logits(lm, texts))
     with consistent.steer(lm, "context", strength=2.0):
         assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
-    consistent.save(tmp_path / "spare")
-    loaded = load_method(tmp_path / "spare")
-    for toward in DIRECTIONS:
-        with consistent.steer(lm, toward) as a:
-            first = a.generate(prompts[:3], max_new_tokens=3)
-        with loaded.steer(lm, toward) as b:
-            assert b.generate(prompts[:3], max_new_tokens=3) == first
+    _assert_reloads_to_same_generations(lm, consistent, prompts, tmp_path / "spare")
+    assert load_method(tmp_path / "spare").selection == "consistent"
     with pytest.raises(SparekitError, match="at least 2 relations"):
         make_method("spare", selection="consistent", **common).fit(behaviour)  # no relations at all
 
