@@ -27,7 +27,7 @@ import torch
 
 from sparekit.data import load_dataset
 from sparekit.models import load_model
-from sparekit.steering import DIRECTIONS, BehaviourData, make_method
+from sparekit.steering import DIRECTIONS, BehaviourData
 from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
 
 
@@ -68,8 +68,7 @@ def main() -> None:
             point = {"fraction": fraction, "subsample_seed": subsample, "behaviour_rows": len(data.labels)}
             for toward in DIRECTIONS:
                 choice = tuned[toward]
-                method = bench._fit("spare", choice["params"], data) if fraction == 1 else \
-                    make_method("spare", **{"layers": tuple(config.layers), **choice["params"]}).fit(data)
+                method = bench.method("spare", choice["params"]).fit(data)
                 for context in ("sub", "org"):
                     prompts = bench.test_prompts(test, pool, context, args.seed)
                     preds = bench._cached_cell(split, label, choice["params"], method, prompts, toward,

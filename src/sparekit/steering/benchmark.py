@@ -48,6 +48,8 @@ DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare
 #: cell already generated) and the seeds (they choose only the test demonstrations; behaviour data, fits
 #: and dev tuning never read them, so added seeds add test cells only)
 _EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths", "seeds")
+#: (pool, dev, test, behaviour data, gate or None, unsteered labels per seed): what every method's cells need
+_Shared = tuple[ConflictDataset, ConflictDataset, ConflictDataset, BehaviourData, Gate | None, dict[int, list[str]]]
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
 #: "sparekit": this project's protocol (module docstring); "paper": the official SpARE code's (:func:`paper_config`)
@@ -405,11 +407,15 @@ class SteeringBenchmark:
         key = (kind, json.dumps(params, sort_keys=True))
         fits = self.__dict__.setdefault("_fits", {})
         if key not in fits:
-            defaults = {"layers": tuple(self.config.layers)} if kind == "spare" else {}
-            if "layer" not in params and hasattr(make_method(kind), "layer"):
-                defaults["layer"] = sorted(self.config.layers)[len(self.config.layers) // 2]
-            fits[key] = make_method(kind, **{**defaults, **params}).fit(data)
+            fits[key] = self.method(kind, params).fit(data)
         return fits[key]
+
+    def method(self, kind: str, params: dict) -> SteeringMethod:
+        """The unfitted method ``kind`` with ``params``, layers defaulting to the benchmark's candidates."""
+        defaults = {"layers": tuple(self.config.layers)} if kind == "spare" else {}
+        if "layer" not in params and hasattr(make_method(kind), "layer"):
+            defaults["layer"] = sorted(self.config.layers)[len(self.config.layers) // 2]
+        return make_method(kind, **{**defaults, **params})
 
     def _cell_method(self, label: str, choice: dict, toward: Direction, data: BehaviourData, dev: ConflictDataset,
                      pool: ConflictDataset) -> tuple[SteeringMethod, dict]:
@@ -431,37 +437,36 @@ class SteeringBenchmark:
         with self.run_dir.running():
             return self._run()
 
-    def _shared(self) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset, BehaviourData, Gate | None,
-                               dict[int, list[str]]]:
+    def _shared(self) -> _Shared:
         """What every method's cells need: the splits, behaviour data, the gate and the unsteered labels."""
         pool, dev, test = self.splits()
         data = self.behaviour(pool)
         gate = self.conflict_gate(pool, dev) if any(_kind(m)[1] for m in self.config.methods) else None
         return pool, dev, test, data, gate, self._unsteered(test, pool)
 
-    def _run_share(self, rank: int, world: int) -> None:
+    def _run_share(self, rank: int, world: int) -> _Shared:
         """Data-parallel phase (under ``torchrun`` / ``accelerate launch``): rank 0 builds what the methods
         share while the others wait; then each rank tunes and tests its own methods (a method with its
-        gated and combined variants, which reuse its tuning); after the barrier every cell is on disk."""
+        gated and combined variants, which reuse its tuning); after the barrier every cell is on disk.
+        Returns what :meth:`_shared` returns, built once per rank."""
         families = list(dict.fromkeys(_kind(label)[0] for label in self.config.methods))
         if world > len(families):
             raise SparekitError(f"{world} ranks for {len(families)} methods: some ranks would have nothing to do",
                                 f"launch at most {len(families)} processes, or benchmark more methods")
-        if rank == 0:
-            self._shared()
+        shared = self._shared() if rank == 0 else None
         barrier()
-        pool, dev, test, data, gate, baseline = self._shared()  # rank 0's files, read back
+        pool, dev, test, data, gate, baseline = shared or self._shared()  # the others read rank 0's files back
         mine = families[rank::world]
         for label in self.config.methods:
             if _kind(label)[0] in mine:
                 self._evaluate(label, data, dev, test, pool, gate, baseline)
         barrier()
+        return pool, dev, test, data, gate, baseline
 
     def _run(self) -> dict:
         rank, world = rank_and_world()
-        if world > 1:
-            self._run_share(rank, world)
-        pool, dev, test, data, gate, baseline = self._shared()
+        shared = self._run_share(rank, world) if world > 1 else self._shared()
+        pool, dev, test, data, gate, baseline = shared
         labels = data.labels
         summary: dict[str, Any] = {
             "dataset": self.dataset.name, "model": self.lm.info.name, "model_hash": self.lm.info.model_hash,
