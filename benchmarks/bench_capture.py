@@ -8,7 +8,7 @@
    is taken over the capture only (``ru_maxrss`` would report the model-loading peak),
    split into the anonymous heap and file-backed pages of the memory-mapped weights.
 
-    python benchmarks/bench_capture.py [--texts 64] [--rounds 3] [--rss-texts 40]
+    python benchmarks/bench_capture.py [--texts 64] [--rounds 3] [--rss-texts 40] [--device cuda]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def corpus(n: int) -> list[str]:
 
 
 def throughput(args) -> None:
-    lm = load_model("default", device="cpu")
+    lm = load_model("default", device=args.device)
     texts = corpus(args.texts)
     layer = args.layer
     enc = lm.tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]
@@ -45,7 +45,7 @@ def throughput(args) -> None:
     for start in range(0, len(order), args.batch):
         padded = lm.tokenizer.pad({"input_ids": [enc[i] for i in order[start:start + args.batch]]}, return_tensors="pt")
         padded["position_ids"] = (padded["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        batches.append(padded)
+        batches.append(padded.to(args.device))
     n_tokens = sum(len(x) for x in enc)
     base = lm.model.model
     all_layers = base.layers
@@ -71,9 +71,12 @@ def throughput(args) -> None:
             start = time.perf_counter()
             with torch.inference_mode():
                 fn()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()  # kernels run asynchronously
             times[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{len(texts)} texts, {n_tokens} tokens, layer {layer}, batch {args.batch}, {args.rounds} rounds")
+    print(f"{len(texts)} texts, {n_tokens} tokens, layer {layer}, batch {args.batch}, {args.rounds} rounds, "
+          f"{args.device}")
     for name, t in med.items():
         print(f"  {name:8s} median {t:.2f} s  ({n_tokens / t:.0f} tok/s)")
     print(f"capture / bare-forward-to-layer throughput: {med['bare'] / med['capture']:.3f}  (goal >= 0.95)")
@@ -162,6 +165,7 @@ def main() -> None:
     parser.add_argument("--rss-child", type=int, default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--skip", choices=["throughput", "memory"], default=None)
+    parser.add_argument("--device", default="cpu", help="where the throughput part runs (memory: CPU)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.rss_child is not None:

@@ -2,6 +2,8 @@
 
 Tests never touch the hub. The default model (Gemma 3 270M from PyPI) is loaded once
 per session; tests that need it are marked ``slow`` only for selection, they run in CI.
+``SPAREKIT_TEST_DEVICE=cuda`` puts these fixtures' models on a GPU (CI has none; the CLI
+defaults to a GPU wherever one exists).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+TEST_DEVICE = os.environ.get("SPAREKIT_TEST_DEVICE", "cpu")
 
 from sparekit.models.tiny import TINY_CONFIGS, tiny_model  # noqa: E402
 
@@ -24,20 +27,25 @@ from sparekit.data.loaders import NQSWAP_LOCAL as NQSWAP_DEV  # noqa: E402  (shi
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny_lm(request):
     """A tiny random model for each supported architecture."""
-    return tiny_model(request.param)
+    return _on_test_device(tiny_model(request.param))
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
-    return tiny_model("llama")
+    return _on_test_device(tiny_model("llama"))
+
+
+def _on_test_device(lm):
+    lm.model.to(TEST_DEVICE)
+    return lm
 
 
 @pytest.fixture(scope="session")
 def default_lm():
-    """The embedded default model, Gemma 3 270M (float32, CPU)."""
+    """The embedded default model, Gemma 3 270M (float32)."""
     from sparekit.models import load_model
 
-    return load_model("default", device="cpu")
+    return load_model("default", device=TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")

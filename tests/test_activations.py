@@ -19,7 +19,7 @@ TEXTS = ["hello world", "a", "the quick brown fox jumps", "xyz" * 7, "context: q
 def _hidden(lm, text: str, layer: int) -> torch.Tensor:
     with torch.no_grad():
         out = lm.model(**tokenize(lm, [text]), output_hidden_states=True)
-    return out.hidden_states[layer + 1][0]
+    return out.hidden_states[layer + 1][0].cpu()  # the store hands rows back on the CPU
 
 
 def test_last_token_round_trip_matches_hidden_states(tiny_lm, tmp_path):

@@ -35,7 +35,7 @@ def _behaviour(lm) -> BehaviourData:
         lm.model(**tokenize(lm, [p.text for p in prompts]))
     labels = np.tile([1, 0], 8)
     hidden = hooks[Site(1)]
-    hidden[:, 0] += torch.as_tensor(labels * 4.0 - 2.0)
+    hidden[:, 0] += torch.as_tensor(labels * 4.0 - 2.0, device=hidden.device)
     return BehaviourData(prompts, labels, {1: hidden})
 
 

@@ -22,7 +22,9 @@ from sparekit.models import load_model
 from sparekit.models.tiny import tiny_model
 
 TEXTS = [f"text number {i} " + "ab" * i for i in range(12)]
-ARGS = ["--layers", "1,3", "--positions", "all", "--shard-rows", "30", "--dtype", "float32", "--json"]
+#: on CPU, like the one-process reference, also where a GPU exists: equality is bit for bit
+ARGS = ["--layers", "1,3", "--positions", "all", "--shard-rows", "30", "--dtype", "float32", "--device", "cpu",
+        "--json"]
 
 
 def _torchrun(script: list[str], out: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -172,3 +174,26 @@ def test_more_ranks_than_texts_is_refused(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "rank_and_world", lambda: (0, 4))
     with pytest.raises(SparekitError, match="4 ranks for 3 texts"):
         capture_activations(tiny_llama, TEXTS[:3], [Site(1)], tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(("gpus", "backend", "rank1_device"), [(2, "nccl", "cuda:1"), (1, "gloo", "cuda:0")])
+def test_ranks_outnumbering_gpus_share_them_over_gloo(monkeypatch, gpus, backend, rank1_device):
+    """Two ranks on a one-GPU machine: NCCL refuses two ranks on one device, so they meet over gloo."""
+    from sparekit.utils import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (1, 2))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    started = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: started.append(backend))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: None)
+    assert distributed.local_device(None) == rank1_device
+    assert distributed.local_device("cpu") == "cpu"
+    with distributed.distributed_from_env():
+        pass
+    assert started == [backend]

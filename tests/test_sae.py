@@ -302,8 +302,8 @@ def test_shipped_saes_read_the_default_model(default_lm):
     with torch.inference_mode(), hooks.stop_after_captures():
         default_lm.model(**enc)
     for layer in layers:
-        sae = load_sae("default", layer=layer, model_info=default_lm.info)
         h = hooks[Site(layer)][0, 1:]  # BOS excluded, as in training
+        sae = load_sae("default", layer=layer, model_info=default_lm.info).to(h.device)
         with torch.inference_mode():
             z = sae.encode(h)
             fvu = (h - sae.decode(z)).pow(2).sum() / (h - h.mean(0)).pow(2).sum()

@@ -64,7 +64,7 @@ def _behaviour(lm, labels):
     hidden = hooks[Site(1)]
     labels = np.asarray(labels)
     # make the groups separable along dimension 0
-    hidden[:, 0] += torch.as_tensor(labels * 4.0 - 2.0)
+    hidden[:, 0] += torch.as_tensor(labels * 4.0 - 2.0, device=hidden.device)
     return BehaviourData(prompts, labels, {1: hidden}), prompts
 
 
@@ -104,9 +104,10 @@ def test_spare_edits_only_last_prompt_token_in_prompt_pass(tiny_llama, tmp_path)
     # the edit at the last token equals the formula applied to the clean activation
     sae = method._sae(1)
     z = sae.pre_acts(clean[0][:, -1])
-    alpha = 2.0
-    expected = clean[0][:, -1] + spare_delta(z, sae, context_idx, alpha * method.mean_context_[1][context_idx],
-                                             memory_idx, alpha * method.mean_memory_[1][memory_idx])
+    alpha, on = 2.0, z.device  # the fitted state lives on the CPU; the edit runs where the model does
+    context_target = alpha * method.mean_context_[1][context_idx].to(on)
+    memory_target = alpha * method.mean_memory_[1][memory_idx].to(on)
+    expected = clean[0][:, -1] + spare_delta(z, sae, context_idx.to(on), context_target, memory_idx.to(on), memory_target)
     torch.testing.assert_close(steered[0][:, -1], expected, rtol=1e-5, atol=1e-5)
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from sparekit.evaluation.generation import batches, tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import site_device
 from sparekit.sae.base import SAE
 
 
@@ -44,10 +45,18 @@ def _sae_layer(sae: SAE) -> int:
     return int(sae.hook_layer)
 
 
+def _beside_the_model(lm: LoadedModel, saes: Sequence[SAE]) -> None:
+    """Move each SAE (in place) to the device where its layer computes, so that reading a model on
+    a GPU with an SAE loaded on the CPU works, and the activations never leave that device."""
+    for sae in saes:
+        sae.to(site_device(lm, _sae_layer(sae)))
+
+
 @torch.inference_mode()
 def reconstruction_stats(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[str], batch_size: int = 8,
                          max_tokens: int | None = None, progress: bool = False) -> list[dict]:
     """Per SAE: ``fvu`` (model units), ``fvu_per_dim`` (mean over standardised dims), ``l0``, ``dead_fraction``."""
+    _beside_the_model(lm, saes)
     sites = [Site(_sae_layer(s), s.hook_component) for s in saes]  # type: ignore[arg-type]
     acc = [{"res": 0.0, "sum": 0.0, "sq": 0.0, "l0": 0.0, "fired": torch.zeros(s.d_sae, dtype=torch.bool)}
            for s in saes]
@@ -63,7 +72,7 @@ def reconstruction_stats(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[s
             lm.model(**enc, use_cache=False)
         n += int(keep.sum())
         for sae, site, a in zip(saes, sites, acc):
-            h = hooks[site][keep].to(sae.W_enc.device)
+            h = hooks[site][keep]
             z = sae.encode(h)
             a["res"] = a["res"] + (h - sae.decode(z)).double().pow(2).sum(0)
             a["sum"], a["sq"] = a["sum"] + h.double().sum(0), a["sq"] + h.double().pow(2).sum(0)
@@ -88,6 +97,7 @@ def _cross_entropy(logits: torch.Tensor, enc: dict, keep: torch.Tensor) -> tuple
 def loss_recovered(lm: LoadedModel, saes: Sequence[SAE], texts: Sequence[str], batch_size: int = 4,
                    max_tokens: int | None = 4096, progress: bool = False) -> list[dict]:
     """Per SAE: ``ce_clean``, ``ce_spliced``, ``ce_zero`` (nats/token) and ``loss_recovered`` (0..1)."""
+    _beside_the_model(lm, saes)
     totals = [{"spliced": 0.0, "zero": 0.0} for _ in saes]
     clean, count = 0.0, 0
     for chunk in tqdm(list(_token_batches(texts, max_tokens, batch_size, lm.tokenizer)), desc="sae splice",
@@ -123,6 +133,7 @@ def top_activations(lm: LoadedModel, sae: SAE, texts: Sequence[str], latents: Se
                     context: int = 12, batch_size: int = 8, max_tokens: int | None = None,
                     progress: bool = False) -> dict[int, list[dict]]:
     """For each latent, the ``top`` held-out tokens that activate it most, with surrounding tokens."""
+    _beside_the_model(lm, [sae])
     site = Site(_sae_layer(sae), sae.hook_component)  # type: ignore[arg-type]
     heaps: dict[int, list] = {int(i): [] for i in latents}
     index = torch.tensor(list(heaps), dtype=torch.long)

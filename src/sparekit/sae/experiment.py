@@ -29,12 +29,13 @@ def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[
 
 
 def checked_saes(lm: LoadedModel, saes: list) -> list:
-    """``saes`` on the model's device, each checked to read this model's activations."""
+    """``saes``, each checked to read this model's activations (the evaluation functions place
+    each one where its layer computes)."""
     from sparekit.sae import check_compatible
 
     for sae_model in saes:
         check_compatible(sae_model, lm.info)
-    return [s.to(lm.model.device) for s in saes]
+    return saes
 
 
 @dataclass

@@ -164,7 +164,7 @@ class SpARE(MultiLayerMethod):
         for layer in self.layers:
             sae = self._sae(layer)
             with torch.no_grad():
-                z = sae.pre_acts(data.layer(layer, self.kind))
+                z = sae.pre_acts(data.layer(layer, self.kind).to(sae.W_enc.device))
             z_context, z_memory = z[torch.as_tensor(labels == 1)].mean(0), z[torch.as_tensor(labels == 0)].mean(0)
             mi = feature_mutual_information(z, labels, self.seed)
             chosen = torch.as_tensor(select_by_mi_mass(mi, self.mi_mass), dtype=torch.long)

@@ -2,7 +2,8 @@
 
 The launcher starts one process per rank and describes the group in the environment
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` …); :func:`distributed_from_env` joins it with
-torch.distributed (gloo on CPU, NCCL on GPU), which does all the rank bookkeeping. Work is
+torch.distributed (NCCL when every rank on a node has a GPU of its own, gloo otherwise: ranks
+only meet at barriers, so sharing one GPU is fine), which does all the rank bookkeeping. Work is
 split by :func:`rank_and_world`: library code asks it, so a user's own torchrun script with
 an initialised process group shards the same way.
 """
@@ -38,10 +39,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _local_rank_and_size() -> tuple[int, int]:
+    size = os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("LOCAL_RANK", 0)), int(size)
+
+
+def _gpu_per_rank() -> bool:
+    """NCCL needs a GPU per rank; more ranks than GPUs on a node share them over gloo."""
+    return torch.cuda.is_available() and torch.cuda.device_count() >= _local_rank_and_size()[1]
+
+
 def local_device(device: str | None) -> str | None:
-    """Under a launcher on a GPU machine, each rank takes its own GPU (``cuda:LOCAL_RANK``)."""
+    """Under a launcher on a GPU machine, each rank takes its own GPU (``cuda:LOCAL_RANK``), or
+    shares them round-robin when ranks outnumber GPUs."""
     if device is None and rank_and_world()[1] > 1 and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        return f"cuda:{_local_rank_and_size()[0] % torch.cuda.device_count()}"
     return device
 
 
@@ -53,7 +65,11 @@ def distributed_from_env() -> Iterator[tuple[int, int]]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield rank_and_world()
         return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=BARRIER_TIMEOUT)
+    if _gpu_per_rank():
+        torch.cuda.set_device(_local_rank_and_size()[0])  # NCCL's barrier runs on the current device
+        dist.init_process_group("nccl", timeout=BARRIER_TIMEOUT)
+    else:
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     try:
         yield rank_and_world()
     finally:
