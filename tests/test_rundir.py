@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import sparekit.models
+from sparekit.activations import ActivationStore
 from sparekit.cli.config import config_options
 from sparekit.cli.main import main
 from sparekit.errors import SparekitError
@@ -191,3 +192,16 @@ def test_sae_train_cli_records_its_run_resumes_and_refuses_other_settings(tmp_pa
     assert main([*args, "--k", "4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "k differs (2 → 4)" in err[0]
+
+    # prompts join the corpus whole, and the run records which file they came from
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"text": f"context: x{i}\nquestion: q{i}\nanswer:"}) + "\n" for i in range(3)))
+    with_prompts = tmp_path / "sae-prompts"
+    assert main([*args[:-1], str(with_prompts), "--prompts", str(prompts)]) == 0
+    recorded = json.loads((with_prompts / "run.json").read_text())["prompts"]
+    assert recorded["texts"] == 3 and len(recorded["sha256"]) == 64
+    added = sum(len(tiny_llama.tokenizer(json.loads(line)["text"])["input_ids"]) - 1  # BOS dropped
+                for line in prompts.read_text().splitlines())
+    assert ActivationStore(with_prompts / "acts").manifest["rows"] == ActivationStore(out / "acts").manifest["rows"] + added
+    assert main([*args[:-1], str(tmp_path / "sae-missing"), "--prompts", str(tmp_path / "nothing.jsonl")]) == 2
+    assert "missing texts file" in capsys.readouterr().err

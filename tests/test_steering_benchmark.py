@@ -59,6 +59,12 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     assert summary["methods"]["none"]["conditional"]["memory"]["C→M"]["mean"] in (0.0, None)
     assert "| spare+gate |" in markdown_table(summary)
     assert (tmp_path / "fitted" / "spare" / "memory" / "tuned.json").is_file()
+    # the pool's behaviour prompts, written for SAE training: pool items only, labels as in the behaviour data
+    rows = [json.loads(line) for line in (tmp_path / "behaviour_prompts.jsonl").read_text().splitlines()]
+    behaviour = json.loads((tmp_path / "behaviour.json").read_text())
+    assert [r["uses_context"] for r in rows] == behaviour["labels"] and all(r["text"].endswith("answer:") for r in rows)
+    pool_ids = {key.split("|")[0] for key in behaviour["keys"]}
+    assert {r["id"].rsplit(":", 1)[0] for r in rows} == pool_ids
 
     curves = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).frontier(["actadd"])
     for toward in ("memory", "context"):

@@ -56,6 +56,9 @@ class SaeTrainExperiment:
     lr: float = option(2e-3, help="Peak Adam learning rate (warm-up, then linear decay).")
     batch_size: int = option(512, help="Tokens per optimiser step.")
     max_texts: int | None = option(None, help="Train on the first N corpus windows only (<=256 tokens each).")
+    prompts: str | None = option(None, help="A .txt or .jsonl ('text' field) file of prompts added whole to the "
+                                            "training texts, e.g. a steering run's behaviour_prompts.jsonl: its "
+                                            "pool's few-shot conflict prompts, the inputs SpARE reads.")
     save_dtype: str = option("float16", choices=("float16", "float32"), help="dtype of the saved SAE weights.")
     device: str | None = device_field()
     device_map: str | None = device_map_field()
@@ -70,15 +73,20 @@ class SaeTrainExperiment:
         import torch
 
         from sparekit.activations import capture_activations
+        from sparekit.activations.experiment import read_texts
         from sparekit.hooks import Site
         from sparekit.models import load_model
         from sparekit.sae.corpus import corpus_path, corpus_windows
         from sparekit.sae.formats import save_sae
         from sparekit.sae.train import StoreSource, TopKTrainer
+        from sparekit.utils.io import sha256_file
         from sparekit.utils.rundir import RunDir
 
         out, layers = Path(self.out), list(self.layers)
+        prompts = read_texts(Path(self.prompts))[0] if self.prompts else []
         config = {"model": self.model, "layers": layers, "corpus": str(corpus_path(self.corpus)),
+                  "prompts": self.prompts and {"path": self.prompts, "sha256": sha256_file(self.prompts),
+                                               "texts": len(prompts)},
                   "holdout": self.holdout, "seed": self.seed, "width": self.width, "k": self.k,
                   "architecture": self.architecture, "epochs": self.epochs, "lr": self.lr,
                   "batch_size": self.batch_size, "max_texts": self.max_texts, "save_dtype": self.save_dtype}
@@ -88,6 +96,7 @@ class SaeTrainExperiment:
             for layer in layers:
                 lm.info.check_layer(layer)
             texts = corpus_windows(lm.tokenizer, corpus_path(self.corpus), self.holdout, self.seed)[0][:self.max_texts]
+            texts += prompts  # whole: SpARE reads a prompt's last token, which a window cut would lose
             store = capture_activations(lm, texts, [Site(L) for L in layers], out / "acts", positions="all",
                                         skip_first_token=True, dtype="float16", batch_size=8, max_length=None,
                                         shard_rows=16384)

@@ -40,7 +40,7 @@ from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, S
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering.gate import ProbeGate, fit_probe_gate
 from sparekit.utils.distributed import barrier, rank_and_world
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from sparekit.utils.rundir import RunDir
 
 DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
@@ -320,7 +320,12 @@ class SteeringBenchmark:
         return eval_prompts(test, pool, context, seed, self.config.k_shot)
 
     def behaviour(self, pool: ConflictDataset) -> BehaviourData:
-        """Behaviour data on the pool, cached as safetensors + JSON."""
+        """Behaviour data on the pool, cached as safetensors + JSON.
+
+        Its prompts are also written to ``behaviour_prompts.jsonl`` (``text``, ``id``, ``uses_context``):
+        the pool's few-shot conflict prompts, the inputs SpARE reads, e.g. to train an SAE on them
+        (``sparekit sae train --prompts``) without ever showing it a dev or test item.
+        """
         from safetensors.torch import load_file, save_file
 
         tensors, meta = self.out / "behaviour.safetensors", self.out / "behaviour.json"
@@ -330,14 +335,19 @@ class SteeringBenchmark:
             by_key = {f"{p.example.id}|{'|'.join(p.demos)}": p for p in prompts}
             kept = [by_key[k] for k in saved["keys"]]
             hidden = {int(k.split(".")[1]): v for k, v in load_file(str(tensors)).items()}
-            return BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"], lm=self.lm)
-        data = collect_behaviour_data(self.lm, prompts, self.config.layers, pool=pool,
-                                      context_match=self.dataset.context_match, batch_size=self.batch_size,
-                                      progress=self.progress)
-        with atomic_path(tensors) as tmp:
-            save_file({f"layer.{k}": v.contiguous() for k, v in data.hidden.items()}, str(tmp))
-        atomic_write_json(meta, {"keys": [f"{p.example.id}|{'|'.join(p.demos)}" for p in data.prompts],
-                                 "labels": data.labels.tolist(), "meta": data.meta})
+            data = BehaviourData(kept, np.asarray(saved["labels"]), hidden, pool, meta=saved["meta"], lm=self.lm)
+        else:
+            data = collect_behaviour_data(self.lm, prompts, self.config.layers, pool=pool,
+                                          context_match=self.dataset.context_match, batch_size=self.batch_size,
+                                          progress=self.progress)
+            with atomic_path(tensors) as tmp:
+                save_file({f"layer.{k}": v.contiguous() for k, v in data.hidden.items()}, str(tmp))
+            atomic_write_json(meta, {"keys": [f"{p.example.id}|{'|'.join(p.demos)}" for p in data.prompts],
+                                     "labels": data.labels.tolist(), "meta": data.meta})
+        if not (self.out / "behaviour_prompts.jsonl").is_file():
+            atomic_write_text(self.out / "behaviour_prompts.jsonl", "".join(
+                json.dumps({"id": f"{p.example.id}:{i}", "text": p.text, "uses_context": int(label)}) + "\n"
+                for i, (p, label) in enumerate(zip(data.prompts, data.labels))))
         return data
 
     def conflict_gate(self, pool: ConflictDataset, dev: ConflictDataset) -> ProbeGate:
