@@ -33,7 +33,7 @@ def test_held_out_relations_need_every_row_labelled_and_two_relations():
 
 
 @pytest.mark.parametrize("relations", [[None] * 12, ["x"] * 12])
-@pytest.mark.parametrize("command", [["probe"], ["bench", "steer"]])
+@pytest.mark.parametrize("command", [["probe"], ["bench", "steer"], ["bench", "frontier"]])
 def test_cli_refuses_bad_relation_splits_before_loading_a_model(tmp_path, capsys, relations, command):
     path = tmp_path / "d.jsonl"
     write_jsonl(_rows(relations), path)
@@ -107,3 +107,24 @@ def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_
     assert summary["methods"]["none"]["em_memory"]["mean"] == pytest.approx(0.5)
     assert json.loads((tmp_path / "results.json").read_text())["relations"] == list(em)
     assert "| none | 50.0 ± 22.4 |" in relation_table(summary) and "20.0 / 20.0" in relation_table(summary)
+
+
+def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_llama, tmp_path, monkeypatch):
+    from sparekit.steering import benchmark
+
+    def point(strength, em):
+        return {"strength": strength, "em_target": em, "em_no_conflict": 1.0 - em, "answer_nll_no_conflict": em}
+
+    curves = {"capital": [point(1.0, 0.2), point(2.0, 0.4)], "continent": [point(1.0, 0.6)],
+              "currency": [point(1.0, 0.4), point(2.0, 0.8)], "city_country": [point(2.0, 0.0), point(1.0, 0.8)]}
+
+    def fake_frontier(self, cached_only=False):
+        return {"actadd": {"memory": curves[self.config.held_out_relation]}}
+
+    monkeypatch.setattr(benchmark.SteeringBenchmark, "frontier", fake_frontier)
+    result = benchmark.leave_one_relation_out_frontier(tiny_llama, load_dataset("default"),
+                                                       benchmark.BenchConfig(methods=("actadd",)), tmp_path)
+    (mean,) = result["mean"]["actadd"]["memory"]  # strength 2 is missing on continent: left out of the mean
+    assert mean["strength"] == 1.0 and mean["em_target"] == pytest.approx(0.5)
+    assert mean["em_no_conflict"] == pytest.approx(0.5) and set(result["held_out"]) == set(curves)
+    assert json.loads((tmp_path / "frontier.json").read_text())["mean"] == result["mean"]

@@ -627,6 +627,41 @@ def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: Be
     return summary
 
 
+def leave_one_relation_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig,
+                                    out_dir: str | Path, batch_size: int = 8, progress: bool = True,
+                                    cached_only: bool = False) -> dict[str, Any]:
+    """The frontier of each held-out run of :func:`leave_one_relation_out` (same folders), and the mean
+    curve over relations: a point per strength computed on every held-out relation."""
+    relations = held_out_relations(dataset)
+    out = Path(out_dir)
+    with RunDir(out, "leave-one-relation-out frontier").running():
+        held_out = {}
+        for relation in relations:
+            runner = SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
+                                       out / f"held-out-{relation}", batch_size, progress,
+                                       memorised_file=out / "memorised.json")
+            held_out[relation] = runner.frontier(cached_only=cached_only)
+        result = {"relations": relations, "mean": mean_frontier(list(held_out.values())), "held_out": held_out}
+        atomic_write_json(out / "frontier.json", result)
+    return result
+
+
+def mean_frontier(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Point-wise mean of several frontiers, keeping the (method, direction, strength) points all of them have."""
+    mean: dict[str, Any] = {}
+    for label, by_direction in curves[0].items():
+        mean[label] = {}
+        for toward, points in by_direction.items():
+            mean[label][toward] = []
+            for point in points:
+                same = [p for c in curves for p in c.get(label, {}).get(toward, [])
+                        if p["strength"] == point["strength"]]
+                if len(same) == len(curves):
+                    mean[label][toward].append({key: point[key] if key == "strength"
+                                                else float(np.mean([p[key] for p in same])) for key in point})
+    return mean
+
+
 def relation_table(summary: dict) -> str:
     """Leave-one-relation-out: EM per held-out relation (→ memory / → context) and the mean over relations (%)."""
     relations = summary["relations"]

@@ -23,6 +23,9 @@ class _BenchRun(BenchConfig):
     device: str | None = device_field()
     device_map: str | None = device_map_field()
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
+    split_by: str = option("group", choices=("group", "relation"),
+                           help="group: pool/dev/test question groups; relation: leave one relation out in turn (fit "
+                                "and tune on the others, test on it), per held-out relation and the mean.")
 
     __cli__: ClassVar[dict[str, dict[str, Any]]] = {
         "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires. "
@@ -87,10 +90,6 @@ class _BenchRun(BenchConfig):
 class BenchSteerExperiment(_BenchRun):
     """``sparekit bench steer``: every method tuned on dev and scored on test, mean ± std over seeds."""
 
-    split_by: str = option("group", choices=("group", "relation"),
-                           help="group: pool/dev/test question groups; relation: leave one relation out in turn (fit "
-                                "and tune on the others, test on it), per held-out relation and the mean.")
-
     def run(self, progress: bool = True) -> dict:
         """The summary (``results.json``), its markdown table under ``table`` (``results.md``) and ``run_dir``."""
         from sparekit.steering.benchmark import (SteeringBenchmark, leave_one_relation_out, markdown_table,
@@ -119,11 +118,21 @@ class BenchFrontierExperiment(_BenchRun):
     cached_only: bool = option(False, help="Generate nothing: draw the points earlier runs computed.")
 
     def run(self, progress: bool = True) -> dict:
-        """``curves`` (``frontier.json``), the ``plot`` path and ``run_dir``."""
+        """``curves`` (``frontier.json``; with ``--split-by relation`` the mean over held-out relations,
+        each relation's under ``held_out``), the ``plot`` path and ``run_dir``."""
         from sparekit.reporting.frontier import plot_frontier
-        from sparekit.steering.benchmark import SteeringBenchmark
+        from sparekit.steering.benchmark import SteeringBenchmark, leave_one_relation_out_frontier
 
-        lm, data, out = self._load()
+        lm, data, out = self._load(self.split_by)
+        if self.split_by == "relation":
+            result = leave_one_relation_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,
+                                                     self.cached_only)
+            for relation, curves in result["held_out"].items():
+                plot_frontier(curves, out / f"held-out-{relation}" / "frontier.png",
+                              title=f"{lm.info.name} on {data.name}, {relation} held out")
+            plot = plot_frontier(result["mean"], out / "frontier.png",
+                                 title=f"{lm.info.name} on {data.name}: mean over held-out relations")
+            return {"curves": result["mean"], "held_out": result["held_out"], "plot": str(plot), "run_dir": str(out)}
         curves = SteeringBenchmark(lm, data, self.bench_config(), out, self.batch_size, progress).frontier(
             cached_only=self.cached_only)
         plot = plot_frontier(curves, out / "frontier.png", title=f"{lm.info.name} on {data.name}")
