@@ -80,9 +80,13 @@ def test_accelerate_launch_capture_equals_one_process(folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(sparekit.__file__).parents[1])}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    (tmp_path / "ranks.py").write_text("import os\nprint(os.environ['RANK'], os.environ['WORLD_SIZE'])\n")
-    ranks = subprocess.run([*launch, str(tmp_path / "ranks.py")], env=env, capture_output=True, text=True, timeout=120)
-    assert sorted(ranks.stdout.split("\n"))[1:] == ["0 2", "1 2"], ranks.stderr[-2000:]  # two ranks, one group
+    # each rank writes its own file: printing from both ranks interleaves on the shared pipe under load
+    (tmp_path / "ranks.py").write_text("import os, pathlib\npathlib.Path(os.environ['RANKS_DIR'], os.environ['RANK'])"
+                                       ".write_text(os.environ['WORLD_SIZE'])\n")
+    (tmp_path / "ranks").mkdir()
+    ranks = subprocess.run([*launch, str(tmp_path / "ranks.py")], env={**env, "RANKS_DIR": str(tmp_path / "ranks")},
+                           capture_output=True, text=True, timeout=120)
+    assert {f.name: f.read_text() for f in (tmp_path / "ranks").iterdir()} == {"0": "2", "1": "2"}, ranks.stderr[-2000:]
     run = subprocess.run([*launch, "-m", "sparekit", "capture", "--texts", str(tmp_path / "t.txt"), "-m", str(folder),
                           *ARGS, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
