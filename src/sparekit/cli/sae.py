@@ -8,7 +8,7 @@ from sparekit.cli.common import (device_map_option, device_option, emit, json_op
                                  parse_list)
 from sparekit.cli.config import config_options
 from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, SEED_HELP, SaeEvalExperiment, SaeTrainExperiment,
-                                     checked_saes, eval_texts)
+                                     check_saes, eval_texts)
 
 corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
 holdout_option = click.option("--holdout", default=0.1, show_default=True, help=HOLDOUT_HELP)
@@ -88,7 +88,7 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
         raise SparekitError("pass exactly one of --layer and --sae")
     sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device, device_map=device_map)
-    sae_model = checked_saes(lm, [sae_model])[0]
+    check_saes(lm, [sae_model])
     ids = parse_list(latents, int, "--latents")
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:

@@ -28,14 +28,13 @@ def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[
     return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
 
 
-def checked_saes(lm: LoadedModel, saes: list) -> list:
-    """``saes``, each checked to read this model's activations (the evaluation functions place
-    each one where its layer computes)."""
+def check_saes(lm: LoadedModel, saes: list) -> None:
+    """Refuse SAEs that do not read this model's activations (the evaluation functions place each
+    one where its layer computes)."""
     from sparekit.sae import check_compatible
 
     for sae_model in saes:
         check_compatible(sae_model, lm.info)
-    return saes
 
 
 @dataclass
@@ -149,7 +148,7 @@ class SaeEvalExperiment:
         saes = ([load_sae(p) for p in self.sae] if self.sae
                 else [load_sae("default", layer=L) for L in (self.layers or shipped_layers())])
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
-        saes = checked_saes(lm, saes)
+        check_saes(lm, saes)
         texts = eval_texts(lm, self.corpus, self.holdout, self.seed)
         return {"layers": evaluate_saes(lm, saes, texts, max_tokens=self.max_tokens, ce_tokens=self.ce_tokens,
                                         progress=progress)}

@@ -22,7 +22,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -602,6 +602,15 @@ class SteeringBenchmark:
 HEADLINE = ("em_memory", "em_context", "em_no_conflict")
 
 
+def _held_out_runners(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out: Path, batch_size: int,
+                      progress: bool) -> Iterator[tuple[str, SteeringBenchmark]]:
+    """One benchmark per held-out relation, in ``<out>/held-out-<relation>``, sharing one closed-book pass."""
+    for relation in held_out_relations(dataset):
+        yield relation, SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
+                                          out / f"held-out-{relation}", batch_size, progress,
+                                          memorised_file=out / "memorised.json")
+
+
 def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
                            batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
     """The benchmark once per relation held out (``<out>/held-out-<relation>``), and the mean over relations.
@@ -613,10 +622,8 @@ def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: Be
     relations = held_out_relations(dataset)
     out = Path(out_dir)
     with RunDir(out, "leave-one-relation-out benchmark").running():
-        runs = {relation: SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
-                                            out / f"held-out-{relation}", batch_size, progress,
-                                            memorised_file=out / "memorised.json").run()
-                for relation in relations}
+        runs = {relation: runner.run()
+                for relation, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress)}
         summary = {"split_by": "relation", "dataset": dataset.name, "model": lm.info.name,
                    "model_hash": lm.info.model_hash, "relations": relations,
                    "methods": {label: {metric: mean_std([runs[r]["methods"][label][metric]["mean"]
@@ -635,12 +642,8 @@ def leave_one_relation_out_frontier(lm: LoadedModel, dataset: ConflictDataset, c
     relations = held_out_relations(dataset)
     out = Path(out_dir)
     with RunDir(out, "leave-one-relation-out frontier").running():
-        held_out = {}
-        for relation in relations:
-            runner = SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
-                                       out / f"held-out-{relation}", batch_size, progress,
-                                       memorised_file=out / "memorised.json")
-            held_out[relation] = runner.frontier(cached_only=cached_only)
+        held_out = {relation: runner.frontier(cached_only=cached_only)
+                    for relation, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress)}
         result = {"relations": relations, "mean": mean_frontier(list(held_out.values())), "held_out": held_out}
         atomic_write_json(out / "frontier.json", result)
     return result
