@@ -57,6 +57,30 @@ def test_last_position_is_last_real_token_for_left_and_right_padding(tiny_llama)
             torch.testing.assert_close(hooks[site][i], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_last_token_index_is_computed_once_per_model_call(tiny_llama, monkeypatch):
+    """Every hook of one forward shares the row/column index; a new call (other padding) gets a new one."""
+    import sparekit.hooks.core as core
+
+    calls = []
+    monkeypatch.setattr(core, "last_token_index", lambda *a: calls.append(a) or last_token_index(*a))
+    hooks = Hooks(tiny_llama)
+    for layer in range(tiny_llama.info.n_layers):
+        hooks.capture(Site(layer))
+    hooks.edit(Site(0, "mlp"), lambda h: h + 1.0)
+    with hooks, torch.no_grad():
+        tiny_llama.model(**tokenize(tiny_llama, PROMPTS))
+        tiny_llama.model(**tokenize(tiny_llama, PROMPTS[:2]))
+    assert len(calls) == 2
+    # the second call's shorter batch was indexed with its own mask: same as a fresh context on it alone
+    with Hooks(tiny_llama).capture(Site(1)) as alone, torch.no_grad():
+        tiny_llama.model(**tokenize(tiny_llama, PROMPTS[:2]))
+    edited_alone = Hooks(tiny_llama).capture(Site(1)).edit(Site(0, "mlp"), lambda h: h + 1.0)
+    with edited_alone, torch.no_grad():
+        tiny_llama.model(**tokenize(tiny_llama, PROMPTS[:2]))
+    torch.testing.assert_close(hooks.all(Site(1))[-1], edited_alone[Site(1)], rtol=0, atol=0)
+    assert not torch.equal(alone[Site(1)], edited_alone[Site(1)])
+
+
 @pytest.mark.parametrize("component", ["resid", "attn", "mlp"])
 def test_edit_changes_only_target_positions_and_later_layers(tiny_lm, component):
     enc = tokenize(tiny_lm, PROMPTS)

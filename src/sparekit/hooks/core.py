@@ -174,6 +174,7 @@ class Hooks:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._is_prompt_pass = True
         self._attention_mask: torch.Tensor | None = None
+        self._index_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._active = False
 
     # -- declaring what to do -------------------------------------------------
@@ -288,18 +289,25 @@ class Hooks:
     def _on_model_call(self, module, args, kwargs) -> None:
         self._is_prompt_pass = is_prompt_pass(args, kwargs)
         self._attention_mask = kwargs.get("attention_mask")
+        self._index_cache = {}  # (row, column) indices are computed once per model call, not once per hook
 
     def _raise_stop(self, module, args, output) -> None:
         raise StopForward
 
-    def _positions(self, hidden: torch.Tensor, positions: Positions) -> torch.Tensor:
+    def _indices(self, hidden: torch.Tensor, positions: Positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (row, column) index of each row's selected position, shared by every hook of one model call."""
         batch, seq_len = hidden.shape[0], hidden.shape[1]
-        if positions == "last":
-            return last_token_index(self._attention_mask, batch, seq_len, hidden.device)
-        index = positions if positions >= 0 else seq_len + positions
-        if not 0 <= index < seq_len:
-            raise SparekitError(f"position {positions} is outside a sequence of length {seq_len}")
-        return torch.full((batch,), index, dtype=torch.long, device=hidden.device)
+        key = (positions, batch, seq_len, hidden.device)
+        if key not in self._index_cache:
+            if positions == "last":
+                cols = last_token_index(self._attention_mask, batch, seq_len, hidden.device)
+            else:
+                index = positions if positions >= 0 else seq_len + positions
+                if not 0 <= index < seq_len:
+                    raise SparekitError(f"position {positions} is outside a sequence of length {seq_len}")
+                cols = torch.full((batch,), index, dtype=torch.long, device=hidden.device)
+            self._index_cache[key] = (torch.arange(batch, device=hidden.device), cols)
+        return self._index_cache[key]
 
     def _apply(self, action: _Action, hidden: torch.Tensor) -> torch.Tensor | None:
         """Capture (returns ``None``) or edit (returns the new tensor) one activation ``[batch, seq, d]``."""
@@ -310,8 +318,7 @@ class Hooks:
                 action.values.append(hidden.detach().to(action.dtype or hidden.dtype))
                 return None
             return action.edit(hidden).to(hidden.dtype)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        cols = self._positions(hidden, action.positions)
+        rows, cols = self._indices(hidden, action.positions)
         vectors = hidden[rows, cols]
         if action.edit is None:
             action.values.append(vectors.detach().to(action.dtype or hidden.dtype))
