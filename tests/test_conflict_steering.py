@@ -276,6 +276,45 @@ def test_consistent_selection_drops_features_whose_side_flips_between_relations(
         make_method("spare", selection="consistent", **common).fit(behaviour)  # no relations at all
 
 
+# -- SpARE, selection="within_relation" ----------------------------------------------------------
+def test_within_relation_selection_ignores_features_that_only_name_the_relation(lm, behaviour, tmp_path):
+    """Relation "a" is mostly uses-context rows, "b" mostly uses-memory ones. Feature 0 marks uses-context
+    inside both relations; feature 1 only says "relation a", so pooled MI ranks it high, but within each
+    relation it is constant. Both write toward the context answers."""
+    reads = torch.eye(lm.info.d_model)[:2]  # two residual coordinates, so "constant" is exact
+    sae = ReluSAE(lm.info.d_model, 4, hook_layer=LAST)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, :2] = reads.T
+        sae.b_enc[2:] = -1.0
+        sae.W_dec[0] = sae.W_dec[1] = _toward_context(lm, behaviour.prompts)
+    save_sae(sae, tmp_path / f"resid.{LAST}")
+    labels = behaviour.labels
+    relation = ["a" if (label == 1) != (i % 8 < 2) else "b" for i, label in enumerate(labels)]  # 6:2 and 2:6
+    prompts = [SteeringPrompt(ConflictExample(**{**vars(p.example), "relation": r}), p.context, p.demos)
+               for p, r in zip(behaviour.prompts, relation)]
+    in_a = torch.tensor([[1.0] if r == "a" else [0.0] for r in relation])
+    uses_context = torch.as_tensor(labels, dtype=torch.float32)[:, None]
+    base = behaviour.hidden[LAST].clone()
+    base[:, :2] = 0.0  # nothing along the reads
+    hidden = base + 6.0 * uses_context * reads[0] + 6.0 * in_a * reads[1]
+    data = BehaviourData(prompts, labels, {LAST: hidden}, behaviour.pool, lm=lm)
+    common = dict(layers=(LAST,), sae=str(tmp_path / "resid.{layer}"), mi_mass=0.9)
+    by_mi = make_method("spare", **common).fit(data)
+    within = make_method("spare", selection="within_relation", **common).fit(data)
+    assert sorted(by_mi.selected(LAST)[0].tolist()) == [0, 1]
+    assert within.selected(LAST)[0].tolist() == [0] and len(within.selected(LAST)[1]) == 0
+    assert float(within.mi_[LAST][1]) == 0.0 < float(by_mi.mi_[LAST][1])
+    texts = [p.text for p in prompts]
+    before = _margin(lm, prompts, _last_logits(lm, texts))
+    with within.steer(lm, "context", strength=2.0):
+        assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
+    _assert_reloads_to_same_generations(lm, within, prompts, tmp_path / "spare")
+    assert load_method(tmp_path / "spare").selection == "within_relation"
+    with pytest.raises(SparekitError, match="at least 2 relations"):
+        make_method("spare", selection="within_relation", **common).fit(behaviour)  # no relations at all
+
+
 # -- combinations ---------------------------------------------------------------------------------
 def test_combined_labels_parse():
     from sparekit.steering.benchmark import _kind, _partner

@@ -26,6 +26,13 @@ sign of ``E``) is the same within every relation of the behaviour data that show
 behaviours. A feature that marks "uses the context" on capitals but "uses memory" on currencies
 describes the relations, not the choice between context and memory, and steers a relation it
 was not fitted on the wrong way. It needs behaviour data from at least two relations.
+
+``selection="within_relation"`` ranks features by the mutual information with the label *within*
+each relation, I(z; label | relation) (the per-relation MI weighted by the relation's share of
+rows, over the relations that show both behaviours), and takes each feature's side from the
+within-relation mean differences. Pooled MI also rewards a feature that only says which relation a
+prompt is about, when relations use the context at different rates; conditioned on the relation such
+a feature carries nothing. It needs behaviour data from at least two relations.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from sparekit.steering.baselines.one_layer import MultiLayerMethod
 from sparekit.steering.control_vector import ControlVector
 from sparekit.utils.arrays import to_numpy
 
-SELECTIONS = ("mi", "output_score", "consistent")
+SELECTIONS = ("mi", "output_score", "consistent", "within_relation")
 
 
 def select_by_mi_mass(mi: np.ndarray, mass: float) -> np.ndarray:
@@ -75,20 +82,43 @@ def feature_mutual_information(z: torch.Tensor, labels: np.ndarray, seed: int) -
     return mi
 
 
+def _relations_with_both(labels: np.ndarray, relations: list[str | None], selection: str) -> list[np.ndarray]:
+    """Row masks of the relations whose behaviour data shows both behaviours (at least 2 needed)."""
+    masks = []
+    for relation in sorted({r for r in relations if r is not None}):
+        rows = np.array([r == relation for r in relations])
+        if (labels[rows] == 1).any() and (labels[rows] == 0).any():
+            masks.append(rows)
+    if len(masks) < 2:
+        raise SparekitError(f"spare: selection={selection!r} needs behaviour data from at least 2 relations that "
+                            f"show both behaviours (found {len(masks)})", "use selection='mi' on this dataset")
+    return masks
+
+
+def _mean_difference(z: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    """``mean_context(z) - mean_memory(z)`` per feature."""
+    return z[torch.as_tensor(labels == 1)].mean(0) - z[torch.as_tensor(labels == 0)].mean(0)
+
+
 def relation_consistent_sides(z: torch.Tensor, labels: np.ndarray, relations: list[str | None]) -> torch.Tensor:
     """Per feature, the sign of ``mean_context(z) - mean_memory(z)`` where every relation with both
     behaviours agrees on it, else 0."""
-    signs = []
-    for relation in sorted({r for r in relations if r is not None}):
-        rows = np.array([r == relation for r in relations])
-        context, memory = torch.as_tensor(rows & (labels == 1)), torch.as_tensor(rows & (labels == 0))
-        if context.any() and memory.any():
-            signs.append(torch.sign(z[context].mean(0) - z[memory].mean(0)))
-    if len(signs) < 2:
-        raise SparekitError(f"spare: selection='consistent' needs behaviour data from at least 2 relations that "
-                            f"show both behaviours (found {len(signs)})", "use selection='mi' on this dataset")
-    sides = torch.stack(signs)
+    sides = torch.stack([torch.sign(_mean_difference(z[torch.as_tensor(rows)], labels[rows]))
+                         for rows in _relations_with_both(labels, relations, "consistent")])
     return torch.where((sides == sides[0]).all(0), sides[0], torch.zeros_like(sides[0]))
+
+
+def within_relation_information(z: torch.Tensor, labels: np.ndarray, relations: list[str | None],
+                                seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """(I(z; label | relation) per feature, the row-weighted mean of the within-relation mean differences)."""
+    masks = _relations_with_both(labels, relations, "within_relation")
+    weights = np.array([rows.sum() for rows in masks], dtype=np.float64) / sum(rows.sum() for rows in masks)
+    mi, diff = np.zeros(z.shape[1]), torch.zeros(z.shape[1], dtype=z.dtype, device=z.device)
+    for weight, rows in zip(weights, masks):
+        part = z[torch.as_tensor(rows, device=z.device)]
+        mi += weight * feature_mutual_information(part, labels[rows], seed)
+        diff += float(weight) * _mean_difference(part, labels[rows])
+    return mi, diff
 
 
 def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_target: torch.Tensor,
@@ -166,9 +196,12 @@ class SpARE(MultiLayerMethod):
             with torch.no_grad():
                 z = sae.pre_acts(data.layer(layer, self.kind).to(sae.W_enc.device))
             z_context, z_memory = z[torch.as_tensor(labels == 1)].mean(0), z[torch.as_tensor(labels == 0)].mean(0)
-            mi = feature_mutual_information(z, labels, self.seed)
+            if self.selection == "within_relation":  # rank and side from inside each relation
+                mi, difference = within_relation_information(z, labels, relations, self.seed)
+            else:
+                mi, difference = feature_mutual_information(z, labels, self.seed), z_context - z_memory
             chosen = torch.as_tensor(select_by_mi_mass(mi, self.mi_mass), dtype=torch.long)
-            diff = (z_context - z_memory)[chosen]
+            diff = difference[chosen]
             if answers is not None:  # keep only features whose output effect agrees with their side
                 score = output_scores(data.model(self.kind), sae, chosen, *answers)
                 diff = torch.where(torch.sign(score) == torch.sign(diff), diff, torch.zeros_like(diff))
