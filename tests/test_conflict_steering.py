@@ -242,6 +242,19 @@ def test_output_score_keeps_only_features_that_push_toward_their_side(lm, twin_s
 
 
 # -- SpARE, selection="consistent" ----------------------------------------------------------------
+def _assert_relation_selection_steers(lm, method, prompts, behaviour, common, tmp_path) -> None:
+    """A relation-aware selection steers toward context, reloads to the same generations, and refuses
+    behaviour data without relations."""
+    texts = [p.text for p in prompts]
+    before = _margin(lm, prompts, _last_logits(lm, texts))
+    with method.steer(lm, "context", strength=2.0):
+        assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
+    _assert_reloads_to_same_generations(lm, method, prompts, tmp_path / "spare")
+    assert load_method(tmp_path / "spare").selection == method.selection
+    with pytest.raises(SparekitError, match="at least 2 relations"):
+        make_method("spare", selection=method.selection, **common).fit(behaviour)  # no relations at all
+
+
 def test_consistent_selection_drops_features_whose_side_flips_between_relations(lm, behaviour, tmp_path):
     """Feature 0 marks uses-context in both relations; feature 1 in relation "a" only (in "b" it marks
     memory, less strongly, so pooled MI still ranks it). Both write toward the context answers."""
@@ -266,14 +279,7 @@ def test_consistent_selection_drops_features_whose_side_flips_between_relations(
     consistent = make_method("spare", selection="consistent", **common).fit(data)
     assert sorted(by_mi.selected(LAST)[0].tolist()) == [0, 1]
     assert consistent.selected(LAST)[0].tolist() == [0] and len(consistent.selected(LAST)[1]) == 0
-    texts = [p.text for p in prompts]
-    before = _margin(lm, prompts, _last_logits(lm, texts))
-    with consistent.steer(lm, "context", strength=2.0):
-        assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
-    _assert_reloads_to_same_generations(lm, consistent, prompts, tmp_path / "spare")
-    assert load_method(tmp_path / "spare").selection == "consistent"
-    with pytest.raises(SparekitError, match="at least 2 relations"):
-        make_method("spare", selection="consistent", **common).fit(behaviour)  # no relations at all
+    _assert_relation_selection_steers(lm, consistent, prompts, behaviour, common, tmp_path)
 
 
 # -- SpARE, selection="within_relation" ----------------------------------------------------------
@@ -305,14 +311,7 @@ def test_within_relation_selection_ignores_features_that_only_name_the_relation(
     assert sorted(by_mi.selected(LAST)[0].tolist()) == [0, 1]
     assert within.selected(LAST)[0].tolist() == [0] and len(within.selected(LAST)[1]) == 0
     assert float(within.mi_[LAST][1]) == 0.0 < float(by_mi.mi_[LAST][1])
-    texts = [p.text for p in prompts]
-    before = _margin(lm, prompts, _last_logits(lm, texts))
-    with within.steer(lm, "context", strength=2.0):
-        assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
-    _assert_reloads_to_same_generations(lm, within, prompts, tmp_path / "spare")
-    assert load_method(tmp_path / "spare").selection == "within_relation"
-    with pytest.raises(SparekitError, match="at least 2 relations"):
-        make_method("spare", selection="within_relation", **common).fit(behaviour)  # no relations at all
+    _assert_relation_selection_steers(lm, within, prompts, behaviour, common, tmp_path)
 
 
 # -- combinations ---------------------------------------------------------------------------------
