@@ -112,7 +112,8 @@ def within_relation_information(z: torch.Tensor, labels: np.ndarray, relations: 
                                 seed: int) -> tuple[np.ndarray, torch.Tensor]:
     """(I(z; label | relation) per feature, the row-weighted mean of the within-relation mean differences)."""
     masks = _relations_with_both(labels, relations, "within_relation")
-    weights = np.array([rows.sum() for rows in masks], dtype=np.float64) / sum(rows.sum() for rows in masks)
+    counts = np.array([rows.sum() for rows in masks], dtype=np.float64)
+    weights = counts / counts.sum()
     mi, diff = np.zeros(z.shape[1]), torch.zeros(z.shape[1], dtype=z.dtype, device=z.device)
     for weight, rows in zip(weights, masks):
         part = z[torch.as_tensor(rows, device=z.device)]
