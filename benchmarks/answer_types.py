@@ -3,7 +3,8 @@
 A leave-one-relation-out run fits each method on the other relations; an edit that carries their
 answer type (a country where a capital is asked) shows up here. Reads the cached test cells of a
 ``sparekit bench steer --split-by relation`` run: for each held-out relation and method, the
-conflict answers steered toward memory (the unsteered ones for ``none``), counted as "other" when
+conflict answers steered toward memory at the dev-tuned setting (the unsteered ones for ``none``;
+every test seed), counted as "other" when
 they exactly match an answer of another relation of the dataset and none of their own relation.
 
     python benchmarks/answer_types.py runs/loro1 --methods none,actadd,cad,spare
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from sparekit.data import load_dataset
 from sparekit.evaluation.metrics import normalize_answer
+from sparekit.steering.benchmark import setting_slug
 
 
 def main() -> None:
@@ -34,11 +36,13 @@ def main() -> None:
     for folder in sorted(args.run.glob("held-out-*")):
         relation = folder.name.removeprefix("held-out-")
         others = set().union(*(a for r, a in answers.items() if r != relation)) - answers[relation]
+        tuned = {label: result["tuned"]["memory"]
+                 for label, result in json.loads((folder / "results.json").read_text())["methods"].items()}
         cells = []
         for label in args.methods.split(","):
             way = "any" if label == "none" else "memory"
-            files = [f for f in (folder / "generations" / "test").glob(f"{label}-*-sub-{way}.jsonl")
-                     if f.name.split("-")[0] == label]
+            prefix = setting_slug(label, tuned[label]["params"], tuned[label]["strength"])
+            files = sorted((folder / "generations" / "test").glob(f"{prefix}-seed*-sub-{way}.jsonl"))
             preds = [json.loads(line)["prediction"] for f in files for line in f.read_text().splitlines()]
             hits = sum(normalize_answer(p) in others for p in preds)
             cells.append(f"{hits} / {len(preds)}")

@@ -218,7 +218,7 @@ class SteeringBenchmark:
         """
         way = toward if method.directional else "any"
         context = prompts[0].context if prompts else "none"
-        cell = f"{label}-{_slug(params)}-{strength}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
+        cell = f"{setting_slug(label, params, strength)}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
         path = self.out / "generations" / split / f"{cell}{'' if measure == 'prediction' else '-' + measure}.jsonl"
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
         texts = [_fingerprint(p.text) for p in prompts]
@@ -693,10 +693,11 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _slug(params: dict) -> str:
-    """:func:`describe`, hashed when too long for a file name."""
+def setting_slug(label: str, params: dict, strength: float | None) -> str:
+    """The start of a cached cell's file name: method label, :func:`describe` of the parameters (hashed
+    when too long for a file name) and strength; seed, context and direction follow."""
     text = describe(params)
-    return text if len(text) < 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{label}-{text if len(text) < 40 else hashlib.sha256(text.encode()).hexdigest()[:10]}-{strength}"
 
 
 def markdown_table(summary: dict) -> str:
