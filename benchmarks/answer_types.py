@@ -21,6 +21,17 @@ from sparekit.evaluation.metrics import normalize_answer
 from sparekit.steering.benchmark import setting_slug
 
 
+def tuned_prefix(label: str, result: dict) -> str:
+    """The file-name prefix of a method's dev-tuned test cells toward memory (a combined label, ``spare+cad``,
+    also names its partner's dev-tuned strength)."""
+    choice = result["tuned"]["memory"]
+    params = dict(choice["params"])
+    if "tuned_partner" in result:
+        partner = next(s for s in label.split("+")[1:] if s != "gate")
+        params[f"{partner}_strength"] = result["tuned_partner"]["memory"]["strength"]
+    return setting_slug(label, params, choice["strength"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="a --split-by relation run directory")
@@ -36,13 +47,15 @@ def main() -> None:
     for folder in sorted(args.run.glob("held-out-*")):
         relation = folder.name.removeprefix("held-out-")
         others = set().union(*(a for r, a in answers.items() if r != relation)) - answers[relation]
-        tuned = {label: result["tuned"]["memory"]
-                 for label, result in json.loads((folder / "results.json").read_text())["methods"].items()}
+        results = json.loads((folder / "results.json").read_text())["methods"]
         cells = []
         for label in args.methods.split(","):
             way = "any" if label == "none" else "memory"
-            prefix = setting_slug(label, tuned[label]["params"], tuned[label]["strength"])
+            prefix = tuned_prefix(label, results[label])
             files = sorted((folder / "generations" / "test").glob(f"{prefix}-seed*-sub-{way}.jsonl"))
+            if not files:
+                raise SystemExit(f"{folder}: no test cells of {label}'s dev-tuned setting; "
+                                 "run the benchmark to the end first")
             preds = [json.loads(line)["prediction"] for f in files for line in f.read_text().splitlines()]
             hits = sum(normalize_answer(p) in others for p in preds)
             cells.append(f"{hits} / {len(preds)}")
