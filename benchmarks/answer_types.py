@@ -4,8 +4,8 @@ A leave-one-relation-out run fits each method on the other relations; an edit th
 answer type (a country where a capital is asked) shows up here. Reads the cached test cells of a
 ``sparekit bench steer --split-by relation`` run: for each held-out relation and method, the
 conflict answers steered toward memory at the dev-tuned setting (the unsteered ones for ``none``;
-every test seed), counted as "other" when
-they exactly match an answer of another relation of the dataset and none of their own relation.
+every test seed), counted as "other" when they exactly match an answer of another relation of the
+dataset and none of their own relation.
 
     python benchmarks/answer_types.py runs/loro1 --methods none,actadd,cad,spare
 """
@@ -18,18 +18,15 @@ from pathlib import Path
 
 from sparekit.data import load_dataset
 from sparekit.evaluation.metrics import normalize_answer
-from sparekit.steering.benchmark import setting_slug
+from sparekit.steering.benchmark import cell_params, setting_slug
 
 
 def tuned_prefix(label: str, result: dict) -> str:
     """The file-name prefix of a method's dev-tuned test cells toward memory (a combined label, ``spare+cad``,
     also names its partner's dev-tuned strength)."""
     choice = result["tuned"]["memory"]
-    params = dict(choice["params"])
-    if "tuned_partner" in result:
-        partner = next(s for s in label.split("+")[1:] if s != "gate")
-        params[f"{partner}_strength"] = result["tuned_partner"]["memory"]["strength"]
-    return setting_slug(label, params, choice["strength"])
+    partner_strength = result["tuned_partner"]["memory"]["strength"] if "tuned_partner" in result else None
+    return setting_slug(label, cell_params(label, choice["params"], partner_strength), choice["strength"])
 
 
 def main() -> None:

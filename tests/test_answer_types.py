@@ -1,4 +1,5 @@
-"""benchmarks/answer_types.py counts only the dev-tuned cells, combined labels included, and refuses a run without them."""
+"""benchmarks/answer_types.py counts only the dev-tuned cells, combined labels included, and refuses a run
+without them."""
 
 from __future__ import annotations
 

@@ -439,7 +439,7 @@ class SteeringBenchmark:
 
         other = self.tune(partner, data, dev, pool)[toward]
         combined = Combined(method, self._fit(partner, other["params"], data), other["strength"], fallback)
-        return combined, {**choice["params"], f"{partner}_strength": other["strength"]}
+        return combined, cell_params(label, choice["params"], other["strength"])
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -691,6 +691,13 @@ def describe(params: dict) -> str:
 def _fingerprint(text: str) -> str:
     """A short hash of a prompt: cached cells are tied to the exact text that was generated from."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def cell_params(label: str, params: dict, partner_strength: float | None) -> dict:
+    """The parameters that name a label's cells: its own, and for a combined label (:func:`_partner`)
+    also its partner's dev-tuned strength."""
+    partner = _partner(label)[0]
+    return params if partner is None else {**params, f"{partner}_strength": partner_strength}
 
 
 def setting_slug(label: str, params: dict, strength: float | None) -> str:
