@@ -33,7 +33,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(folder, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("sparekit.models.loading.CACHE_DIR", tmp_path_factory.mktemp("cache"))
+        mp.setenv("SPAREKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
         split = load_model(str(folder), device_map=SPLIT)
     single = load_model(str(folder), device="cpu")
     assert split.model.get_submodule("model.layers.1.mlp.down_proj").weight.device.type == "meta"
@@ -78,7 +78,7 @@ def test_edits_on_offloaded_blocks_equal_single_device(models):
 
 
 def test_cli_device_map_auto_capture(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("sparekit.models.loading.CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("SPAREKIT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "t.txt").write_text("\n".join(TEXTS))
     common = ["capture", "--texts", str(tmp_path / "t.txt"), "-m", str(folder), "--layers", "1,3", "--json"]
     assert main([*common, "--device-map", "auto", "--out", str(tmp_path / "auto")]) == 0

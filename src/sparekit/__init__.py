@@ -3,7 +3,7 @@
 Layer L everywhere in sparekit is the output of decoder block L (``hidden_states[L + 1]``).
 """
 
-from sparekit.artifacts import load
+from sparekit.saved import load
 from sparekit.errors import SparekitError
 from sparekit.hooks import Hooks, Site
 from sparekit.models import LoadedModel, ModelInfo, load_model

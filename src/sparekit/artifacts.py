@@ -6,11 +6,9 @@ A saved probe, conflict gate or steering method is a folder with
   ``params`` (the constructor arguments) and ``state`` (learned JSON values);
 - ``tensors.safetensors``: the learned tensors (never pickle).
 
-``sparekit.load(path)`` reads ``kind`` and hands the folder to the class registered under
-it (:data:`KINDS`). SAEs keep the SAELens layout so SAELens users read them as-is
-(``cfg.json`` with the same header under ``"sparekit"``); ``load`` recognises them, and the
-external SAE formats, through the SAE format detectors. A ``.gguf`` file is a llama.cpp
-control vector. Folders written before format 2 (``format_version`` 1) are still read.
+Each class registers its ``kind`` in :data:`KINDS`; :func:`sparekit.load` (in :mod:`sparekit.saved`,
+above every such class) reads ``kind`` and hands the folder on. Folders written before format 2
+(``format_version`` 1) are still read.
 """
 
 from __future__ import annotations
@@ -140,34 +138,5 @@ def join_keyed(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _register_kinds() -> None:
-    """Import the modules whose classes register a kind."""
-    import sparekit.probes.linear  # noqa: F401
-    import sparekit.steering  # noqa: F401
-    import sparekit.steering.gate  # noqa: F401
-
-
-def load(path: str | Path, **kwargs: Any) -> Any:
-    """The object saved at ``path``: a probe, gate, steering method, SAE or control vector.
-
-    Keyword arguments go to the class's reader (e.g. ``model_hash=`` refuses a probe fitted on
-    another model).
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise SparekitError(f"nothing to load at {path}")
-    if path.suffix == ".gguf":
-        from sparekit.steering.control_vector import load_control_vector
-
-        return load_control_vector(path)
-    if path.is_file() or not (path / CONFIG).is_file() or "kind" not in read_json(path / CONFIG):
-        from sparekit.sae.formats import load_sae
-
-        return load_sae(path, **kwargs)
-    _register_kinds()
-    artifact = read_artifact(path)
-    return KINDS.lookup(artifact.kind, where=str(path)).from_artifact(artifact, **kwargs)
-
-
-__all__ = ["CONFIG", "FORMAT_VERSION", "KINDS", "TENSORS", "Artifact", "check_header", "header", "join_keyed", "load",
+__all__ = ["CONFIG", "FORMAT_VERSION", "KINDS", "TENSORS", "Artifact", "check_header", "header", "join_keyed",
            "read_artifact", "save_artifact", "split_keyed"]

@@ -15,13 +15,14 @@ from sparekit.cli.common import device_map_option, device_option, dtype_option, 
 def info(model: str, no_verify: bool, as_json: bool) -> None:
     """Versions, device, cache locations, and whether the model computes the tested logits."""
     from sparekit.models.architecture import SUPPORTED_ARCHITECTURES
-    from sparekit.models.loading import CACHE_DIR, SUPPORTED_TRANSFORMERS, check_fingerprint, default_device, load_model
+    from sparekit.models.loading import SUPPORTED_TRANSFORMERS, check_fingerprint, default_device, load_model
     from sparekit.utils.env import environment_info
+    from sparekit.utils.io import cache_dir
 
     result = {
         **environment_info(),
         "device": default_device(),
-        "cache_dir": str(CACHE_DIR),
+        "cache_dir": str(cache_dir()),
         "supported_transformers": SUPPORTED_TRANSFORMERS,
         "architectures": list(SUPPORTED_ARCHITECTURES),
         "fingerprint": None,

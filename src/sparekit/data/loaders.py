@@ -28,9 +28,9 @@ NQSWAP_LOCAL = DEFAULT_ASSET.parent / "nqswap" / "dev.jsonl.gz"
 def _default_dataset() -> ConflictDataset:
     if not DEFAULT_ASSET.is_file():
         from sparekit.data.default import build_default_dataset, write_default_dataset
-        from sparekit.models.loading import CACHE_DIR
+        from sparekit.utils.io import cache_dir
 
-        cached = CACHE_DIR / "data" / "default.jsonl"
+        cached = cache_dir() / "data" / "default.jsonl"
         if not cached.is_file():
             write_default_dataset(build_default_dataset(), cached)
         return read_jsonl(cached, name="default")

@@ -25,12 +25,11 @@ from sparekit.models.fingerprint import SUPPORTED_TRANSFORMERS  # noqa: F401  (r
 from sparekit.models.placement import device_map_kwargs
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
-from sparekit.utils.io import atomic_write_json, read_json, sha256_file
+from sparekit.utils.io import atomic_write_json, cache_dir, read_json, sha256_file
 from sparekit.utils.registry import unknown_name
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit"))
 #: Short name -> cache folder name, which also names its shipped fingerprint reference.
 _CACHE_NAMES = {"default": "gemma-3-270m", "gemma3-270m": "gemma-3-270m", "smollm2-135m": "smollm2-135m-instruct"}
 SHORT_NAMES = tuple(_CACHE_NAMES)
@@ -82,7 +81,7 @@ def _smollm2_gguf() -> Path:
 
 def _cached_from_gguf(gguf: Path, cache_name: str) -> tuple[Path, str]:
     """Dequantise a GGUF once into a safetensors folder; return (folder, GGUF sha256)."""
-    folder = CACHE_DIR / "models" / cache_name
+    folder = cache_dir() / "models" / cache_name
     marker = folder / "sparekit_source.json"
     digest = sha256_file(gguf)
     if marker.is_file() and read_json(marker).get("sha256") == digest:

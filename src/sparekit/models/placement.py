@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sparekit.errors import SparekitError
+from sparekit.utils.io import cache_dir
 
 DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential")
 
@@ -48,7 +49,5 @@ def device_map_kwargs(device_map: str | dict[str, Any] | None, model_hash: str) 
     if isinstance(device_map, str) and device_map not in DEVICE_MAP_CHOICES:
         raise SparekitError(f"unknown device map {device_map!r}",
                             f"use {', '.join(DEVICE_MAP_CHOICES)} or a {{module: device}} mapping")
-    from sparekit.models.loading import CACHE_DIR
-
-    folder = CACHE_DIR / "offload" / hashlib.sha256(model_hash.encode()).hexdigest()[:16]
+    folder = cache_dir() / "offload" / hashlib.sha256(model_hash.encode()).hexdigest()[:16]
     return {"device_map": device_map, "offload_folder": str(folder)}

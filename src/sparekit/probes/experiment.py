@@ -211,7 +211,7 @@ class ProbeExperiment:
         from sparekit.data import load_dataset
         from sparekit.evaluation.harness import dataset_fingerprint
         from sparekit.models import load_model
-        from sparekit.models.loading import CACHE_DIR
+        from sparekit.utils.io import cache_dir
         from sparekit.utils.rundir import RunDir, run_path
 
         if not self.seeds:
@@ -229,7 +229,7 @@ class ProbeExperiment:
                   "eval_dataset_sha256": data_b and dataset_fingerprint(data_b), "layers": layer_list,
                   "components": comps, "seeds": list(self.seeds), "k_shot": self.k_shot, "prompt_seed": PROMPT_SEED,
                   "split_by": self.split_by, "test_fraction": TEST_FRACTION, "probe": PROBE_PARAMS}
-        run_dir = Path(self.out) if self.out else run_path(CACHE_DIR / "probes", Path(self.model).name,
+        run_dir = Path(self.out) if self.out else run_path(cache_dir() / "probes", Path(self.model).name,
                                                            Path(self.dataset).name, config=config)
         with RunDir(run_dir, "probe run").session(config, experiment=config_dict(self)):
             return self._run(lm, data_a, data_b, layer_list, comps, run_dir, progress)

@@ -134,7 +134,10 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
         fh.close()
 
 
-_HASH_CACHE = Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit")) / "file_hashes.json"
+def cache_dir() -> Path:
+    """sparekit's cache (models, data, offload folders, file hashes): ``$SPAREKIT_CACHE``, read at each call,
+    else ``~/.cache/sparekit``."""
+    return Path(os.environ.get("SPAREKIT_CACHE", Path.home() / ".cache" / "sparekit"))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -143,9 +146,10 @@ def sha256_file(path: str | os.PathLike) -> str:
     stat = path.stat()
     key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
     cache: dict[str, str] = {}
-    if _HASH_CACHE.is_file():
+    hash_cache = cache_dir() / "file_hashes.json"
+    if hash_cache.is_file():
         with contextlib.suppress(json.JSONDecodeError, OSError):
-            cache = json.loads(_HASH_CACHE.read_text())
+            cache = json.loads(hash_cache.read_text())
     if key in cache:
         return cache[key]
     digest = hashlib.sha256()
@@ -154,5 +158,5 @@ def sha256_file(path: str | os.PathLike) -> str:
             digest.update(block)
     cache[key] = digest.hexdigest()
     with contextlib.suppress(OSError):
-        atomic_write_json(_HASH_CACHE, cache)
+        atomic_write_json(hash_cache, cache)
     return cache[key]
