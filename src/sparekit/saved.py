@@ -35,9 +35,9 @@ def load(path: str | Path, **kwargs: Any) -> Any:
     if not path.exists():
         raise SparekitError(f"nothing to load at {path}")
     if path.suffix == ".gguf":
-        from sparekit.steering.control_vector import load_control_vector
+        from sparekit.steering import load_method
 
-        return load_control_vector(path)
+        return load_method(path)
     if path.is_file() or not (path / CONFIG).is_file() or "kind" not in read_json(path / CONFIG):
         from sparekit.sae.formats import load_sae
 

@@ -13,12 +13,12 @@ from sparekit.steering.base import (
     Steered,
     SteeringMethod,
     SteeringPrompt,
-    load_method,
     make_method,
 )
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering import baselines  # noqa: F401  (registers the baselines)
 from sparekit.steering.baselines import VectorSteering
+from sparekit.steering.fitted import load_method
 from sparekit.steering.spare import SpARE
 
 __all__ = [

@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -35,16 +35,35 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
-from sparekit.artifacts import KINDS, Artifact, join_keyed, read_artifact, save_artifact, split_keyed
+from sparekit.artifacts import KINDS, Artifact, join_keyed, save_artifact, split_keyed
 from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
-
-if TYPE_CHECKING:
-    from sparekit.steering.control_vector import ControlVector
 
 Direction = Literal["context", "memory"]
 DIRECTIONS: tuple[Direction, ...] = ("context", "memory")
 EditFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ControlVector:
+    """What a method adds at each layer for one direction and strength.
+
+    ``exact``: False when the method's edit depends on the input and ``vectors`` is a fixed
+    stand-in for it; ``note`` says which.
+    """
+
+    vectors: dict[int, torch.Tensor]
+    exact: bool
+    note: str = ""
+
+
+def shift_edit(shift: torch.Tensor) -> EditFn:
+    """The edit ``h -> h + shift``."""
+
+    def edit(h: torch.Tensor) -> torch.Tensor:
+        return h + shift.to(h.dtype)
+
+    return edit
 
 REGISTRY: Registry = Registry("steering method", "kind")
 
@@ -314,20 +333,6 @@ class SteeringMethod(Params):
         return method
 
 
-def load_method(path: str | Path) -> SteeringMethod:
-    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle).
-
-    A ``.gguf`` path is read as a llama.cpp / repeng control vector (a ``cvec`` method).
-    """
-    path = Path(path)
-    if path.suffix == ".gguf":
-        from sparekit.steering.control_vector import load_control_vector
-
-        return load_control_vector(path)
-    artifact = read_artifact(path)
-    return REGISTRY.lookup(artifact.kind, where=str(path)).from_artifact(artifact)
-
-
 def make_method(kind: str, **params: Any) -> SteeringMethod:
     """Instantiate a registered method by name."""
     return REGISTRY.lookup(kind)().set_params(**params)
@@ -363,6 +368,6 @@ def with_strength_sign(toward: Direction) -> float:
 
 
 __all__ = [
-    "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "Gate", "Steered", "SteeringMethod", "SteeringPrompt",
-    "load_method", "make_method", "register", "row_edits", "with_strength_sign",
+    "DIRECTIONS", "REGISTRY", "BehaviourData", "ControlVector", "Direction", "Gate", "Steered", "SteeringMethod",
+    "SteeringPrompt", "make_method", "register", "row_edits", "shift_edit", "with_strength_sign",
 ]

@@ -1,6 +1,7 @@
-"""Fixed per-layer steering vectors, and llama.cpp's control-vector GGUF format.
+"""llama.cpp's control-vector GGUF format, written from and read into sparekit methods.
 
-A control vector is one vector per layer added to the residual stream. ``export_control_vector``
+A control vector is one vector per layer added to the residual stream
+(:class:`~sparekit.steering.base.ControlVector`). ``export_control_vector``
 writes what a fitted sparekit method adds (:meth:`SteeringMethod.control_vector`) in the
 format llama.cpp loads natively (``--control-vector x.gguf``, ``--control-vector-scaled x.gguf S``)
 and repeng writes; ``load_method("x.gguf")`` brings such a file back as a ``cvec`` method
@@ -24,7 +25,6 @@ there (``--control-vector-scaled x.gguf S``) on a few prompts rather than reusin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +32,12 @@ import numpy as np
 import torch
 
 from sparekit.errors import SparekitError
-from sparekit.steering.base import Direction, EditFn, SteeringMethod
+from sparekit.steering.base import ControlVector, Direction, SteeringMethod
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.io import atomic_path
 
 ARCH = "controlvector"
 _TENSOR = re.compile(r"direction\.(\d+)")
-
-
-@dataclass
-class ControlVector:
-    """What a method adds at each layer for one direction and strength.
-
-    ``exact``: False when the method's edit depends on the input and ``vectors`` is a fixed
-    stand-in for it; ``note`` says which.
-    """
-
-    vectors: dict[int, torch.Tensor]
-    exact: bool
-    note: str = ""
-
-
-def shift_edit(shift: torch.Tensor) -> EditFn:
-    """The edit ``h -> h + shift``."""
-
-    def edit(h: torch.Tensor) -> torch.Tensor:
-        return h + shift.to(h.dtype)
-
-    return edit
 
 
 def export_control_vector(method: SteeringMethod, path: str | Path, toward: Direction, strength: float,
@@ -126,20 +104,4 @@ def read_control_vector(path: str | Path) -> tuple[dict[int, torch.Tensor], dict
     return vectors, meta
 
 
-def load_control_vector(path: str | Path) -> SteeringMethod:
-    """A fitted ``cvec`` method (:class:`~sparekit.steering.baselines.VectorSteering`) holding a GGUF's directions."""
-    from sparekit.steering.baselines.vector import VectorSteering
-
-    vectors, meta = read_control_vector(path)
-    toward = meta.get("sparekit.toward", "context")
-    if toward not in ("context", "memory"):
-        raise SparekitError(f"{path}: sparekit.toward is {toward!r}, not 'context' or 'memory'")
-    method = VectorSteering(layers=tuple(sorted(vectors)))
-    method.vector_ = vectors
-    method.toward_ = toward
-    method.fitted_ = True
-    return method
-
-
-__all__ = ["ControlVector", "export_control_vector", "load_control_vector", "read_control_vector",
-           "shift_edit"]
+__all__ = ["export_control_vector", "read_control_vector"]

@@ -15,8 +15,22 @@ from pathlib import Path
 
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
-from sparekit.steering.base import Direction, SteeringMethod, load_method
+from sparekit.artifacts import read_artifact
+from sparekit.steering.base import REGISTRY, Direction, SteeringMethod
+from sparekit.steering.baselines.vector import VectorSteering
 from sparekit.utils.io import read_json
+
+
+def load_method(path: str | Path) -> SteeringMethod:
+    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle).
+
+    A ``.gguf`` path is read as a llama.cpp / repeng control vector (a ``cvec`` method).
+    """
+    path = Path(path)
+    if path.suffix == ".gguf":
+        return VectorSteering.from_control_vector(path)
+    artifact = read_artifact(path)
+    return REGISTRY.lookup(artifact.kind, where=str(path)).from_artifact(artifact)
 
 
 @dataclass

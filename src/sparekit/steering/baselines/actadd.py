@@ -9,9 +9,16 @@ from __future__ import annotations
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
-from sparekit.steering.base import BehaviourData, Direction, EditFn, register, with_strength_sign
+from sparekit.steering.base import (
+    BehaviourData,
+    ControlVector,
+    Direction,
+    EditFn,
+    register,
+    shift_edit,
+    with_strength_sign,
+)
 from sparekit.steering.baselines.one_layer import OneLayerMethod
-from sparekit.steering.control_vector import ControlVector, shift_edit
 
 
 @register("actadd")

@@ -19,10 +19,9 @@ from sklearn.preprocessing import StandardScaler
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
-from sparekit.steering.base import BehaviourData, Direction, EditFn, register
+from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register
 from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.utils.arrays import to_numpy
-from sparekit.steering.control_vector import ControlVector
 
 
 @register("knob")

@@ -8,6 +8,7 @@ compute). It is also what ``load_method("x.gguf")`` makes of a llama.cpp / repen
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,9 +17,9 @@ from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
-from sparekit.steering.base import BehaviourData, Direction, EditFn, register
+from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register, shift_edit
 from sparekit.steering.baselines.one_layer import MultiLayerMethod
-from sparekit.steering.control_vector import ControlVector, shift_edit
+from sparekit.steering.control_vector import read_control_vector
 
 
 @register("cvec")
@@ -68,3 +69,16 @@ class VectorSteering(MultiLayerMethod):
 
     def load_extra(self, extra: dict[str, Any]) -> None:
         self.toward_ = extra.get("toward", "context")
+
+    @classmethod
+    def from_control_vector(cls, path: str | Path) -> VectorSteering:
+        """A fitted ``cvec`` holding the directions of a llama.cpp / repeng control-vector GGUF."""
+        vectors, meta = read_control_vector(path)
+        toward = meta.get("sparekit.toward", "context")
+        if toward not in ("context", "memory"):
+            raise SparekitError(f"{path}: sparekit.toward is {toward!r}, not 'context' or 'memory'")
+        method = cls(layers=tuple(sorted(vectors)))
+        method.vector_ = vectors
+        method.toward_ = toward
+        method.fitted_ = True
+        return method
