@@ -8,9 +8,9 @@ import re
 import pytest
 
 from sparekit.data import load_dataset, read_jsonl
+from sparekit.data.dataset import normalize_answer
 from sparekit.data.default import RELATIONS, build_default_dataset, source_versions, write_default_dataset
 from sparekit.data.loaders import DEFAULT_ASSET
-from sparekit.evaluation.metrics import normalize_answer
 
 META = json.loads(DEFAULT_ASSET.with_name("default.meta.json").read_text())
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
+import string
+import unicodedata
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +25,18 @@ from sparekit.utils.io import atomic_path
 
 REQUIRED_FIELDS = ("question", "org_context", "org_answer", "sub_context", "sub_answer")
 OPTIONAL_FIELDS = ("id", "relation")
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation: unicode NFD, lower-case, drop punctuation and a/an/the, collapse whitespace."""
+    s = unicodedata.normalize("NFD", s).lower()
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
 ContextMatch = Literal["answer", "substring"]
 
 

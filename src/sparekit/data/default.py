@@ -31,9 +31,8 @@ import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
-from sparekit.data.dataset import ConflictDataset, ConflictExample, write_jsonl
+from sparekit.data.dataset import ConflictDataset, ConflictExample, normalize_answer, write_jsonl
 from sparekit.errors import SparekitError
-from sparekit.evaluation.metrics import normalize_answer
 from sparekit.utils.env import package_versions
 from sparekit.utils.io import atomic_write_json
 

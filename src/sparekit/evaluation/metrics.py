@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import string
-import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from sparekit.data.dataset import ConflictExample, ContextMatch
+from sparekit.data.dataset import ConflictExample, ContextMatch, normalize_answer
 
 Label = Literal["context", "memory", "other"]
 LABELS: tuple[Label, ...] = ("context", "memory", "other")
-_PUNCTUATION = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: unicode NFD, lower-case, drop punctuation and a/an/the, collapse whitespace."""
-    s = unicodedata.normalize("NFD", s).lower()
-    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
-    s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
 
 
 def exact_match(pred: str, golds: Iterable[str]) -> bool:
