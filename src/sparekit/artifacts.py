@@ -1,4 +1,4 @@
-"""One on-disk format for every fitted object, and one loader: :func:`load`.
+"""One on-disk format for every fitted object: probes, gates, steering methods.
 
 A saved probe, conflict gate or steering method is a folder with
 
