@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from sparekit.artifacts import KINDS, Artifact, join_keyed, save_artifact, split_keyed
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.data.prompts import build_prompt
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
-from sparekit.artifacts import KINDS, Artifact, join_keyed, save_artifact, split_keyed
 from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
 
@@ -64,6 +64,7 @@ def shift_edit(shift: torch.Tensor) -> EditFn:
         return h + shift.to(h.dtype)
 
     return edit
+
 
 REGISTRY: Registry = Registry("steering method", "kind")
 

@@ -13,9 +13,9 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparekit.artifacts import read_artifact
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
-from sparekit.artifacts import read_artifact
 from sparekit.steering.base import REGISTRY, Direction, SteeringMethod
 from sparekit.steering.baselines.vector import VectorSteering
 from sparekit.utils.io import read_json
