@@ -24,6 +24,7 @@ from sparekit.probes.detect import detect_prompt  # noqa: E402
 from sparekit.serve import Limits, build_engine  # noqa: E402
 from sparekit.serve.engine import RowSteer  # noqa: E402
 
+MODEL = "tiny-llama"  # tiny_model("llama").info.name: the one model the test server serves
 PROMPTS = ["context: a b c\nquestion: x?\nanswer:", "hi", "question: what is it?\nanswer:", "zz top 12"]
 
 
@@ -104,7 +105,7 @@ def test_stop_strings_cut_the_text_and_streamed_deltas_add_up(lm, engine):
 # -- the official openai client against a live server -------------------------------------------------
 def test_openai_client_completion_with_detect_and_steer(lm, engine, client):
     response = client.completions.create(
-        model="tiny", prompt=PROMPTS[0], max_tokens=6, temperature=0,
+        model=MODEL, prompt=PROMPTS[0], max_tokens=6, temperature=0,
         extra_body={"sparekit": {"detect": True, "steer": {"method": "actadd", "toward": "context", "strength": 2}}})
     assert response.choices[0].text == reference(lm, engine, PROMPTS[0], RowSteer("actadd", "context", 2.0), 6)
     assert response.choices[0].text != reference(lm, engine, PROMPTS[0], None, 6)
@@ -115,8 +116,8 @@ def test_openai_client_completion_with_detect_and_steer(lm, engine, client):
 
 
 def test_openai_client_streaming_matches_the_plain_answer(client):
-    plain = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=10)
-    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=10, stream=True,
+    plain = client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=10)
+    chunks = list(client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=10, stream=True,
                                             extra_body={"sparekit": {"detect": True}}))
     assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
     assert chunks[0].sparekit["steered"] is False and "conflict_probability" in chunks[0].sparekit
@@ -124,8 +125,8 @@ def test_openai_client_streaming_matches_the_plain_answer(client):
 
 
 def test_openai_client_stop_and_prompt_list(client):
-    full = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=10).choices[0].text
-    stopped = client.completions.create(model="tiny", prompt=[PROMPTS[1], PROMPTS[3]], max_tokens=10, stop=[full[3:5]])
+    full = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=10).choices[0].text
+    stopped = client.completions.create(model=MODEL, prompt=[PROMPTS[1], PROMPTS[3]], max_tokens=10, stop=[full[3:5]])
     assert stopped.choices[0].text == full[:full.find(full[3:5])]
     assert [c.index for c in stopped.choices] == [0, 1]
 
@@ -151,34 +152,49 @@ def test_health_metrics_and_playground(server):
 
 
 # -- bounds: every one answers with its status and one sentence -------------------------------------------
-@pytest.mark.parametrize("body, status, words", [
-    ({"prompt": "x", "max_tokens": 65}, 400, "limit of 64"),
-    ({"prompt": "x" * 400, "max_tokens": 2}, 400, "limit of 300"),
-    ({"prompt": "x", "max_tokens": 0}, 422, "at least 1"),
-    ({"prompt": "x", "max_tokens": "many"}, 422, "max_tokens"),
-    ({"prompt": "x", "temperature": 0.7}, 422, "greedily"),
-    ({"prompt": "x", "n": 2}, 422, "not supported"),
-    ({"max_tokens": 2}, 422, "prompt"),
-    ({"prompt": "x", "sparekit": {"steer": {"method": "dola", "toward": "memory"}}}, 422, "none, actadd"),
-    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "up"}}}, 422, "context, memory"),
-    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": -1}}}, 422, "0 to 10"),
-    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": 11}}}, 422, "0 to 10"),
-    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": "1"}}}, 422, "0 to 10"),
-    ({"prompt": "x", "sparekit": {"steer": {"toward": "memory", "power": 1}}}, 422, "power"),
-    ({"prompt": "x", "sparekit": {"detect": "maybe"}}, 422, "detect"),
-    ({"prompt": "x" * 30_000}, 413, "20000 bytes"),
-    (b"{not json", 400, "not valid JSON"),
+@pytest.mark.parametrize("body, status, words, param", [
+    ({"prompt": "x", "max_tokens": 65}, 400, "limit of 64", "max_tokens"),
+    ({"prompt": "x" * 400, "max_tokens": 2}, 400, "limit of 300", "prompt"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "at least 1", "max_tokens"),
+    ({"prompt": "x", "max_tokens": "many"}, 400, "max_tokens", "max_tokens"),
+    ({"prompt": "x", "max_tokens": True}, 400, "integer", "max_tokens"),
+    ({"prompt": "x", "temperature": 2.5}, 400, "0 to 2", "temperature"),
+    ({"prompt": "x", "top_p": 0}, 400, "greater than 0", "top_p"),
+    ({"prompt": "x", "logit_bias": {"999999": 5}}, 400, "token ids below", "logit_bias"),
+    ({"prompt": "x", "n": 2}, 400, "not supported", "n"),
+    ({"prompt": "x", "logprobs": 2}, 400, "not supported", "logprobs"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream: true", "stream_options"),
+    ({"max_tokens": 2}, 400, "prompt", "prompt"),
+    ({"prompt": "x", "model": "gpt-4o"}, 404, "'gpt-4o' does not exist", "model"),
+    ({"prompt": "x", "steer": {"method": "actadd"}}, 400, 'go under "sparekit"', "steer"),
+    ({"prompt": "x", "best_of_luck": 1}, 400, "Unknown parameter: best_of_luck", "best_of_luck"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "dola", "toward": "memory"}}}, 400, "none, actadd",
+     "sparekit.steer.method"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "up"}}}, 400, "context, memory",
+     "sparekit.steer.toward"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": -1}}}, 400, "0 to 10",
+     "sparekit.steer.strength"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": 11}}}, 400, "0 to 10",
+     "sparekit.steer.strength"),
+    ({"prompt": "x", "sparekit": {"steer": {"method": "actadd", "toward": "memory", "strength": "1"}}}, 400,
+     "0 to 10", "sparekit.steer.strength"),
+    ({"prompt": "x", "sparekit": {"steer": {"toward": "memory", "power": 1}}}, 400, "power", "sparekit.steer.power"),
+    ({"prompt": "x", "sparekit": {"detect": "maybe"}}, 400, "detect", "sparekit.detect"),
+    ({"prompt": "x" * 30_000}, 413, "20000 bytes", None),
+    (b"{not json", 400, "not valid JSON", None),
 ])
-def test_bad_requests_get_status_and_one_sentence(server, body, status, words):
+def test_bad_requests_get_status_and_one_sentence(server, body, status, words, param):
     code, reply = post(server[1] + "/v1/completions", body)
     assert code == status, reply
     message = reply["error"]["message"]
     assert words in message and "\n" not in message and message.endswith(".")
+    assert reply["error"]["param"] == param
+    assert reply["error"]["type"] == ("invalid_request_error" if status in (400, 404, 413) else reply["error"]["type"])
 
 
 def test_openai_client_sees_the_error_message(client):
-    with pytest.raises(openai.UnprocessableEntityError, match="valid methods: none, actadd"):
-        client.completions.create(model="tiny", prompt="x", extra_body={"sparekit": {"steer": {"method": "spare2",
+    with pytest.raises(openai.BadRequestError, match="valid methods: none, actadd"):
+        client.completions.create(model=MODEL, prompt="x", extra_body={"sparekit": {"steer": {"method": "spare2",
                                                                                                "toward": "memory"}}})
 
 
@@ -296,7 +312,7 @@ def test_load_200_requests_16_clients(lm, engine):
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
         def ask(prompt: str) -> str:
-            return client.completions.create(model="tiny", prompt=prompt, max_tokens=4).choices[0].text
+            return client.completions.create(model=MODEL, prompt=prompt, max_tokens=4).choices[0].text
 
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(ask, prompts))

@@ -31,7 +31,7 @@ from sparekit.cli.common import device_option, model_option
 @click.option("--max-tokens", "max_new", default=256, show_default=True, type=click.IntRange(1),
               help="Largest max_tokens a request may ask for (400 above).")
 @click.option("--max-strength", default=16.0, show_default=True, type=click.FloatRange(0),
-              help="Largest steering strength a request may ask for (422 above).")
+              help="Largest steering strength a request may ask for (400 above).")
 @click.option("--kv-compress", "kv_ratio", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Share of each prompt's KV cache to evict by key L2 norm after the prompt pass (sparekit.kv).")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=click.FloatRange(0),

@@ -1,17 +1,19 @@
-"""The HTTP side: OpenAI-compatible completions, the RAG ``/v1/answer``, health, metrics, playground.
+"""The HTTP side: OpenAI-compatible models, completions and chat completions, the RAG ``/v1/answer``,
+health, metrics, playground.
 
-Every error is ``{"error": {"message": <one sentence>, "type": …, "code": <status>}}``
-(the shape the ``openai`` client reads): 400 malformed JSON or a request over the
-prompt-token / ``max_tokens`` limits, 413 a body over the size limit, 422 a field with
-a wrong type or value (unknown steering method, bad strength: the message names the
-valid values), 429 a full queue or too many open streams, 503 while draining.
+Every error is ``{"error": {"message": <one sentence>, "type": …, "param": …, "code": …}}``
+(the shape the ``openai`` client reads): 400 a malformed or invalid request (the
+``param`` names the field: an unknown parameter, a wrong type or value, an unknown
+steering method or a bad strength — the message names the valid values — or a request
+over the prompt-token / ``max_tokens`` limits), 404 an unknown model (code
+``model_not_found``), 413 a body over the size limit, 429 a full queue or too many open
+streams, 503 while draining.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import threading
 import time
 import uuid
@@ -25,12 +27,14 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from sparekit.serve.batcher import Batcher, QueueFull
-from sparekit.serve.engine import Engine, Job, RowSteer
+from sparekit.serve.engine import GREEDY, Engine, Job, RowSteer, Sampling
 from sparekit.serve.metrics import Metrics
+from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, SparekitOptions,
+                                     chat_prompt, check_detect, check_model, check_unsupported, error_response,
+                                     resolve_steer, sampling, stop_strings, validation_error)
 
 
 @dataclass(frozen=True)
@@ -46,62 +50,6 @@ class Limits:
     batch_wait_ms: float = 10.0
     max_strength: float = 16.0
     drain_timeout_s: float = 30.0
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
-_ERROR_TYPES = {400: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error",
-                429: "rate_limit_error", 500: "server_error", 503: "unavailable"}
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "error"), "param": None, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-# -- request bodies -------------------------------------------------------------------------
-class SteerSpec(BaseModel):
-    """Checked by hand in :func:`resolve_steer`, so a bad value gets a message naming the valid ones."""
-
-    model_config = ConfigDict(extra="forbid")
-    method: Any = "spare"
-    toward: Any = None
-    strength: Any = None
-    gate: bool = False
-
-
-class SparekitOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    detect: bool = False
-    steer: SteerSpec | None = None
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI fields without meaning here (user, stream_options…)
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = 16
-    temperature: float | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
-    echo: bool = False
-    logprobs: int | None = None
-    suffix: str | None = None
-    sparekit: SparekitOptions | None = None
-
-
-class AnswerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    context: str | None = None
-    question: str
-    steer: SteerSpec | None = None
-    detect: bool = True
-    max_tokens: int = 12
 
 
 # -- the middleware: drain, body size, in-flight count, request metrics -----------------------
@@ -134,10 +82,10 @@ class Guard:
         self.metrics.in_flight.inc()
         try:
             if self.traffic.draining:
-                reply = error_response(503, "The server is shutting down; send the request to another replica.")
+                reply = error_response(ApiError(503, "The server is shutting down; send the request to another replica."))
                 return await reply(scope, receive, send_status)
-            too_big = error_response(413, f"The request body is larger than this server's limit of "
-                                          f"{self.limits.max_body_bytes} bytes.")
+            too_big = error_response(ApiError(413, f"The request body is larger than this server's limit of "
+                                                   f"{self.limits.max_body_bytes} bytes."))
             headers = dict(scope.get("headers") or [])
             if int(headers.get(b"content-length", b"0") or 0) > self.limits.max_body_bytes:
                 return await too_big(scope, receive, send_status)
@@ -162,55 +110,36 @@ class Guard:
             self.metrics.record(scope["path"], status, time.perf_counter() - start)
 
 
-# -- request checks -----------------------------------------------------------------------------
-def resolve_steer(spec: SteerSpec | None, engine: Engine, limits: Limits) -> RowSteer | None:
-    """A validated :class:`RowSteer`, or a 422 that names the valid values."""
-    if spec is None or spec.method == "none":
-        return None
-    names = engine.method_names()
-    if not isinstance(spec.method, str) or spec.method not in engine.steering.methods:
-        raise ApiError(422, f"Unknown steering method {spec.method!r}; valid methods: {', '.join(names)}.")
-    directions = sorted(engine.steering.methods[spec.method])
-    if spec.toward not in directions:
-        raise ApiError(422, f"steer.toward must be one of: {', '.join(directions)} (got {spec.toward!r}).")
-    tuned = engine.default_strength(spec.method, spec.toward)
-    strength = tuned if spec.strength is None else spec.strength
-    if (isinstance(strength, bool) or not isinstance(strength, int | float) or not math.isfinite(strength)
-            or not 0 <= strength <= limits.max_strength):
-        raise ApiError(422, f"steer.strength must be a number from 0 to {limits.max_strength:g} "
-                            f"(got {spec.strength!r}; {spec.method} toward {spec.toward} is tuned at {tuned:g}).")
-    if spec.gate and spec.method not in engine.steering.gates:
-        gated = sorted(engine.steering.gates)
-        raise ApiError(422, f"No calibrated conflict gate for method {spec.method!r}; set gate to false"
-                            f"{' or use ' + ', '.join(gated) if gated else ''}.")
-    return RowSteer(spec.method, spec.toward, float(strength), bool(spec.gate))
-
-
 def check_prompt(engine: Engine, limits: Limits, text: str) -> None:
     n = engine.count_tokens(text)
     if n > limits.max_prompt_tokens:
-        raise ApiError(400, f"The prompt has {n} tokens, more than this server's limit of {limits.max_prompt_tokens}.")
+        raise ApiError(400, f"The prompt has {n} tokens, more than this server's limit of {limits.max_prompt_tokens}.",
+                       "prompt")
 
 
-def check_max_tokens(limits: Limits, max_tokens: int) -> None:
+def check_max_tokens(limits: Limits, max_tokens: int, param: str = "max_tokens") -> None:
     if max_tokens < 1:
-        raise ApiError(422, f"max_tokens must be at least 1 (got {max_tokens}).")
+        raise ApiError(400, f"{param} must be at least 1 (got {max_tokens}).", param)
     if max_tokens > limits.max_tokens:
-        raise ApiError(400, f"max_tokens is {max_tokens}, more than this server's limit of {limits.max_tokens}.")
-
-
-def validation_message(exc: RequestValidationError, content_type: str) -> tuple[int, str]:
-    """One sentence for the first problem pydantic found (400 when the body is not JSON at all)."""
-    first = exc.errors()[0]
-    if first.get("type") == "json_invalid":
-        return 400, "The request body is not valid JSON."
-    if tuple(first.get("loc", ())) == ("body",) and "json" not in content_type:
-        return 400, "Send the request body as a JSON object with Content-Type: application/json."
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    return 422, f"Invalid request: {where}: {first.get('msg', 'invalid value')}."
+        raise ApiError(400, f"{param} is {max_tokens}, more than this server's limit of {limits.max_tokens}.", param)
 
 
 # -- the app ----------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """A checked OpenAI request: what the batcher runs for it and how the reply is shaped."""
+
+    prompts: list[str]
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    detect: bool = False
+    steer: RowSteer | None = None
+    sampling: Sampling = GREEDY
+    stream: bool = False
+    include_usage: bool = False
+    chat: bool = False
+
+
 class _Runner:
     """Submits jobs for one request and turns the batcher's events into an async stream."""
 
@@ -219,19 +148,19 @@ class _Runner:
         self.batcher: Batcher = app.state.batcher
         self.metrics: Metrics = app.state.metrics
 
-    def submit(self, prompts: Sequence[str], max_tokens: int, stop: tuple[str, ...], detect: bool,
-               steer: RowSteer | None, stream: bool) -> tuple[asyncio.Queue, list[Job]]:
+    def submit(self, plan: _Plan) -> tuple[asyncio.Queue, list[Job]]:
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
 
         def emitter(index: int):
             return lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (index, kind, data))
 
-        jobs = [Job(p, max_tokens, emitter(i), stop, detect, steer, stream) for i, p in enumerate(prompts)]
+        jobs = [Job(p, plan.max_tokens, emitter(i), plan.stop, plan.detect, plan.steer, plan.stream, plan.sampling)
+                for i, p in enumerate(plan.prompts)]
         try:
             self.batcher.submit(jobs)
         except QueueFull:
             raise ApiError(429, f"The server's queue is full ({self.batcher.max_queue} prompts waiting); retry later.",
-                           {"Retry-After": "1"}) from None
+                           headers={"Retry-After": "1"}) from None
         return queue, jobs
 
     async def events(self, request: Request, queue: asyncio.Queue, jobs: list[Job]) -> AsyncIterator[tuple]:
@@ -265,6 +194,28 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+def plan_request(engine: Engine, limits: Limits, body: CompletionRequest | ChatRequest, prompts: list[str],
+                 max_tokens: int, stop: tuple[str, ...] = ()) -> _Plan:
+    """Every check an OpenAI request gets before it is queued (the first failure is the 400 / 404)."""
+    check_model(body.model, engine.lm.info.name)
+    check_unsupported(body)
+    if not 1 <= len(prompts) <= limits.max_batch:
+        raise ApiError(400, f"prompt must be a string or a list of 1 to {limits.max_batch} strings.", "prompt")
+    check_max_tokens(limits, max_tokens, "max_completion_tokens" if isinstance(body, ChatRequest)
+                     and body.max_completion_tokens is not None else "max_tokens")
+    options = body.sparekit or SparekitOptions()
+    steer = resolve_steer(options.steer, engine, limits.max_strength)
+    check_detect(options.detect, engine, "sparekit.detect")
+    for prompt in prompts:
+        check_prompt(engine, limits, prompt)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "stream_options is only allowed with stream: true.", "stream_options")
+    return _Plan(prompts, max_tokens, stop_strings(body.stop) + stop, options.detect, steer,
+                 sampling(body, engine.lm.info.vocab_size), body.stream, include_usage,
+                 chat=isinstance(body, ChatRequest))
+
+
 def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     """The ASGI app; the batcher thread starts and stops with the app's lifespan."""
     metrics = Metrics()
@@ -281,22 +232,23 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     app.state.batcher = Batcher(engine, metrics, limits.max_batch, limits.batch_wait_ms / 1000, limits.max_queue)
     app.state.streams = 0
     app.state.traffic = Traffic()
+    app.state.started = int(time.time())
     app.add_middleware(Guard, metrics=metrics, limits=limits, traffic=app.state.traffic)
     model_name = engine.lm.info.name
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(*validation_message(exc, request.headers.get("content-type", "")))
+        return error_response(validation_error(exc, request.headers.get("content-type", "")))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         path = request.url.path
         message = {404: f"No endpoint {path}.", 405: f"{request.method} is not allowed on {path}."}
-        return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+        return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -311,60 +263,42 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     async def metrics_text() -> Response:
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [_model_card(model_name, app.state.started)]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict:
+        check_model(name, model_name)
+        return _model_card(model_name, app.state.started)
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not 1 <= len(prompts) <= limits.max_batch:
-            raise ApiError(422, f"prompt must be a string or a list of 1 to {limits.max_batch} strings.")
-        if body.n != 1 or body.echo or body.logprobs is not None or body.suffix is not None:
-            raise ApiError(422, "n other than 1, echo, logprobs and suffix are not supported by this server.")
-        if body.temperature not in (None, 0):
-            raise ApiError(422, f"temperature must be 0: this server decodes greedily (got {body.temperature}).")
-        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        if len(stop) > 4 or not all(stop):
-            raise ApiError(422, "stop must be up to 4 non-empty strings.")
-        check_max_tokens(limits, body.max_tokens)
-        options = body.sparekit or SparekitOptions()
-        steer = resolve_steer(options.steer, engine, limits)
-        if options.detect and not engine.can_detect:
-            raise ApiError(422, "Detection is not available: start the server with --probe DIR for this model.")
-        for prompt in prompts:
-            check_prompt(engine, limits, prompt)
-        runner = _Runner(app)
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name}
-        if body.stream:
-            if app.state.streams >= limits.max_streams:
-                raise ApiError(429, f"Too many streams are open (limit {limits.max_streams}); retry later.",
-                               {"Retry-After": "1"})
-            queue, jobs = runner.submit(prompts, body.max_tokens, stop, options.detect, steer, stream=True)
-            app.state.streams += 1
-            metrics.streams.inc()
+        plan = plan_request(engine, limits, body, prompts, 16 if body.max_tokens is None else body.max_tokens)
+        return await _reply(app, request, plan, {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                                                 "created": int(time.time()), "model": model_name})
 
-            def closed() -> None:
-                app.state.streams -= 1
-                metrics.streams.dec()
-                for job in jobs:  # no-op for finished jobs; covers a client gone before the first chunk
-                    runner.batcher.cancel(job)
-
-            return _Stream(_sse(runner, request, queue, jobs, head), closed)
-        queue, jobs = runner.submit(prompts, body.max_tokens, stop, options.detect, steer, stream=False)
-        results = {i: data async for i, kind, data in runner.events(request, queue, jobs) if kind == "done"}
-        if len(results) < len(jobs):
-            return Response(status_code=499)  # the client went away; nobody reads this
-        choices = [{"index": i, "text": r["text"], "finish_reason": r["finish_reason"], "logprobs": None,
-                    "sparekit": r["sparekit"]} for i, r in sorted(results.items())]
-        return {**head, "choices": choices, "usage": _usage(results.values()), "sparekit": choices[0]["sparekit"]}
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        prompt, turn_ends = chat_prompt(engine.lm.tokenizer, body.messages)
+        max_tokens = next((m for m in (body.max_completion_tokens, body.max_tokens) if m is not None),
+                          limits.max_tokens)
+        plan = plan_request(engine, limits, body, [prompt], max_tokens, turn_ends)
+        return await _reply(app, request, plan, {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                                                 "created": int(time.time()), "model": model_name})
 
     @app.post("/v1/answer")
     async def answer(body: AnswerRequest, request: Request):
         check_max_tokens(limits, body.max_tokens)
-        steer = resolve_steer(body.steer, engine, limits)
-        detect = body.detect and engine.can_detect
+        if not body.question.strip():
+            raise ApiError(400, "question must not be empty.", "question")
+        steer = resolve_steer(body.steer, engine, limits.max_strength, param="steer")
         prompt = engine.answer_prompt(body.context, body.question)
         check_prompt(engine, limits, prompt)
+        plan = _Plan([prompt], body.max_tokens, ("\n",), body.detect and engine.can_detect, steer)
         runner = _Runner(app)
-        queue, jobs = runner.submit([prompt], body.max_tokens, ("\n",), detect, steer, stream=False)
+        queue, jobs = runner.submit(plan)
         results = [data async for _, kind, data in runner.events(request, queue, jobs) if kind == "done"]
         if not results:
             return Response(status_code=499)
@@ -372,6 +306,47 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
                 "sparekit": results[0]["sparekit"], "usage": _usage(results)}
 
     return app
+
+
+def _model_card(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "sparekit"}
+
+
+async def _reply(app: FastAPI, request: Request, plan: _Plan, head: dict):
+    """Run a checked plan: an event stream, or one JSON body once every prompt is done."""
+    runner = _Runner(app)
+    if plan.stream:
+        limits, metrics = app.state.limits, app.state.metrics
+        if app.state.streams >= limits.max_streams:
+            raise ApiError(429, f"Too many streams are open (limit {limits.max_streams}); retry later.",
+                           headers={"Retry-After": "1"})
+        queue, jobs = runner.submit(plan)
+        app.state.streams += 1
+        metrics.streams.inc()
+
+        def closed() -> None:
+            app.state.streams -= 1
+            metrics.streams.dec()
+            for job in jobs:  # no-op for finished jobs; covers a client gone before the first chunk
+                runner.batcher.cancel(job)
+
+        return _Stream(_sse(runner, request, queue, jobs, head, plan), closed)
+    queue, jobs = runner.submit(plan)
+    results = {i: data async for i, kind, data in runner.events(request, queue, jobs) if kind == "done"}
+    if len(results) < len(jobs):
+        return Response(status_code=499)  # the client went away; nobody reads this
+    choices = [{"index": i, **_content(plan, r["text"]), "finish_reason": r["finish_reason"], "logprobs": None,
+                "sparekit": r["sparekit"]} for i, r in sorted(results.items())]
+    return {**head, "choices": choices, "usage": _usage(results.values()), "sparekit": choices[0]["sparekit"]}
+
+
+def _content(plan: _Plan, text: str, first: bool = False, delta: bool = False) -> dict:
+    """A choice's text in the request's shape: ``text`` (completions), ``message`` or ``delta`` (chat)."""
+    if not plan.chat:
+        return {"text": text}
+    if delta:
+        return {"delta": {"role": "assistant", "content": text} if first else {"content": text}}
+    return {"message": {"role": "assistant", "content": text}}
 
 
 def _usage(results) -> dict[str, int]:
@@ -394,22 +369,29 @@ class _Stream(StreamingResponse):
             self.on_close()
 
 
-async def _sse(runner: _Runner, request: Request, queue: asyncio.Queue, jobs: list[Job], head: dict
-               ) -> AsyncIterator[str]:
-    """Server-sent events in the OpenAI shape; the first chunk of each choice carries its ``sparekit`` object."""
+async def _sse(runner: _Runner, request: Request, queue: asyncio.Queue, jobs: list[Job], head: dict,
+               plan: _Plan) -> AsyncIterator[str]:
+    """Server-sent events in the OpenAI shape; the first chunk of each choice carries its ``sparekit`` object,
+    and with ``stream_options.include_usage`` a last chunk (no choices) carries the usage."""
+    head = {**head, "object": "chat.completion.chunk"} if plan.chat else head
 
-    def chunk(index: int, text: str, finish_reason: str | None = None, **extra) -> str:
-        choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    def chunk(index: int, text: str, finish_reason: str | None = None, first: bool = False, **extra) -> str:
+        choice = {"index": index, **_content(plan, text, first, delta=True), "finish_reason": finish_reason,
+                  "logprobs": None}
         return f"data: {json.dumps({**head, 'choices': [choice], **extra})}\n\n"
 
+    done: list[dict] = []
     try:
         async for index, kind, data in runner.events(request, queue, jobs):
             if kind == "sparekit":
-                yield chunk(index, "", sparekit=data)
+                yield chunk(index, "", first=True, sparekit=data)
             elif kind == "delta":
                 yield chunk(index, data)
             else:
+                done.append(data)
                 yield chunk(index, "", data["finish_reason"])
+        if plan.include_usage:
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': _usage(done)})}\n\n"
         yield "data: [DONE]\n\n"
     except ApiError as exc:
         yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error', 'code': exc.status}})}\n\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from sparekit.activations.last_token import last_token_states
 from sparekit.errors import SparekitError
@@ -53,6 +53,25 @@ class RowSteer:
     gate: bool = False
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """A request's decoding: greedy at temperature 0 (the default), else seeded sampling per row."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.temperature or self.frequency_penalty or self.presence_penalty or self.logit_bias)
+
+
+GREEDY = Sampling()
+
+
 @dataclass
 class Job:
     """One prompt to complete; filled by the HTTP side, run by the batcher thread."""
@@ -64,6 +83,7 @@ class Job:
     detect: bool = False
     steer: RowSteer | None = None
     stream: bool = False
+    sampling: Sampling = GREEDY
     arrived: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -127,6 +147,55 @@ class _Rows(StoppingCriteria):
         if reason is not None:
             self.done[row] = True
             self.results[row] = {"text": text, "finish_reason": reason, "completion_tokens": len(ids)}
+
+
+class _RowSampler(LogitsProcessor):
+    """Each row's own penalties, bias and seeded sampling inside one greedy ``generate``.
+
+    A sampled row's logits become 0 at the drawn token and -inf elsewhere, so the greedy
+    step picks it; rows at temperature 0 without penalties pass through untouched (their
+    answers stay identical to a greedy batch). Each row draws from its own generator
+    (seeded by the request's ``seed``), so a seeded answer does not depend on its batch.
+    """
+
+    def __init__(self, jobs: Sequence[Job], prompt_len: int):
+        self.jobs, self.prompt_len = jobs, prompt_len
+        self.generators = [_generator(job.sampling.seed) for job in jobs]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        for row, job in enumerate(self.jobs):
+            s = job.sampling
+            if s.adjusts_logits:
+                scores[row] = self._row(scores[row].float(), input_ids[row, self.prompt_len:], s, row)
+        return scores
+
+    def _row(self, logits: torch.Tensor, generated: torch.Tensor, s: Sampling, row: int) -> torch.Tensor:
+        if s.frequency_penalty or s.presence_penalty:
+            counts = torch.bincount(generated, minlength=logits.numel())[:logits.numel()].to(logits)
+            logits = logits - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).to(logits)
+        for token, bias in s.logit_bias.items():
+            logits[token] += bias
+        if s.temperature == 0:
+            return logits
+        probs = torch.softmax(logits / s.temperature, dim=-1)
+        if s.top_p < 1:  # nucleus: the smallest set of tokens whose mass reaches top_p
+            sorted_probs, order = probs.sort(descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= s.top_p
+            probs[order[outside]] = 0
+        token = torch.multinomial(probs.cpu(), 1, generator=self.generators[row]).item()
+        out = torch.full_like(logits, float("-inf"))
+        out[token] = 0.0
+        return out
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
 
 
 class Engine:
@@ -223,8 +292,10 @@ class Engine:
 
         enc = tokenize(self.lm, texts)
         rows = _Rows(self, jobs, enc["input_ids"].shape[1], first_step)
+        sampler = (LogitsProcessorList([_RowSampler(jobs, enc["input_ids"].shape[1])])
+                   if any(job.sampling.adjusts_logits for job in jobs) else None)
         with self._kv_compression(), hooks:
-            greedy_call(self.lm, enc, max(job.max_tokens for job in jobs), None, StoppingCriteriaList([rows]))
+            greedy_call(self.lm, enc, max(job.max_tokens for job in jobs), sampler, StoppingCriteriaList([rows]))
         for i, job in enumerate(jobs):
             result = rows.results[i] or {"text": "", "finish_reason": "length", "completion_tokens": 0}
             job.emit("done", {**result, "prompt_tokens": int(enc["attention_mask"][i].sum()),
