@@ -5,12 +5,15 @@ Requests are three-shot conflict prompts from the embedded dataset (substituted 
 ``max_tokens`` 12, stop at newline), as ``/v1/answer`` builds them.
 
 1. Throughput: N requests sent one at a time (1 client), then by 4 and 16 concurrent
-   clients; requests/s, ratio to one-at-a-time, p50/p95 latency, mean rows per batch.
+   clients; requests/s, ratio to one-at-a-time, p50/p95 latency, mean rows per batch;
+   with the shared-prefix KV cache on and off (``--prefix-cache on,off``), side by side in
+   one run, and whether both give the same answers.
 2. Cost of ``detect`` and of ``steer`` (shipped SpARE toward memory, with and without
    its gate): the same prompts one at a time, variants interleaved per prompt over
    rounds; median latency ÷ the plain request's, and the completion tokens generated.
 
     python benchmarks/bench_serve.py [--n 48] [--rounds 2] [--threads 2] [--max-batch 16] [--batch-wait-ms 10]
+                                     [--prefix-cache on,off]
 """
 
 from __future__ import annotations
@@ -60,29 +63,38 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--parts", default="throughput,cost", help="which parts to run")
+    parser.add_argument("--prefix-cache", default="on,off", help="shared-prefix KV cache settings to compare")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import openai
 
     lm = load_model("default", device="cpu")
-    engine = build_engine(lm)
     data = list(load_dataset("default"))
-    prompts = [engine.answer_prompt(ex.sub_context, ex.question) for ex in data[: max(args.n, args.cost_n)]]
-    limits = Limits(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=4096)
-    with serve_in_thread(engine, limits) as (_, url):
-        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    answers: dict[str, dict[tuple[str, str], str]] = {}  # setting -> (prompt, options) -> answer
+    for setting in args.prefix_cache.split(","):
+        engine = build_engine(lm, prefix_cache=setting == "on")
+        prompts = [engine.answer_prompt(ex.sub_context, ex.question) for ex in data[: max(args.n, args.cost_n)]]
+        limits = Limits(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=4096)
+        with serve_in_thread(engine, limits) as (_, url):
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
 
-        def ask(prompt: str, options: dict) -> tuple[float, int]:
-            start = time.perf_counter()
-            reply = client.completions.create(model="default", prompt=prompt, max_tokens=12, stop=["\n"],
-                                              extra_body={"sparekit": options} if options else None)
-            return time.perf_counter() - start, reply.usage.completion_tokens
+            def ask(prompt: str, options: dict) -> tuple[float, int]:
+                start = time.perf_counter()
+                reply = client.completions.create(model="default", prompt=prompt, max_tokens=12, stop=["\n"],
+                                                  extra_body={"sparekit": options} if options else None)
+                answers.setdefault(setting, {})[prompt, repr(options)] = reply.choices[0].text
+                return time.perf_counter() - start, reply.usage.completion_tokens
 
-        ask(prompts[0], VARIANTS["steer+gate"])  # warm-up: loads the SAEs, builds the edits
-        if "throughput" in args.parts:
-            throughput(args, url, prompts, ask)
-        if "cost" in args.parts:
-            cost(args, prompts, ask)
+            ask(prompts[0], VARIANTS["steer+gate"])  # warm-up: loads the SAEs, builds the edits
+            print(f"\n## prefix cache {setting}")
+            if "throughput" in args.parts:
+                throughput(args, url, prompts, ask)
+            if "cost" in args.parts:
+                cost(args, prompts, ask)
+    if len(answers) > 1:
+        first, *others = answers.values()
+        same = [sum(first[key] == other.get(key) for key in first) for other in others]
+        print(f"\nsame answers across prefix-cache settings: {same} of {len(first)} (prompt, options) pairs")
 
 
 def throughput(args, url: str, prompts: list[str], ask) -> None:

@@ -81,6 +81,28 @@ def test_mixed_batch_rows_match_each_row_alone(lm, engine, assets):
     assert results[1]["done"]["text"] != reference(lm, engine, PROMPTS[1], None, 3)
 
 
+def test_shared_prefix_is_computed_once_and_answers_stay_the_same(lm, assets):
+    """Prefix caching: rows sharing a long demonstration prefix run only their own suffix, with equal results."""
+    cached, full = (build_engine(lm, assets[0], [assets[1]], prefix_cache=on) for on in (True, False))
+    shared = "".join(f"context: fact {i} holds.\nquestion: what is {i}?\nanswer: {i}\n\n" for i in range(4))
+    prompts = [shared + p for p in PROMPTS]
+    steers = [None, RowSteer("actadd", "memory", 1.0), RowSteer("actadd", "context", 2.0), None]
+    rows = [dict(prompt=p, max_tokens=6, steer=s, detect=True) for p, s in zip(prompts, steers)]
+    for attempt in range(2):  # the second batch reuses the kept prefix
+        with_prefix, without = run_jobs(cached, rows), run_jobs(full, rows)
+        for a, b in zip(with_prefix, without):
+            assert a["done"]["text"] == b["done"]["text"] and a["done"]["prompt_tokens"] == b["done"]["prompt_tokens"]
+            assert a["done"]["sparekit"]["conflict_probability"] == pytest.approx(
+                b["done"]["sparekit"]["conflict_probability"], abs=1e-5)
+    (prefix,) = cached.prefixes.entries  # one prefix kept: the shared demonstrations, short of every own token
+    assert len(prefix) >= 32 and lm.tokenizer.decode(prefix, skip_special_tokens=True) in shared
+    assert full.prefixes is None
+    assert with_prefix[1]["done"]["text"] != run_jobs(full, [dict(rows[1], steer=None)])[0]["done"]["text"]
+    # a lone request reuses a prefix it shares with one seen before
+    alone = run_jobs(cached, [dict(prompt=shared + "zz", max_tokens=5)])[0]["done"]["text"]
+    assert alone == run_jobs(full, [dict(prompt=shared + "zz", max_tokens=5)])[0]["done"]["text"]
+
+
 def test_gate_steers_only_the_rows_where_it_fires(lm, engine):
     gate = engine.steering.gates["actadd"]
     scores = gate.probe.predict_proba(last_token_states(lm, PROMPTS, [gate.site])[gate.site].numpy())[:, 1]

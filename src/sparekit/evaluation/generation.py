@@ -10,8 +10,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import Cache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from sparekit.hooks.core import cache_keyword
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 
@@ -52,11 +53,17 @@ def tokenize(lm: LoadedModel, prompts: Sequence[str], position_ids: bool = False
 
 
 def greedy_call(lm: LoadedModel, enc: dict[str, torch.Tensor], max_new_tokens: int,
-            logits_processor: LogitsProcessorList | None, stopping: StoppingCriteriaList | None = None) -> torch.Tensor:
-    """``generate`` in greedy mode, whatever sampling defaults the model's generation config carries."""
+                logits_processor: LogitsProcessorList | None, stopping: StoppingCriteriaList | None = None,
+                cache: Cache | None = None) -> torch.Tensor:
+    """``generate`` in greedy mode, whatever sampling defaults the model's generation config carries.
+
+    ``cache``: a KV cache already holding the first tokens of every row (a reused prompt prefix).
+    """
+    reused = {} if cache is None else {cache_keyword(lm.model): cache}
     return lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              stopping_criteria=stopping, logits_processor=logits_processor,
-                             pad_token_id=lm.tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+                             pad_token_id=lm.tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None,
+                             **reused)
 
 
 @torch.inference_mode()

@@ -128,8 +128,19 @@ def last_token_index(attention_mask: torch.Tensor | None, batch: int, seq_len: i
     return seq_len - 1 - flipped_first_real
 
 
+#: attribute of a KV cache that holds a reused prompt prefix: how many tokens it held before the prompt pass
+_PROMPT_START = "sparekit_prompt_start"
+
+
+def mark_prompt_start(cache: Cache, length: int) -> None:
+    """Declare that ``cache`` holds a reused prefix of the prompt (``length`` tokens), so the call that
+    feeds the rest of the prompt still counts as the prompt pass (the server's prefix caching)."""
+    setattr(cache, _PROMPT_START, length)
+
+
 def is_prompt_pass(args: tuple, kwargs: dict) -> bool:
-    """Whether a model call is a prompt pass: no KV cache, or an empty one.
+    """Whether a model call is a prompt pass: no KV cache, an empty one, or one holding only a reused
+    prompt prefix (:func:`mark_prompt_start`).
 
     The cache is found by its type, not by its keyword: ``generate`` passes it as
     ``past_key_values`` up to transformers 5.23 and as ``cache`` from 5.24 on. This is
@@ -137,7 +148,7 @@ def is_prompt_pass(args: tuple, kwargs: dict) -> bool:
     """
     for value in (*args, *kwargs.values()):
         if isinstance(value, Cache):
-            return value.get_seq_length() == 0
+            return value.get_seq_length() == getattr(value, _PROMPT_START, 0)
     return True
 
 

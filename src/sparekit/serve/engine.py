@@ -31,7 +31,9 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_call, tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import input_device
 from sparekit.probes.linear import LinearProbe
+from sparekit.serve.prefix import PrefixCache, prefixed_batch
 from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, row_edits
 from sparekit.steering.fitted import FittedSteering
 from sparekit.utils.arrays import to_numpy
@@ -202,7 +204,8 @@ class Engine:
     """Runs batches of :class:`Job` on one model; not thread-safe (one batcher thread calls it)."""
 
     def __init__(self, lm: LoadedModel, probes: dict[str, LinearProbe] | None = None,
-                 steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0):
+                 steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0,
+                 prefix_cache: bool = True):
         from sparekit.kv import kv_compress
 
         self.lm = lm
@@ -210,6 +213,8 @@ class Engine:
             with kv_compress(lm, ratio=kv_ratio):  # a bad ratio fails now, not at the first request
                 pass
         self.kv_ratio = kv_ratio
+        # KV compression prunes each prompt's own cache after its prompt pass: no prefix to share then
+        self.prefixes = PrefixCache(lm) if prefix_cache and not kv_ratio else None
         self.probes = probes or {}
         self.probe_sites = {target: Site.parse(p.site) for target, p in self.probes.items()}
         self.steering = steering or Steering({}, {})
@@ -290,18 +295,28 @@ class Engine:
             for i, job in enumerate(jobs):
                 job.emit("sparekit", self._sparekit(job, readings[i], fired[i]))
 
-        enc = tokenize(self.lm, texts)
+        enc, cache = self._encode(texts)
         rows = _Rows(self, jobs, enc["input_ids"].shape[1], first_step)
         sampler = (LogitsProcessorList([_RowSampler(jobs, enc["input_ids"].shape[1])])
                    if any(job.sampling.adjusts_logits for job in jobs) else None)
         with self._kv_compression(), hooks:
-            greedy_call(self.lm, enc, max(job.max_tokens for job in jobs), sampler, StoppingCriteriaList([rows]))
+            greedy_call(self.lm, enc, max(job.max_tokens for job in jobs), sampler, StoppingCriteriaList([rows]),
+                        cache)
         for i, job in enumerate(jobs):
             result = rows.results[i] or {"text": "", "finish_reason": "length", "completion_tokens": 0}
             job.emit("done", {**result, "prompt_tokens": int(enc["attention_mask"][i].sum()),
                               "sparekit": self._sparekit(job, readings[i], fired[i])})
 
     # -- helpers -----------------------------------------------------------------------
+    def _encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], Any]:
+        """The batch's inputs, and the KV of a shared prompt prefix when one is kept (else ``None``)."""
+        if self.prefixes is not None:
+            rows = self.lm.tokenizer(list(texts))["input_ids"]
+            length, cache = self.prefixes.lookup(rows)
+            if cache is not None:
+                return prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm)), cache
+        return tokenize(self.lm, texts), None
+
     def _kv_compression(self):
         """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
         from sparekit.kv import kv_compress
@@ -376,7 +391,7 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
 
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
-                 kv_ratio: float = 0.0) -> Engine:
+                 kv_ratio: float = 0.0, prefix_cache: bool = True) -> Engine:
     """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods.
 
     ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
@@ -395,4 +410,4 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
     if demos is None:
         demos = tuple(detection_demos(folder)) if folder is not None else ()
-    return Engine(lm, probes, steering, demos, kv_ratio)
+    return Engine(lm, probes, steering, demos, kv_ratio, prefix_cache)
