@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
-from sparekit.kv import METHODS, keep_counts, key_scores, kv_compress, select_positions
+from sparekit.kv import PRESSES, RecentPress, keep_counts, kv_compress, select_positions
 from sparekit.models.loading import from_modules
 from sparekit.models.tiny import _DECODER, char_tokenizer, tiny_model
 
@@ -84,7 +84,7 @@ def test_select_positions_recent_and_filler():
     keys = torch.randn(2, 1, 6, 4)
     keep = keep_counts(mask.sum(1), 0.5, min_length=0, keep_last=1)
     assert keep.tolist() == [3, 2]
-    index, valid = select_positions(key_scores(keys, "recent", mask), mask, keep, keep_last=1)
+    index, valid = select_positions(RecentPress().scores(keys, mask, None), mask, keep, keep_last=1)
     assert index[0, 0].tolist() == [3, 4, 5]
     assert index[1, 0, 1:].tolist() == [4, 5] and valid.tolist() == [[True] * 3, [False, True, True]]
     assert keep_counts(torch.tensor([5, 200]), 0.9, min_length=100, keep_last=8).tolist() == [5, 20]
@@ -107,7 +107,7 @@ def test_ratio_zero_is_bit_identical_with_sdpa():
     assert torch.equal(tokens, tokens0) and torch.equal(scores, scores0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", sorted(PRESSES))
 @pytest.mark.parametrize("which", ["llama", "gemma3"])
 def test_batched_equals_unbatched(which, method, llama, gemma3):
     lm = llama if which == "llama" else gemma3

@@ -30,6 +30,7 @@ from sparekit.activations.last_token import last_token_states
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_call, tokenize
 from sparekit.hooks import Hooks, Site
+from sparekit.kv import L2Press
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, row_edits
@@ -134,13 +135,10 @@ class Engine:
 
     def __init__(self, lm: LoadedModel, probes: dict[str, LinearProbe] | None = None,
                  steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0):
-        from sparekit.kv import kv_compress
-
         self.lm = lm
-        if kv_ratio:
-            with kv_compress(lm, ratio=kv_ratio):  # a bad ratio fails now, not at the first request
-                pass
-        self.kv_ratio = kv_ratio
+        self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
+        if self.press:
+            self.press.check(lm)
         self.probes = probes or {}
         self.probe_sites = {target: Site.parse(p.site) for target, p in self.probes.items()}
         self.steering = steering or Steering({}, {})
@@ -231,11 +229,9 @@ class Engine:
                               "sparekit": self._sparekit(job, readings[i], fired[i])})
 
     # -- helpers -----------------------------------------------------------------------
-    def _kv_compression(self):
+    def _kv_compression(self) -> contextlib.AbstractContextManager:
         """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
-        from sparekit.kv import kv_compress
-
-        return kv_compress(self.lm, ratio=self.kv_ratio) if self.kv_ratio > 0 else contextlib.nullcontext()
+        return self.press(self.lm) if self.press else contextlib.nullcontext()
 
     def _reads_before_steering(self, job: Job) -> bool:
         """A gate decides before the edits; detection reads the unsteered prompt (edits below the probe change it)."""
