@@ -166,3 +166,83 @@ def test_bench_resumes_from_its_parts(llama, tmp_path, monkeypatch):
     assert set(first["results"]["passkey"]["32"]["l2"]) == {"0", "0.5"}
     monkeypatch.setattr(bench, "_retrieval", lambda *a, **k: pytest.fail("a finished part was recomputed"))
     assert bench.run_bench(llama, config, tmp_path, passages=[])["results"] == first["results"]
+
+
+def test_presses_are_registered_objects_checked_when_built():
+    """Methods are presses by name; a duplicate name, an unknown one or an option a press lacks is refused."""
+    from sparekit.kv import L2Press, Press, RandomPress, make_press, register_press
+
+    assert set(PRESSES) >= {"l2", "l2-inverse", "random", "recent"} and PRESSES["l2"] is L2Press
+    assert make_press("random", ratio=0.25, seed=3) == RandomPress(ratio=0.25, seed=3)
+    assert hash(make_press("l2", skip_layers=[0])) == hash(L2Press(skip_layers=(0,)))  # a list from a file is frozen
+    with pytest.raises(RuntimeError, match="registered twice"):
+        register_press("l2")(type("Other", (Press,), {}))
+    with pytest.raises(SparekitError, match="takes no option seed"):
+        make_press("l2", seed=1)
+    with pytest.raises(SparekitError, match="unknown KV compression method"):
+        make_press("kmeans")
+
+
+@pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
+                                             ("l2", {"skip_layers": (-1,)}), ("l2", {"min_length": 1.5}),
+                                             ("recent", {"sinks": -1}), ("random", {"seed": "x"})])
+def test_bad_press_options_are_one_line_errors(method, options):
+    from sparekit.kv import make_press
+
+    with pytest.raises(SparekitError) as info:
+        make_press(method, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_press_applied_as_a_context_equals_kv_compress(llama):
+    """``with press(lm):`` around a plain ``generate`` is the by-name ``kv_compress``."""
+    from sparekit.kv import L2Press
+
+    press = L2Press(ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2)
+    with press(llama) as kv:
+        tokens, scores = generate(llama, PROMPTS)
+    with kv_compress(llama, "l2", ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2) as by_name:
+        tokens2, scores2 = generate(llama, PROMPTS)
+    assert torch.equal(tokens, tokens2) and torch.equal(scores, scores2)
+    assert kv.kv_bytes == by_name.kv_bytes < kv.kv_bytes_uncompressed
+
+
+def test_recent_keeps_its_sinks():
+    """StreamingLLM: the first ``sinks`` real positions of each row survive beside the most recent ones."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    keys = torch.randn(2, 1, 8, 4)
+    keep = keep_counts(mask.sum(1), 0.5, min_length=0, keep_last=1)
+    index, valid = select_positions(RecentPress(sinks=2).scores(keys, mask, None), mask, keep, keep_last=1)
+    assert index[0, 0].tolist() == [0, 1, 6, 7]
+    assert index[1, 0, valid[1]].tolist() == [2, 3, 7]
+
+
+def test_kv_conflict_honours_its_seed(monkeypatch):
+    """The seed picks the items and their demonstrations (it was fixed at 42 for the demonstrations)."""
+    from sparekit.kv import experiment
+
+    seen = []
+
+    def condition_prompts(data, condition, seed, k_shot):
+        seen.append((condition, seed, k_shot))
+        raise KeyboardInterrupt  # stop before the model loads
+
+    monkeypatch.setattr(experiment, "condition_prompts", condition_prompts)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.KVConflictExperiment(seed=7, k_shot=2, limit=4).run()
+    assert seen == [("sub", 7, 2)]
+
+
+def test_kv_commands_are_config_dataclasses(capsys):
+    """Options come from the experiment's fields; --dry-run shows what would run, conflict compresses every prompt."""
+    import json
+
+    from sparekit.cli.main import main
+
+    assert main(["kv", "conflict", "--seed", "5", "--methods", "l2,recent", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["seed"] == 5 and config["methods"] == ["l2", "recent"] and config["min_length"] == 0
+    assert "tasks" not in config and "items" not in config
+    assert main(["kv", "bench", "--ppl-tokens", "32", "--lengths", "256", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["ppl_tokens"] == 32 and config["lengths"] == [256] and config["min_length"] == 128

@@ -63,7 +63,7 @@ class KVGrid:
     skip_layers: tuple[int, ...] = option((0, 1), help="Layers left uncompressed.")
     keep_last: int = option(8, help="Last prompt positions always kept.")
     min_length: int = option(128, help="Prompts shorter than this are not compressed.")
-    seed: int = option(0, help="Seed of the items and of the random method.")
+    seed: int = option(0, help="Seed of the items (and their demonstrations) and of the random method.")
     batch_size: int = option(4, min=1, help="Prompts per forward pass.")
 
     def __post_init__(self) -> None:

@@ -81,7 +81,7 @@ class KVConflictExperiment(KVGrid):
         data = load_dataset(self.dataset)
         rows = sorted(random.Random(self.seed).sample(range(len(data)), min(self.limit, len(data))))
         examples = [data[i] for i in rows]
-        by_id = condition_prompts(data, "sub", seed=42, k_shot=self.k_shot)
+        by_id = condition_prompts(data, "sub", seed=self.seed, k_shot=self.k_shot)
         prompts = [by_id[ex.id] for ex in examples]
         lm = _load(self.model, self.device, self)
         result = conflict_shares(lm, prompts, examples, self)
