@@ -136,7 +136,7 @@ def test_scoring_a_continuation_through_a_pruned_cache(gemma3):
     from sparekit.kv.bench import KVBenchConfig, _perplexity
 
     windows = [[1] + list(range(10, 40)), [1] + list(range(40, 70))]
-    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2",), ppl_tokens=6, min_length=0, batch_size=2)
+    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2", "snapkv"), ppl_tokens=6, min_length=0, batch_size=2)
     batched = _perplexity(gemma3, windows, config)
     alone = [_perplexity(gemma3, [w], config) for w in windows]
     for method in config.methods:
@@ -185,7 +185,8 @@ def test_presses_are_registered_objects_checked_when_built():
 
 @pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
                                              ("l2", {"skip_layers": (-1,)}), ("l2", {"min_length": 1.5}),
-                                             ("recent", {"sinks": -1}), ("random", {"seed": "x"})])
+                                             ("recent", {"sinks": -1}), ("random", {"seed": "x"}),
+                                             ("snapkv", {"kernel": 4}), ("snapkv", {"window": 0})])
 def test_bad_press_options_are_one_line_errors(method, options):
     from sparekit.kv import make_press
 
@@ -246,3 +247,42 @@ def test_kv_commands_are_config_dataclasses(capsys):
     assert main(["kv", "bench", "--ppl-tokens", "32", "--lengths", "256", "--dry-run"]) == 0
     config = json.loads(capsys.readouterr().out)
     assert config["ppl_tokens"] == 32 and config["lengths"] == [256] and config["min_length"] == 128
+
+
+def test_snapkv_scores_are_the_window_attention_the_model_computes(llama):
+    """Without pooling, snapkv's score is minus the attention the last ``window`` queries give each key,
+    as the model's own (eager) attention weights say, averaged over the query heads of a KV head."""
+    from sparekit.hooks import Hooks, Site
+    from sparekit.kv import SnapKVPress
+
+    press = SnapKVPress(window=3, kernel=1, min_length=0)
+    enc = tokenize(llama, PROMPTS)  # row 1 is left-padded
+    observed = {}
+    hooks = Hooks(llama).intercept(Site(2, "attn"), lambda m, a, k: observed.update({2: press.observe(m, a, k)}))
+    with hooks, torch.inference_mode():
+        out = llama.model(**enc, use_cache=True, output_attentions=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    scores = press.scores(cache.layers[2].keys, enc["attention_mask"].bool(), observed[2])
+    heads, kv_heads = out.attentions[2].shape[1], scores.shape[1]
+    expected = -out.attentions[2][:, :, -3:].mean(2).view(2, kv_heads, heads // kv_heads, -1).mean(2)
+    real = enc["attention_mask"].bool()
+    real[:, -3:] = False  # the window is always kept
+    torch.testing.assert_close(scores[real[:, None].expand_as(scores)], expected[real[:, None].expand_as(expected)])
+    assert torch.isinf(scores[..., -3:]).all()
+
+
+def test_snapkv_keeps_what_the_window_reads_whatever_the_batch(llama):
+    """A query-aware press needs the prompt pass inside it; batching changes nothing, and it differs from l2."""
+    from sparekit.kv import SnapKVPress
+
+    press = SnapKVPress(ratio=0.6, window=4, skip_layers=(0,), min_length=0, keep_last=2)
+    with press(llama) as kv:
+        tokens, scores = generate(llama, PROMPTS)
+        alone = [generate(llama, [prompt]) for prompt in PROMPTS]
+    for row, (alone_tokens, alone_scores) in enumerate(alone):
+        assert torch.equal(tokens[row], alone_tokens[0])
+        torch.testing.assert_close(scores[row], alone_scores[0], atol=1e-5, rtol=1e-5)
+    assert kv.kv_bytes < kv.kv_bytes_uncompressed
+    with kv_compress(llama, "l2", ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2):
+        l2_tokens, l2_scores = generate(llama, PROMPTS)
+    assert not torch.equal(scores, l2_scores)

@@ -58,8 +58,9 @@ class KVGrid:
     """The (method, ratio) cells a KV benchmark runs and the press options they share; checked when built."""
 
     ratios: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 0.9),
-                                       help="Shares of each prompt's KV pairs evicted (ratio 0 is the shared baseline).")
-    methods: tuple[str, ...] = option(DEFAULT_METHODS, help="l2 (keep lowest key norms), l2-inverse, random, recent.")
+                                       help="Shares of each prompt's KV pairs evicted (0: the shared baseline).")
+    methods: tuple[str, ...] = option(DEFAULT_METHODS,
+                                      help="l2 (keep lowest key norms), l2-inverse, random, recent, snapkv.")
     skip_layers: tuple[int, ...] = option((0, 1), help="Layers left uncompressed.")
     keep_last: int = option(8, help="Last prompt positions always kept.")
     min_length: int = option(128, help="Prompts shorter than this are not compressed.")
@@ -178,6 +179,13 @@ def _prompt_pass(lm: LoadedModel, enc: dict) -> tuple[object, torch.Tensor]:
     return getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1]
 
 
+def _own_cache(lm: LoadedModel, enc: dict, cache, press: Press | None):
+    """A cell's copy of the prompt's cache; a press that reads the prompt pass (snapkv) watches it run again."""
+    if press is not None and press.reads_prompt_pass:
+        return _prompt_pass(lm, enc)[0]
+    return copy.deepcopy(cache)
+
+
 @torch.inference_mode()
 def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int, press: Press | None,
            stop_at_newline: bool = False, question: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
@@ -188,13 +196,13 @@ def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: 
     question is seen); without it, the first token comes from the uncompressed prompt pass.
     With ``stop_at_newline`` it stops once every row has written a newline (answers are one line).
     """
-    cache = copy.deepcopy(cache)
     mask = enc["attention_mask"]
     position = mask.sum(-1, keepdim=True)
     keyword = cache_keyword(lm.model)
     prompt_bytes = cache_bytes(cache)
-    start = time.perf_counter()
     with press(lm) if press else nullcontext() as kv:
+        cache = _own_cache(lm, enc, cache, press)
+        start = time.perf_counter()
         if question is not None:
             mask = torch.cat([mask, torch.ones_like(question)], dim=-1)
             offsets = torch.arange(question.shape[1], device=question.device)
@@ -250,9 +258,9 @@ def _perplexity(lm: LoadedModel, windows: list[list[int]], config: KVBenchConfig
         position = torch.arange(prefix.shape[1], ids.shape[1], device=ids.device).expand(len(chunk), -1)
         for method, ratio in config.cells():
             press = config.press(method, ratio)
-            copied = copy.deepcopy(cache)
-            start = time.perf_counter()
             with press(lm) if press else nullcontext() as kv, torch.inference_mode():
+                copied = _own_cache(lm, enc, cache, press)
+                start = time.perf_counter()
                 logits = lm.model(input_ids=rest, attention_mask=torch.ones_like(ids), position_ids=position,
                                   use_cache=True, **{keyword: copied}).logits
             seconds = time.perf_counter() - start

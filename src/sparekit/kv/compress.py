@@ -87,6 +87,7 @@ class Press:
     """
 
     name: ClassVar[str]
+    reads_prompt_pass: ClassVar[bool] = False  # scores from the prompt pass (observe): run it inside the press
     ratio: float = 0.5
     skip_layers: tuple[int, ...] = (0, 1)
     min_length: int = 128
