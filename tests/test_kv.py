@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
-from sparekit.kv import METHODS, keep_counts, key_scores, kv_compress, select_positions
+from sparekit.kv import PRESSES, RecentPress, keep_counts, kv_compress, select_positions
 from sparekit.models.loading import from_modules
 from sparekit.models.tiny import _DECODER, char_tokenizer, tiny_model
 
@@ -84,7 +84,7 @@ def test_select_positions_recent_and_filler():
     keys = torch.randn(2, 1, 6, 4)
     keep = keep_counts(mask.sum(1), 0.5, min_length=0, keep_last=1)
     assert keep.tolist() == [3, 2]
-    index, valid = select_positions(key_scores(keys, "recent", mask), mask, keep, keep_last=1)
+    index, valid = select_positions(RecentPress().scores(keys, mask, None), mask, keep, keep_last=1)
     assert index[0, 0].tolist() == [3, 4, 5]
     assert index[1, 0, 1:].tolist() == [4, 5] and valid.tolist() == [[True] * 3, [False, True, True]]
     assert keep_counts(torch.tensor([5, 200]), 0.9, min_length=100, keep_last=8).tolist() == [5, 20]
@@ -107,7 +107,7 @@ def test_ratio_zero_is_bit_identical_with_sdpa():
     assert torch.equal(tokens, tokens0) and torch.equal(scores, scores0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", sorted(PRESSES))
 @pytest.mark.parametrize("which", ["llama", "gemma3"])
 def test_batched_equals_unbatched(which, method, llama, gemma3):
     lm = llama if which == "llama" else gemma3
@@ -136,7 +136,7 @@ def test_scoring_a_continuation_through_a_pruned_cache(gemma3):
     from sparekit.kv.bench import KVBenchConfig, _perplexity
 
     windows = [[1] + list(range(10, 40)), [1] + list(range(40, 70))]
-    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2",), ppl_tokens=6, min_length=0, batch_size=2)
+    config = KVBenchConfig(ratios=(0.0, 0.5), methods=("l2", "snapkv"), ppl_tokens=6, min_length=0, batch_size=2)
     batched = _perplexity(gemma3, windows, config)
     alone = [_perplexity(gemma3, [w], config) for w in windows]
     for method in config.methods:
@@ -166,3 +166,123 @@ def test_bench_resumes_from_its_parts(llama, tmp_path, monkeypatch):
     assert set(first["results"]["passkey"]["32"]["l2"]) == {"0", "0.5"}
     monkeypatch.setattr(bench, "_retrieval", lambda *a, **k: pytest.fail("a finished part was recomputed"))
     assert bench.run_bench(llama, config, tmp_path, passages=[])["results"] == first["results"]
+
+
+def test_presses_are_registered_objects_checked_when_built():
+    """Methods are presses by name; a duplicate name, an unknown one or an option a press lacks is refused."""
+    from sparekit.kv import L2Press, Press, RandomPress, make_press, register_press
+
+    assert set(PRESSES) >= {"l2", "l2-inverse", "random", "recent"} and PRESSES["l2"] is L2Press
+    assert make_press("random", ratio=0.25, seed=3) == RandomPress(ratio=0.25, seed=3)
+    assert hash(make_press("l2", skip_layers=[0])) == hash(L2Press(skip_layers=(0,)))  # a list from a file is frozen
+    with pytest.raises(RuntimeError, match="registered twice"):
+        register_press("l2")(type("Other", (Press,), {}))
+    with pytest.raises(SparekitError, match="takes no option seed"):
+        make_press("l2", seed=1)
+    with pytest.raises(SparekitError, match="unknown KV compression method"):
+        make_press("kmeans")
+
+
+@pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
+                                             ("l2", {"skip_layers": (-1,)}), ("l2", {"min_length": 1.5}),
+                                             ("recent", {"sinks": -1}), ("random", {"seed": "x"}),
+                                             ("snapkv", {"kernel": 4}), ("snapkv", {"window": 0})])
+def test_bad_press_options_are_one_line_errors(method, options):
+    from sparekit.kv import make_press
+
+    with pytest.raises(SparekitError) as info:
+        make_press(method, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_press_applied_as_a_context_equals_kv_compress(llama):
+    """``with press(lm):`` around a plain ``generate`` is the by-name ``kv_compress``."""
+    from sparekit.kv import L2Press
+
+    press = L2Press(ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2)
+    with press(llama) as kv:
+        tokens, scores = generate(llama, PROMPTS)
+    with kv_compress(llama, "l2", ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2) as by_name:
+        tokens2, scores2 = generate(llama, PROMPTS)
+    assert torch.equal(tokens, tokens2) and torch.equal(scores, scores2)
+    assert kv.kv_bytes == by_name.kv_bytes < kv.kv_bytes_uncompressed
+
+
+def test_recent_keeps_its_sinks():
+    """StreamingLLM: the first ``sinks`` real positions of each row survive beside the most recent ones."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    keys = torch.randn(2, 1, 8, 4)
+    keep = keep_counts(mask.sum(1), 0.5, min_length=0, keep_last=1)
+    index, valid = select_positions(RecentPress(sinks=2).scores(keys, mask, None), mask, keep, keep_last=1)
+    assert index[0, 0].tolist() == [0, 1, 6, 7]
+    assert index[1, 0, valid[1]].tolist() == [2, 3, 7]
+
+
+def test_kv_conflict_honours_its_seed(monkeypatch):
+    """The seed picks the items and their demonstrations (it was fixed at 42 for the demonstrations)."""
+    from sparekit.kv import experiment
+
+    seen = []
+
+    def condition_prompts(data, condition, seed, k_shot):
+        seen.append((condition, seed, k_shot))
+        raise KeyboardInterrupt  # stop before the model loads
+
+    monkeypatch.setattr(experiment, "condition_prompts", condition_prompts)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.KVConflictExperiment(seed=7, k_shot=2, limit=4).run()
+    assert seen == [("sub", 7, 2)]
+
+
+def test_kv_commands_are_config_dataclasses(capsys):
+    """Options come from the experiment's fields; --dry-run shows what would run, conflict compresses every prompt."""
+    import json
+
+    from sparekit.cli.main import main
+
+    assert main(["kv", "conflict", "--seed", "5", "--methods", "l2,recent", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["seed"] == 5 and config["methods"] == ["l2", "recent"] and config["min_length"] == 0
+    assert "tasks" not in config and "items" not in config
+    assert main(["kv", "bench", "--ppl-tokens", "32", "--lengths", "256", "--dry-run"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["ppl_tokens"] == 32 and config["lengths"] == [256] and config["min_length"] == 128
+
+
+def test_snapkv_scores_are_the_window_attention_the_model_computes(llama):
+    """Without pooling, snapkv's score is minus the attention the last ``window`` queries give each key,
+    as the model's own (eager) attention weights say, averaged over the query heads of a KV head."""
+    from sparekit.hooks import Hooks, Site
+    from sparekit.kv import SnapKVPress
+
+    press = SnapKVPress(window=3, kernel=1, min_length=0)
+    enc = tokenize(llama, PROMPTS)  # row 1 is left-padded
+    observed = {}
+    hooks = Hooks(llama).intercept(Site(2, "attn"), lambda m, a, k: observed.update({2: press.observe(m, a, k)}))
+    with hooks, torch.inference_mode():
+        out = llama.model(**enc, use_cache=True, output_attentions=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    scores = press.scores(cache.layers[2].keys, enc["attention_mask"].bool(), observed[2])
+    heads, kv_heads = out.attentions[2].shape[1], scores.shape[1]
+    expected = -out.attentions[2][:, :, -3:].mean(2).view(2, kv_heads, heads // kv_heads, -1).mean(2)
+    real = enc["attention_mask"].bool()
+    real[:, -3:] = False  # the window is always kept
+    torch.testing.assert_close(scores[real[:, None].expand_as(scores)], expected[real[:, None].expand_as(expected)])
+    assert torch.isinf(scores[..., -3:]).all()
+
+
+def test_snapkv_keeps_what_the_window_reads_whatever_the_batch(llama):
+    """A query-aware press needs the prompt pass inside it; batching changes nothing, and it differs from l2."""
+    from sparekit.kv import SnapKVPress
+
+    press = SnapKVPress(ratio=0.6, window=4, skip_layers=(0,), min_length=0, keep_last=2)
+    with press(llama) as kv:
+        tokens, scores = generate(llama, PROMPTS)
+        alone = [generate(llama, [prompt]) for prompt in PROMPTS]
+    for row, (alone_tokens, alone_scores) in enumerate(alone):
+        assert torch.equal(tokens[row], alone_tokens[0])
+        torch.testing.assert_close(scores[row], alone_scores[0], atol=1e-5, rtol=1e-5)
+    assert kv.kv_bytes < kv.kv_bytes_uncompressed
+    with kv_compress(llama, "l2", ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2):
+        l2_tokens, l2_scores = generate(llama, PROMPTS)
+    assert not torch.equal(scores, l2_scores)

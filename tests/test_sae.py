@@ -108,7 +108,7 @@ def test_each_format_loads_and_reconstructs_like_the_reference(tmp_path, fmt):
 def test_convert_to_saelens_keeps_reconstruction(tmp_path, fmt):
     write, _, _ = FORMATS[fmt]
     original = load_sae(write(tmp_path, _weights(3)))
-    original.save(tmp_path / "converted")
+    save_sae(original, tmp_path / "converted")
     again = load_sae(tmp_path / "converted")
     x = torch.randn(10, D_IN)
     torch.testing.assert_close(again(x), original(x), rtol=1e-4, atol=1e-4)
@@ -128,7 +128,7 @@ def _standardised_topk(seed: int = 0) -> TopKSAE:
 
 def test_save_load_round_trip_folds_standardisation_exactly(tmp_path):
     sae = _standardised_topk()
-    sae.save(tmp_path / "sae")
+    save_sae(sae, tmp_path / "sae")
     loaded = load_sae(tmp_path / "sae")
     h = torch.randn(16, D_IN) * 10 + sae.input_mean
     torch.testing.assert_close(loaded(h), sae(h), rtol=1e-4, atol=1e-3)
@@ -175,7 +175,7 @@ def test_width_and_layer_mismatch_are_clear_errors(tmp_path, tiny_llama):
     with pytest.raises(SparekitError, match="layer 7 is out of range"):
         load_sae(folder, layer=7, model_info=tiny_llama.info)
     narrow = TopKSAE(32, 48, k=4, hook_layer=1)
-    narrow.save(tmp_path / "narrow")
+    save_sae(narrow, tmp_path / "narrow")
     with pytest.raises(SparekitError, match="width 32.*d_model 64"):
         load_sae(tmp_path / "narrow", model_info=tiny_llama.info)
     with pytest.raises(SparekitError, match="no SAE found"):

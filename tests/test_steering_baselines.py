@@ -23,8 +23,9 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
 from sparekit.steering import DIRECTIONS, REGISTRY, BehaviourData, SteeringPrompt, load_method, make_method
-from sparekit.steering.baselines import ShadowForward, logit_lens
 from sparekit.steering.baselines.dola import dola_scores
+from sparekit.steering.output_effect import logit_lens
+from sparekit.steering.shadow import ShadowForward
 
 LAYERS = (1, 2)
 NAMES = ["Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"]

@@ -126,13 +126,38 @@ def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: s
     return cls(**values)
 
 
+def _cli_fields(cls: type) -> list[dataclasses.Field]:
+    """``cls``'s command-line fields; those of the class that names the inherited ones (dataset, model …) lead."""
+    fields = [f for f in dataclasses.fields(cls) if _meta(cls, f).get("cli", True)]
+    lead = next((vars(k).get("__annotations__", {}) for k in cls.__mro__ if "__cli__" in vars(k)), {})
+    return sorted(fields, key=lambda f: f.name not in lead)
+
+
+def _field_options(cls: type) -> list[Callable]:
+    """One click option per command-line field of ``cls``, named after the field (see the module docstring)."""
+    hints = typing.get_type_hints(cls)
+    return [_option(f, _meta(cls, f), hints[f.name]) for f in _cli_fields(cls)]
+
+
+def dataclass_options(cls: type, param: str) -> Callable[[Callable], Callable]:
+    """Decorate a click command: options from ``cls``'s fields; passes ``param=cls(...)``, built by keyword."""
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            values = {f.name: kwargs.pop(f.name) for f in _cli_fields(cls)}
+            return command(**{param: cls(**values)}, **kwargs)
+
+        for option in reversed(_field_options(cls)):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
 def config_options(cls: type) -> Callable[[Callable], Callable]:
     """Decorate a click command: options from ``cls``'s fields, ``--config``, ``--dry-run``; passes ``config``."""
-    hints = typing.get_type_hints(cls)
-    by_name = {f.name: f for f in dataclasses.fields(cls) if _meta(cls, f).get("cli", True)}
-    # the fields of the class that names the inherited ones (what to run on: dataset, model …) lead --help
-    lead = next((vars(k).get("__annotations__", {}) for k in cls.__mro__ if "__cli__" in vars(k)), {})
-    fields = sorted(by_name.values(), key=lambda f: f.name not in lead)
+    fields = _cli_fields(cls)
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
@@ -149,7 +174,7 @@ def config_options(cls: type) -> Callable[[Callable], Callable]:
         extra = [click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                               help="JSON or TOML file of option values (the command line wins over it)."),
                  click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and stop.")]
-        for option in reversed([*(_option(f, _meta(cls, f), hints[f.name]) for f in fields), *extra]):
+        for option in reversed([*_field_options(cls), *extra]):
             wrapper = option(wrapper)
         return wrapper
 

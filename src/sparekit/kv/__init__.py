@@ -1,5 +1,8 @@
-"""KV-cache compression by key L2 norm, with random, highest-norm and recent-window controls."""
+"""KV-cache compression by key L2 norm, with random, highest-norm, recent-window and SnapKV controls, as presses."""
 
-from sparekit.kv.compress import METHODS, KVCompressor, cache_bytes, keep_counts, key_scores, kv_compress, select_positions
+from sparekit.kv.compress import (PRESSES, KVCompressor, Press, cache_bytes, keep_counts, kv_compress, make_press,
+                                  register_press, select_positions)
+from sparekit.kv.presses import InverseL2Press, L2Press, RandomPress, RecentPress, SnapKVPress
 
-__all__ = ["METHODS", "KVCompressor", "cache_bytes", "keep_counts", "key_scores", "kv_compress", "select_positions"]
+__all__ = ["PRESSES", "InverseL2Press", "KVCompressor", "L2Press", "Press", "RandomPress", "RecentPress", "cache_bytes",
+           "keep_counts", "kv_compress", "make_press", "register_press", "select_positions", "SnapKVPress"]

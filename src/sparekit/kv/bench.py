@@ -1,8 +1,8 @@
 """``sparekit kv bench``: passkey, needle-in-a-haystack, perplexity and knowledge conflicts under KV compression.
 
 Compression acts only after the prompt pass, so each batch of prompts runs its prompt
-pass once; every (method, ratio) then decodes from its own copy of that cache inside
-:func:`~sparekit.kv.kv_compress`, exactly as ``generate`` would after the same prompt
+pass once; every (method, ratio) then decodes from its own copy of that cache under
+its :class:`~sparekit.kv.Press`, exactly as ``generate`` would after the same prompt
 pass. Ratio 0 is the uncompressed baseline every method shares.
 
 * ``passkey``: a 5-digit key hidden at a seeded depth in repeated filler
@@ -36,10 +36,12 @@ import torch
 
 from sparekit.evaluation.generation import batches, tokenize
 from sparekit.hooks import cache_keyword
-from sparekit.kv.compress import METHODS, cache_bytes, kv_compress
+from sparekit.kv.compress import PRESSES, Press, cache_bytes
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.plots import _finish as finish_figure
+from sparekit.utils.config import option
 from sparekit.utils.io import atomic_write_json, read_json
+from sparekit.utils.registry import unknown_name
 
 TASKS = ("passkey", "needle", "perplexity")
 _FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -47,21 +49,55 @@ _WORDS = ("umbrella", "volcano", "lantern", "harbour", "pepper", "glacier", "vio
           "orchid", "anchor", "saddle", "thimble", "walnut", "canyon")
 
 
+DEFAULT_METHODS = ("l2", "l2-inverse", "random", "recent")
+PRESS_FIELDS = ("skip_layers", "min_length", "keep_last", "seed")  # the grid's fields a press may take
+
+
 @dataclass(frozen=True)
-class KVBenchConfig:
+class KVGrid:
+    """The (method, ratio) cells a KV benchmark runs and the press options they share; checked when built."""
+
+    ratios: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 0.9),
+                                       help="Shares of each prompt's KV pairs evicted (0: the shared baseline).")
+    methods: tuple[str, ...] = option(DEFAULT_METHODS,
+                                      help="l2 (keep lowest key norms), l2-inverse, random, recent, snapkv.")
+    skip_layers: tuple[int, ...] = option((0, 1), help="Layers left uncompressed.")
+    keep_last: int = option(8, help="Last prompt positions always kept.")
+    min_length: int = option(128, help="Prompts shorter than this are not compressed.")
+    seed: int = option(0, help="Seed of the items (and their demonstrations) and of the random method.")
+    batch_size: int = option(4, min=1, help="Prompts per forward pass.")
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            for ratio in self.ratios:
+                self.press(method, ratio)  # an unknown method or a bad ratio fails now, not after a model loads
+
+    def cells(self) -> list[tuple[str, float]]:
+        """(method, ratio) pairs to run: ratio 0 once (as ``none``), then every method at every other ratio."""
+        return [("none", 0.0)] * (0.0 in self.ratios) + [(m, r) for m in self.methods for r in self.ratios if r > 0]
+
+    def press(self, method: str, ratio: float) -> Press | None:
+        """The press of one cell (``None`` at ratio 0), with the grid's options it takes."""
+        if ratio == 0:
+            return None
+        cls = PRESSES.lookup(method, where="--methods")
+        return cls(ratio=ratio, **{name: getattr(self, name) for name in PRESS_FIELDS if name in cls.options()})
+
+
+@dataclass(frozen=True)
+class KVBenchConfig(KVGrid):
     """What ``sparekit kv bench`` measures; the run directory keeps one JSON part per (task, length)."""
 
-    tasks: tuple[str, ...] = TASKS
-    lengths: tuple[int, ...] = (512, 1024)
-    ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9)
-    methods: tuple[str, ...] = METHODS
-    items: int = 4
-    ppl_tokens: int = 64
-    skip_layers: tuple[int, ...] = (0, 1)
-    keep_last: int = 8
-    min_length: int = 128
-    seed: int = 0
-    batch_size: int = 4
+    tasks: tuple[str, ...] = option(TASKS, help="passkey, needle, perplexity.")
+    lengths: tuple[int, ...] = option((512, 1024), help="Prompt lengths in tokens.")
+    items: int = option(4, min=1, help="Prompts (or perplexity windows) per task and length.")
+    ppl_tokens: int = option(64, min=2, help="Tokens scored after each perplexity window's compressed prefix.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for task in self.tasks:
+            if task not in TASKS:
+                raise unknown_name("task", task, TASKS, where="--tasks")
 
 
 def _token_length(lm: LoadedModel, text: str) -> int:
@@ -143,30 +179,30 @@ def _prompt_pass(lm: LoadedModel, enc: dict) -> tuple[object, torch.Tensor]:
     return getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1]
 
 
-def _settings(ratio: float, method: str, config: KVBenchConfig) -> dict | None:
-    if ratio == 0:
-        return None
-    return {"ratio": ratio, "method": method, "skip_layers": config.skip_layers, "min_length": config.min_length,
-            "keep_last": config.keep_last, "seed": config.seed}
+def _own_cache(lm: LoadedModel, enc: dict, cache, press: Press | None):
+    """A cell's copy of the prompt's cache; a press that reads the prompt pass (snapkv) watches it run again."""
+    if press is not None and press.reads_prompt_pass:
+        return _prompt_pass(lm, enc)[0]
+    return copy.deepcopy(cache)
 
 
 @torch.inference_mode()
-def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int, settings: dict | None,
+def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int, press: Press | None,
            stop_at_newline: bool = False, question: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Greedy tokens ``[batch, ≤ steps]`` after a finished prompt pass, under ``kv_compress(**settings)``.
+    """Greedy tokens ``[batch, ≤ steps]`` after a finished prompt pass, under ``press`` (none: uncompressed).
 
     With ``question`` (token ids ``[batch, q]``) the question is read through the compressed
     cache first, as kvpress and the paper evaluate (the context is compressed before the
     question is seen); without it, the first token comes from the uncompressed prompt pass.
     With ``stop_at_newline`` it stops once every row has written a newline (answers are one line).
     """
-    cache = copy.deepcopy(cache)
     mask = enc["attention_mask"]
     position = mask.sum(-1, keepdim=True)
     keyword = cache_keyword(lm.model)
     prompt_bytes = cache_bytes(cache)
-    start = time.perf_counter()
-    with kv_compress(lm, **settings) if settings else nullcontext() as kv:
+    with press(lm) if press else nullcontext() as kv:
+        cache = _own_cache(lm, enc, cache, press)
+        start = time.perf_counter()
         if question is not None:
             mask = torch.cat([mask, torch.ones_like(question)], dim=-1)
             offsets = torch.arange(question.shape[1], device=question.device)
@@ -199,8 +235,8 @@ def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, con
         enc = tokenize(lm, [context for context, _ in chunk])
         cache, last = _prompt_pass(lm, enc)
         asked = question_ids.to(lm.model.device).expand(len(chunk), -1)
-        for method, ratio in _grid(config):
-            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config), question=asked)
+        for method, ratio in config.cells():
+            tokens, stats = decode(lm, enc, cache, last, steps, config.press(method, ratio), question=asked)
             texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
             row = rows.setdefault((method, ratio), {"correct": 0, "n": 0, "kv_bytes": 0, "decode_s": 0.0, "outputs": []})
             row["correct"] += sum(answer.lower() in text.lower() for text, (_, answer) in zip(texts, chunk))
@@ -220,11 +256,11 @@ def _perplexity(lm: LoadedModel, windows: list[list[int]], config: KVBenchConfig
         enc = {"input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
         cache, _ = _prompt_pass(lm, enc)
         position = torch.arange(prefix.shape[1], ids.shape[1], device=ids.device).expand(len(chunk), -1)
-        for method, ratio in _grid(config):
-            settings = _settings(ratio, method, config)
-            copied = copy.deepcopy(cache)
-            start = time.perf_counter()
-            with kv_compress(lm, **settings) if settings else nullcontext() as kv, torch.inference_mode():
+        for method, ratio in config.cells():
+            press = config.press(method, ratio)
+            with press(lm) if press else nullcontext() as kv, torch.inference_mode():
+                copied = _own_cache(lm, enc, cache, press)
+                start = time.perf_counter()
                 logits = lm.model(input_ids=rest, attention_mask=torch.ones_like(ids), position_ids=position,
                                   use_cache=True, **{keyword: copied}).logits
             seconds = time.perf_counter() - start
@@ -236,11 +272,6 @@ def _perplexity(lm: LoadedModel, windows: list[list[int]], config: KVBenchConfig
             row["kv_bytes"] += kv.kv_bytes if kv else cache_bytes(cache)
             row["decode_s"] += seconds
     return _finish(rows, lambda r: {"perplexity": math.exp(r["nll"] / r["tokens"]), "nll": r["nll"] / r["tokens"]})
-
-
-def _grid(config: KVBenchConfig) -> list[tuple[str, float]]:
-    """(method, ratio) pairs to run: ratio 0 once (as ``none``), then every method at every other ratio."""
-    return [("none", 0.0)] * (0.0 in config.ratios) + [(m, r) for m in config.methods for r in config.ratios if r > 0]
 
 
 def _finish(rows: dict, metrics) -> dict:
@@ -261,7 +292,7 @@ def _finish(rows: dict, metrics) -> dict:
     return out
 
 
-def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence, config: KVBenchConfig,
+def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence, config: KVGrid,
                     steps: int = 12) -> dict:
     """Knowledge-source shares (context / memory / other) of conflict answers per (method, ratio)."""
     from sparekit.evaluation.metrics import behaviour_label
@@ -270,8 +301,8 @@ def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence,
     for chunk in batches(list(range(len(prompts))), config.batch_size):
         enc = tokenize(lm, [prompts[i] for i in chunk])
         cache, last = _prompt_pass(lm, enc)
-        for method, ratio in _grid(config):
-            tokens, stats = decode(lm, enc, cache, last, steps, _settings(ratio, method, config), stop_at_newline=True)
+        for method, ratio in config.cells():
+            tokens, stats = decode(lm, enc, cache, last, steps, config.press(method, ratio), stop_at_newline=True)
             texts = [t.split("\n", 1)[0].strip() for t in lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             row = rows.setdefault((method, ratio), {"labels": [], "kv_bytes": 0, "decode_s": 0.0})
             row["labels"] += [behaviour_label(t, examples[i]) for t, i in zip(texts, chunk)]

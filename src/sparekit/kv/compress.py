@@ -1,13 +1,19 @@
-"""KV-cache compression after the prompt pass: keep the keys with the lowest L2 norm.
+"""KV-cache compression after the prompt pass: presses, applied as in NVIDIA's kvpress.
 
 Devoto et al. (EMNLP 2024) observed that keys with a low L2 norm draw high attention,
-so evicting the highest-norm keys of a long prompt costs little accuracy. Usage::
+so evicting the highest-norm keys of a long prompt costs little accuracy. A *press* is
+one eviction method with its options, checked when it is built; it is applied to a
+model with ``with press(lm):``, as kvpress users know. Usage::
 
-    from sparekit.kv import kv_compress
+    from sparekit.kv import L2Press
 
-    with kv_compress(lm, ratio=0.5, method="l2") as kv:
+    with L2Press(ratio=0.5)(lm) as kv:
         out = lm.model.generate(**batch, max_new_tokens=20)
     kv.kv_bytes, kv.kv_bytes_uncompressed            # what the prompt's cache held, after / before
+
+Methods are registered by name (``@register_press("l2")``, like steering methods), so
+``make_press("random", ratio=0.5, seed=1)`` or ``kv_compress(lm, method="random", ...)``
+build one from a command line's strings; :mod:`sparekit.kv.presses` holds them.
 
 What happens, per layer and KV head, right before the first decoding step reads it:
 
@@ -16,9 +22,7 @@ What happens, per layer and KV head, right before the first decoding step reads 
   (in bf16 most key norms of a head tie and rounding would choose). The last
   ``keep_last`` real positions are always kept (the question usually sits there), and
   padding is never kept over a real position.
-* Methods: ``l2`` (keep the lowest norms, the paper), ``l2-inverse`` (keep the highest:
-  the control that should hurt), ``random`` (seeded, the same for a prompt whatever its
-  batch), ``recent`` (keep the most recent positions: a sliding window).
+* A press's :meth:`Press.scores` ranks the positions; :mod:`sparekit.kv.presses` says how each does.
 * Every head of a row keeps the same *number* of positions, so the cache stays one dense
   ``[batch, kv_heads, kept, head_dim]`` tensor per layer, as NVIDIA's kvpress does. Rows
   of a batch keep different numbers (their real lengths differ), so a row shorter than
@@ -45,43 +49,104 @@ prompt pass, which runs on the full cache; pruning only changes what decoding at
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from sparekit.errors import SparekitError
-
-from sparekit.utils.registry import unknown_name
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.utils.registry import Registry
 
-METHODS = ("l2", "l2-inverse", "random", "recent")
 SUPPORTED_ATTENTION = ("eager", "sdpa")
+PRESSES: Registry = Registry("KV compression method", "name")
 
 
-def key_scores(keys: torch.Tensor, method: str, prompt_mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Eviction scores ``[batch, heads, seq]`` in float32: the lowest are kept first.
+def register_press(name: str) -> Callable[[type], type]:
+    """Register a :class:`Press` subclass under ``name`` (a second press of the same name raises)."""
+    return PRESSES.register(name)
 
-    ``random`` draws one number per real position, in order, from a generator seeded by
-    ``seed`` alone, so a prompt gets the same draw whatever its padding or batch.
+
+def non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SparekitError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Press:
+    """One eviction method and its options, checked when built; ``with press(lm):`` applies it.
+
+    ``ratio`` is the share of each prompt's positions evicted in every compressed layer;
+    see the module docstring for what is kept, what is skipped and why. Subclasses add
+    their own options as fields and rank positions in :meth:`scores`.
     """
-    batch, heads, seq, _ = keys.shape
-    if method == "l2":
-        return keys.float().norm(dim=-1)
-    if method == "l2-inverse":
-        return -keys.float().norm(dim=-1)
-    if method == "recent":
-        return -torch.arange(seq, dtype=torch.float32, device=keys.device).expand(batch, heads, seq).clone()
-    if method == "random":
-        scores = torch.zeros(batch, heads, seq, dtype=torch.float32)
-        for row in range(batch):
-            real = prompt_mask[row].cpu()
-            generator = torch.Generator().manual_seed(seed)
-            scores[row][:, real] = torch.rand(heads, int(real.sum()), generator=generator)
-        return scores.to(keys.device)
-    raise unknown_name("KV compression method", method, METHODS)
+
+    name: ClassVar[str]
+    reads_prompt_pass: ClassVar[bool] = False  # scores from the prompt pass (observe): run it inside the press
+    ratio: float = 0.5
+    skip_layers: tuple[int, ...] = (0, 1)
+    min_length: int = 128
+    keep_last: int = 8
+
+    def __post_init__(self) -> None:
+        ratio = self.ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise SparekitError(f"KV compression ratio must be in [0, 1), got {ratio!r}",
+                                "0 keeps everything, 0.9 evicts 90 % of each prompt")
+        for name in ("min_length", "keep_last"):
+            non_negative_int(name, getattr(self, name))
+        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))  # a list from a config file is hashable now
+        for layer in self.skip_layers:
+            non_negative_int("a skipped layer", layer)
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The option names this press takes (its fields)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        """What a query-aware press keeps of a layer's prompt pass for :meth:`scores` (default: nothing)."""
+        return None
+
+    def scores(self, keys: torch.Tensor, prompt_mask: torch.Tensor, observed: Any) -> torch.Tensor:
+        """Eviction scores ``[batch, heads, seq]`` in float32: the lowest are kept first."""
+        raise NotImplementedError
+
+    def check(self, lm: LoadedModel) -> None:
+        """Refuse a model this press cannot compress (skipped layers out of range, attention kind)."""
+        for layer in self.skip_layers:
+            lm.info.check_layer(layer)
+        implementation = getattr(lm.model.config, "_attn_implementation", None)
+        if implementation not in SUPPORTED_ATTENTION:
+            raise SparekitError(f"KV compression needs eager or sdpa attention, the model uses {implementation!r}",
+                                "load the model with attn_implementation='sdpa'")
+
+    @contextmanager
+    def __call__(self, lm: LoadedModel) -> Iterator[KVCompressor]:
+        """Prune the KV cache of every prompt after its prompt pass while the context is open."""
+        compressor = KVCompressor(lm, self)
+        with compressor.hooks:
+            yield compressor
+
+
+def make_press(method: str, **options: Any) -> Press:
+    """The press registered as ``method`` with ``options``; an option it does not take is a one-line error."""
+    cls = PRESSES.lookup(method)
+    unknown = sorted(set(options) - set(cls.options()))
+    if unknown:
+        raise SparekitError(f"KV compression method {method!r} takes no option {', '.join(unknown)}",
+                            f"its options: {', '.join(cls.options())}")
+    return cls(**options)
+
+
+def kv_compress(lm: LoadedModel, method: str = "l2", **options: Any) -> AbstractContextManager[KVCompressor]:
+    """``make_press(method, **options)(lm)``: a press by name, applied while the context is open."""
+    return make_press(method, **options)(lm)
 
 
 def keep_counts(n_real: torch.Tensor, ratio: float, min_length: int, keep_last: int) -> torch.Tensor:
@@ -135,28 +200,17 @@ def _layer_mask(valid: torch.Tensor, q: int, like: torch.Tensor | None) -> torch
 
 
 class KVCompressor:
-    """State of one :func:`kv_compress` context; read ``kv_bytes`` / ``kv_bytes_uncompressed`` after a call."""
+    """State of one ``with press(lm)`` context; read ``kv_bytes`` / ``kv_bytes_uncompressed`` after a call."""
 
-    def __init__(self, lm: LoadedModel, ratio: float, method: str, skip_layers: Iterable[int],
-                 min_length: int, keep_last: int, seed: int):
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-            raise SparekitError(f"KV compression ratio must be in [0, 1), got {ratio!r}",
-                                "0 keeps everything, 0.9 evicts 90 % of each prompt")
-        if method not in METHODS:
-            raise unknown_name("KV compression method", method, METHODS)
-        for name, value in (("min_length", min_length), ("keep_last", keep_last)):
-            if not isinstance(value, int) or value < 0:
-                raise SparekitError(f"{name} must be a non-negative integer, got {value!r}")
-        self.skip_layers = frozenset(lm.info.check_layer(layer) for layer in skip_layers)
-        implementation = getattr(lm.model.config, "_attn_implementation", None)
-        if implementation not in SUPPORTED_ATTENTION:
-            raise SparekitError(f"KV compression needs eager or sdpa attention, the model uses {implementation!r}",
-                                "load the model with attn_implementation='sdpa'")
-        self.ratio, self.method, self.min_length, self.keep_last, self.seed = ratio, method, min_length, keep_last, seed
+    def __init__(self, lm: LoadedModel, press: Press):
+        press.check(lm)
+        self.press = press
+        self.skip_layers = frozenset(press.skip_layers)
         self.hooks = Hooks(lm)
         for layer in range(lm.info.n_layers):
             self.hooks.intercept(Site(layer, "attn"), self._interceptor(layer))
         self._prompt: dict[int, tuple[int, torch.Tensor]] = {}  # layer -> (prompt length, slot validity)
+        self._observed: dict[int, Any] = {}  # layer -> what the press kept of the prompt pass
         self._bytes: dict[int, tuple[int, int]] = {}  # layer -> (before, after)
 
     @property
@@ -174,6 +228,7 @@ class KVCompressor:
             if self.hooks.is_prompt_pass:
                 self._prompt.pop(layer, None)
                 self._bytes.pop(layer, None)
+                self._observed[layer] = self.press.observe(module, args, kwargs)
                 return None
             cache = _find_cache(args, kwargs)
             if cache is None or layer >= len(cache.layers) or not isinstance(cache.layers[layer], DynamicLayer):
@@ -199,13 +254,14 @@ class KVCompressor:
         before = keys.nbytes + values.nbytes
         batch, heads, length, dim = keys.shape
         prompt_mask = self._prompt_mask(batch, length, keys.device)
-        keep = keep_counts(prompt_mask.sum(-1), self.ratio, self.min_length, self.keep_last)
+        press = self.press
+        keep = keep_counts(prompt_mask.sum(-1), press.ratio, press.min_length, press.keep_last)
         # a sliding layer's columns are the window's, not the prompt's: it is never pruned
         if cache_layer.is_sliding or layer in self.skip_layers or int(keep.max()) == length:
             self._bytes[layer] = (before, before)
             return length, prompt_mask
-        scores = key_scores(keys, self.method, prompt_mask, seed=self.seed)
-        index, valid = select_positions(scores, prompt_mask, keep, self.keep_last)
+        scores = press.scores(keys, prompt_mask, self._observed.get(layer))
+        index, valid = select_positions(scores, prompt_mask, keep, press.keep_last)
         gather = index[..., None].expand(-1, -1, -1, dim)
         cache_layer.keys = keys.gather(2, gather)
         cache_layer.values = values.gather(2, gather)
@@ -226,19 +282,6 @@ class KVCompressor:
         if incoming is None and q == 1 and bool(slots.all()):
             return None  # sdpa without a mask is exact here, and fastest
         return {**kwargs, "attention_mask": _layer_mask(slots, q, incoming)}
-
-
-@contextmanager
-def kv_compress(lm: LoadedModel, ratio: float = 0.5, method: str = "l2", skip_layers: Iterable[int] = (0, 1),
-                min_length: int = 128, keep_last: int = 8, seed: int = 0) -> Iterator[KVCompressor]:
-    """Prune the KV cache of every prompt after its prompt pass while the context is open.
-
-    ``ratio`` is the share of each prompt's positions evicted in every compressed layer;
-    see the module docstring for what is kept, what is skipped and why.
-    """
-    compressor = KVCompressor(lm, ratio, method, tuple(skip_layers), min_length, keep_last, seed)
-    with compressor.hooks:
-        yield compressor
 
 
 def mean_norm_spread(keys: torch.Tensor) -> float:

@@ -134,7 +134,7 @@ class SAE(nn.Module):
         residual = x - x_hat
         return residual.pow(2).sum() / (x - x.mean(0)).pow(2).sum(), residual, fired
 
-    # -- persistence -------------------------------------------------------------
+    # -- persistence (save_sae and load_sae in sparekit.sae.formats, together) -----
     def config(self) -> dict:
         """The SAE-specific part of ``cfg.json`` (SAELens keys plus sparekit's own)."""
         cfg = {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
@@ -143,12 +143,6 @@ class SAE(nn.Module):
         if self.k is not None:
             cfg["k"] = self.k
         return cfg
-
-    def save(self, path) -> None:
-        """Write a SAELens-layout folder (``cfg.json`` + ``sae_weights.safetensors``)."""
-        from sparekit.sae.formats import save_sae
-
-        save_sae(self, path)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_sae={self.d_sae}, k={self.k}, site={self.site}"

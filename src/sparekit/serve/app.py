@@ -31,25 +31,11 @@ from starlette.exceptions import HTTPException
 
 from sparekit.serve.batcher import Batcher, QueueFull
 from sparekit.serve.engine import GREEDY, Engine, Job, RowSteer, Sampling
+from sparekit.serve.limits import Limits
 from sparekit.serve.metrics import Metrics
 from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, SparekitOptions,
                                      chat_prompt, check_detect, check_model, check_unsupported, error_response,
                                      resolve_steer, sampling, stop_strings, validation_error)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Every bound the server enforces; each is a ``sparekit serve`` option."""
-
-    max_body_bytes: int = 1_000_000
-    max_prompt_tokens: int = 2048
-    max_tokens: int = 256
-    max_queue: int = 256
-    max_streams: int = 32
-    max_batch: int = 16
-    batch_wait_ms: float = 10.0
-    max_strength: float = 16.0
-    drain_timeout_s: float = 30.0
 
 
 # -- the middleware: drain, body size, in-flight count, request metrics -----------------------

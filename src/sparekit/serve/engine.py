@@ -30,6 +30,7 @@ from sparekit.activations.last_token import last_token_states
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_call, tokenize
 from sparekit.hooks import Hooks, Site
+from sparekit.kv import L2Press
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.probes.linear import LinearProbe
@@ -206,13 +207,10 @@ class Engine:
     def __init__(self, lm: LoadedModel, probes: dict[str, LinearProbe] | None = None,
                  steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0,
                  prefix_cache: bool = True):
-        from sparekit.kv import kv_compress
-
         self.lm = lm
-        if kv_ratio:
-            with kv_compress(lm, ratio=kv_ratio):  # a bad ratio fails now, not at the first request
-                pass
-        self.kv_ratio = kv_ratio
+        self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
+        if self.press:
+            self.press.check(lm)
         # KV compression prunes each prompt's own cache after its prompt pass: no prefix to share then
         self.prefixes = PrefixCache(lm) if prefix_cache and not kv_ratio else None
         self.probes = probes or {}
@@ -317,11 +315,9 @@ class Engine:
                 return prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm)), cache
         return tokenize(self.lm, texts), None
 
-    def _kv_compression(self):
+    def _kv_compression(self) -> contextlib.AbstractContextManager:
         """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
-        from sparekit.kv import kv_compress
-
-        return kv_compress(self.lm, ratio=self.kv_ratio) if self.kv_ratio > 0 else contextlib.nullcontext()
+        return self.press(self.lm) if self.press else contextlib.nullcontext()
 
     def _reads_before_steering(self, job: Job) -> bool:
         """A gate decides before the edits; detection reads the unsteered prompt (edits below the probe change it)."""

@@ -1,7 +1,9 @@
-"""What a direction in the residual stream, or a component, does to the answer's first token.
+"""What a residual stream, a direction in it, or a component does to the output: the logit lens.
 
-Shared by the selection rules that look at a feature's or a head's effect on the *output*
-rather than at its activations (SpARE's ``output_score`` selection, JUICE's head scores).
+:func:`logit_lens` reads a residual as if it were the last block's output (DoLa's premature
+layers, JUICE's head scores). The rest is shared by the selection rules that look at a
+feature's or a head's effect on the *output* rather than at its activations (SpARE's
+``output_score`` selection, JUICE's head scores).
 The answer is scored by its first token, tokenized with a leading space as the model
 writes it after ``answer:``; a token that is only whitespace (a tokenizer that splits the
 space off) is skipped, so the score is about the answer, not the space before it.
@@ -14,7 +16,22 @@ from collections.abc import Sequence
 import torch
 
 from sparekit.models.loading import LoadedModel
-from sparekit.steering.baselines.dola import final_norm
+
+_FINAL_NORM = {"gpt2": "transformer.ln_f"}
+
+
+def final_norm(lm: LoadedModel) -> torch.nn.Module:
+    """The normalisation between the last block and the LM head."""
+    return lm.model.get_submodule(_FINAL_NORM.get(lm.info.model_type, "model.norm"))
+
+
+def logit_lens(lm: LoadedModel, h: torch.Tensor) -> torch.Tensor:
+    """Logits the model would emit if residual ``h`` (``[..., d]``) were its last block's output."""
+    logits = lm.model.get_output_embeddings()(final_norm(lm)(h))
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def answer_first_tokens(lm: LoadedModel, answers: Sequence[str]) -> torch.Tensor:

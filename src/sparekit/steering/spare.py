@@ -50,7 +50,7 @@ from sparekit.models.placement import site_device
 from sparekit.sae import SAE, load_sae
 from sparekit.sae.base import sae_class
 from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register
-from sparekit.steering.baselines.one_layer import MultiLayerMethod
+from sparekit.steering.layered import MultiLayerMethod
 from sparekit.utils.arrays import to_numpy
 
 SELECTIONS = ("mi", "output_score", "consistent", "within_relation")

@@ -11,18 +11,15 @@ or imported from a llama.cpp control vector).
 from sparekit.steering.baselines.actadd import ActAdd
 from sparekit.steering.baselines.adacad import AdaptiveContextAwareDecoding
 from sparekit.steering.baselines.cad import ContextAwareDecoding
-from sparekit.steering.baselines.dola import DoLa, logit_lens
+from sparekit.steering.baselines.dola import DoLa
 from sparekit.steering.baselines.icl import InContextDemonstrations
 from sparekit.steering.baselines.juice import JUICE
 from sparekit.steering.baselines.knob import Knob
 from sparekit.steering.baselines.none import NoSteering
-from sparekit.steering.baselines.one_layer import OneLayerMethod
 from sparekit.steering.baselines.sea import SpectralEditing
-from sparekit.steering.baselines.shadow import ShadowForward
 from sparekit.steering.baselines.vector import VectorSteering
 
 __all__ = [
     "ActAdd", "AdaptiveContextAwareDecoding", "ContextAwareDecoding", "DoLa", "InContextDemonstrations", "JUICE",
-    "Knob", "NoSteering", "OneLayerMethod",
-    "ShadowForward", "SpectralEditing", "VectorSteering", "logit_lens",
+    "Knob", "NoSteering", "SpectralEditing", "VectorSteering",
 ]

@@ -18,7 +18,7 @@ from sparekit.steering.base import (
     shift_edit,
     with_strength_sign,
 )
-from sparekit.steering.baselines.one_layer import OneLayerMethod
+from sparekit.steering.layered import OneLayerMethod
 
 
 @register("actadd")

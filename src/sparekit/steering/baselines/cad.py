@@ -18,7 +18,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from sparekit.errors import SparekitError
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import Direction, SteeringMethod, SteeringPrompt, register
-from sparekit.steering.baselines.shadow import ShadowForward
+from sparekit.steering.shadow import ShadowForward
 
 
 class ContextContrast(LogitsProcessor):

@@ -24,23 +24,8 @@ from sparekit.errors import SparekitError
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, Direction, SteeringMethod, SteeringPrompt, register
-from sparekit.steering.baselines.shadow import ShadowForward
-
-_FINAL_NORM = {"gpt2": "transformer.ln_f"}
-
-
-def final_norm(lm: LoadedModel) -> torch.nn.Module:
-    """The normalisation between the last block and the LM head."""
-    return lm.model.get_submodule(_FINAL_NORM.get(lm.info.model_type, "model.norm"))
-
-
-def logit_lens(lm: LoadedModel, h: torch.Tensor) -> torch.Tensor:
-    """Logits the model would emit if residual ``h`` (``[..., d]``) were its last block's output."""
-    logits = lm.model.get_output_embeddings()(final_norm(lm)(h))
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+from sparekit.steering.output_effect import logit_lens
+from sparekit.steering.shadow import ShadowForward
 
 
 def jensen_shannon(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

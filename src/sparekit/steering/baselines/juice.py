@@ -43,9 +43,8 @@ from sparekit.evaluation.generation import batches, tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, Direction, SteeringMethod, SteeringPrompt, register
-from sparekit.steering.baselines.dola import logit_lens
-from sparekit.steering.baselines.shadow import ShadowForward
-from sparekit.steering.output_effect import answer_first_tokens
+from sparekit.steering.output_effect import answer_first_tokens, logit_lens
+from sparekit.steering.shadow import ShadowForward
 
 
 def n_attention_heads(lm: LoadedModel) -> int:

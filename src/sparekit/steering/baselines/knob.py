@@ -20,7 +20,7 @@ from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register
-from sparekit.steering.baselines.one_layer import OneLayerMethod
+from sparekit.steering.layered import OneLayerMethod
 from sparekit.utils.arrays import to_numpy
 
 

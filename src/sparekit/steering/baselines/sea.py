@@ -30,7 +30,7 @@ from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, Direction, EditFn, register
-from sparekit.steering.baselines.one_layer import OneLayerMethod
+from sparekit.steering.layered import OneLayerMethod
 from sparekit.steering.spare import select_by_mi_mass
 from sparekit.utils.arrays import to_numpy
 

@@ -18,7 +18,7 @@ from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import site_device
 from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register, shift_edit
-from sparekit.steering.baselines.one_layer import MultiLayerMethod
+from sparekit.steering.layered import MultiLayerMethod
 from sparekit.steering.control_vector import read_control_vector
 
 
