@@ -174,7 +174,7 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch,
     assert (run / "probe_metrics.png").stat().st_size > 10_000 and (run / "config.json").is_file()
     assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--json"]) == 0
     detected = json.loads(capsys.readouterr().out)
-    assert 0 <= detected["conflict_probability"] <= 1 and detected["source"] in ("context", "memory")
+    assert 0 <= detected["conflict_probability"] <= 1 and detected["predicted_source"] in ("context", "memory")
     assert main(["detect", "hello"]) == 2
     assert "run `sparekit probe` first" in capsys.readouterr().err
 

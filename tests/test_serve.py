@@ -75,7 +75,7 @@ def test_mixed_batch_rows_match_each_row_alone(lm, engine, assets):
         expected = detect_prompt(lm, row["prompt"], assets[0])
         assert result["done"]["sparekit"]["conflict_probability"] == pytest.approx(expected["conflict_probability"],
                                                                                    abs=1e-5)
-        assert result["done"]["sparekit"]["predicted_source"] == expected["source"]
+        assert result["done"]["sparekit"]["predicted_source"] == expected["predicted_source"]
         assert result["done"]["sparekit"]["steered"] == (row["steer"] is not None)
     # the steering changes something (otherwise the comparison above proves little)
     assert results[1]["done"]["text"] != reference(lm, engine, PROMPTS[1], None, 3)

@@ -42,7 +42,7 @@ def test_default_model_answers_in_one_batch_like_the_cli(default_lm):
     detected = detect_prompt(default_lm, cli["memory"]["prompt"])
     for reply in (plain, memory):  # the steered row reads the unsteered prompt too
         assert reply["sparekit"]["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-4)
-        assert reply["sparekit"]["predicted_source"] == detected["source"]
+        assert reply["sparekit"]["predicted_source"] == detected["predicted_source"]
     gated = steer_question(default_lm, CONTEXT, QUESTION, "memory", "spare", None, None, gated=True)
     assert completion.sparekit["steered"] == gated["gate_fired"]
     assert completion.choices[0].text.strip() == gated["steered"]

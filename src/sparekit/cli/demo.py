@@ -129,7 +129,7 @@ def demo(item: str, method_label: str, table: bool, device: str | None, device_m
             "detect (before generating):",
             f"  true context:        conflict probability {det['org']['conflict_probability']:.2f}",
             f"  conflicting context: conflict probability {det['sub']['conflict_probability']:.2f}, "
-            f"predicted source: {det['sub']['source']}",
+            f"predicted source: {det['sub']['predicted_source']}",
             "steer the conflicting case:",
         ]
         for toward, s in r["steering"].items():

@@ -96,9 +96,9 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     def render(r: dict) -> str:
         conflict = f"{r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
         text = f"probes: {r['probe_dir']}\nconflict: {conflict}"
-        if r["source"] is None:
+        if r["predicted_source"] is None:
             return text + "\npredicted source: no source probe in this run"
-        return text + (f"\npredicted source: {r['source']} (p(context) = {r['context_probability']:.1%}, "
+        return text + (f"\npredicted source: {r['predicted_source']} (p(context) = {r['context_probability']:.1%}, "
                        f"{r['sites']['source']})")
 
     emit(result, as_json, render)

@@ -79,7 +79,7 @@ def steer(context, question, toward, method_label, fitted, strength, gate, probe
         gate = {None: "", True: "   [gate fired]", False: "   [gate did not fire: left unsteered]"}[r["gate_fired"]]
         return "\n".join([
             f"method: {r['fitted']}   probes: {d['probe_dir']}",
-            f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['source']}",
+            f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['predicted_source']}",
             f"unsteered:              {r['unsteered']}",
             f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}{gate}",
         ])

@@ -29,7 +29,7 @@ versions, attention modules): both are handled here and nowhere else.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +45,9 @@ Component = Literal["resid", "attn", "mlp", "heads"]
 Positions = Literal["last", "all"] | int
 When = Literal["prompt", "always"]
 EditFn = Callable[[torch.Tensor], torch.Tensor]
+#: the batch rows an edit applies to: indices or a boolean mask, or a function returning them when the edit
+#: runs (a decision made per batch, e.g. a gate's); ``None`` (also as the function's answer) means every row
+Rows = Sequence[int] | torch.Tensor | Callable[[], "torch.Tensor | Sequence[int] | None"] | None
 # (module, positional args, keyword args) -> new keyword args, or None to leave them as they are
 InterceptFn = Callable[[torch.nn.Module, tuple, dict], dict | None]
 
@@ -116,7 +119,25 @@ class _Action:
     when: When
     edit: EditFn | None = None
     dtype: torch.dtype | None = None
+    rows: Rows = None
     values: list[torch.Tensor] = field(default_factory=list)
+
+
+def _selected_rows(rows: Rows, batch: int, device) -> torch.Tensor | None:
+    """Row indices an edit applies to in a batch of ``batch`` rows (``None``: every row)."""
+    if callable(rows):
+        rows = rows()
+    if rows is None:
+        return None
+    rows = torch.as_tensor(rows, device=device)
+    if rows.dtype == torch.bool:
+        if rows.shape != (batch,):
+            raise SparekitError(f"an edit's row mask has {rows.numel()} rows but the batch has {batch}",
+                                "decide the rows for the batch that is running")
+        return rows.nonzero().flatten()
+    if rows.numel() and not (0 <= int(rows.min()) and int(rows.max()) < batch):
+        raise SparekitError(f"an edit names rows {rows.tolist()} of a batch of {batch}", "give rows inside the batch")
+    return rows.long()
 
 
 def last_token_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, device) -> torch.Tensor:
@@ -196,13 +217,16 @@ class Hooks:
         self._add(_Action(self._checked(site), positions, when, dtype=dtype))
         return self
 
-    def edit(self, site: Site, fn: EditFn, positions: Positions = "last", when: When = "prompt") -> Hooks:
-        """Replace the activation at ``site`` by ``fn(activation)`` at ``positions``.
+    def edit(self, site: Site, fn: EditFn, positions: Positions = "last", when: When = "prompt",
+             rows: Rows = None) -> Hooks:
+        """Replace the activation at ``site`` by ``fn(activation)`` at ``positions`` of ``rows``.
 
-        ``fn`` gets ``[batch, d]`` for a single position per row and ``[batch, seq, d]``
-        for ``"all"``, and returns a tensor of the same shape.
+        ``fn`` gets ``[rows, d]`` for a single position per row and ``[rows, seq, d]``
+        for ``"all"``, and returns a tensor of the same shape. ``rows`` scopes the edit to
+        some rows of the batch (see :data:`Rows`): a server mixes requests, a gate steers
+        the prompts it flags; the other rows keep their activation exactly.
         """
-        self._add(_Action(self._checked(site), positions, when, edit=fn))
+        self._add(_Action(self._checked(site), positions, when, edit=fn, rows=rows))
         return self
 
     def intercept(self, site: Site, fn: InterceptFn) -> Hooks:
@@ -324,18 +348,27 @@ class Hooks:
         """Capture (returns ``None``) or edit (returns the new tensor) one activation ``[batch, seq, d]``."""
         if action.when == "prompt" and not self._is_prompt_pass:
             return None
-        if action.positions == "all":
-            if action.edit is None:
-                action.values.append(hidden.detach().to(action.dtype or hidden.dtype))
-                return None
-            return action.edit(hidden).to(hidden.dtype)
-        rows, cols = self._indices(hidden, action.positions)
-        vectors = hidden[rows, cols]
         if action.edit is None:
-            action.values.append(vectors.detach().to(action.dtype or hidden.dtype))
+            if action.positions == "all":
+                action.values.append(hidden.detach().to(action.dtype or hidden.dtype))
+            else:
+                rows, cols = self._indices(hidden, action.positions)
+                action.values.append(hidden[rows, cols].detach().to(action.dtype or hidden.dtype))
             return None
+        selected = _selected_rows(action.rows, hidden.shape[0], hidden.device)
+        if selected is not None and selected.numel() == 0:
+            return None
+        if action.positions == "all":
+            if selected is None:
+                return action.edit(hidden).to(hidden.dtype)
+            edited = hidden.clone()
+            edited[selected] = action.edit(hidden[selected]).to(hidden.dtype)
+            return edited
+        rows, cols = self._indices(hidden, action.positions)
+        if selected is not None:
+            rows, cols = rows[selected], cols[selected]
         edited = hidden.clone()
-        edited[rows, cols] = action.edit(vectors).to(hidden.dtype)
+        edited[rows, cols] = action.edit(hidden[rows, cols]).to(hidden.dtype)
         return edited
 
     def _make_hook(self, action: _Action):

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparekit.activations.last_token import last_token_states
 from sparekit.errors import SparekitError
-from sparekit.hooks import Site
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for, default_assets
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
+from sparekit.probes.reading import ProbeSet, read_prompts
 from sparekit.utils.io import read_json
 
 TARGETS = ("conflict", "source")
@@ -39,12 +38,12 @@ def resolve_probe_dir(probe_dir: str | Path | None, model: ModelInfo | None = No
     return folder
 
 
-def load_probes(folder: Path, model_hash: str) -> dict[str, LinearProbe]:
+def load_probes(folder: Path, model_hash: str) -> ProbeSet:
     """The conflict (required) and source (optional) probes in ``folder``, checked against the model."""
     probes = {t: LinearProbe.load(folder / t, model_hash=model_hash) for t in TARGETS if (folder / t).is_dir()}
     if "conflict" not in probes:
         raise SparekitError(f"{folder} has no conflict probe", "rerun `sparekit probe` with a larger --limit")
-    return probes
+    return ProbeSet(probes, folder)
 
 
 def check_prompt_text(text: str) -> None:
@@ -74,17 +73,13 @@ def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = Non
                   max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
     """Conflict probability and predicted source for one prompt; one forward to the deepest probe layer."""
     check_prompt(lm, text, max_tokens)
-    folder = resolve_probe_dir(probe_dir, lm.info)
-    probes = load_probes(folder, lm.info.model_hash)
-    sites = {t: Site.parse(p.site) for t, p in probes.items()}
-    states = last_token_states(lm, [text], list(sites.values()))
-    p_conflict = float(probes["conflict"].predict_proba(states[sites["conflict"]])[0, 1])
-    result = {"conflict_probability": p_conflict, "conflict": p_conflict > 0.5, "context_probability": None,
-              "source": None, "sites": {t: str(s) for t, s in sites.items()}, "probe_dir": str(folder)}
-    if "source" in probes:
-        p_context = float(probes["source"].predict_proba(states[sites["source"]])[0, 1])
-        result.update(context_probability=p_context, source="context" if p_context > 0.5 else "memory")
-    return result
+    probes = load_probes(resolve_probe_dir(probe_dir, lm.info), lm.info.model_hash)
+    return describe(read_prompts(lm, [text], probes=probes).probes[0], probes)
+
+
+def describe(reading: dict, probes: ProbeSet) -> dict:
+    """A reading with the sites it was read at and the probe folder (what ``sparekit detect`` reports)."""
+    return {**reading, "sites": {t: str(s) for t, s in probes.sites.items()}, "probe_dir": str(probes.folder)}
 
 
 def detection_demos(folder: Path) -> list[str]:

@@ -2,9 +2,8 @@
 
 Each row of a batch has its own prompt, ``max_tokens``, stop strings, detection flag
 and steering (method, direction, strength, gate, or none). Rows share the forward
-passes: the per-row residual edits are composed into one edit per site
-(:func:`sparekit.steering.base.row_edits`) on the shared :class:`~sparekit.hooks.Hooks`,
-and the conflict/source probes read the last prompt token from captures on the same
+passes: each row's residual edits are declared on the shared :class:`~sparekit.hooks.Hooks`
+scoped to its rows (:func:`sparekit.steering.base.edit_rows`), and the conflict/source probes read the last prompt token from captures on the same
 prompt pass that starts generation. The one exception is a steered row that also
 asks for detection or a gate while the steering edits a layer at or below a probe's
 layer: its probe reading must describe the *unsteered* prompt (as ``sparekit steer``
@@ -33,11 +32,10 @@ from sparekit.hooks import Hooks, Site
 from sparekit.kv import L2Press
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
-from sparekit.probes.linear import LinearProbe
+from sparekit.probes.reading import ProbeSet
 from sparekit.serve.prefix import PrefixCache, prefixed_batch
-from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, row_edits
+from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedSteering
-from sparekit.utils.arrays import to_numpy
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +202,7 @@ def _generator(seed: int | None) -> torch.Generator:
 class Engine:
     """Runs batches of :class:`Job` on one model; not thread-safe (one batcher thread calls it)."""
 
-    def __init__(self, lm: LoadedModel, probes: dict[str, LinearProbe] | None = None,
+    def __init__(self, lm: LoadedModel, probes: ProbeSet | None = None,
                  steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0,
                  prefix_cache: bool = True):
         self.lm = lm
@@ -213,8 +211,7 @@ class Engine:
             self.press.check(lm)
         # KV compression prunes each prompt's own cache after its prompt pass: no prefix to share then
         self.prefixes = PrefixCache(lm) if prefix_cache and not kv_ratio else None
-        self.probes = probes or {}
-        self.probe_sites = {target: Site.parse(p.site) for target, p in self.probes.items()}
+        self.probes = probes
         self.steering = steering or Steering({}, {})
         for label, per_direction in self.steering.methods.items():
             for fitted in per_direction.values():
@@ -233,7 +230,7 @@ class Engine:
     # -- what requests may ask for --------------------------------------------------
     @property
     def can_detect(self) -> bool:
-        return "conflict" in self.probes
+        return self.probes is not None
 
     def method_names(self) -> list[str]:
         return ["none", *sorted(self.steering.methods)]
@@ -270,26 +267,26 @@ class Engine:
         early = [i for i, job in enumerate(jobs) if self._reads_before_steering(job)]
         if early:  # steered rows whose probe/gate reading must come from the unsteered prompt
             states = last_token_states(self.lm, [texts[i] for i in early], self._sites_for([jobs[i] for i in early]))
+            early_readings = self.probes.read(states) if any(jobs[i].detect for i in early) else None
             for k, i in enumerate(early):
-                row = {site: h[k:k + 1] for site, h in states.items()}
                 if jobs[i].steer.gate:
                     gate = self.steering.gates[jobs[i].steer.label]
-                    fired[i] = bool(gate.fire(row[gate.site])[0])
+                    fired[i] = bool(gate.fire(states[gate.site][k:k + 1])[0])
                 if jobs[i].detect:
-                    readings[i] = self._read(row, 0)
+                    readings[i] = early_readings[k]
 
-        hooks = Hooks(self.lm)
-        per_row = [self._edits(job.steer) if fire else None for job, fire in zip(jobs, fired)]
-        for site, fn in row_edits(per_row):
-            hooks.edit(site, fn, positions="last", when="prompt")
+        hooks = edit_rows(Hooks(self.lm), [self._edits(job.steer) if fire else None for job, fire in zip(jobs, fired)])
         late = [i for i, job in enumerate(jobs) if job.detect and readings[i] is None]
+        probe_sites = set(self.probes.sites.values()) if self.probes else set()
         if late:
-            for site in set(self.probe_sites.values()):
+            for site in probe_sites:
                 hooks.capture(site, dtype=torch.float32)
 
         def first_step() -> None:  # the prompt pass has run: its captures hold the readings
-            for i in late:
-                readings[i] = self._read({s: hooks[s] for s in set(self.probe_sites.values())}, i)
+            if late:
+                late_readings = self.probes.read({s: hooks[s] for s in probe_sites})
+                for i in late:
+                    readings[i] = late_readings[i]
             for i, job in enumerate(jobs):
                 job.emit("sparekit", self._sparekit(job, readings[i], fired[i]))
 
@@ -325,10 +322,10 @@ class Engine:
             return False
         if job.steer.gate:
             return True
-        return job.detect and min(s.layer for s, _ in self._edits(job.steer)) <= max(self.probe_sites.values()).layer
+        return job.detect and min(s.layer for s, _ in self._edits(job.steer)) <= max(self.probes.sites.values()).layer
 
     def _sites_for(self, jobs: Sequence[Job]) -> list[Site]:
-        sites = {s for job in jobs if job.detect for s in self.probe_sites.values()}
+        sites = {s for job in jobs if job.detect for s in self.probes.sites.values()}
         sites |= {self.steering.gates[job.steer.label].site for job in jobs if job.steer and job.steer.gate}
         return sorted(sites)
 
@@ -341,15 +338,6 @@ class Engine:
             method = self.steering.methods[steer.label][steer.toward].method
             self._edit_cache[key] = method.edits(self.lm, steer.toward, steer.strength)  # type: ignore[arg-type]
         return self._edit_cache[key]
-
-    def _read(self, states: dict[Site, torch.Tensor], row: int) -> dict:
-        def proba(target: str) -> float:
-            site = self.probe_sites[target]
-            return float(self.probes[target].predict_proba(to_numpy(states[site][row:row + 1].float()))[0, 1])
-
-        p_context = proba("source") if "source" in self.probes else None
-        return {"conflict_probability": proba("conflict"), "context_probability": p_context,
-                "predicted_source": None if p_context is None else DIRECTIONS[0] if p_context > 0.5 else DIRECTIONS[1]}
 
     @staticmethod
     def _sparekit(job: Job, reading: dict | None, fired: bool) -> dict:
@@ -401,7 +389,7 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     except SparekitError:
         if probe_dir is not None:
             raise
-        folder, probes = None, {}
+        folder, probes = None, None
     steering = load_steering(lm, fitted)
     demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
     if demos is None:

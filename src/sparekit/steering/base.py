@@ -36,6 +36,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.probes.reading import read_prompts
 from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
 
@@ -202,30 +203,23 @@ class Steered:
 
     def _gate_mask(self, texts: list[str]) -> torch.Tensor:
         """The gate's decision per row, read with this steering's edits switched off."""
-        from sparekit.activations.last_token import last_token_states
-
         self._reading_gate = True
         try:
-            states = last_token_states(self.lm, texts, [self.gate.site])[self.gate.site]
+            return read_prompts(self.lm, texts, gate=self.gate).fired.cpu()
         finally:
             self._reading_gate = False
-        return self.gate.fire(states).bool().cpu()
 
-    def gated(self, fn: EditFn) -> EditFn:
-        """Wrap an edit: off while the gate reads, and with a gate only on the rows where it fired."""
-
-        def edit(h: torch.Tensor) -> torch.Tensor:
-            if self._reading_gate:
-                return h
-            if self.gate is None:
-                return fn(h)
-            if self._row_mask is None or self._row_mask.shape[0] != h.shape[0]:
-                raise SparekitError("gated steering decides per batch in Steered.generate / answer_nll",
-                                    "call those methods of the steered object instead of model.generate")
-            keep = self._row_mask.to(h.device)[:, None]
-            return torch.where(keep, fn(h), h)
-
-        return edit
+    def rows(self) -> torch.Tensor | None:
+        """The rows this steering's edits apply to now (:data:`~sparekit.hooks.core.Rows`): none while
+        the gate reads, the rows where it fired once it has, every row without a gate."""
+        if self._reading_gate:
+            return torch.zeros(0, dtype=torch.long)
+        if self.gate is None:
+            return None
+        if self._row_mask is None:
+            raise SparekitError("gated steering decides per batch in Steered.generate / answer_nll",
+                                "call those methods of the steered object instead of model.generate")
+        return self._row_mask
 
 
 class _RowGatedProcessor(LogitsProcessor):
@@ -291,7 +285,7 @@ class SteeringMethod(Params):
         steered = Steered(self, lm, toward, strength, gate, batch_size)
         hooks = Hooks(lm)
         for site, fn in self.edits(lm, toward, strength):
-            hooks.edit(site, steered.gated(fn), positions="last", when="prompt")
+            hooks.edit(site, fn, positions="last", when="prompt", rows=steered.rows)
         with hooks:
             yield steered
 
@@ -339,28 +333,20 @@ def make_method(kind: str, **params: Any) -> SteeringMethod:
     return REGISTRY.lookup(kind)().set_params(**params)
 
 
-def row_edits(per_row: Sequence[Sequence[tuple[Site, EditFn]] | None]) -> list[tuple[Site, EditFn]]:
-    """One edit per site from each batch row's own edits (a server mixes methods, directions and strengths).
+def edit_rows(hooks: Hooks, per_row: Sequence[Sequence[tuple[Site, EditFn]] | None]) -> Hooks:
+    """Declare each batch row's own edits on ``hooks`` (a server mixes methods, directions and strengths).
 
-    Row ``i`` gets ``per_row[i]``; rows with ``None``, or with no edit at a site, keep their
-    activation there. Rows holding the same edit function share one call.
+    Row ``i`` gets ``per_row[i]`` (at its last prompt token, on the prompt pass); rows with
+    ``None``, or with no edit at a site, keep their activation there. Rows holding the same
+    edit function share one call.
     """
-    groups: dict[Site, dict[int, tuple[EditFn, list[int]]]] = {}
+    groups: dict[tuple[Site, int], tuple[EditFn, list[int]]] = {}
     for row, edits in enumerate(per_row):
         for site, fn in edits or ():
-            groups.setdefault(site, {}).setdefault(id(fn), (fn, []))[1].append(row)
-
-    def compose(parts: list[tuple[EditFn, list[int]]]) -> EditFn:
-        def edit(h: torch.Tensor) -> torch.Tensor:
-            out = h.clone()
-            for fn, rows in parts:
-                index = torch.tensor(rows, device=h.device)
-                out[index] = fn(h[index]).to(h.dtype)
-            return out
-
-        return edit
-
-    return [(site, compose(list(parts.values()))) for site, parts in sorted(groups.items())]
+            groups.setdefault((site, id(fn)), (fn, []))[1].append(row)
+    for (site, _), (fn, rows) in groups.items():
+        hooks.edit(site, fn, positions="last", when="prompt", rows=rows)
+    return hooks
 
 
 def with_strength_sign(toward: Direction) -> float:
@@ -370,5 +356,5 @@ def with_strength_sign(toward: Direction) -> float:
 
 __all__ = [
     "DIRECTIONS", "REGISTRY", "BehaviourData", "ControlVector", "Direction", "Gate", "Steered", "SteeringMethod",
-    "SteeringPrompt", "make_method", "register", "row_edits", "shift_edit", "with_strength_sign",
+    "SteeringPrompt", "make_method", "register", "edit_rows", "shift_edit", "with_strength_sign",
 ]

@@ -1,0 +1,84 @@
+"""Reading prompts before generating: the one place probes and gates turn hidden states into decisions.
+
+:func:`read_prompts` runs the unsteered prompt pass once (stopped after the deepest site it
+needs) and returns both the gate's decision per row and the probes' readings, so a
+command that steers with a gate and reports the conflict probability pays one extra
+prefix pass, not two. :meth:`ProbeSet.read` turns hidden states captured elsewhere (the
+server reads them from the prompt pass that starts generation) into the same readings,
+with the same keys, everywhere: ``conflict_probability``, ``conflict``,
+``context_probability`` and ``predicted_source``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from sparekit.activations.last_token import last_token_states
+from sparekit.hooks import Site
+from sparekit.models.loading import LoadedModel
+from sparekit.probes.linear import LinearProbe
+from sparekit.utils.arrays import to_numpy
+
+#: what a reading says the model will answer from, by the source probe's p(context)
+SOURCES = ("context", "memory")
+
+
+class SiteGate(Protocol):
+    """A gate decides per row from the hidden state at its site (``sparekit.steering.gate.ProbeGate``)."""
+
+    site: Site
+
+    def fire(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """The conflict probe (required) and the source probe (optional) of one model, and where they came from."""
+
+    probes: dict[str, LinearProbe]
+    folder: Path | None = None
+
+    @property
+    def sites(self) -> dict[str, Site]:
+        return {target: Site.parse(probe.site) for target, probe in self.probes.items()}
+
+    def read(self, states: dict[Site, torch.Tensor]) -> list[dict]:
+        """One reading per row of the last-token ``states`` (``[batch, d_model]`` at each probe's site)."""
+        sites = self.sites
+        p_conflict = self._proba("conflict", states[sites["conflict"]])
+        p_context = self._proba("source", states[sites["source"]]) if "source" in self.probes else None
+        readings = []
+        for row, conflict in enumerate(p_conflict):
+            context = None if p_context is None else p_context[row]
+            readings.append({"conflict_probability": conflict, "conflict": conflict > 0.5,
+                             "context_probability": context,
+                             "predicted_source": None if context is None else SOURCES[0 if context > 0.5 else 1]})
+        return readings
+
+    def _proba(self, target: str, h: torch.Tensor) -> list[float]:
+        return [float(p) for p in self.probes[target].predict_proba(to_numpy(h.float()))[:, 1]]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one unsteered prompt pass decided: the gate's rows (``None`` without a gate) and the probes'
+    readings (``None`` without probes)."""
+
+    fired: torch.Tensor | None
+    probes: list[dict] | None
+
+
+def read_prompts(lm: LoadedModel, texts: Sequence[str], gate: SiteGate | None = None,
+                 probes: ProbeSet | None = None) -> Reading:
+    """The gate's decisions and the probes' readings of ``texts``, from one forward stopped at the deepest site."""
+    sites = ([gate.site] if gate is not None else []) + (list(probes.sites.values()) if probes is not None else [])
+    if not sites:
+        return Reading(None, None)
+    states = last_token_states(lm, list(texts), sites)
+    return Reading(None if gate is None else gate.fire(states[gate.site]).bool(),
+                   None if probes is None else probes.read(states))
