@@ -11,15 +11,21 @@ from sparekit.cli.common import device_map_option, device_option, emit, json_opt
 
 def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
                    strength: float | None, demos: tuple[str, ...] | None = None, k_shot: int = 3,
-                   gated: bool = False) -> dict:
+                   gated: bool = False, probes=None) -> dict:
     """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``.
 
     Without ``demos``, the fitted method's stored demonstrations are used, skipping any
     that asks the same question. ``gated``: steer only if the calibrated conflict gate fires.
+    The gate and the ``probes`` (a :class:`~sparekit.probes.reading.ProbeSet`; its reading is
+    ``detection``) read the unsteered generation's own prompt pass, so the whole costs two
+    generations, or one when the gate does not fire.
     """
     from sparekit.data.dataset import ConflictExample
     from sparekit.data.prompts import demos_for
-    from sparekit.steering import SteeringPrompt, make_method
+    from sparekit.evaluation.generation import greedy_generate
+    from sparekit.hooks import Hooks
+    from sparekit.probes.reading import capture_reading_sites, read_captures
+    from sparekit.steering import SteeringPrompt
     from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
 
     if fitted is None:
@@ -31,14 +37,19 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     if demos is None:
         demos = tuple(demos_for(question, loaded.demos, k_shot))
     prompt = SteeringPrompt(example, "sub", demos)
-    with make_method("none").fit(None).steer(lm, toward=toward) as plain:  # type: ignore[arg-type]
-        unsteered = plain.generate([prompt])[0]
     gate = load_gate(fitted, lm.info) if gated else None
-    with loaded.method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:  # type: ignore[arg-type]
-        answer = steered.generate([prompt])[0]
-        fired = None if gate is None else bool(steered.last_fired[0])
+    hooks = capture_reading_sites(Hooks(lm), gate, probes)
+    with hooks:
+        unsteered = greedy_generate(lm, [prompt.text])[0]
+    reading = read_captures(hooks, gate, probes)
+    fired = None if gate is None else bool(reading.fired[0])
+    answer = unsteered
+    if fired is not False:  # the gate already read this prompt unsteered: steer without reading it again
+        with loaded.method.steer(lm, toward=toward, strength=strength) as steered:  # type: ignore[arg-type]
+            answer = steered.generate([prompt])[0]
     return {"method": method_label, "fitted": str(fitted), "toward": toward, "strength": strength,
-            "unsteered": unsteered, "steered": answer, "gate_fired": fired, "prompt": prompt.text}
+            "unsteered": unsteered, "steered": answer, "gate_fired": fired, "prompt": prompt.text,
+            "detection": None if reading.probes is None else reading.probes[0]}
 
 
 @click.command()
@@ -68,11 +79,12 @@ def steer(context, question, toward, method_label, fitted, strength, gate, probe
       sparekit steer "The capital of France is Lyon." "What is the capital of France?" --toward memory
     """
     from sparekit.models import load_model
-    from sparekit.probes.detect import detect_prompt
+    from sparekit.probes.detect import describe, load_probes, resolve_probe_dir
 
     lm = load_model(model, device=device, device_map=device_map)
-    result = steer_question(lm, context, question, toward, method_label, fitted, strength, gated=gate)
-    result["detection"] = detect_prompt(lm, result["prompt"], probe_dir)
+    probes = load_probes(resolve_probe_dir(probe_dir, lm.info), lm.info.model_hash)
+    result = steer_question(lm, context, question, toward, method_label, fitted, strength, gated=gate, probes=probes)
+    result["detection"] = describe(result["detection"], probes)
 
     def render(r: dict) -> str:
         d = r["detection"]

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from sparekit.activations.last_token import last_token_states
-from sparekit.hooks import Site
+from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.utils.arrays import to_numpy
@@ -73,12 +73,34 @@ class Reading:
     probes: list[dict] | None
 
 
+def reading_sites(gate: SiteGate | None = None, probes: ProbeSet | None = None) -> list[Site]:
+    """The sites a gate and probes read (the last prompt token of each)."""
+    return sorted({*([gate.site] if gate is not None else []), *(probes.sites.values() if probes is not None else [])})
+
+
+def capture_reading_sites(hooks: Hooks, gate: SiteGate | None = None, probes: ProbeSet | None = None) -> Hooks:
+    """Declare on ``hooks`` the captures a gate and probes read (float32, last prompt token, prompt pass)."""
+    for site in reading_sites(gate, probes):
+        hooks.capture(site, dtype=torch.float32)
+    return hooks
+
+
+def read_captures(hooks: Hooks, gate: SiteGate | None = None, probes: ProbeSet | None = None) -> Reading:
+    """The :class:`Reading` of the captures :func:`capture_reading_sites` declared, once the prompt pass ran."""
+    return read_states({site: hooks[site] for site in reading_sites(gate, probes)}, gate, probes)
+
+
+def read_states(states: dict[Site, torch.Tensor], gate: SiteGate | None = None,
+                probes: ProbeSet | None = None) -> Reading:
+    """A :class:`Reading` from last-token states captured elsewhere (e.g. on the prompt pass of a generation)."""
+    return Reading(None if gate is None else gate.fire(states[gate.site]).bool(),
+                   None if probes is None else probes.read(states))
+
+
 def read_prompts(lm: LoadedModel, texts: Sequence[str], gate: SiteGate | None = None,
                  probes: ProbeSet | None = None) -> Reading:
     """The gate's decisions and the probes' readings of ``texts``, from one forward stopped at the deepest site."""
-    sites = ([gate.site] if gate is not None else []) + (list(probes.sites.values()) if probes is not None else [])
+    sites = reading_sites(gate, probes)
     if not sites:
         return Reading(None, None)
-    states = last_token_states(lm, list(texts), sites)
-    return Reading(None if gate is None else gate.fire(states[gate.site]).bool(),
-                   None if probes is None else probes.read(states))
+    return read_states(last_token_states(lm, list(texts), sites), gate, probes)
