@@ -184,7 +184,8 @@ def test_presses_are_registered_objects_checked_when_built():
 
 
 @pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
-                                             ("l2", {"skip_layers": (-1,)}), ("l2", {"min_length": 1.5}),
+                                             ("l2", {"skip_layers": (-1,)}), ("l2", {"skip_layers": 1}),
+                                             ("l2", {"min_length": 1.5}),
                                              ("recent", {"sinks": -1}), ("random", {"seed": "x"}),
                                              ("snapkv", {"kernel": 4}), ("snapkv", {"window": 0})])
 def test_bad_press_options_are_one_line_errors(method, options):

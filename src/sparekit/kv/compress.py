@@ -73,6 +73,7 @@ def register_press(name: str) -> Callable[[type], type]:
 
 
 def non_negative_int(name: str, value: Any) -> None:
+    """A one-line error unless ``value`` is an ``int`` >= 0 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SparekitError(f"{name} must be a non-negative integer, got {value!r}")
 
@@ -100,6 +101,8 @@ class Press:
                                 "0 keeps everything, 0.9 evicts 90 % of each prompt")
         for name in ("min_length", "keep_last"):
             non_negative_int(name, getattr(self, name))
+        if not isinstance(self.skip_layers, (tuple, list)):
+            raise SparekitError(f"skip_layers must be a list of layer indices, got {self.skip_layers!r}")
         object.__setattr__(self, "skip_layers", tuple(self.skip_layers))  # a list from a config file is hashable now
         for layer in self.skip_layers:
             non_negative_int("a skipped layer", layer)
