@@ -197,7 +197,7 @@ def test_bad_press_options_are_one_line_errors(method, options):
 
 
 def test_press_applied_as_a_context_equals_kv_compress(llama):
-    """``with press(lm):`` around a plain ``generate`` is the by-name ``kv_compress``."""
+    """``with press(lm):`` around a plain ``generate`` is the by-name ``kv_compress``, and ``press(lm.model)``."""
     from sparekit.kv import L2Press
 
     press = L2Press(ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2)
@@ -207,6 +207,9 @@ def test_press_applied_as_a_context_equals_kv_compress(llama):
         tokens2, scores2 = generate(llama, PROMPTS)
     assert torch.equal(tokens, tokens2) and torch.equal(scores, scores2)
     assert kv.kv_bytes == by_name.kv_bytes < kv.kv_bytes_uncompressed
+    with press(llama.model) as bare:  # the Hugging Face model alone, as kvpress takes it
+        tokens3, scores3 = generate(llama, PROMPTS)
+    assert torch.equal(tokens, tokens3) and torch.equal(scores, scores3) and bare.kv_bytes == kv.kv_bytes
 
 
 def test_recent_keeps_its_sinks():

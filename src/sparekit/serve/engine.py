@@ -138,7 +138,7 @@ class Engine:
         self.lm = lm
         self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
         if self.press:
-            self.press.check(lm)
+            self.press.check(lm.model, lm.info)
         self.probes = probes or {}
         self.probe_sites = {target: Site.parse(p.site) for target, p in self.probes.items()}
         self.steering = steering or Steering({}, {})
