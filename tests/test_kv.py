@@ -290,3 +290,13 @@ def test_snapkv_keeps_what_the_window_reads_whatever_the_batch(llama):
     with kv_compress(llama, "l2", ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2):
         l2_tokens, l2_scores = generate(llama, PROMPTS)
     assert not torch.equal(scores, l2_scores)
+
+
+def test_snapkv_refuses_attention_it_cannot_read():
+    """GPT-2 has no q_proj and no rotary embedding: one clear error, not an AttributeError mid-generate."""
+    from sparekit.kv import SnapKVPress
+
+    gpt2 = tiny_model("gpt2")
+    with pytest.raises(SparekitError, match="snapkv reads rotary attention"):
+        with SnapKVPress(ratio=0.5, min_length=0, skip_layers=())(gpt2):
+            generate(gpt2, PROMPTS[:1])

@@ -295,10 +295,3 @@ class KVCompressor:
             return None  # sdpa without a mask is exact here, and fastest
         return {**kwargs, "attention_mask": _layer_mask(slots, q, incoming)}
 
-
-def mean_norm_spread(keys: torch.Tensor) -> float:
-    """Mean over heads of the coefficient of variation of key norms: how much L2 ranking can tell keys apart."""
-    norms = keys.float().norm(dim=-1)  # [b, h, seq]
-    return float((norms.std(-1) / norms.mean(-1).clamp_min(1e-12)).mean())
-
-
