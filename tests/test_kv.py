@@ -184,7 +184,8 @@ def test_presses_are_registered_objects_checked_when_built():
 
 
 @pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
-                                             ("l2", {"skip_layers": (-1,)}), ("l2", {"min_length": 1.5}),
+                                             ("l2", {"skip_layers": (-1,)}), ("l2", {"skip_layers": 1}),
+                                             ("l2", {"min_length": 1.5}),
                                              ("recent", {"sinks": -1}), ("random", {"seed": "x"}),
                                              ("snapkv", {"kernel": 4}), ("snapkv", {"window": 0})])
 def test_bad_press_options_are_one_line_errors(method, options):
@@ -196,7 +197,7 @@ def test_bad_press_options_are_one_line_errors(method, options):
 
 
 def test_press_applied_as_a_context_equals_kv_compress(llama):
-    """``with press(lm):`` around a plain ``generate`` is the by-name ``kv_compress``."""
+    """``with press(lm):`` around a plain ``generate`` is the by-name ``kv_compress``, and ``press(lm.model)``."""
     from sparekit.kv import L2Press
 
     press = L2Press(ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2)
@@ -206,6 +207,9 @@ def test_press_applied_as_a_context_equals_kv_compress(llama):
         tokens2, scores2 = generate(llama, PROMPTS)
     assert torch.equal(tokens, tokens2) and torch.equal(scores, scores2)
     assert kv.kv_bytes == by_name.kv_bytes < kv.kv_bytes_uncompressed
+    with press(llama.model) as bare:  # the Hugging Face model alone, as kvpress takes it
+        tokens3, scores3 = generate(llama, PROMPTS)
+    assert torch.equal(tokens, tokens3) and torch.equal(scores, scores3) and bare.kv_bytes == kv.kv_bytes
 
 
 def test_recent_keeps_its_sinks():
@@ -286,3 +290,13 @@ def test_snapkv_keeps_what_the_window_reads_whatever_the_batch(llama):
     with kv_compress(llama, "l2", ratio=0.6, skip_layers=(0,), min_length=0, keep_last=2):
         l2_tokens, l2_scores = generate(llama, PROMPTS)
     assert not torch.equal(scores, l2_scores)
+
+
+def test_snapkv_refuses_attention_it_cannot_read():
+    """GPT-2 has no q_proj and no rotary embedding: one clear error, not an AttributeError mid-generate."""
+    from sparekit.kv import SnapKVPress
+
+    gpt2 = tiny_model("gpt2")
+    with pytest.raises(SparekitError, match="snapkv reads rotary attention"):
+        with SnapKVPress(ratio=0.5, min_length=0, skip_layers=())(gpt2):
+            generate(gpt2, PROMPTS[:1])

@@ -10,7 +10,7 @@ from sparekit.data.dataset import ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import Hooks, Site
-from sparekit.sae import TopKSAE
+from sparekit.sae import TopKSAE, save_sae
 from sparekit.steering import BehaviourData, SteeringPrompt, load_method
 from sparekit.steering.spare import SpARE, select_by_mi_mass, spare_delta
 
@@ -74,7 +74,7 @@ def _fitted_spare(lm, tmp_path, labels=(1, 0) * 8):
     with torch.no_grad():
         sae.W_enc.normal_()
         sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.norm(dim=0, keepdim=True).T)
-    sae.save(tmp_path / "sae")
+    save_sae(sae, tmp_path / "sae")
     data, prompts = _behaviour(lm, list(labels))
     method = SpARE(layers=(1,), sae=str(tmp_path / "sae"), mi_mass=0.5).fit(data)
     return method, data, prompts

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from sparekit.evaluation.generation import batches, tokenize
+from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
 from sparekit.kv.compress import PRESSES, Press, cache_bytes
 from sparekit.models.loading import LoadedModel
@@ -295,8 +296,6 @@ def _finish(rows: dict, metrics) -> dict:
 def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence, config: KVGrid,
                     steps: int = 12) -> dict:
     """Knowledge-source shares (context / memory / other) of conflict answers per (method, ratio)."""
-    from sparekit.evaluation.metrics import behaviour_label
-
     rows: dict[tuple[str, float], dict] = {}
     for chunk in batches(list(range(len(prompts))), config.batch_size):
         enc = tokenize(lm, [prompts[i] for i in chunk])

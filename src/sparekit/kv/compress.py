@@ -3,11 +3,12 @@
 Devoto et al. (EMNLP 2024) observed that keys with a low L2 norm draw high attention,
 so evicting the highest-norm keys of a long prompt costs little accuracy. A *press* is
 one eviction method with its options, checked when it is built; it is applied to a
-model with ``with press(lm):``, as kvpress users know. Usage::
+model with ``with press(model):``, as kvpress users know (a loaded model, or the bare
+Hugging Face model as kvpress takes it). Usage::
 
     from sparekit.kv import L2Press
 
-    with L2Press(ratio=0.5)(lm) as kv:
+    with L2Press(ratio=0.5)(lm.model) as kv:
         out = lm.model.generate(**batch, max_new_tokens=20)
     kv.kv_bytes, kv.kv_bytes_uncompressed            # what the prompt's cache held, after / before
 
@@ -60,6 +61,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from sparekit.errors import SparekitError
 from sparekit.hooks import Hooks, Site
+from sparekit.models.architecture import ModelInfo, describe
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.registry import Registry
 
@@ -72,7 +74,15 @@ def register_press(name: str) -> Callable[[type], type]:
     return PRESSES.register(name)
 
 
+def model_and_info(model: LoadedModel | torch.nn.Module) -> tuple[torch.nn.Module, ModelInfo]:
+    """A loaded model's parts, or a bare Hugging Face causal LM with its layout read from it."""
+    if isinstance(model, LoadedModel):
+        return model.model, model.info
+    return model, describe(model, type(model).__name__, model_hash="")
+
+
 def non_negative_int(name: str, value: Any) -> None:
+    """A one-line error unless ``value`` is an ``int`` >= 0 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SparekitError(f"{name} must be a non-negative integer, got {value!r}")
 
@@ -100,6 +110,8 @@ class Press:
                                 "0 keeps everything, 0.9 evicts 90 % of each prompt")
         for name in ("min_length", "keep_last"):
             non_negative_int(name, getattr(self, name))
+        if not isinstance(self.skip_layers, (tuple, list)):
+            raise SparekitError(f"skip_layers must be a list of layer indices, got {self.skip_layers!r}")
         object.__setattr__(self, "skip_layers", tuple(self.skip_layers))  # a list from a config file is hashable now
         for layer in self.skip_layers:
             non_negative_int("a skipped layer", layer)
@@ -117,19 +129,19 @@ class Press:
         """Eviction scores ``[batch, heads, seq]`` in float32: the lowest are kept first."""
         raise NotImplementedError
 
-    def check(self, lm: LoadedModel) -> None:
+    def check(self, model: torch.nn.Module, info: ModelInfo) -> None:
         """Refuse a model this press cannot compress (skipped layers out of range, attention kind)."""
         for layer in self.skip_layers:
-            lm.info.check_layer(layer)
-        implementation = getattr(lm.model.config, "_attn_implementation", None)
+            info.check_layer(layer)
+        implementation = getattr(model.config, "_attn_implementation", None)
         if implementation not in SUPPORTED_ATTENTION:
             raise SparekitError(f"KV compression needs eager or sdpa attention, the model uses {implementation!r}",
                                 "load the model with attn_implementation='sdpa'")
 
     @contextmanager
-    def __call__(self, lm: LoadedModel) -> Iterator[KVCompressor]:
+    def __call__(self, model: LoadedModel | torch.nn.Module) -> Iterator[KVCompressor]:
         """Prune the KV cache of every prompt after its prompt pass while the context is open."""
-        compressor = KVCompressor(lm, self)
+        compressor = KVCompressor(*model_and_info(model), self)
         with compressor.hooks:
             yield compressor
 
@@ -202,12 +214,12 @@ def _layer_mask(valid: torch.Tensor, q: int, like: torch.Tensor | None) -> torch
 class KVCompressor:
     """State of one ``with press(lm)`` context; read ``kv_bytes`` / ``kv_bytes_uncompressed`` after a call."""
 
-    def __init__(self, lm: LoadedModel, press: Press):
-        press.check(lm)
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, press: Press):
+        press.check(model, info)
         self.press = press
         self.skip_layers = frozenset(press.skip_layers)
-        self.hooks = Hooks(lm)
-        for layer in range(lm.info.n_layers):
+        self.hooks = Hooks((model, info))
+        for layer in range(info.n_layers):
             self.hooks.intercept(Site(layer, "attn"), self._interceptor(layer))
         self._prompt: dict[int, tuple[int, torch.Tensor]] = {}  # layer -> (prompt length, slot validity)
         self._observed: dict[int, Any] = {}  # layer -> what the press kept of the prompt pass
@@ -282,11 +294,4 @@ class KVCompressor:
         if incoming is None and q == 1 and bool(slots.all()):
             return None  # sdpa without a mask is exact here, and fastest
         return {**kwargs, "attention_mask": _layer_mask(slots, q, incoming)}
-
-
-def mean_norm_spread(keys: torch.Tensor) -> float:
-    """Mean over heads of the coefficient of variation of key norms: how much L2 ranking can tell keys apart."""
-    norms = keys.float().norm(dim=-1)  # [b, h, seq]
-    return float((norms.std(-1) / norms.mean(-1).clamp_min(1e-12)).mean())
-
 

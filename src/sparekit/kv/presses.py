@@ -119,6 +119,9 @@ class SnapKVPress(Press):
 
     def observe(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
         """The window's queries ``[batch, heads, window, head_dim]``, rotated as the layer rotates them."""
+        if not hasattr(module, "q_proj") or kwargs.get("position_embeddings") is None:
+            raise SparekitError(f"snapkv reads rotary attention with a q_proj; {type(module).__name__} is not",
+                                "use l2, l2-inverse, random or recent on this model")
         hidden = kwargs.get("hidden_states", args[0] if args else None)[:, -self.window:]
         batch, width, _ = hidden.shape
         queries = module.q_proj(hidden).view(batch, width, -1, module.head_dim).transpose(1, 2)

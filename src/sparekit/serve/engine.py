@@ -208,7 +208,7 @@ class Engine:
         self.lm = lm
         self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
         if self.press:
-            self.press.check(lm)
+            self.press.check(lm.model, lm.info)
         # KV compression prunes each prompt's own cache after its prompt pass: no prefix to share then
         self.prefixes = PrefixCache(lm) if prefix_cache and not kv_ratio else None
         self.probes = probes
