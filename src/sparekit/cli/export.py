@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import emit, json_option
+from sparekit.cli.common import emit, finite, json_option
 
 
 @click.group()
@@ -20,7 +20,7 @@ def export() -> None:
               help="The .gguf to write.")
 @click.option("--toward", type=click.Choice(["memory", "context"]), default=None,
               help="Direction to bake in (default: the one METHOD_DIR was tuned for, else context).")
-@click.option("--strength", type=float, default=None,
+@click.option("--strength", type=float, default=None, callback=finite,
               help="Strength to bake in (default: METHOD_DIR's tuned strength, else the method's default).")
 @click.option("--model-hint", default="unknown", show_default=True,
               help="controlvector.model_hint: the model family the vector was fitted on (e.g. gemma3).")

@@ -15,7 +15,9 @@ from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for, default_assets
+from sparekit.models.limits import check_prompt_length
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import input_device
 from sparekit.probes.linear import LinearProbe
 from sparekit.utils.io import read_json
 
@@ -58,12 +60,7 @@ def check_prompt(lm: LoadedModel, text: str, max_tokens: int | None = MAX_PROMPT
     ``max_tokens`` (``None`` or 0: only the model's context) is a clear error."""
     check_prompt_text(text)
     n_tokens = len(lm.tokenizer(text)["input_ids"])
-    config = lm.model.config
-    context = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
-                      "max_position_embeddings", None)
-    if context and n_tokens > context:
-        raise SparekitError(f"the prompt has {n_tokens} tokens but {lm.info.name} reads at most {context}",
-                            "shorten it")
+    check_prompt_length(lm.model, lm.info.name, input_device(lm), n_tokens)
     if max_tokens and n_tokens > max_tokens:
         raise SparekitError(f"the prompt has {n_tokens} tokens, over the limit of {max_tokens}",
                             "shorten it, or raise --max-tokens")
