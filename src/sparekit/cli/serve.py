@@ -68,7 +68,11 @@ def serve(model, device, host, port, probe_dir, fitted, max_batch, batch_wait_ms
         raise SparekitError(f"sparekit serve needs {exc.name}", "pip install 'sparekit[serve]'") from None
     from sparekit.models import load_model
 
+    from sparekit.probes.detect import resolve_probe_dir
+
     check_port(host, port)
+    if probe_dir is not None:
+        resolve_probe_dir(probe_dir)  # a missing or damaged probe folder fails before the model loads
     engine = build_engine(load_model(model, device=device), probe_dir, fitted, kv_ratio)
     limits = Limits(max_body_bytes, max_prompt_tokens, max_new, max_queue, max_streams, max_batch, batch_wait_ms,
                     max_strength, drain_timeout)

@@ -19,7 +19,7 @@ from sparekit.models.limits import check_prompt_length
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.probes.linear import LinearProbe
-from sparekit.utils.io import read_json
+from sparekit.utils.io import read_json_object
 
 TARGETS = ("conflict", "source")
 MAX_PROMPT_TOKENS = 4096  # far beyond the probing prompts (~300 tokens); longer ones take minutes on a CPU
@@ -38,7 +38,20 @@ def resolve_probe_dir(probe_dir: str | Path | None, model: ModelInfo | None = No
     folder = probe_dir / "probes" if (probe_dir / "probes").is_dir() else probe_dir
     if not (folder / "detect.json").is_file():
         raise SparekitError(f"{probe_dir} holds no fitted probes", "run `sparekit probe` first")
+    read_detect(folder)  # a damaged detect.json fails here, before any model loads
     return folder
+
+
+def read_detect(folder: Path) -> dict:
+    """``folder/detect.json`` (the model the probes were fitted on and their demonstrations), checked."""
+    path = folder / "detect.json"
+    detect = read_json_object(path)
+    demos = detect.get("demos")
+    if not isinstance(detect.get("model"), str) or not isinstance(demos, list) \
+            or not all(isinstance(d, str) for d in demos):
+        raise SparekitError(f"{path} must name the probes' 'model' (a string) and their 'demos' (a list of strings)",
+                            "the folder is damaged; rerun `sparekit probe`")
+    return detect
 
 
 def load_probes(folder: Path, model_hash: str) -> dict[str, LinearProbe]:
@@ -86,4 +99,4 @@ def detect_prompt(lm: LoadedModel, text: str, probe_dir: str | Path | None = Non
 
 def detection_demos(folder: Path) -> list[str]:
     """The demonstrations the probes were fitted with (to format a bare question the same way)."""
-    return list(read_json(folder / "detect.json")["demos"])
+    return list(read_detect(folder)["demos"])
