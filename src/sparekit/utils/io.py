@@ -46,13 +46,23 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+def file_target(path: str | os.PathLike) -> Path:
+    """``path`` as a file to write, its folder created; a folder (or a name ending in ``/``, which
+    ``Path`` would silently drop) is refused, so nothing is written under a name the user did not mean."""
+    if str(path).endswith(("/", os.sep)):
+        raise SparekitError(f"cannot write file {path}: the trailing '/' names a folder",
+                            f"name the file, e.g. {os.path.join(path, 'out.jsonl')}")
     path = Path(path)
     if path.is_dir():
         raise SparekitError(f"cannot write file {path}: it is a folder")
     ensure_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = file_target(path)
     tmp_path = _fresh_temp(path)
     mode = stat.S_IMODE(tmp_path.stat().st_mode)  # FILE_MODE less the umask, as the kernel applied it
     try:
