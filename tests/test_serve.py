@@ -156,6 +156,7 @@ def test_health_metrics_and_playground(server):
     ({"prompt": "x" * 400, "max_tokens": 2}, 400, "limit of 300"),
     ({"prompt": "x", "max_tokens": 0}, 422, "at least 1"),
     ({"prompt": "x", "max_tokens": "many"}, 422, "max_tokens"),
+    ({"prompt": "x", "max_tokens": True}, 422, "max_tokens"),
     ({"prompt": "x", "temperature": 0.7}, 422, "greedily"),
     ({"prompt": "x", "n": 2}, 422, "not supported"),
     ({"max_tokens": 2}, 422, "prompt"),
@@ -174,6 +175,13 @@ def test_bad_requests_get_status_and_one_sentence(server, body, status, words):
     assert code == status, reply
     message = reply["error"]["message"]
     assert words in message and "\n" not in message and message.endswith(".")
+
+
+@pytest.mark.parametrize("body, words", [({"question": " "}, "question must be a non-empty string"),
+                                         ({"question": "q?", "max_tokens": True}, "max_tokens")])
+def test_bad_answer_requests_get_422_and_one_sentence(server, body, words):
+    code, reply = post(server[1] + "/v1/answer", body)
+    assert code == 422 and words in reply["error"]["message"], reply
 
 
 def test_openai_client_sees_the_error_message(client):

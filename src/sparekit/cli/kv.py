@@ -8,6 +8,9 @@ import click
 
 from sparekit.cli.common import device_option, emit, json_option, model_option, parse_list
 
+#: Shortest ``kv bench`` prompt: room for the passkey or needle question and a haystack around it.
+MIN_BENCH_LENGTH = 64
+
 
 def _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_length, seed, batch_size):
     from sparekit.errors import SparekitError
@@ -31,6 +34,18 @@ def _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_
     return config
 
 
+def _check_lengths(config) -> None:
+    """A prompt shorter than --min-length is never compressed, and one shorter than MIN_BENCH_LENGTH has no
+    haystack: every ratio would score the same, which reads as a result."""
+    from sparekit.errors import SparekitError
+
+    shortest = max(config.min_length, MIN_BENCH_LENGTH)
+    short = [n for n in config.lengths if n < shortest]
+    if short:
+        raise SparekitError(f"--lengths {','.join(map(str, short))}: below {shortest} tokens nothing is compressed "
+                            f"(--min-length {config.min_length}) or hidden", f"give lengths >= {shortest}")
+
+
 def _options(fn):
     from sparekit.kv import METHODS
 
@@ -41,9 +56,10 @@ def _options(fn):
         click.option("--methods", default=",".join(METHODS), show_default=True,
                      help="l2 (keep lowest key norms), l2-inverse, random, recent."),
         click.option("--skip-layers", default="0,1", show_default=True, help="Layers left uncompressed."),
-        click.option("--keep-last", default=8, show_default=True, help="Last prompt positions always kept."),
+        click.option("--keep-last", default=8, show_default=True, type=click.IntRange(0),
+                     help="Last prompt positions always kept."),
         click.option("--seed", default=0, show_default=True),
-        click.option("--batch-size", default=4, show_default=True),
+        click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1)),
         click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory; rerun to resume."),
         device_option,
         json_option,
@@ -61,8 +77,8 @@ def kv() -> None:
 @_options
 @click.option("--tasks", default="passkey,needle,perplexity", show_default=True)
 @click.option("--lengths", default="512,1024", show_default=True, help="Prompt lengths in tokens.")
-@click.option("--items", default=4, show_default=True, help="Prompts (or perplexity windows) per task and length.")
-@click.option("--min-length", default=128, show_default=True, help="Prompts shorter than this are not compressed.")
+@click.option("--items", default=4, show_default=True, type=click.IntRange(1), help="Prompts (or perplexity windows) per task and length.")
+@click.option("--min-length", default=128, show_default=True, type=click.IntRange(0), help="Prompts shorter than this are not compressed.")
 def bench(model, ratios, methods, skip_layers, keep_last, seed, batch_size, out, device, as_json, tasks, lengths,
           items, min_length):
     """Passkey and needle accuracy and perplexity vs compression ratio, every method side by side.
@@ -79,6 +95,7 @@ def bench(model, ratios, methods, skip_layers, keep_last, seed, batch_size, out,
     from sparekit.utils.io import atomic_write_json, atomic_write_text
 
     config = _config(tasks, lengths, ratios, methods, items, skip_layers, keep_last, min_length, seed, batch_size)
+    _check_lengths(config)
     passages: list[str] = []
     if {"needle", "perplexity"} & set(config.tasks):
         if not NQSWAP_LOCAL.is_file():
@@ -101,8 +118,8 @@ def bench(model, ratios, methods, skip_layers, keep_last, seed, batch_size, out,
 @kv.command("conflict")
 @_options
 @click.option("--dataset", "-d", default="default", show_default=True, help="default, nqswap, or a JSONL path.")
-@click.option("--limit", default=48, show_default=True, help="Conflict items (seeded sample).")
-@click.option("--k-shot", default=3, show_default=True)
+@click.option("--limit", default=48, show_default=True, type=click.IntRange(1), help="Conflict items (seeded sample).")
+@click.option("--k-shot", default=3, show_default=True, type=click.IntRange(0))
 def conflict(model, ratios, methods, skip_layers, keep_last, seed, batch_size, out, device, as_json, dataset, limit,
              k_shot):
     """Knowledge-source shares (context / memory / other) of conflicting-context answers vs compression ratio.

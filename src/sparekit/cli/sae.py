@@ -7,8 +7,8 @@ import click
 from sparekit.cli.common import (device_map_option, device_option, emit, json_option, model_option, no_verify_option,
                                  parse_list)
 from sparekit.cli.config import config_options
-from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, HOLDOUT_RANGE, SEED_HELP, SaeEvalExperiment, SaeTrainExperiment,
-                                     check_saes, eval_texts)
+from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, HOLDOUT_RANGE, SEED_HELP, SaeEvalExperiment,
+                                     SaeTrainExperiment, check_saes, eval_texts)
 
 corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
 holdout_option = click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(**HOLDOUT_RANGE),

@@ -202,7 +202,8 @@ def decode_row(line: str, where: str) -> object:
             json.dumps(row, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
             raise SparekitError(f"{where}: holds a lone surrogate ({exc.object[exc.start]!r}), which is not text",
-                                "fix the escape, a \\ud800-\\udbff half needs its \\udc00-\\udfff pair, or drop the row") from None
+                                "fix the escape, a \\ud800-\\udbff half needs its \\udc00-\\udfff pair, or drop "
+                                "the row") from None
     return row
 
 

@@ -25,8 +25,8 @@ from sparekit.models.fingerprint import SUPPORTED_TRANSFORMERS  # noqa: F401  (r
 from sparekit.models.placement import check_device, device_map_kwargs
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
-from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_write_json, cache_dir, check_readable, damaged_file, read_json,
-                               sha256_file)
+from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_write_json, cache_dir, check_readable, damaged_file,
+                               read_json, sha256_file)
 from sparekit.utils.registry import unknown_name
 
 log = logging.getLogger(__name__)

@@ -43,15 +43,23 @@ def resolve_probe_dir(probe_dir: str | Path | None, model: ModelInfo | None = No
 
 
 def read_detect(folder: Path) -> dict:
-    """``folder/detect.json`` (the model the probes were fitted on and their demonstrations), checked."""
+    """``folder/detect.json`` (the probes' demonstrations and the model they were fitted on), checked."""
     path = folder / "detect.json"
     detect = read_json_object(path)
     demos = detect.get("demos")
-    if not isinstance(detect.get("model"), str) or not isinstance(demos, list) \
+    if not isinstance(detect.get("model", ""), str) or not isinstance(demos, list) \
             or not all(isinstance(d, str) for d in demos):
-        raise SparekitError(f"{path} must name the probes' 'model' (a string) and their 'demos' (a list of strings)",
+        raise SparekitError(f"{path} must hold the probes' 'demos' (a list of strings) and 'model' (a string)",
                             "the folder is damaged; rerun `sparekit probe`")
     return detect
+
+
+def probes_model(folder: Path) -> str:
+    """The model the probes in ``folder`` were fitted on, as ``sparekit probe`` recorded it."""
+    model = read_detect(folder).get("model")
+    if model is None:
+        raise SparekitError(f"{folder / 'detect.json'} does not name the probes' model", "pass --model")
+    return model
 
 
 def load_probes(folder: Path, model_hash: str) -> dict[str, LinearProbe]:

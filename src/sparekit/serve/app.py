@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictInt
 from starlette.exceptions import HTTPException
 
 from sparekit.serve.batcher import Batcher, QueueFull
@@ -84,7 +84,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI fields without meaning here (user, stream_options…)
     model: str | None = None
     prompt: str | list[str]
-    max_tokens: int = 16
+    max_tokens: StrictInt = 16  # strict: JSON true would otherwise count as 1
     temperature: float | None = None
     stop: str | list[str] | None = None
     stream: bool = False
@@ -101,7 +101,7 @@ class AnswerRequest(BaseModel):
     question: str
     steer: SteerSpec | None = None
     detect: bool = True
-    max_tokens: int = 12
+    max_tokens: StrictInt = 12
 
 
 # -- the middleware: drain, body size, in-flight count, request metrics -----------------------
@@ -359,6 +359,8 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     @app.post("/v1/answer")
     async def answer(body: AnswerRequest, request: Request):
         check_max_tokens(limits, body.max_tokens)
+        if not body.question.strip():
+            raise ApiError(422, "question must be a non-empty string.")
         steer = resolve_steer(body.steer, engine, limits)
         detect = body.detect and engine.can_detect
         prompt = engine.answer_prompt(body.context, body.question)
