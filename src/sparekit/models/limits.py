@@ -25,8 +25,9 @@ def context_length(model: torch.nn.Module) -> int | None:
 
 
 def forward_bytes(model: torch.nn.Module, batch: int, n_tokens: int) -> int:
-    """Rough peak memory of one forward over ``batch`` prompts of ``n_tokens``: one layer's attention scores
-    and mask (quadratic in the length, what grows first), its MLP activations and the whole KV cache."""
+    """Rough peak memory of one forward over ``batch`` prompts of ``n_tokens``: one layer's attention as eager
+    attention holds it (float32 scores and softmax per head plus a float mask: quadratic in the length, what
+    grows first), its MLP activations and the whole KV cache."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads = getattr(config, "num_attention_heads", 1)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -35,7 +36,7 @@ def forward_bytes(model: torch.nn.Module, batch: int, n_tokens: int) -> int:
     layers = getattr(config, "num_hidden_layers", 1)
     mlp = getattr(config, "intermediate_size", None) or 4 * hidden
     element = next(model.parameters()).element_size()
-    scores = batch * (heads + 1) * n_tokens * n_tokens * 4
+    scores = batch * (2 * heads + 1) * n_tokens * n_tokens * 4
     activations = batch * n_tokens * (3 * mlp + 4 * hidden) * element
     kv_cache = 2 * layers * batch * n_tokens * kv_heads * head_dim * element
     return scores + activations + kv_cache

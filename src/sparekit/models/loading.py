@@ -110,7 +110,8 @@ def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except (*DAMAGED_FILE_ERRORS, RuntimeError) as exc:
-        raise damaged_file(path, exc, "is the file complete and a GGUF model? download or convert it again") from None
+        raise damaged_file(f"GGUF file {path}", exc,
+                           "is the file complete and a GGUF model? download or convert it again") from None
     # Detach the GGUF quantizer: the weights are plain dequantised floats now, and
     # save_pretrained refuses a model that still claims to be GGUF-quantised.
     for obj, attr in ((model, "hf_quantizer"), (model.config, "quantization_config")):
