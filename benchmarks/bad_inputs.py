@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -41,6 +42,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "saelens"
 ASSETS = ROOT / "src" / "sparekit" / "assets"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 MEMORY_LIMIT = "ulimit -v 12000000; "  # what the issue's long-prompt rows ran under, to protect the machine
+PROGRESS = re.compile(r"\d+%\|")
 STEER = ["steer", "The capital of France is Porto-Novo.", "What is the capital of France?", "--toward", "memory"]
 
 
@@ -72,6 +74,12 @@ class Row:
         return "clean" if self.code == 2 and self.lines == 1 else "unclear"
 
 
+def message_lines(text: str) -> list[str]:
+    """The lines a person reads as messages: progress bars (tqdm's ``42%|███``) and weight-loading bars left out."""
+    return [ln for ln in text.strip().splitlines()
+            if ln.strip() and "Loading weights" not in ln and not PROGRESS.search(ln)]
+
+
 class Sweep:
     """Runs cases in fresh processes and keeps one :class:`Row` per case."""
 
@@ -82,7 +90,7 @@ class Sweep:
             shown: str | None = None, cwd: Path | None = None) -> Row:
         command = prefix + shlex.join([sys.executable, "-m", "sparekit", *args])
         row = self.shell(case, command, out, expect, cwd)
-        row.command = shown or (prefix + "sparekit " + " ".join(args)).replace(str(self.tmp), "$TMP")
+        row.command = shown or (prefix + "sparekit " + shlex.join(args)).replace(str(self.tmp), "$TMP")
         return row
 
     def shell(self, case: str, command: str, out: Path | None = None, expect: str = "refuse",
@@ -96,7 +104,7 @@ class Sweep:
             os.killpg(proc.pid, 9)
             stdout, stderr = proc.communicate()
             code = None
-        lines = [ln for ln in stderr.splitlines() if ln.strip() and "Loading weights" not in ln]
+        lines = message_lines(stderr)
         row = Row(case, command, code, len(lines), "Traceback (most recent call last)" in stderr,
                   self.artefact(out), self.line(stderr if lines else stdout), expect)
         self.rows.append(row)
@@ -112,7 +120,7 @@ class Sweep:
         return f"{len(files)} files, {sum('.tmp' in p.name for p in files)} tmp"
 
     def line(self, text: str) -> str:
-        lines = [ln for ln in text.strip().splitlines() if ln.strip() and "Loading weights" not in ln]
+        lines = message_lines(text)
         shown = " ⏎ ".join(lines[-2:]) if len(lines) > 1 and lines[-1].startswith("  ") else (lines[-1] if lines else "")
         return shown.replace(str(self.tmp), "$TMP")
 
@@ -121,7 +129,8 @@ class Sweep:
                 "|---|---|---|---|---|---|---|---|"]
         body = []
         for r in self.rows:
-            command = r.command if len(r.command) < 90 else r.command[:87] + "…"
+            command = r.command.replace("\n", "⏎")
+            command = command if len(command) < 90 else command[:87] + "…"
             code = "timeout" if r.code is None else r.code
             shown = r.shown if len(r.shown) < 240 else r.shown[:237] + "…"
             body.append(f"| {r.case} | `{command}` | {code} | {r.lines} | {'yes' if r.traceback else 'no'} | "

@@ -317,6 +317,13 @@ def test_detect_cli_refuses_an_empty_prompt(capsys):
                                                "'answer:' like the probing prompts)"
 
 
+@pytest.mark.slow
+def test_generate_refuses_a_prompt_longer_than_the_default_models_context(capsys):
+    assert main(["generate", "word " * 33_000, "-n", "1"]) == 2  # Gemma 3 270M reads 32,768 positions
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: a prompt has 33001 tokens but default reads at most 32768 (shorten it)"], err
+
+
 def _small(tmp_path: Path) -> Path:
     rows = [{**ROW, "question": f"q{i}", "org_answer": [f"a{i}"], "sub_answer": [f"b{i}"]} for i in range(4)]
     return _jsonl(tmp_path, "".join(json.dumps(r) + "\n" for r in rows).encode())

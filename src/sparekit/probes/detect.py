@@ -49,7 +49,7 @@ def read_detect(folder: Path) -> dict:
     demos = detect.get("demos")
     if not isinstance(detect.get("model", ""), str) or not isinstance(demos, list) \
             or not all(isinstance(d, str) for d in demos):
-        raise SparekitError(f"{path} must hold the probes' 'demos' (a list of strings) and 'model' (a string)",
+        raise SparekitError(f"{path} must hold the probes' 'demos' (a list of strings) and may name their 'model'",
                             "the folder is damaged; rerun `sparekit probe`")
     return detect
 
