@@ -9,12 +9,16 @@ prompt in one line instead of letting the forward run for minutes or die in the 
 from __future__ import annotations
 
 import os
-import resource
 from pathlib import Path
 
 import torch
 
 from sparekit.errors import SparekitError
+
+try:
+    import resource
+except ImportError:  # Windows: no address-space limit to read
+    resource = None  # type: ignore[assignment]
 
 
 def context_length(model: torch.nn.Module) -> int | None:
@@ -55,9 +59,9 @@ def memory_budget(device: torch.device) -> int | None:
         fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
         if "MemAvailable" in fields:
             budgets.append(int(fields["MemAvailable"].split()[0]) * 1024)
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0] if resource is not None else -1
     status = Path(f"/proc/{os.getpid()}/status")
-    if limit != resource.RLIM_INFINITY and status.is_file():
+    if limit >= 0 and status.is_file():
         used = next((int(line.split()[1]) * 1024 for line in status.read_text().splitlines()
                      if line.startswith("VmSize:")), 0)
         budgets.append(max(limit - used, 0))

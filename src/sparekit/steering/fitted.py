@@ -62,18 +62,18 @@ def load_fitted(root: str | Path, toward: Direction, info: ModelInfo) -> FittedS
     if not (folder / "config.json").is_file():
         raise SparekitError(f"no fitted method for direction {toward!r} in {root}",
                             "run `sparekit bench steer` and pass --fitted <run>/fitted/<method>")
-    tuned = read_tuned(folder)
+    tuned = read_tuned(folder, required=True)
     if tuned.get("model_hash") not in (None, info.model_hash):
         raise SparekitError(f"{folder} was tuned on another model (hash {str(tuned['model_hash'])[:12]}…)",
                             "fit it for this model with `sparekit bench steer --model …`")
     return FittedSteering(load_method(folder), tuned.get("strength"), tuple(tuned.get("demos", ())))
 
 
-def read_tuned(folder: Path) -> dict:
-    """``folder/tuned.json`` (``{}`` if absent), checked: a damaged file is one error naming it, not a
-    traceback or a NaN strength further on."""
+def read_tuned(folder: Path, required: bool = False) -> dict:
+    """``folder/tuned.json`` (``{}`` if absent and not ``required``), checked: a damaged file is one error
+    naming it, not a traceback or a NaN strength further on."""
     path = folder / "tuned.json"
-    if not path.is_file():
+    if not path.is_file() and not required:
         return {}
     tuned = read_json_object(path)
     if tuned.get("strength") is not None:
