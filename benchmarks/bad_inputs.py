@@ -246,7 +246,7 @@ def issue17(s: Sweep) -> None:
     help_text = subprocess.run([sys.executable, "-m", "sparekit", "sae", "--help"], capture_output=True, text=True,
                                env=ENV).stdout
     row.shown = next(ln.strip() for ln in help_text.splitlines() if "Shipped" in ln)
-    s.cli("`--dataset nqswap` without ../shared", ["data", "show", "--dataset", "nqswap", "--rows", "0"])
+    s.cli("`--dataset nqswap` without ../shared", ["data", "show", "--dataset", "nqswap", "--rows", "0"], expect="ok")
 
 
 def resume_after_a_cut_chunk(s: Sweep, tmp: Path) -> None:
