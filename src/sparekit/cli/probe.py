@@ -78,8 +78,8 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     """
     from sparekit.data.prompts import format_block
     from sparekit.models import load_model
-    from sparekit.probes.detect import check_prompt_text, detect_prompt, detection_demos, resolve_probe_dir
-    from sparekit.utils.io import read_json
+    from sparekit.probes.detect import (check_prompt_text, detect_prompt, detection_demos, probes_model,
+                                        resolve_probe_dir)
 
     if (prompt is None) == (question is None):
         raise SparekitError("pass either PROMPT or --question (with --context)")
@@ -88,7 +88,7 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     if prompt is not None:
         check_prompt_text(prompt)  # before loading the model
     folder = resolve_probe_dir(probe_dir)
-    lm = load_model(model or read_json(folder / "detect.json")["model"], device=device,
+    lm = load_model(model or probes_model(folder), device=device,
                     device_map=device_map)
     text = prompt if prompt is not None else "".join(detection_demos(folder)) + format_block(question, context)
     result = detect_prompt(lm, text, folder, max_tokens=max_tokens)

@@ -7,11 +7,12 @@ import click
 from sparekit.cli.common import (device_map_option, device_option, emit, json_option, model_option, no_verify_option,
                                  parse_list)
 from sparekit.cli.config import config_options
-from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, SEED_HELP, SaeEvalExperiment, SaeTrainExperiment,
-                                     check_saes, eval_texts)
+from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, HOLDOUT_RANGE, SEED_HELP, SaeEvalExperiment,
+                                     SaeTrainExperiment, check_saes, eval_texts)
 
 corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
-holdout_option = click.option("--holdout", default=0.1, show_default=True, help=HOLDOUT_HELP)
+holdout_option = click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(**HOLDOUT_RANGE),
+                              help=HOLDOUT_HELP)
 seed_option = click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 
 
@@ -66,11 +67,11 @@ def eval_command(config: SaeEvalExperiment, as_json: bool) -> None:
 @click.option("--layer", type=int, default=None, help="Shipped SAE of this layer.")
 @click.option("--sae", "sae_path", default=None, help="SAE folder/file instead of a shipped one.")
 @click.option("--latents", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="Comma-separated latent ids.")
-@click.option("--top", default=5, show_default=True, help="Snippets per latent.")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(1), help="Snippets per latent.")
 @corpus_option
 @holdout_option
 @seed_option
-@click.option("--max-tokens", default=None, type=int, help="Scan at most this many tokens.")
+@click.option("--max-tokens", default=None, type=click.IntRange(1), help="Scan at most this many tokens.")
 @click.option("--html", "html_path", default=None, help="Also write a shaded HTML view here.")
 @json_option
 @device_option
@@ -88,7 +89,7 @@ def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_to
         raise SparekitError("pass exactly one of --layer and --sae")
     sae_model = load_sae(sae_path or "default", layer=layer)
     lm = load_model(model, device=device, device_map=device_map)
-    check_saes(lm, [sae_model])
+    check_saes(lm, [sae_model], [sae_path])
     ids = parse_list(latents, int, "--latents")
     bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
     if bad:

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
 
 from sparekit.cli.common import device_option, model_option
 from sparekit.cli.config import dataclass_options
+from sparekit.errors import SparekitError
 from sparekit.serve.limits import Limits
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse an address another process holds (or a host that does not resolve) before the model loads:
+    uvicorn would only find out after it, and exit 3 with its own log line."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        raise SparekitError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                            "choose another --port or --host, or stop the process using it") from None
 
 
 @click.command()
 @model_option
 @device_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on (refused before the model loads if another process holds it).")
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
               help="Conflict/source probes (default: the last `sparekit probe` run, then the shipped ones).")
 @click.option("--fitted", multiple=True, type=click.Path(path_type=Path, file_okay=False),
@@ -37,11 +53,14 @@ def serve(model, device, host, port, probe_dir, fitted, kv_ratio, prefix_cache, 
     try:
         from sparekit.serve import Server, build_engine, create_app
     except ImportError as exc:
-        from sparekit.errors import SparekitError
-
         raise SparekitError(f"sparekit serve needs {exc.name}", "pip install 'sparekit[serve]'") from None
     from sparekit.models import load_model
 
+    from sparekit.probes.detect import resolve_probe_dir
+
+    check_port(host, port)
+    if probe_dir is not None:
+        resolve_probe_dir(probe_dir)  # a missing or damaged probe folder fails before the model loads
     engine = build_engine(load_model(model, device=device), probe_dir, fitted, kv_ratio, prefix_cache)
     detect = "yes" if engine.can_detect else "no"
     click.echo(f"sparekit serve: {engine.lm.info.name} on http://{host}:{port}  (detect: {detect}; "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, finite, json_option, model_option
 
 
 def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
@@ -61,7 +61,7 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
               help="A fitted method (spare, actadd, icl, …).")
 @click.option("--fitted", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder from `sparekit bench steer` (<run>/fitted/<method>); default: the shipped one.")
-@click.option("--strength", type=float, default=None, help="Override the dev-tuned strength.")
+@click.option("--strength", type=float, default=None, callback=finite, help="Override the dev-tuned strength.")
 @click.option("--gate/--no-gate", default=False, show_default=True,
               help="Steer only if the method's calibrated conflict gate detects a conflict in this prompt.")
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, overload
 
 from sparekit.errors import SparekitError
-from sparekit.utils.io import atomic_path
+from sparekit.utils.io import atomic_path, check_readable
 
 REQUIRED_FIELDS = ("question", "org_context", "org_answer", "sub_context", "sub_answer")
 OPTIONAL_FIELDS = ("id", "relation")
@@ -190,6 +190,32 @@ def _answers(value, field: str, where: str) -> tuple[str, ...]:
     return answers
 
 
+def decode_row(line: str, where: str) -> object:
+    """One JSONL line decoded; a ``\\ud800``-style escape of half a surrogate pair is refused here, with its
+    line, rather than failing as an encoding error (or a traceback) wherever the text is written later."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SparekitError(f"{where}: malformed JSON ({exc.msg})") from None
+    if "\\u" in line:
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SparekitError(f"{where}: holds a lone surrogate ({exc.object[exc.start]!r}), which is not text",
+                                "fix the escape, a \\ud800-\\udbff half needs its \\udc00-\\udfff pair, or drop "
+                                "the row") from None
+    return row
+
+
+def row_id(row: dict, default: str, where: str) -> str:
+    """A row's ``id``: a string or an integer (``default`` when absent); an object, list or null is refused."""
+    value = row.get("id", default)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise SparekitError(f"{where}: field 'id' must be a string or an integer, got {json.dumps(value)}",
+                            "fix the id, or leave the 'id' field out")
+    return str(value)
+
+
 def parse_row(row: object, where: str, default_id: str) -> ConflictExample:
     """Validate one decoded JSON row; ``where`` (``file:line``) prefixes every error."""
     if not isinstance(row, dict):
@@ -205,7 +231,7 @@ def parse_row(row: object, where: str, default_id: str) -> ConflictExample:
     if relation is not None and not isinstance(relation, str):
         raise SparekitError(f"{where}: field 'relation' must be a string")
     return ConflictExample(
-        id=str(row.get("id", default_id)),
+        id=row_id(row, default_id, where),
         question=row["question"].strip(),
         org_context=row["org_context"].strip(),
         org_answer=_answers(row["org_answer"], "org_answer", where),
@@ -216,8 +242,12 @@ def parse_row(row: object, where: str, default_id: str) -> ConflictExample:
 
 
 def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise SparekitError(f"dataset path {path} is a folder, not a file",
+                            "give the .jsonl or .jsonl.gz file inside it, 'default' or 'nqswap'")
     if not path.is_file():
         raise SparekitError(f"dataset file not found: {path}", "give a .jsonl or .jsonl.gz path, 'default' or 'nqswap'")
+    check_readable(path)
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fh:
@@ -241,11 +271,7 @@ def read_jsonl(path: str | Path, name: str | None = None, context_match: Context
             raise SparekitError(f"{where}: not valid UTF-8", "re-encode the file as UTF-8") from None
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SparekitError(f"{where}: malformed JSON ({exc.msg})") from None
-        examples.append(parse_row(row, where, default_id=f"{stem}-{lineno}"))
+        examples.append(parse_row(decode_row(line, where), where, default_id=f"{stem}-{lineno}"))
     if not examples:
         raise SparekitError(f"{path}: the dataset is empty")
     ids = [ex.id for ex in examples]

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from transformers import Cache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from sparekit.hooks.core import cache_keyword
+from sparekit.models.limits import check_prompt_length
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 
@@ -44,9 +45,15 @@ def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def tokenize(lm: LoadedModel, prompts: Sequence[str], position_ids: bool = False) -> dict[str, torch.Tensor]:
-    """Left-padded batch on the model's device; ``position_ids=True`` for a plain forward pass."""
+    """Left-padded batch on the model's device; ``position_ids=True`` for a plain forward pass.
+
+    A batch longer than the model's context, or too large for the memory left, is refused here,
+    before any forward pass (every generation and read of a prompt goes through this function).
+    """
     enc = lm.tokenizer(list(prompts), return_tensors="pt", padding=True)
-    enc = {k: v.to(input_device(lm)) for k, v in enc.items()}
+    device = input_device(lm)
+    check_prompt_length(lm.model, lm.info.name, device, enc["input_ids"].shape[1], len(prompts))
+    enc = {k: v.to(device) for k, v in enc.items()}
     if position_ids:
         enc["position_ids"] = padded_positions(enc["attention_mask"])
     return enc

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, tokenize
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
@@ -54,6 +55,10 @@ DEFAULT_METHODS = ("l2", "l2-inverse", "random", "recent")
 PRESS_FIELDS = ("skip_layers", "min_length", "keep_last", "seed")  # the grid's fields a press may take
 
 
+#: Shortest ``kv bench`` prompt: room for the passkey or needle question and a haystack around it.
+MIN_BENCH_LENGTH = 64
+
+
 @dataclass(frozen=True)
 class KVGrid:
     """The (method, ratio) cells a KV benchmark runs and the press options they share; checked when built."""
@@ -63,8 +68,8 @@ class KVGrid:
     methods: tuple[str, ...] = option(DEFAULT_METHODS,
                                       help="l2 (keep lowest key norms), l2-inverse, random, recent, snapkv.")
     skip_layers: tuple[int, ...] = option((0, 1), help="Layers left uncompressed.")
-    keep_last: int = option(8, help="Last prompt positions always kept.")
-    min_length: int = option(128, help="Prompts shorter than this are not compressed.")
+    keep_last: int = option(8, min=0, help="Last prompt positions always kept.")
+    min_length: int = option(128, min=0, help="Prompts shorter than this are not compressed.")
     seed: int = option(0, help="Seed of the items (and their demonstrations) and of the random method.")
     batch_size: int = option(4, min=1, help="Prompts per forward pass.")
 
@@ -99,6 +104,13 @@ class KVBenchConfig(KVGrid):
         for task in self.tasks:
             if task not in TASKS:
                 raise unknown_name("task", task, TASKS, where="--tasks")
+        # a prompt shorter than min_length is never compressed, and one shorter than MIN_BENCH_LENGTH has no
+        # haystack: every ratio would score the same, which reads as a result
+        shortest = max(self.min_length, MIN_BENCH_LENGTH)
+        short = [n for n in self.lengths if n < shortest]
+        if short:
+            raise SparekitError(f"--lengths {','.join(map(str, short))}: below {shortest} tokens nothing is "
+                                f"compressed (--min-length {self.min_length}) or hidden", f"give lengths >= {shortest}")
 
 
 def _token_length(lm: LoadedModel, text: str) -> int:

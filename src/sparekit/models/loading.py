@@ -22,10 +22,11 @@ from sparekit.errors import SparekitError
 from sparekit.models import fingerprint
 from sparekit.models.architecture import ModelInfo, describe
 from sparekit.models.fingerprint import SUPPORTED_TRANSFORMERS  # noqa: F401  (read here by the CLI and scripts)
-from sparekit.models.placement import device_map_kwargs
+from sparekit.models.placement import check_device, device_map_kwargs
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
-from sparekit.utils.io import atomic_write_json, cache_dir, read_json, sha256_file
+from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_write_json, cache_dir, check_readable, damaged_file,
+                               read_json, sha256_file)
 from sparekit.utils.registry import unknown_name
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,13 @@ def _cached_from_gguf(gguf: Path, cache_name: str) -> tuple[Path, str]:
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if not path.is_file():
         raise SparekitError(f"missing GGUF file: {path}")
+    check_readable(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SparekitError(f"cannot read GGUF file {path}: {first}", "is the file complete and a GGUF model?") from None
+    except (*DAMAGED_FILE_ERRORS, RuntimeError) as exc:
+        raise damaged_file(f"GGUF file {path}", exc,
+                           "is the file complete and a GGUF model? download or convert it again") from None
     # Detach the GGUF quantizer: the weights are plain dequantised floats now, and
     # save_pretrained refuses a model that still claims to be GGUF-quantised.
     for obj, attr in ((model, "hf_quantizer"), (model.config, "quantization_config")):
@@ -117,6 +119,19 @@ def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
             delattr(obj, attr)
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
+    return model, tokenizer
+
+
+def _load_folder(source: Path | str, name: str, dtype: torch.dtype,
+                 placement: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A ``save_pretrained`` folder or hub id; damaged weights or tokenizer files are one error naming the model."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
+    except (*DAMAGED_FILE_ERRORS, RuntimeError) as exc:
+        hint = ("its weights or tokenizer files are damaged or incomplete; save or download it again"
+                if isinstance(source, Path) else "check the hub id, or download the model while online")
+        raise damaged_file(f"model {name!r}", exc, hint) from None
     return model, tokenizer
 
 
@@ -183,7 +198,7 @@ def load_model(
     accelerate spreads the blocks over the GPUs, the CPU and disk (:mod:`sparekit.models.placement`).
     """
     torch_dtype = _parse_dtype(dtype)
-    device = device or default_device()
+    device = str(check_device(device)) if device is not None else default_device()
     source, gguf_name, digest = resolve_source(name_or_path)
     if gguf_name is not None:
         if device_map is not None:
@@ -192,13 +207,7 @@ def load_model(
         model, tokenizer = _load_gguf(Path(source))
         model = model.to(torch_dtype)
     else:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
-                                                         **device_map_kwargs(device_map, digest))
-        except OSError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise SparekitError(f"cannot load model {name_or_path!r}: {first}") from None
+        model, tokenizer = _load_folder(source, name_or_path, torch_dtype, device_map_kwargs(device_map, digest))
     if isinstance(source, str) and digest.startswith("hub:"):
         digest = f"hub:{name_or_path}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
     model = (model if device_map is not None else model.to(device)).eval()

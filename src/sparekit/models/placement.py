@@ -18,6 +18,33 @@ from sparekit.errors import SparekitError
 from sparekit.utils.io import cache_dir
 
 DEVICE_MAP_CHOICES = ("auto", "balanced", "balanced_low_0", "sequential")
+#: Device types a model may be placed on, each with the torch backend that says whether it is present.
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` parsed and present on this machine; else one error naming it and what to use instead.
+
+    Checked once, before any model loads: torch itself only fails at the first ``.to()``, with a
+    traceback (no CUDA build) or a list of every device type it knows (a typo).
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise SparekitError(f"unknown device {str(device)!r}", "use cpu, cuda, cuda:N, mps or xpu")
+    if parsed.type == "cpu":
+        return parsed
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type)
+    if not backend.is_available():
+        raise SparekitError(f"device {str(device)!r} is not available: this torch {torch.__version__} sees no "
+                            f"{parsed.type.upper()} device", "use --device cpu, or leave --device out")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if parsed.index is not None and parsed.index >= count:
+        raise SparekitError(f"device {str(device)!r} is not available: this machine has {count} "
+                            f"{parsed.type} device(s)", f"use {parsed.type}:0 … {parsed.type}:{count - 1}")
+    return parsed
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

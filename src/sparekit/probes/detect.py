@@ -13,10 +13,12 @@ from pathlib import Path
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for, default_assets
+from sparekit.models.limits import check_prompt_length
 from sparekit.models.loading import LoadedModel
+from sparekit.models.placement import input_device
 from sparekit.probes.linear import LinearProbe
 from sparekit.probes.reading import ProbeSet, read_prompts
-from sparekit.utils.io import read_json
+from sparekit.utils.io import read_json_object
 
 TARGETS = ("conflict", "source")
 MAX_PROMPT_TOKENS = 4096  # far beyond the probing prompts (~300 tokens); longer ones take minutes on a CPU
@@ -35,7 +37,28 @@ def resolve_probe_dir(probe_dir: str | Path | None, model: ModelInfo | None = No
     folder = probe_dir / "probes" if (probe_dir / "probes").is_dir() else probe_dir
     if not (folder / "detect.json").is_file():
         raise SparekitError(f"{probe_dir} holds no fitted probes", "run `sparekit probe` first")
+    read_detect(folder)  # a damaged detect.json fails here, before any model loads
     return folder
+
+
+def read_detect(folder: Path) -> dict:
+    """``folder/detect.json`` (the probes' demonstrations and the model they were fitted on), checked."""
+    path = folder / "detect.json"
+    detect = read_json_object(path)
+    demos = detect.get("demos")
+    if not isinstance(detect.get("model", ""), str) or not isinstance(demos, list) \
+            or not all(isinstance(d, str) for d in demos):
+        raise SparekitError(f"{path} must hold the probes' 'demos' (a list of strings) and may name their 'model'",
+                            "the folder is damaged; rerun `sparekit probe`")
+    return detect
+
+
+def probes_model(folder: Path) -> str:
+    """The model the probes in ``folder`` were fitted on, as ``sparekit probe`` recorded it."""
+    model = read_detect(folder).get("model")
+    if model is None:
+        raise SparekitError(f"{folder / 'detect.json'} does not name the probes' model", "pass --model")
+    return model
 
 
 def load_probes(folder: Path, model_hash: str) -> ProbeSet:
@@ -57,12 +80,7 @@ def check_prompt(lm: LoadedModel, text: str, max_tokens: int | None = MAX_PROMPT
     ``max_tokens`` (``None`` or 0: only the model's context) is a clear error."""
     check_prompt_text(text)
     n_tokens = len(lm.tokenizer(text)["input_ids"])
-    config = lm.model.config
-    context = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
-                      "max_position_embeddings", None)
-    if context and n_tokens > context:
-        raise SparekitError(f"the prompt has {n_tokens} tokens but {lm.info.name} reads at most {context}",
-                            "shorten it")
+    check_prompt_length(lm.model, lm.info.name, input_device(lm), n_tokens)
     if max_tokens and n_tokens > max_tokens:
         raise SparekitError(f"the prompt has {n_tokens} tokens, over the limit of {max_tokens}",
                             "shorten it, or raise --max-tokens")
@@ -84,4 +102,4 @@ def describe(reading: dict, probes: ProbeSet) -> dict:
 
 def detection_demos(folder: Path) -> list[str]:
     """The demonstrations the probes were fitted with (to format a bare question the same way)."""
-    return list(read_json(folder / "detect.json")["demos"])
+    return list(read_detect(folder)["demos"])

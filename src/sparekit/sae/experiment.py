@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 CORPUS_HELP = ("'nqswap' (the NQ-Swap dev file shipped in the package), an NQ-Swap-style .jsonl(.gz), or a .txt file "
                "(one text per line; all of it is evaluation text).")
 HOLDOUT_HELP = "Share of question groups held out."
+#: --holdout's bounds: 0 leaves no evaluation text, 1 (or more) none to train on
+HOLDOUT_RANGE = {"min": 0.0, "max": 1.0, "min_open": True, "max_open": True}
 SEED_HELP = "Seed for the held-out split and training."
 
 
@@ -28,13 +30,13 @@ def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[
     return corpus_windows(lm.tokenizer, path, holdout, seed)[1]
 
 
-def check_saes(lm: LoadedModel, saes: list) -> None:
+def check_saes(lm: LoadedModel, saes: list, sources: Sequence[str | None] | None = None) -> None:
     """Refuse SAEs that do not read this model's activations (the evaluation functions place each
-    one where its layer computes)."""
+    one where its layer computes); ``sources`` (the files they came from) name them in the error."""
     from sparekit.sae import check_compatible
 
-    for sae_model in saes:
-        check_compatible(sae_model, lm.info)
+    for sae_model, source in zip(saes, sources or [None] * len(saes), strict=True):
+        check_compatible(sae_model, lm.info, source)
 
 
 @dataclass
@@ -46,15 +48,15 @@ class SaeTrainExperiment:
     out: str = option("runs/sae/default", help="Run folder: activations, checkpoints and one SAE folder per layer "
                                                "(resid.L).")
     corpus: str = option("nqswap", help=CORPUS_HELP)
-    holdout: float = option(0.1, help=HOLDOUT_HELP)
+    holdout: float = option(0.1, help=HOLDOUT_HELP, **HOLDOUT_RANGE)
     seed: int = option(0, help=SEED_HELP)
-    width: int = option(2048, help="Number of latents (d_sae).")
-    k: int = option(64, help="Active latents per token.")
+    width: int = option(2048, min=2, help="Number of latents (d_sae).")
+    k: int = option(64, min=1, help="Active latents per token.")
     architecture: str = option("topk", choices=("topk", "batchtopk"), help="SAE architecture.")
-    epochs: float = option(1.0, help="Passes over the training tokens.")
-    lr: float = option(2e-3, help="Peak Adam learning rate (warm-up, then linear decay).")
-    batch_size: int = option(512, help="Tokens per optimiser step.")
-    max_texts: int | None = option(None, help="Train on the first N corpus windows only (<=256 tokens each).")
+    epochs: float = option(1.0, min=0.0, min_open=True, help="Passes over the training tokens.")
+    lr: float = option(2e-3, min=0.0, min_open=True, help="Peak Adam learning rate (warm-up, then linear decay).")
+    batch_size: int = option(512, min=1, help="Tokens per optimiser step.")
+    max_texts: int | None = option(None, min=1, help="Train on the first N corpus windows only (<=256 tokens each).")
     prompts: str | None = option(None, help="A .txt or .jsonl ('text' field) file of prompts added whole to the "
                                             "training texts, e.g. a steering run's behaviour_prompts.jsonl: its "
                                             "pool's few-shot conflict prompts, the inputs SpARE reads.")
@@ -131,10 +133,10 @@ class SaeEvalExperiment:
     sae: tuple[str, ...] = option((), multiple=True, help="SAE folder/file (repeatable); default: the shipped SAEs.")
     layers: tuple[int, ...] | None = option(None, help="Shipped SAEs to evaluate (default: all shipped layers).")
     corpus: str = option("nqswap", help=CORPUS_HELP)
-    holdout: float = option(0.1, help=HOLDOUT_HELP)
+    holdout: float = option(0.1, help=HOLDOUT_HELP, **HOLDOUT_RANGE)
     seed: int = option(0, help=SEED_HELP)
-    max_tokens: int | None = option(None, help="Tokens for FVU/L0/dead share (default: all held-out).")
-    ce_tokens: int = option(4096, help="Tokens for the loss-recovered runs.")
+    max_tokens: int | None = option(None, min=1, help="Tokens for FVU/L0/dead share (default: all held-out).")
+    ce_tokens: int = option(4096, min=1, help="Tokens for the loss-recovered runs.")
     device: str | None = device_field()
     device_map: str | None = device_map_field()
 
@@ -148,7 +150,7 @@ class SaeEvalExperiment:
         saes = ([load_sae(p) for p in self.sae] if self.sae
                 else [load_sae("default", layer=L) for L in (self.layers or shipped_layers())])
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
-        check_saes(lm, saes)
+        check_saes(lm, saes, self.sae or None)
         texts = eval_texts(lm, self.corpus, self.holdout, self.seed)
         return {"layers": evaluate_saes(lm, saes, texts, max_tokens=self.max_tokens, ce_tokens=self.ce_tokens,
                                         progress=progress)}

@@ -17,16 +17,13 @@ Nothing is ever unpickled; a damaged or badly typed file is one :class:`Sparekit
 from __future__ import annotations
 
 import re
-import struct
-import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sparekit.artifacts import header
@@ -34,7 +31,8 @@ from sparekit.errors import SparekitError
 from sparekit.hooks import TRANSFORMERLENS_HOOKS
 from sparekit.models.architecture import ModelInfo
 from sparekit.sae.base import SAE, sae_class
-from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir, read_json
+from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_path, atomic_write_json, check_readable, damaged_file,
+                               ensure_dir, read_json)
 from sparekit.utils.registry import Registry
 
 FORMAT_VERSION = 1
@@ -103,20 +101,19 @@ def parse_hook(text: str | None) -> tuple[int | None, str]:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every array of a safetensors or npz file as float32; a damaged file is one clear error."""
+    """Every array of a safetensors or npz file as float32; a damaged or unreadable file is one clear error."""
+    check_readable(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return {k: torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in data.files}
         with safe_open(str(path), framework="pt") as fh:
             return {k: fh.get_tensor(k).float() for k in fh.keys()}
-    except (SafetensorError, OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile, zlib.error,
-            struct.error) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    except DAMAGED_FILE_ERRORS as exc:
         hint = ("it holds pickled Python objects, which sparekit never loads; save plain float arrays"
-                if "allow_pickle" in reason else
+                if "allow_pickle" in str(exc) else
                 "the file is damaged or not an SAE weights file; download or save it again")
-        raise SparekitError(f"cannot read {path}: {reason}", hint) from None
+        raise damaged_file(path, exc, hint) from None
 
 
 def _tensors(path: Path, keys: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -218,7 +215,7 @@ def _load_saelens(folder: Path) -> SAE:
         if source.get("hook_layer") is not None:
             layer = _cfg_int(source, "hook_layer", cfg_path)
     component = extra.get("hook_component", component)
-    if component not in TRANSFORMERLENS_HOOKS:
+    if not isinstance(component, str) or component not in TRANSFORMERLENS_HOOKS:
         raise SparekitError(f"{cfg_path}: unknown hook_component {component!r}", "use resid, attn or mlp")
     kwargs = {"hook_layer": layer, "hook_component": component,
               "apply_b_dec_to_input": _cfg_bool(cfg, "apply_b_dec_to_input", cfg_path)}
@@ -336,13 +333,14 @@ def shipped_layers(model: ModelInfo | str = "default") -> list[int]:
     return list(shipped_saes(model))
 
 
-def check_compatible(sae: SAE, info: ModelInfo, source: Path | str = "SAE") -> None:
+def check_compatible(sae: SAE, info: ModelInfo, source: Path | str | None = None) -> None:
     """Raise a clear error when an SAE cannot read this model's activations."""
+    name = f"the SAE {source}" if source is not None else f"the layer-{sae.hook_layer} SAE"
     if sae.d_in != info.d_model:
-        raise SparekitError(f"SAE {source} reads width {sae.d_in} but {info.name} has d_model {info.d_model}",
+        raise SparekitError(f"{name} reads width {sae.d_in} but {info.name} has d_model {info.d_model}",
                             "use an SAE trained on this model")
     if sae.hook_layer is None:
-        raise SparekitError(f"SAE {source} does not say which layer it reads", "pass layer=")
+        raise SparekitError(f"{name} does not say which layer it reads", "pass layer=")
     info.check_layer(int(sae.hook_layer))
 
 

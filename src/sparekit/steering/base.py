@@ -37,6 +37,7 @@ from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.reading import read_prompts
+from sparekit.utils.config import finite_number
 from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
 
@@ -281,7 +282,7 @@ class SteeringMethod(Params):
         if toward not in DIRECTIONS:
             raise SparekitError(f"unknown direction {toward!r}", "use 'context' or 'memory'")
         self.check_is_fitted()
-        strength = self.default_strength if strength is None else strength
+        strength = self.default_strength if strength is None else finite_number(strength, "strength")
         steered = Steered(self, lm, toward, strength, gate, batch_size)
         hooks = Hooks(lm)
         for site, fn in self.edits(lm, toward, strength):

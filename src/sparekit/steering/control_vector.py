@@ -34,6 +34,7 @@ import torch
 from sparekit.errors import SparekitError
 from sparekit.steering.base import ControlVector, Direction, SteeringMethod
 from sparekit.utils.arrays import to_numpy
+from sparekit.utils.config import finite_number
 from sparekit.utils.io import atomic_path
 
 ARCH = "controlvector"
@@ -50,7 +51,7 @@ def export_control_vector(method: SteeringMethod, path: str | Path, toward: Dire
     import gguf
 
     method.check_is_fitted()
-    cvec = method.control_vector(toward, float(strength))
+    cvec = method.control_vector(toward, finite_number(strength, "strength"))
     if not cvec.vectors:
         raise SparekitError(f"{method.kind}: no layers to export")
     if 0 in cvec.vectors:

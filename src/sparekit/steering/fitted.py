@@ -18,7 +18,8 @@ from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.steering.base import REGISTRY, Direction, SteeringMethod
 from sparekit.steering.baselines.vector import VectorSteering
-from sparekit.utils.io import read_json
+from sparekit.utils.config import finite_number
+from sparekit.utils.io import read_json_object
 
 
 def load_method(path: str | Path) -> SteeringMethod:
@@ -61,11 +62,26 @@ def load_fitted(root: str | Path, toward: Direction, info: ModelInfo) -> FittedS
     if not (folder / "config.json").is_file():
         raise SparekitError(f"no fitted method for direction {toward!r} in {root}",
                             "run `sparekit bench steer` and pass --fitted <run>/fitted/<method>")
-    tuned = read_json(folder / "tuned.json")
+    tuned = read_tuned(folder, required=True)
     if tuned.get("model_hash") not in (None, info.model_hash):
         raise SparekitError(f"{folder} was tuned on another model (hash {str(tuned['model_hash'])[:12]}…)",
                             "fit it for this model with `sparekit bench steer --model …`")
     return FittedSteering(load_method(folder), tuned.get("strength"), tuple(tuned.get("demos", ())))
+
+
+def read_tuned(folder: Path, required: bool = False) -> dict:
+    """``folder/tuned.json`` (``{}`` if absent and not ``required``), checked: a damaged file is one error
+    naming it, not a traceback or a NaN strength further on."""
+    path = folder / "tuned.json"
+    if not path.is_file() and not required:
+        return {}
+    tuned = read_json_object(path)
+    if tuned.get("strength") is not None:
+        tuned["strength"] = finite_number(tuned["strength"], f"{path}: 'strength'")
+    demos = tuned.get("demos", [])
+    if not isinstance(demos, list) or not all(isinstance(d, str) for d in demos):
+        raise SparekitError(f"{path}: 'demos' must be a list of strings", "the file is damaged; fit it again")
+    return tuned
 
 
 def load_gate(root: str | Path, info: ModelInfo):

@@ -3,7 +3,8 @@
 Each experiment (eval, capture, probe, SAE training, the steering benchmark) is one
 dataclass with a ``run()``; ``sparekit.cli.config.config_options`` turns its fields into
 click options. A field's ``metadata`` holds ``help`` and, where the default does not fit,
-``flag`` (the option name), ``short``, ``choices``, ``min``/``max`` and ``cli=False``
+``flag`` (the option name), ``short``, ``choices``, ``min``/``max`` (with ``min_open``/``max_open``
+to exclude the bound) and ``cli=False``
 (not an option).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -27,6 +29,14 @@ def parse_list(text: str, kind: type = str, name: str = "list") -> tuple:
         example = "a,b" if kind is str else "1,2"
         raise SparekitError(f"cannot parse {name} {text!r}",
                             f"write comma-separated {kind.__name__}s, e.g. {example}") from None
+
+
+def finite_number(value: Any, name: str) -> float:
+    """``value`` as a float if it is a real, finite number: a NaN or infinite strength would steer every
+    answer to nothing (or export a vector of NaNs) without an error."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SparekitError(f"{name} must be a finite number, got {value!r}", "give a number such as 4.0")
+    return float(value)
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:

@@ -12,11 +12,20 @@ import hashlib
 import json
 import os
 import stat
+import struct
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from sparekit.errors import SparekitError
+
+#: What reading a damaged, cut or foreign weights file raises (safetensors, numpy, zip, GGUF readers).
+DAMAGED_FILE_ERRORS = (SafetensorError, OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile,
+                       zlib.error, struct.error)
 
 
 #: Permission bits of a written artefact before the umask: what a plain ``open()`` gives a new file.
@@ -37,13 +46,23 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+def file_target(path: str | os.PathLike) -> Path:
+    """``path`` as a file to write, its folder created; a folder (or a name ending in ``/``, which
+    ``Path`` would silently drop) is refused, so nothing is written under a name the user did not mean."""
+    if str(path).endswith(("/", os.sep)):
+        raise SparekitError(f"cannot write file {path}: the trailing '/' names a folder",
+                            f"name the file, e.g. {os.path.join(path, 'out.jsonl')}")
     path = Path(path)
     if path.is_dir():
         raise SparekitError(f"cannot write file {path}: it is a folder")
     ensure_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = file_target(path)
     tmp_path = _fresh_temp(path)
     mode = stat.S_IMODE(tmp_path.stat().st_mode)  # FILE_MODE less the umask, as the kernel applied it
     try:
@@ -79,14 +98,37 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """Refuse a file this user may not read, before a reader reports it as missing or damaged."""
+    if os.path.exists(path) and not os.access(path, os.R_OK):
+        raise SparekitError(f"cannot read {path}: permission denied",
+                            "make it readable (chmod u+r) or run as the user who owns it")
+
+
+def damaged_file(path: str | os.PathLike, exc: BaseException, hint: str) -> SparekitError:
+    """The one-line error for a file a reader choked on: the file, the reader's first line, the fix."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return SparekitError(f"cannot read {path}: {reason}", hint)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise SparekitError(f"missing file: {path}")
+    check_readable(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SparekitError(f"{path} is not valid JSON: {exc}") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold one object (a config, a tuned.json): anything else is a damaged file."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise SparekitError(f"{path} must hold a JSON object, got {type(value).__name__}",
+                            "the file is damaged; save or fit it again")
+    return value
 
 
 @contextlib.contextmanager
