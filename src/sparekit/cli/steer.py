@@ -79,19 +79,22 @@ def steer(context, question, toward, method_label, fitted, strength, gate, probe
       sparekit steer "The capital of France is Lyon." "What is the capital of France?" --toward memory
     """
     from sparekit.models import load_model
-    from sparekit.probes.detect import describe, load_probes, resolve_probe_dir
+    from sparekit.probes.detect import describe, probes_for
 
     lm = load_model(model, device=device, device_map=device_map)
-    probes = load_probes(resolve_probe_dir(probe_dir, lm.info), lm.info.model_hash)
+    probes = probes_for(lm, probe_dir)
     result = steer_question(lm, context, question, toward, method_label, fitted, strength, gated=gate, probes=probes)
-    result["detection"] = describe(result["detection"], probes)
+    result["detection"] = None if probes is None else describe(result["detection"], probes)
 
     def render(r: dict) -> str:
         d = r["detection"]
         gate = {None: "", True: "   [gate fired]", False: "   [gate did not fire: left unsteered]"}[r["gate_fired"]]
+        reading = ("no probes for this model: pass --probe <run>" if d is None else
+                   f"conflict probability: {d['conflict_probability']:.2f}   "
+                   f"predicted source: {d['predicted_source']}")
         return "\n".join([
-            f"method: {r['fitted']}   probes: {d['probe_dir']}",
-            f"conflict probability: {d['conflict_probability']:.2f}   predicted source: {d['predicted_source']}",
+            f"method: {r['fitted']}   probes: {d['probe_dir'] if d else 'none'}",
+            reading,
             f"unsteered:              {r['unsteered']}",
             f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}{gate}",
         ])

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, tokenize
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
@@ -53,10 +52,6 @@ _WORDS = ("umbrella", "volcano", "lantern", "harbour", "pepper", "glacier", "vio
 
 DEFAULT_METHODS = ("l2", "l2-inverse", "random", "recent")
 PRESS_FIELDS = ("skip_layers", "min_length", "keep_last", "seed")  # the grid's fields a press may take
-
-
-#: Shortest ``kv bench`` prompt: room for the passkey or needle question and a haystack around it.
-MIN_BENCH_LENGTH = 64
 
 
 @dataclass(frozen=True)
@@ -104,13 +99,6 @@ class KVBenchConfig(KVGrid):
         for task in self.tasks:
             if task not in TASKS:
                 raise unknown_name("task", task, TASKS, where="--tasks")
-        # a prompt shorter than min_length is never compressed, and one shorter than MIN_BENCH_LENGTH has no
-        # haystack: every ratio would score the same, which reads as a result
-        shortest = max(self.min_length, MIN_BENCH_LENGTH)
-        short = [n for n in self.lengths if n < shortest]
-        if short:
-            raise SparekitError(f"--lengths {','.join(map(str, short))}: below {shortest} tokens nothing is "
-                                f"compressed (--min-length {self.min_length}) or hidden", f"give lengths >= {shortest}")
 
 
 def _token_length(lm: LoadedModel, text: str) -> int:

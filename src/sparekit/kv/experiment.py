@@ -31,6 +31,10 @@ def _load(model: str, device: str | None, grid: KVGrid) -> LoadedModel:
     return lm
 
 
+#: Shortest ``kv bench`` prompt: room for the passkey or needle question and a haystack around it.
+MIN_BENCH_LENGTH = 64
+
+
 @dataclass(frozen=True)
 class KVBenchExperiment(KVBenchConfig):
     """``sparekit kv bench``: passkey, needle and perplexity vs compression ratio, every method side by side."""
@@ -38,6 +42,16 @@ class KVBenchExperiment(KVBenchConfig):
     model: str = model_field()
     out: str | None = option(None, help="Run directory (default runs/kv-bench-<model>); rerun to resume.")
     device: str | None = device_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # a prompt shorter than min_length is never compressed, and one shorter than MIN_BENCH_LENGTH has no
+        # haystack: every ratio would score the same, which reads as a result
+        shortest = max(self.min_length, MIN_BENCH_LENGTH)
+        short = [n for n in self.lengths if n < shortest]
+        if short:
+            raise SparekitError(f"--lengths {','.join(map(str, short))}: below {shortest} tokens nothing is "
+                                f"compressed (--min-length {self.min_length}) or hidden", f"give lengths >= {shortest}")
 
     def bench_config(self) -> KVBenchConfig:
         """The :class:`KVBenchConfig` part: what the run directory records and compares."""

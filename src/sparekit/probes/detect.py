@@ -69,6 +69,16 @@ def load_probes(folder: Path, model_hash: str) -> ProbeSet:
     return ProbeSet(probes, folder)
 
 
+def probes_for(lm: LoadedModel, probe_dir: str | Path | None = None) -> ProbeSet | None:
+    """The probes in ``probe_dir`` (its errors stand), else those shipped for the model, else ``None``."""
+    try:
+        return load_probes(resolve_probe_dir(probe_dir, lm.info), lm.info.model_hash)
+    except SparekitError:
+        if probe_dir is not None:
+            raise
+        return None
+
+
 def check_prompt_text(text: str) -> None:
     """An empty or whitespace-only prompt is a clear error (checked before any model loads)."""
     if not text.strip():

@@ -381,17 +381,11 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
     or else the probes' (the prompts they were fitted on).
     """
-    from sparekit.probes.detect import detection_demos, load_probes, resolve_probe_dir
+    from sparekit.probes.detect import detection_demos, probes_for
 
-    try:
-        folder: Path | None = resolve_probe_dir(probe_dir, lm.info)
-        probes = load_probes(folder, lm.info.model_hash)
-    except SparekitError:
-        if probe_dir is not None:
-            raise
-        folder, probes = None, None
+    probes = probes_for(lm, probe_dir)
     steering = load_steering(lm, fitted)
     demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
     if demos is None:
-        demos = tuple(detection_demos(folder)) if folder is not None else ()
+        demos = tuple(detection_demos(probes.folder)) if probes is not None else ()
     return Engine(lm, probes, steering, demos, kv_ratio, prefix_cache)
