@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
@@ -66,9 +67,10 @@ def cli(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # transformers' own weight-loading bars would bury sparekit's output and errors
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers loads: no import here
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:  # already loaded (a caller in this process): switch its bars off directly
+            hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

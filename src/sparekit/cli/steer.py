@@ -31,7 +31,7 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     if demos is None:
         demos = tuple(demos_for(question, loaded.demos, k_shot))
     prompt = SteeringPrompt(example, "sub", demos)
-    with make_method("none").fit(None).steer(lm, toward=toward) as plain:  # type: ignore[arg-type]
+    with make_method("none").steer(lm, toward=toward) as plain:
         unsteered = plain.generate([prompt])[0]
     gate = load_gate(fitted, lm.info) if gated else None
     with loaded.method.steer(lm, toward=toward, strength=strength, gate=gate) as steered:  # type: ignore[arg-type]

@@ -494,7 +494,7 @@ class SteeringBenchmark:
 
     def _unsteered(self, test: ConflictDataset, pool: ConflictDataset) -> dict[int, list[str]]:
         """Unsteered labels on the conflict prompts, per seed (for the conditional metrics)."""
-        none = make_method("none").fit(None)  # type: ignore[arg-type]
+        none = make_method("none")
         labels = {}
         for seed in self.config.seeds:
             prompts = self.test_prompts(test, pool, "sub", seed)

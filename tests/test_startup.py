@@ -1,0 +1,62 @@
+"""Start-up stays cheap: ``sparekit --help``, ``import sparekit`` and the first lines of ``info`` and
+``demo`` must not import torch or transformers (seconds). Asserted on ``sys.modules`` in a fresh
+interpreter, not on timings, so the test cannot flake on a loaded machine; the timings are in
+BENCHMARKS.md (``benchmarks/bench_startup.py``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "numpy")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """The heavy modules loaded once ``code`` has run in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("code", [
+    "import sparekit",
+    "import sparekit.utils, sparekit.models, sparekit.cli.common",
+    "from sparekit.cli.main import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+    "from sparekit.cli.main import main\ntry:\n    main(['info', '--help'])\nexcept SystemExit:\n    pass",
+    "from sparekit.cli.main import main\nfor c in ('demo', 'steer', 'generate', 'ls'):\n    main([c, '--help'])",
+])
+def test_light_entry_points_do_not_import_torch(code):
+    assert heavy_modules_after(code) == []
+
+
+def test_lazy_public_names_still_resolve():
+    import sparekit
+
+    assert sparekit.load_model.__name__ == "load_model" and sparekit.Site(3).layer == 3
+    assert {"Hooks", "load", "load_model", "SparekitError"} <= set(dir(sparekit))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sparekit.nope  # noqa: B018
+
+
+STOP_AT = """
+class Stop(Exception):
+    pass
+def stop(*args, **kwargs):
+    raise Stop
+{patch}
+from sparekit.cli.main import main
+try:
+    main({argv!r})
+except Stop:
+    pass
+"""
+
+
+@pytest.mark.parametrize("argv", [["info"], ["demo"]])
+def test_first_line_comes_before_torch(argv):
+    """The first line a command prints (stopped there) comes before torch is imported."""
+    assert heavy_modules_after(STOP_AT.format(patch="import click\nclick.echo = stop", argv=argv)) == []
