@@ -36,6 +36,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
+from sparekit.utils.guards import MIN_BEHAVIOUR_PER_SIDE, warn_small_data
 from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
 
@@ -124,6 +125,9 @@ class BehaviourData:
                 f"{who}: behaviour data has no {missing} examples ({n_context} context, {n_memory} memory)",
                 "use more feature-learning groups or other demonstration flavours/seeds",
             )
+        warn_small_data(f"{who} fit", {"uses-context prompts": n_context, "uses-memory prompts": n_memory},
+                        MIN_BEHAVIOUR_PER_SIDE, "fit on more pool groups or behaviour seeds (bench steer: --pool-groups, "
+                                                "--behaviour-seeds) or a larger dataset")
 
     def layer(self, layer: int, who: str) -> torch.Tensor:
         if layer not in self.hidden:
