@@ -60,3 +60,42 @@ except Stop:
 def test_first_line_comes_before_torch(argv):
     """The first line a command prints (stopped there) comes before torch is imported."""
     assert heavy_modules_after(STOP_AT.format(patch="import click\nclick.echo = stop", argv=argv)) == []
+
+
+def test_the_startup_benchmark_prints_its_ratios():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_startup.py"), "--before", str(root / "src"),
+                           "--rounds", "1", "--only=sparekit --help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    header, row = proc.stdout.splitlines()
+    assert "before/after" in header and row.startswith("sparekit --help") and row.endswith("x")
+
+
+def test_a_slow_step_says_what_it_does_and_a_fast_one_stays_quiet(capsys):
+    import time
+
+    from sparekit.utils.progress import notice_when_slow
+
+    with notice_when_slow("loading x", after=0.05):
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert err.startswith("loading x…\n  done in ") and err.endswith(" s\n")
+    with notice_when_slow("loading y", after=5):
+        pass
+    with pytest.raises(ValueError), notice_when_slow("loading z", after=0.05):
+        time.sleep(0.3)
+        raise ValueError  # its own message follows: no "done"
+    assert capsys.readouterr().err == "loading z…\n"
+
+
+def test_the_model_load_notice_says_where_from(tmp_path, monkeypatch):
+    from sparekit.models.loading import _load_notice
+
+    monkeypatch.setenv("SPAREKIT_CACHE", str(tmp_path))
+    assert _load_notice("default").startswith("assembling default (Gemma 3 270M) from its PyPI package")
+    (tmp_path / "models" / "gemma-3-270m").mkdir(parents=True)
+    (tmp_path / "models" / "gemma-3-270m" / "sparekit_source.json").write_text("{}")
+    assert _load_notice("default", dtype="float32") == "loading default (Gemma 3 270M) from the cache"
+    assert _load_notice(name_or_path="org/model") == "loading org/model"
