@@ -99,3 +99,16 @@ def test_the_model_load_notice_says_where_from(tmp_path, monkeypatch):
     (tmp_path / "models" / "gemma-3-270m" / "sparekit_source.json").write_text("{}")
     assert _load_notice("default", dtype="float32") == "loading default (Gemma 3 270M) from the cache"
     assert _load_notice(name_or_path="org/model") == "loading org/model"
+
+
+def test_announcements_speak_to_a_terminal_only(capsys, monkeypatch):
+    import time
+
+    from sparekit.utils.progress import announce_when_slow
+
+    slow = announce_when_slow(lambda seconds: f"waiting {seconds}", after=0.05)(time.sleep)
+    slow(0.3)  # captured stderr is no terminal
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    slow(0.3)
+    assert capsys.readouterr().err.startswith("waiting 0.3…\n  done in ")

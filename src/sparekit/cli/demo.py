@@ -97,24 +97,25 @@ def render_table(t: dict) -> list[str]:
 def demo(item: str, method_label: str, table: bool, device: str | None, device_map: str | None,
          as_json: bool) -> None:
     """Detect and steer a knowledge conflict on the default model (offline)."""
+    from sparekit.data import load_dataset
+    from sparekit.data.prompts import build_prompt, sample_demos
+    from sparekit.errors import SparekitError
+
+    dataset = load_dataset("default")  # no torch yet: a bad --item fails at once, in one line
+    by_id = {ex.id: ex for ex in dataset}
+    if item not in by_id:
+        raise SparekitError(f"no row {item!r} in the default dataset", "pick an id from `sparekit data show`")
+    ex = by_id[item]
     steps = 5 if table else 4
     step(f"1/{steps} loading the model")
     # deliberately after the first line: these imports pull in torch and transformers (seconds)
     from sparekit.cli.steer import steer_question
-    from sparekit.data import load_dataset
-    from sparekit.data.prompts import build_prompt, sample_demos
-    from sparekit.errors import SparekitError
     from sparekit.evaluation.generation import greedy_generate
     from sparekit.evaluation.metrics import behaviour_label
     from sparekit.models import load_model
     from sparekit.probes.detect import detect_prompt
 
     lm = load_model("default", device=device, device_map=device_map)
-    dataset = load_dataset("default")
-    by_id = {ex.id: ex for ex in dataset}
-    if item not in by_id:
-        raise SparekitError(f"no row {item!r} in the default dataset", "pick an id from `sparekit data show`")
-    ex = by_id[item]
     demos = sample_demos(dataset, ex.group, 3, "org_org", random.Random(0))
     closed_demos = sample_demos(dataset, ex.group, 3, "closed", random.Random(0))
     step(f"2/{steps} answering closed-book, with the true context and with a conflicting one")

@@ -1,8 +1,9 @@
 """Say what a slow step is doing, so a person never watches a silent terminal.
 
 A step that usually takes a moment stays quiet; one still running after ``after`` seconds
-prints what it is doing to stderr, then how long it took. Nothing is printed for fast steps,
-so scripted callers and tests see no noise.
+prints what it is doing to stderr, then how long it took. Nothing is printed for fast steps, and
+:func:`announce_when_slow` speaks only to a terminal, so scripts, logs and tests that read stderr
+for one error line see no progress lines.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ def notice_when_slow(message: str, after: float = 2.0) -> Iterator[None]:
 
 
 def announce_when_slow(describe: Callable[..., str], after: float = 2.0) -> Callable[[F], F]:
-    """Decorator: :func:`notice_when_slow` around each call, ``describe(*args, **kwargs)`` saying what it does."""
+    """Decorator: :func:`notice_when_slow` around each call made from a terminal, ``describe(*args, **kwargs)``
+    saying what it does."""
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not sys.stderr.isatty():
+                return fn(*args, **kwargs)
             with notice_when_slow(describe(*args, **kwargs), after):
                 return fn(*args, **kwargs)
 
