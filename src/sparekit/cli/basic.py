@@ -41,8 +41,11 @@ def info(model: str, no_verify: bool, as_json: bool) -> None:
     from sparekit.utils.env import versions_info
     from sparekit.utils.io import cache_dir
 
+    def say(lines: list[str]) -> None:
+        if not as_json:  # JSON is one object, at the end
+            click.echo("\n".join(lines))
+
     result: dict = {**versions_info(), "cache_dir": str(cache_dir())}
-    say = (lambda lines: None) if as_json else (lambda lines: click.echo("\n".join(lines)))
     say(_render_versions(result))
     # deliberately here, after the first lines: these pull in torch and transformers (seconds)
     from sparekit.models.architecture import SUPPORTED_ARCHITECTURES

@@ -1,7 +1,7 @@
 """Small shared helpers: atomic files, hashing, run directories, environment info.
 
 Imported on first use, deliberately (:mod:`sparekit.utils.lazy`): every ``sparekit.utils.x``
-import runs this file, and :mod:`sparekit.utils.env` pulls in torch, which ``--help`` must not.
+import runs this file, which must stay free of torch and numpy for ``sparekit --help``.
 """
 
 from __future__ import annotations
