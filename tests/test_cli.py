@@ -42,7 +42,11 @@ def test_generate_json_on_default_model(capsys):
 def test_demo_runs_on_shipped_artefacts(capsys):
     """The README's main command: shipped probes and fitted SpARE load and produce answers."""
     assert main(["demo", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    steps = [line for line in captured.err.splitlines() if line.startswith("demo ")]  # said as each step starts
+    assert [line.split()[1] for line in steps] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    assert steps[0] == "demo 1/5 loading the model…"
     assert result["closed_book"] and result["with_org_context"] and result["with_sub_context"]
     for context in ("org", "sub"):
         assert 0.0 <= result["detection"][context]["conflict_probability"] <= 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import numpy as np
 import pytest
@@ -160,3 +162,19 @@ def test_cli_export_uses_the_tuned_direction_and_strength(behaviour, tmp_path, c
     make_method("cad").fit(behaviour).save(tmp_path / "cad")
     assert main(["export", "control-vector", str(tmp_path / "cad"), "--out", str(tmp_path / "c.gguf")]) == 2
     assert "no fixed vector" in capsys.readouterr().err
+
+
+def test_cli_export_of_a_fitted_root_without_toward_takes_context_and_names_memory(behaviour, tmp_path, capsys):
+    root = tmp_path / "fitted" / "actadd"
+    for toward, strength in (("context", 2.0), ("memory", 3.0)):
+        make_method("actadd", layer=2).fit(behaviour).save(root / toward)
+        atomic_write_json(root / toward / "tuned.json", {"toward": toward, "strength": strength})
+    assert main(["export", "control-vector", str(root), "--out", str(tmp_path / "a.gguf"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["toward"] == "context" and result["strength"] == 2.0 and result["other_directions"] == ["memory"]
+    assert read_control_vector(tmp_path / "a.gguf")[1]["sparekit.toward"] == "context"
+    assert main(["export", "control-vector", str(root), "--out", str(tmp_path / "m.gguf")]) == 0
+    out = capsys.readouterr().out
+    assert "spare" not in out and "toward context" in out and "--toward memory" in out
+    assert main(["export", "control-vector", str(tmp_path), "--out", str(tmp_path / "x.gguf")]) == 2
+    assert "no saved method" in capsys.readouterr().err

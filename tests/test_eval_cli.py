@@ -60,3 +60,15 @@ def test_eval_command_writes_default_run_dir_and_resumes(small_file, tiny_llama,
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "predictions").iterdir()} == stamps
     assert main(args[:-1]) == 0
     assert "closed-book EM" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--dataset", "nqswp"], "unknown dataset 'nqswp' (did you mean 'nqswap'?"),
+    (["probe", "--eval-dataset", "missing.jsonl"], "dataset file not found: missing.jsonl"),
+    (["bench", "steer", "-d", "defualt"], "unknown dataset 'defualt'"),
+])
+def test_dry_run_refuses_a_dataset_the_run_would_refuse(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: {message}")

@@ -21,8 +21,12 @@ import click
 from click.core import ParameterSource
 
 from sparekit.cli.common import parse_list
+from sparekit.data.loaders import check_dataset_name
 from sparekit.errors import SparekitError
 from sparekit.utils.config import config_dict, read_config_file
+
+#: the config fields that name a conflict dataset (``--dataset``, ``--eval-dataset``)
+DATASET_FIELDS = ("dataset", "eval_dataset")
 
 
 def _shape(hint: Any) -> tuple[type, bool]:
@@ -181,6 +185,13 @@ def dataclass_options(cls: type, param: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def _check_datasets(config: Any) -> None:
+    """Refuse in ``--dry-run`` a dataset name the run would refuse (``--dataset nqswp``)."""
+    for name in DATASET_FIELDS:
+        if getattr(config, name, None) is not None:
+            check_dataset_name(getattr(config, name))
+
+
 def config_options(cls: type) -> Callable[[Callable], Callable]:
     """Decorate a click command: options from ``cls``'s fields, ``--config``, ``--dry-run``; passes ``config``."""
     fields = _cli_fields(cls)
@@ -193,6 +204,7 @@ def config_options(cls: type) -> Callable[[Callable], Callable]:
             given = {f.name: kwargs.pop(f.name) for f in fields}
             config = resolve(cls, ctx, given, config_file)
             if dry_run:
+                _check_datasets(config)
                 click.echo(json.dumps(config_dict(config), indent=2))
                 return None
             return command(config=config, **kwargs)

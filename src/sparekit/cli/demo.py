@@ -24,12 +24,14 @@ HELD_OUT_ITEMS = ("capital-CF", "capital-CU", "capital-EG", "continent-GM", "con
                   "city_country-170654")
 
 
-def measured_table(lm, method_label: str, k_shot: int = 3) -> dict:
+def measured_table(lm, method_label: str, k_shot: int = 3, progress: bool = False) -> dict:
     """EM toward each side on :data:`HELD_OUT_ITEMS`, unsteered, steered and gated, with the gate's reading.
 
     Counts, not percentages: a dozen items show the direction of an effect, not its size
-    (BENCHMARKS.md has the full tables).
+    (BENCHMARKS.md has the full tables). ``progress``: a bar over its five generations on stderr.
     """
+    from tqdm.auto import tqdm
+
     from sparekit.activations.last_token import last_token_states
     from sparekit.data import load_dataset
     from sparekit.evaluation.metrics import exact_match, uses_context
@@ -49,17 +51,26 @@ def measured_table(lm, method_label: str, k_shot: int = 3) -> dict:
     conflicts = prompts("sub")
     hits = {"memory": lambda a, ex: exact_match(a, ex.org_answer), "context": lambda a, ex: uses_context(a, ex)}
     n = len(items)
-    with make_method("none").fit(None).steer(lm, toward="memory", batch_size=n) as plain:  # type: ignore[arg-type]
+    bar = tqdm(total=1 + 2 * len(fitted), desc="measuring", unit="run", disable=not progress)
+    with make_method("none").steer(lm, toward="memory", batch_size=n) as plain:
         unsteered = plain.generate(conflicts)
+    bar.update()
     rows = {"unsteered": {t: sum(map(hits[t], unsteered, items)) for t in hits}}
     for label, use_gate in ((method_label, None), (f"{method_label}+gate", gate)):
         rows[label] = {}
         for toward, f in fitted.items():
             with f.method.steer(lm, toward=toward, strength=f.strength, gate=use_gate, batch_size=n) as steered:
                 rows[label][toward] = sum(map(hits[toward], steered.generate(conflicts), items))
+            bar.update()
+    bar.close()
     fired = {context: int(gate.fire(last_token_states(lm, [p.text for p in prompts(context)], [gate.site])[gate.site])
                           .sum()) for context in ("sub", "org")}
     return {"n": n, "items": list(HELD_OUT_ITEMS), "em": rows, "gate_fired": fired, "gate_layer": gate.site.layer}
+
+
+def step(text: str) -> None:
+    """Say which step of the demo starts (stderr: the result on stdout stays clean, --json too)."""
+    click.echo(f"demo {text}…", err=True)
 
 
 def render_table(t: dict) -> list[str]:
@@ -86,35 +97,43 @@ def render_table(t: dict) -> list[str]:
 def demo(item: str, method_label: str, table: bool, device: str | None, device_map: str | None,
          as_json: bool) -> None:
     """Detect and steer a knowledge conflict on the default model (offline)."""
-    from sparekit.cli.steer import steer_question
     from sparekit.data import load_dataset
     from sparekit.data.prompts import build_prompt, sample_demos
     from sparekit.errors import SparekitError
+
+    dataset = load_dataset("default")  # no torch yet: a bad --item fails at once, in one line
+    by_id = {ex.id: ex for ex in dataset}
+    if item not in by_id:
+        raise SparekitError(f"no row {item!r} in the default dataset", "pick an id from `sparekit data show`")
+    ex = by_id[item]
+    steps = 5 if table else 4
+    step(f"1/{steps} loading the model")
+    # deliberately after the first line: these imports pull in torch and transformers (seconds)
+    from sparekit.cli.steer import steer_question
     from sparekit.evaluation.generation import greedy_generate
     from sparekit.evaluation.metrics import behaviour_label
     from sparekit.models import load_model
     from sparekit.probes.detect import detect_prompt
 
     lm = load_model("default", device=device, device_map=device_map)
-    dataset = load_dataset("default")
-    by_id = {ex.id: ex for ex in dataset}
-    if item not in by_id:
-        raise SparekitError(f"no row {item!r} in the default dataset", "pick an id from `sparekit data show`")
-    ex = by_id[item]
     demos = sample_demos(dataset, ex.group, 3, "org_org", random.Random(0))
     closed_demos = sample_demos(dataset, ex.group, 3, "closed", random.Random(0))
+    step(f"2/{steps} answering closed-book, with the true context and with a conflicting one")
     closed, original, conflict = greedy_generate(lm, [build_prompt(ex, None, closed_demos),
                                                       build_prompt(ex, "org", demos), build_prompt(ex, "sub", demos)])
+    step(f"3/{steps} reading the conflict probe before generating")
+    detection = {ctx: detect_prompt(lm, build_prompt(ex, ctx, demos), None) for ctx in ("org", "sub")}
+    step(f"4/{steps} steering the conflicting case toward memory and toward the context")
     result = {
         "model": lm.info.name, "question": ex.question, "org_context": ex.org_context, "sub_context": ex.sub_context,
         "closed_book": closed, "with_org_context": original, "with_sub_context": conflict,
-        "conflict_behaviour": behaviour_label(conflict, ex),
-        "detection": {ctx: detect_prompt(lm, build_prompt(ex, ctx, demos), None) for ctx in ("org", "sub")},
+        "conflict_behaviour": behaviour_label(conflict, ex), "detection": detection,
         "steering": {toward: steer_question(lm, ex.sub_context, ex.question, toward, method_label, None, None,
                                             demos=tuple(demos)) for toward in ("memory", "context")},
     }
     if table:
-        result["table"] = measured_table(lm, method_label)
+        step(f"5/{steps} measuring on {len(HELD_OUT_ITEMS)} held-out conflicts (about a minute on 2 cores)")
+        result["table"] = measured_table(lm, method_label, progress=True)
 
     def render(r: dict) -> str:
         det = r["detection"]

@@ -14,12 +14,23 @@ def export() -> None:
     """Write fitted methods in other tools' formats."""
 
 
+def _method_folder(method_dir: Path, toward: str | None) -> tuple[Path, str | None, list[str]]:
+    """``(saved method folder, direction, the root's other directions)``: a fitted root holding one folder
+    per direction gives ``toward``'s, by default context's (the default --toward documents); the output names the other."""
+    if (method_dir / "config.json").is_file():
+        return method_dir, toward, []
+    sides = [d for d in ("context", "memory") if (method_dir / d / "config.json").is_file()]
+    toward = toward or (sides[0] if sides else None)
+    return (method_dir / toward if toward else method_dir), toward, [d for d in sides if d != toward]
+
+
 @export.command("control-vector")
 @click.argument("method_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="The .gguf to write.")
 @click.option("--toward", type=click.Choice(["memory", "context"]), default=None,
-              help="Direction to bake in (default: the one METHOD_DIR was tuned for, else context).")
+              help="Direction to bake in (default: the one METHOD_DIR was tuned for; of a fitted root holding "
+                   "both, context).")
 @click.option("--strength", type=float, default=None, callback=finite,
               help="Strength to bake in (default: METHOD_DIR's tuned strength, else the method's default).")
 @click.option("--model-hint", default="unknown", show_default=True,
@@ -42,8 +53,7 @@ def control_vector(method_dir: Path, out: Path, toward: str | None, strength: fl
     from sparekit.steering.control_vector import export_control_vector
     from sparekit.steering.fitted import read_tuned
 
-    if not (method_dir / "config.json").is_file() and toward is not None:
-        method_dir = method_dir / toward
+    method_dir, toward, others = _method_folder(method_dir, toward)
     if not (method_dir / "config.json").is_file():
         raise SparekitError(f"no saved method in {method_dir}",
                             "pass a folder with config.json, or a fitted root with --toward")
@@ -55,7 +65,8 @@ def control_vector(method_dir: Path, out: Path, toward: str | None, strength: fl
         raise SparekitError(f"{method.kind} has no strength", "pass --strength")
     cvec = export_control_vector(method, out, toward, float(strength), model_hint)  # type: ignore[arg-type]
     result = {"out": str(out), "kind": method.kind, "toward": toward, "strength": float(strength),
-              "layers": sorted(cvec.vectors), "exact": cvec.exact, "note": cvec.note}
+              "layers": sorted(cvec.vectors), "exact": cvec.exact, "note": cvec.note, "other_directions": others}
     emit(result, as_json, lambda r: (
         f"wrote {r['out']}: {r['kind']} toward {r['toward']} at strength {r['strength']}, layers {r['layers']}"
+        + "".join(f"\n(METHOD_DIR also holds toward {d}: --toward {d})" for d in r["other_directions"])
         + ("" if r["exact"] else f"\nAPPROXIMATION: {r['note']}")))

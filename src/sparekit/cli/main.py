@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 import click
 
 from sparekit.errors import SparekitError
+from sparekit.utils.guards import SmallDataWarning
 
 # command name -> (module, attribute, one-line help shown by `sparekit --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -55,6 +58,17 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
+_python_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' API)
+    """sparekit's own warnings (too little data, …) as one line, like its errors; others as Python shows them."""
+    if issubclass(category, SmallDataWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
 def cli(verbose: bool) -> None:
@@ -65,10 +79,12 @@ def cli(verbose: bool) -> None:
     The default model is Gemma 3 270M, installed from PyPI; everything runs offline.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.showwarning = _show_warning
     if not verbose:  # transformers' own weight-loading bars would bury sparekit's output and errors
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers loads: no import here
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:  # already loaded (a caller in this process): switch its bars off directly
+            hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

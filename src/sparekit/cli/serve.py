@@ -47,8 +47,9 @@ def serve(model, device, host, port, probe_dir, fitted, kv_ratio, prefix_cache, 
     \b
     Example:
       sparekit serve --port 8000 &
-      curl -s localhost:8000/v1/answer -d '{"context": "The capital of France is Porto-Novo.",
-        "question": "What is the capital of France?", "steer": {"toward": "memory"}}'
+      curl -s localhost:8000/v1/answer -H 'Content-Type: application/json' \\
+        -d '{"context": "The capital of France is Porto-Novo.", "question": "What is the capital of France?",
+             "steer": {"toward": "memory"}}'
     """
     try:
         from sparekit.serve import Server, build_engine, create_app

@@ -79,8 +79,23 @@ def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
         rule: ContextMatch = "substring" if "macnoise" in path.name.lower() else "answer"
         dataset = read_jsonl(path, context_match=rule)
     else:
-        error = unknown_name("dataset", name, DATASET_NAMES)
-        raise SparekitError(error.message, f"{error.hint}, or a .jsonl(.gz) path")
+        raise _unknown_dataset(name)
     if context_match is not None:
         dataset = ConflictDataset(list(dataset), dataset.name, context_match)
     return dataset if limit is None else dataset.sample(limit, seed)
+
+
+def _unknown_dataset(name: str) -> SparekitError:
+    error = unknown_name("dataset", name, DATASET_NAMES)
+    return SparekitError(error.message, f"{error.hint}, or a .jsonl(.gz) path")
+
+
+def check_dataset_name(name_or_path: str) -> None:
+    """Refuse, without reading anything, a name :func:`load_dataset` would refuse: an unknown short name
+    or a missing file (``--dry-run`` checks what the run would)."""
+    name = str(name_or_path)
+    if name in DATASET_NAMES or Path(name).exists():
+        return
+    if Path(name).suffix not in (".jsonl", ".gz", ".json"):
+        raise _unknown_dataset(name)
+    read_jsonl(Path(name))  # a missing file: raises the run's own error, reading nothing

@@ -27,6 +27,7 @@ from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
 from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_write_json, cache_dir, check_readable, damaged_file,
                                read_json, sha256_file)
+from sparekit.utils.progress import announce_when_slow
 from sparekit.utils.registry import unknown_name
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 #: Short name -> cache folder name, which also names its shipped fingerprint reference.
 _CACHE_NAMES = {"default": "gemma-3-270m", "gemma3-270m": "gemma-3-270m", "smollm2-135m": "smollm2-135m-instruct"}
 SHORT_NAMES = tuple(_CACHE_NAMES)
+_FAMILIES = {"gemma-3-270m": "Gemma 3 270M", "smollm2-135m-instruct": "SmolLM2 135M Instruct"}
 
 
 class LoadedModel(NamedTuple):
@@ -179,6 +181,18 @@ def resolve_source(name_or_path: str) -> tuple[Path | str, str | None, str]:
     return name_or_path, None, f"hub:{name_or_path}"
 
 
+def _load_notice(name_or_path: str = "default", *_: object, **__: object) -> str:
+    """What :func:`load_model` is doing, said when it takes more than a couple of seconds."""
+    cache_name = _CACHE_NAMES.get(name_or_path)
+    if cache_name is None:
+        return f"loading {name_or_path}"
+    label = f"{name_or_path} ({_FAMILIES[cache_name]})"
+    if (cache_dir() / "models" / cache_name / "sparekit_source.json").is_file():
+        return f"loading {label} from the cache"
+    return f"assembling {label} from its PyPI package and caching it (once; about a minute)"
+
+
+@announce_when_slow(_load_notice)
 def load_model(
     name_or_path: str = "default",
     dtype: str | torch.dtype = "float32",

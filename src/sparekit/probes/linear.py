@@ -16,6 +16,7 @@ import torch
 from sparekit.artifacts import KINDS, Artifact, read_artifact, save_artifact
 from sparekit.errors import SparekitError
 from sparekit.utils.arrays import to_numpy
+from sparekit.utils.guards import MIN_PROBE_ROWS_PER_CLASS, warn_small_data
 from sparekit.utils.params import Params
 
 
@@ -54,6 +55,8 @@ class LinearProbe(Params):
         if min(counts) == 0:
             raise SparekitError(f"cannot fit a probe on one class ({counts[0]} negatives, {counts[1]} positives)",
                                 "this split has a single label: use more data or another seed")
+        warn_small_data("probe fit", {"negatives": counts[0], "positives": counts[1]}, MIN_PROBE_ROWS_PER_CLASS,
+                        "fit on more rows (sparekit probe: a larger --limit or dataset)")
         if self.l1 < 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
             raise SparekitError("probe needs l1 >= 0, lr > 0, epochs >= 1, batch_size >= 1")
         self.mean_ = X.mean(0) if self.standardize else torch.zeros(X.shape[1])

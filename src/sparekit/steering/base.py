@@ -38,6 +38,7 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.reading import read_prompts
 from sparekit.utils.config import finite_number
+from sparekit.utils.guards import MIN_BEHAVIOUR_PER_SIDE, warn_small_data
 from sparekit.utils.params import Params
 from sparekit.utils.registry import Registry
 
@@ -126,6 +127,9 @@ class BehaviourData:
                 f"{who}: behaviour data has no {missing} examples ({n_context} context, {n_memory} memory)",
                 "use more feature-learning groups or other demonstration flavours/seeds",
             )
+        warn_small_data(f"{who} fit", {"uses-context prompts": n_context, "uses-memory prompts": n_memory},
+                        MIN_BEHAVIOUR_PER_SIDE, "fit on more pool groups or behaviour seeds (bench steer: --pool-groups, "
+                                                "--behaviour-seeds) or a larger dataset")
 
     def layer(self, layer: int, who: str) -> torch.Tensor:
         if layer not in self.hidden:

@@ -40,6 +40,7 @@ from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, S
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering.gate import ProbeGate, fit_probe_gate
 from sparekit.utils.distributed import barrier, rank_and_world
+from sparekit.utils.guards import warn_small_data
 from sparekit.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 from sparekit.utils.rundir import RunDir
 
@@ -291,6 +292,10 @@ class SteeringBenchmark:
         c = self.config
         if c.test_limit is not None and len(test) > c.test_limit:
             test = test.sample(c.test_limit, seed=c.split_seed)
+        if c.test_limit is not None:
+            warn_small_data("steering benchmark", {"memorised test items": len(test)}, c.test_limit,
+                            f"--test-limit asks for {c.test_limit}: use a larger dataset (or --limit), fewer "
+                            "--pool-groups / --dev-groups, or a --test-limit the data has")
         return pool, dev, test
 
     def _paper_splits(self, memorised: ConflictDataset) -> tuple[ConflictDataset, ConflictDataset, ConflictDataset]:
@@ -494,7 +499,7 @@ class SteeringBenchmark:
 
     def _unsteered(self, test: ConflictDataset, pool: ConflictDataset) -> dict[int, list[str]]:
         """Unsteered labels on the conflict prompts, per seed (for the conditional metrics)."""
-        none = make_method("none").fit(None)  # type: ignore[arg-type]
+        none = make_method("none")
         labels = {}
         for seed in self.config.seeds:
             prompts = self.test_prompts(test, pool, "sub", seed)

@@ -6,9 +6,6 @@ import importlib.metadata
 import platform
 import random
 
-import numpy as np
-import torch
-
 _PACKAGES = ("sparekit", "torch", "transformers", "safetensors", "numpy", "scikit-learn", "gguf", "accelerate")
 
 
@@ -23,17 +20,21 @@ def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None
     return versions
 
 
+def versions_info() -> dict[str, object]:
+    """Python, platform and package versions: what is known without importing torch (``sparekit info``'s start)."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": package_versions()}
+
+
 def environment_info() -> dict[str, object]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "cuda": torch.cuda.is_available(),
-        "threads": torch.get_num_threads(),
-    }
+    import torch  # deliberately lazy: versions_info and package_versions stay torch-free for `sparekit info`
+
+    return {**versions_info(), "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np  # deliberately lazy, as in environment_info
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

@@ -10,6 +10,8 @@ class NoSteering(SteeringMethod):
     """No edits, no rewriting, no logits processing; fitting learns nothing."""
 
     directional = False
+    #: nothing to learn, so it steers without fit(): make_method("none").steer(...) is the unsteered model
+    fitted_ = True
 
     def __init__(self) -> None:
         pass
