@@ -14,6 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, expected", [
     ("bench_steer.py", ["--n", "2", "--rounds", "1"], "÷"),
+    ("bench_steer_gate.py", ["--n", "1", "--rounds", "1"], "÷ four passes"),
     ("bench_generation.py", ["--n", "4", "--batch-size", "2"], "prompts/s"),
     ("bench_capture.py", ["--texts", "4", "--rounds", "1", "--rss-texts", "2"], "peak RSS during capture"),
     ("bench_serve.py", ["--n", "2", "--cost-n", "1", "--rounds", "1", "--clients", "1,2", "--threads", "1"], "÷ plain"),
