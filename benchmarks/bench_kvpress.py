@@ -31,8 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from kvpress_worker import kept_positions  # this folder's worker: it needs nothing but torch
 
-from kvpress_worker import kept_positions
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
@@ -55,7 +55,7 @@ def lowest(norms: torch.Tensor, count: int, among: set[int] | None = None) -> se
 
 
 def follows_rule(kept: set[int], norms: torch.Tensor, forced: set[int]) -> str:
-    """``exact`` if ``kept`` is ``forced`` plus the lowest norms, ``tie`` if only by norms equal to 1e-6, else ``no``."""
+    """``exact``: ``kept`` is ``forced`` plus the lowest norms; ``tie``: only up to norms equal to 1e-6; else ``no``."""
     rest = set(range(len(norms))) - forced
     expected = forced | lowest(norms, len(kept) - len(forced), rest)
     if kept == expected:
@@ -124,34 +124,36 @@ def kvpress_side(folder: Path, items: list[dict], ratios: list[float], steps: in
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": ""}
         proc = subprocess.run([str(python), str(Path(__file__).with_name("kvpress_worker.py")), str(request),
-                               str(answer)], capture_output=True, text=True, env=env)
+                               str(answer)], check=False, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise SparekitError(f"the kvpress worker failed: {proc.stderr.strip().splitlines()[-1]}")
         return json.loads(answer.read_text())
 
 
-def compare(kept: dict, theirs: dict, norms: list[torch.Tensor], ratio: float, keep_last: int) -> Counter:
-    """Class counts over every (layer, KV head) of one prompt (see :func:`classify`); ``norms[layer]`` ``[h, n]``."""
-    counts: Counter = Counter()
-    for layer, heads in theirs["kept"].items():
-        ours = kept[int(layer)]
-        for head, kvpress in enumerate(heads):
-            counts[classify(None if ours is None else ours[head], kvpress, norms[int(layer)][head], ratio,
-                            keep_last)] += 1
-    return counts
+def compare(kept: dict, theirs: dict, norms: list[torch.Tensor], ratio: float, keep_last: int) -> dict[int, Counter]:
+    """Per layer, class counts over its KV heads for one prompt (see :func:`classify`); ``norms[layer]`` ``[h, n]``."""
+    out = {}
+    for layer, heads in ((int(layer), heads) for layer, heads in theirs["kept"].items()):
+        ours = kept[layer]
+        out[layer] = Counter(classify(None if ours is None else ours[head], kvpress, norms[layer][head], ratio,
+                                      keep_last) for head, kvpress in enumerate(heads))
+    return out
 
 
 def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     """Rows of the table for one model: per setting and ratio, class counts and equal answers."""
     lm = load_model(name, device="cpu")
     question = lm.tokenizer(PASSKEY_QUESTION, add_special_tokens=False)["input_ids"]
-    items = [{"id": i, "context": tokenize(lm, [context])["input_ids"][0].tolist(), "question": question,
-              "key": key} for i, (context, key) in enumerate(passkey_items(lm, args.length, args.items, seed=0))]
+    contexts = [(tokenize(lm, [context])["input_ids"][0].tolist(), key)
+                for context, key in passkey_items(lm, args.length, args.items, seed=0)]
+    # n a multiple of 4: n * (1 - r) is whole at r = 0.25 and 0.5, where the two count rules then agree
+    items = [{"id": i, "context": ids[: len(ids) - len(ids) % 4], "question": question, "key": key}
+             for i, (ids, key) in enumerate(contexts)]
     theirs = kvpress_side(resolve_source(name)[0], items, args.ratios, args.steps, args.venv)
     by_key = {(r["item"], r["ratio"]): r for r in theirs["results"]}
     grid = [(setting, ratio) for setting in ("matched", "default") for ratio in args.ratios]
-    rows = {cell: {"model": name, "setting": cell[0], "ratio": cell[1], "classes": Counter(), "answers": []}
-            for cell in grid}
+    rows = {cell: {"model": name, "setting": cell[0], "ratio": cell[1], "classes": Counter(), "layers": {},
+                   "answers": []} for cell in grid}
     for item in items:
         ids = torch.tensor([item["context"]])
         enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -161,7 +163,10 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
             settings = {"ratio": ratio, "method": "l2", **(MATCHED if setting == "matched" else {})}
             ours = sparekit_side(lm, enc, prompt, torch.tensor([question]), settings, args.steps)
             other, row = by_key[(item["id"], ratio)], rows[(setting, ratio)]
-            row["classes"] += compare(ours["kept"], other, norms, ratio, settings.get("keep_last", DEFAULT_KEEP_LAST))
+            by_layer = compare(ours["kept"], other, norms, ratio, settings.get("keep_last", DEFAULT_KEEP_LAST))
+            for layer, counts in by_layer.items():
+                row["classes"] += counts
+                row["layers"].setdefault(layer, Counter()).update(c for c in counts.elements() if c != "equal")
             row["answers"].append({"key": item["key"], "tokens": len(item["context"]), "sparekit": ours["answer"],
                                    "kvpress": other["answer"], "kvpress_compress_s": other["compress_s"]})
     for row in rows.values():
