@@ -10,4 +10,4 @@ venv=${KVPRESS_VENV:-.venv-kvpress}
 [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q "kvpress==0.5.5"
-"$venv/bin/python" -c "import kvpress, transformers; print('kvpress', kvpress.__version__ if hasattr(kvpress, '__version__') else '0.5.5', 'transformers', transformers.__version__)"
+"$venv/bin/python" -c "from importlib.metadata import version as v; print('kvpress environment:', *(f'{p} {v(p)}' for p in ('kvpress', 'transformers', 'torch')))"
