@@ -113,11 +113,16 @@ def _answer(lm, tokens: torch.Tensor) -> str:
     return lm.tokenizer.decode(tokens[: ends[0] + 1] if ends else tokens, skip_special_tokens=True)
 
 
-def kvpress_side(folder: Path, items: list[dict], ratios: list[float], steps: int, venv: Path) -> dict:
-    """The worker's answer for every item and ratio (see ``kvpress_worker.py``)."""
+def venv_python(venv: Path) -> Path:
+    """The kvpress environment's interpreter, checked before any model loads."""
     python = venv / "bin" / "python"
     if not python.is_file():
         raise SparekitError(f"no kvpress environment at {venv}", "run: bash scripts/kvpress_env.sh")
+    return python
+
+
+def kvpress_side(folder: Path, items: list[dict], ratios: list[float], steps: int, python: Path) -> dict:
+    """The worker's answer for every item and ratio (see ``kvpress_worker.py``), run by ``python``."""
     with tempfile.TemporaryDirectory() as tmp:
         request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
         request.write_text(json.dumps({"model": str(folder), "ratios": ratios, "steps": steps, "items": items}))
@@ -126,7 +131,8 @@ def kvpress_side(folder: Path, items: list[dict], ratios: list[float], steps: in
         proc = subprocess.run([str(python), str(Path(__file__).with_name("kvpress_worker.py")), str(request),
                                str(answer)], check=False, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            raise SparekitError(f"the kvpress worker failed: {proc.stderr.strip().splitlines()[-1]}")
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise SparekitError(f"the kvpress worker failed: {last}")
         return json.loads(answer.read_text())
 
 
@@ -149,7 +155,7 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     # n a multiple of 4: n * (1 - r) is whole at r = 0.25 and 0.5, where the two count rules then agree
     items = [{"id": i, "context": ids[: len(ids) - len(ids) % 4], "question": question, "key": key}
              for i, (ids, key) in enumerate(contexts)]
-    theirs = kvpress_side(resolve_source(name)[0], items, args.ratios, args.steps, args.venv)
+    theirs = kvpress_side(resolve_source(name)[0], items, args.ratios, args.steps, venv_python(args.venv))
     by_key = {(r["item"], r["ratio"]): r for r in theirs["results"]}
     grid = [(setting, ratio) for setting in ("matched", "default") for ratio in args.ratios]
     rows = {cell: {"model": name, "setting": cell[0], "ratio": cell[1], "classes": Counter(), "layers": {},
@@ -195,10 +201,11 @@ def main() -> None:
     args = parser.parse_args()
     args.ratios = [float(r) for r in args.ratios.split(",")]
     torch.set_num_threads(1)
-    print("| model | sparekit settings | ratio | (layer, KV head) × prompts | equal | explained differences | other "
-          "| answers equal |")
-    print("|---|---|---|---|---|---|---|---|")
     try:
+        venv_python(args.venv)
+        print("| model | sparekit settings | ratio | (layer, KV head) × prompts | equal | explained differences "
+              "| other | answers equal |")
+        print("|---|---|---|---|---|---|---|---|")
         rows = [row for name in args.models.split(",") for row in run_model(name, args)]
     except SparekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
