@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 
 from sparekit.evaluation.generation import tokenize
-from sparekit.kv import KVCompressor, cache_bytes
+from sparekit.kv import KVCompressor, L2Press, cache_bytes
 from sparekit.kv.bench import PASSKEY_QUESTION, _prompt_pass, decode, passkey_items
 from sparekit.models import load_model
 
@@ -55,9 +55,8 @@ def one_round(lm, enc: dict, ratios: list[float], new_tokens: int) -> dict:
     cache, last = _prompt_pass(lm, enc)
     out = {"prefill_s": time.perf_counter() - start, "uncompressed_bytes": cache_bytes(cache)}
     for ratio in ratios:
-        settings = {"ratio": ratio, "method": "l2"} if ratio else None
         with timed_pruning() as spent:
-            _, stats = decode(lm, enc, cache, last, new_tokens, settings)
+            _, stats = decode(lm, enc, cache, last, new_tokens, L2Press(ratio=ratio) if ratio else None)
         out[ratio] = {"kv_bytes": stats["kv_bytes"], "compress_s": sum(spent),
                       "per_token_s": (stats["decode_s"] - sum(spent)) / (new_tokens - 1)}
     return out

@@ -36,7 +36,7 @@ from kvpress_worker import kept_positions  # this folder's worker: it needs noth
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
-from sparekit.kv import keep_counts, kv_compress
+from sparekit.kv import Press, keep_counts, make_press
 from sparekit.kv.bench import PASSKEY_QUESTION, _prompt_pass, decode, passkey_items
 from sparekit.models import load_model
 from sparekit.models.loading import resolve_source
@@ -44,7 +44,6 @@ from sparekit.utils.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MATCHED = {"skip_layers": (), "min_length": 0, "keep_last": 0}
-DEFAULT_KEEP_LAST = 8
 TIE = 1e-6
 
 
@@ -91,13 +90,13 @@ def classify(sparekit: list[int] | None, kvpress: list[int], norms: torch.Tensor
 
 
 @torch.inference_mode()
-def sparekit_side(lm, enc: dict, prompt: tuple, question: torch.Tensor, settings: dict, steps: int) -> dict:
+def sparekit_side(lm, enc: dict, prompt: tuple, question: torch.Tensor, press: Press, steps: int) -> dict:
     """Kept positions per layer (None: sliding, left whole) and the answer, after the prompt pass ``prompt``."""
     cache, last = prompt
-    tokens, _ = decode(lm, enc, cache, last, steps, settings, question=question)
+    tokens, _ = decode(lm, enc, cache, last, steps, press, question=question)
     pruned = copy.deepcopy(cache)  # decode prunes a copy of its own: prune one more to read what it keeps
     n, q = enc["input_ids"].shape[1], question.shape[1]
-    with kv_compress(lm, **settings):
+    with press(lm):
         lm.model(input_ids=question, attention_mask=torch.ones(1, n + q, dtype=torch.long),
                  position_ids=torch.arange(n, n + q)[None], use_cache=True, **{cache_keyword(lm.model): pruned})
     kept = {layer: None if before.is_sliding else kept_positions(before.keys, after.keys[:, :, :-q])
@@ -166,10 +165,10 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
         prompt = _prompt_pass(lm, enc)
         norms = [layer.keys[0].float().norm(dim=-1) for layer in prompt[0].layers]
         for setting, ratio in grid:
-            settings = {"ratio": ratio, "method": "l2", **(MATCHED if setting == "matched" else {})}
-            ours = sparekit_side(lm, enc, prompt, torch.tensor([question]), settings, args.steps)
+            press = make_press("l2", ratio=ratio, **(MATCHED if setting == "matched" else {}))
+            ours = sparekit_side(lm, enc, prompt, torch.tensor([question]), press, args.steps)
             other, row = by_key[(item["id"], ratio)], rows[(setting, ratio)]
-            by_layer = compare(ours["kept"], other, norms, ratio, settings.get("keep_last", DEFAULT_KEEP_LAST))
+            by_layer = compare(ours["kept"], other, norms, ratio, press.keep_last)
             for layer, counts in by_layer.items():
                 row["classes"] += counts
                 row["layers"].setdefault(layer, Counter()).update(c for c in counts.elements() if c != "equal")

@@ -196,6 +196,12 @@ def cache_bytes(cache: Cache) -> int:
                for layer in cache.layers if getattr(layer, "keys", None) is not None)
 
 
+def mean_norm_spread(keys: torch.Tensor) -> float:
+    """Mean over heads of the coefficient of variation of key norms: how much L2 ranking can tell keys apart."""
+    norms = keys.float().norm(dim=-1)  # [b, h, seq]
+    return float((norms.std(-1) / norms.mean(-1).clamp_min(1e-12)).mean())
+
+
 def _find_cache(args: tuple, kwargs: dict) -> Cache | None:
     return next((v for v in (*args, *kwargs.values()) if isinstance(v, Cache)), None)
 
