@@ -126,10 +126,11 @@ def test_a_malformed_template_is_one_line_naming_the_relation(bad):
 
 
 def test_build_broad_cli_refuses_an_unknown_relation_before_loading_a_model(tmp_path, capsys):
-    assert main(["data", "build-broad", "--out", str(tmp_path / "b.jsonl"), "--relations", "capital,state_capital"]) == 2
+    out = tmp_path / "b.jsonl"
+    assert main(["data", "build-broad", "--out", str(out), "--relations", "capital,state_capital"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown relation 'state_capital'")
-    assert not (tmp_path / "b.jsonl").exists()
+    assert not out.exists()
 
 
 def test_passage_variant_wraps_each_fact_in_three_to_five_true_sentences(shipped):
@@ -151,3 +152,17 @@ def test_broad_is_a_dataset_name_everywhere(capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["dataset"] == "broad" and shown["examples"][0]["kind"]
     assert len(load_dataset("broad", limit=50, seed=1)) == 50
+
+
+def test_build_broad_cli_names_a_relation_the_model_does_not_know(tmp_path, tiny_llama, monkeypatch, capsys):
+    """A random model answers nothing closed-book: the build stops on the first relation short of items."""
+    import sparekit.models
+
+    monkeypatch.setattr(sparekit.models, "load_model", lambda *a, **k: tiny_llama)
+    out = tmp_path / "b.jsonl"
+    assert main(["data", "build-broad", "--out", str(out), "--relations", "weekday_abbreviation",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and "closed-book:" not in ln]  # no bar
+    assert len(err) == 1 and err[0].startswith("error: relation 'weekday_abbreviation': only 0 of 21 candidates")
+    assert "leave it out with --relations" in err[0] and not out.exists()
+    assert list((tmp_path / "cache" / "21").glob("closed-*.jsonl"))  # the predictions are kept for a rerun

@@ -43,7 +43,12 @@ PACKAGES = (*SOURCE_PACKAGES, "inflect", "wordfreq", "pint")
 
 @dataclass(frozen=True)
 class Relation:
-    """One relation of the corpus: where its facts come from and how they are asked and stated."""
+    """One relation of the corpus: where its facts come from and how they are asked and stated.
+
+    ``min_memorised``: the fewest closed-book-correct rows a build may keep (60 where the domain and the
+    model allow; less for small domains and for what the default model rarely knows); ``fill`` writes an
+    answer inside a sentence ("the Gambia"); ``pool``: at most this many candidate rows.
+    """
 
     name: str
     kind: str
@@ -56,14 +61,20 @@ class Relation:
 
 
 @functools.cache
-def _geography_sources() -> tuple[dict, dict, dict]:
-    """The default dataset's facts and sentences and GeoNames' countries, read once for the geography relations."""
+def _read_geography() -> tuple[dict, dict, dict]:
     return _facts(), _related_sentences(), _sources()[0]
+
+
+def _geography_sources(relation: str) -> tuple[dict, dict, dict]:
+    """The default dataset's facts and sentences and GeoNames' countries, read once for the geography relations."""
+    for package in SOURCE_PACKAGES:
+        bf.need(package, relation)
+    return _read_geography()
 
 
 def _geography(relation: str) -> list[bf.BroadFact]:
     """The default dataset's four relations, with its true sentences about each subject."""
-    facts, related, _ = _geography_sources()
+    facts, related, _ = _geography_sources(relation)
     return [bf.BroadFact(key, subject, answers, entity,
                          tuple(t.replace("{S}", subject) for t in related[f"{relation}-{key}"][1])
                          + tuple(bf.spelling_sentences(subject)))
@@ -72,7 +83,7 @@ def _geography(relation: str) -> list[bf.BroadFact]:
 
 def _capital_of(relation: str) -> list[bf.BroadFact]:
     """The capital relation read backwards: Paris -> France."""
-    facts, _, countries = _geography_sources()
+    facts, _, countries = _geography_sources(relation)
     out = []
     for code, _, capital, _ in clean_facts(facts["capital"]):
         country = _aliases(countries[code]["name"])
@@ -82,7 +93,7 @@ def _capital_of(relation: str) -> list[bf.BroadFact]:
 
 def _city_continent(relation: str) -> list[bf.BroadFact]:
     """The continent of the default dataset's cities, through their country: Osaka -> Asia."""
-    facts, related, countries = _geography_sources()
+    facts, related, countries = _geography_sources(relation)
     continent_of = {c["name"].strip(): CONTINENTS[c["continentcode"]] for c in countries.values()
                     if c["continentcode"] in CONTINENTS}
     return [bf.BroadFact(key, city, (continent_of[country[0]],), (continent_of[country[0]],),
@@ -142,7 +153,8 @@ RELATIONS = (
              ("What is the first letter of the word {subject}?", "Which letter does the word {subject} start with?"),
              ("The word {subject} starts with the letter {object}.", "The first letter of {subject} is {object}."),
              bf.first_letter_facts, pool=400),
-    Relation("unit_symbol", "science", ("What is the symbol for {subject}?", "What is the unit symbol of the {subject}?"),
+    Relation("unit_symbol", "science",
+             ("What is the symbol for {subject}?", "What is the unit symbol of the {subject}?"),
              ("The symbol for the {subject} is {object}.", "The {subject} is written {object} for short."),
              bf.unit_symbol_facts, 8),
     Relation("si_unit", "science", ("What is the SI unit of {subject}?", "In which SI unit is {subject} measured?"),
@@ -212,7 +224,8 @@ def _relation_rows(relation: Relation, seed: int) -> list[Row]:
             return _capitalise(template.format(subject=fact.subject, object=relation.fill(answer)))
 
         rows.append((ConflictExample(
-            id=f"{relation.name}-{fact.key}-q{q}", question=_capitalise(relation.questions[q].format(subject=fact.subject)),
+            id=f"{relation.name}-{fact.key}-q{q}",
+            question=_capitalise(relation.questions[q].format(subject=fact.subject)),
             org_context=context(fact.answers[0]), org_answer=fact.answers, sub_context=context(sub[0]), sub_answer=sub,
             relation=relation.name, kind=relation.kind), fact))
     return rows
@@ -235,7 +248,7 @@ def keep_memorised(candidates: ConflictDataset, closed_book: Callable[[ConflictD
     kept, first, stable, done = candidates, None, False, 0
     while not stable and done < rounds:
         answered = closed_book(kept)
-        first, done = first or answered.relation_counts(), done + 1
+        first, done = answered.relation_counts() if first is None else first, done + 1
         stable, kept = len(answered) == len(kept), answered
     counts, total = kept.relation_counts(), candidates.relation_counts()
     for relation in select(names):

@@ -78,7 +78,12 @@ def number_sentences(n: int, written: str, relation: str) -> list[str]:
     return [f"{written} is an {'even' if n % 2 == 0 else 'odd'} number.", f"{written} squared is {n * n}.",
             f"{written} in Roman numerals is {_roman(n)}.",
             f"{written} written in words is {words}." if written != words else f"{written} is written {n} in digits.",
-            f"{written} has {len(str(n))} digit{'s' if n > 9 else ''}."]
+            f"{written} has {len(str(n))} digit{'s' if n > 9 else ''}.", f"{written} times ten is {10 * n}.",
+            f"{written} is {'' if _is_prime(n) else 'not '}a prime number."]
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
 def _number_answer(n: int, relation: str) -> tuple[str, ...]:
@@ -121,7 +126,8 @@ def first_letter_facts(relation: str) -> list[BroadFact]:
 def month_abbreviation_facts(relation: str) -> list[BroadFact]:
     """Jan -> January (May, its own abbreviation, is left out as self-answering)."""
     return [BroadFact(calendar.month_abbr[m], calendar.month_abbr[m], (calendar.month_name[m],),
-                      (calendar.month_name[m],), tuple(spelling_sentences(calendar.month_abbr[m]))) for m in range(1, 13)]
+                      (calendar.month_name[m],), tuple(spelling_sentences(calendar.month_abbr[m])))
+            for m in range(1, 13)]
 
 
 def weekday_facts(relation: str) -> list[BroadFact]:

@@ -1,9 +1,10 @@
 """Conflict examples in the NQ-Swap schema, strict JSONL loading and group-wise splits.
 
 A row has ``question, org_context, org_answer, sub_context, sub_answer`` (answers are
-lists of aliases) and optionally ``id``, ``relation`` and ``kind`` (the kind of knowledge a relation belongs to). Rows sharing ``question``
-form one *question group*: splits and demonstrations are drawn by group, so the same
-question never leaks between train and test or from a demo into its own test item.
+lists of aliases) and optionally ``id``, ``relation`` and ``kind`` (the kind of knowledge the
+relation belongs to). Rows sharing ``question`` form one *question group*: splits and
+demonstrations are drawn by group, so the same question never leaks between train and test or
+from a demo into its own test item.
 """
 
 from __future__ import annotations

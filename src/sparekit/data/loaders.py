@@ -74,8 +74,8 @@ def _nqswap() -> ConflictDataset:
 
 def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
                  context_match: ContextMatch | None = None) -> ConflictDataset:
-    """Load ``default``, ``broad`` (and their ``-passages`` variants), ``nqswap`` or a JSONL(.gz) path; ``limit`` keeps a seeded sample of rows
-    drawn as whole question groups.
+    """Load ``default``, ``broad`` (and their ``-passages`` variants), ``nqswap`` or a JSONL(.gz) path;
+    ``limit`` keeps a seeded sample of rows drawn as whole question groups.
 
     ``context_match`` overrides the "uses context" rule (``answer`` or ``substring``);
     by default files named ``*macnoise*`` use ``substring``.
