@@ -54,7 +54,7 @@ def test_every_relation_is_asked_and_stated_two_ways(shipped):
     by_relation: dict[str, set[str]] = {}
     for ex in shipped:
         by_relation.setdefault(ex.relation, set()).add(ex.id.rsplit("-q", 1)[1])
-    assert sum(len(phrasings) >= 2 for phrasings in by_relation.values()) >= 14
+    assert all(len(phrasings) >= 2 for phrasings in by_relation.values()), by_relation
 
 
 def test_substitutes_are_of_the_same_type_and_share_nothing_with_the_answer(shipped):
