@@ -102,7 +102,8 @@ def _city_continent(relation: str) -> list[bf.BroadFact]:
             for key, city, country, _ in clean_facts(facts["city_country"]) if country[0] in continent_of]
 
 
-def _table(table: dict, relation: str) -> list[bf.BroadFact]:
+def _table(table: dict[str, str | tuple[str, ...]], relation: str) -> list[bf.BroadFact]:
+    """A hand table in the facts signature (no package to name when missing)."""
     return bf.table_facts(table)
 
 

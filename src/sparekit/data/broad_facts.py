@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import functools
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 from typing import NamedTuple
 
@@ -90,7 +91,7 @@ def _number_answer(n: int, relation: str) -> tuple[str, ...]:
     return (str(n), _number_words(n, relation))
 
 
-def pair_facts(relation: str, low: int, high: int, op) -> list[BroadFact]:
+def pair_facts(relation: str, low: int, high: int, op: Callable[[int, int], int]) -> list[BroadFact]:
     """``a op b`` for every pair in [low, high]², the subject written "a and b"."""
     facts = []
     for a in range(low, high + 1):
