@@ -48,7 +48,7 @@ def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, see
 class CaptureExperiment:
     """``sparekit capture``: activations of a conflict dataset or a text corpus in a sharded, resumable store."""
 
-    dataset: str | None = option(None, help="Conflict dataset: default, default-passages, nqswap or a .jsonl(.gz) path.")
+    dataset: str | None = option(None, help="Conflict dataset: default, default-passages, broad, broad-passages, nqswap or a .jsonl(.gz) path.")
     texts: str | None = option(None, help="Corpus: .txt (one text per line) or .jsonl with 'text' (and optional 'id').")
     context: str = option("sub", choices=("sub", "org", "none"), help="With --dataset: which context the test item carries.")
     k_shot: int = option(3, min=0, max=16, help="With --dataset: demonstrations.")

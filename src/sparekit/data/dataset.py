@@ -1,9 +1,10 @@
 """Conflict examples in the NQ-Swap schema, strict JSONL loading and group-wise splits.
 
 A row has ``question, org_context, org_answer, sub_context, sub_answer`` (answers are
-lists of aliases) and optionally ``id`` and ``relation``. Rows sharing ``question``
-form one *question group*: splits and demonstrations are drawn by group, so the same
-question never leaks between train and test or from a demo into its own test item.
+lists of aliases) and optionally ``id``, ``relation`` and ``kind`` (the kind of knowledge the
+relation belongs to). Rows sharing ``question`` form one *question group*: splits and
+demonstrations are drawn by group, so the same question never leaks between train and test or
+from a demo into its own test item.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sparekit.errors import SparekitError
 from sparekit.utils.io import atomic_path, check_readable
 
 REQUIRED_FIELDS = ("question", "org_context", "org_answer", "sub_context", "sub_answer")
-OPTIONAL_FIELDS = ("id", "relation")
+OPTIONAL_FIELDS = ("id", "relation", "kind")
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -51,6 +52,7 @@ class ConflictExample:
     sub_context: str
     sub_answer: tuple[str, ...]
     relation: str | None = None
+    kind: str | None = None
 
     @property
     def group(self) -> str:
@@ -63,6 +65,8 @@ class ConflictExample:
                "sub_answer": list(self.sub_answer)}
         if self.relation is not None:
             row["relation"] = self.relation
+        if self.kind is not None:
+            row["kind"] = self.kind
         return row
 
 
@@ -227,9 +231,9 @@ def parse_row(row: object, where: str, default_id: str) -> ConflictExample:
     for field in ("question", "org_context", "sub_context"):
         if not isinstance(row[field], str) or not row[field].strip():
             raise SparekitError(f"{where}: field {field!r} must be a non-empty string")
-    relation = row.get("relation")
-    if relation is not None and not isinstance(relation, str):
-        raise SparekitError(f"{where}: field 'relation' must be a string")
+    for field in ("relation", "kind"):
+        if row.get(field) is not None and not isinstance(row[field], str):
+            raise SparekitError(f"{where}: field {field!r} must be a string")
     return ConflictExample(
         id=row_id(row, default_id, where),
         question=row["question"].strip(),
@@ -237,7 +241,8 @@ def parse_row(row: object, where: str, default_id: str) -> ConflictExample:
         org_answer=_answers(row["org_answer"], "org_answer", where),
         sub_context=row["sub_context"].strip(),
         sub_answer=_answers(row["sub_answer"], "sub_answer", where),
-        relation=relation,
+        relation=row.get("relation"),
+        kind=row.get("kind"),
     )
 
 

@@ -170,16 +170,22 @@ def _substitute(answers: tuple[str, ...], pool: list[tuple[str, ...]], rng: rand
     return rng.choice([entity for entity in pool if not (_norms(entity) & taken)])
 
 
+def clean_facts(all_facts: list[Fact]) -> list[Fact]:
+    """One fact per subject (a GeoNames name can be listed twice in one country), no self-answering question."""
+    facts: dict[str, Fact] = {}
+    for fact in all_facts:
+        if fact[1] not in facts and not _gives_away(fact[1], fact[3]):
+            facts[fact[1]] = fact
+    return list(facts.values())
+
+
 def build_default_dataset(seed: int = 0) -> ConflictDataset:
     """The default dataset: one row per fact of every relation, with a seeded substitution."""
     rows: list[ConflictExample] = []
     for relation, all_facts in _facts().items():
-        facts: dict[str, Fact] = {}
-        for fact in all_facts:  # skip a GeoNames name listed twice in one country and self-answering questions
-            if fact[1] not in facts and not _gives_away(fact[1], fact[3]):
-                facts[fact[1]] = fact
-        pool = _entity_pool(list(facts.values()))
-        for key, subject, aliases, _ in facts.values():
+        facts = clean_facts(all_facts)
+        pool = _entity_pool(facts)
+        for key, subject, aliases, _ in facts:
             rng = random.Random(f"{seed}:{relation}:{key}")
             template = rng.choice(TEMPLATES[relation])
             sub = _substitute(aliases, pool, rng)

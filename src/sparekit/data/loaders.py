@@ -1,7 +1,9 @@
 """Resolve a dataset name or path to a :class:`ConflictDataset`, local files first.
 
 ``default`` is the embedded country-facts dataset shipped in the package
-(``default-passages``: the same rows with paragraph contexts); ``nqswap``
+(``default-passages``: the same rows with paragraph contexts); ``broad`` is the embedded broad
+corpus of many relations in several kinds (``broad-passages`` its paragraph variant, built by
+``sparekit data build-broad``); ``nqswap``
 is the NQ-Swap dev file shipped in the package (``assets/datasets/nqswap``, with its
 provenance and CC BY-SA 3.0 note), or, only where that file was removed and a hub is
 reachable, the hub id ``pminervini/NQ-Swap`` through the optional ``datasets`` package;
@@ -19,9 +21,11 @@ from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 
 NQSWAP_HUB_ID = "pminervini/NQ-Swap"
-DATASET_NAMES = ("default", "default-passages", "nqswap")
+DATASET_NAMES = ("default", "default-passages", "broad", "broad-passages", "nqswap")
 DEFAULT_ASSET = Path(__file__).resolve().parents[1] / "assets" / "datasets" / "default.jsonl"
 PASSAGES_ASSET = DEFAULT_ASSET.with_name("default-passages.jsonl")
+BROAD_ASSET = DEFAULT_ASSET.with_name("broad.jsonl")
+BROAD_PASSAGES_ASSET = DEFAULT_ASSET.with_name("broad-passages.jsonl")
 NQSWAP_LOCAL = DEFAULT_ASSET.parent / "nqswap" / "dev.jsonl.gz"
 
 
@@ -35,6 +39,15 @@ def _default_dataset() -> ConflictDataset:
             write_default_dataset(build_default_dataset(), cached)
         return read_jsonl(cached, name="default")
     return read_jsonl(DEFAULT_ASSET, name="default")
+
+
+def _broad(name: str) -> ConflictDataset:
+    """The shipped broad corpus: rebuilding it runs the model's closed-book filter, so it is never built silently."""
+    path = BROAD_ASSET if name == "broad" else BROAD_PASSAGES_ASSET
+    if not path.is_file():
+        raise SparekitError(f"the {name} dataset is not in this installation ({path})",
+                            "reinstall sparekit, or build it with 'sparekit data build-broad --out F' and pass F")
+    return read_jsonl(path, name=name)
 
 
 def _nqswap() -> ConflictDataset:
@@ -61,8 +74,8 @@ def _nqswap() -> ConflictDataset:
 
 def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
                  context_match: ContextMatch | None = None) -> ConflictDataset:
-    """Load ``default``, ``nqswap`` or a JSONL(.gz) path; ``limit`` keeps a seeded sample of rows
-    drawn as whole question groups.
+    """Load ``default``, ``broad`` (and their ``-passages`` variants), ``nqswap`` or a JSONL(.gz) path;
+    ``limit`` keeps a seeded sample of rows drawn as whole question groups.
 
     ``context_match`` overrides the "uses context" rule (``answer`` or ``substring``);
     by default files named ``*macnoise*`` use ``substring``.
@@ -72,6 +85,8 @@ def load_dataset(name_or_path: str, limit: int | None = None, seed: int = 0,
         dataset = _default_dataset()
     elif name == "default-passages":
         dataset = read_jsonl(PASSAGES_ASSET, name="default-passages")
+    elif name in ("broad", "broad-passages"):
+        dataset = _broad(name)
     elif name == "nqswap":
         dataset = _nqswap()
     elif Path(name).suffix in (".jsonl", ".gz", ".json") or Path(name).exists():

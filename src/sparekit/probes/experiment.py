@@ -188,7 +188,7 @@ def fit_probe(data: ProbingData, target: str, site: Site, seed: int, model_hash:
 class ProbeExperiment:
     """``sparekit probe``: per-layer conflict/source probes on a dataset, saved with plots in a run directory."""
 
-    dataset: str = option("default", help="default, default-passages, nqswap or a .jsonl(.gz) path.")
+    dataset: str = option("default", help="default, default-passages, broad, broad-passages, nqswap or a .jsonl(.gz) path.")
     eval_dataset: str | None = option(None, help="Also score probes fitted on --dataset on this dataset.")
     model: str = model_field()
     layers: str = option("all", help="all, 6, 4,8,12 or 4-8.")

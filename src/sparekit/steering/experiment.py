@@ -17,7 +17,7 @@ from sparekit.utils.config import config_dict, device_field, device_map_field, m
 
 @dataclasses.dataclass
 class _BenchRun(BenchConfig):
-    dataset: str = option("default", short="-d", help="default, default-passages, nqswap, or a JSONL path.")
+    dataset: str = option("default", short="-d", help="default, default-passages, broad, broad-passages, nqswap, or a JSONL path.")
     model: str = model_field()
     out: str | None = option(None, help="Run directory (default runs/bench-steer-<dataset>-<model>); rerun to resume.")
     device: str | None = device_field()

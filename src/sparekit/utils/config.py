@@ -76,7 +76,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str, **cli: Any) -> Any:
 
 
 MODEL_HELP = "'default' (Gemma 3 270M), 'smollm2-135m', a hub id, a local folder or a .gguf file."
-DATASET_HELP = "'default', 'default-passages', 'nqswap' or a .jsonl/.jsonl.gz path in the NQ-Swap schema."
+DATASET_HELP = ("'default', 'default-passages', 'broad', 'broad-passages', 'nqswap' or a .jsonl/.jsonl.gz path in "
+                "the NQ-Swap schema.")
 DTYPE_HELP = "float32, bfloat16 or float16."
 DEVICE_HELP = "cpu, cuda, cuda:1 … (default: cuda if available)."
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
