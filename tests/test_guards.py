@@ -12,12 +12,7 @@ from sparekit.data import load_dataset
 from sparekit.probes.linear import LinearProbe
 from sparekit.steering import BehaviourData, make_method
 from sparekit.utils import guards
-from sparekit.utils.guards import (
-    MIN_BEHAVIOUR_PER_SIDE,
-    MIN_PROBE_ROWS_PER_CLASS,
-    SmallDataWarning,
-    warn_small_data,
-)
+from sparekit.utils.guards import MIN_BEHAVIOUR_PER_SIDE, MIN_PROBE_ROWS_PER_CLASS, SmallDataWarning, warn_small_data
 
 
 @pytest.fixture(autouse=True)
