@@ -65,8 +65,8 @@ def main() -> None:
             continue
         runs: dict[str, list[float]] = {"before": [], "after": []}
         for _ in range(args.rounds):
-            for side in runs:
-                runs[side].append(timed(argv, getattr(args, side), first_line, args.cap))
+            for side, times in runs.items():
+                times.append(timed(argv, getattr(args, side), first_line, args.cap))
         before, after = (statistics.median(runs[s]) for s in ("before", "after"))
         shown = [f"> {args.cap:.0f}" if t == float("inf") else f"{t:.2f}" for t in (before, after)]
         ratio = f"{before / after:.1f}x" if after not in (0, float("inf")) and before != float("inf") else \

@@ -25,9 +25,10 @@ def fresh_guards():
 
 def test_warns_once_per_kind_with_the_counts_and_the_fix():
     with pytest.warns(SmallDataWarning) as seen:
-        assert warn_small_data("x fit", {"a": 3, "b": 40}, 32, "pass more")
-        assert warn_small_data("x fit", {"a": 2, "b": 40}, 32, "pass more")  # too small again, said once
-        assert warn_small_data("y fit", {"a": 1}, 32, "pass more")
+        answers = [warn_small_data("x fit", {"a": 3, "b": 40}, 32, "pass more"),
+                   warn_small_data("x fit", {"a": 2, "b": 40}, 32, "pass more"),  # too small again: said once
+                   warn_small_data("y fit", {"a": 1}, 32, "pass more")]
+    assert answers == [True, True, True]
     assert [str(w.message) for w in seen] == ["x fit on too little data: 3 a, 40 b (fewer than 32); pass more",
                                               "y fit on too little data: 1 a (fewer than 32); pass more"]
     with warnings.catch_warnings():

@@ -175,7 +175,8 @@ def run_shell(command: str, cwd: Path, timeout: float = 600) -> subprocess.Compl
     src = str(Path(sparekit.__file__).resolve().parents[1])
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def test_block_parser_sees_skips_and_line_numbers():

@@ -23,8 +23,8 @@ def _render_fingerprint(fp: dict | None) -> list[str]:
     if fp["ok"] is None:
         return [f"fingerprint: no reference for {fp['model']!r} (only short-name models have one)"]
     verdict = "ok" if fp["ok"] else "MISMATCH: this stack computes different logits; see the README's tested range"
-    return [f"fingerprint of {fp['model']}: {verdict} (max |Δ log p| {fp['max_abs_diff']:.2g}, "
-            f"tolerance {fp['tolerance']})"]
+    return [(f"fingerprint of {fp['model']}: {verdict} (max |Δ log p| {fp['max_abs_diff']:.2g}, "
+             f"tolerance {fp['tolerance']})")]
 
 
 @click.command()

@@ -61,7 +61,7 @@ class LazyGroup(click.Group):
 _python_show_warning = warnings.showwarning
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' API)
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """sparekit's own warnings (too little data, …) as one line, like its errors; others as Python shows them."""
     if issubclass(category, SmallDataWarning):
         click.echo(f"warning: {message}", err=True)
