@@ -77,8 +77,10 @@ def kv() -> None:
 @_options
 @click.option("--tasks", default="passkey,needle,perplexity", show_default=True)
 @click.option("--lengths", default="512,1024", show_default=True, help="Prompt lengths in tokens.")
-@click.option("--items", default=4, show_default=True, type=click.IntRange(1), help="Prompts (or perplexity windows) per task and length.")
-@click.option("--min-length", default=128, show_default=True, type=click.IntRange(0), help="Prompts shorter than this are not compressed.")
+@click.option("--items", default=4, show_default=True, type=click.IntRange(1),
+              help="Prompts (or perplexity windows) per task and length.")
+@click.option("--min-length", default=128, show_default=True, type=click.IntRange(0),
+              help="Prompts shorter than this are not compressed.")
 def bench(model, ratios, methods, skip_layers, keep_last, seed, batch_size, out, device, as_json, tasks, lengths,
           items, min_length):
     """Passkey and needle accuracy and perplexity vs compression ratio, every method side by side.
