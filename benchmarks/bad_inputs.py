@@ -75,7 +75,7 @@ class Row:
 
 
 def message_lines(text: str) -> list[str]:
-    """The lines a person reads as messages: progress bars (tqdm's ``42%|███``) and weight-loading bars left out."""
+    """The lines a person reads as messages: progress bars (tqdm's ``42%|███``, weight loading) left out."""
     return [ln for ln in text.strip().splitlines()
             if ln.strip() and "Loading weights" not in ln and not PROGRESS.search(ln)]
 
@@ -121,7 +121,8 @@ class Sweep:
 
     def line(self, text: str) -> str:
         lines = message_lines(text)
-        shown = " ⏎ ".join(lines[-2:]) if len(lines) > 1 and lines[-1].startswith("  ") else (lines[-1] if lines else "")
+        last = lines[-1] if lines else ""
+        shown = " ⏎ ".join(lines[-2:]) if len(lines) > 1 and last.startswith("  ") else last
         return shown.replace(str(self.tmp), "$TMP")
 
     def table(self) -> str:
@@ -219,7 +220,8 @@ def issue17(s: Sweep) -> None:
     s.cli("Gemma Scope params.npz with an object array", ["sae", "convert", str(npz), str(tmp / "o4")], tmp / "o4")
     blocker = write(tmp / "a-file", "x")
     s.cli("--out under a file: eval", ["eval", "--limit", "4", "--out", str(blocker / "x")])
-    s.cli("--out under a file: capture", ["capture", "--dataset", "default", "--limit", "4", "--out", str(blocker / "x")])
+    s.cli("--out under a file: capture", ["capture", "--dataset", "default", "--limit", "4",
+                                           "--out", str(blocker / "x")])
     s.cli("--out under a file: sae convert", ["sae", "convert", str(sae_copy(tmp, "topk", "ok")), str(blocker / "x")])
     s.cli("--out under a file: data build-default", ["data", "build-default", "--out", str(blocker / "x.jsonl")])
     resume_after_a_cut_chunk(s, tmp)
@@ -274,7 +276,8 @@ def issue30_models(s: Sweep, tmp: Path) -> None:
     s.cli("N46 model folder with garbage weights", ["generate", "hi", "-m", str(model_folder(tmp, "garbage_weights"))])
     trunc = write(tmp / "model" / "trunc_1MB.gguf", default_gguf().read_bytes()[:1 << 20])
     s.cli("N47 truncated .gguf", ["generate", "hi", "-m", str(trunc)])
-    s.cli("N47b .gguf that is not a GGUF", ["generate", "hi", "-m", str(write(tmp / "model" / "x.gguf", os.urandom(5000)))])
+    not_gguf = write(tmp / "model" / "x.gguf", os.urandom(5000))
+    s.cli("N47b .gguf that is not a GGUF", ["generate", "hi", "-m", str(not_gguf)])
     s.cli("N52 --device cuda without CUDA", ["generate", "hi", "--device", "cuda"],
           expect="ok" if torch.cuda.is_available() else "refuse")
     s.cli("N53 --device tpu", ["generate", "hi", "--device", "tpu"])
