@@ -13,4 +13,5 @@ venv=${SPAREKIT_LOW_VENV:-${TMPDIR:-/tmp}/sparekit-transformers-$low}
 "$venv/bin/python" -m pip install -q "transformers==$low.*"
 "$venv/bin/python" -c "import transformers; print('lowest allowed transformers:', transformers.__version__)"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_hooks.py tests/test_fingerprint.py \
-  tests/test_generation.py tests/test_steering_baselines.py tests/test_spare.py tests/test_gate.py tests/test_models.py
+  tests/test_generation.py tests/test_steering_baselines.py tests/test_spare.py tests/test_gate.py tests/test_models.py \
+  tests/test_read_then_steer.py "tests/test_serve.py::test_shared_prefix_is_computed_once_and_answers_stay_the_same"
