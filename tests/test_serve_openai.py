@@ -132,3 +132,16 @@ def test_langchain_chat_openai_against_the_server(server, engine, lm):
     assert body["choices"][0]["sparekit"]["steered"] is True
     assert json.loads(json.dumps(reply.response_metadata.get("token_usage", {}))).get("total_tokens") == \
         body["usage"]["total_tokens"]
+
+
+def test_a_bare_model_refuses_detect_and_steer_by_param(lm):
+    """No probes and no fitted method (a hub model without sparekit assets): 400s that say so, by param."""
+    with serving(build_engine(lm), Limits(max_tokens=8)) as (_, url):
+        status, body = post(url + "/v1/completions", {"prompt": "x", "max_tokens": 2, "sparekit": {"detect": True}})
+        assert status == 400 and body["error"]["param"] == "sparekit.detect" and "--probe" in body["error"]["message"]
+        status, body = post(url + "/v1/completions", {"prompt": "x", "max_tokens": 2,
+                                                      "sparekit": {"steer": {"method": "spare", "toward": "memory"}}})
+        assert status == 400 and body["error"]["param"] == "sparekit.steer.method"
+        assert "valid methods: none" in body["error"]["message"]
+        status, body = post(url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        assert status == 200 and body["sparekit"]["steered"] is False
