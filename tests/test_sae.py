@@ -323,3 +323,46 @@ def test_corpus_holds_out_question_groups_without_overlap(nqswap_path):
     assert 0.05 < len(held) / (len(train) + len(held)) < 0.2
     assert not any("<P>" in p or "</P>" in p for p in train + held)
     assert nqswap_passages(nqswap_path, holdout=0.1, seed=1)[1] != held
+
+
+def test_gemma_scope_2_loads_by_its_saelens_name_from_the_hub_layout(tmp_path, monkeypatch):
+    """The hub is not reachable here: a fixture folder with the hub repository's layout stands in for it."""
+    import huggingface_hub
+
+    w = _weights()
+    repo_root = tmp_path / "hub"
+    folder = repo_root / "resid_post_all" / "layer_9_width_16k_l0_medium"
+    folder.mkdir(parents=True)
+    save_file({k.lower(): torch.from_numpy(v) for k, v in w.items()}, str(folder / "params.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"hf_hook_point_in": "model.layers.9.output"}))
+    asked = []
+
+    def download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(repo_root / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    sae = load_sae("gemma-scope-2-270m-pt-res-all/layer_9_width_16k_l0_medium")
+    assert asked == [("google/gemma-scope-2-270m-pt", "resid_post_all/layer_9_width_16k_l0_medium/params.safetensors"),
+                     ("google/gemma-scope-2-270m-pt", "resid_post_all/layer_9_width_16k_l0_medium/config.json")]
+    assert sae.architecture == "jumprelu" and sae.hook_layer == 9 and sae.d_sae == D_SAE
+    x = np.random.default_rng(1).normal(0, 1, (5, D_IN)).astype(np.float32)
+    np.testing.assert_allclose(sae(torch.from_numpy(x)).detach().numpy(), _reference(w, x, "jumprelu", False),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_gemma_scope_2_without_the_hub_is_one_line(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(repo_id, filename, **kwargs):
+        raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic "
+                                      "has been disabled.\nmore")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(SparekitError, match=r"cannot fetch gemma-scope-2-270m-pt-res/layer_5_width_16k_l0_small "
+                                            r"\(google/gemma-scope-2-270m-pt/resid_post/") as err:
+        load_sae("gemma-scope-2-270m-pt-res/layer_5_width_16k_l0_small")
+    assert "\n" not in str(err.value)
+    with pytest.raises(SparekitError, match="missing SAE path"):  # not a release name: read as a path
+        load_sae("gemma-scope-2-270m-pt-res/not_an_sae_id")

@@ -301,6 +301,37 @@ def shipped_saes(model: ModelInfo | str = "default") -> dict[int, Path]:
     return assets.saes() if assets is not None else {}
 
 
+#: SAELens release names of Gemma Scope 2's residual-stream SAEs: ``gemma-scope-2-<size>-<pt|it>-res[-all]``
+_GEMMA_SCOPE_2 = re.compile(r"gemma-scope-2-(?P<size>[0-9.]+[mb])-(?P<variant>pt|it)-(?P<site>res|res-all)"
+                            r"/(?P<sae_id>layer_\d+_width_\w+_l0_\w+)")
+_GEMMA_SCOPE_2_FOLDERS = {"res": "resid_post", "res-all": "resid_post_all"}
+
+
+def gemma_scope_2(name: str) -> Path | None:
+    """The local folder of a Gemma Scope 2 SAE named ``<SAELens release>/<SAE id>``, fetched from the hub once.
+
+    ``gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium`` reads
+    ``google/gemma-scope-2-270m-pt``, folder ``resid_post/layer_9_width_16k_l0_medium``
+    (``-res-all``: ``resid_post_all``). ``None`` when ``name`` is not such a name.
+    """
+    match = _GEMMA_SCOPE_2.fullmatch(name)
+    if match is None:
+        return None
+    from huggingface_hub import hf_hub_download  # deliberately lazy: only a hub name needs the hub client
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo = f"google/gemma-scope-2-{match['size']}-{match['variant']}"
+    folder = f"{_GEMMA_SCOPE_2_FOLDERS[match['site']]}/{match['sae_id']}"
+    try:
+        for file in ("params.safetensors", "config.json"):
+            weights = Path(hf_hub_download(repo, f"{folder}/{file}")).parent
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise SparekitError(f"cannot fetch {name} ({repo}/{folder}) from the Hugging Face hub: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                            "connect to the hub once (it is cached), or download the folder and pass its path") from None
+    return weights
+
+
 def load_sae(
     path: str | Path = "default",
     layer: int | None = None,
@@ -309,15 +340,16 @@ def load_sae(
 ) -> SAE:
     """Load an SAE from any supported format (float32, eval mode).
 
-    ``path="default"`` with ``layer=L`` returns the SAE shipped for Gemma 3 270M.
-    ``layer`` overrides the layer read from the files. With ``model_info`` the SAE's
-    width and layer are checked against the model.
+    ``path="default"`` with ``layer=L`` returns the SAE shipped for Gemma 3 270M; a Gemma Scope 2
+    name such as ``"gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium"`` fetches that SAE
+    from the hub (:func:`gemma_scope_2`). ``layer`` overrides the layer read from the files.
+    With ``model_info`` the SAE's width and layer are checked against the model.
     """
     if str(path) == "default":
         if layer is None:
             raise SparekitError("load_sae('default') needs layer=", "shipped layers: see sparekit.sae.shipped_layers()")
         path = default_sae_path(layer)
-    path = Path(path).expanduser()
+    path = gemma_scope_2(str(path)) or Path(path).expanduser()
     if not path.exists():
         raise SparekitError(f"missing SAE path: {path}")
     fmt, target = detect_format(path)
