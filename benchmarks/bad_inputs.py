@@ -382,8 +382,8 @@ def unreadable_sae(s: Sweep, tmp: Path) -> None:
     folder = sae_copy(tmp, "topk", "rescale")
     os.chmod(folder / "sae_weights.safetensors", 0o600)
     nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups "
-    if os.geteuid() != 0 or subprocess.run(f"{nobody}{shlex.quote(sys.executable)} -c 'import sparekit'", shell=True,
-                                           env=ENV, capture_output=True).returncode != 0:
+    importable = f"{nobody}{shlex.quote(sys.executable)} -c 'import sparekit.cli.main'"  # the CLI, not the lazy package
+    if os.geteuid() != 0 or subprocess.run(importable, shell=True, env=ENV, capture_output=True).returncode != 0:
         print("N75 left out: run as root, and nobody cannot import this environment", file=sys.stderr)
         return
     for path in (s.tmp, tmp, folder):
