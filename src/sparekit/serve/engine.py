@@ -32,7 +32,7 @@ from sparekit.hooks import Hooks, Site
 from sparekit.kv import L2Press
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
-from sparekit.probes.reading import ProbeSet
+from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures
 from sparekit.serve.prefix import PrefixCache, prefixed_batch
 from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedSteering
@@ -277,14 +277,12 @@ class Engine:
 
         hooks = edit_rows(Hooks(self.lm), [self._edits(job.steer) if fire else None for job, fire in zip(jobs, fired)])
         late = [i for i, job in enumerate(jobs) if job.detect and readings[i] is None]
-        probe_sites = set(self.probes.sites.values()) if self.probes else set()
         if late:
-            for site in probe_sites:
-                hooks.capture(site, dtype=torch.float32)
+            capture_reading_sites(hooks, probes=self.probes)
 
         def first_step() -> None:  # the prompt pass has run: its captures hold the readings
             if late:
-                late_readings = self.probes.read({s: hooks[s] for s in probe_sites})
+                late_readings = read_captures(hooks, probes=self.probes).probes
                 for i in late:
                     readings[i] = late_readings[i]
             for i, job in enumerate(jobs):
@@ -304,13 +302,18 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], Any]:
-        """The batch's inputs, and the KV of a shared prompt prefix when one is kept (else ``None``)."""
+        """The batch's inputs, and the KV of a shared prompt prefix when one is kept (else ``None``).
+
+        Tokenized once, by :func:`tokenize` (which refuses a batch the model or the memory cannot take);
+        a kept prefix only lays the same token ids out again.
+        """
+        enc = tokenize(self.lm, texts)
         if self.prefixes is not None:
-            rows = self.lm.tokenizer(list(texts))["input_ids"]
+            rows = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
             length, cache = self.prefixes.lookup(rows)
             if cache is not None:
                 return prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm)), cache
-        return tokenize(self.lm, texts), None
+        return enc, None
 
     def _kv_compression(self) -> contextlib.AbstractContextManager:
         """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
