@@ -191,6 +191,17 @@ class GatedSAE(SAE):
         state["b_mag"] = self.b_mag - (shift @ self.W_enc) * self.r_mag.exp()
 
 
+def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_target: torch.Tensor,
+                add_idx: torch.Tensor, add_target: torch.Tensor) -> torch.Tensor:
+    """SpARE's residual change (:mod:`sparekit.steering.spare`): ``-W_dec^T z⁻ + W_dec^T z⁺`` with
+    z⁻ = min(target, z), z⁺ = max(target - z, 0). Here, with the SAE, so that it needs no transformers."""
+    z_minus = torch.zeros_like(z)
+    z_plus = torch.zeros_like(z)
+    z_minus[:, remove_idx] = torch.minimum(remove_target, z[:, remove_idx])
+    z_plus[:, add_idx] = torch.clamp(add_target - z[:, add_idx], min=0)
+    return sae.decode_delta(z_plus) - sae.decode_delta(z_minus)
+
+
 def topk_code(dense: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest entries of each row of a non-negative code."""
     values, indices = dense.topk(k, dim=-1, sorted=False)

@@ -48,7 +48,7 @@ from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel, parameter_hash
 from sparekit.models.placement import site_device
 from sparekit.sae import SAE, load_sae
-from sparekit.sae.base import sae_class
+from sparekit.sae.base import sae_class, spare_delta
 from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register
 from sparekit.steering.layered import MultiLayerMethod
 from sparekit.utils.arrays import to_numpy
@@ -119,16 +119,6 @@ def within_relation_information(z: torch.Tensor, labels: np.ndarray, relations: 
         mi += weight * feature_mutual_information(part, labels[rows], seed)
         diff += float(weight) * _mean_difference(part, labels[rows])
     return mi, diff
-
-
-def spare_delta(z: torch.Tensor, sae: SAE, remove_idx: torch.Tensor, remove_target: torch.Tensor,
-                add_idx: torch.Tensor, add_target: torch.Tensor) -> torch.Tensor:
-    """The residual change: ``-W_dec^T z⁻ + W_dec^T z⁺`` with z⁻ = min(target, z), z⁺ = max(target - z, 0)."""
-    z_minus = torch.zeros_like(z)
-    z_plus = torch.zeros_like(z)
-    z_minus[:, remove_idx] = torch.minimum(remove_target, z[:, remove_idx])
-    z_plus[:, add_idx] = torch.clamp(add_target - z[:, add_idx], min=0)
-    return sae.decode_delta(z_plus) - sae.decode_delta(z_minus)
 
 
 def _answer_tokens(data: BehaviourData) -> tuple[torch.Tensor, torch.Tensor]:
