@@ -14,15 +14,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from sparekit.activations.last_token import last_token_states
-from sparekit.hooks import Hooks, Site
-from sparekit.models.loading import LoadedModel
+from sparekit.hooks import Site
 from sparekit.probes.linear import LinearProbe
 from sparekit.utils.arrays import to_numpy
+
+if TYPE_CHECKING:  # ProbeSet and read_states run inside the vLLM plugin, where transformers is not sparekit's
+    from sparekit.hooks import Hooks
+    from sparekit.models.loading import LoadedModel
 
 #: what a reading says the model will answer from, by the source probe's p(context)
 SOURCES = ("context", "memory")
@@ -100,6 +102,8 @@ def read_states(states: dict[Site, torch.Tensor], gate: SiteGate | None = None,
 def read_prompts(lm: LoadedModel, texts: Sequence[str], gate: SiteGate | None = None,
                  probes: ProbeSet | None = None) -> Reading:
     """The gate's decisions and the probes' readings of ``texts``, from one forward stopped at the deepest site."""
+    from sparekit.activations.last_token import last_token_states  # deliberately lazy: it needs transformers
+
     sites = reading_sites(gate, probes)
     if not sites:
         return Reading(None, None)
