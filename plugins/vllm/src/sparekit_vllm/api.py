@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from typing import Any
 
@@ -81,7 +82,7 @@ class SparekitMiddleware:
     async def _capabilities(self) -> Capabilities:
         if self._caps is None:  # the folders are read once, off the event loop
             bundle = await asyncio.to_thread(bundle_from_env)
-            self._caps = bundle.capabilities()
+            self._caps = bundle.capabilities(float(os.environ.get("SPAREKIT_VLLM_MAX_STRENGTH", "16")))
         return self._caps
 
     async def _install(self, scope: dict) -> None:
