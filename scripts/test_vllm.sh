@@ -15,7 +15,7 @@ venv=${VLLM_VENV:-.venv-vllm}
 n=${N_PROMPTS:-50}
 port=${PORT:-8765}
 out=${OUT_DIR:-runs/test_vllm}
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 mkdir -p "$out"
 
 [[ -x "$venv/bin/python" ]] || "$PY" -m venv "$venv"

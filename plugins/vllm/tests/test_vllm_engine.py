@@ -33,7 +33,7 @@ def reference() -> dict:
 def engine(reference):
     """The engine, and its plain answers (logprobs included) taken before the plugin is installed."""
     os.environ["SPAREKIT_VLLM_MODEL"] = str(MODEL)
-    llm = vllm.LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=64,
+    llm = vllm.LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=16,
                    seed=0, enable_prefix_caching=True, worker_extension_cls="sparekit_vllm.worker.SparekitWorkerExtension")
     plain = generate(llm, reference["prompts"], [None] * len(reference["prompts"]), reference["max_tokens"])
     llm.collective_rpc("sparekit_install")
@@ -88,7 +88,7 @@ def test_greedy_answers_agree_with_the_builtin_engine(engine, reference):
         first_lines = agreement([o.text.split("\n")[0] for o in got], [e.split("\n")[0] for e in expected])
         print(f"\n{key}: {rates[key]:.0%} of {n} greedy answers identical ({first_lines:.0%} on the answer line)")
     print(f"\nunsteered: {rates['none']:.0%} of {n} identical")
-    assert min(rates.values()) >= 0.8
+    assert min(rates.values()) >= 0.9  # 1.0 measured here (BENCHMARKS.md); room for a near-tie on other CPUs
 
 
 def test_probe_readings_within_002_of_sparekit_detect(engine, reference):
