@@ -7,7 +7,8 @@
 #      `sparekit serve --engine vllm`.
 #   bash scripts/test_vllm.sh                # N_PROMPTS=50 conflict prompts (default)
 # Needs the default model in sparekit's cache (any sparekit command that loads it puts it there).
-# It takes ~25-40 minutes on a 2-core machine (README: "Serving through vLLM"); CI does not run it.
+# It takes ~40 minutes on a loaded 2-core machine (environment ~5, reference ~6, engine tests ~20, server start
+# and HTTP tests ~12; BENCHMARKS.md: "Serving through vLLM"); CI does not run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -44,7 +44,8 @@ def test_detect_comes_back_in_the_response(client, reference):
 
 
 def test_steered_answers_match_the_builtin_engine(client, reference):
-    key = next(k for k in reference["answers"] if k != "none")
+    answers = reference["answers"]  # the setting that changes the most answers
+    key = max((k for k in answers if k != "none"), key=lambda k: sum(map(str.__ne__, answers[k], answers["none"])))
     method, toward = key.split("/")
     prompts = reference["prompts"][:10]
     with ThreadPoolExecutor(4) as pool:  # concurrent requests: continuous batching mixes them
