@@ -12,7 +12,6 @@ direction at its tuned strength, and the probes' reading (what ``sparekit detect
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from sparekit.data.loaders import load_dataset

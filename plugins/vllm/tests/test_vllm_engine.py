@@ -33,8 +33,8 @@ def reference() -> dict:
 def engine(reference):
     """The engine, and its plain answers (logprobs included) taken before the plugin is installed."""
     os.environ["SPAREKIT_VLLM_MODEL"] = str(MODEL)
-    llm = vllm.LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=16,
-                   seed=0, enable_prefix_caching=True, worker_extension_cls="sparekit_vllm.worker.SparekitWorkerExtension")
+    llm = vllm.LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=16, seed=0,
+                   enable_prefix_caching=True, worker_extension_cls="sparekit_vllm.worker.SparekitWorkerExtension")
     plain = generate(llm, reference["prompts"], [None] * len(reference["prompts"]), reference["max_tokens"])
     llm.collective_rpc("sparekit_install")
     return llm, plain

@@ -14,8 +14,8 @@ openai = pytest.importorskip("openai")
 
 URL = os.environ.get("SPAREKIT_VLLM_URL", "")
 REFERENCE = os.environ.get("SPAREKIT_VLLM_REFERENCE", "")
-pytestmark = pytest.mark.skipif(not URL or not Path(REFERENCE).is_file(),
-                                reason="needs a running `sparekit serve --engine vllm` (SPAREKIT_VLLM_URL) and a reference")
+pytestmark = pytest.mark.skipif(not URL or not Path(REFERENCE).is_file(), reason="needs a reference and a running "
+                                "`sparekit serve --engine vllm` (SPAREKIT_VLLM_URL)")
 
 
 @pytest.fixture(scope="module")

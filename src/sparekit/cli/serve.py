@@ -38,7 +38,8 @@ VLLM_MIDDLEWARE = "sparekit_vllm.api.SparekitMiddleware"
 def check_vllm(python: str) -> None:
     """Refuse, in one line, an interpreter without vLLM or the plugin (vLLM pins its own transformers and
     torch, so it usually lives in an environment of its own: ``bash scripts/test_vllm.sh`` builds one)."""
-    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('vllm') and u.find_spec('sparekit_vllm') else 3)"
+    probe = ("import importlib.util as u, sys; "
+             "sys.exit(0 if u.find_spec('vllm') and u.find_spec('sparekit_vllm') else 3)")
     try:
         found = subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
     except OSError:

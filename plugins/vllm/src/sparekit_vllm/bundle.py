@@ -199,8 +199,9 @@ def _spare(artifact: Artifact, toward: str, strength: float, shipped: ModelAsset
         sae = load_sae(shipped.saes()[layer] if source == "default" else source.format(layer=layer), layer=layer)
         remove, add = ("context", "memory") if toward == "memory" else ("memory", "context")
         remove_idx, add_idx = state[f"{remove}_idx_"][layer].long(), state[f"{add}_idx_"][layer].long()
-        targets = (strength * state[f"mean_{remove}_"][layer][remove_idx], strength * state[f"mean_{add}_"][layer][add_idx])
-        edits[layer] = _spare_edit(sae.eval(), remove_idx, targets[0], add_idx, targets[1])
+        remove_target = strength * state[f"mean_{remove}_"][layer][remove_idx]
+        add_target = strength * state[f"mean_{add}_"][layer][add_idx]
+        edits[layer] = _spare_edit(sae.eval(), remove_idx, remove_target, add_idx, add_target)
     return edits
 
 

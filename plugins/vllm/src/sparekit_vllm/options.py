@@ -103,8 +103,8 @@ def parse_steer(raw: Any, caps: Capabilities, param: str) -> Steer | None:
         raise OptionError("Steering is not available: no fitted methods were loaded for this model "
                           "(sparekit serve --engine vllm --fitted DIR).", f"{param}.method")
     if not isinstance(method, str) or method not in caps.methods:
-        raise OptionError(f"Unknown steering method {method!r}; valid methods: none, {', '.join(sorted(caps.methods))}.",
-                          f"{param}.method")
+        valid = ", ".join(sorted(caps.methods))
+        raise OptionError(f"Unknown steering method {method!r}; valid methods: none, {valid}.", f"{param}.method")
     toward, directions = raw.get("toward"), sorted(caps.methods[method])
     if toward not in directions:
         raise OptionError(f"steer.toward must be one of: {', '.join(directions)} (got {toward!r}).", f"{param}.toward")
@@ -112,8 +112,9 @@ def parse_steer(raw: Any, caps: Capabilities, param: str) -> Steer | None:
     strength = raw.get("strength", tuned) if raw.get("strength") is not None else tuned
     if (isinstance(strength, bool) or not isinstance(strength, int | float) or not math.isfinite(strength)
             or not 0 <= strength <= caps.max_strength):
-        raise OptionError(f"steer.strength must be a number from 0 to {caps.max_strength:g} (got {raw.get('strength')!r};"
-                          f" {method} toward {toward} is tuned at {tuned:g}).", f"{param}.strength")
+        raise OptionError(f"steer.strength must be a number from 0 to {caps.max_strength:g} "
+                          f"(got {raw.get('strength')!r}; {method} toward {toward} is tuned at {tuned:g}).",
+                          f"{param}.strength")
     gate = raw.get("gate", False)
     if not isinstance(gate, bool):
         raise OptionError(f"steer.gate must be true or false (got {gate!r}).", f"{param}.gate")

@@ -47,7 +47,8 @@ class Runtime:
         """Every layer any loaded probe, gate or method acts on (the worker hooks these)."""
         sites = {s.layer for s in self.bundle.probes.sites.values()} if self.bundle.probes else set()
         sites |= {g.site.layer for g in self.bundle.gates.values()}
-        return sorted(sites | {layer for per in self.bundle.methods.values() for f in per.values() for layer in f.layers})
+        sites |= {layer for per in self.bundle.methods.values() for f in per.values() for layer in f.layers}
+        return sorted(sites)
 
     @property
     def active(self) -> bool:
