@@ -63,7 +63,7 @@ def main() -> None:
                     llm.collective_rpc("sparekit_take", args=(plan.key,))
     base = statistics.median(plain)
     result = {"requests": n, "max_tokens": args.max_tokens, "plain_req_per_s": round(base, 2),
-              **{f"{name} ÷ plain": round(statistics.median(r) / base, 3) for name, r in rates.items()}}
+              **{f"{name} / plain": round(statistics.median(r) / base, 3) for name, r in rates.items()}}
     print(json.dumps(result, indent=1))
 
 
