@@ -50,7 +50,7 @@ def test_compressing_a_copied_prefill_equals_pressing_during_it(llama, method):
     press = make_press(method, **OPTIONS, **({"window": 4} if method == "snapkv" else {}))
     enc = tokenize(llama, PROMPTS)
     with press(llama), torch.inference_mode():
-        out = llama.model(**enc, use_cache=True)
+        out = llama.model(**tokenize(llama, PROMPTS, position_ids=True), use_cache=True)  # as generate runs it
         inside = _one_step(llama, enc, getattr(out, "cache", None) or out.past_key_values)
     pre = prefill(llama, enc, [None, press])
     with press(llama, pre.observed):
@@ -63,6 +63,22 @@ def test_compressing_a_copied_prefill_equals_pressing_during_it(llama, method):
                                          pad_token_id=llama.tokenizer.pad_token_id)
     tokens, _ = decode(llama, enc, pre, 5, press)
     assert torch.equal(generated[:, enc["input_ids"].shape[1]:], tokens)
+
+
+@pytest.mark.parametrize("method", [None, "l2", "snapkv"])
+def test_a_padded_batch_reads_its_questions_as_each_row_alone(llama, method):
+    """Contexts and questions of different lengths, both left-padded: each row answers as it does alone
+    (its question's positions follow its own last context token)."""
+    press = make_press(method, **OPTIONS, **({"window": 4} if method == "snapkv" else {})) if method else None
+    questions = [" Where?", " And what was it, exactly?"]
+
+    def answers(rows: list[int]) -> torch.Tensor:
+        enc = tokenize(llama, [PROMPTS[i] for i in rows])
+        asked = llama.tokenizer([questions[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
+        return decode(llama, enc, prefill(llama, enc, [press]), 4, press, question=asked["input_ids"],
+                      question_mask=asked["attention_mask"])[0]
+
+    assert torch.equal(answers([0, 1]), torch.cat([answers([0]), answers([1])]))
 
 
 def test_snapkv_presses_must_share_their_window():

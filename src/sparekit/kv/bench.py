@@ -37,7 +37,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from sparekit.errors import SparekitError
-from sparekit.evaluation.generation import batches, tokenize
+from sparekit.evaluation.generation import batches, padded_positions, tokenize
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
 from sparekit.kv.compress import PRESSES, Press, cache_bytes
@@ -184,7 +184,8 @@ def perplexity_windows(lm: LoadedModel, passages: Sequence[str], length: int, n:
 
 @torch.inference_mode()
 def _prompt_pass(lm: LoadedModel, enc: dict) -> tuple[object, torch.Tensor]:
-    out = lm.model(**enc, use_cache=True)
+    # positions count real tokens, as generate's do: a left-padded row's question then follows its last token
+    out = lm.model(**{"position_ids": padded_positions(enc["attention_mask"]), **enc}, use_cache=True)
     return getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1]
 
 
