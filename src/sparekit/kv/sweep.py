@@ -237,9 +237,16 @@ def _cell_stats(rows: list[dict], base: dict[str, dict]) -> dict:
 
 
 def summarize(records: Iterable[dict]) -> list[dict]:
-    """One row per (model, suite, task, length, method, ratio), ratio 0 (``none``) once per group."""
+    """One row per (model, suite, task, length, method, ratio), ratio 0 (``none``) once per group.
+
+    A record repeated across files (shards that overlap, a copied file) counts once.
+    """
     groups: dict[tuple, dict[Cell, list[dict]]] = {}
+    seen = set()
     for r in records:
+        if (r["model"], r["key"], r["method"], r["ratio"]) in seen:
+            continue
+        seen.add((r["model"], r["key"], r["method"], r["ratio"]))
         groups.setdefault((r["model"], r["suite"], r["task"], r["length"]), {}).setdefault((r["method"], r["ratio"]),
                                                                                           []).append(r)
     out = []
