@@ -184,7 +184,7 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)  # rounding may step just outside [0, 1]
 
 
 def bootstrap(values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n: int = 2000,
