@@ -105,8 +105,19 @@ def _interval(pair, scale: float = 100.0, digits: int = 0) -> str:
     return f"{scale * value:.{digits}f} ({scale * low:.{digits}f}–{scale * high:.{digits}f})"
 
 
+def _ppl_cell(row: dict) -> str:
+    """Perplexity, and its paired change from uncompressed on the same windows (with the interval)."""
+    if row["method"] == "none":
+        return _interval((row["score"], row["interval"]), 1.0, 2)
+    low, high = row["change_interval"]
+    return f"{row['score']:.2f} ({100 * row['change']:+.1f} %, {100 * low:+.1f}…{100 * high:+.1f})"
+
+
 def markdown(rows: list[dict]) -> str:
-    """Tables: RULER tasks and perplexity (rows model × task × length × method, columns ratio), then conflicts."""
+    """Tables: RULER tasks and perplexity (rows model × task × length × method, columns ratio), then conflicts.
+
+    ``n`` is items (scored tokens for perplexity), a range where cells of a row differ.
+    """
     lines = []
     scored = [r for r in rows if r["suite"] != "conflict"]
     ratios = sorted({r["ratio"] for r in scored if r["ratio"] > 0})
@@ -117,14 +128,12 @@ def markdown(rows: list[dict]) -> str:
         for r in scored:
             groups.setdefault((r["model"], r["task"], r["length"]), {})[(r["method"], r["ratio"])] = r
         for (model, task, length), cells in groups.items():
-            ppl = task == "perplexity"
             base = cells.get(("none", 0.0))
-            show = (lambda r: _interval((r["score"], r["interval"]), 1.0, 2)) if ppl else \
-                (lambda r: _interval((r["score"], r["interval"])))
+            show = _ppl_cell if task == "perplexity" else (lambda r: _interval((r["score"], r["interval"])))
             for method in sorted({m for m, _ in cells if m != "none"}):
                 got = [cells.get((method, ratio)) for ratio in ratios]
-                n = max([c["n"] for c in got if c] + [base["n"] if base else 0])
-                unit = f"{n} ({base['tokens']} tokens)" if ppl and base else str(n)
+                counts = sorted({c["tokens" if task == "perplexity" else "n"] for c in [base, *got] if c})
+                unit = f"{counts[0]}–{counts[-1]}" if len(counts) > 1 else str(counts[0])
                 lines.append(f"| {model} | {task} | {length} | {unit} | {method} | " + (show(base) if base else "")
                              + " | " + " | ".join(show(c) if c else "" for c in got) + " |")
         lines.append("")
