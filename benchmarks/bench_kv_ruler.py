@@ -139,8 +139,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append("")
     conflicts = [r for r in rows if r["suite"] == "conflict"]
     if conflicts:
-        lines += ["| model | dataset | method | ratio | n | context % | memory % | other % | context→memory % "
-                  "| p(conflict) | p(context) | KV held |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [("| model | dataset | method | ratio | n | context % | memory % | other % | context→memory % "
+                   "| p(conflict) | p(context) | KV held |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         base = {(r["model"], r["task"]): r["kv_bytes"] for r in conflicts if r["method"] == "none"}
         for r in conflicts:
             probes = [_interval(r[k], 1.0, 2) if k in r else "—" for k in ("conflict_probability", "context_probability")]

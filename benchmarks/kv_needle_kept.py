@@ -20,7 +20,7 @@ from sparekit.kv.bench import prefill
 from sparekit.kv.ruler import ruler_items
 from sparekit.models import load_model
 
-from bench_kv_ruler import _passages  # noqa: E402  (the benchmark scripts' folder is on sys.path when run)
+from bench_kv_ruler import _passages  # the benchmark scripts' folder is on sys.path when run
 
 
 def _span(lm, context: str, text: str) -> torch.Tensor:

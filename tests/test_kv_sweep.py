@@ -20,7 +20,7 @@ from sparekit.kv.sweep import Sink, read_records, run_perplexity, run_ruler, sum
 from sparekit.models.tiny import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_kv_ruler  # noqa: E402  (a script, not a package)
+import bench_kv_ruler  # a script, not a package
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank, twice.", "A shorter prompt here."]
 PASSAGES = ["Paris is the capital of France. The river Seine runs through it. It has many museums!",

@@ -22,6 +22,7 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from sparekit.errors import SparekitError
 from sparekit.kv.bench import _FILLER, _WORDS, PASSKEY_QUESTION, sentences
@@ -97,7 +98,7 @@ def _spec(task: str, rng: random.Random, depth: float) -> tuple[list[tuple[float
         return [(d, _magic(word, v)) for d, v in zip(depths, values)], _ask(word, many=True), tuple(values), 30
     names = ["".join(rng.choices(string.ascii_uppercase, k=5)) for _ in range(_HOPS)]
     value = _number(rng)
-    links = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    links = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in pairwise(names)]
     depths = [depth] + sorted(rng.uniform(depth, 1.0) for _ in links[1:])
     question = (f"\nQuestion: Find all variables that are assigned the value {value} in the text above. "
                 f"Answer: According to the chain(s) of variable assignment in the text above, {_HOPS} variables "

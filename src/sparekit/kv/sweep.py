@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from itertools import zip_longest
 from collections.abc import Callable, Iterable, Sequence
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
