@@ -25,7 +25,7 @@ import torch
 
 from sparekit.evaluation.generation import tokenize
 from sparekit.kv import KVCompressor, L2Press, cache_bytes
-from sparekit.kv.bench import PASSKEY_QUESTION, _prompt_pass, decode, passkey_items
+from sparekit.kv.bench import PASSKEY_QUESTION, decode, passkey_items, prefill
 from sparekit.models import load_model
 
 
@@ -52,11 +52,11 @@ def timed_pruning() -> Iterator[list[float]]:
 def one_round(lm, enc: dict, ratios: list[float], new_tokens: int) -> dict:
     """Prefill seconds, then per ratio (0: uncompressed): KV bytes held, compression s, decode s per token."""
     start = time.perf_counter()
-    cache, last = _prompt_pass(lm, enc)
-    out = {"prefill_s": time.perf_counter() - start, "uncompressed_bytes": cache_bytes(cache)}
+    pre = prefill(lm, enc, [])
+    out = {"prefill_s": time.perf_counter() - start, "uncompressed_bytes": cache_bytes(pre.cache)}
     for ratio in ratios:
         with timed_pruning() as spent:
-            _, stats = decode(lm, enc, cache, last, new_tokens, L2Press(ratio=ratio) if ratio else None)
+            _, stats = decode(lm, enc, pre, new_tokens, L2Press(ratio=ratio) if ratio else None)
         out[ratio] = {"kv_bytes": stats["kv_bytes"], "compress_s": sum(spent),
                       "per_token_s": (stats["decode_s"] - sum(spent)) / (new_tokens - 1)}
     return out

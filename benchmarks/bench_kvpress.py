@@ -37,7 +37,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
 from sparekit.kv import Press, keep_counts, make_press
-from sparekit.kv.bench import PASSKEY_QUESTION, _prompt_pass, decode, passkey_items
+from sparekit.kv.bench import PASSKEY_QUESTION, Prefill, decode, passkey_items, prefill
 from sparekit.models import load_model
 from sparekit.models.loading import resolve_source
 from sparekit.utils.io import atomic_write_json
@@ -90,10 +90,10 @@ def classify(sparekit: list[int] | None, kvpress: list[int], norms: torch.Tensor
 
 
 @torch.inference_mode()
-def sparekit_side(lm, enc: dict, prompt: tuple, question: torch.Tensor, press: Press, steps: int) -> dict:
+def sparekit_side(lm, enc: dict, prompt: Prefill, question: torch.Tensor, press: Press, steps: int) -> dict:
     """Kept positions per layer (None: sliding, left whole) and the answer, after the prompt pass ``prompt``."""
-    cache, last = prompt
-    tokens, _ = decode(lm, enc, cache, last, steps, press, question=question)
+    cache = prompt.cache
+    tokens, _ = decode(lm, enc, prompt, steps, press, question=question)
     pruned = copy.deepcopy(cache)  # decode prunes a copy of its own: prune one more to read what it keeps
     n, q = enc["input_ids"].shape[1], question.shape[1]
     with press(lm):
@@ -162,8 +162,8 @@ def run_model(name: str, args: argparse.Namespace) -> list[dict]:
     for item in items:
         ids = torch.tensor([item["context"]])
         enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        prompt = _prompt_pass(lm, enc)
-        norms = [layer.keys[0].float().norm(dim=-1) for layer in prompt[0].layers]
+        prompt = prefill(lm, enc, [])
+        norms = [layer.keys[0].float().norm(dim=-1) for layer in prompt.cache.layers]
         for setting, ratio in grid:
             press = make_press("l2", ratio=ratio, **(MATCHED if setting == "matched" else {}))
             ours = sparekit_side(lm, enc, prompt, torch.tensor([question]), press, args.steps)

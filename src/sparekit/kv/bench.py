@@ -27,14 +27,17 @@ import math
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from transformers.cache_utils import Cache
 
-from sparekit.evaluation.generation import batches, tokenize
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches, padded_positions, tokenize
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
 from sparekit.kv.compress import PRESSES, Press, cache_bytes
@@ -105,12 +108,17 @@ def _token_length(lm: LoadedModel, text: str) -> int:
     return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def sentences(pieces: Sequence[str]) -> list[str]:
+    """The sentences of ``pieces``, in order (split after ``.``, ``!`` or ``?``)."""
+    return [s for piece in pieces for s in re.split(r"(?<=[.!?])\s+", piece) if s]
+
+
 def _fill(lm: LoadedModel, pieces: Sequence[str], budget: int) -> list[str]:
     """Sentences of ``pieces`` (cycled) until the next would pass ``budget`` tokens."""
-    sentences = [s for piece in pieces for s in re.split(r"(?<=[.!?])\s+", piece) if s]
+    hay = sentences(pieces)
     out, used = [], 0
     for i in range(20 * budget):
-        sentence = sentences[i % len(sentences)]
+        sentence = hay[i % len(hay)]
         cost = _token_length(lm, sentence) + 1
         if used + cost > budget:
             if budget - used < 16:
@@ -176,40 +184,60 @@ def perplexity_windows(lm: LoadedModel, passages: Sequence[str], length: int, n:
 
 @torch.inference_mode()
 def _prompt_pass(lm: LoadedModel, enc: dict) -> tuple[object, torch.Tensor]:
-    out = lm.model(**enc, use_cache=True)
+    # positions count real tokens, as generate's do: a left-padded row's question then follows its last token
+    out = lm.model(**{"position_ids": padded_positions(enc["attention_mask"]), **enc}, use_cache=True)
     return getattr(out, "cache", None) or out.past_key_values, out.logits[:, -1]
 
 
-def _own_cache(lm: LoadedModel, enc: dict, cache, press: Press | None):
-    """A cell's copy of the prompt's cache; a press that reads the prompt pass (snapkv) watches it run again."""
-    if press is not None and press.reads_prompt_pass:
-        return _prompt_pass(lm, enc)[0]
-    return copy.deepcopy(cache)
+@dataclass
+class Prefill:
+    """One uncompressed prompt pass that every (method, ratio) cell copies and compresses."""
+
+    cache: Cache
+    last_logits: torch.Tensor
+    observed: dict[int, Any]  # what the query-aware presses read of the pass (snapkv's window queries)
+
+
+def prefill(lm: LoadedModel, enc: dict, presses: Iterable[Press | None]) -> Prefill:
+    """The prompt pass of ``enc``, run once inside a press that reads it (if any) so that it observes.
+
+    A press compresses after the prompt pass and never changes it, so this pass is the
+    uncompressed one; presses reading it must differ in ratio only (one observation serves them all).
+    """
+    readers = {replace(p, ratio=0.0) for p in presses if p is not None and p.reads_prompt_pass}
+    if len(readers) > 1:
+        raise SparekitError("presses that read the prompt pass must share every option but the ratio",
+                            f"got {', '.join(map(repr, readers))}")
+    observer = next(iter(readers), None)
+    with observer(lm) if observer else nullcontext() as kv:
+        cache, last = _prompt_pass(lm, enc)
+    return Prefill(cache, last, kv.observed if kv else {})
 
 
 @torch.inference_mode()
-def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: int, press: Press | None,
-           stop_at_newline: bool = False, question: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Greedy tokens ``[batch, ≤ steps]`` after a finished prompt pass, under ``press`` (none: uncompressed).
+def decode(lm: LoadedModel, enc: dict, pre: Prefill, steps: int, press: Press | None, stop_at_newline: bool = False,
+           question: torch.Tensor | None = None, question_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Greedy tokens ``[batch, ≤ steps]`` from a copy of a finished prompt pass, under ``press`` (none: uncompressed).
 
-    With ``question`` (token ids ``[batch, q]``) the question is read through the compressed
-    cache first, as kvpress and the paper evaluate (the context is compressed before the
-    question is seen); without it, the first token comes from the uncompressed prompt pass.
+    With ``question`` (token ids ``[batch, q]``, left-padded as ``question_mask`` says) the
+    question is read through the compressed cache first, as kvpress and the paper evaluate
+    (the context is compressed before the question is seen); without it, the first token
+    comes from the uncompressed prompt pass.
     With ``stop_at_newline`` it stops once every row has written a newline (answers are one line).
     """
     mask = enc["attention_mask"]
     position = mask.sum(-1, keepdim=True)
     keyword = cache_keyword(lm.model)
-    prompt_bytes = cache_bytes(cache)
-    with press(lm) if press else nullcontext() as kv:
-        cache = _own_cache(lm, enc, cache, press)
+    last_logits = pre.last_logits
+    with press(lm, pre.observed) if press else nullcontext() as kv:
+        cache = copy.deepcopy(pre.cache)
         start = time.perf_counter()
         if question is not None:
-            mask = torch.cat([mask, torch.ones_like(question)], dim=-1)
-            offsets = torch.arange(question.shape[1], device=question.device)
-            last_logits = lm.model(input_ids=question, attention_mask=mask, position_ids=position + offsets,
+            asked = torch.ones_like(question) if question_mask is None else question_mask.to(question.device)
+            mask = torch.cat([mask, asked], dim=-1)
+            last_logits = lm.model(input_ids=question, attention_mask=mask, position_ids=position + asked.cumsum(-1) - 1,
                                    use_cache=True, **{keyword: cache}).logits[:, -1]
-            position = position + question.shape[1]
+            position = position + asked.sum(-1, keepdim=True)
         token = last_logits.argmax(-1, keepdim=True)
         tokens = [token]
         for _ in range(steps - 1):
@@ -221,7 +249,7 @@ def decode(lm: LoadedModel, enc: dict, cache, last_logits: torch.Tensor, steps: 
             if stop_at_newline and all("\n" in t for t in lm.tokenizer.batch_decode(torch.cat(tokens, dim=-1))):
                 break
     seconds = time.perf_counter() - start
-    return torch.cat(tokens, dim=-1), {"kv_bytes": kv.kv_bytes if kv else prompt_bytes, "decode_s": seconds}
+    return torch.cat(tokens, dim=-1), {"kv_bytes": kv.kv_bytes if kv else cache_bytes(pre.cache), "decode_s": seconds}
 
 
 def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, config: KVBenchConfig,
@@ -234,10 +262,10 @@ def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, con
     question_ids = lm.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"]
     for chunk in batches(items, config.batch_size):
         enc = tokenize(lm, [context for context, _ in chunk])
-        cache, last = _prompt_pass(lm, enc)
+        pre = prefill(lm, enc, [config.press(m, r) for m, r in config.cells()])
         asked = question_ids.to(lm.model.device).expand(len(chunk), -1)
         for method, ratio in config.cells():
-            tokens, stats = decode(lm, enc, cache, last, steps, config.press(method, ratio), question=asked)
+            tokens, stats = decode(lm, enc, pre, steps, config.press(method, ratio), question=asked)
             texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
             row = rows.setdefault((method, ratio), {"correct": 0, "n": 0, "kv_bytes": 0, "decode_s": 0.0, "outputs": []})
             row["correct"] += sum(answer.lower() in text.lower() for text, (_, answer) in zip(texts, chunk))
@@ -248,29 +276,40 @@ def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, con
     return _finish(rows, lambda r: {"accuracy": r["correct"] / r["n"], "outputs": r["outputs"]})
 
 
+def continuation_nll(lm: LoadedModel, ids: torch.Tensor, scored: int, presses: dict) -> dict:
+    """Per (cell, row) summed NLL of the last ``scored - 1`` tokens of ``ids`` read through each press's
+    compressed copy of one prompt pass over the rest; ``presses`` maps a cell to its press (``None``: uncompressed).
+
+    Returns ``{cell: (nll [batch], kv_bytes, seconds)}``.
+    """
+    keyword = cache_keyword(lm.model)
+    prefix, rest = ids[:, :-scored], ids[:, -scored:]
+    enc = {"input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
+    pre = prefill(lm, enc, presses.values())
+    position = torch.arange(prefix.shape[1], ids.shape[1], device=ids.device).expand(len(ids), -1)
+    out = {}
+    for cell, press in presses.items():
+        with press(lm, pre.observed) if press else nullcontext() as kv, torch.inference_mode():
+            copied = copy.deepcopy(pre.cache)
+            start = time.perf_counter()
+            logits = lm.model(input_ids=rest, attention_mask=torch.ones_like(ids), position_ids=position,
+                              use_cache=True, **{keyword: copied}).logits
+        seconds = time.perf_counter() - start
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), rest[:, 1:], reduction="none")
+        out[cell] = (nll.sum(-1), kv.kv_bytes if kv else cache_bytes(pre.cache), seconds)
+    return out
+
+
 def _perplexity(lm: LoadedModel, windows: list[list[int]], config: KVBenchConfig) -> dict:
     rows: dict[tuple[str, float], dict] = {}
-    keyword = cache_keyword(lm.model)
     for chunk in batches(windows, config.batch_size):
         ids = torch.tensor(chunk, device=lm.model.device)
-        prefix, rest = ids[:, :-config.ppl_tokens], ids[:, -config.ppl_tokens:]
-        enc = {"input_ids": prefix, "attention_mask": torch.ones_like(prefix)}
-        cache, _ = _prompt_pass(lm, enc)
-        position = torch.arange(prefix.shape[1], ids.shape[1], device=ids.device).expand(len(chunk), -1)
-        for method, ratio in config.cells():
-            press = config.press(method, ratio)
-            with press(lm) if press else nullcontext() as kv, torch.inference_mode():
-                copied = _own_cache(lm, enc, cache, press)
-                start = time.perf_counter()
-                logits = lm.model(input_ids=rest, attention_mask=torch.ones_like(ids), position_ids=position,
-                                  use_cache=True, **{keyword: copied}).logits
-            seconds = time.perf_counter() - start
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), rest[:, 1:].flatten(),
-                                                    reduction="sum")
-            row = rows.setdefault((method, ratio), {"nll": 0.0, "tokens": 0, "kv_bytes": 0, "decode_s": 0.0})
-            row["nll"] += float(nll)
-            row["tokens"] += rest[:, 1:].numel()
-            row["kv_bytes"] += kv.kv_bytes if kv else cache_bytes(cache)
+        presses = {cell: config.press(*cell) for cell in config.cells()}
+        for cell, (nll, kv_bytes, seconds) in continuation_nll(lm, ids, config.ppl_tokens, presses).items():
+            row = rows.setdefault(cell, {"nll": 0.0, "tokens": 0, "kv_bytes": 0, "decode_s": 0.0})
+            row["nll"] += float(nll.sum())
+            row["tokens"] += len(chunk) * (config.ppl_tokens - 1)
+            row["kv_bytes"] += kv_bytes
             row["decode_s"] += seconds
     return _finish(rows, lambda r: {"perplexity": math.exp(r["nll"] / r["tokens"]), "nll": r["nll"] / r["tokens"]})
 
@@ -299,9 +338,9 @@ def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence,
     rows: dict[tuple[str, float], dict] = {}
     for chunk in batches(list(range(len(prompts))), config.batch_size):
         enc = tokenize(lm, [prompts[i] for i in chunk])
-        cache, last = _prompt_pass(lm, enc)
+        pre = prefill(lm, enc, [config.press(m, r) for m, r in config.cells()])
         for method, ratio in config.cells():
-            tokens, stats = decode(lm, enc, cache, last, steps, config.press(method, ratio), stop_at_newline=True)
+            tokens, stats = decode(lm, enc, pre, steps, config.press(method, ratio), stop_at_newline=True)
             texts = [t.split("\n", 1)[0].strip() for t in lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             row = rows.setdefault((method, ratio), {"labels": [], "kv_bytes": 0, "decode_s": 0.0})
             row["labels"] += [behaviour_label(t, examples[i]) for t, i in zip(texts, chunk)]

@@ -139,9 +139,16 @@ class Press:
                                 "load the model with attn_implementation='sdpa'")
 
     @contextmanager
-    def __call__(self, model: LoadedModel | torch.nn.Module) -> Iterator[KVCompressor]:
-        """Prune the KV cache of every prompt after its prompt pass while the context is open."""
-        compressor = KVCompressor(*model_and_info(model), self)
+    def __call__(self, model: LoadedModel | torch.nn.Module,
+                 observed: dict[int, Any] | None = None) -> Iterator[KVCompressor]:
+        """Prune the KV cache of every prompt after its prompt pass while the context is open.
+
+        ``observed`` is what another ``with press(model) as kv`` kept of the same prompt pass
+        (``kv.observed``): a cache copied from that pass is then compressed as if its prompt
+        pass had run inside this context (prefill once, compress many). :meth:`observe` must
+        not depend on ``ratio`` for that.
+        """
+        compressor = KVCompressor(*model_and_info(model), self, observed)
         with compressor.hooks:
             yield compressor
 
@@ -220,7 +227,7 @@ def _layer_mask(valid: torch.Tensor, q: int, like: torch.Tensor | None) -> torch
 class KVCompressor:
     """State of one ``with press(lm)`` context; read ``kv_bytes`` / ``kv_bytes_uncompressed`` after a call."""
 
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, press: Press):
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, press: Press, observed: dict[int, Any] | None = None):
         press.check(model, info)
         self.press = press
         self.skip_layers = frozenset(press.skip_layers)
@@ -228,8 +235,13 @@ class KVCompressor:
         for layer in range(info.n_layers):
             self.hooks.intercept(Site(layer, "attn"), self._interceptor(layer))
         self._prompt: dict[int, tuple[int, torch.Tensor]] = {}  # layer -> (prompt length, slot validity)
-        self._observed: dict[int, Any] = {}  # layer -> what the press kept of the prompt pass
+        self._observed: dict[int, Any] = dict(observed or {})  # layer -> what the press kept of the prompt pass
         self._bytes: dict[int, tuple[int, int]] = {}  # layer -> (before, after)
+
+    @property
+    def observed(self) -> dict[int, Any]:
+        """What the press kept of the last prompt pass, per layer (hand it to another press of the same kind)."""
+        return dict(self._observed)
 
     @property
     def kv_bytes(self) -> int:

@@ -1,0 +1,135 @@
+"""Prefill once, compress many: equal to pressing during the prompt pass; RULER items are seeded; a sweep resumes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import tokenize
+from sparekit.hooks import cache_keyword
+from sparekit.kv import make_press
+from sparekit.kv.bench import KVGrid, decode, prefill
+from sparekit.kv.ruler import TASKS, ruler_items
+from sparekit.kv.sweep import Sink, read_records, run_perplexity, run_ruler, summarize, wilson
+from sparekit.models.tiny import tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_kv_ruler  # a script, not a package
+
+PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank, twice.", "A shorter prompt here."]
+PASSAGES = ["Paris is the capital of France. The river Seine runs through it. It has many museums!",
+            "Mount Everest is the highest mountain. Climbers start from a base camp. Is it cold? Very."]
+OPTIONS = {"ratio": 0.5, "skip_layers": (0,), "min_length": 0, "keep_last": 2}
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama")
+
+
+@torch.inference_mode()
+def _one_step(lm, enc: dict, cache):
+    """``cache`` after one decoding step (which prunes it under an open press)."""
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(enc["attention_mask"][:, :1])], dim=-1)
+    token = torch.full((len(mask), 1), 7)
+    lm.model(input_ids=token, attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True,
+             **{cache_keyword(lm.model): cache})
+    return cache
+
+
+@pytest.mark.parametrize("method", ["l2", "l2-inverse", "random", "recent", "snapkv"])
+def test_compressing_a_copied_prefill_equals_pressing_during_it(llama, method):
+    """The same kept keys in every layer and the same greedy tokens, whether the prompt pass ran inside the
+    press (kvpress's way) or once outside it and was copied (snapkv reads its window from that one pass)."""
+    press = make_press(method, **OPTIONS, **({"window": 4} if method == "snapkv" else {}))
+    enc = tokenize(llama, PROMPTS)
+    with press(llama), torch.inference_mode():
+        out = llama.model(**tokenize(llama, PROMPTS, position_ids=True), use_cache=True)  # as generate runs it
+        inside = _one_step(llama, enc, getattr(out, "cache", None) or out.past_key_values)
+    pre = prefill(llama, enc, [None, press])
+    with press(llama, pre.observed):
+        shared = _one_step(llama, enc, copy.deepcopy(pre.cache))
+    for a, b in zip(inside.layers, shared.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    assert shared.layers[1].keys.shape[2] < pre.cache.layers[1].keys.shape[2]  # pruned, even with the new step
+    with press(llama):
+        generated = llama.model.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                                         pad_token_id=llama.tokenizer.pad_token_id)
+    tokens, _ = decode(llama, enc, pre, 5, press)
+    assert torch.equal(generated[:, enc["input_ids"].shape[1]:], tokens)
+
+
+@pytest.mark.parametrize("method", [None, "l2", "snapkv"])
+def test_a_padded_batch_reads_its_questions_as_each_row_alone(llama, method):
+    """Contexts and questions of different lengths, both left-padded: each row answers as it does alone
+    (its question's positions follow its own last context token)."""
+    press = make_press(method, **OPTIONS, **({"window": 4} if method == "snapkv" else {})) if method else None
+    questions = [" Where?", " And what was it, exactly?"]
+
+    def answers(rows: list[int]) -> torch.Tensor:
+        enc = tokenize(llama, [PROMPTS[i] for i in rows])
+        asked = llama.tokenizer([questions[i] for i in rows], add_special_tokens=False, padding=True, return_tensors="pt")
+        return decode(llama, enc, prefill(llama, enc, [press]), 4, press, question=asked["input_ids"],
+                      question_mask=asked["attention_mask"])[0]
+
+    assert torch.equal(answers([0, 1]), torch.cat([answers([0]), answers([1])]))
+
+
+def test_snapkv_presses_must_share_their_window():
+    with pytest.raises(SparekitError, match="share every option but the ratio"):
+        prefill(None, {}, [make_press("snapkv", window=4), make_press("snapkv", window=8)])
+
+
+def test_ruler_items_are_seeded_and_fill_their_length(llama):
+    for task in TASKS:
+        first = ruler_items(llama.tokenizer, task, 800, 3, seed=1, passages=PASSAGES)  # one token a character
+        assert first == ruler_items(llama.tokenizer, task, 800, 3, seed=1, passages=PASSAGES)
+        assert first != ruler_items(llama.tokenizer, task, 800, 3, seed=2, passages=PASSAGES)
+        for item in first:
+            n = len(llama.tokenizer(item.context + item.question)["input_ids"])
+            assert 700 < n <= 800
+            assert all(answer in item.context for answer in item.answers)
+            assert item.score(" ".join(item.answers)) == 1.0 and item.score("nothing") == 0.0
+    with pytest.raises(SparekitError, match="unknown task"):
+        ruler_items(llama.tokenizer, "sudoku", 800, 1, seed=0, passages=PASSAGES)
+    with pytest.raises(SparekitError, match="cannot hold the needles"):
+        ruler_items(llama.tokenizer, "multivalue", 300, 1, seed=0, passages=PASSAGES)
+
+
+def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path):
+    """Two items, every method at one ratio: one line per item × cell, a rerun adds none, intervals bracket."""
+    grid = KVGrid(ratios=(0.0, 0.5), methods=("l2", "snapkv"), min_length=0, batch_size=2)
+    items = [ruler_items(llama.tokenizer, "passkey", 250, 1, 0, PASSAGES)[0],
+             ruler_items(llama.tokenizer, "variable_tracking", 500, 1, 0, PASSAGES)[0]]
+    out = tmp_path / "sweep.jsonl"
+    run_ruler(llama, items, grid, Sink(out, resume=False))
+    windows = [list(range(3, 60)), list(range(5, 62))]
+    run_perplexity(llama, windows, 40, grid, Sink(out, resume=True))
+    records = read_records(out)
+    assert len(records) == 2 * 3 + 2 * 3
+    with pytest.raises(SparekitError, match="pass --resume"):
+        Sink(out, resume=False)
+    out.write_text(out.read_text() + '{"model": "cut sho')  # a crash mid-line
+    run_ruler(llama, items, grid, Sink(out, resume=True))
+    assert read_records(out) == records
+    rows = summarize(records)
+    assert len(rows) == 3 * 3
+    for row in rows:
+        assert row["interval"][0] <= row["score"] <= row["interval"][1]
+    ppl = [r for r in rows if r["task"] == "perplexity"]
+    assert all(r["tokens"] == 2 * 16 for r in ppl) and ppl[0]["change"] == 0.0
+    bench_kv_ruler.main(["summary", str(out), str(out), "--out", str(tmp_path / "summary")])  # counted once
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(rows))
+    assert "| passkey | 250 |" in (tmp_path / "summary.md").read_text() and (tmp_path / "summary.png").is_file()
+
+
+def test_wilson_interval():
+    low, high = wilson(45, 50)
+    assert 0.78 < low < 0.79 and 0.95 < high < 0.96  # 90 % of 50: (78.6, 95.7)
+    assert wilson(0, 50)[0] == 0.0
