@@ -89,23 +89,11 @@ def test_detect_cli_refuses_bad_detectors_before_loading_a_model(capsys):
     assert "no 'context: …' line" in capsys.readouterr().err
 
 
-def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_llama, tmp_path, monkeypatch, capsys):
+def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, tmp_path, capsys):
     """A tiny probe run (faked behaviour), then every detector; combinations need the folder's detectors.json."""
     from sparekit.cli.main import main
-    from sparekit.models import assets
-    from sparekit.probes import experiment
 
-    folder = tmp_path / "model"
-    tiny_llama.model.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    rows = [{"id": f"r{i}", "question": f"q{i}", "org_context": f"it is {i}", "org_answer": [f"o{i}"],
-             "sub_context": f"it is x{i}", "sub_answer": [f"s{i}"]} for i in range(16)]
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
-    monkeypatch.setattr(experiment, "generate_keyed", lambda lm, prompts, *a: {
-        k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
-    monkeypatch.setattr(assets, "ROOT", tmp_path / "no-shipped-assets")
+    folder, data = tiny_probe_setup
     run = tmp_path / "run"
     assert main(["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1", "--seeds", "0",
                  "--k-shot", "1", "--out", str(run), "--json"]) == 0

@@ -74,10 +74,12 @@ class ProbingData:
 
 
 def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], work_dir: str | Path, *,
-            k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True) -> ProbingData:
+            k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True,
+            answers: bool = True) -> ProbingData:
     """Memorised items of ``dataset``, their org/sub features at ``sites`` and the model's behaviour.
 
-    Activations and predictions are cached under ``work_dir``: a rerun resumes.
+    Activations and predictions are cached under ``work_dir``: a rerun resumes. ``answers=False``
+    skips the conflict answers (the behaviour stays empty, so only the conflict target can be fitted).
     """
     work_dir = Path(work_dir)
     items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size,
@@ -95,6 +97,8 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
                                 progress=progress)
     n = len(items)
     features = {site: store.load(site) for site in sites}
+    if not answers:
+        return ProbingData(items, {s: f[:n] for s, f in features.items()}, {s: f[n:] for s, f in features.items()}, [])
     with tqdm(total=n, desc="conflict answers", unit="prompt", disable=not progress, leave=False) as bar:
         predictions = generate_keyed(lm, {ex.id: p for ex, p in zip(items, sub)}, batch_size,
                                       work_dir / "predictions", "sub", bar)
