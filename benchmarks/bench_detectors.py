@@ -1,15 +1,17 @@
 """Conflict detectors on held-out relations of the broad corpus: probe, JSD, closed-book disagreement, combos.
 
-Reuses the features a `sparekit probe` run cached (its data-train folder), so only the training-free
-signals cost model time: per detection item, one greedy generation of the closed-book prompt (same
-demonstrations, no context line) and of the org and sub prompts, each giving its answer and the
+Reads which items are memorised from a `sparekit probe --dataset broad` run's closed-book cache, keeps at
+most ``--per-relation`` of each relation (seeded, so no relation dominates), captures their features and
+conflict answers (cached under the run's ``capped-N`` folder), then, per item, generates the closed-book
+prompt (same demonstrations, no context line) and the org and sub prompts, each giving its answer and the
 next-token distribution at the last prompt token (the first decoding step). Split, per held-out
-relation r and seed: the other relations are divided into fit relations (~3/4; the probe is fitted
-on all their memorised rows, at the layer best on dev) and dev relations (~1/4; the JSD threshold,
-the combinations' logistic regressions and the default detector are chosen there); r is the test.
+relation r and seed: the other relations are divided into fit relations (~3/4; the probe is fitted on
+their rows, at the layer best on dev) and dev relations (~1/4; the JSD threshold, the combinations'
+logistic regressions and the default detector are chosen there); r is the test.
 
-    sparekit probe --dataset broad --layers 7,10,13 --seeds 0,1,2 --out runs/broad-probe
-    python benchmarks/bench_detectors.py --run runs/broad-probe --out runs/detectors
+    sparekit probe --dataset broad --layers 7,10,13 --out runs/broad-probe   # its closed-book answers
+    python benchmarks/bench_detectors.py --run runs/broad-probe --out runs/detectors \
+      --save-combinations runs/detectors/shipped-probes
 """
 
 from __future__ import annotations
@@ -49,6 +51,16 @@ def detection_items(items: ConflictDataset, per_relation: int, seed: int) -> Con
         rows = [i for i, ex in enumerate(items) if ex.relation == relation]
         keep += sorted(rng.sample(rows, min(per_relation, len(rows))))
     return items.subset(sorted(keep))
+
+
+def capped_probing_data(lm, data: ConflictDataset, sites: list[Site], run: Path, per_relation: int,
+                        answers: bool) -> ProbingData:
+    """Features (and with ``answers`` the conflict behaviour) of at most ``per_relation`` memorised items per
+    relation, memorisation read from the probe run's closed-book cache; cached under ``run/capped-N``."""
+    memorised = memorised_subset(lm, data, seed=PROMPT_SEED, k_shot=K_SHOT, cache_dir=run / "data-train" / "closed-book")
+    items = detection_items(memorised, per_relation, seed=0)
+    return collect(lm, data, sites, run / f"capped-{per_relation}", k_shot=K_SHOT, prompt_seed=PROMPT_SEED,
+                   answers=answers, items=items)
 
 
 def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path) -> dict[str, dict]:
@@ -159,10 +171,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a `sparekit probe --dataset broad` run directory")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layers", default="7,10,13")
-    parser.add_argument("--per-relation", type=int, default=40)
+    parser.add_argument("--per-relation", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--signals-only", action="store_true",
-                        help="compute the training-free signals and stop (they can run beside the probe run)")
     parser.add_argument("--timing", type=int, default=16, help="prompts timed per detector (0: skip)")
     parser.add_argument("--save-combinations", type=Path, default=None,
                         help="fit the probe+signal combinations for the probes in this folder on every detection "
@@ -172,13 +182,9 @@ def main() -> None:
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
-    memorised = memorised_subset(lm, data, seed=PROMPT_SEED, k_shot=K_SHOT,
-                                 cache_dir=args.run / "data-train" / "closed-book")  # the probe run's cache
-    items = detection_items(memorised, args.per_relation, seed=0)
+    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)
+    items = train.items
     sig = signals(lm, data, items, args.out)
-    if args.signals_only:
-        return
-    train = collect(lm, data, sites, args.run / "data-train", k_shot=K_SHOT, prompt_seed=PROMPT_SEED)
     det_ids = {ex.id for ex in items}
     folds = {r: [fold_scores(train, sig, det_ids, sites, r, int(s)) for s in args.seeds.split(",")]
              for r in held_out_values(train.items, "relation")}

@@ -180,13 +180,18 @@ def test_component_plot_draws_every_component(tmp_path):
     assert path.stat().st_size > 10_000
 
 
-def test_collect_without_answers_generates_nothing(tiny_llama, tiny_probe_setup, tmp_path, monkeypatch):
+def test_collect_without_answers_or_with_given_items(tiny_llama, tiny_probe_setup, tmp_path, monkeypatch):
     """The conflict target needs features only: answers=False never generates (the breadth runs rely on it)."""
     from sparekit.data import load_dataset
     from sparekit.probes import experiment
 
     _, data = tiny_probe_setup
     monkeypatch.setattr(experiment, "generate_keyed", lambda *a, **k: pytest.fail("generated answers"))
-    found = experiment.collect(tiny_llama, load_dataset(str(data)), [Site(1)], tmp_path / "work", k_shot=1,
+    dataset = load_dataset(str(data))
+    found = experiment.collect(tiny_llama, dataset, [Site(1)], tmp_path / "work", k_shot=1,
                                progress=False, answers=False)
     assert found.behaviour == [] and found.target("conflict", Site(1))[0].shape[0] == 32
+    monkeypatch.setattr(experiment, "memorised_subset", lambda *a, **k: pytest.fail("re-read memorisation"))
+    given = experiment.collect(tiny_llama, dataset, [Site(1)], tmp_path / "given", k_shot=1, progress=False,
+                               answers=False, items=dataset.subset(list(range(5, 13))))
+    assert torch.equal(given.sub[Site(1)][0], found.sub[Site(1)][5])  # same prompt: demos from all of dataset

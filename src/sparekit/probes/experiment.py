@@ -75,15 +75,18 @@ class ProbingData:
 
 def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], work_dir: str | Path, *,
             k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True,
-            answers: bool = True) -> ProbingData:
+            answers: bool = True, items: ConflictDataset | None = None) -> ProbingData:
     """Memorised items of ``dataset``, their org/sub features at ``sites`` and the model's behaviour.
 
     Activations and predictions are cached under ``work_dir``: a rerun resumes. ``answers=False``
     skips the conflict answers (the behaviour stays empty, so only the conflict target can be fitted).
+    ``items``: memorised rows of ``dataset`` known already (a capped sample of another run's); their
+    prompts still draw demonstrations from all of ``dataset``.
     """
     work_dir = Path(work_dir)
-    items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size,
-                             cache_dir=work_dir / "closed-book")
+    if items is None:
+        items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size,
+                                 cache_dir=work_dir / "closed-book")
     if len(items) < MIN_ITEMS:
         raise SparekitError(f"only {len(items)} of {len(dataset)} items of {dataset.name} are memorised by "
                             f"{lm.info.name}; probing needs at least {MIN_ITEMS}",

@@ -1,16 +1,20 @@
-"""Does breadth buy transfer, and does the out-of-distribution flag fire where it should? (broad corpus)
+"""Probe transfer on the broad corpus: leave one relation / kind out, the breadth curve, the OOD flag.
 
-Reuses a `sparekit probe --dataset broad` run's cached features (its data-train folder).
+Uses the capped items and cached features of benchmarks/bench_detectors.py (run it first; at most
+``--per-relation`` memorised items per relation, so no relation dominates).
 
+- Transfer tables: conflict and source probes per layer, leave-one-relation-out over every relation and
+  leave-one-kind-out over every kind (:func:`sparekit.probes.experiment.leave_one_out`, ``--seeds``),
+  mean / worst fold / spread, beside the in-distribution table (30 % of the question groups held out).
 - Breadth: the conflict probe's held-out accuracy / AUROC against the number of training relations
   (:func:`sparekit.probes.experiment.breadth_curve`: per size, ``--draws`` draws of a held-out relation
-  and of the training relations); plot + numbers.
+  and of the training relations), at the layer best in distribution; plot + numbers.
 - OOD flag: a conflict probe fitted on 70 % of the question groups (seed 0), its flag rate and accuracy on
   the other 30 % (three-shot blocks, as fitted) and on the same test items in formats it never saw, built
   by hand: the zero-shot block, ``Passage: … Question: … Answer:``, the passage variant of the corpus
   (3-5 sentences around the fact, three-shot) and the model's chat template.
 
-    python benchmarks/probe_breadth_ood.py --run runs/broad-probe --layer 10 --out runs/breadth-ood
+    python benchmarks/probe_transfer.py --run runs/broad-probe --out runs/probe-transfer
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from sparekit.data import ConflictDataset, load_dataset, split_by_group
 from sparekit.data.prompts import format_block
 from sparekit.evaluation.harness import condition_prompts
 from sparekit.hooks import Site
-from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, breadth_curve, collect
+from sparekit.probes.experiment import (PROBE_PARAMS, PROMPT_SEED, TARGETS, TEST_FRACTION, breadth_curve,
+                                        cross_validate, leave_one_out)
 from sparekit.probes.linear import LinearProbe
 from sparekit.probes.plots import plot_breadth
 from sparekit.utils.io import atomic_write_json
+
+from bench_detectors import capped_probing_data  # noqa: E402  (benchmarks/, beside this script)
 
 K_SHOT = 3
 
@@ -86,12 +93,32 @@ def ood(lm, train, data: ConflictDataset, site: Site, n_items: int) -> dict:
     return {"site": str(site), "threshold": probe.distance_threshold, "n_items": len(items), "formats": table}
 
 
+def transfer_tables(train, sites: list[Site], seeds: list[int]) -> dict:
+    """Per target and layer: in distribution, leave one relation out, leave one kind out."""
+    from sparekit.errors import SparekitError
+
+    tables: dict = {}
+    for target in TARGETS:
+        for site in sites:
+            row = {"in_distribution": cross_validate(train, target, site, seeds, TEST_FRACTION, PROBE_PARAMS)}
+            for field in ("relation", "kind"):
+                try:
+                    row[field] = leave_one_out(train, target, site, seeds, PROBE_PARAMS, field)
+                except SparekitError as exc:
+                    row[field] = {"error": str(exc)}
+            tables.setdefault(target, {})[str(site)] = row
+            print(target, site, {k: v.get("mean", v).get("accuracy", v) for k, v in row.items()}, flush=True)
+    return tables
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a `sparekit probe --dataset broad` run directory")
+    parser.add_argument("--run", type=Path, required=True, help="the `sparekit probe --dataset broad` run "
+                                                                "bench_detectors.py read")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--layers", default="7,10,13", help="the layers the run captured")
-    parser.add_argument("--layer", type=int, default=10, help="the probe's layer")
+    parser.add_argument("--layers", default="7,10,13")
+    parser.add_argument("--per-relation", type=int, default=30)
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sizes", default="1,2,4,8,15")
     parser.add_argument("--draws", type=int, default=12)
     parser.add_argument("--ood-items", type=int, default=100)
@@ -101,16 +128,17 @@ def main() -> None:
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
-    train = collect(lm, data, sites, args.run / "data-train", k_shot=K_SHOT, prompt_seed=PROMPT_SEED,
-                    answers=False)  # the conflict target needs no answers
-    site = Site(args.layer)
+    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)
+    tables = transfer_tables(train, sites, [int(s) for s in args.seeds.split(",")])
+    site = Site.parse(max(tables["conflict"], key=lambda s: tables["conflict"][s]["in_distribution"]["accuracy"]["mean"]))
     curve = breadth_curve(train, site, [int(k) for k in args.sizes.split(",")], args.draws, probe_params=PROBE_PARAMS)
-    result = {"site": str(site), "draws": args.draws, "breadth": curve, "ood": ood(lm, train, data, site, args.ood_items)}
-    in_dist = result["ood"]["formats"]["three-shot blocks (fitted)"]["accuracy"]
+    result = {"n_items": len(train.items), "counts": train.counts(), "tables": tables, "site": str(site),
+              "draws": args.draws, "breadth": curve, "ood": ood(lm, train, data, site, args.ood_items)}
+    atomic_write_json(args.out / "probe_transfer.json", result)
     plot_breadth(curve, args.plot, f"{lm.info.name}: conflict probe ({site}) on a held-out relation of the broad "
-                                   f"corpus, {args.draws} draws per point", in_distribution=in_dist)
-    atomic_write_json(args.out / "breadth_ood.json", result)
-    print(json.dumps(result, indent=1))
+                                   f"corpus, {args.draws} draws per point",
+                 in_distribution=tables["conflict"][str(site)]["in_distribution"]["accuracy"]["mean"])
+    print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=1))
 
 
 if __name__ == "__main__":
