@@ -57,10 +57,14 @@ def capped_probing_data(lm, data: ConflictDataset, sites: list[Site], run: Path,
                         answers: bool) -> ProbingData:
     """Features (and with ``answers`` the conflict behaviour) of at most ``per_relation`` memorised items per
     relation, memorisation read from the probe run's closed-book cache; cached under ``run/capped-N``."""
-    memorised = memorised_subset(lm, data, seed=PROMPT_SEED, k_shot=K_SHOT, cache_dir=run / "data-train" / "closed-book")
-    items = detection_items(memorised, per_relation, seed=0)
     return collect(lm, data, sites, run / f"capped-{per_relation}", k_shot=K_SHOT, prompt_seed=PROMPT_SEED,
-                   answers=answers, items=items)
+                   answers=answers, items=capped_items(lm, data, run, per_relation))
+
+
+def capped_items(lm, data: ConflictDataset, run: Path, per_relation: int) -> ConflictDataset:
+    """At most ``per_relation`` memorised items per relation, memorisation read from the probe run's cache."""
+    memorised = memorised_subset(lm, data, seed=PROMPT_SEED, k_shot=K_SHOT, cache_dir=run / "data-train" / "closed-book")
+    return detection_items(memorised, per_relation, seed=0)
 
 
 def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path) -> dict[str, dict]:
@@ -173,7 +177,11 @@ def main() -> None:
     parser.add_argument("--layers", default="7,10,13")
     parser.add_argument("--per-relation", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--timing", type=int, default=16, help="prompts timed per detector (0: skip)")
+    parser.add_argument("--signal-items", type=int, default=12,
+                        help="per relation, at most this many of those items get the training-free signals (dev and "
+                             "test rows); the probe is fitted on all of its fit relations' items")
+    parser.add_argument("--signals-only", action="store_true", help="compute the signals and stop")
+    parser.add_argument("--timing", type=int, default=6, help="prompts timed per detector (0: skip)")
     parser.add_argument("--save-combinations", type=Path, default=None,
                         help="fit the probe+signal combinations for the probes in this folder on every detection "
                              "row and write its detectors.json")
@@ -182,8 +190,12 @@ def main() -> None:
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
+    if args.signals_only:  # beside the capture and answers of another process
+        signals(lm, data, detection_items(capped_items(lm, data, args.run, args.per_relation), args.signal_items, 0),
+                args.out)
+        return
     train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)
-    items = train.items
+    items = detection_items(train.items, args.signal_items, seed=0)
     sig = signals(lm, data, items, args.out)
     det_ids = {ex.id for ex in items}
     folds = {r: [fold_scores(train, sig, det_ids, sites, r, int(s)) for s in args.seeds.split(",")]

@@ -32,7 +32,7 @@ from sparekit.data import ConflictDataset, load_dataset, split_by_group
 from sparekit.data.prompts import format_block
 from sparekit.evaluation.harness import condition_prompts
 from sparekit.hooks import Site
-from sparekit.probes.experiment import (PROBE_PARAMS, PROMPT_SEED, TARGETS, TEST_FRACTION, breadth_curve,
+from sparekit.probes.experiment import (PROBE_PARAMS, PROMPT_SEED, TEST_FRACTION, breadth_curve,
                                         cross_validate, leave_one_out)
 from sparekit.probes.linear import LinearProbe
 from sparekit.probes.plots import plot_breadth
@@ -93,21 +93,20 @@ def ood(lm, train, data: ConflictDataset, site: Site, n_items: int) -> dict:
     return {"site": str(site), "threshold": probe.distance_threshold, "n_items": len(items), "formats": table}
 
 
-def transfer_tables(train, sites: list[Site], seeds: list[int]) -> dict:
-    """Per target and layer: in distribution, leave one relation out, leave one kind out."""
+def transfer_tables(train, target: str, sites: list[Site], seeds: list[int]) -> dict:
+    """Per layer: in distribution, leave one relation out, leave one kind out."""
     from sparekit.errors import SparekitError
 
     tables: dict = {}
-    for target in TARGETS:
-        for site in sites:
-            row = {"in_distribution": cross_validate(train, target, site, seeds, TEST_FRACTION, PROBE_PARAMS)}
-            for field in ("relation", "kind"):
-                try:
-                    row[field] = leave_one_out(train, target, site, seeds, PROBE_PARAMS, field)
-                except SparekitError as exc:
-                    row[field] = {"error": str(exc)}
-            tables.setdefault(target, {})[str(site)] = row
-            print(target, site, {k: v.get("mean", v).get("accuracy", v) for k, v in row.items()}, flush=True)
+    for site in sites:
+        row = {"in_distribution": cross_validate(train, target, site, seeds, TEST_FRACTION, PROBE_PARAMS)}
+        for field in ("relation", "kind"):
+            try:
+                row[field] = leave_one_out(train, target, site, seeds, PROBE_PARAMS, field)
+            except SparekitError as exc:
+                row[field] = {"error": str(exc)}
+        tables[str(site)] = row
+        print(target, site, {k: v.get("mean", v).get("accuracy", v) for k, v in row.items()}, flush=True)
     return tables
 
 
@@ -121,23 +120,29 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sizes", default="1,2,4,8,15")
     parser.add_argument("--draws", type=int, default=12)
-    parser.add_argument("--ood-items", type=int, default=100)
+    parser.add_argument("--ood-items", type=int, default=40)
     parser.add_argument("--plot", type=Path, default=Path("docs/probes_breadth.png"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
-    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)
-    tables = transfer_tables(train, sites, [int(s) for s in args.seeds.split(",")])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False)
+    tables = {"conflict": transfer_tables(train, "conflict", sites, seeds)}
     site = Site.parse(max(tables["conflict"], key=lambda s: tables["conflict"][s]["in_distribution"]["accuracy"]["mean"]))
     curve = breadth_curve(train, site, [int(k) for k in args.sizes.split(",")], args.draws, probe_params=PROBE_PARAMS)
-    result = {"n_items": len(train.items), "counts": train.counts(), "tables": tables, "site": str(site),
-              "draws": args.draws, "breadth": curve, "ood": ood(lm, train, data, site, args.ood_items)}
-    atomic_write_json(args.out / "probe_transfer.json", result)
+    result = {"n_items": len(train.items), "tables": tables, "site": str(site), "draws": args.draws, "breadth": curve}
     plot_breadth(curve, args.plot, f"{lm.info.name}: conflict probe ({site}) on a held-out relation of the broad "
                                    f"corpus, {args.draws} draws per point",
                  in_distribution=tables["conflict"][str(site)]["in_distribution"]["accuracy"]["mean"])
+    atomic_write_json(args.out / "probe_transfer.json", result)
+    result["ood"] = ood(lm, train, data, site, args.ood_items)
+    atomic_write_json(args.out / "probe_transfer.json", result)
+    with_answers = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)  # source labels
+    result.update(counts=with_answers.counts(), tables={**tables, "source": transfer_tables(with_answers, "source",
+                                                                                          sites, seeds)})
+    atomic_write_json(args.out / "probe_transfer.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=1))
 
 

@@ -24,6 +24,7 @@ import torch
 
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_generate, tokenize
+from sparekit.evaluation.harness import MAX_NEW_TOKENS
 from sparekit.evaluation.metrics import exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import MAX_PROMPT_TOKENS, check_prompt, describe, load_probes
@@ -36,7 +37,6 @@ DETECTORS = ("probe", "jsd", "disagreement", "probe+jsd", "probe+disagreement")
 #: the JSD above which ``jsd`` alone says conflict: chosen on dev (BENCHMARKS.md, "Training-free detectors")
 JSD_THRESHOLD = 0.1
 COMBINATIONS_FILE = "detectors.json"
-MAX_NEW_TOKENS = 12
 
 
 def check_detector(name: str) -> str:
