@@ -181,7 +181,7 @@ def main() -> None:
                         help="per relation, at most this many of those items get the training-free signals (dev and "
                              "test rows); the probe is fitted on all of its fit relations' items")
     parser.add_argument("--signals-only", action="store_true", help="compute the signals and stop")
-    parser.add_argument("--timing", type=int, default=6, help="prompts timed per detector (0: skip)")
+    parser.add_argument("--timing", type=int, default=4, help="prompts timed per detector (0: skip)")
     parser.add_argument("--save-combinations", type=Path, default=None,
                         help="fit the probe+signal combinations for the probes in this folder on every detection "
                              "row and write its detectors.json")
@@ -194,7 +194,7 @@ def main() -> None:
         signals(lm, data, detection_items(capped_items(lm, data, args.run, args.per_relation), args.signal_items, 0),
                 args.out)
         return
-    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)
+    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False)  # conflict only
     items = detection_items(train.items, args.signal_items, seed=0)
     sig = signals(lm, data, items, args.out)
     det_ids = {ex.id for ex in items}
@@ -231,7 +231,8 @@ def fit_combinations(lm, train: ProbingData, sig: dict, items: ConflictDataset, 
         fitted.append(Combination(signal).fit(logit, values, y))
     save_combinations(folder, fitted, f"fitted by benchmarks/bench_detectors.py on {len(rows)} broad items "
                                       f"x 2 prompts ({time.strftime('%Y-%m-%d')})")
-    return {c.signal: {"coef": c.coef, "intercept": c.intercept} for c in fitted}
+    alone = {"accuracy": float(np.mean((logit > 0) == y)), "auroc": _auroc(y, logit)}  # the folder's probe on broad
+    return {"probe_alone": alone, **{c.signal: {"coef": c.coef, "intercept": c.intercept} for c in fitted}}
 
 
 if __name__ == "__main__":

@@ -120,7 +120,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sizes", default="1,2,4,8,15")
     parser.add_argument("--draws", type=int, default=12)
-    parser.add_argument("--ood-items", type=int, default=40)
+    parser.add_argument("--ood-items", type=int, default=16)
+    parser.add_argument("--source", action="store_true", help="also the source probe's tables (generates the "
+                        "conflict answers: one generation per item)")
     parser.add_argument("--plot", type=Path, default=Path("docs/probes_breadth.png"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +141,9 @@ def main() -> None:
     atomic_write_json(args.out / "probe_transfer.json", result)
     result["ood"] = ood(lm, train, data, site, args.ood_items)
     atomic_write_json(args.out / "probe_transfer.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k != "tables"}, indent=1))
+    if not args.source:
+        return
     with_answers = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=True)  # source labels
     result.update(counts=with_answers.counts(), tables={**tables, "source": transfer_tables(with_answers, "source",
                                                                                           sites, seeds)})
