@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,4,8,15")
     parser.add_argument("--draws", type=int, default=12)
     parser.add_argument("--ood-items", type=int, default=16)
+    parser.add_argument("--ood-only", type=int, default=None, help="only the OOD table, with a probe at this layer")
     parser.add_argument("--source", action="store_true", help="also the source probe's tables (generates the "
                         "conflict answers: one generation per item)")
     parser.add_argument("--plot", type=Path, default=Path("docs/probes_breadth.png"))
@@ -130,6 +131,10 @@ def main() -> None:
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.ood_only:
+        train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False)
+        atomic_write_json(args.out / "ood.json", ood(lm, train, data, Site(args.ood_only), args.ood_items))
+        return
     train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False)
     tables = {"conflict": transfer_tables(train, "conflict", sites, seeds)}
     site = Site.parse(max(tables["conflict"], key=lambda s: tables["conflict"][s]["in_distribution"]["accuracy"]["mean"]))

@@ -3,12 +3,16 @@
 A probe fitted on three-shot ``question:/answer:`` prompts returns a confident number on a
 prompt it never saw the like of (a RAG template, a chat turn). :class:`FeatureRange` keeps
 the training rows' statistics in the probe's standardised space: the top ``rank`` principal
-directions with their variances, and the mean energy left outside them. A row's score is
+directions with their variances, and the mean energy left outside them (probabilistic PCA: the
+other ``d - rank`` directions share one variance). A row's score is the Mahalanobis distance
+under that model, per dimension,
 
-    sqrt((Σ_k proj_k² / var_k + residual / mean training residual) / (rank + 1))
+    sqrt((Σ_k proj_k² / var_k + (d - rank) · residual / mean training residual) / d)
 
 (about 1 for a typical training row), and ``threshold_`` is the 99th percentile of the
-training rows' scores: above it, a reading says ``in_distribution: false``.
+training rows' scores: above it, a reading says ``in_distribution: false``. Weighting the
+residual by its ``d - rank`` dimensions matters: a prompt format the probe never saw moves the
+state mostly outside the training rows' main directions.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ class FeatureRange:
     def score(self, Z: torch.Tensor) -> torch.Tensor:
         """``[n]`` distances of standardised rows ``Z`` (about 1 for a training row)."""
         proj = Z @ self.basis_
-        total = (proj.pow(2) / self.var_).sum(1) + self._residual(Z, proj) / self.residual_
-        return (total / (self.basis_.shape[1] + 1)).sqrt()
+        d, rank = self.basis_.shape
+        total = (proj.pow(2) / self.var_).sum(1) + (d - rank) * self._residual(Z, proj) / self.residual_
+        return (total / d).sqrt()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(zip(TENSORS, (self.basis_, self.var_, self.residual_, self.threshold_)))
