@@ -34,8 +34,9 @@ from sparekit.utils.io import atomic_write_json, read_json_object
 from sparekit.utils.registry import unknown_name
 
 DETECTORS = ("probe", "jsd", "disagreement", "probe+jsd", "probe+disagreement")
-#: the JSD above which ``jsd`` alone says conflict: chosen on dev (BENCHMARKS.md, "Training-free detectors")
-JSD_THRESHOLD = 0.1
+#: the JSD above which ``jsd`` alone says conflict: the median of the 32 dev-chosen thresholds of
+#: benchmarks/bench_detectors.py (BENCHMARKS.md, "Training-free detectors")
+JSD_THRESHOLD = 0.093
 COMBINATIONS_FILE = "detectors.json"
 
 
