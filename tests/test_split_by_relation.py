@@ -178,3 +178,11 @@ def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_ll
     assert mean["strength"] == 1.0 and mean["em_target"] == pytest.approx(0.5)
     assert mean["em_no_conflict"] == pytest.approx(0.5) and set(result["held_out"]) == set(curves)
     assert json.loads((tmp_path / "frontier.json").read_text())["mean"] == result["mean"]
+
+
+def test_probe_cli_refuses_a_kind_split_of_rows_without_kinds_before_loading_a_model(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(_rows(["x", "y"] * 6), path)
+    assert main(["probe", "--dataset", str(path), "--split-by", "kind", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "12 of 12 rows have no 'kind' field" in err and err.count("\n") == 1 and "Traceback" not in err
