@@ -53,3 +53,26 @@ def nqswap_path() -> Path:
     if not NQSWAP_DEV.is_file():
         pytest.fail(f"the NQ-Swap dev file is missing from the package at {NQSWAP_DEV}")
     return NQSWAP_DEV
+
+
+@pytest.fixture
+def tiny_probe_setup(tiny_llama, tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """``(model folder, dataset)`` for a `sparekit probe` run on the tiny model, with memorisation and answers
+    faked (it knows nothing) and no shipped assets; the run itself is the test's."""
+    import json
+
+    from sparekit.models import assets
+    from sparekit.probes import experiment
+
+    folder = tmp_path / "model"
+    tiny_llama.model.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    rows = [{"id": f"r{i}", "question": f"q{i}", "org_context": f"it is {i}", "org_answer": [f"o{i}"],
+             "sub_context": f"it is x{i}", "sub_answer": [f"s{i}"]} for i in range(16)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
+    monkeypatch.setattr(experiment, "generate_keyed", lambda lm, prompts, *a: {
+        k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
+    monkeypatch.setattr(assets, "ROOT", tmp_path / "no-shipped-assets")
+    return folder, data

@@ -143,24 +143,11 @@ def test_cross_validate_errors():
         cross_validate(data, "source", Site(0), seeds=[0])
 
 
-def test_probe_and_detect_cli_on_a_tiny_model(tiny_llama, tmp_path, monkeypatch, capsys):
+def test_probe_and_detect_cli_on_a_tiny_model(tiny_probe_setup, tmp_path, capsys):
     """End to end on a tiny random model; memorisation and answers are faked (it knows nothing)."""
     from sparekit.cli.main import main
-    from sparekit.probes import experiment
 
-    folder = tmp_path / "model"
-    tiny_llama.model.save_pretrained(folder)
-    tiny_llama.tokenizer.save_pretrained(folder)
-    rows = [{"id": f"r{i}", "question": f"q{i}", "org_context": f"it is {i}", "org_answer": [f"o{i}"],
-             "sub_context": f"it is x{i}", "sub_answer": [f"s{i}"]} for i in range(16)]
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(experiment, "memorised_subset", lambda lm, dataset, **kw: dataset)
-    monkeypatch.setattr(experiment, "generate_keyed", lambda lm, prompts, *a: {
-        k: (f"s{k[1:]}" if int(k[1:]) % 2 else f"o{k[1:]}") for k in prompts})
-    from sparekit.models import assets
-
-    monkeypatch.setattr(assets, "ROOT", tmp_path / "no-shipped-assets")
+    folder, data = tiny_probe_setup
     run = tmp_path / "run"
     args = ["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1-2", "--seeds", "0,1",
             "--k-shot", "1", "--out", str(run), "--json"]
@@ -191,3 +178,20 @@ def test_component_plot_draws_every_component(tmp_path):
     result["components"]["mlp"]["source"] = {"error": "too few items"}
     path = plot_components(result, tmp_path / "components.png", "toy")
     assert path.stat().st_size > 10_000
+
+
+def test_collect_without_answers_or_with_given_items(tiny_llama, tiny_probe_setup, tmp_path, monkeypatch):
+    """The conflict target needs features only: answers=False never generates (the breadth runs rely on it)."""
+    from sparekit.data import load_dataset
+    from sparekit.probes import experiment
+
+    _, data = tiny_probe_setup
+    monkeypatch.setattr(experiment, "generate_keyed", lambda *a, **k: pytest.fail("generated answers"))
+    dataset = load_dataset(str(data))
+    found = experiment.collect(tiny_llama, dataset, [Site(1)], tmp_path / "work", k_shot=1,
+                               progress=False, answers=False)
+    assert found.behaviour == [] and found.target("conflict", Site(1))[0].shape[0] == 32
+    monkeypatch.setattr(experiment, "memorised_subset", lambda *a, **k: pytest.fail("re-read memorisation"))
+    given = experiment.collect(tiny_llama, dataset, [Site(1)], tmp_path / "given", k_shot=1, progress=False,
+                               answers=False, items=dataset.subset(list(range(5, 13))))
+    assert torch.equal(given.sub[Site(1)][0], found.sub[Site(1)][5])  # same prompt: demos from all of dataset

@@ -13,7 +13,8 @@ from sparekit.data import ConflictDataset, ConflictExample, load_dataset, write_
 from sparekit.data.dataset import held_out_relations
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
-from sparekit.probes import ProbingData, leave_one_relation_out
+from sparekit.probes import ProbingData, leave_one_out, leave_one_relation_out
+from sparekit.probes.experiment import breadth_curve
 
 TRAINED = {"epochs": 200, "lr": 0.05}  # a well-trained probe on this small synthetic set
 
@@ -55,7 +56,7 @@ def test_probe_is_fitted_on_the_other_relations_and_scored_on_the_held_out_one()
     sub[40:, 1] += 6.0
     data = ProbingData(items, {site: org}, {site: sub}, ["context"] * 80)
     result = leave_one_relation_out(data, "conflict", site, seeds=[0], probe_params=TRAINED)
-    assert set(result) == {"mean", "x", "y"}
+    assert set(result) == {"mean", "x", "y", "skipped"} and result["skipped"] == []
     for relation in ("x", "y"):
         assert result[relation]["auroc"]["mean"] < 0.3
     in_distribution = leave_one_relation_out(
@@ -63,6 +64,55 @@ def test_probe_is_fitted_on_the_other_relations_and_scored_on_the_held_out_one()
         "conflict", site, seeds=[0], probe_params=TRAINED)
     assert in_distribution["mean"]["auroc"]["mean"] > 0.95  # both patterns seen in training
     assert result["mean"]["auroc"]["mean"] == pytest.approx(np.mean([result[r]["auroc"]["mean"] for r in "xy"]))
+
+
+def _kinds_data() -> tuple[ProbingData, Site]:
+    """Relations a1, a2 (kind a) shift conflicts along one direction, b1, b2 (kind b) along another."""
+    rng = np.random.default_rng(1)
+    rows = [ConflictExample(id=f"r{i}", question=f"q{i}?", org_context="c.", org_answer=("a",), sub_context="s.",
+                            sub_answer=("b",), relation=r, kind=r[0]) for i, r in enumerate(["a1", "a2", "b1", "b2"] * 20)]
+    org = torch.as_tensor(rng.normal(size=(80, 4)), dtype=torch.float32)
+    sub = org.clone()
+    for i, ex in enumerate(rows):
+        sub[i, 0 if ex.kind == "a" else 1] += 6.0
+    behaviour = ["context" if i % 3 else "memory" for i in range(80)]
+    return ProbingData(ConflictDataset(rows, "d"), {Site(0): org}, {Site(0): sub}, behaviour), Site(0)
+
+
+def test_leave_one_kind_out_holds_out_every_relation_of_a_kind():
+    data, site = _kinds_data()
+    by_relation = leave_one_out(data, "conflict", site, [0], TRAINED, "relation")
+    by_kind = leave_one_out(data, "conflict", site, [0], TRAINED, "kind")
+    assert set(by_kind) == {"mean", "a", "b", "skipped"}
+    assert by_relation["mean"]["auroc"]["mean"] > 0.95  # a sibling relation of the same kind was seen
+    assert by_kind["mean"]["auroc"]["mean"] < 0.8  # no relation of the held-out kind was
+    mean = by_relation["mean"]["accuracy"]
+    folds = [by_relation[r]["accuracy"]["mean"] for r in ("a1", "a2", "b1", "b2")]
+    assert mean["worst"] == min(folds) and mean["best"] == max(folds) and mean["mean"] == pytest.approx(np.mean(folds))
+
+
+def test_a_fold_with_one_class_is_skipped_and_named():
+    data, site = _kinds_data()
+    data.behaviour = ["memory" if ex.relation == "b2" else b for ex, b in zip(data.items, data.behaviour)]
+    result = leave_one_out(data, "source", site, [0], TRAINED, "relation")
+    assert result["skipped"] == ["b2"] and "b2" not in result and {"a1", "a2", "b1"} <= set(result)
+
+
+def test_breadth_curve_draws_training_relations_and_scores_the_held_out_one():
+    data, site = _kinds_data()
+    curve = breadth_curve(data, site, [1, 3], draws=6, probe_params=TRAINED)
+    assert set(curve) == {1, 3} and curve[3]["n"] == 6
+    assert curve[3]["accuracy"]["mean"] > curve[1]["accuracy"]["mean"]  # with 3 of 4, a sibling is always seen
+    with pytest.raises(SparekitError, match="cannot fit on 4 relations"):
+        breadth_curve(data, site, [4], draws=1)
+
+
+def test_breadth_plot_is_written(tmp_path):
+    from sparekit.probes.plots import plot_breadth
+
+    curve = {k: {"accuracy": {"mean": 0.6 + 0.02 * k, "std": 0.05}, "auroc": {"mean": 0.7, "std": 0.04}}
+             for k in (1, 2, 4, 8, 15)}
+    assert plot_breadth(curve, tmp_path / "b.png", "toy", in_distribution=0.9).stat().st_size > 10_000
 
 
 def test_benchmark_holds_a_relation_out_of_pool_and_dev(tiny_llama, tmp_path):
@@ -128,3 +178,11 @@ def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_ll
     assert mean["strength"] == 1.0 and mean["em_target"] == pytest.approx(0.5)
     assert mean["em_no_conflict"] == pytest.approx(0.5) and set(result["held_out"]) == set(curves)
     assert json.loads((tmp_path / "frontier.json").read_text())["mean"] == result["mean"]
+
+
+def test_probe_cli_refuses_a_kind_split_of_rows_without_kinds_before_loading_a_model(tmp_path, capsys):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(_rows(["x", "y"] * 6), path)
+    assert main(["probe", "--dataset", str(path), "--split-by", "kind", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "12 of 12 rows have no 'kind' field" in err and err.count("\n") == 1 and "Traceback" not in err

@@ -11,6 +11,10 @@ from sparekit.cli.config import config_options
 from sparekit.errors import SparekitError
 from sparekit.probes.experiment import ProbeExperiment
 
+#: dev ranks probe+disagreement first, but it needs a combination fitted for the probe folder in use (the
+#: shipped folder has none yet) and a context line in the prompt: BENCHMARKS.md, "Training-free detectors"
+DEFAULT_DETECTOR = "probe"
+
 
 def _render_table(result: dict) -> str:
     lines = [f"{result['model']} on {result['dataset']}: {result['n_items']} memorised items, "
@@ -29,10 +33,10 @@ def _render_table(result: dict) -> str:
             for i, layer in enumerate(result["layers"]):
                 cells = [f"{table[m]['mean'][i]:.3f}±{table[m]['std'][i]:.3f}" for m in ("accuracy", "auroc", "auprc")]
                 lines.append(f"  {layer:5d}  " + "   ".join(cells))
-    for relation, by_target in result.get("held_out_relations", {}).items():
+    for fold, by_target in result.get(f"held_out_{result['split_by']}s", {}).items():
         cells = [f"{t} " + ("n/a" if "error" in table else f"{max(table['accuracy']['mean']):.3f}")
                  for t, table in by_target.items()]
-        lines.append(f"held out {relation}: best-layer accuracy " + ", ".join(cells))
+        lines.append(f"held out {fold}: best-layer accuracy " + ", ".join(cells))
     lines.append(f"run dir: {result['run_dir']}")
     return "\n".join(lines)
 
@@ -47,8 +51,9 @@ def probe(config: ProbeExperiment, as_json: bool) -> None:
     \b
     Reports held-out-group accuracy, AUROC and AUPRC (mean ± std over seeds) per layer,
     saves plots and the best-layer probes (used by `sparekit detect`) in the run directory.
-    With --split-by relation the tables are the mean over held-out relations (std across
-    relations) and `held_out_relations` holds each relation's table.
+    With --split-by relation (or kind) the tables are the mean over held-out relations (kinds),
+    with the std across them and the worst fold, and `held_out_relations` (`held_out_kinds`)
+    holds each fold's table.
     Example:
       sparekit probe --dataset nqswap --limit 600 --seeds 0,1,2 --json
     """
@@ -66,10 +71,14 @@ def probe(config: ProbeExperiment, as_json: bool) -> None:
 @click.option("--model", "-m", default=None, help="Model (default: the one the probes were fitted on).")
 @click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(0),
               help="Refuse longer prompts (0: only the model's context length limits them).")
+@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
+              help="probe, jsd (with/without-context divergence: +2 prompt passes), disagreement (closed-book "
+                   "answer differs: +2 generations), probe+jsd or probe+disagreement (needs the probe folder's "
+                   "detectors.json). BENCHMARKS.md, training-free detectors, compares them.")
 @device_option
 @device_map_option
 @json_option
-def detect(prompt, question, context, probe_dir, model, max_tokens, device, device_map, as_json) -> None:
+def detect(prompt, question, context, probe_dir, model, max_tokens, detector, device, device_map, as_json) -> None:
     """Conflict probability and predicted knowledge source of one prompt, before generating.
 
     \b
@@ -88,17 +97,55 @@ def detect(prompt, question, context, probe_dir, model, max_tokens, device, devi
     if prompt is not None:
         check_prompt_text(prompt)  # before loading the model
     folder = resolve_probe_dir(probe_dir)
+    _check_detector(detector, prompt if prompt is not None else format_block(question, context), folder)
     lm = load_model(model or probes_model(folder), device=device,
                     device_map=device_map)
     text = prompt if prompt is not None else "".join(detection_demos(folder)) + format_block(question, context)
-    result = detect_prompt(lm, text, folder, max_tokens=max_tokens)
+    if detector == "probe":
+        emit(detect_prompt(lm, text, folder, max_tokens=max_tokens), as_json, _render_reading)
+    else:
+        emit(_detect_with(lm, text, detector, folder, max_tokens), as_json, _render_detector)
 
-    def render(r: dict) -> str:
-        conflict = f"{r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
-        text = f"probes: {r['probe_dir']}\nconflict: {conflict}"
-        if r["predicted_source"] is None:
-            return text + "\npredicted source: no source probe in this run"
-        return text + (f"\npredicted source: {r['predicted_source']} (p(context) = {r['context_probability']:.1%}, "
-                       f"{r['sites']['source']})")
 
-    emit(result, as_json, render)
+def _render_reading(r: dict) -> str:
+    conflict = f"{r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
+    text = f"probes: {r['probe_dir']}\nconflict: {conflict}"
+    if r["predicted_source"] is None:
+        text += "\npredicted source: no source probe in this run"
+    else:
+        text += (f"\npredicted source: {r['predicted_source']} (p(context) = {r['context_probability']:.1%}, "
+                 f"{r['sites']['source']})")
+    return text + _distribution_warning(r)
+
+
+def _distribution_warning(r: dict) -> str:
+    """One warning line when the prompt is far from everything the probe was fitted on (else nothing)."""
+    if r.get("in_distribution") is not False:
+        return ""
+    return (f"\nwarning: this prompt is far from the prompts the probe was fitted on (distance {r['distance']:.2f}, "
+            "above its training rows' 99th percentile): the reading may mean nothing")
+
+
+def _check_detector(detector: str, text: str, folder: Path) -> None:
+    """An unknown --detector, or one this prompt or probe folder cannot serve, fails before the model loads."""
+    from sparekit.probes.training_free import check_detector_inputs
+
+    check_detector_inputs(detector, text, folder)
+
+
+def _detect_with(lm, text: str, detector: str, folder: Path, max_tokens: int) -> dict:
+    from sparekit.probes.training_free import detect_with
+
+    return detect_with(lm, text, detector, folder, max_tokens)
+
+
+def _render_detector(r: dict) -> str:
+    lines = [f"detector: {r['detector']}",
+             f"conflict: {r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'})"]
+    if "jsd" in r:
+        lines.append(f"with/without-context JSD: {r['jsd']:.3f}")
+    if "disagreement" in r:
+        lines.append(f"answer with the context: {r['answer']!r}, closed-book: {r['closed_book_answer']!r}")
+    if "probe_conflict_probability" in r:
+        lines.append(f"probe alone: {r['probe_conflict_probability']:.1%} ({r['sites']['conflict']}, {r['probe_dir']})")
+    return "\n".join(lines) + _distribution_warning(r)

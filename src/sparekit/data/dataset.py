@@ -167,20 +167,26 @@ def split_by_group(dataset: ConflictDataset, fractions: Sequence[float], seed: i
 
 
 def held_out_relations(dataset: ConflictDataset) -> list[str]:
-    """The relations a leave-one-relation-out protocol holds out in turn (first-appearance order).
+    """The relations a leave-one-relation-out protocol holds out in turn (first-appearance order)."""
+    return held_out_values(dataset, "relation")
 
-    Every row needs a ``relation`` and there must be at least two: with one, nothing is left to fit on.
+
+def held_out_values(dataset: ConflictDataset, field: str) -> list[str]:
+    """The values of ``field`` (``relation`` or ``kind``) a leave-one-out protocol holds out in turn
+    (first-appearance order).
+
+    Every row needs the field and there must be at least two values: with one, nothing is left to fit on.
     """
-    missing = sum(ex.relation is None for ex in dataset)
+    missing = sum(getattr(ex, field) is None for ex in dataset)
     if missing:
-        raise SparekitError(f"{dataset.name}: {missing} of {len(dataset)} rows have no 'relation' field",
-                            "give every row a relation to split by relation, or drop --split-by relation")
-    relations = list(dict.fromkeys(ex.relation for ex in dataset))
-    if len(relations) < 2:
-        raise SparekitError(f"{dataset.name}: only one relation ({relations[0] if relations else 'none'}), "
+        raise SparekitError(f"{dataset.name}: {missing} of {len(dataset)} rows have no {field!r} field",
+                            f"give every row a {field} to split by {field}, or drop --split-by {field}")
+    values = list(dict.fromkeys(getattr(ex, field) for ex in dataset))
+    if len(values) < 2:
+        raise SparekitError(f"{dataset.name}: only one {field} ({values[0] if values else 'none'}), "
                             "nothing to fit on when it is held out",
-                            "leave-one-relation-out needs rows of at least two relations")
-    return relations  # type: ignore[return-value]
+                            f"leave-one-{field}-out needs rows of at least two {field}s")
+    return values  # type: ignore[return-value]
 
 
 def _answers(value, field: str, where: str) -> tuple[str, ...]:

@@ -82,20 +82,42 @@ def greedy_generate(
     stop_at_newline: bool = True,
     logits_processor: LogitsProcessorList | None = None,
     progress: bool = False,
+    first_step: list[torch.Tensor] | None = None,
 ) -> list[str]:
-    """Greedy completions of ``prompts``; with ``stop_at_newline`` each is cut at its first newline."""
+    """Greedy completions of ``prompts``; with ``stop_at_newline`` each is cut at its first newline.
+
+    ``first_step``: when given, each batch's ``[batch, vocab]`` float32 log-probabilities of the first
+    generated token (after ``logits_processor``) are appended to it: the next-token distribution at the
+    last prompt token, for free (the training-free conflict detectors read it).
+    """
     outputs: list[str] = []
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False)
     for chunk in batches(prompts, batch_size):
         enc = tokenize(lm, chunk)
         prompt_len = enc["input_ids"].shape[1]
         stopping = StoppingCriteriaList([_NewlineStop(lm.tokenizer, prompt_len)]) if stop_at_newline else None
-        generated = greedy_call(lm, enc, max_new_tokens, logits_processor, stopping)
+        processors = logits_processor
+        if first_step is not None:
+            processors = LogitsProcessorList([*(logits_processor or []), _FirstStep(first_step)])
+        generated = greedy_call(lm, enc, max_new_tokens, processors, stopping)
         texts = lm.tokenizer.batch_decode(generated[:, prompt_len:], skip_special_tokens=True)
         outputs.extend(t.split("\n", 1)[0].strip() if stop_at_newline else t for t in texts)
         bar.update(len(chunk))
     bar.close()
     return outputs
+
+
+class _FirstStep(LogitsProcessor):
+    """Appends the log-softmax of the first decoding step's scores to ``into``; changes nothing."""
+
+    def __init__(self, into: list[torch.Tensor]):
+        self.into, self.seen = into, False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.seen:
+            self.into.append(torch.log_softmax(scores.float(), -1).cpu())
+            self.seen = True
+        return scores
 
 
 class _ForcedAnswerScorer(LogitsProcessor):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, split_by_group
-from sparekit.data.dataset import held_out_relations
+from sparekit.data.dataset import held_out_values
 from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
@@ -43,6 +43,7 @@ TEST_FRACTION = 0.3
 PROBE_PARAMS = {"l1": 6e-4, "lr": 2e-3, "epochs": 20, "batch_size": 64, "standardize": True}
 METRICS = ("accuracy", "auroc", "auprc", "majority_accuracy")
 MIN_ITEMS = 8
+SPLITS = ("group", "relation", "kind")
 
 
 @dataclass
@@ -73,14 +74,19 @@ class ProbingData:
 
 
 def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], work_dir: str | Path, *,
-            k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True) -> ProbingData:
+            k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True,
+            answers: bool = True, items: ConflictDataset | None = None) -> ProbingData:
     """Memorised items of ``dataset``, their org/sub features at ``sites`` and the model's behaviour.
 
-    Activations and predictions are cached under ``work_dir``: a rerun resumes.
+    Activations and predictions are cached under ``work_dir``: a rerun resumes. ``answers=False``
+    skips the conflict answers (the behaviour stays empty, so only the conflict target can be fitted).
+    ``items``: memorised rows of ``dataset`` known already (a capped sample of another run's); their
+    prompts still draw demonstrations from all of ``dataset``.
     """
     work_dir = Path(work_dir)
-    items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size,
-                             cache_dir=work_dir / "closed-book")
+    if items is None:
+        items = memorised_subset(lm, dataset, seed=prompt_seed, k_shot=k_shot, batch_size=batch_size,
+                                 cache_dir=work_dir / "closed-book")
     if len(items) < MIN_ITEMS:
         raise SparekitError(f"only {len(items)} of {len(dataset)} items of {dataset.name} are memorised by "
                             f"{lm.info.name}; probing needs at least {MIN_ITEMS}",
@@ -94,6 +100,8 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
                                 progress=progress)
     n = len(items)
     features = {site: store.load(site) for site in sites}
+    if not answers:
+        return ProbingData(items, {s: f[:n] for s, f in features.items()}, {s: f[n:] for s, f in features.items()}, [])
     with tqdm(total=n, desc="conflict answers", unit="prompt", disable=not progress, leave=False) as bar:
         predictions = generate_keyed(lm, {ex.id: p for ex, p in zip(items, sub)}, batch_size,
                                       work_dir / "predictions", "sub", bar)
@@ -138,25 +146,72 @@ def cross_validate(data: ProbingData, target: str, site: Site, seeds: Sequence[i
 
 def leave_one_relation_out(data: ProbingData, target: str, site: Site, seeds: Sequence[int],
                            probe_params: dict | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Per relation: a probe fitted on every other relation, scored on this one (mean/std over ``seeds``).
+    """:func:`leave_one_out` over relations."""
+    return leave_one_out(data, target, site, seeds, probe_params, "relation")
 
-    Also ``"mean"``: the mean over held-out relations of each metric's mean, and the std
-    across relations. Generalisation to relations never seen is what a deployed probe faces.
+
+def leave_one_out(data: ProbingData, target: str, site: Site, seeds: Sequence[int], probe_params: dict | None = None,
+                  field: str = "relation") -> dict[str, dict[str, dict[str, float]]]:
+    """Per value of ``field`` (``relation`` or ``kind``): a probe fitted on every other value, scored on this one
+    (mean/std over ``seeds``).
+
+    Also ``"mean"``: per metric the mean over held-out folds of each fold's mean, the std across folds
+    (the spread), and the ``worst`` and ``best`` fold. A fold whose held-out rows (or training rows) hold
+    one class only is left out of the mean and named in ``"skipped"``. Generalisation to relations or
+    kinds of knowledge never seen is what a deployed probe faces.
+    """
+    X, y, row_ids = data.target(target, site)
+    value_of = {ex.id: getattr(ex, field) for ex in data.items}
+    rows = np.array([value_of[i] for i in row_ids], dtype=object)
+    folds: dict = {}
+    skipped = []
+    for value in held_out_values(data.items, field):
+        test = rows == value
+        if test.all() or not test.any():
+            raise SparekitError(f"{target} probe: no {'training' if test.all() else 'held-out'} rows when "
+                                f"holding out {field} {value!r}", "use a larger --limit")
+        if len(set(y[test].tolist())) < 2 or len(set(y[~test].tolist())) < 2:
+            skipped.append(value)
+            continue
+        runs = [_scores(y[test], LinearProbe(seed=s, **(probe_params or {})).fit(X[~test], y[~test])
+                        .predict_proba(X[test])[:, 1], y[~test]) for s in seeds]
+        folds[value] = _mean_std(runs)
+    if not folds:
+        raise SparekitError(f"{target} probe: every held-out {field} has a single class", "use a larger --limit")
+    mean = {}
+    for m in METRICS:
+        values = [fold[m]["mean"] for fold in folds.values()]
+        mean[m] = {**mean_std(values), "worst": min(values), "best": max(values)}
+    return {"mean": mean, **folds, "skipped": skipped}
+
+
+def breadth_curve(data: ProbingData, site: Site, sizes: Sequence[int], draws: int, seed: int = 0,
+                  target: str = "conflict", probe_params: dict | None = None) -> dict[int, dict]:
+    """Does breadth buy transfer? Per number of training relations ``k``: ``draws`` times, hold out one
+    relation drawn at random and fit on ``k`` others drawn at random; the held-out scores' mean/std over
+    the draws (``n``: the draws scored; a draw whose held-out rows hold one class is left out).
     """
     X, y, row_ids = data.target(target, site)
     relation_of = {ex.id: ex.relation for ex in data.items}
     rows = np.array([relation_of[i] for i in row_ids], dtype=object)
-    per_relation = {}
-    for relation in held_out_relations(data.items):
-        test = rows == relation
-        if test.all() or not test.any():
-            raise SparekitError(f"{target} probe: no {'training' if test.all() else 'held-out'} rows when "
-                                f"holding out relation {relation!r}", "use a larger --limit")
-        runs = [_scores(y[test], LinearProbe(seed=s, **(probe_params or {})).fit(X[~test], y[~test])
-                        .predict_proba(X[test])[:, 1], y[~test]) for s in seeds]
-        per_relation[relation] = _mean_std(runs)
-    mean = {m: mean_std([r[m]["mean"] for r in per_relation.values()]) for m in METRICS}
-    return {"mean": mean, **per_relation}
+    relations = held_out_values(data.items, "relation")
+    curve: dict[int, dict] = {}
+    for k in sizes:
+        if not 1 <= k < len(relations):
+            raise SparekitError(f"cannot fit on {k} relations and hold one out of {len(relations)}",
+                                f"choose sizes from 1 to {len(relations) - 1}")
+        runs = []
+        for draw in range(draws):
+            rng = random.Random(f"{seed}:{k}:{draw}")
+            held = rng.choice(relations)
+            train = np.isin(rows, rng.sample([r for r in relations if r != held], k))
+            test = rows == held
+            if len(set(y[test].tolist())) < 2 or len(set(y[train].tolist())) < 2:
+                continue
+            probe = LinearProbe(seed=draw, **(probe_params or {})).fit(X[train], y[train])
+            runs.append(_scores(y[test], probe.predict_proba(X[test])[:, 1], y[train]))
+        curve[k] = {**_mean_std(runs), "n": len(runs)}
+    return curve
 
 
 def transfer(train: ProbingData, test: ProbingData, target: str, site: Site, seeds: Sequence[int],
@@ -171,7 +226,8 @@ def transfer(train: ProbingData, test: ProbingData, target: str, site: Site, see
 
 def layer_table(per_site: dict[Site, dict[str, dict[str, float]]], sites: Sequence[Site]) -> dict:
     """Per-metric ``{"mean": [...], "std": [...]}`` lists in the order of ``sites``, plus ``best_layer``."""
-    table: dict = {m: {k: [per_site[s][m][k] for s in sites] for k in ("mean", "std")} for m in METRICS}
+    table: dict = {m: {k: [per_site[s][m][k] for s in sites] for k in ("mean", "std", "worst")
+                       if k in per_site[sites[0]][m]} for m in METRICS}
     best = max(range(len(sites)), key=lambda i: (table["accuracy"]["mean"][i], table["auroc"]["mean"][i]))
     table["best_layer"] = sites[best].layer
     return table
@@ -195,9 +251,9 @@ class ProbeExperiment:
     components: tuple[str, ...] = option(("resid",), help="resid, attn, mlp (comma-separated).")
     limit: int | None = option(None, min=1, help="Seeded sample of N rows (whole question groups).")
     seeds: tuple[int, ...] = option((0, 1, 2), help="Comma-separated split/probe seeds.")
-    split_by: str = option("group", choices=("group", "relation"),
-                           help="group: held-out question groups; relation: leave one relation out (fit on the "
-                                "others), per held-out relation and their mean.")
+    split_by: str = option("group", choices=SPLITS,
+                           help="group: held-out question groups; relation / kind: leave one relation / kind of "
+                                "knowledge out (fit on the others), per held-out fold and their mean and worst.")
     k_shot: int = option(3, min=0, max=16, help="Demonstrations per prompt.")
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
     out: str | None = option(None, help="Run directory (default: under the cache, keyed by the configuration; "
@@ -218,8 +274,8 @@ class ProbeExperiment:
             raise SparekitError("--seeds is empty")
         comps = check_components(self.components)
         data_a = load_dataset(self.dataset, limit=self.limit, seed=PROMPT_SEED)
-        if self.split_by == "relation":
-            held_out_relations(data_a)  # bad input fails before the model loads
+        if self.split_by != "group":
+            held_out_values(data_a, self.split_by)  # bad input fails before the model loads
         data_b = load_dataset(self.eval_dataset, limit=self.limit, seed=PROMPT_SEED) if self.eval_dataset else None
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
         layer_list = parse_layers(self.layers, lm.info.n_layers)
@@ -263,23 +319,26 @@ class ProbeExperiment:
             return out
 
         main = comps[0]
-        if self.split_by == "relation":
+        if self.split_by != "group":
             cache: dict = {}
 
-            def held_out(t: str, s: Site) -> dict:
+            def held_out(t: str, s: Site, fold: str) -> dict:
                 if (t, s) not in cache:
-                    cache[t, s] = leave_one_relation_out(train, t, s, seeds, PROBE_PARAMS)
-                return cache[t, s]
+                    cache[t, s] = leave_one_out(train, t, s, seeds, PROBE_PARAMS, self.split_by)
+                if fold not in cache[t, s]:
+                    raise SparekitError(f"held-out {self.split_by} {fold!r} has a single {t} class")
+                return cache[t, s][fold]
 
-            by_component = tables(lambda t, s: held_out(t, s)["mean"])
-            per_relation = {r: tables(lambda t, s: held_out(t, s)[r])[main] for r in held_out_relations(train.items)}
+            by_component = tables(lambda t, s: held_out(t, s, "mean"))
+            per_fold = {v: tables(lambda t, s: held_out(t, s, v))[main]
+                        for v in held_out_values(train.items, self.split_by)}
         else:
             by_component = tables(lambda t, s: cross_validate(train, t, s, seeds, TEST_FRACTION))
         result = {"model": lm.info.name, "model_hash": lm.info.model_hash, "dataset": data_a.name,
                   "n_items": len(train.items), "counts": train.counts(), "layers": layer_list, "component": main,
                   "split_by": self.split_by, **by_component[main]}
-        if self.split_by == "relation":
-            result["held_out_relations"] = per_relation
+        if self.split_by != "group":
+            result[f"held_out_{self.split_by}s"] = per_fold
         if len(comps) > 1:
             result["components"] = by_component
         if test:

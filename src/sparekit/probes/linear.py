@@ -15,6 +15,7 @@ import torch
 
 from sparekit.artifacts import KINDS, Artifact, read_artifact, save_artifact
 from sparekit.errors import SparekitError
+from sparekit.probes.ood import FeatureRange
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.guards import MIN_PROBE_ROWS_PER_CLASS, warn_small_data
 from sparekit.utils.params import Params
@@ -78,6 +79,7 @@ class LinearProbe(Params):
         self.coef_ = weight.detach().clone()
         self.intercept_ = bias.detach().clone()
         self.n_features_in_ = X.shape[1]
+        self.range_: FeatureRange | None = FeatureRange().fit(Z)
         return self
 
     def _check_fitted(self) -> None:
@@ -86,11 +88,27 @@ class LinearProbe(Params):
 
     def decision_function(self, X) -> np.ndarray:
         """Logits ``[n]``."""
+        return to_numpy(self._standardise(X) @ self.coef_ + self.intercept_)
+
+    def _standardise(self, X) -> torch.Tensor:
+        """``X`` checked and scaled by the training mean/std (the space the weights and statistics live in)."""
         self._check_fitted()
         X = _as_tensor(X)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise SparekitError(f"probe expects [n, {self.n_features_in_}] features, got {tuple(X.shape)}")
-        return to_numpy(((X - self.mean_) / self.scale_) @ self.coef_ + self.intercept_)
+        return (X - self.mean_) / self.scale_
+
+    def distance(self, X) -> np.ndarray | None:
+        """How far each row lies from the training rows (:mod:`sparekit.probes.ood`), with ``threshold``;
+        ``None`` for a probe saved without the statistics."""
+        if self.range_ is None:
+            return None
+        return to_numpy(self.range_.score(self._standardise(X)))
+
+    @property
+    def distance_threshold(self) -> float | None:
+        """Above this :meth:`distance` a row is out of distribution (99th percentile of the training rows)."""
+        return None if self.range_ is None else float(self.range_.threshold_[0])
 
     def predict_proba(self, X) -> np.ndarray:
         """``[n, 2]`` probabilities of class 0 and class 1 (sklearn layout)."""
@@ -103,7 +121,9 @@ class LinearProbe(Params):
     def tensors(self) -> dict[str, torch.Tensor]:
         """The learned tensors under their saved names."""
         self._check_fitted()
-        return {"coef": self.coef_, "intercept": self.intercept_.reshape(1), "mean": self.mean_, "scale": self.scale_}
+        stats = {} if self.range_ is None else self.range_.tensors()
+        return {"coef": self.coef_, "intercept": self.intercept_.reshape(1), "mean": self.mean_, "scale": self.scale_,
+                **stats}
 
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``tensors.safetensors`` into the folder ``path`` (:mod:`sparekit.artifacts`)."""
@@ -134,4 +154,5 @@ class LinearProbe(Params):
         probe.coef_, probe.mean_, probe.scale_ = tensors["coef"], tensors["mean"], tensors["scale"]
         probe.intercept_ = tensors["intercept"][0]
         probe.n_features_in_ = int(artifact.state["n_features_in"])
+        probe.range_ = FeatureRange.from_tensors(tensors)
         return probe

@@ -84,3 +84,30 @@ def plot_components(result: dict, path: str | Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy")
     return _finish(fig, axes, title, path)
+
+
+def plot_breadth(curve: dict[int, dict], path: str | Path, title: str, in_distribution: float | None = None) -> Path:
+    """Held-out accuracy and AUROC against the number of training relations (mean ± std over draws)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sizes = np.array(sorted(curve))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, metric, name in zip(axes, ("accuracy", "auroc"), ("accuracy", "AUROC")):
+        mean = np.array([curve[k][metric]["mean"] for k in sizes])
+        std = np.array([curve[k][metric]["std"] for k in sizes])
+        ax.plot(sizes, mean, marker="o", markersize=4, color="tab:blue", label="relation held out")
+        ax.fill_between(sizes, mean - std, mean + std, color="tab:blue", alpha=0.2, linewidth=0)
+        if in_distribution is not None and metric == "accuracy":
+            ax.axhline(in_distribution, color="tab:green", linewidth=0.8, linestyle="--", label="in distribution")
+        ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(k) for k in sizes])
+        ax.set_xlabel("training relations")
+        ax.set_ylabel(f"held-out {name}")
+        ax.set_ylim(0.3, 1.02)
+        ax.grid(alpha=0.3)
+    return _finish(fig, axes, title, path)

@@ -6,7 +6,8 @@ command that steers with a gate and reports the conflict probability pays one ex
 prefix pass, not two. :meth:`ProbeSet.read` turns hidden states captured elsewhere (the
 server reads them from the prompt pass that starts generation) into the same readings,
 with the same keys, everywhere: ``conflict_probability``, ``conflict``,
-``context_probability`` and ``predicted_source``.
+``context_probability`` and ``predicted_source``, and, for probes saved with their training
+statistics, ``in_distribution`` and ``distance`` (:mod:`sparekit.probes.ood`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,18 @@ class ProbeSet:
             readings.append({"conflict_probability": conflict, "conflict": conflict > 0.5,
                              "context_probability": context,
                              "predicted_source": None if context is None else SOURCES[0 if context > 0.5 else 1]})
+        for reading, flag in zip(readings, self._in_distribution(states[sites["conflict"]])):
+            reading.update(flag)
         return readings
+
+    def _in_distribution(self, h: torch.Tensor) -> list[dict]:
+        """Per row ``in_distribution`` and its ``distance`` from the conflict probe's training rows; empty
+        dicts for a probe saved without the statistics (older folders)."""
+        probe = self.probes["conflict"]
+        distance = probe.distance(to_numpy(h.float()))
+        if distance is None:
+            return [{} for _ in range(len(h))]
+        return [{"in_distribution": bool(d <= probe.distance_threshold), "distance": float(d)} for d in distance]
 
     def _proba(self, target: str, h: torch.Tensor) -> list[float]:
         return [float(p) for p in self.probes[target].predict_proba(to_numpy(h.float()))[:, 1]]

@@ -1,0 +1,178 @@
+"""Conflict detectors that fit nothing, and their combinations with the probe.
+
+- ``jsd``: the Jensen–Shannon divergence between the next-token distributions at the last prompt
+  token with and without the context (AdaCAD's weight). A context that agrees with memory barely
+  moves the distribution; a conflicting one moves it. Costs one extra closed-book prompt pass.
+- ``disagreement``: the greedy answer with the context differs from the closed-book answer.
+  Costs one extra closed-book generation (the answer with the context is the one the user wants).
+- ``probe+jsd`` / ``probe+disagreement``: a logistic regression on [probe logit, signal],
+  fitted on dev rows (:class:`Combination`), saved beside the probes as ``detectors.json``.
+
+Every detector returns the reading keys of the probe (``conflict_probability``, ``conflict``)
+plus ``detector`` and the signals it read. The closed-book prompt is the same prompt with the
+test block's ``context:`` line removed (what CAD and AdaCAD contrast against).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import greedy_generate, tokenize
+from sparekit.evaluation.harness import MAX_NEW_TOKENS
+from sparekit.evaluation.metrics import exact_match
+from sparekit.models.loading import LoadedModel
+from sparekit.probes.detect import MAX_PROMPT_TOKENS, check_prompt, describe, load_probes
+from sparekit.probes.reading import ProbeSet, read_prompts
+from sparekit.steering.baselines.dola import jensen_shannon
+from sparekit.utils.io import atomic_write_json, read_json_object
+from sparekit.utils.registry import unknown_name
+
+DETECTORS = ("probe", "jsd", "disagreement", "probe+jsd", "probe+disagreement")
+#: the JSD above which ``jsd`` alone says conflict: the median of the 32 dev-chosen thresholds of
+#: benchmarks/bench_detectors.py (BENCHMARKS.md, "Training-free detectors")
+JSD_THRESHOLD = 0.093
+COMBINATIONS_FILE = "detectors.json"
+
+
+def check_detector(name: str) -> str:
+    """``name`` if it is a detector, else a one-line error listing them (checked before any model loads)."""
+    if name not in DETECTORS:
+        raise unknown_name("detector", name, DETECTORS)
+    return name
+
+
+def without_context(prompt: str) -> str:
+    """``prompt`` with its last block's ``context:`` line removed: the closed-book prompt to contrast with."""
+    head, sep, last = prompt.rpartition("\n\n")
+    first, newline, rest = last.partition("\n")
+    if not first.startswith("context:") or not newline:
+        raise SparekitError("this detector needs the context: the prompt's last block has no 'context: …' line",
+                            "pass --question and --context, or end the prompt with a 'context:/question:/answer:' "
+                            "block")
+    return head + sep + rest
+
+
+def closed_book_answers(lm: LoadedModel, texts: Sequence[str],
+                        batch_size: int = 8) -> tuple[list[str], torch.Tensor]:
+    """Greedy answers of ``texts`` and their first-token log-probabilities ``[n, vocab]`` (one generation)."""
+    first: list[torch.Tensor] = []
+    answers = greedy_generate(lm, list(texts), MAX_NEW_TOKENS, batch_size, first_step=first)
+    return answers, torch.cat(first)
+
+
+@torch.inference_mode()
+def next_token_log_probs(lm: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
+    """float32 ``[n, vocab]`` log-probabilities of the token after each prompt (one prompt pass, left padded)."""
+    logits = lm.model(**tokenize(lm, list(texts), position_ids=True), use_cache=False).logits[:, -1]
+    return torch.log_softmax(logits.float(), -1).cpu()
+
+
+def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
+    """Per-row JSD (natural log, in [0, ln 2]) of two ``[n, vocab]`` log-distributions."""
+    return jensen_shannon(log_with, log_without).clamp(min=0).numpy().astype(np.float64)
+
+
+def disagreement(with_answers: Sequence[str], without_answers: Sequence[str]) -> np.ndarray:
+    """1.0 where the answer with the context is not the closed-book answer (normalised exact match)."""
+    return np.array([0.0 if exact_match(a, [b]) else 1.0 for a, b in zip(with_answers, without_answers)])
+
+
+@dataclass
+class Combination:
+    """Logistic regression on ``[probe logit, signal]`` (``signal``: ``jsd`` or ``disagreement``)."""
+
+    signal: str
+    coef: tuple[float, float] = (0.0, 0.0)
+    intercept: float = 0.0
+
+    def fit(self, probe_logit: np.ndarray, signal: np.ndarray, y: np.ndarray) -> Combination:
+        from sklearn.linear_model import LogisticRegression  # lazy: sklearn only where a combination is fitted
+
+        model = LogisticRegression().fit(np.stack([probe_logit, signal], 1), y)
+        self.coef, self.intercept = (float(model.coef_[0, 0]), float(model.coef_[0, 1])), float(model.intercept_[0])
+        return self
+
+    def proba(self, probe_logit: np.ndarray, signal: np.ndarray) -> np.ndarray:
+        z = self.coef[0] * np.asarray(probe_logit) + self.coef[1] * np.asarray(signal) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+def save_combinations(folder: Path, combinations: Sequence[Combination], note: str) -> Path:
+    """Write ``detectors.json`` beside the probes in ``folder`` (atomically)."""
+    path = folder / COMBINATIONS_FILE
+    atomic_write_json(path, {"note": note, "combinations": {c.signal: {"coef": list(c.coef), "intercept": c.intercept}
+                                                             for c in combinations}})
+    return path
+
+
+def load_combination(folder: Path, signal: str) -> Combination:
+    """The ``probe+signal`` combination fitted for the probes in ``folder``; a clear error where there is none."""
+    path = folder / COMBINATIONS_FILE
+    found = read_json_object(path).get("combinations", {}) if path.is_file() else {}
+    entry = found.get(signal)
+    if not isinstance(entry, dict) or len(entry.get("coef", ())) != 2:
+        raise SparekitError(f"{folder} has no fitted probe+{signal} combination ({COMBINATIONS_FILE})",
+                            "use --detector probe, jsd or disagreement, or fit one with "
+                            "benchmarks/bench_detectors.py --save-combinations")
+    return Combination(signal, tuple(float(c) for c in entry["coef"]), float(entry["intercept"]))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return float(np.log(p / (1 - p)))
+
+
+def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet | None) -> dict:
+    """The reading of ``detector`` on one prompt (see the module docstring for what each one runs)."""
+    check_detector(detector)
+    out: dict = {"detector": detector}
+    probe_logit = None
+    if "probe" in detector:
+        if probes is None:
+            raise SparekitError(f"the {detector} detector needs probes", "pass --probe, or use jsd or disagreement")
+        reading = read_prompts(lm, [text], probes=probes).probes[0]
+        probe_logit = _logit(reading["conflict_probability"])
+        out.update(reading, probe_conflict_probability=reading["conflict_probability"])
+    if detector == "probe":
+        return out
+    closed = without_context(text)
+    signal = detector.removeprefix("probe+")
+    if signal == "jsd":
+        log_probs = next_token_log_probs(lm, [text, closed])
+        value = float(divergence(log_probs[:1], log_probs[1:])[0])
+        out["jsd"] = value
+    else:
+        (answer, closed_answer), _ = closed_book_answers(lm, [text, closed])
+        value = float(disagreement([answer], [closed_answer])[0])
+        out.update(disagreement=value, answer=answer, closed_book_answer=closed_answer)
+    if probe_logit is None:  # jsd alone: 0.5 at the dev-chosen threshold, capped at 1
+        p = min(1.0, value / (2 * JSD_THRESHOLD)) if signal == "jsd" else value
+    else:
+        p = float(load_combination(probes.folder, signal).proba(np.array([probe_logit]), np.array([value]))[0])
+    out.update(conflict_probability=p, conflict=p > 0.5)
+    return out
+
+
+def check_detector_inputs(detector: str, text: str | None, folder: Path) -> None:
+    """Bad input for ``detector`` fails before any model loads: an unknown name, a prompt without a context
+    line for the context-contrast detectors, a probe folder without the fitted combination."""
+    check_detector(detector)
+    if detector != "probe" and text is not None:
+        without_context(text)
+    if detector.startswith("probe+"):
+        load_combination(folder, detector.removeprefix("probe+"))
+
+
+def detect_with(lm: LoadedModel, text: str, detector: str, folder: Path,
+                max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
+    """``sparekit detect --detector``: :func:`detect_conflict` on one checked prompt, with the probe folder."""
+    check_prompt(lm, text, max_tokens)
+    probes = load_probes(folder, lm.info.model_hash) if "probe" in detector else None
+    reading = detect_conflict(lm, text, detector, probes)
+    return describe(reading, probes) if probes is not None else {**reading, "probe_dir": None}

@@ -1,0 +1,112 @@
+"""Training-free conflict detectors: JSD, closed-book disagreement, their combinations with the probe."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import greedy_generate
+from sparekit.probes.training_free import (Combination, check_detector, closed_book_answers, detect_conflict,
+                                           disagreement, divergence, load_combination, next_token_log_probs,
+                                           save_combinations, without_context)
+
+PROMPT = "context: a is b\nquestion: what is a?\nanswer: b\n\ncontext: c is d\nquestion: what is c?\nanswer:"
+
+
+def test_without_context_drops_only_the_last_blocks_context_line():
+    assert without_context(PROMPT) == "context: a is b\nquestion: what is a?\nanswer: b\n\nquestion: what is c?\nanswer:"
+    assert without_context("context: x\nquestion: q\nanswer:") == "question: q\nanswer:"
+    with pytest.raises(SparekitError, match="no 'context: …' line"):
+        without_context("context: a\nquestion: q\nanswer: b\n\nquestion: q2\nanswer:")
+
+
+def test_unknown_detector_is_one_error_naming_the_close_one():
+    assert check_detector("probe+jsd") == "probe+jsd"
+    with pytest.raises(SparekitError, match="unknown detector 'jds'") as info:
+        check_detector("jds")
+    assert "did you mean 'jsd'" in info.value.hint
+
+
+def test_divergence_is_zero_for_the_same_distribution_and_ln2_for_disjoint_ones():
+    log_p = torch.log_softmax(torch.tensor([[5.0, 0.0, -3.0], [0.0, 0.0, 0.0]]), -1)
+    assert divergence(log_p, log_p) == pytest.approx([0.0, 0.0], abs=1e-6)
+    disjoint = torch.log(torch.tensor([[1.0, 1e-30], [1e-30, 1.0]]))
+    assert divergence(disjoint[:1], disjoint[1:]) == pytest.approx([math.log(2)], abs=1e-4)
+
+
+def test_disagreement_compares_normalised_answers():
+    assert disagreement(["Paris.", "Rome", ""], ["paris", "Paris", ""]).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_combination_learns_which_signal_matters_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    probe_logit = rng.normal(size=400)  # uninformative
+    signal = y * 0.4 + rng.normal(scale=0.1, size=400)
+    combo = Combination("jsd").fit(probe_logit, signal, y)
+    assert combo.coef[1] > 5 * abs(combo.coef[0])
+    assert np.mean((combo.proba(probe_logit, signal) > 0.5) == y) > 0.9
+    save_combinations(tmp_path, [combo], "test")
+    loaded = load_combination(tmp_path, "jsd")
+    assert loaded.proba(probe_logit, signal) == pytest.approx(combo.proba(probe_logit, signal))
+    with pytest.raises(SparekitError, match="no fitted probe\\+disagreement combination"):
+        load_combination(tmp_path, "disagreement")
+
+
+def test_first_step_log_probs_equal_a_forward_and_leave_answers_unchanged(tiny_llama):
+    texts = ["question: a\nanswer:", "context: a long context line here\nquestion: b\nanswer:"]
+    first: list[torch.Tensor] = []
+    answers = greedy_generate(tiny_llama, texts, 4, batch_size=2, first_step=first)
+    assert answers == greedy_generate(tiny_llama, texts, 4, batch_size=2)
+    assert torch.allclose(torch.cat(first), next_token_log_probs(tiny_llama, texts), atol=1e-4)
+    answers2, log_probs = closed_book_answers(tiny_llama, texts, batch_size=1)
+    assert answers2[:1] == greedy_generate(tiny_llama, texts[:1], 12, batch_size=1) and log_probs.shape[0] == 2
+
+
+def test_detectors_read_the_prompt_against_its_closed_book_twin(tiny_llama):
+    jsd = detect_conflict(tiny_llama, PROMPT, "jsd", None)
+    assert set(jsd) >= {"detector", "jsd", "conflict_probability", "conflict"} and 0 <= jsd["jsd"] <= math.log(2)
+    log_probs = next_token_log_probs(tiny_llama, [PROMPT, without_context(PROMPT)])
+    assert jsd["jsd"] == pytest.approx(float(divergence(log_probs[:1], log_probs[1:])[0]), abs=1e-5)
+    dis = detect_conflict(tiny_llama, PROMPT, "disagreement", None)
+    assert dis["conflict"] == (dis["disagreement"] == 1.0) and isinstance(dis["closed_book_answer"], str)
+    with pytest.raises(SparekitError, match="needs probes"):
+        detect_conflict(tiny_llama, PROMPT, "probe+jsd", None)
+
+
+def test_detect_cli_refuses_bad_detectors_before_loading_a_model(capsys):
+    from sparekit.cli.main import main
+
+    assert main(["detect", "--detector", "nope", PROMPT]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown detector 'nope'" in err and "Traceback" not in err
+    assert main(["detect", "--detector", "jsd", "question: q\nanswer:"]) == 2
+    assert "no 'context: …' line" in capsys.readouterr().err
+
+
+def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, tmp_path, capsys):
+    """A tiny probe run (faked behaviour), then every detector; combinations need the folder's detectors.json."""
+    from sparekit.cli.main import main
+
+    folder, data = tiny_probe_setup
+    run = tmp_path / "run"
+    assert main(["probe", "--dataset", str(data), "--model", str(folder), "--layers", "1", "--seeds", "0",
+                 "--k-shot", "1", "--out", str(run), "--json"]) == 0
+    capsys.readouterr()
+    ask = ["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--json"]
+    assert main(ask) == 0
+    reading = json.loads(capsys.readouterr().out)
+    assert isinstance(reading["in_distribution"], bool) and reading["distance"] > 0
+    assert main([*ask, "--detector", "probe+jsd"]) == 2
+    assert "no fitted probe+jsd combination" in capsys.readouterr().err
+    save_combinations(run / "probes", [Combination("jsd", (1.0, 2.0), -0.5)], "test")
+    for detector in ("jsd", "disagreement", "probe+jsd"):
+        assert main([*ask, "--detector", detector]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["detector"] == detector and 0 <= result["conflict_probability"] <= 1
+    assert result["probe_conflict_probability"] is not None and "in_distribution" in result
