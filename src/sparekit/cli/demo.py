@@ -67,6 +67,17 @@ def measured_table(lm, method_label: str, builder, progress: bool = False) -> di
     return {"n": n, "items": list(HELD_OUT_ITEMS), "em": rows, "gate_fired": fired, "gate_layer": gate.site.layer}
 
 
+def read_contexts(lm, probes, builder, question: str, contexts: dict[str, str]) -> dict[str, dict]:
+    """The probes' reading of ``question`` with each of ``contexts`` (label -> context), all in one batched read
+    of the prompts ``builder`` makes, as every command makes them."""
+    from sparekit.probes.detect import describe
+    from sparekit.probes.reading import read_prompts
+
+    texts = [builder(question, context) for context in contexts.values()]
+    readings = read_prompts(lm, texts, probes=probes).probes
+    return {label: {**describe(r, probes), "prompt": text} for label, text, r in zip(contexts, texts, readings)}
+
+
 def step(text: str) -> None:
     """Say which step of the demo starts (stderr: the result on stdout stays clean, --json too)."""
     click.echo(f"demo {text}…", err=True)
@@ -112,13 +123,7 @@ def demo(item: str, method_label: str, table: bool, prompt_format: str, device: 
     from sparekit.evaluation.generation import greedy_generate
     from sparekit.evaluation.metrics import behaviour_label
     from sparekit.models import load_model
-    from sparekit.probes.detect import (
-        describe,
-        load_probes,
-        prompt_builder,
-        resolve_probe_dir,
-    )
-    from sparekit.probes.reading import read_prompts
+    from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir
 
     lm = load_model("default", device=device, device_map=device_map)
     probes = load_probes(resolve_probe_dir(None, lm.info), lm.info.model_hash)
@@ -127,9 +132,7 @@ def demo(item: str, method_label: str, table: bool, prompt_format: str, device: 
     closed, original, conflict = greedy_generate(lm, [builder(ex.question, c)
                                                       for c in (None, ex.org_context, ex.sub_context)])
     step(f"3/{steps} reading the conflict probe before generating")
-    texts = {"org": builder(ex.question, ex.org_context), "sub": builder(ex.question, ex.sub_context)}
-    readings = read_prompts(lm, list(texts.values()), probes=probes).probes  # both contexts in one batched read
-    detection = {ctx: {**describe(r, probes), "prompt": text} for (ctx, text), r in zip(texts.items(), readings)}
+    detection = read_contexts(lm, probes, builder, ex.question, {"org": ex.org_context, "sub": ex.sub_context})
     step(f"4/{steps} steering the conflicting case toward memory and toward the context")
     result = {
         "model": lm.info.name, "question": ex.question, "org_context": ex.org_context, "sub_context": ex.sub_context,
