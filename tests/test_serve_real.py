@@ -38,7 +38,7 @@ def test_default_model_answers_in_one_batch_like_the_cli(default_lm):
     cli = {t: steer_question(default_lm, CONTEXT, QUESTION, t, "spare", None, None, prompt_builder(default_lm)) for t in ("memory", "context")}
     assert plain["answer"] == cli["memory"]["unsteered"]
     assert memory["answer"] == cli["memory"]["steered"] and context["answer"] == cli["context"]["steered"]
-    assert memory["answer"] != plain["answer"]  # the README's example: Benin instead of Porto-Novo
+    assert memory["answer"] != plain["answer"]  # the README's example: Africa instead of France
     detected = detect_prompt(default_lm, cli["memory"]["prompt"])
     for reply in (plain, memory):  # the steered row reads the unsteered prompt too
         assert reply["sparekit"]["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-4)

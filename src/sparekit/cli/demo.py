@@ -95,6 +95,31 @@ def render_table(t: dict) -> list[str]:
     return lines
 
 
+def render_demo(r: dict) -> str:
+    """The demo's result as text."""
+    det = r["detection"]
+    lines = [
+        f"model: {r['model']}",
+        f"shipped probes: {det['org']['probe_dir']}",
+        f"shipped steering: {r['steering']['memory']['fitted']}",
+        f"question: {r['question']}",
+        f"  closed-book:                          {r['closed_book']}",
+        f"  with the true context  ({r['org_context']}): {r['with_org_context']}",
+        f"  with a conflicting one ({r['sub_context']}): {r['with_sub_context']}  [{r['conflict_behaviour']}]",
+        "detect (before generating):",
+        f"  true context:        conflict probability {det['org']['conflict_probability']:.2f}",
+        f"  conflicting context: conflict probability {det['sub']['conflict_probability']:.2f}, "
+        f"predicted source: {det['sub']['predicted_source']}",
+        "steer the conflicting case:",
+    ]
+    for toward, s in r["steering"].items():
+        lines.append(f"  → {toward:<7} ({s['method']}, strength {s['strength']}): {s['steered']}   "
+                     f"(unsteered: {s['unsteered']})")
+    if "table" in r:
+        lines += render_table(r["table"])
+    return "\n".join(lines)
+
+
 @click.command()
 @click.option("--item", default=DEMO_ITEM, show_default=True, help="Row id in the default dataset.")
 @click.option("--method", "method_label", default="spare", show_default=True, help="Shipped steering method.")
@@ -145,27 +170,4 @@ def demo(item: str, method_label: str, table: bool, prompt_format: str, device: 
         step(f"5/{steps} measuring on {len(HELD_OUT_ITEMS)} held-out conflicts (about a minute on 2 cores)")
         result["table"] = measured_table(lm, method_label, builder, progress=True)
 
-    def render(r: dict) -> str:
-        det = r["detection"]
-        lines = [
-            f"model: {r['model']}",
-            f"shipped probes: {det['org']['probe_dir']}",
-            f"shipped steering: {r['steering']['memory']['fitted']}",
-            f"question: {r['question']}",
-            f"  closed-book:                          {r['closed_book']}",
-            f"  with the true context  ({r['org_context']}): {r['with_org_context']}",
-            f"  with a conflicting one ({r['sub_context']}): {r['with_sub_context']}  [{r['conflict_behaviour']}]",
-            "detect (before generating):",
-            f"  true context:        conflict probability {det['org']['conflict_probability']:.2f}",
-            f"  conflicting context: conflict probability {det['sub']['conflict_probability']:.2f}, "
-            f"predicted source: {det['sub']['predicted_source']}",
-            "steer the conflicting case:",
-        ]
-        for toward, s in r["steering"].items():
-            lines.append(f"  → {toward:<7} ({s['method']}, strength {s['strength']}): {s['steered']}   "
-                         f"(unsteered: {s['unsteered']})")
-        if "table" in r:
-            lines += render_table(r["table"])
-        return "\n".join(lines)
-
-    emit(result, as_json, render)
+    emit(result, as_json, render_demo)
