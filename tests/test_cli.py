@@ -61,11 +61,13 @@ def test_demo_runs_on_shipped_artefacts(capsys):
 
 
 def test_demo_table_items_were_held_out_of_the_shipped_tuning():
-    """No shipped demonstration (drawn from the tuning run's pool) asks a question of the demo table."""
+    """No shipped demonstration (drawn from the tuning run's pool) and none of the request-time ones the
+    table's prompts take asks a question of the demo table."""
     import json
 
     from sparekit.cli.demo import HELD_OUT_ITEMS
     from sparekit.data import load_dataset
+    from sparekit.probes.detect import request_shots
     from sparekit.steering.fitted import shipped_root
 
     by_id = {ex.id: ex for ex in load_dataset("default")}
@@ -74,6 +76,7 @@ def test_demo_table_items_were_held_out_of_the_shipped_tuning():
     for toward in ("memory", "context"):
         demos = json.loads((shipped_root("spare") / toward / "tuned.json").read_text())["demos"]
         assert not any(f"question: {q}\n" in d for q in questions for d in demos)
+    assert not questions & {shot.question for shot in request_shots()}
 
 
 @pytest.mark.slow

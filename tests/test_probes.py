@@ -162,6 +162,13 @@ def test_probe_and_detect_cli_on_a_tiny_model(tiny_probe_setup, tmp_path, capsys
     assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--json"]) == 0
     detected = json.loads(capsys.readouterr().out)
     assert 0 <= detected["conflict_probability"] <= 1 and detected["predicted_source"] in ("context", "memory")
+    demo = json.loads((run / "probes" / "detect.json").read_text())["demos"][0]  # the run's own demonstration
+    assert detected["prompt"] == demo + "context: it is x3\nquestion: q3\nanswer:"
+    assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "a", "--context", "b",
+                 "--prompt-format", "rag", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == "Passage: a\nPassage: b\nQuestion: q3\nAnswer:"
+    assert main(["detect", "hello", "--prompt-format", "rag"]) == 2
+    assert "--context and --prompt-format go with --question" in capsys.readouterr().err
     assert main(["detect", "hello"]) == 2
     assert "run `sparekit probe` first" in capsys.readouterr().err
 

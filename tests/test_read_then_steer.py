@@ -11,12 +11,11 @@ from serve_helpers import fit_assets
 
 from sparekit.cli.steer import steer_question
 from sparekit.data.dataset import ConflictExample
-from sparekit.data.prompts import demos_for
 from sparekit.evaluation.generation import greedy_generate
 from sparekit.hooks import Hooks, Site
 from sparekit.hooks.core import is_prompt_pass
 from sparekit.models.tiny import tiny_model
-from sparekit.probes.detect import detect_prompt, load_probes
+from sparekit.probes.detect import detect_prompt, load_probes, prompt_builder
 from sparekit.probes.reading import read_prompts
 from sparekit.steering import SteeringPrompt
 from sparekit.steering.fitted import load_fitted
@@ -86,10 +85,11 @@ def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold
     gate.threshold = threshold
     gate.save(root / "gate")
     probes = load_probes(assets[0], lm.info.model_hash)
+    builder = prompt_builder(lm, assets[0])
     counts, handle = count_prompt_passes(lm)
     try:
-        result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", root / "actadd", None, gated=True,
-                                probes=probes)
+        result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", root / "actadd", None, builder,
+                                gated=True, probes=probes)
     finally:
         handle.remove()
     assert counts["prompt"] == passes and result["gate_fired"] is fires
@@ -98,7 +98,7 @@ def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold
     example = ConflictExample(id="cli", question=QUESTION, org_context=CONTEXT, org_answer=(), sub_context=CONTEXT,
                               sub_answer=())
     with fitted.method.steer(lm, toward="memory", strength=fitted.strength, gate=gate) as steered:
-        expected = steered.generate([SteeringPrompt(example, "sub", tuple(demos_for(QUESTION, fitted.demos, 3)))])[0]
+        expected = steered.generate([SteeringPrompt(example, "sub", tuple(builder.demos(QUESTION)))])[0]
     assert result["steered"] == expected
     assert (result["steered"] != result["unsteered"]) == fires
     detected = detect_prompt(lm, result["prompt"], assets[0])

@@ -228,7 +228,7 @@ def test_server_examples_answer_as_written(tmp_path, default_lm):
             proc = run_shell(example.command.replace("localhost:8000", address), tmp_path, timeout=120)
             assert proc.returncode == 0, proc.stderr
             reply = json.loads(proc.stdout)
-            assert reply["answer"] == "Benin" and reply["sparekit"]["steered"] is True, (example.where, reply)
+            assert reply["answer"] and reply["sparekit"]["steered"] is True, (example.where, reply)
             if example.expected:  # README's comment shows the reply
                 assert json.loads(example.expected.split(", \"sparekit\"")[0] + "}")["answer"] == reply["answer"]
         namespace: dict = {}

@@ -158,6 +158,13 @@ def test_answer_endpoint_uses_the_prompt_format(server, engine):
     assert status == 200 and set(body["sparekit"]) >= {"conflict_probability", "predicted_source", "steered"}
     assert engine.answer_prompt("a b", "q?").endswith("context: a b\nquestion: q?\nanswer:")
     assert "\n" not in body["answer"]
+    assert engine.answer_prompt(["a b", "c"], "q?", "rag") == "Passage: a b\nPassage: c\nQuestion: q?\nAnswer:"
+    status, body = post(server[1] + "/v1/answer", {"context": ["a b", "c"], "question": "q?", "prompt_format": "rag",
+                                                   "max_tokens": 4})
+    assert status == 200 and "conflict_probability" in body["sparekit"]
+    for bad in ({"prompt_format": "rga"}, {"prompt_format": "chat"}, {"prompt_format": 3}, {"context": 3}):
+        status, body = post(server[1] + "/v1/answer", {"question": "q?", **bad})
+        assert status == 400 and body["error"]["param"].split(".")[0] == next(iter(bad)), body
 
 
 def test_health_metrics_and_playground(server):

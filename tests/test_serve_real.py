@@ -12,7 +12,7 @@ openai = pytest.importorskip("openai")
 from serve_helpers import get, metric, post, serving  # noqa: E402
 
 from sparekit.cli.steer import steer_question  # noqa: E402
-from sparekit.probes.detect import detect_prompt  # noqa: E402
+from sparekit.probes.detect import detect_prompt, prompt_builder  # noqa: E402
 from sparekit.serve import Limits, build_engine  # noqa: E402
 
 CONTEXT, QUESTION = "The capital of France is Porto-Novo.", "What is the capital of France?"
@@ -35,14 +35,15 @@ def test_default_model_answers_in_one_batch_like_the_cli(default_lm):
     assert metric(text, "sparekit_batch_size_count") == 2 and metric(text, "sparekit_batch_size_sum") == 4
     (s0, plain), (s1, memory), (s2, context) = replies
     assert s0 == s1 == s2 == 200
-    cli = {t: steer_question(default_lm, CONTEXT, QUESTION, t, "spare", None, None) for t in ("memory", "context")}
+    cli = {t: steer_question(default_lm, CONTEXT, QUESTION, t, "spare", None, None, prompt_builder(default_lm)) for t in ("memory", "context")}
     assert plain["answer"] == cli["memory"]["unsteered"]
     assert memory["answer"] == cli["memory"]["steered"] and context["answer"] == cli["context"]["steered"]
-    assert memory["answer"] != plain["answer"]  # the README's example: Benin instead of Porto-Novo
+    assert memory["answer"] != plain["answer"]  # the README's example: Africa instead of France
     detected = detect_prompt(default_lm, cli["memory"]["prompt"])
     for reply in (plain, memory):  # the steered row reads the unsteered prompt too
         assert reply["sparekit"]["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-4)
         assert reply["sparekit"]["predicted_source"] == detected["predicted_source"]
-    gated = steer_question(default_lm, CONTEXT, QUESTION, "memory", "spare", None, None, gated=True)
+    gated = steer_question(default_lm, CONTEXT, QUESTION, "memory", "spare", None, None, prompt_builder(default_lm),
+                           gated=True)
     assert completion.sparekit["steered"] == gated["gate_fired"]
     assert completion.choices[0].text.strip() == gated["steered"]

@@ -16,13 +16,15 @@ from sparekit.utils.lazy import lazy_attributes
 if TYPE_CHECKING:
     from sparekit.hooks import Hooks, Site
     from sparekit.models import LoadedModel, ModelInfo, load_model
+    from sparekit.probes.detect import detect
     from sparekit.saved import load
 
 __version__ = "0.1.0"
 
 __getattr__, __dir__ = lazy_attributes(__name__, {
     "Hooks": "sparekit.hooks", "Site": "sparekit.hooks", "LoadedModel": "sparekit.models",
-    "ModelInfo": "sparekit.models", "load_model": "sparekit.models", "load": "sparekit.saved"})
+    "ModelInfo": "sparekit.models", "load_model": "sparekit.models", "load": "sparekit.saved",
+    "detect": "sparekit.probes.detect"})
 
-__all__ = ["Hooks", "LoadedModel", "ModelInfo", "Site", "SparekitError", "__version__", "load",
+__all__ = ["Hooks", "LoadedModel", "ModelInfo", "Site", "SparekitError", "__version__", "detect", "load",
            "load_model"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import click
 
+from sparekit.data.formats import DEFAULT_FORMAT, FORMATS
 from sparekit.utils.config import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, DTYPE_HELP, MODEL_HELP, finite_number
 from sparekit.utils.config import parse_list  # noqa: F401 (the one reading of a comma-separated option)
 
@@ -38,6 +39,10 @@ def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> f
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 device_option = click.option("--device", default=None, help=DEVICE_HELP)
 device_map_option = click.option("--device-map", default=None, type=click.Choice(DEVICE_MAPS), help=DEVICE_MAP_HELP)
+prompt_format_option = click.option(
+    "--prompt-format", default=DEFAULT_FORMAT, show_default=True, type=click.Choice(list(FORMATS)),
+    help="How the context and question become the prompt (three_shot: the format the shipped probes and "
+         "steering were fitted on; chat: the model's chat template).")
 dtype_option = click.option("--dtype", default="float32", show_default=True, help=DTYPE_HELP)
 
 

@@ -9,11 +9,10 @@ live on a dozen held-out conflicts, so one lucky example is never the whole stor
 
 from __future__ import annotations
 
-import random
-
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, no_verify_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, no_verify_option, \
+    prompt_format_option
 
 DEMO_ITEM = "capital-FR"
 #: 3 items per relation from the test split of the run that tuned the shipped SpARE and fitted its gate
@@ -24,8 +23,9 @@ HELD_OUT_ITEMS = ("capital-CF", "capital-CU", "capital-EG", "continent-GM", "con
                   "city_country-170654")
 
 
-def measured_table(lm, method_label: str, k_shot: int = 3, progress: bool = False) -> dict:
-    """EM toward each side on :data:`HELD_OUT_ITEMS`, unsteered, steered and gated, with the gate's reading.
+def measured_table(lm, method_label: str, builder, progress: bool = False) -> dict:
+    """EM toward each side on :data:`HELD_OUT_ITEMS`, unsteered, steered and gated, with the gate's reading;
+    prompts from ``builder`` (:class:`~sparekit.data.formats.PromptBuilder`), as every command builds them.
 
     Counts, not percentages: a dozen items show the direction of an effect, not its size
     (BENCHMARKS.md has the full tables). ``progress``: a bar over its five generations on stderr.
@@ -45,8 +45,7 @@ def measured_table(lm, method_label: str, k_shot: int = 3, progress: bool = Fals
     gate = load_gate(root, lm.info)
 
     def prompts(context: str) -> list:
-        return [SteeringPrompt(ex, context, tuple(d for d in fitted["memory"].demos
-                                                  if f"question: {ex.question}\n" not in d)[:k_shot]) for ex in items]
+        return [SteeringPrompt(ex, context, tuple(builder.demos(ex.question)), builder.format) for ex in items]
 
     conflicts = prompts("sub")
     hits = {"memory": lambda a, ex: exact_match(a, ex.org_answer), "context": lambda a, ex: uses_context(a, ex)}
@@ -68,6 +67,17 @@ def measured_table(lm, method_label: str, k_shot: int = 3, progress: bool = Fals
     return {"n": n, "items": list(HELD_OUT_ITEMS), "em": rows, "gate_fired": fired, "gate_layer": gate.site.layer}
 
 
+def read_contexts(lm, probes, builder, question: str, contexts: dict[str, str]) -> dict[str, dict]:
+    """The probes' reading of ``question`` with each of ``contexts`` (label -> context), all in one batched read
+    of the prompts ``builder`` makes, as every command makes them."""
+    from sparekit.probes.detect import describe
+    from sparekit.probes.reading import read_prompts
+
+    texts = [builder(question, context) for context in contexts.values()]
+    readings = read_prompts(lm, texts, probes=probes).probes
+    return {label: {**describe(r, probes), "prompt": text} for label, text, r in zip(contexts, texts, readings)}
+
+
 def step(text: str) -> None:
     """Say which step of the demo starts (stderr: the result on stdout stays clean, --json too)."""
     click.echo(f"demo {text}…", err=True)
@@ -85,20 +95,45 @@ def render_table(t: dict) -> list[str]:
     return lines
 
 
+def render_demo(r: dict) -> str:
+    """The demo's result as text."""
+    det = r["detection"]
+    lines = [
+        f"model: {r['model']}",
+        f"shipped probes: {det['org']['probe_dir']}",
+        f"shipped steering: {r['steering']['memory']['fitted']}",
+        f"question: {r['question']}",
+        f"  closed-book:                          {r['closed_book']}",
+        f"  with the true context  ({r['org_context']}): {r['with_org_context']}",
+        f"  with a conflicting one ({r['sub_context']}): {r['with_sub_context']}  [{r['conflict_behaviour']}]",
+        "detect (before generating):",
+        f"  true context:        conflict probability {det['org']['conflict_probability']:.2f}",
+        f"  conflicting context: conflict probability {det['sub']['conflict_probability']:.2f}, "
+        f"predicted source: {det['sub']['predicted_source']}",
+        "steer the conflicting case:",
+    ]
+    for toward, s in r["steering"].items():
+        lines.append(f"  → {toward:<7} ({s['method']}, strength {s['strength']}): {s['steered']}   "
+                     f"(unsteered: {s['unsteered']})")
+    if "table" in r:
+        lines += render_table(r["table"])
+    return "\n".join(lines)
+
+
 @click.command()
 @click.option("--item", default=DEMO_ITEM, show_default=True, help="Row id in the default dataset.")
 @click.option("--method", "method_label", default="spare", show_default=True, help="Shipped steering method.")
 @click.option("--table/--no-table", default=True, show_default=True,
               help="End with EM measured live on a dozen held-out conflicts (about a minute on 2 cores).")
+@prompt_format_option
 @device_option
 @no_verify_option
 @device_map_option
 @json_option
-def demo(item: str, method_label: str, table: bool, device: str | None, device_map: str | None,
+def demo(item: str, method_label: str, table: bool, prompt_format: str, device: str | None, device_map: str | None,
          as_json: bool) -> None:
     """Detect and steer a knowledge conflict on the default model (offline)."""
     from sparekit.data import load_dataset
-    from sparekit.data.prompts import build_prompt, sample_demos
     from sparekit.errors import SparekitError
 
     dataset = load_dataset("default")  # no torch yet: a bad --item fails at once, in one line
@@ -113,49 +148,26 @@ def demo(item: str, method_label: str, table: bool, device: str | None, device_m
     from sparekit.evaluation.generation import greedy_generate
     from sparekit.evaluation.metrics import behaviour_label
     from sparekit.models import load_model
-    from sparekit.probes.detect import detect_prompt
+    from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir
 
     lm = load_model("default", device=device, device_map=device_map)
-    demos = sample_demos(dataset, ex.group, 3, "org_org", random.Random(0))
-    closed_demos = sample_demos(dataset, ex.group, 3, "closed", random.Random(0))
+    probes = load_probes(resolve_probe_dir(None, lm.info), lm.info.model_hash)
+    builder = prompt_builder(lm, probes.folder, prompt_format)
     step(f"2/{steps} answering closed-book, with the true context and with a conflicting one")
-    closed, original, conflict = greedy_generate(lm, [build_prompt(ex, None, closed_demos),
-                                                      build_prompt(ex, "org", demos), build_prompt(ex, "sub", demos)])
+    closed, original, conflict = greedy_generate(lm, [builder(ex.question, c)
+                                                      for c in (None, ex.org_context, ex.sub_context)])
     step(f"3/{steps} reading the conflict probe before generating")
-    detection = {ctx: detect_prompt(lm, build_prompt(ex, ctx, demos), None) for ctx in ("org", "sub")}
+    detection = read_contexts(lm, probes, builder, ex.question, {"org": ex.org_context, "sub": ex.sub_context})
     step(f"4/{steps} steering the conflicting case toward memory and toward the context")
     result = {
         "model": lm.info.name, "question": ex.question, "org_context": ex.org_context, "sub_context": ex.sub_context,
-        "closed_book": closed, "with_org_context": original, "with_sub_context": conflict,
-        "conflict_behaviour": behaviour_label(conflict, ex), "detection": detection,
+        "prompt_format": prompt_format, "closed_book": closed, "with_org_context": original,
+        "with_sub_context": conflict, "conflict_behaviour": behaviour_label(conflict, ex), "detection": detection,
         "steering": {toward: steer_question(lm, ex.sub_context, ex.question, toward, method_label, None, None,
-                                            demos=tuple(demos)) for toward in ("memory", "context")},
+                                            builder) for toward in ("memory", "context")},
     }
     if table:
         step(f"5/{steps} measuring on {len(HELD_OUT_ITEMS)} held-out conflicts (about a minute on 2 cores)")
-        result["table"] = measured_table(lm, method_label, progress=True)
+        result["table"] = measured_table(lm, method_label, builder, progress=True)
 
-    def render(r: dict) -> str:
-        det = r["detection"]
-        lines = [
-            f"model: {r['model']}",
-            f"shipped probes: {det['org']['probe_dir']}",
-            f"shipped steering: {r['steering']['memory']['fitted']}",
-            f"question: {r['question']}",
-            f"  closed-book:                          {r['closed_book']}",
-            f"  with the true context  ({r['org_context']}): {r['with_org_context']}",
-            f"  with a conflicting one ({r['sub_context']}): {r['with_sub_context']}  [{r['conflict_behaviour']}]",
-            "detect (before generating):",
-            f"  true context:        conflict probability {det['org']['conflict_probability']:.2f}",
-            f"  conflicting context: conflict probability {det['sub']['conflict_probability']:.2f}, "
-            f"predicted source: {det['sub']['predicted_source']}",
-            "steer the conflicting case:",
-        ]
-        for toward, s in r["steering"].items():
-            lines.append(f"  → {toward:<7} ({s['method']}, strength {s['strength']}): {s['steered']}   "
-                         f"(unsteered: {s['unsteered']})")
-        if "table" in r:
-            lines += render_table(r["table"])
-        return "\n".join(lines)
-
-    emit(result, as_json, render)
+    emit(result, as_json, render_demo)

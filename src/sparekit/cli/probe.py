@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, no_verify_option
+from sparekit.cli.common import device_map_option, device_option, emit, json_option, no_verify_option, \
+    prompt_format_option
 from sparekit.cli.config import config_options
+from sparekit.data.formats import DEFAULT_FORMAT
+from sparekit.data.prompts import format_block
 from sparekit.errors import SparekitError
 from sparekit.probes.experiment import ProbeExperiment
 
@@ -64,7 +67,10 @@ def probe(config: ProbeExperiment, as_json: bool) -> None:
 @click.command()
 @click.argument("prompt", required=False)
 @click.option("--question", default=None, help="Build the prompt from a question …")
-@click.option("--context", default=None, help="… and a context (the probe run's demonstrations are prepended).")
+@click.option("--context", "contexts", multiple=True,
+              help="… and a context, repeatable for several passages (in --prompt-format; three_shot prepends "
+                   "the probe run's demonstrations).")
+@prompt_format_option
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
               help="A `sparekit probe` run directory or its probes/ folder "
                    "(default: the probes shipped for the default model).")
@@ -78,32 +84,41 @@ def probe(config: ProbeExperiment, as_json: bool) -> None:
 @device_option
 @device_map_option
 @json_option
-def detect(prompt, question, context, probe_dir, model, max_tokens, detector, device, device_map, as_json) -> None:
+def detect(prompt, question, contexts, prompt_format, probe_dir, model, max_tokens, detector, device, device_map,
+           as_json) -> None:
     """Conflict probability and predicted knowledge source of one prompt, before generating.
 
     \b
     PROMPT is used as is (few-shot blocks ending in `answer:`, like the probing prompts);
-    or pass --question and --context to format it with the probe run's demonstrations.
+    or pass --question and --context to build it as `steer`, `demo` and the server do.
     """
-    from sparekit.data.prompts import format_block
     from sparekit.models import load_model
-    from sparekit.probes.detect import (check_prompt_text, detect_prompt, detection_demos, probes_model,
-                                        resolve_probe_dir)
+    from sparekit.probes.detect import check_prompt_text, detect_prompt, probes_model, resolve_probe_dir
+    from sparekit.probes.detect import detect as detect_question
+    from sparekit.probes.detect import prompt_builder
 
     if (prompt is None) == (question is None):
         raise SparekitError("pass either PROMPT or --question (with --context)")
     if question is not None and not question.strip():
         raise SparekitError("the question is empty")
     if prompt is not None:
+        if contexts or prompt_format != DEFAULT_FORMAT:
+            raise SparekitError("PROMPT is read as is: --context and --prompt-format go with --question")
         check_prompt_text(prompt)  # before loading the model
+    if detector != "probe" and prompt_format != DEFAULT_FORMAT:
+        raise SparekitError(f"--detector {detector} reads {DEFAULT_FORMAT} prompts only (it drops their context lines)",
+                            f"use --prompt-format {DEFAULT_FORMAT} or --detector probe")
     folder = resolve_probe_dir(probe_dir)
-    _check_detector(detector, prompt if prompt is not None else format_block(question, context), folder)
+    first_context = contexts[0] if contexts else None
+    _check_detector(detector, prompt if prompt is not None else format_block(question, first_context), folder)
     lm = load_model(model or probes_model(folder), device=device,
                     device_map=device_map)
-    text = prompt if prompt is not None else "".join(detection_demos(folder)) + format_block(question, context)
     if detector == "probe":
-        emit(detect_prompt(lm, text, folder, max_tokens=max_tokens), as_json, _render_reading)
+        result = detect_prompt(lm, prompt, folder, max_tokens) if prompt is not None else \
+            detect_question(lm, question, contexts or None, folder, prompt_format, max_tokens)
+        emit(result, as_json, _render_reading)
     else:
+        text = prompt if prompt is not None else prompt_builder(lm, folder)(question, contexts or None)
         emit(_detect_with(lm, text, detector, folder, max_tokens), as_json, _render_detector)
 
 

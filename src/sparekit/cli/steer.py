@@ -6,22 +6,22 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, finite, json_option, model_option
+from sparekit.cli.common import device_map_option, device_option, emit, finite, json_option, model_option, \
+    prompt_format_option
 
 
 def steer_question(lm, context: str, question: str, toward: str, method_label: str, fitted: Path | None,
-                   strength: float | None, demos: tuple[str, ...] | None = None, k_shot: int = 3,
-                   gated: bool = False, probes=None) -> dict:
+                   strength: float | None, builder, gated: bool = False, probes=None) -> dict:
     """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``.
 
-    Without ``demos``, the fitted method's stored demonstrations are used, skipping any
-    that asks the same question. ``gated``: steer only if the calibrated conflict gate fires.
+    The prompt comes from ``builder`` (a :class:`~sparekit.data.formats.PromptBuilder`: the
+    request-time demonstrations in a prompt format), as every command builds it. ``gated``: steer
+    only if the calibrated conflict gate fires.
     The gate and the ``probes`` (a :class:`~sparekit.probes.reading.ProbeSet`; its reading is
     ``detection``) read the unsteered generation's own prompt pass, so the whole costs two
     generations, or one when the gate does not fire.
     """
     from sparekit.data.dataset import ConflictExample
-    from sparekit.data.prompts import demos_for
     from sparekit.evaluation.generation import greedy_generate
     from sparekit.hooks import Hooks
     from sparekit.probes.reading import capture_reading_sites, read_captures
@@ -34,9 +34,7 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     strength = loaded.strength if strength is None else strength
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
                               sub_answer=())
-    if demos is None:
-        demos = tuple(demos_for(question, loaded.demos, k_shot))
-    prompt = SteeringPrompt(example, "sub", demos)
+    prompt = SteeringPrompt(example, "sub", tuple(builder.demos(question)), builder.format)
     gate = load_gate(fitted, lm.info) if gated else None
     hooks = capture_reading_sites(Hooks(lm), gate, probes)
     with hooks:
@@ -48,7 +46,8 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
         with loaded.method.steer(lm, toward=toward, strength=strength) as steered:  # type: ignore[arg-type]
             answer = steered.generate([prompt])[0]
     return {"method": method_label, "fitted": str(fitted), "toward": toward, "strength": strength,
-            "unsteered": unsteered, "steered": answer, "gate_fired": fired, "prompt": prompt.text,
+            "unsteered": unsteered, "steered": answer, "gate_fired": fired,
+            "prompt_format": builder.format.name, "prompt": prompt.text,
             "detection": None if reading.probes is None else reading.probes[0]}
 
 
@@ -66,12 +65,13 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
               help="Steer only if the method's calibrated conflict gate detects a conflict in this prompt.")
 @click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
               help="Conflict/source probes (default: the shipped ones for the default model).")
+@prompt_format_option
 @model_option
 @device_option
 @device_map_option
 @json_option
-def steer(context, question, toward, method_label, fitted, strength, gate, probe_dir, model, device, device_map,
-          as_json) -> None:
+def steer(context, question, toward, method_label, fitted, strength, gate, probe_dir, prompt_format, model, device,
+          device_map, as_json) -> None:
     """Answer QUESTION given CONTEXT, unsteered and steered TOWARD memory or context.
 
     \b
@@ -79,11 +79,13 @@ def steer(context, question, toward, method_label, fitted, strength, gate, probe
       sparekit steer "The capital of France is Lyon." "What is the capital of France?" --toward memory
     """
     from sparekit.models import load_model
-    from sparekit.probes.detect import describe, probes_for
+    from sparekit.probes.detect import describe, probes_for, prompt_builder
 
     lm = load_model(model, device=device, device_map=device_map)
     probes = probes_for(lm, probe_dir)
-    result = steer_question(lm, context, question, toward, method_label, fitted, strength, gated=gate, probes=probes)
+    builder = prompt_builder(lm, None if probes is None else probes.folder, prompt_format)
+    result = steer_question(lm, context, question, toward, method_label, fitted, strength, builder, gated=gate,
+                            probes=probes)
     result["detection"] = None if probes is None else describe(result["detection"], probes)
 
     def render(r: dict) -> str:

@@ -1,7 +1,8 @@
-"""Few-shot prompts in the papers' format, with demonstrations from other question groups.
+"""Few-shot prompts of dataset items, with demonstrations from other question groups.
 
-Each block is ``context: {ctx}\\nquestion: {q}\\nanswer: {a}\\n\\n`` (no instruction);
-closed-book blocks drop the context line, and the test item ends at ``answer:``.
+By default each block is ``context: {ctx}\\nquestion: {q}\\nanswer: {a}\\n\\n`` (no instruction);
+closed-book blocks drop the context line, and the test item ends at ``answer:``. Any other prompt
+format (:mod:`sparekit.data.formats`) renders the same demonstrations and item its own way.
 Demonstration flavours:
 
 - ``sub_sub``: substituted context + substituted answer (shows "follow the context");
@@ -17,31 +18,30 @@ from collections.abc import Sequence
 from typing import Literal
 
 from sparekit.data.dataset import ConflictDataset, ConflictExample
+from sparekit.data.formats import PromptFormat, QABlocks, passages
 from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 
 FLAVOURS = ("sub_sub", "sub_org", "org_org", "closed")
 Flavour = Literal["sub_sub", "sub_org", "org_org", "closed"]
+#: the format of every shipped asset and the default everywhere
+THREE_SHOT = QABlocks()
 
 
 def format_block(question: str, context: str | None, answer: str | None = None) -> str:
-    """One prompt block; without ``answer`` it ends at ``answer:`` for the model to complete."""
-    head = "" if context is None else f"context: {context}\n"
-    tail = "answer:" if answer is None else f"answer: {answer}\n\n"
-    return f"{head}question: {question}\n{tail}"
+    """One ``three_shot`` block; without ``answer`` it ends at ``answer:`` for the model to complete."""
+    return THREE_SHOT.block(question, passages(context), answer)
 
 
-def demo_block(example: ConflictExample, flavour: Flavour) -> str:
-    """``example`` as a solved demonstration of ``flavour``."""
-    if flavour == "sub_sub":
-        return format_block(example.question, example.sub_context, example.sub_answer[0])
-    if flavour == "sub_org":
-        return format_block(example.question, example.sub_context, example.org_answer[0])
-    if flavour == "org_org":
-        return format_block(example.question, example.org_context, example.org_answer[0])
-    if flavour == "closed":
-        return format_block(example.question, None, example.org_answer[0])
-    raise unknown_name("demonstration flavour", flavour, FLAVOURS)
+def demo_block(example: ConflictExample, flavour: Flavour, fmt: PromptFormat = THREE_SHOT) -> str:
+    """``example`` as a solved demonstration of ``flavour`` in ``fmt``."""
+    flavours = {"sub_sub": (example.sub_context, example.sub_answer),
+                "sub_org": (example.sub_context, example.org_answer),
+                "org_org": (example.org_context, example.org_answer), "closed": (None, example.org_answer)}
+    if flavour not in flavours:
+        raise unknown_name("demonstration flavour", flavour, FLAVOURS)
+    context, answers = flavours[flavour]
+    return fmt.block(example.question, passages(context), answers[0])
 
 
 def demo_examples(dataset: ConflictDataset, exclude_group: str, k: int, rng: random.Random) -> list[ConflictExample]:
@@ -57,18 +57,13 @@ def demo_examples(dataset: ConflictDataset, exclude_group: str, k: int, rng: ran
 
 
 def sample_demos(dataset: ConflictDataset, exclude_group: str, k: int, flavour: Flavour,
-                 rng: random.Random) -> list[str]:
-    """``k`` formatted demonstrations, each from a different question group other than ``exclude_group``."""
-    return [demo_block(ex, flavour) for ex in demo_examples(dataset, exclude_group, k, rng)]
-
-
-def demos_for(question: str, demos: Sequence[str], k: int) -> list[str]:
-    """The first ``k`` of ``demos`` that do not ask ``question`` itself (no answer leaks into the prompt)."""
-    return [d for d in demos if f"question: {question}\n" not in d][:k]
+                 rng: random.Random, fmt: PromptFormat = THREE_SHOT) -> list[str]:
+    """``k`` demonstrations in ``fmt``, each from a different question group other than ``exclude_group``."""
+    return [demo_block(ex, flavour, fmt) for ex in demo_examples(dataset, exclude_group, k, rng)]
 
 
 def item_demos(example: ConflictExample, demo_pool: ConflictDataset, seed: int, k_shot: int,
-               flavour: Flavour = "org_org") -> tuple[str, ...]:
+               flavour: Flavour = "org_org", fmt: PromptFormat = THREE_SHOT) -> tuple[str, ...]:
     """The demonstrations of one test item: ``k_shot`` from ``demo_pool``'s other groups, drawn with an RNG
     keyed on (seed, item id).
 
@@ -76,12 +71,13 @@ def item_demos(example: ConflictExample, demo_pool: ConflictDataset, seed: int, 
     and test prompts), so an item's prompt depends only on its pool and seed, never on which
     split it sits in or on the order of the rows.
     """
-    return tuple(sample_demos(demo_pool, example.group, k_shot, flavour, random.Random(f"{seed}:{example.id}")))
+    return tuple(sample_demos(demo_pool, example.group, k_shot, flavour, random.Random(f"{seed}:{example.id}"), fmt))
 
 
-def build_prompt(example: ConflictExample, context: Literal["org", "sub", None], demos: Sequence[str]) -> str:
-    """Demonstrations followed by ``example`` with its original, substituted or no context."""
+def build_prompt(example: ConflictExample, context: Literal["org", "sub", None], demos: Sequence[str],
+                 fmt: PromptFormat = THREE_SHOT) -> str:
+    """Demonstrations (blocks of ``fmt``) followed by ``example`` with its original, substituted or no context."""
     if context not in ("org", "sub", None):
         raise SparekitError(f"unknown context {context!r}", "use 'org', 'sub' or None")
     text = {"org": example.org_context, "sub": example.sub_context, None: None}[context]
-    return "".join(demos) + format_block(example.question, text)
+    return fmt.render(example.question, passages(text), demos)

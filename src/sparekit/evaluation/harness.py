@@ -28,7 +28,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset
-from sparekit.data.prompts import build_prompt, item_demos, sample_demos
+from sparekit.data.formats import PromptFormat
+from sparekit.data.prompts import THREE_SHOT, build_prompt, item_demos, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.generation import batches, greedy_generate
@@ -49,22 +50,24 @@ METRICS = ("closed_book_em", "org_context_em", "conflict_uses_context", "conflic
 
 
 def condition_prompts(dataset: ConflictDataset, condition: str, seed: int, k_shot: int,
-                      demo_pool: ConflictDataset | None = None) -> dict[str, str]:
+                      demo_pool: ConflictDataset | None = None, fmt: PromptFormat = THREE_SHOT) -> dict[str, str]:
     """Prompt per key for one (seed, condition): keys are question groups for ``closed``, row ids otherwise.
 
     Demonstrations come from other question groups of ``demo_pool`` (default: ``dataset``
     itself), drawn with an RNG keyed on (seed, item) (:func:`~sparekit.data.prompts.item_demos`),
-    so an item's demos do not depend on the order of the rows.
+    so an item's demos do not depend on the order of the rows. ``fmt``: the prompt format; one
+    that takes no demonstrations at request time (``zero_shot``, ``rag``, …) takes none here either.
     """
+    k_shot = k_shot if fmt.shots else 0
     if condition == "closed":
         index = dataset.group_index()
-        return {group: build_prompt(dataset[rows[0]], None,
-                                    sample_demos(dataset, group, k_shot, "closed", random.Random(f"{seed}:{group}")))
+        return {group: build_prompt(dataset[rows[0]], None, sample_demos(dataset, group, k_shot, "closed",
+                                                                         random.Random(f"{seed}:{group}"), fmt), fmt)
                 for group, rows in index.items()}
     if condition not in ("org", "sub"):
         raise unknown_name("condition", condition, CONDITIONS)
     pool = dataset if demo_pool is None else demo_pool
-    return {ex.id: build_prompt(ex, condition, item_demos(ex, pool, seed, k_shot)) for ex in dataset}
+    return {ex.id: build_prompt(ex, condition, item_demos(ex, pool, seed, k_shot, fmt=fmt), fmt) for ex in dataset}
 
 
 def _read_chunk(path: Path, keys: list[str]) -> list[dict] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparekit.data.formats import DEFAULT_FORMAT, Passages, PromptBuilder, PromptFormat, Shot, parse_shot, prompt_format
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for, default_assets
@@ -37,7 +38,7 @@ def resolve_probe_dir(probe_dir: str | Path | None, model: ModelInfo | None = No
     folder = probe_dir / "probes" if (probe_dir / "probes").is_dir() else probe_dir
     if not (folder / "detect.json").is_file():
         raise SparekitError(f"{probe_dir} holds no fitted probes", "run `sparekit probe` first")
-    read_detect(folder)  # a damaged detect.json fails here, before any model loads
+    request_shots(folder)  # a damaged detect.json fails here, before any model loads
     return folder
 
 
@@ -110,6 +111,33 @@ def describe(reading: dict, probes: ProbeSet) -> dict:
     return {**reading, "sites": {t: str(s) for t, s in probes.sites.items()}, "probe_dir": str(probes.folder)}
 
 
-def detection_demos(folder: Path) -> list[str]:
-    """The demonstrations the probes were fitted with (to format a bare question the same way)."""
-    return list(read_detect(folder)["demos"])
+def request_shots(folder: Path | None = None) -> tuple[Shot, ...]:
+    """The demonstrations of every prompt built at request time (``detect --question``, ``steer``,
+    ``demo``, ``/v1/answer``, :func:`detect`): those recorded with the probes in ``folder``, else those
+    of the probes shipped for the default model.
+
+    Why the probes' own: a conflict probability only means something on prompts like those its
+    probe was fitted on, and ``detect.json`` records exactly those demonstrations (the shipped ones
+    keep their published readings byte for byte). The steering methods were tuned on prompts whose
+    demonstrations are drawn per item from the same kind of pool, so they need no set of their own,
+    and the probes' demonstrations are text: they serve a model without probes too.
+    """
+    return tuple(parse_shot(d) for d in read_detect(default_assets().probes if folder is None else folder)["demos"])
+
+
+def prompt_builder(lm: LoadedModel, folder: Path | None = None,
+                   fmt: str | PromptFormat = DEFAULT_FORMAT) -> PromptBuilder:
+    """The request-time :class:`~sparekit.data.formats.PromptBuilder` of ``lm`` in ``fmt``, with
+    :func:`request_shots` from the probes in ``folder``."""
+    return PromptBuilder(prompt_format(fmt, lm.tokenizer), request_shots(folder))
+
+
+def detect(lm: LoadedModel, question: str, context: Passages = None, probe_dir: str | Path | None = None,
+           prompt_format: str = DEFAULT_FORMAT, max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
+    """The reading of ``question`` asked with ``context`` (one passage, several or none) in ``prompt_format``,
+    the prompt built as every command builds it; the result also holds the ``prompt`` read."""
+    if not question.strip():
+        raise SparekitError("the question is empty")
+    folder = resolve_probe_dir(probe_dir, lm.info)
+    text = prompt_builder(lm, folder, prompt_format)(question, context)
+    return {**detect_prompt(lm, text, folder, max_tokens), "prompt_format": prompt_format, "prompt": text}

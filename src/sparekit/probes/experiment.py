@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, split_by_group
 from sparekit.data.dataset import held_out_values
+from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat, prompt_format
+from sparekit.data.prompts import THREE_SHOT
 from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
@@ -75,13 +77,15 @@ class ProbingData:
 
 def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], work_dir: str | Path, *,
             k_shot: int = 3, prompt_seed: int = 42, batch_size: int = 8, progress: bool = True,
-            answers: bool = True, items: ConflictDataset | None = None) -> ProbingData:
+            answers: bool = True, items: ConflictDataset | None = None, fmt: PromptFormat = THREE_SHOT) -> ProbingData:
     """Memorised items of ``dataset``, their org/sub features at ``sites`` and the model's behaviour.
 
     Activations and predictions are cached under ``work_dir``: a rerun resumes. ``answers=False``
     skips the conflict answers (the behaviour stays empty, so only the conflict target can be fitted).
     ``items``: memorised rows of ``dataset`` known already (a capped sample of another run's); their
-    prompts still draw demonstrations from all of ``dataset``.
+    prompts still draw demonstrations from all of ``dataset``. ``fmt``: the prompt format of the
+    org/sub prompts (memorisation stays the default closed-book test, so every format probes the
+    same items).
     """
     work_dir = Path(work_dir)
     if items is None:
@@ -91,7 +95,7 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
         raise SparekitError(f"only {len(items)} of {len(dataset)} items of {dataset.name} are memorised by "
                             f"{lm.info.name}; probing needs at least {MIN_ITEMS}",
                             "use a larger --limit or a dataset the model knows better")
-    prompts = {c: condition_prompts(dataset, c, prompt_seed, k_shot) for c in ("org", "sub")}
+    prompts = {c: condition_prompts(dataset, c, prompt_seed, k_shot, fmt=fmt) for c in ("org", "sub")}
     org = [prompts["org"][ex.id] for ex in items]
     sub = [prompts["sub"][ex.id] for ex in items]
     store = capture_activations(lm, org + sub, sites, work_dir / "activations", positions="last",
@@ -255,6 +259,9 @@ class ProbeExperiment:
                            help="group: held-out question groups; relation / kind: leave one relation / kind of "
                                 "knowledge out (fit on the others), per held-out fold and their mean and worst.")
     k_shot: int = option(3, min=0, max=16, help="Demonstrations per prompt.")
+    prompt_format: str = option(DEFAULT_FORMAT, choices=tuple(FORMATS),
+                                help="Prompt format of the probed prompts (three_shot: the shipped probes'; "
+                                     "formats without demonstrations ignore --k-shot).")
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
     out: str | None = option(None, help="Run directory (default: under the cache, keyed by the configuration; "
                                         "reruns resume).")
@@ -285,6 +292,8 @@ class ProbeExperiment:
                   "eval_dataset_sha256": data_b and dataset_fingerprint(data_b), "layers": layer_list,
                   "components": comps, "seeds": list(self.seeds), "k_shot": self.k_shot, "prompt_seed": PROMPT_SEED,
                   "split_by": self.split_by, "test_fraction": TEST_FRACTION, "probe": PROBE_PARAMS}
+        if self.prompt_format != DEFAULT_FORMAT:  # only then: the default's run folders keep their keys
+            config["prompt_format"] = self.prompt_format
         run_dir = Path(self.out) if self.out else run_path(cache_dir() / "probes", Path(self.model).name,
                                                            Path(self.dataset).name, config=config)
         with RunDir(run_dir, "probe run").session(config, experiment=config_dict(self)):
@@ -302,10 +311,11 @@ class ProbeExperiment:
         seed_everything(seeds[0])
         sites = {c: [Site(layer, c) for layer in layer_list] for c in comps}
         all_sites = [s for group in sites.values() for s in group]
+        fmt = prompt_format(self.prompt_format, lm.tokenizer)
         train = collect(lm, data_a, all_sites, run_dir / "data-train", k_shot=self.k_shot, prompt_seed=PROMPT_SEED,
-                        batch_size=self.batch_size, progress=progress)
+                        batch_size=self.batch_size, progress=progress, fmt=fmt)
         test = data_b and collect(lm, data_b, all_sites, run_dir / "data-eval", k_shot=self.k_shot,
-                                  prompt_seed=PROMPT_SEED, batch_size=self.batch_size, progress=progress)
+                                  prompt_seed=PROMPT_SEED, batch_size=self.batch_size, progress=progress, fmt=fmt)
 
         def tables(score: Callable[[str, Site], dict]) -> dict:
             """Per component and target, the layer table; a target without enough data gets an ``error``."""

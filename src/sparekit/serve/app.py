@@ -35,7 +35,7 @@ from sparekit.serve.limits import Limits
 from sparekit.serve.metrics import Metrics
 from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, SparekitOptions,
                                      chat_prompt, check_detect, check_model, check_unsupported, error_response,
-                                     resolve_steer, sampling, stop_strings, validation_error)
+                                     resolve_format, resolve_steer, sampling, stop_strings, validation_error)
 
 
 # -- the middleware: drain, body size, in-flight count, request metrics -----------------------
@@ -280,7 +280,7 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         if not body.question.strip():
             raise ApiError(400, "question must not be empty.", "question")
         steer = resolve_steer(body.steer, engine, limits.max_strength, param="steer")
-        prompt = engine.answer_prompt(body.context, body.question)
+        prompt = engine.answer_prompt(body.context, body.question, resolve_format(body.prompt_format, engine))
         check_prompt(engine, limits, prompt)
         plan = _Plan([prompt], body.max_tokens, ("\n",), body.detect and engine.can_detect, steer)
         runner = _Runner(app)

@@ -26,6 +26,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from sparekit.activations.last_token import last_token_states
+from sparekit.data.formats import DEFAULT_FORMAT, Passages, PromptBuilder, PromptFormat, Shot, prompt_format
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_call, tokenize
 from sparekit.hooks import Hooks, Site
@@ -203,7 +204,7 @@ class Engine:
     """Runs batches of :class:`Job` on one model; not thread-safe (one batcher thread calls it)."""
 
     def __init__(self, lm: LoadedModel, probes: ProbeSet | None = None,
-                 steering: Steering | None = None, demos: Sequence[str] = (), kv_ratio: float = 0.0,
+                 steering: Steering | None = None, shots: Sequence[Shot] = (), kv_ratio: float = 0.0,
                  prefix_cache: bool = True):
         self.lm = lm
         self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
@@ -218,7 +219,7 @@ class Engine:
                 if not servable(fitted.method):
                     raise SparekitError(f"method {label!r} ({fitted.method.kind}) cannot be served",
                                         "the server mixes rows in one batch, which needs residual-edit methods")
-        self.demos = tuple(demos)
+        self.shots = tuple(shots)
         eos = lm.model.generation_config.eos_token_id
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                         *([lm.tokenizer.eos_token_id] if lm.tokenizer.eos_token_id is not None else [])}
@@ -243,11 +244,9 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text)["input_ids"])
 
-    def answer_prompt(self, context: str | None, question: str, k_shot: int = 3) -> str:
-        """The project's prompt format: fitted demonstrations (other questions) then the item."""
-        from sparekit.data.prompts import demos_for, format_block
-
-        return "".join(demos_for(question, self.demos, k_shot)) + format_block(question, context)
+    def answer_prompt(self, context: Passages, question: str, fmt: str | PromptFormat = DEFAULT_FORMAT) -> str:
+        """``/v1/answer``'s prompt, built as every command builds it (the request-time demonstrations)."""
+        return PromptBuilder(prompt_format(fmt, self.lm.tokenizer), self.shots)(question, context)
 
     # -- one batch ---------------------------------------------------------------------
     def run(self, jobs: Sequence[Job]) -> None:
@@ -379,16 +378,11 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
                  kv_ratio: float = 0.0, prefix_cache: bool = True) -> Engine:
-    """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods.
-
-    ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
-    or else the probes' (the prompts they were fitted on).
+    """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods,
+    and the request-time demonstrations of ``/v1/answer`` prompts (:func:`~sparekit.probes.detect.request_shots`).
     """
-    from sparekit.probes.detect import detection_demos, probes_for
+    from sparekit.probes.detect import probes_for, request_shots
 
     probes = probes_for(lm, probe_dir)
-    steering = load_steering(lm, fitted)
-    demos = next((f.demos for per in steering.methods.values() for f in per.values()), None)
-    if demos is None:
-        demos = tuple(detection_demos(probes.folder)) if probes is not None else ()
-    return Engine(lm, probes, steering, demos, kv_ratio, prefix_cache)
+    shots = request_shots(None if probes is None else probes.folder)
+    return Engine(lm, probes, load_steering(lm, fitted), shots, kv_ratio, prefix_cache)

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from sparekit.data.formats import DEFAULT_FORMAT, PromptFormat, apply_chat_template, prompt_format
+from sparekit.errors import SparekitError
 from sparekit.serve.engine import Engine, RowSteer, Sampling
 
 #: where sparekit's own options go in a request body (``extra_body={"sparekit": {...}}`` with the openai client)
@@ -105,8 +107,9 @@ class ChatRequest(_OpenAIRequest):
 
 class AnswerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    context: str | None = None
+    context: str | list[str] | None = None
     question: str
+    prompt_format: str = DEFAULT_FORMAT
     steer: SteerSpec | None = None
     detect: bool = True
     max_tokens: int = 12
@@ -203,6 +206,14 @@ def resolve_steer(spec: SteerSpec | None, engine: Engine, max_strength: float,
     return RowSteer(spec.method, spec.toward, float(strength), bool(spec.gate))
 
 
+def resolve_format(name: str, engine: Engine) -> PromptFormat:
+    """The requested prompt format, or a 400 that names the valid ones (or says the model has no chat template)."""
+    try:
+        return prompt_format(name, engine.lm.tokenizer)
+    except SparekitError as exc:
+        raise ApiError(400, f"{exc}.", "prompt_format") from None
+
+
 def check_detect(detect: bool, engine: Engine, param: str) -> None:
     if detect and not engine.can_detect:
         raise ApiError(400, "Detection is not available: start the server with --probe DIR for this model.", param)
@@ -236,8 +247,6 @@ def chat_prompt(tokenizer, messages: list[ChatMessage]) -> tuple[str, tuple[str,
     if not turns:
         raise ApiError(400, "messages must hold at least one message.", "messages")
     if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        bos = tokenizer.bos_token or ""
-        return (text[len(bos):] if bos and text.startswith(bos) else text), ()
+        return apply_chat_template(tokenizer, turns), ()
     lines = "".join(f"{PLAIN_ROLES[t['role']]}: {t['content']}\n" for t in turns)
     return lines + "Assistant:", tuple(f"\n{role}:" for role in ("User", "System"))

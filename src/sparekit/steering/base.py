@@ -31,7 +31,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from sparekit.artifacts import KINDS, Artifact, join_keyed, save_artifact, split_keyed
 from sparekit.data.dataset import ConflictDataset, ConflictExample
-from sparekit.data.prompts import build_prompt
+from sparekit.data.formats import PromptFormat
+from sparekit.data.prompts import THREE_SHOT, build_prompt
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import answer_nll, batches, greedy_generate
 from sparekit.hooks import Hooks, Site
@@ -79,20 +80,21 @@ def register(name: str) -> Callable[[type], type]:
 
 @dataclass(frozen=True)
 class SteeringPrompt:
-    """A test item with its demonstrations, kept structured so any method can rebuild it."""
+    """A test item with its demonstrations (blocks of ``fmt``), kept structured so any method can rebuild it."""
 
     example: ConflictExample
     context: Literal["org", "sub"] | None
     demos: tuple[str, ...]
+    fmt: PromptFormat = THREE_SHOT
 
     @property
     def text(self) -> str:
-        return build_prompt(self.example, self.context, self.demos)
+        return build_prompt(self.example, self.context, self.demos, self.fmt)
 
     @property
     def text_without_context(self) -> str:
         """Same demonstrations, test item closed-book (the contrast CAD needs)."""
-        return build_prompt(self.example, None, self.demos)
+        return build_prompt(self.example, None, self.demos, self.fmt)
 
 
 @dataclass

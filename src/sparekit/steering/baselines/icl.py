@@ -46,7 +46,7 @@ class InContextDemonstrations(SteeringMethod):
     def rewrite(self, prompts: list[SteeringPrompt], toward: Direction, strength: float | None) -> list[SteeringPrompt]:
         flavour = FLAVOUR[toward]
         return [replace(p, demos=tuple(sample_demos(self.pool_, p.example.group, self.k, flavour,  # type: ignore[arg-type]
-                                                    random.Random(f"{self.seed}/{p.example.id}"))))
+                                                    random.Random(f"{self.seed}/{p.example.id}"), p.fmt)))
                 for p in prompts]
 
     def state_extra(self) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""One prompt builder on the real default model: the same context and question, in the same prompt format, give
+the same prompt text and the same conflict probability from `sparekit detect --json`, `demo`'s reading,
+`/v1/answer`, `sparekit steer --json` and the library (`sparekit.detect`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from serve_helpers import post, serving  # noqa: E402
+
+import sparekit  # noqa: E402
+from sparekit.cli.demo import read_contexts  # noqa: E402
+from sparekit.cli.main import main  # noqa: E402
+from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir  # noqa: E402
+from sparekit.serve import Limits, build_engine  # noqa: E402
+
+QUESTION = "What is the capital of France?"
+#: (contexts, prompt format): a conflict and a true context in the shipped format, then the other formats
+CASES = [(["The capital of France is Porto-Novo."], "three_shot"), (["The capital of France is Paris."], "three_shot"),
+         (["The capital of France is Porto-Novo."], "zero_shot"),
+         (["France is a country in Western Europe.", "The capital of France is Porto-Novo."], "rag"),
+         (["The capital of France is Porto-Novo."], "llamaindex")]
+
+
+def cli_json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def server(default_lm):
+    engine = build_engine(default_lm)
+    with serving(engine, Limits()) as (_, url):
+        yield engine, url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("contexts, fmt", CASES)
+def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, capsys, monkeypatch, contexts, fmt):
+    monkeypatch.setattr("sparekit.models.load_model", lambda *args, **kwargs: default_lm)  # one model load in all
+    engine, url = server
+    context_options = [arg for c in contexts for arg in ("--context", c)]
+    detected = cli_json(capsys, ["detect", "--question", QUESTION, *context_options, "--prompt-format", fmt, "--json"])
+    library = sparekit.detect(default_lm, QUESTION, contexts, prompt_format=fmt)
+    probes = load_probes(resolve_probe_dir(None, default_lm.info), default_lm.info.model_hash)
+    demo = read_contexts(default_lm, probes, prompt_builder(default_lm, probes.folder, fmt), QUESTION,
+                         {"case": contexts, "closed": None})["case"]
+    status, answer = post(url + "/v1/answer", {"context": contexts, "question": QUESTION, "prompt_format": fmt})
+    assert status == 200, answer
+    prompts = {"detect": detected["prompt"], "library": library["prompt"], "demo": demo["prompt"],
+               "server": engine.answer_prompt(contexts, QUESTION, fmt)}
+    readings = {"detect": detected, "library": library, "demo": demo, "server": answer["sparekit"]}
+    if len(contexts) == 1:  # `steer` takes one CONTEXT
+        steered = cli_json(capsys, ["steer", contexts[0], QUESTION, "--toward", "memory", "--prompt-format", fmt,
+                                    "--json"])
+        prompts["steer"], readings["steer"] = steered["prompt"], steered["detection"]
+    assert len(set(prompts.values())) == 1, prompts
+    assert prompts["detect"].endswith(("answer:", "Answer:")) and all(c in prompts["detect"] for c in contexts)
+    p = detected["conflict_probability"]
+    for where, reading in readings.items():
+        assert reading["conflict_probability"] == pytest.approx(p, abs=1e-6), where
+        assert reading["predicted_source"] == detected["predicted_source"], where
+
+
+@pytest.mark.slow
+def test_the_shipped_format_reads_conflict_and_truth_apart(default_lm):
+    """The shipped probes still tell the README's conflict from the truth in the default format (same bytes)."""
+    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.")
+    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.")
+    assert conflict["conflict"] and not truth["conflict"]
+    assert conflict["prompt"].startswith("context: In Qatar, people pay with the Rial.\nquestion: What is the currency")
+
+
+@pytest.mark.slow
+def test_chat_without_a_template_is_one_line_everywhere(default_lm, server, capsys, monkeypatch):
+    monkeypatch.setattr("sparekit.models.load_model", lambda *args, **kwargs: default_lm)
+    _, url = server
+    for argv in (["detect", "--question", QUESTION, "--prompt-format", "chat"],
+                 ["steer", "c", QUESTION, "--toward", "memory", "--prompt-format", "chat"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: the prompt format 'chat' needs the model's chat template")
+        assert err.count("\n") == 1
+    status, reply = post(url + "/v1/answer", {"question": QUESTION, "prompt_format": "chat"})
+    assert status == 400 and reply["error"]["param"] == "prompt_format" and "chat template" in reply["error"]["message"]
+    status, reply = post(url + "/v1/answer", {"question": QUESTION, "prompt_format": "rga"})
+    assert status == 400 and reply["error"]["param"] == "prompt_format"
+    assert "did you mean 'rag'" in reply["error"]["message"]
