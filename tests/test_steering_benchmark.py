@@ -8,6 +8,7 @@ import pytest
 
 from sparekit.data import load_dataset
 from sparekit.errors import SparekitError
+from sparekit.steering.fitted import FittedBundle
 from sparekit.steering.benchmark import DEV_SEED, BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
 from sparekit.utils.io import atomic_write_json
 
@@ -58,7 +59,9 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     # the unsteered method does not move anything relative to itself
     assert summary["methods"]["none"]["conditional"]["memory"]["C→M"]["mean"] in (0.0, None)
     assert "| spare+gate |" in markdown_table(summary)
-    assert (tmp_path / "fitted" / "spare" / "memory" / "tuned.json").is_file()
+    exported = FittedBundle.load(tmp_path / "fitted" / "spare+gate", default_lm.info.model_hash)
+    assert exported.gate is not None and exported["memory"].strength == 4.0 and len(exported.demos) == 6
+    assert exported["memory"].params == summary["methods"]["spare"]["tuned"]["memory"]["params"]
     # the pool's behaviour prompts, written for SAE training: pool items only, labels as in the behaviour data
     rows = [json.loads(line) for line in (tmp_path / "behaviour_prompts.jsonl").read_text().splitlines()]
     behaviour = json.loads((tmp_path / "behaviour.json").read_text())
@@ -180,7 +183,8 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
 
     from sparekit.data.default import build_default_dataset
     from sparekit.steering import make_method
-    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
+    from sparekit.steering.fitted import FittedBundle
+from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
 
     data = build_default_dataset(0).subset(list(range(12)))
     bench = SteeringBenchmark(tiny_llama, data, BenchConfig(methods=("none",)), tmp_path, batch_size=4)

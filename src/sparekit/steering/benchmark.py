@@ -38,6 +38,7 @@ from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, ex
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, Gate, SteeringMethod, SteeringPrompt, make_method
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
+from sparekit.steering.fitted import FittedBundle, FittedSteering
 from sparekit.steering.gate import ProbeGate, fit_probe_gate
 from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.guards import warn_small_data
@@ -543,23 +544,20 @@ class SteeringBenchmark:
         result["per_seed"] = per_seed
         partner = _partner(label)[0]
         if partner is None:
-            self._export(label, kind, tuned, data, pool)
+            self._export(label, kind, tuned, data, pool, gate)
         else:  # a combination is not saved as one method: its parts' rows export theirs
             result["tuned_partner"] = self.tune(partner, data, dev, pool)
         return result
 
-    def _export(self, label: str, kind: str, tuned: dict, data: BehaviourData, pool: ConflictDataset) -> None:
-        """Save the dev-tuned fitted method per direction, with demonstrations for new questions.
-
-        ``sparekit steer --fitted <run>/fitted/<label>`` reads these folders.
-        """
-        demos = sample_demos(pool, "", 2 * self.config.k_shot, "org_org", random.Random(0))
-        for toward in DIRECTIONS:
-            folder = self.out / "fitted" / label / toward
-            self._fit(kind, tuned[toward]["params"], data).save(folder)
-            atomic_write_json(folder / "tuned.json", {**tuned[toward], "toward": toward, "label": label,
-                                                      "model_hash": self.lm.info.model_hash, "demos": demos})
-
+    def _export(self, label: str, kind: str, tuned: dict, data: BehaviourData, pool: ConflictDataset,
+                gate: Gate | None) -> None:
+        """Save the dev-tuned methods as a fitted bundle, with demonstrations for new questions and the
+        run's gate. ``sparekit steer --fitted <run>/fitted/<label>`` reads it."""
+        demos = tuple(sample_demos(pool, "", 2 * self.config.k_shot, "org_org", random.Random(0)))
+        directions = {t: FittedSteering(self._fit(kind, tuned[t]["params"], data), tuned[t]["strength"], demos,
+                                        tuned[t]["params"], tuned[t]["dev_em"]) for t in DIRECTIONS}
+        bundle = FittedBundle(label, directions, demos, self.lm.info.model_hash, gate)  # type: ignore[arg-type]
+        bundle.save(self.out / "fitted" / label)
 
     def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None,
                  cached_only: bool = False) -> dict[str, Any]:

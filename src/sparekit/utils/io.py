@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import struct
 import zipfile
@@ -72,6 +73,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole (a folder
+    already there is moved aside, then removed), so a reader finds the old folder or the new one, never a mix."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = path.parent / f".{path.name}.{os.urandom(6).hex()}.old"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fresh_temp(path: Path) -> Path:
