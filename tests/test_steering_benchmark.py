@@ -8,8 +8,8 @@ import pytest
 
 from sparekit.data import load_dataset
 from sparekit.errors import SparekitError
-from sparekit.steering.fitted import FittedBundle
 from sparekit.steering.benchmark import DEV_SEED, BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
+from sparekit.steering.fitted import FittedBundle
 from sparekit.utils.io import atomic_write_json
 
 
@@ -183,8 +183,7 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
 
     from sparekit.data.default import build_default_dataset
     from sparekit.steering import make_method
-    from sparekit.steering.fitted import FittedBundle
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
+    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
 
     data = build_default_dataset(0).subset(list(range(12)))
     bench = SteeringBenchmark(tiny_llama, data, BenchConfig(methods=("none",)), tmp_path, batch_size=4)
