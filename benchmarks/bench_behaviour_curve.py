@@ -28,7 +28,7 @@ import torch
 from sparekit.data import load_dataset
 from sparekit.models import load_model
 from sparekit.steering import DIRECTIONS, BehaviourData
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 
 
 def stratified_subsample(data: BehaviourData, fraction: float, seed: int) -> BehaviourData:

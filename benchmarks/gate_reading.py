@@ -21,7 +21,7 @@ import sparekit
 from sparekit.activations.last_token import last_token_states
 from sparekit.data import load_dataset, split_by_group
 from sparekit.evaluation.harness import memorised_subset
-from sparekit.steering.benchmark import eval_prompts
+from sparekit.steering.bench import eval_prompts
 from sparekit.steering.fitted import FittedBundle, shipped_root
 
 

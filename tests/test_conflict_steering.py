@@ -317,7 +317,8 @@ def test_within_relation_selection_ignores_features_that_only_name_the_relation(
 
 # -- combinations ---------------------------------------------------------------------------------
 def test_combined_labels_parse():
-    from sparekit.steering.benchmark import _kind, _partner
+    from sparekit.steering.bench.protocol import method_kind as _kind
+    from sparekit.steering.bench.protocol import partner as _partner
 
     assert _kind("spare+gate+cad") == ("spare", True) and _partner("spare+gate+cad") == ("cad", True)
     assert _kind("spare+cad+gate") == ("spare", True) and _partner("spare+cad+gate") == ("cad", False)

@@ -8,7 +8,8 @@ from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.steering.behaviour import BEHAVIOUR_FLAVOURS, behaviour_prompts
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, paper_choice, paper_config
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark, paper_config
+from sparekit.steering.bench.protocol import paper_choice
 from sparekit.utils.io import atomic_write_json
 
 

@@ -8,15 +8,17 @@ import pytest
 
 from sparekit.data import load_dataset
 from sparekit.errors import SparekitError
-from sparekit.steering.benchmark import DEV_SEED, BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
+from sparekit.reporting.steering import markdown_table
+from sparekit.steering.bench import DEV_SEED, BenchConfig, SteeringBenchmark, eval_prompts
+from sparekit.steering.bench.protocol import method_kind
 from sparekit.steering.fitted import FittedBundle
 from sparekit.utils.io import atomic_write_json
 
 
 def test_method_labels_parse():
-    assert _kind("spare+gate") == ("spare", True) and _kind("actadd") == ("actadd", False)
+    assert method_kind("spare+gate") == ("spare", True) and method_kind("actadd") == ("actadd", False)
     with pytest.raises(SparekitError, match="unknown method variant"):
-        _kind("spare+always")
+        method_kind("spare+always")
 
 
 def test_frontier_sweeps_the_dev_grid_plus_extra_strengths():
@@ -183,7 +185,7 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
 
     from sparekit.data.default import build_default_dataset
     from sparekit.steering import make_method
-    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
+    from sparekit.steering.bench import BenchConfig, SteeringBenchmark, eval_prompts
 
     data = build_default_dataset(0).subset(list(range(12)))
     bench = SteeringBenchmark(tiny_llama, data, BenchConfig(methods=("none",)), tmp_path, batch_size=4)

@@ -1,6 +1,6 @@
 """``sparekit bench steer`` and ``bench frontier`` as config dataclasses with a ``run()``.
 
-Each is a :class:`~sparekit.steering.benchmark.BenchConfig` (the protocol, whose fields
+Each is a :class:`~sparekit.steering.bench.protocol.BenchConfig` (the protocol, whose fields
 decide the numbers) plus what to run it on and where (dataset, model, run directory,
 device). ``__cli__`` gives the protocol fields their command-line names and help.
 """
@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sparekit.steering.benchmark import BenchConfig, paper_config
+from sparekit.steering.bench import BenchConfig, paper_config
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
 
 
@@ -93,8 +93,8 @@ class BenchSteerExperiment(_BenchRun):
 
     def run(self, progress: bool = True) -> dict:
         """The summary (``results.json``), its markdown table under ``table`` (``results.md``) and ``run_dir``."""
-        from sparekit.steering.benchmark import (SteeringBenchmark, leave_one_relation_out, markdown_table,
-                                                 relation_table)
+        from sparekit.reporting.steering import markdown_table, relation_table
+        from sparekit.steering.bench import SteeringBenchmark, leave_one_relation_out
         from sparekit.utils.io import atomic_write_text
         from sparekit.utils.rundir import RunDir
 
@@ -122,7 +122,7 @@ class BenchFrontierExperiment(_BenchRun):
         """``curves`` (``frontier.json``; with ``--split-by relation`` the mean over held-out relations,
         each relation's under ``held_out``), the ``plot`` path and ``run_dir``."""
         from sparekit.reporting.frontier import plot_frontier
-        from sparekit.steering.benchmark import SteeringBenchmark, leave_one_relation_out_frontier
+        from sparekit.steering.bench import SteeringBenchmark, leave_one_relation_out_frontier
 
         lm, data, out = self._load(self.split_by)
         if self.split_by == "relation":
