@@ -152,7 +152,7 @@ def test_dev_em_of_none_is_the_harness_unsteered_em_on_the_same_items(default_lm
             harness = condition_prompts(items, context, seed, config.k_shot, demo_pool=pool)
             assert [p.text for p in eval_prompts(items, pool, context, seed, config.k_shot)] == \
                 [harness[ex.id] for ex in items]
-    tuned = bench.tune("none", None, dev, pool)  # type: ignore[arg-type]
+    tuned = bench.tuner.tune("none", None, dev, pool)  # type: ignore[arg-type]
     with tqdm(disable=True) as bar:  # batch size 1 on both sides: no padding, the same greedy answers
         answers = generate_keyed(default_lm, condition_prompts(dev, "sub", DEV_SEED, config.k_shot, demo_pool=pool),
                                  1, None, "sub", bar)
@@ -172,11 +172,11 @@ def test_a_cached_cell_is_reused_only_for_the_same_prompt_text(tiny_llama, tmp_p
     pool, items = dataset[:8], dataset[8:]
     first = eval_prompts(items, pool, "sub", 1, 2)
     cell = ("dev", "none", {}, none)
-    generated = bench._cached_cell(*cell, first, "context", None, None)
-    assert bench._cached_cell(*cell, first, "context", None, None, cached_only=True) == generated
+    generated = bench.cells.get(*cell, first, "context", None, None)
+    assert bench.cells.get(*cell, first, "context", None, None, cached_only=True) == generated
     redrawn = eval_prompts(items, pool, "sub", 2, 2)  # same ids, other demonstrations
     assert [p.example.id for p in redrawn] == [p.example.id for p in first] and redrawn != first
-    assert bench._cached_cell(*cell, redrawn, "context", None, None, cached_only=True) is None
+    assert bench.cells.get(*cell, redrawn, "context", None, None, cached_only=True) is None
 
 
 def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, caplog):
@@ -195,9 +195,9 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
     from sparekit.steering.base import BehaviourData
 
     method = make_method("none").fit(BehaviourData([], np.array([1, 0]), {}))
-    first = bench._cached_cell("test", "none", {}, method, prompts, "memory", None, None, seed=42)
+    first = bench.cells.get("test", "none", {}, method, prompts, "memory", None, None, seed=42)
     path = next((tmp_path / "generations" / "test").glob("*.jsonl"))
     path.write_text(path.read_text()[:25])
     with caplog.at_level(logging.WARNING):
-        again = bench._cached_cell("test", "none", {}, method, prompts, "memory", None, None, seed=42)
+        again = bench.cells.get("test", "none", {}, method, prompts, "memory", None, None, seed=42)
     assert again == first and "damaged" in caplog.text

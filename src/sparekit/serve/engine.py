@@ -33,6 +33,7 @@ from sparekit.kv import L2Press
 from sparekit.models.assets import assets_for
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
+from sparekit.probes.detect import detection_demos, probes_for
 from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures
 from sparekit.serve.prefix import PrefixCache, prefixed_batch
 from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
@@ -373,7 +374,6 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     ``/v1/answer`` prompts get the fitted method's demonstrations, as ``sparekit steer`` uses,
     or else the probes' (the prompts they were fitted on).
     """
-    from sparekit.probes.detect import detection_demos, probes_for
 
     probes = probes_for(lm, probe_dir)
     steering = load_steering(lm, fitted)

@@ -11,8 +11,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sparekit.steering.bench import BenchConfig, paper_config
+from sparekit.data import load_dataset
+from sparekit.data.dataset import held_out_relations
+from sparekit.models import load_model
+from sparekit.reporting.frontier import plot_frontier
+from sparekit.reporting.steering import markdown_table, relation_table
+from sparekit.steering.base import REGISTRY
+from sparekit.steering.bench import (BenchConfig, SteeringBenchmark, leave_one_relation_out,
+                                     leave_one_relation_out_frontier, paper_config)
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
+from sparekit.utils.io import atomic_write_text
+from sparekit.utils.registry import unknown_name
+from sparekit.utils.rundir import RunDir, run_path
 
 
 @dataclasses.dataclass
@@ -68,13 +78,6 @@ class _BenchRun(BenchConfig):
 
     def _load(self, split_by: str = "group"):
         """The model, dataset and run directory (checked before the model loads where possible)."""
-        from sparekit.data import load_dataset
-        from sparekit.data.dataset import held_out_relations
-        from sparekit.models import load_model
-        from sparekit.steering import REGISTRY
-        from sparekit.utils.registry import unknown_name
-        from sparekit.utils.rundir import run_path
-
         for label in self.methods:
             if label.partition("+")[0] not in REGISTRY:
                 raise unknown_name("method", label.partition("+")[0], REGISTRY, where="--methods")
@@ -93,11 +96,6 @@ class BenchSteerExperiment(_BenchRun):
 
     def run(self, progress: bool = True) -> dict:
         """The summary (``results.json``), its markdown table under ``table`` (``results.md``) and ``run_dir``."""
-        from sparekit.reporting.steering import markdown_table, relation_table
-        from sparekit.steering.bench import SteeringBenchmark, leave_one_relation_out
-        from sparekit.utils.io import atomic_write_text
-        from sparekit.utils.rundir import RunDir
-
         lm, data, out = self._load(self.split_by)
         if self.split_by == "relation":  # each held-out run checks its own config
             RunDir(out).record_experiment(config_dict(self))
@@ -121,9 +119,6 @@ class BenchFrontierExperiment(_BenchRun):
     def run(self, progress: bool = True) -> dict:
         """``curves`` (``frontier.json``; with ``--split-by relation`` the mean over held-out relations,
         each relation's under ``held_out``), the ``plot`` path and ``run_dir``."""
-        from sparekit.reporting.frontier import plot_frontier
-        from sparekit.steering.bench import SteeringBenchmark, leave_one_relation_out_frontier
-
         lm, data, out = self._load(self.split_by)
         if self.split_by == "relation":
             result = leave_one_relation_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,
