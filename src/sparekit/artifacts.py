@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sparekit import __version__
 from sparekit.errors import SparekitError
 from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_path, atomic_write_json, check_readable, damaged_file,
                                read_json)
@@ -35,8 +36,6 @@ KINDS: Registry = Registry("saved object kind", "kind")
 
 def header(kind: str, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
     """The three keys every sparekit file starts with."""
-    from sparekit import __version__
-
     return {"kind": kind, "format_version": format_version, "sparekit_version": __version__}
 
 

@@ -77,7 +77,7 @@ def assets_for(model: ModelInfo | str) -> ModelAssets | None:
     if isinstance(model, ModelInfo):
         name = next((n for n, h in SHIPPED.items() if h == model.model_hash), None)
     else:
-        from sparekit.models.loading import _CACHE_NAMES
+        from sparekit.models.loading import _CACHE_NAMES  # deliberately lazy: loading pulls in transformers
 
         name = _CACHE_NAMES.get(model, model)
     return ModelAssets(name, SHIPPED[name]) if name in SHIPPED else None
@@ -85,6 +85,6 @@ def assets_for(model: ModelInfo | str) -> ModelAssets | None:
 
 def default_assets() -> ModelAssets:
     """The default model's assets (always shipped)."""
-    from sparekit.models.loading import _CACHE_NAMES
+    from sparekit.models.loading import _CACHE_NAMES  # deliberately lazy: loading pulls in transformers
 
     return ModelAssets(_CACHE_NAMES["default"], SHIPPED[_CACHE_NAMES["default"]])

@@ -160,9 +160,9 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
     removes the file. Inside a torch.distributed process group the ranks share the folder
     and no lock is taken.
     """
-    import fcntl
+    import fcntl  # deliberately lazy: POSIX only, and only a run lock needs it
 
-    from sparekit.utils.distributed import rank_and_world
+    from sparekit.utils.distributed import rank_and_world  # deliberately lazy: it imports torch; io must not
 
     if rank_and_world()[1] > 1:  # the ranks of one data-parallel job share the folder by design
         yield
