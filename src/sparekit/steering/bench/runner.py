@@ -172,10 +172,10 @@ class SteeringBenchmark:
                                  for toward, runs in moves.items()}
         result.update(tuned=tuned, per_seed=per_seed)
         other = partner(label)[0]
-        if other is None:
-            export_bundle(self.tuner, label, tuned, data, pool, gate)
-        else:  # a combination is not saved as one method: its parts' rows export theirs
+        if other is not None:  # a combination is not saved as one method: its parts' rows export theirs
             result["tuned_partner"] = self.tuner.tune(other, data, dev, pool)
+        elif rank_and_world()[0] == 0:  # one writer: in a data-parallel run every rank evaluates every label
+            export_bundle(self.tuner, label, tuned, data, pool, gate)
         return result
 
     # -- the frontier ---------------------------------------------------------------------------
