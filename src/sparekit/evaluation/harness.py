@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictDataset
 from sparekit.data.prompts import build_prompt, item_demos, sample_demos
@@ -34,7 +35,6 @@ from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
-from sparekit.models import load_model
 from sparekit.models.loading import LoadedModel
 from sparekit.utils.distributed import barrier, local_device, rank_and_world
 from sparekit.utils.config import DATASET_HELP, DTYPE_HELP, config_dict, device_field, device_map_field, model_field, option
@@ -293,7 +293,8 @@ class EvalExperiment:
         data = load_dataset(self.dataset, limit=self.limit, seed=self.limit_seed)
         if self.out is not None:
             ensure_dir(self.out)  # a bad --out fails now, not after loading the model
-        lm = load_model(self.model, dtype=self.dtype, device=local_device(self.device), device_map=self.device_map)
+        lm = models.load_model(self.model, dtype=self.dtype, device=local_device(self.device),
+                               device_map=self.device_map)
         run_dir = self.out or default_run_dir(run_config(lm, data, self.seeds, self.k_shot))
         return evaluate(lm, data, self.seeds, k_shot=self.k_shot, out_dir=run_dir, batch_size=self.batch_size,
                         progress=progress, experiment=config_dict(self))

@@ -11,9 +11,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
+from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
 from sparekit.data import load_dataset
 from sparekit.data.dataset import held_out_relations
-from sparekit.models import load_model
 from sparekit.reporting.frontier import plot_frontier
 from sparekit.reporting.steering import markdown_table, relation_table
 from sparekit.steering.base import REGISTRY
@@ -84,7 +84,7 @@ class _BenchRun(BenchConfig):
         data = load_dataset(self.dataset)
         if split_by == "relation":
             held_out_relations(data)  # bad input fails before the model loads
-        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        lm = models.load_model(self.model, device=self.device, device_map=self.device_map)
         suffix = "-by-relation" if split_by == "relation" else ""
         out = Path(self.out) if self.out else run_path("runs", "bench-steer", data.name, lm.info.model_hash[:8] + suffix)
         return lm, data, out
