@@ -97,12 +97,13 @@ class FittedBundle:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, model_hash: str | None = None) -> FittedBundle:
+        """What :func:`sparekit.load` calls: the settings checked, then each direction's method and the gate."""
         path, params = artifact.path, artifact.params
         demos, tuned = _checked_settings(path / CONFIG, params)
         if model_hash is not None and params.get("model_hash") not in (None, model_hash):
             raise SparekitError(f"{path} was tuned on another model (hash {str(params['model_hash'])[:12]}…)",
                                 "fit it for this model with `sparekit bench steer --model …`")
-        directions = {t: FittedSteering(rebuild(read_artifact(path / t), SteeringMethod), setting["strength"],
+        directions = {t: FittedSteering(rebuild(read_artifact(path / t), SteeringMethod), setting.get("strength"),
                                         demos, dict(setting.get("params") or {}), setting.get("dev_em"))
                       for t, setting in tuned.items()}
         gate = ProbeGate.load(path / "gate", model_hash) if (path / "gate" / CONFIG).is_file() else None
