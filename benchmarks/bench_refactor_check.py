@@ -51,7 +51,8 @@ def same(a: Path, b: Path) -> bool:
 
 
 def compare(a: Path, b: Path) -> None:
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name not in ("environment.json", ".lock", "done")
+    skipped = ("environment.json", ".lock", "done")  # the run's machine and times
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name not in skipped
                    and p.relative_to(a).parts[0] not in ("fitted", "config.json"))
     differ = [str(f) for f in files if not same(a / f, b / f)]
     print(f"{len(files) - len(differ)} of {len(files)} files identical" + (f"; differ: {differ}" if differ else ""))

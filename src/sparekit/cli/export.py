@@ -57,7 +57,8 @@ def control_vector(method_dir: Path, out: Path, toward: str | None, strength: fl
     \b
     METHOD_DIR: a fitted bundle (<run>/fitted/actadd), one of its direction folders
     (<run>/fitted/actadd/memory) or any saved method (config.json + tensors.safetensors).
-    actadd and cvec export exactly; knob and spare export a fixed stand-in for their input-dependent edit (the file records sparekit.exact = false).
+    actadd and cvec export exactly; knob and spare export a fixed stand-in for their
+    input-dependent edit (the file records sparekit.exact = false).
     Direction.N is added to the output of block N in llama.cpp, sparekit's layer N; llama.cpp adds
     it at every token, sparekit at the last prompt token only. Use it with
       llama-cli -m model.gguf --control-vector-scaled OUT 1.0
