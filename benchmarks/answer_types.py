@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sparekit.data import load_dataset
 from sparekit.evaluation.metrics import normalize_answer
-from sparekit.steering.benchmark import cell_params, setting_slug
+from sparekit.steering.bench.protocol import cell_params, setting_slug
 
 
 def tuned_prefix(label: str, result: dict) -> str:

@@ -347,11 +347,15 @@ def issue30_saved_folders(s: Sweep, tmp: Path) -> None:
         s.cli(f"{case}: export", ["export", "control-vector", str(root / "memory"), "--out", str(out)], out)
         s.cli(f"{case}: steer --fitted", [*STEER, "--fitted", str(root)])
         library_load(s, f"{case}: sparekit.load", root / "memory")
-    tuned_list = fitted_copy(tmp, "tuned_list", lambda f: write(f / "tuned.json", "[1, 2]"))
-    s.cli("N106 tuned.json is a list", [*STEER, "--fitted", str(tuned_list)])
+    def tuned(change: Callable[[dict], object]) -> Callable[[Path], None]:  # the bundle's tuned settings
+        return lambda f: f.name == "memory" and edit_json(f.parent / "config.json", lambda c: {
+            **c, "params": {**c["params"], "tuned": change(c["params"]["tuned"])}})
+
+    tuned_list = fitted_copy(tmp, "tuned_list", tuned(lambda t: [1, 2]))
+    s.cli("N106 tuned settings are a list", [*STEER, "--fitted", str(tuned_list)])
     tuned_text = fitted_copy(tmp, "tuned_strength_str",
-                             lambda f: edit_json(f / "tuned.json", lambda t: {**t, "strength": "abc"}))
-    s.cli("N107 tuned.json strength 'abc'", [*STEER, "--fitted", str(tuned_text)])
+                             tuned(lambda t: {**t, "memory": {**t["memory"], "strength": "abc"}}))
+    s.cli("N107 tuned strength 'abc'", [*STEER, "--fitted", str(tuned_text)])
     library_load(s, "N105 sparekit.load on a config.json of 5",
                  write(tmp / "load" / "load_number" / "config.json", "5").parent)
     prompt = "context: a\nquestion: b\nanswer:"

@@ -28,7 +28,7 @@ import torch
 from sparekit.data import load_dataset
 from sparekit.models import load_model
 from sparekit.steering import DIRECTIONS, BehaviourData
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 
 
 def stratified_subsample(data: BehaviourData, fraction: float, seed: int) -> BehaviourData:
@@ -58,7 +58,7 @@ def main() -> None:
     bench = SteeringBenchmark(lm, dataset, config, args.run, progress=False, memorised_file=args.memorised)
     pool, dev, test = bench.splits()
     full = bench.behaviour(pool)
-    tuned = bench.tune("spare", full, dev, pool)
+    tuned = bench.tuner.tune("spare", full, dev, pool)
     rows = []
     for fraction in (float(f) for f in args.fractions.split(",")):
         for subsample in ([0] if fraction == 1 else [int(s) for s in args.subsample_seeds.split(",")]):
@@ -68,12 +68,12 @@ def main() -> None:
             point = {"fraction": fraction, "subsample_seed": subsample, "behaviour_rows": len(data.labels)}
             for toward in DIRECTIONS:
                 choice = tuned[toward]
-                method = bench.method("spare", choice["params"]).fit(data)
+                method = bench.tuner.method("spare", choice["params"]).fit(data)
                 for context in ("sub", "org"):
                     prompts = bench.test_prompts(test, pool, context, args.seed)
-                    preds = bench._cached_cell(split, label, choice["params"], method, prompts, toward,
+                    preds = bench.cells.get(split, label, choice["params"], method, prompts, toward,
                                                choice["strength"], None, args.seed)
-                    point[f"{toward}/{context}"] = 100 * bench._score(preds, prompts,
+                    point[f"{toward}/{context}"] = 100 * bench.cells.score(preds, prompts,
                                                                       toward if context == "sub" else "memory")
             rows.append(point)
             print(json.dumps(point), flush=True)

@@ -1,7 +1,7 @@
 """Issue 12, items 3-5, at a dev-comparison scale: AdaCAD, JUICE and SpARE's output-score selection
 against none / CAD / SpARE on the default model, relation ``capital`` held out.
 
-The steering benchmark (:class:`~sparekit.steering.benchmark.SteeringBenchmark`) at reduced scale:
+The steering benchmark (:class:`~sparekit.steering.bench.runner.SteeringBenchmark`) at reduced scale:
 one seed (42), ``--test-limit`` held-out items, the leave-one-relation-out splits of the shared run
 (pool 128 groups, dev 32, behaviour seeds 0 and 1, layers 9-12). Nothing is tuned on dev here (CPU
 budget): every method runs at fixed settings, written as the run's tuning so no dev cell is
@@ -28,7 +28,9 @@ import torch
 from sparekit.data import load_dataset
 from sparekit.models import load_model
 from sparekit.steering import make_method
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, _kind, markdown_table
+from sparekit.reporting.steering import markdown_table
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark
+from sparekit.steering.bench.protocol import method_kind
 from sparekit.utils.io import atomic_write_json
 
 LAYERS = (9, 10, 11, 12)
@@ -40,7 +42,7 @@ FIXED: dict[str, tuple[dict, float | None]] = {
 
 
 def config_for(methods: tuple[str, ...], selection: str, test_limit: int) -> BenchConfig:
-    kinds = {_kind(label)[0] for label in methods} | {p for label in methods for p in label.split("+")[1:]
+    kinds = {method_kind(label)[0] for label in methods} | {p for label in methods for p in label.split("+")[1:]
                                                        if p != "gate"}
     params = {kind: dict(FIXED[kind][0]) for kind in kinds}
     if "spare" in params:
@@ -53,7 +55,7 @@ def config_for(methods: tuple[str, ...], selection: str, test_limit: int) -> Ben
 
 def write_fixed_tuning(out: Path, config: BenchConfig) -> None:
     """The fixed settings as ``tuning/<kind>.json``, in the form :meth:`SteeringBenchmark.tune` reads back."""
-    for kind in {_kind(label)[0] for label in config.methods} | set(config.param_grids):
+    for kind in {method_kind(label)[0] for label in config.methods} | set(config.param_grids):
         grid, strengths = config.grid(kind), config.strengths(make_method(kind))
         choice = {"params": {k: v[0] for k, v in grid.items()}, "strength": strengths[0], "dev_em": None}
         searched = json.loads(json.dumps({"grid": grid, "strengths": strengths}))

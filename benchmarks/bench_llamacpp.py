@@ -32,7 +32,7 @@ from sparekit.data import load_dataset
 from sparekit.data.prompts import build_prompt, item_demos
 from sparekit.evaluation.metrics import exact_match, uses_context
 from sparekit.models.loading import _gemma3_gguf
-from sparekit.steering import load_method
+from sparekit.steering import FittedBundle
 from sparekit.steering.control_vector import export_control_vector, read_control_vector
 
 
@@ -93,10 +93,11 @@ def main() -> None:
         return 100 * float(memory), 100 * float(context)
 
     rows = [("unsteered", "—", *score(answers(None)))]
+    bundle = FittedBundle.load(args.method)
     with tempfile.TemporaryDirectory() as tmp:
         for toward in ("memory", "context"):
-            method = load_method(args.method / toward)
-            tuned = json.loads((args.method / toward / "tuned.json").read_text())
+            method = bundle[toward].method
+            tuned = {"strength": bundle[toward].strength}
             gguf = Path(tmp) / f"{toward}.gguf"
             export_control_vector(method, gguf, toward, float(tuned["strength"]))
             base = cvec_buffer(gguf, n_embd, n_layer)

@@ -21,7 +21,7 @@ from sparekit.data import load_dataset
 from sparekit.data.prompts import sample_demos
 from sparekit.models import load_model
 from sparekit.steering import SteeringPrompt, make_method
-from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
+from sparekit.steering.fitted import FittedBundle, shipped_root
 
 
 def timed(method, lm, prompts, toward, strength, gate=None) -> tuple[float, int]:
@@ -51,8 +51,8 @@ def main() -> None:
     methods = {"none": (make_method("none").fit(None), None, None)}  # type: ignore[arg-type]
     for label in args.methods.split(","):
         kind, _, gated = label.partition("+")
-        fitted = load_fitted(shipped_root(kind), "memory", lm.info)
-        methods[label] = (fitted.method, fitted.strength, load_gate(shipped_root(kind), lm.info) if gated else None)
+        bundle = FittedBundle.load(shipped_root(kind), lm.info.model_hash)
+        methods[label] = (bundle["memory"].method, bundle["memory"].strength, bundle.require_gate() if gated else None)
     times: dict[str, list[float]] = {label: [] for label in methods}
     tokens: dict[str, int] = {}
     timed(methods["none"][0], lm, prompts[:2], "memory", None)  # warm-up

@@ -26,19 +26,19 @@ from sparekit.data.prompts import demos_for
 from sparekit.models import load_model
 from sparekit.probes.detect import detect_prompt, probes_for
 from sparekit.steering import SteeringPrompt, make_method
-from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
+from sparekit.steering.fitted import FittedBundle, shipped_root
 
 
 def four_passes(lm, context: str, question: str) -> tuple[str, str, float]:
     """What ``sparekit steer --gate`` did before: (unsteered, steered, conflict probability)."""
-    fitted = shipped_root("spare", lm.info)
-    loaded = load_fitted(fitted, "memory", lm.info)
+    bundle = FittedBundle.load(shipped_root("spare", lm.info), lm.info.model_hash)
+    loaded = bundle["memory"]
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
                               sub_answer=())
     prompt = SteeringPrompt(example, "sub", tuple(demos_for(question, loaded.demos, 3)))
     with make_method("none").steer(lm, toward="memory") as plain:
         unsteered = plain.generate([prompt])[0]
-    with loaded.method.steer(lm, toward="memory", strength=loaded.strength, gate=load_gate(fitted, lm.info)) as s:
+    with loaded.method.steer(lm, toward="memory", strength=loaded.strength, gate=bundle.require_gate()) as s:
         steered = s.generate([prompt])[0]
     return unsteered, steered, detect_prompt(lm, prompt.text)["conflict_probability"]
 

@@ -21,8 +21,8 @@ import sparekit
 from sparekit.activations.last_token import last_token_states
 from sparekit.data import load_dataset, split_by_group
 from sparekit.evaluation.harness import memorised_subset
-from sparekit.steering.benchmark import eval_prompts
-from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
+from sparekit.steering.bench import eval_prompts
+from sparekit.steering.fitted import FittedBundle, shipped_root
 
 
 def main() -> None:
@@ -44,15 +44,15 @@ def main() -> None:
     n = len(memorised.groups())  # the split of the run that tuned the shipped SpARE and fitted the gate
     pool, _, test = split_by_group(memorised, [128 / n, 64 / n, 1 - 192 / n], seed=0)
     items = test.sample(100, seed=0).sample(args.n, seed=1)
-    root = shipped_root("spare")
-    gate = load_gate(root, lm.info)
+    bundle = FittedBundle.load(shipped_root("spare"), lm.info.model_hash)
+    gate = bundle.require_gate()
     report: dict = {"gate_layer": gate.site.layer, "threshold": gate.threshold, "n": args.n}
     for context in ("sub", "org"):
         prompts = eval_prompts(items, pool, context, 42, 3)
         texts = [p.text for p in prompts]
         p_unsteered = gate.probe.predict_proba(last_token_states(lm, texts, [gate.site])[gate.site].numpy())[:, 1]
         for toward in ("memory", "context"):
-            fitted = load_fitted(root, toward, lm.info)
+            fitted = bundle[toward]
             with fitted.method.steer(lm, toward=toward, strength=fitted.strength, batch_size=args.n):
                 under_edits = last_token_states(lm, texts, [gate.site])[gate.site]
             p_edited = gate.probe.predict_proba(under_edits.numpy())[:, 1]

@@ -15,7 +15,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.serve import serve_in_thread as serving  # noqa: F401  (re-exported for the tests)
 from sparekit.serve.engine import Engine, Job
-from sparekit.steering import BehaviourData, make_method
+from sparekit.steering import BehaviourData, FittedBundle, FittedSteering, make_method
 from sparekit.steering.gate import ProbeGate
 from sparekit.utils.io import atomic_write_json
 
@@ -35,12 +35,10 @@ def fit_assets(lm: LoadedModel, root: Path) -> tuple[Path, Path]:
     atomic_write_json(probes / "detect.json", {"model_hash": h, "demos": [DEMO]})
     behaviour = BehaviourData(prompts=[], labels=y, hidden={1: torch.as_tensor(X) * 4})
     method = make_method("actadd", layer=1).fit(behaviour)
-    fitted = root / "fitted" / "actadd"
-    for toward in ("context", "memory"):
-        method.save(fitted / toward)
-        atomic_write_json(fitted / toward / "tuned.json", {"strength": 4.0, "model_hash": h, "demos": [DEMO]})
     gate_probe = LinearProbe(seed=0, site="resid.2", model_hash=h, epochs=5).fit(X, y)
-    ProbeGate(gate_probe, layer=2, threshold=0.5).save(root / "fitted" / "gate")
+    gate = ProbeGate(gate_probe, layer=2, threshold=0.5)
+    directions = {toward: FittedSteering(method, 4.0, (DEMO,)) for toward in ("context", "memory")}
+    fitted = FittedBundle("actadd", directions, (DEMO,), h, gate).save(root / "fitted" / "actadd")  # type: ignore[arg-type]
     return probes, fitted
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sparekit.data import load_dataset
-from sparekit.steering.benchmark import setting_slug
+from sparekit.steering.bench.protocol import setting_slug
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "answer_types.py"
 

@@ -119,7 +119,7 @@ def test_format_1_folders_still_load_and_match_the_migrated_assets():
     assert isinstance(probe, LinearProbe) and probe.get_params() == shipped.get_params()
     assert all(torch.equal(a, b) for a, b in zip(probe.tensors().values(), shipped.tensors().values()))
     gate = sparekit.load(FIXTURES / "gate")
-    shipped_gate = sparekit.load(ASSETS / "steering" / "gemma-3-270m" / "gate")
+    shipped_gate = sparekit.load(ASSETS / "steering" / "gemma-3-270m" / "spare" / "gate")
     assert isinstance(gate, ProbeGate) and (gate.site, gate.threshold) == (shipped_gate.site, shipped_gate.threshold)
     assert gate.report == shipped_gate.report and gate.report["n_dev"] == 128
     spare = sparekit.load(FIXTURES / "spare")

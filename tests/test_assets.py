@@ -21,8 +21,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def test_the_registry_finds_the_default_models_assets_and_nothing_for_others():
     assets = default_assets()
     assert assets_for("default") == assets_for("gemma3-270m") == assets
-    assert (assets.probes / "detect.json").is_file() and (assets.gate / "config.json").is_file()
+    assert (assets.probes / "detect.json").is_file() and (assets.steering("spare") / "gate" / "config.json").is_file()
     assert "spare" in assets.steering_labels() and sorted(assets.saes()) == list(range(5, 13))
+    assert assets.gate == assets.steering("spare") / "gate"
     described = assets.describe()
     assert described["model_hash"] == assets.model_hash and set(described["steering"]) == {"spare"}
     lm = tiny_model("llama")

@@ -90,9 +90,16 @@ def _text(tmp: Path, name: str, text: str) -> Path:
 
 
 def _fitted(tmp: Path, damage: str) -> Path:
-    """A copy of the shipped SpARE folder with one damage: params a list, tensors garbage, tuned.json bad."""
+    """A copy of the shipped SpARE bundle with one damage: params a list, tensors garbage, tuned settings bad."""
     root = tmp / damage / "spare"
     shutil.copytree(SHIPPED_SPARE, root)
+    if damage.startswith("tuned"):
+        config = json.loads((root / "config.json").read_text())
+        tuned = config["params"]["tuned"]
+        config["params"]["tuned"] = [1, 2] if damage == "tuned_list" else {**tuned, "memory": {**tuned["memory"],
+                                                                                                "strength": "abc"}}
+        (root / "config.json").write_text(json.dumps(config))
+        return root
     for folder in (root / "memory", root / "context"):
         config = json.loads((folder / "config.json").read_text())
         if damage == "params_list":
@@ -100,11 +107,6 @@ def _fitted(tmp: Path, damage: str) -> Path:
         elif damage == "tensors_garbage":
             tensors = folder / "tensors.safetensors"
             tensors.write_bytes(b"\xff" * 64 + tensors.read_bytes()[64:])
-        elif damage == "tuned_list":
-            (folder / "tuned.json").write_text("[1, 2]")
-        else:
-            tuned = json.loads((folder / "tuned.json").read_text())
-            (folder / "tuned.json").write_text(json.dumps({**tuned, "strength": "abc"}))
     return root
 
 
@@ -189,7 +191,7 @@ CASES = [
                                           "--out", str(t / "v.gguf")],
      "tensors.safetensors: Error while deserializing"),
     ("steer-tuned-list", lambda t: [*STEER, "--fitted", str(_fitted(t, "tuned_list"))],
-     "tuned.json must hold a JSON object, got list"),
+     "'tuned' must map memory and/or context to their settings"),
     ("steer-tuned-strength-text", lambda t: [*STEER, "--fitted", str(_fitted(t, "tuned_strength"))],
      "'strength' must be a finite number, got 'abc'"),
     ("detect-probe-empty-detect-json", lambda t: ["detect", "x", "--probe",

@@ -63,18 +63,16 @@ def test_demo_runs_on_shipped_artefacts(capsys):
 def test_demo_table_items_were_held_out_of_the_shipped_tuning():
     """No shipped demonstration (drawn from the tuning run's pool) and none of the request-time ones the
     table's prompts take asks a question of the demo table."""
-    import json
-
     from sparekit.cli.demo import HELD_OUT_ITEMS
     from sparekit.data import load_dataset
     from sparekit.probes.detect import request_shots
-    from sparekit.steering.fitted import shipped_root
+    from sparekit.steering.fitted import FittedBundle, shipped_root
 
     by_id = {ex.id: ex for ex in load_dataset("default")}
     questions = {by_id[i].question for i in HELD_OUT_ITEMS}
     assert len(questions) == 12 and len({by_id[i].relation for i in HELD_OUT_ITEMS}) == 4
     for toward in ("memory", "context"):
-        demos = json.loads((shipped_root("spare") / toward / "tuned.json").read_text())["demos"]
+        demos = FittedBundle.load(shipped_root("spare"))[toward].demos  # type: ignore[index]
         assert not any(f"question: {q}\n" in d for q in questions for d in demos)
     assert not questions & {shot.question for shot in request_shots()}
 
@@ -91,10 +89,10 @@ def test_steer_with_the_shipped_gate(capsys):
     # the decision is the gate's reading of the unsteered prompt (SpARE edits blocks 9-12, the gate reads block 10)
     import sparekit
     from sparekit.activations.last_token import last_token_states
-    from sparekit.steering.fitted import load_gate, shipped_root
+    from sparekit.steering.fitted import FittedBundle, shipped_root
 
     lm = sparekit.load_model("default")
-    gate = load_gate(shipped_root("spare"), lm.info)
+    gate = FittedBundle.load(shipped_root("spare"), lm.info.model_hash).require_gate()
     reading = gate.fire(last_token_states(lm, [gated["prompt"]], [gate.site])[gate.site])
     assert gated["gate_fired"] == bool(reading[0])
     assert main([*args, "--json"]) == 0

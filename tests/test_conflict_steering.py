@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import sparekit
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.data.prompts import sample_demos
 from sparekit.errors import SparekitError
@@ -21,7 +22,7 @@ from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
-from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, load_method, make_method
+from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
 from sparekit.steering.baselines.dola import jensen_shannon
 from sparekit.steering.baselines.juice import DualRun, scale_heads
 from sparekit.steering.output_effect import answer_first_tokens
@@ -79,7 +80,7 @@ def _toward_context(lm, prompts) -> torch.Tensor:
 def _assert_reloads_to_same_generations(lm, method, prompts, path) -> None:
     """Saved and loaded back, ``method`` generates the same answers both ways."""
     method.save(path)
-    loaded = load_method(path)
+    loaded = sparekit.load(path)
     for toward in DIRECTIONS:
         with method.steer(lm, toward) as a:
             first = a.generate(prompts[:3], max_new_tokens=3)
@@ -236,7 +237,7 @@ def test_output_score_keeps_only_features_that_push_toward_their_side(lm, twin_s
     # toward memory the context feature is removed where it is active: the margin falls
     assert float((steered_margin(by_output, "memory") - before).mean()) < 0
     _assert_reloads_to_same_generations(lm, by_output, prompts, tmp_path / "spare")
-    assert load_method(tmp_path / "spare").selection == "output_score"
+    assert sparekit.load(tmp_path / "spare").selection == "output_score"
     with pytest.raises(SparekitError, match="selection"):
         make_method("spare", selection="loudest", **common).fit(behaviour)
 
@@ -250,7 +251,7 @@ def _assert_relation_selection_steers(lm, method, prompts, behaviour, common, tm
     with method.steer(lm, "context", strength=2.0):
         assert (_margin(lm, prompts, _last_logits(lm, texts)) > before + 0.01).all()
     _assert_reloads_to_same_generations(lm, method, prompts, tmp_path / "spare")
-    assert load_method(tmp_path / "spare").selection == method.selection
+    assert sparekit.load(tmp_path / "spare").selection == method.selection
     with pytest.raises(SparekitError, match="at least 2 relations"):
         make_method("spare", selection=method.selection, **common).fit(behaviour)  # no relations at all
 
@@ -316,7 +317,8 @@ def test_within_relation_selection_ignores_features_that_only_name_the_relation(
 
 # -- combinations ---------------------------------------------------------------------------------
 def test_combined_labels_parse():
-    from sparekit.steering.benchmark import _kind, _partner
+    from sparekit.steering.bench.protocol import method_kind as _kind
+    from sparekit.steering.bench.protocol import partner as _partner
 
     assert _kind("spare+gate+cad") == ("spare", True) and _partner("spare+gate+cad") == ("cad", True)
     assert _kind("spare+cad+gate") == ("spare", True) and _partner("spare+cad+gate") == ("cad", False)

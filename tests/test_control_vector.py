@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+import sparekit
 from sparekit.cli.main import main
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.sae import ReluSAE, save_sae
-from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, load_method, make_method
+from sparekit.steering import DIRECTIONS, BehaviourData, FittedBundle, FittedSteering, SteeringPrompt, make_method
 from sparekit.steering.control_vector import export_control_vector, read_control_vector
-from sparekit.utils.io import atomic_write_json
 
 NAMES = ["Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal"]
 
@@ -72,7 +72,7 @@ def test_exported_gguf_reads_back_with_the_gguf_package(behaviour, sae_source, t
 def test_round_trip_gives_identical_generations(tiny_llama, behaviour, tmp_path):
     actadd = make_method("actadd", layer=2).fit(behaviour)
     export_control_vector(actadd, tmp_path / "a.gguf", "context", 6.0)
-    imported = load_method(tmp_path / "a.gguf")
+    imported = sparekit.load(tmp_path / "a.gguf")
     assert imported.kind == "cvec" and imported.layers == (2,)
     prompts = behaviour.prompts[:4]
     with make_method("none").fit(behaviour).steer(tiny_llama, "memory") as plain:
@@ -85,7 +85,7 @@ def test_round_trip_gives_identical_generations(tiny_llama, behaviour, tmp_path)
         assert original != unsteered  # the vector does move this model, so equality means something
     # saved and reloaded as a sparekit method, it re-exports the same file contents
     imported.save(tmp_path / "saved")
-    export_control_vector(load_method(tmp_path / "saved"), tmp_path / "b.gguf", "memory", 1.0)
+    export_control_vector(sparekit.load(tmp_path / "saved"), tmp_path / "b.gguf", "memory", 1.0)
     first, second = read_control_vector(tmp_path / "a.gguf")[0], read_control_vector(tmp_path / "b.gguf")[0]
     assert torch.equal(second[2], -first[2])
 
@@ -128,11 +128,11 @@ def _write(path, arch: str, tensors: dict[str, np.ndarray]) -> None:
 def test_foreign_control_vectors_load_and_bad_ones_are_refused(tiny_llama, tmp_path):
     v = np.arange(64, dtype=np.float32)
     _write(tmp_path / "repeng.gguf", "controlvector", {"direction.1": v, "direction.3": 2 * v})
-    method = load_method(tmp_path / "repeng.gguf")
+    method = sparekit.load(tmp_path / "repeng.gguf")
     assert method.layers == (1, 3) and method.toward_ == "context"  # no sparekit.toward: taken as toward context
     assert torch.equal(method.control_vector("memory", 0.5).vectors[3], torch.from_numpy(-v))
     _write(tmp_path / "wide.gguf", "controlvector", {"direction.1": np.zeros(128, dtype=np.float32)})
-    wide = load_method(tmp_path / "wide.gguf")
+    wide = sparekit.load(tmp_path / "wide.gguf")
     with pytest.raises(SparekitError, match="do not fit"), wide.steer(tiny_llama, "memory"):
         pass
     cases = {"zero": ("controlvector", {"direction.0": v}, "direction.N with N >= 1"),
@@ -143,32 +143,32 @@ def test_foreign_control_vectors_load_and_bad_ones_are_refused(tiny_llama, tmp_p
     for name, (arch, tensors, message) in cases.items():
         _write(tmp_path / f"{name}.gguf", arch, tensors)
         with pytest.raises(SparekitError, match=message):
-            load_method(tmp_path / f"{name}.gguf")
+            sparekit.load(tmp_path / f"{name}.gguf")
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf")
     with pytest.raises(SparekitError, match="not a readable GGUF"):
-        load_method(tmp_path / "junk.gguf")
+        sparekit.load(tmp_path / "junk.gguf")
 
 
 def test_cli_export_uses_the_tuned_direction_and_strength(behaviour, tmp_path, capsys):
-    folder = tmp_path / "fitted" / "actadd" / "memory"
     method = make_method("actadd", layer=2).fit(behaviour)
-    method.save(folder)
-    atomic_write_json(folder / "tuned.json", {"toward": "memory", "strength": 3.0})
-    assert main(["export", "control-vector", str(folder.parent), "--toward", "memory", "--out",
+    root = FittedBundle("actadd", {"memory": FittedSteering(method, 3.0, ())}).save(tmp_path / "fitted" / "actadd")
+    assert main(["export", "control-vector", str(root), "--toward", "memory", "--out",
                  str(tmp_path / "a.gguf"), "--json"]) == 0
     vectors, meta = read_control_vector(tmp_path / "a.gguf")
     assert meta["sparekit.strength"] == 3.0 and meta["sparekit.toward"] == "memory"
     torch.testing.assert_close(vectors[2], -3.0 * method.vector_)
+    # a bundle's direction folder exports its own direction at its tuned strength
+    assert main(["export", "control-vector", str(root / "memory"), "--out", str(tmp_path / "d.gguf")]) == 0
+    assert read_control_vector(tmp_path / "d.gguf")[1]["sparekit.strength"] == 3.0
     make_method("cad").fit(behaviour).save(tmp_path / "cad")
     assert main(["export", "control-vector", str(tmp_path / "cad"), "--out", str(tmp_path / "c.gguf")]) == 2
     assert "no fixed vector" in capsys.readouterr().err
 
 
 def test_cli_export_of_a_fitted_root_without_toward_takes_context_and_names_memory(behaviour, tmp_path, capsys):
-    root = tmp_path / "fitted" / "actadd"
-    for toward, strength in (("context", 2.0), ("memory", 3.0)):
-        make_method("actadd", layer=2).fit(behaviour).save(root / toward)
-        atomic_write_json(root / toward / "tuned.json", {"toward": toward, "strength": strength})
+    directions = {toward: FittedSteering(make_method("actadd", layer=2).fit(behaviour), strength, ())
+                  for toward, strength in (("context", 2.0), ("memory", 3.0))}
+    root = FittedBundle("actadd", directions).save(tmp_path / "fitted" / "actadd")  # type: ignore[arg-type]
     assert main(["export", "control-vector", str(root), "--out", str(tmp_path / "a.gguf"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["toward"] == "context" and result["strength"] == 2.0 and result["other_directions"] == ["memory"]

@@ -153,10 +153,9 @@ def test_two_rank_steering_benchmark_equals_one_process(folder, tmp_path):
 
 def test_more_ranks_than_methods_is_refused(tiny_llama, tmp_path, monkeypatch):
     from sparekit.data import load_dataset
-    from sparekit.steering import benchmark
-    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+    from sparekit.steering.bench import BenchConfig, SteeringBenchmark, runner
 
-    monkeypatch.setattr(benchmark, "rank_and_world", lambda: (0, 3))
+    monkeypatch.setattr(runner, "rank_and_world", lambda: (0, 3))
     config = BenchConfig(methods=("none", "cad", "cad+gate"), seeds=(1,))
     bench = SteeringBenchmark(tiny_llama, load_dataset(str(_small_dataset(tmp_path / "s.jsonl"))), config,
                               tmp_path / "run", progress=False)

@@ -64,7 +64,7 @@ def test_a_probe_on_few_rows_per_class_warns():
 
 
 def test_a_benchmark_with_fewer_test_items_than_asked_warns(tiny_llama, tmp_path):
-    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+    from sparekit.steering.bench import BenchConfig, SteeringBenchmark
     from sparekit.utils.io import atomic_write_json
 
     dataset = load_dataset("default", limit=160, seed=2)

@@ -8,7 +8,8 @@ from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictDataset, ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.steering.behaviour import BEHAVIOUR_FLAVOURS, behaviour_prompts
-from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, paper_choice, paper_config
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark, paper_config
+from sparekit.steering.bench.protocol import paper_choice
 from sparekit.utils.io import atomic_write_json
 
 
@@ -85,7 +86,7 @@ def test_no_tuning_the_published_values_per_family(tiny_llama, tmp_path, monkeyp
 
     monkeypatch.setattr("sparekit.steering.base.greedy_generate", no_generation)
     bench = SteeringBenchmark(tiny_llama, _grouped(), paper_config(methods=("actadd",)), tmp_path, progress=False)
-    tuned = bench.tune("actadd", None, None, None)  # type: ignore[arg-type]
+    tuned = bench.tuner.tune("actadd", None, None, None)  # type: ignore[arg-type]
     assert tuned["memory"]["strength"] == tuned["context"]["strength"] == 4.0
 
 

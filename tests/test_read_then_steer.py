@@ -18,7 +18,7 @@ from sparekit.models.tiny import tiny_model
 from sparekit.probes.detect import detect_prompt, load_probes, prompt_builder
 from sparekit.probes.reading import read_prompts
 from sparekit.steering import SteeringPrompt
-from sparekit.steering.fitted import load_fitted
+from sparekit.steering.fitted import FittedBundle
 from sparekit.steering.gate import ProbeGate
 
 CONTEXT, QUESTION = "a b c", "what is it?"
@@ -64,7 +64,7 @@ def test_row_scoped_edits_leave_other_rows_exactly(lm):
 
 def test_one_pass_reads_the_gate_and_the_probes(lm, assets):
     probes = load_probes(assets[0], lm.info.model_hash)
-    gate = ProbeGate.load(assets[1].parent / "gate", lm.info.model_hash)
+    gate = ProbeGate.load(assets[1] / "gate", lm.info.model_hash)
     counts, handle = count_prompt_passes(lm)
     try:
         reading = read_prompts(lm, ["x y", "context: a\nquestion: b\nanswer:"], gate=gate, probes=probes)
@@ -81,9 +81,9 @@ def test_one_pass_reads_the_gate_and_the_probes(lm, assets):
 def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold, fires, passes):
     root = tmp_path / "fitted"
     shutil.copytree(assets[1], root / "actadd")
-    gate = ProbeGate.load(assets[1].parent / "gate", lm.info.model_hash)
+    gate = ProbeGate.load(assets[1] / "gate", lm.info.model_hash)
     gate.threshold = threshold
-    gate.save(root / "gate")
+    gate.save(root / "actadd" / "gate")
     probes = load_probes(assets[0], lm.info.model_hash)
     builder = prompt_builder(lm, assets[0])
     counts, handle = count_prompt_passes(lm)
@@ -94,7 +94,7 @@ def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold
         handle.remove()
     assert counts["prompt"] == passes and result["gate_fired"] is fires
     # the same answers as the gated Steered object gives, and the same reading as `sparekit detect`
-    fitted = load_fitted(root / "actadd", "memory", lm.info)
+    fitted = FittedBundle.load(root / "actadd", lm.info.model_hash)["memory"]
     example = ConflictExample(id="cli", question=QUESTION, org_context=CONTEXT, org_answer=(), sub_context=CONTEXT,
                               sub_answer=())
     with fitted.method.steer(lm, toward="memory", strength=fitted.strength, gate=gate) as steered:

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+import sparekit
 from sparekit.data.dataset import ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.sae import TopKSAE, save_sae
-from sparekit.steering import BehaviourData, SteeringPrompt, load_method
+from sparekit.steering import BehaviourData, SteeringPrompt
 from sparekit.steering.spare import SpARE, select_by_mi_mass, spare_delta
 
 
@@ -114,7 +115,7 @@ def test_spare_edits_only_last_prompt_token_in_prompt_pass(tiny_llama, tmp_path)
 def test_spare_round_trip_and_errors(tiny_llama, tmp_path):
     method, data, _ = _fitted_spare(tiny_llama, tmp_path)
     method.save(tmp_path / "spare")
-    loaded = load_method(tmp_path / "spare")
+    loaded = sparekit.load(tmp_path / "spare")
     assert isinstance(loaded, SpARE) and loaded.layers == (1,)
     for a, b in zip(method.selected(1), loaded.selected(1)):
         assert torch.equal(a, b)

@@ -116,7 +116,7 @@ def test_breadth_plot_is_written(tmp_path):
 
 
 def test_benchmark_holds_a_relation_out_of_pool_and_dev(tiny_llama, tmp_path):
-    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark
+    from sparekit.steering.bench import BenchConfig, SteeringBenchmark
     from sparekit.utils.io import atomic_write_json
 
     dataset = load_dataset("default", limit=160, seed=2)
@@ -137,8 +137,9 @@ def test_benchmark_holds_a_relation_out_of_pool_and_dev(tiny_llama, tmp_path):
 
 
 def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_path, monkeypatch):
-    from sparekit.steering import benchmark
-    from sparekit.steering.benchmark import BenchConfig, relation_table
+    from sparekit.reporting.steering import relation_table
+    from sparekit.steering.bench import BenchConfig
+    from sparekit.steering.bench import runner as benchmark
 
     em = {"capital": 0.2, "continent": 0.4, "currency": 0.6, "city_country": 0.8}
     seen = []
@@ -160,7 +161,8 @@ def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_
 
 
 def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_llama, tmp_path, monkeypatch):
-    from sparekit.steering import benchmark
+    from sparekit.steering.bench import BenchConfig
+    from sparekit.steering.bench import runner as benchmark
 
     def point(strength, em):
         return {"strength": strength, "em_target": em, "em_no_conflict": 1.0 - em, "answer_nll_no_conflict": em}
@@ -173,7 +175,7 @@ def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_ll
 
     monkeypatch.setattr(benchmark.SteeringBenchmark, "frontier", fake_frontier)
     result = benchmark.leave_one_relation_out_frontier(tiny_llama, load_dataset("default"),
-                                                       benchmark.BenchConfig(methods=("actadd",)), tmp_path)
+                                                       BenchConfig(methods=("actadd",)), tmp_path)
     (mean,) = result["mean"]["actadd"]["memory"]  # strength 2 is missing on continent: left out of the mean
     assert mean["strength"] == 1.0 and mean["em_target"] == pytest.approx(0.5)
     assert mean["em_no_conflict"] == pytest.approx(0.5) and set(result["held_out"]) == set(curves)

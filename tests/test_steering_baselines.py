@@ -22,7 +22,7 @@ from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
-from sparekit.steering import DIRECTIONS, REGISTRY, BehaviourData, SteeringPrompt, load_method, make_method
+from sparekit.steering import DIRECTIONS, REGISTRY, BehaviourData, SteeringPrompt, make_method
 from sparekit.steering.baselines.dola import dola_scores
 from sparekit.steering.output_effect import logit_lens
 from sparekit.steering.shadow import ShadowForward
@@ -164,7 +164,7 @@ def test_one_behaviour_class_missing(kind, behaviour, params):
 def test_save_load_gives_identical_edits(kind, lm, behaviour, params, tmp_path):
     method = _fitted(kind, params, behaviour)
     method.save(tmp_path)
-    loaded = load_method(tmp_path)
+    loaded = sparekit.load(tmp_path)
     h = torch.randn(5, lm.info.d_model)
     for toward in DIRECTIONS:
         strength = method.strength_grid[-1]
@@ -337,7 +337,7 @@ def test_icl_demonstrations_show_the_wanted_behaviour(behaviour, pool, tmp_path)
     assert method.rewrite(prompts, "context", None) == rewritten["context"]
     assert make_method("icl", k=3, seed=2).fit(behaviour).rewrite(prompts, "context", None) != rewritten["context"]
     method.save(tmp_path)
-    assert load_method(tmp_path).rewrite(prompts, "memory", None) == rewritten["memory"]
+    assert sparekit.load(tmp_path).rewrite(prompts, "memory", None) == rewritten["memory"]
 
 
 def test_icl_needs_a_pool(behaviour):

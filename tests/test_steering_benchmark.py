@@ -8,14 +8,17 @@ import pytest
 
 from sparekit.data import load_dataset
 from sparekit.errors import SparekitError
-from sparekit.steering.benchmark import DEV_SEED, BenchConfig, SteeringBenchmark, _kind, eval_prompts, markdown_table
+from sparekit.reporting.steering import markdown_table
+from sparekit.steering.bench import DEV_SEED, BenchConfig, SteeringBenchmark, eval_prompts
+from sparekit.steering.bench.protocol import method_kind
+from sparekit.steering.fitted import FittedBundle
 from sparekit.utils.io import atomic_write_json
 
 
 def test_method_labels_parse():
-    assert _kind("spare+gate") == ("spare", True) and _kind("actadd") == ("actadd", False)
+    assert method_kind("spare+gate") == ("spare", True) and method_kind("actadd") == ("actadd", False)
     with pytest.raises(SparekitError, match="unknown method variant"):
-        _kind("spare+always")
+        method_kind("spare+always")
 
 
 def test_frontier_sweeps_the_dev_grid_plus_extra_strengths():
@@ -58,7 +61,9 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     # the unsteered method does not move anything relative to itself
     assert summary["methods"]["none"]["conditional"]["memory"]["C→M"]["mean"] in (0.0, None)
     assert "| spare+gate |" in markdown_table(summary)
-    assert (tmp_path / "fitted" / "spare" / "memory" / "tuned.json").is_file()
+    exported = FittedBundle.load(tmp_path / "fitted" / "spare+gate", default_lm.info.model_hash)
+    assert exported.gate is not None and exported["memory"].strength == 4.0 and len(exported.demos) == 6
+    assert exported["memory"].params == summary["methods"]["spare"]["tuned"]["memory"]["params"]
     # the pool's behaviour prompts, written for SAE training: pool items only, labels as in the behaviour data
     rows = [json.loads(line) for line in (tmp_path / "behaviour_prompts.jsonl").read_text().splitlines()]
     behaviour = json.loads((tmp_path / "behaviour.json").read_text())
@@ -147,7 +152,7 @@ def test_dev_em_of_none_is_the_harness_unsteered_em_on_the_same_items(default_lm
             harness = condition_prompts(items, context, seed, config.k_shot, demo_pool=pool)
             assert [p.text for p in eval_prompts(items, pool, context, seed, config.k_shot)] == \
                 [harness[ex.id] for ex in items]
-    tuned = bench.tune("none", None, dev, pool)  # type: ignore[arg-type]
+    tuned = bench.tuner.tune("none", None, dev, pool)  # type: ignore[arg-type]
     with tqdm(disable=True) as bar:  # batch size 1 on both sides: no padding, the same greedy answers
         answers = generate_keyed(default_lm, condition_prompts(dev, "sub", DEV_SEED, config.k_shot, demo_pool=pool),
                                  1, None, "sub", bar)
@@ -167,11 +172,11 @@ def test_a_cached_cell_is_reused_only_for_the_same_prompt_text(tiny_llama, tmp_p
     pool, items = dataset[:8], dataset[8:]
     first = eval_prompts(items, pool, "sub", 1, 2)
     cell = ("dev", "none", {}, none)
-    generated = bench._cached_cell(*cell, first, "context", None, None)
-    assert bench._cached_cell(*cell, first, "context", None, None, cached_only=True) == generated
+    generated = bench.cells.get(*cell, first, "context", None, None)
+    assert bench.cells.get(*cell, first, "context", None, None, cached_only=True) == generated
     redrawn = eval_prompts(items, pool, "sub", 2, 2)  # same ids, other demonstrations
     assert [p.example.id for p in redrawn] == [p.example.id for p in first] and redrawn != first
-    assert bench._cached_cell(*cell, redrawn, "context", None, None, cached_only=True) is None
+    assert bench.cells.get(*cell, redrawn, "context", None, None, cached_only=True) is None
 
 
 def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, caplog):
@@ -180,7 +185,7 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
 
     from sparekit.data.default import build_default_dataset
     from sparekit.steering import make_method
-    from sparekit.steering.benchmark import BenchConfig, SteeringBenchmark, eval_prompts
+    from sparekit.steering.bench import BenchConfig, SteeringBenchmark, eval_prompts
 
     data = build_default_dataset(0).subset(list(range(12)))
     bench = SteeringBenchmark(tiny_llama, data, BenchConfig(methods=("none",)), tmp_path, batch_size=4)
@@ -190,9 +195,9 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
     from sparekit.steering.base import BehaviourData
 
     method = make_method("none").fit(BehaviourData([], np.array([1, 0]), {}))
-    first = bench._cached_cell("test", "none", {}, method, prompts, "memory", None, None, seed=42)
+    first = bench.cells.get("test", "none", {}, method, prompts, "memory", None, None, seed=42)
     path = next((tmp_path / "generations" / "test").glob("*.jsonl"))
     path.write_text(path.read_text()[:25])
     with caplog.at_level(logging.WARNING):
-        again = bench._cached_cell("test", "none", {}, method, prompts, "memory", None, None, seed=42)
+        again = bench.cells.get("test", "none", {}, method, prompts, "memory", None, None, seed=42)
     assert again == first and "damaged" in caplog.text

@@ -6,8 +6,9 @@ A saved probe, conflict gate or steering method is a folder with
   ``params`` (the constructor arguments) and ``state`` (learned JSON values);
 - ``tensors.safetensors``: the learned tensors (never pickle).
 
-Each class registers its ``kind`` in :data:`KINDS`; :func:`sparekit.load` (in :mod:`sparekit.saved`,
-above every such class) reads ``kind`` and hands the folder on. Folders written before format 2
+Each class registers its ``kind`` in :data:`KINDS`; :func:`rebuild` is the one place a folder's ``kind``
+picks its class. :func:`sparekit.load` (in :mod:`sparekit.saved`, above every such class) is the public
+loader; a fitted bundle (:mod:`sparekit.steering.fitted`) rebuilds its parts here. Folders written before format 2
 (``format_version`` 1) are still read.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sparekit import __version__
 from sparekit.errors import SparekitError
 from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_path, atomic_write_json, check_readable, damaged_file,
                                read_json)
@@ -34,8 +36,6 @@ KINDS: Registry = Registry("saved object kind", "kind")
 
 def header(kind: str, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
     """The three keys every sparekit file starts with."""
-    from sparekit import __version__
-
     return {"kind": kind, "format_version": format_version, "sparekit_version": __version__}
 
 
@@ -95,6 +95,21 @@ def read_artifact(path: str | Path, kind: str | None = None) -> Artifact:
     return artifact
 
 
+def rebuild(artifact: Artifact, expect: type | None = None, **kwargs: Any) -> Any:
+    """The object ``artifact`` holds, made by the class registered under its kind; ``expect``: refuse
+    (one line) a folder holding anything else, before reading it further."""
+    cls = KINDS.lookup(artifact.kind, where=str(artifact.path))
+    check_holds(cls, expect, artifact.path, repr(artifact.kind))
+    return cls.from_artifact(artifact, **kwargs)
+
+
+def check_holds(cls: type, expect: type | None, path: str | Path, what: str) -> None:
+    """Refuse ``path`` when the class it holds (``what``, in words) is not an ``expect``."""
+    if expect is not None and not issubclass(cls, expect):
+        raise SparekitError(f"{path} holds a {what} ({cls.__name__}), not a {expect.__name__}",
+                            f"pass a folder holding a {expect.__name__}")
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A saved object's tensors (none if it has no tensor file); a damaged or unreadable file is one error."""
     if not path.is_file():
@@ -152,5 +167,5 @@ def join_keyed(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["CONFIG", "FORMAT_VERSION", "KINDS", "TENSORS", "Artifact", "check_header", "header", "join_keyed",
-           "read_artifact", "save_artifact", "split_keyed"]
+__all__ = ["CONFIG", "FORMAT_VERSION", "KINDS", "TENSORS", "Artifact", "check_header", "check_holds", "header",
+           "join_keyed", "read_artifact", "rebuild", "save_artifact", "split_keyed"]

@@ -35,6 +35,7 @@ def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
 
 def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, seed: int) -> tuple[list[str], list[str]]:
     """Few-shot prompts (org_org demos) of a conflict dataset's items with the chosen context."""
+    # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
     from sparekit.data import load_dataset
     from sparekit.data.prompts import build_prompt, item_demos
 
@@ -70,6 +71,7 @@ class CaptureExperiment:
 
     def run(self, progress: bool = True) -> dict:
         """Capture into ``out``; returns a summary (rows, texts, sites, shards, dtype, positions, out)."""
+        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
         from sparekit.activations.store import capture_activations
         from sparekit.hooks import Site
         from sparekit.models import load_model

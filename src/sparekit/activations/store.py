@@ -166,20 +166,7 @@ def capture_activations(
     Rerunning with the same arguments resumes, skipping finished shards. Inside a
     torch.distributed process group the ranks split the shards (module docstring).
     """
-    if positions not in ("last", "all"):
-        raise SparekitError(f"bad positions {positions!r}", "use 'last' or 'all'")
-    sites = sorted(set(sites), key=lambda s: s.depth)
-    if not sites:
-        raise SparekitError("no sites to capture", "pass at least one Site, e.g. Site(6)")
-    for site in sites:
-        lm.info.check_layer(site.layer)
-    if not texts:
-        raise SparekitError("no texts to capture")
-    ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
-    if len(ids) != len(texts):
-        raise SparekitError(f"{len(ids)} ids for {len(texts)} texts", "pass one id per text")
-    if shard_rows < 1 or batch_size < 1:
-        raise SparekitError("shard_rows and batch_size must be positive")
+    sites, ids = _checked_request(lm, texts, sites, ids, positions, shard_rows, batch_size)
     out_dir = Path(out_dir)
     manifest = {
         **header("activation_store", FORMAT_VERSION), "model": lm.info.name, "model_hash": lm.info.model_hash,
@@ -201,51 +188,79 @@ def capture_activations(
         barrier()
         if manifest["complete"]:
             return ActivationStore(out_dir)
-        done = {shard["file"] for shard in [*manifest["shards"], *_rank_records(out_dir)]}
-        store_dtype = STORE_DTYPES[manifest["dtype"]]
-        # this rank's shards (world > 1), kept across reruns and merged into the manifest at the end
-        own_record = out_dir / f"{_RANK_RECORD}{rank}.json"
-        record = read_json(own_record) if world > 1 and own_record.is_file() else {"d": {}, "shards": []}
-
-        def tokenized() -> Iterator[tuple[int, list[int]]]:
-            for start in range(0, len(texts), 256):
-                block = list(texts[start:start + 256])
-                enc = lm.tokenizer(block, truncation=max_length is not None, max_length=max_length)
-                yield from enumerate(enc["input_ids"], start)
-
-        chunks = list(_chunks(tokenized(), positions, skip_first_token, shard_rows))
+        chunks = list(_chunks(_tokenized(lm, texts, max_length), positions, skip_first_token, shard_rows))
         if world > len(chunks):
             log.warning("%d ranks share %d shards: %d rank(s) stay idle (a smaller shard_rows splits the work finer)",
                         world, len(chunks), world - len(chunks))
-        mine = [(number, chunk) for number, chunk in enumerate(chunks) if number % world == rank]
-        bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc="capture", unit="text",
-                   disable=not progress or rank != 0)
-        for number, chunk in mine:
-            name = f"shard-{number:05d}.safetensors"
-            if name in done:
-                bar.update(len(chunk))
-                continue
-            tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size, bar)
-            with atomic_path(out_dir / name) as tmp:
-                save_file(tensors, str(tmp), metadata={"format": "pt"})
-            shard = {"file": name, "rows": int(tensors["prompt_index"].shape[0]), "prompt_start": chunk[0][0],
-                     "prompt_end": chunk[-1][0] + 1}
-            d = {str(s): int(tensors[str(s)].shape[-1]) for s in sites}
-            if world == 1:
-                manifest["d"] = d
-                manifest["shards"].append(shard)
-                manifest["rows"] += shard["rows"]
-                atomic_write_json(out_dir / MANIFEST, manifest)
-            else:
-                record["d"] = d
-                record["shards"].append(shard)
-                atomic_write_json(own_record, record)
-        bar.close()
+        _write_shards(lm, out_dir, manifest, chunks, sites, positions, skip_first_token, batch_size, progress)
         barrier()
         if rank == 0:
             _finish(out_dir, manifest, len(chunks))
         barrier()
         return ActivationStore(out_dir)
+
+
+def _checked_request(lm: LoadedModel, texts: Sequence[str], sites: Sequence[Site], ids: Sequence[str] | None,
+                     positions: str, shard_rows: int, batch_size: int) -> tuple[list[Site], list[str]]:
+    """The sites in depth order and one id per text, or one error line before any work."""
+    if positions not in ("last", "all"):
+        raise SparekitError(f"bad positions {positions!r}", "use 'last' or 'all'")
+    sites = sorted(set(sites), key=lambda s: s.depth)
+    if not sites:
+        raise SparekitError("no sites to capture", "pass at least one Site, e.g. Site(6)")
+    for site in sites:
+        lm.info.check_layer(site.layer)
+    if not texts:
+        raise SparekitError("no texts to capture")
+    ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+    if len(ids) != len(texts):
+        raise SparekitError(f"{len(ids)} ids for {len(texts)} texts", "pass one id per text")
+    if shard_rows < 1 or batch_size < 1:
+        raise SparekitError("shard_rows and batch_size must be positive")
+    return sites, ids
+
+
+def _tokenized(lm: LoadedModel, texts: Sequence[str], max_length: int | None) -> Iterator[tuple[int, list[int]]]:
+    """Each text's index and token ids, tokenized 256 texts at a time."""
+    for start in range(0, len(texts), 256):
+        block = list(texts[start:start + 256])
+        enc = lm.tokenizer(block, truncation=max_length is not None, max_length=max_length)
+        yield from enumerate(enc["input_ids"], start)
+
+
+def _write_shards(lm: LoadedModel, out_dir: Path, manifest: dict, chunks: list, sites: list[Site], positions: str,
+                  skip_first_token: bool, batch_size: int, progress: bool) -> None:
+    """This rank's shards not yet on disk, each recorded once written: in the manifest (one process) or in
+    the rank's own record, kept across reruns and merged into the manifest by :func:`_finish`."""
+    rank, world = rank_and_world()
+    done = {shard["file"] for shard in [*manifest["shards"], *_rank_records(out_dir)]}
+    store_dtype = STORE_DTYPES[manifest["dtype"]]
+    own_record = out_dir / f"{_RANK_RECORD}{rank}.json"
+    record = read_json(own_record) if world > 1 and own_record.is_file() else {"d": {}, "shards": []}
+    mine = [(number, chunk) for number, chunk in enumerate(chunks) if number % world == rank]
+    bar = tqdm(total=sum(len(chunk) for _, chunk in mine), desc="capture", unit="text",
+               disable=not progress or rank != 0)
+    for number, chunk in mine:
+        name = f"shard-{number:05d}.safetensors"
+        if name in done:
+            bar.update(len(chunk))
+            continue
+        tensors = _run_chunk(lm, chunk, sites, positions, skip_first_token, store_dtype, batch_size, bar)
+        with atomic_path(out_dir / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        shard = {"file": name, "rows": int(tensors["prompt_index"].shape[0]), "prompt_start": chunk[0][0],
+                 "prompt_end": chunk[-1][0] + 1}
+        d = {str(s): int(tensors[str(s)].shape[-1]) for s in sites}
+        if world == 1:
+            manifest["d"] = d
+            manifest["shards"].append(shard)
+            manifest["rows"] += shard["rows"]
+            atomic_write_json(out_dir / MANIFEST, manifest)
+        else:
+            record["d"] = d
+            record["shards"].append(shard)
+            atomic_write_json(own_record, record)
+    bar.close()
 
 
 class ActivationStore:

@@ -36,13 +36,13 @@ def measured_table(lm, method_label: str, builder, progress: bool = False) -> di
     from sparekit.data import load_dataset
     from sparekit.evaluation.metrics import exact_match, uses_context
     from sparekit.steering import SteeringPrompt, make_method
-    from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
+    from sparekit.steering.fitted import FittedBundle, shipped_root
 
     by_id = {ex.id: ex for ex in load_dataset("default")}
     items = [by_id[i] for i in HELD_OUT_ITEMS]
-    root = shipped_root(method_label)
-    fitted = {toward: load_fitted(root, toward, lm.info) for toward in ("memory", "context")}
-    gate = load_gate(root, lm.info)
+    bundle = FittedBundle.load(shipped_root(method_label), lm.info.model_hash)
+    fitted = {toward: bundle[toward] for toward in ("memory", "context")}
+    gate = bundle.require_gate()
 
     def prompts(context: str) -> list:
         return [SteeringPrompt(ex, context, tuple(builder.demos(ex.question)), builder.format) for ex in items]

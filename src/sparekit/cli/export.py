@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,14 +15,27 @@ def export() -> None:
     """Write fitted methods in other tools' formats."""
 
 
-def _method_folder(method_dir: Path, toward: str | None) -> tuple[Path, str | None, list[str]]:
-    """``(saved method folder, direction, the root's other directions)``: a fitted root holding one folder
-    per direction gives ``toward``'s, by default context's (the default --toward documents); the output names the other."""
-    if (method_dir / "config.json").is_file():
-        return method_dir, toward, []
-    sides = [d for d in ("context", "memory") if (method_dir / d / "config.json").is_file()]
-    toward = toward or (sides[0] if sides else None)
-    return (method_dir / toward if toward else method_dir), toward, [d for d in sides if d != toward]
+def _tuned_method(method_dir: Path, toward: str | None) -> tuple[Any, str, float | None, list[str]]:
+    """``(method, direction, tuned strength, the bundle's other directions)`` for METHOD_DIR: a fitted bundle
+    gives ``toward``'s method (by default context's, as --toward documents), a bundle's direction folder
+    its own method and strength, a plain saved method no tuned strength."""
+    from sparekit.errors import SparekitError
+    from sparekit.saved import load
+    from sparekit.steering import DIRECTIONS, FittedBundle, SteeringMethod
+    from sparekit.steering.fitted import is_bundle
+
+    looks_fitted = any((method_dir / toward).is_dir() for toward in DIRECTIONS)
+    if not (method_dir / "config.json").is_file() and not looks_fitted:
+        raise SparekitError(f"no saved method in {method_dir}",
+                            "pass a folder with config.json: a saved method or a fitted bundle")
+    in_bundle = method_dir.name in DIRECTIONS and is_bundle(method_dir.parent)
+    if not in_bundle and not looks_fitted and not is_bundle(method_dir):
+        return load(method_dir, expect=SteeringMethod), toward or "context", None, []
+    bundle = FittedBundle.load(method_dir.parent if in_bundle else method_dir)
+    sides = sorted(bundle.directions)  # context first
+    own = method_dir.name if in_bundle else toward or sides[0]
+    fitted = bundle[own]  # type: ignore[index]
+    return fitted.method, toward or own, fitted.strength, [] if in_bundle else [d for d in sides if d != own]
 
 
 @export.command("control-vector")
@@ -29,7 +43,7 @@ def _method_folder(method_dir: Path, toward: str | None) -> tuple[Path, str | No
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="The .gguf to write.")
 @click.option("--toward", type=click.Choice(["memory", "context"]), default=None,
-              help="Direction to bake in (default: the one METHOD_DIR was tuned for; of a fitted root holding "
+              help="Direction to bake in (default: the one METHOD_DIR was tuned for; of a fitted bundle holding "
                    "both, context).")
 @click.option("--strength", type=float, default=None, callback=finite,
               help="Strength to bake in (default: METHOD_DIR's tuned strength, else the method's default).")
@@ -41,26 +55,19 @@ def control_vector(method_dir: Path, out: Path, toward: str | None, strength: fl
     """Write the fitted method in METHOD_DIR as a llama.cpp control-vector GGUF.
 
     \b
-    METHOD_DIR: a saved method (config.json + tensors.safetensors), e.g. <run>/fitted/actadd/memory,
-    or its parent holding one folder per direction. actadd and cvec export exactly; knob and spare
-    export a fixed stand-in for their input-dependent edit (the file records sparekit.exact = false).
+    METHOD_DIR: a fitted bundle (<run>/fitted/actadd), one of its direction folders
+    (<run>/fitted/actadd/memory) or any saved method (config.json + tensors.safetensors).
+    actadd and cvec export exactly; knob and spare export a fixed stand-in for their
+    input-dependent edit (the file records sparekit.exact = false).
     Direction.N is added to the output of block N in llama.cpp, sparekit's layer N; llama.cpp adds
     it at every token, sparekit at the last prompt token only. Use it with
       llama-cli -m model.gguf --control-vector-scaled OUT 1.0
     """
     from sparekit.errors import SparekitError
-    from sparekit.steering import load_method
     from sparekit.steering.control_vector import export_control_vector
-    from sparekit.steering.fitted import read_tuned
 
-    method_dir, toward, others = _method_folder(method_dir, toward)
-    if not (method_dir / "config.json").is_file():
-        raise SparekitError(f"no saved method in {method_dir}",
-                            "pass a folder with config.json, or a fitted root with --toward")
-    tuned = read_tuned(method_dir)
-    method = load_method(method_dir)
-    toward = toward or tuned.get("toward", "context")
-    strength = strength if strength is not None else tuned.get("strength", method.default_strength)
+    method, toward, tuned, others = _tuned_method(method_dir, toward)
+    strength = strength if strength is not None else tuned if tuned is not None else method.default_strength
     if strength is None:
         raise SparekitError(f"{method.kind} has no strength", "pass --strength")
     cvec = export_control_vector(method, out, toward, float(strength), model_hint)  # type: ignore[arg-type]

@@ -26,16 +26,17 @@ def steer_question(lm, context: str, question: str, toward: str, method_label: s
     from sparekit.hooks import Hooks
     from sparekit.probes.reading import capture_reading_sites, read_captures
     from sparekit.steering import SteeringPrompt
-    from sparekit.steering.fitted import load_fitted, load_gate, shipped_root
+    from sparekit.steering.fitted import FittedBundle, shipped_root
 
     if fitted is None:
         fitted = shipped_root(method_label, lm.info)
-    loaded = load_fitted(fitted, toward, lm.info)  # type: ignore[arg-type]
+    bundle = FittedBundle.load(fitted, lm.info.model_hash)
+    loaded = bundle[toward]  # type: ignore[index]
     strength = loaded.strength if strength is None else strength
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
                               sub_answer=())
     prompt = SteeringPrompt(example, "sub", tuple(builder.demos(question)), builder.format)
-    gate = load_gate(fitted, lm.info) if gated else None
+    gate = bundle.require_gate() if gated else None
     hooks = capture_reading_sites(Hooks(lm), gate, probes)
     with hooks:
         unsteered = greedy_generate(lm, [prompt.text])[0]

@@ -31,6 +31,7 @@ NQSWAP_LOCAL = DEFAULT_ASSET.parent / "nqswap" / "dev.jsonl.gz"
 
 def _default_dataset() -> ConflictDataset:
     if not DEFAULT_ASSET.is_file():
+        # deliberately lazy: building the default dataset needs its optional sources, only on a first run
         from sparekit.data.default import build_default_dataset, write_default_dataset
         from sparekit.utils.io import cache_dir
 

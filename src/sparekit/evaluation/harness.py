@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
+from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictDataset
 from sparekit.data.formats import PromptFormat
 from sparekit.data.prompts import THREE_SHOT, build_prompt, item_demos, sample_demos
@@ -35,9 +37,9 @@ from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models.loading import LoadedModel
-from sparekit.utils.distributed import barrier, rank_and_world
+from sparekit.utils.distributed import barrier, local_device, rank_and_world
 from sparekit.utils.config import DATASET_HELP, DTYPE_HELP, config_dict, device_field, device_map_field, model_field, option
-from sparekit.utils.io import atomic_path, atomic_write_json
+from sparekit.utils.io import atomic_path, atomic_write_json, ensure_dir
 from sparekit.utils.rundir import RunDir, run_path
 
 logger = logging.getLogger(__name__)
@@ -291,15 +293,11 @@ class EvalExperiment:
 
     def run(self, progress: bool = True) -> dict:
         """:func:`evaluate` on the named dataset and model, in the run directory (``run_dir`` in the result)."""
-        from sparekit.data import load_dataset
-        from sparekit.models import load_model
-        from sparekit.utils.distributed import local_device
-        from sparekit.utils.io import ensure_dir
-
         data = load_dataset(self.dataset, limit=self.limit, seed=self.limit_seed)
         if self.out is not None:
             ensure_dir(self.out)  # a bad --out fails now, not after loading the model
-        lm = load_model(self.model, dtype=self.dtype, device=local_device(self.device), device_map=self.device_map)
+        lm = models.load_model(self.model, dtype=self.dtype, device=local_device(self.device),
+                               device_map=self.device_map)
         run_dir = self.out or default_run_dir(run_config(lm, data, self.seeds, self.k_shot))
         return evaluate(lm, data, self.seeds, k_shot=self.k_shot, out_dir=run_dir, batch_size=self.batch_size,
                         progress=progress, experiment=config_dict(self))

@@ -432,10 +432,10 @@ def markdown_tables(summary: dict) -> str:
 
 def plot_bench(summary: dict, path: str | Path) -> Path:
     """Rows: tasks; columns: context lengths; one line per method (score vs compression ratio)."""
-    import matplotlib
+    import matplotlib  # deliberately lazy: heavy, and only the plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), as above
 
     results = summary["results"]
     lengths = sorted({length for by_length in results.values() for length in by_length}, key=int)

@@ -9,7 +9,8 @@ implicitly.
 Layout, per asset folder name (the model's cache name in :mod:`sparekit.models.loading`)::
 
     assets/probes/<name>/{detect.json, conflict/, source/}
-    assets/steering/<name>/{gate/, <method>/{context,memory}/}
+    assets/steering/<name>/<method>/   a fitted bundle (:mod:`sparekit.steering.fitted`): config.json,
+                                       context/, memory/, gate/
     assets/saes/<name>/resid.<layer>/
 """
 
@@ -42,17 +43,19 @@ class ModelAssets:
         return ROOT / "steering" / self.name
 
     def steering(self, label: str) -> Path:
-        """The fitted, dev-tuned method ``label`` (``<label>/{context,memory}``)."""
+        """The fitted bundle of method ``label``: its dev-tuned methods per direction and its gate."""
         return self.steering_root / label
 
     def steering_labels(self) -> list[str]:
-        """Shipped fitted methods (the folders holding a direction)."""
+        """Shipped fitted bundles (the folders holding a ``config.json``)."""
         return sorted(p.name for p in self.steering_root.iterdir()
-                      if (p / "context").is_dir() or (p / "memory").is_dir()) if self.steering_root.is_dir() else []
+                      if (p / "config.json").is_file()) if self.steering_root.is_dir() else []
 
     @property
-    def gate(self) -> Path:
-        return self.steering_root / "gate"
+    def gate(self) -> Path | None:
+        """The conflict gate shipped with the first fitted bundle that has one."""
+        return next((g for g in (self.steering(label) / "gate" for label in self.steering_labels()) if g.is_dir()),
+                    None)
 
     def saes(self) -> dict[int, Path]:
         """Shipped residual-stream SAEs by layer."""
@@ -64,7 +67,7 @@ class ModelAssets:
         """What ``sparekit ls`` shows."""
         return {"name": self.name, "model_hash": self.model_hash,
                 "probes": str(self.probes) if (self.probes / "detect.json").is_file() else None,
-                "gate": str(self.gate) if self.gate.is_dir() else None,
+                "gate": None if self.gate is None else str(self.gate),
                 "steering": {label: str(self.steering(label)) for label in self.steering_labels()},
                 "saes": {layer: str(path) for layer, path in self.saes().items()}}
 
@@ -74,7 +77,7 @@ def assets_for(model: ModelInfo | str) -> ModelAssets | None:
     if isinstance(model, ModelInfo):
         name = next((n for n, h in SHIPPED.items() if h == model.model_hash), None)
     else:
-        from sparekit.models.loading import _CACHE_NAMES
+        from sparekit.models.loading import _CACHE_NAMES  # deliberately lazy: loading pulls in transformers
 
         name = _CACHE_NAMES.get(model, model)
     return ModelAssets(name, SHIPPED[name]) if name in SHIPPED else None
@@ -82,6 +85,6 @@ def assets_for(model: ModelInfo | str) -> ModelAssets | None:
 
 def default_assets() -> ModelAssets:
     """The default model's assets (always shipped)."""
-    from sparekit.models.loading import _CACHE_NAMES
+    from sparekit.models.loading import _CACHE_NAMES  # deliberately lazy: loading pulls in transformers
 
     return ModelAssets(_CACHE_NAMES["default"], SHIPPED[_CACHE_NAMES["default"]])

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -97,8 +98,6 @@ def _cached_from_gguf(gguf: Path, cache_name: str) -> tuple[Path, str]:
     atomic_write_json(tmp / "sparekit_source.json",
                       {"gguf": str(gguf), "sha256": digest, "built_with": package_versions(("torch", "transformers"))})
     if folder.exists():
-        import shutil
-
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder, digest

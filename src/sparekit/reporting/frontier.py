@@ -13,10 +13,10 @@ _ROWS = (("em_no_conflict", "EM without conflict, steered (%)\n↑ less harm", 1
 
 def plot_frontier(curves: dict, path: str | Path, title: str = "Steering frontier") -> Path:
     """Columns: direction; rows: harm measures. Each method is a line through its strength sweep."""
-    import matplotlib
+    import matplotlib  # deliberately lazy: heavy, and only the plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), as above
 
     points_of = [p for by_direction in curves.values() for pts in by_direction.values() for p in pts]
     rows = [row for row in _ROWS if any(row[0] in p for p in points_of)]

@@ -13,14 +13,13 @@ import re
 from pathlib import Path
 
 from sparekit.data.dataset import read_jsonl
+from sparekit.data.loaders import NQSWAP_LOCAL
 
 _TAGS = re.compile(r"</?(?:P|Table|Tr|Td|Th|Li|Ul|Ol|Dd|Dl|Dt|H\d)>")
 
 
 def corpus_path(corpus: str) -> Path:
     """``'nqswap'`` (the NQ-Swap dev file shipped in the package) or a file path."""
-    from sparekit.data.loaders import NQSWAP_LOCAL
-
     return NQSWAP_LOCAL if corpus == "nqswap" else Path(corpus)
 
 

@@ -21,6 +21,7 @@ SEED_HELP = "Seed for the held-out split and training."
 
 def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[str]:
     """Held-out NQ-Swap windows, or every line of a text file."""
+    # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
     from sparekit.activations.experiment import read_texts
     from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
 
@@ -33,6 +34,7 @@ def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[
 def check_saes(lm: LoadedModel, saes: list, sources: Sequence[str | None] | None = None) -> None:
     """Refuse SAEs that do not read this model's activations (the evaluation functions place each
     one where its layer computes); ``sources`` (the files they came from) name them in the error."""
+    # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
     from sparekit.sae import check_compatible
 
     for sae_model, source in zip(saes, sources or [None] * len(saes), strict=True):
@@ -69,6 +71,7 @@ class SaeTrainExperiment:
 
         Rerunning the same config resumes: finished shards, checkpoints and finished SAEs are reused.
         """
+        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
         from pathlib import Path
 
         import torch
@@ -142,6 +145,7 @@ class SaeEvalExperiment:
 
     def run(self, progress: bool = True) -> dict:
         """``{"layers": [one row per SAE]}`` (:func:`~sparekit.sae.evaluate.evaluate_saes`)."""
+        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
         from sparekit.models import load_model
         from sparekit.sae import load_sae, shipped_layers
         from sparekit.sae.evaluate import evaluate_saes

@@ -30,6 +30,7 @@ from sparekit.artifacts import header
 from sparekit.errors import SparekitError
 from sparekit.hooks import TRANSFORMERLENS_HOOKS
 from sparekit.models.architecture import ModelInfo
+from sparekit.models.assets import assets_for
 from sparekit.sae.base import SAE, sae_class
 from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_path, atomic_write_json, check_readable, damaged_file,
                                ensure_dir, read_json)
@@ -295,8 +296,6 @@ def default_sae_path(layer: int, model: ModelInfo | str = "default") -> Path:
 
 
 def shipped_saes(model: ModelInfo | str = "default") -> dict[int, Path]:
-    from sparekit.models.assets import assets_for
-
     assets = assets_for(model)
     return assets.saes() if assets is not None else {}
 

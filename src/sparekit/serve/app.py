@@ -220,7 +220,14 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     app.state.traffic = Traffic()
     app.state.started = int(time.time())
     app.add_middleware(Guard, metrics=metrics, limits=limits, traffic=app.state.traffic)
-    model_name = engine.lm.info.name
+    _error_handlers(app)
+    _info_routes(app, engine, metrics, playground)
+    _generation_routes(app, engine, limits)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error as the OpenAI error object, naming the ``param`` where one is at fault."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -235,6 +242,11 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
         path = request.url.path
         message = {404: f"No endpoint {path}.", 405: f"{request.method} is not allowed on {path}."}
         return error_response(ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+
+
+def _info_routes(app: FastAPI, engine: Engine, metrics: Metrics, playground: str) -> None:
+    """The playground, health, metrics and model listing."""
+    model_name = engine.lm.info.name
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -257,6 +269,11 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
     async def model(name: str) -> dict:
         check_model(name, model_name)
         return _model_card(model_name, app.state.started)
+
+
+def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
+    """The OpenAI completions and chat endpoints and sparekit's ``/v1/answer``."""
+    model_name = engine.lm.info.name
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -290,8 +307,6 @@ def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
             return Response(status_code=499)
         return {"model": model_name, "answer": results[0]["text"].strip(), "finish_reason": results[0]["finish_reason"],
                 "sparekit": results[0]["sparekit"], "usage": _usage(results)}
-
-    return app
 
 
 def _model_card(name: str, created: int) -> dict:

@@ -31,12 +31,14 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_call, tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.kv import L2Press
+from sparekit.models.assets import assets_for
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
+from sparekit.probes.detect import probes_for, request_shots
 from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures
 from sparekit.serve.prefix import PrefixCache, prefixed_batch
-from sparekit.steering.base import DIRECTIONS, EditFn, Gate, SteeringMethod, edit_rows
-from sparekit.steering.fitted import FittedSteering
+from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
+from sparekit.steering.fitted import FittedBundle, FittedSteering
 
 log = logging.getLogger(__name__)
 
@@ -353,27 +355,15 @@ class Engine:
 
 
 def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
-    """Fitted methods (``<root>/{context,memory}``) and their gates; without any, those shipped for the model."""
-    from sparekit.models.assets import assets_for
-    from sparekit.steering.fitted import load_fitted, load_gate
-
+    """Fitted bundles (:class:`~sparekit.steering.fitted.FittedBundle`) by folder name, and their gates;
+    without any, those shipped for the model. A method without a gate refuses ``gate=true`` with a 400."""
     roots = list(fitted_roots)
     shipped = assets_for(lm.info)
     if not roots and shipped is not None:
         roots = [shipped.steering(label) for label in shipped.steering_labels()]
-    methods: dict[str, dict[str, FittedSteering]] = {}
-    gates: dict[str, Gate] = {}
-    for root in roots:
-        label = root.name
-        methods[label] = {t: load_fitted(root, t, lm.info) for t in DIRECTIONS if (root / t).is_dir()}  # type: ignore
-        if not methods[label]:
-            raise SparekitError(f"no fitted method in {root}",
-                                "pass a folder from `sparekit bench steer` (<run>/fitted/<method>)")
-        try:
-            gates[label] = load_gate(root, lm.info)
-        except SparekitError:
-            pass  # gate=true is then refused for this method with a clear 422
-    return Steering(methods, gates)
+    bundles = {root.name: FittedBundle.load(root, lm.info.model_hash) for root in roots}
+    return Steering({label: dict(b.directions) for label, b in bundles.items()},
+                    {label: b.gate for label, b in bundles.items() if b.gate is not None})
 
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
@@ -381,7 +371,6 @@ def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequenc
     """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods,
     and the request-time demonstrations of ``/v1/answer`` prompts (:func:`~sparekit.probes.detect.request_shots`).
     """
-    from sparekit.probes.detect import probes_for, request_shots
 
     probes = probes_for(lm, probe_dir)
     shots = request_shots(None if probes is None else probes.folder)

@@ -48,7 +48,7 @@ def export_control_vector(method: SteeringMethod, path: str | Path, toward: Dire
     Besides llama.cpp's keys the file records ``sparekit.{kind,toward,strength,exact,note}``, so an
     approximate export says so wherever it travels.
     """
-    import gguf
+    import gguf  # deliberately lazy: the GGUF writer is needed only to export or import a control vector
 
     method.check_is_fitted()
     cvec = method.control_vector(toward, finite_number(strength, "strength"))
@@ -78,7 +78,7 @@ def export_control_vector(method: SteeringMethod, path: str | Path, toward: Dire
 
 def read_control_vector(path: str | Path) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
     """``({layer: float32 vector}, {key: value})`` of a control-vector GGUF, checked the way llama.cpp checks it."""
-    import gguf
+    import gguf  # deliberately lazy: the GGUF writer is needed only to export or import a control vector
 
     try:
         reader = gguf.GGUFReader(str(path))

@@ -1,6 +1,6 @@
 """``sparekit bench steer`` and ``bench frontier`` as config dataclasses with a ``run()``.
 
-Each is a :class:`~sparekit.steering.benchmark.BenchConfig` (the protocol, whose fields
+Each is a :class:`~sparekit.steering.bench.protocol.BenchConfig` (the protocol, whose fields
 decide the numbers) plus what to run it on and where (dataset, model, run directory,
 device). ``__cli__`` gives the protocol fields their command-line names and help.
 """
@@ -11,8 +11,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sparekit.steering.benchmark import BenchConfig, paper_config
+from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
+from sparekit.data import load_dataset
+from sparekit.data.dataset import held_out_relations
+from sparekit.reporting.frontier import plot_frontier
+from sparekit.reporting.steering import markdown_table, relation_table
+from sparekit.steering.base import REGISTRY
+from sparekit.steering.bench import (BenchConfig, SteeringBenchmark, leave_one_relation_out,
+                                     leave_one_relation_out_frontier, paper_config)
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
+from sparekit.utils.io import atomic_write_text
+from sparekit.utils.registry import unknown_name
+from sparekit.utils.rundir import RunDir, run_path
 
 
 @dataclasses.dataclass
@@ -68,20 +78,13 @@ class _BenchRun(BenchConfig):
 
     def _load(self, split_by: str = "group"):
         """The model, dataset and run directory (checked before the model loads where possible)."""
-        from sparekit.data import load_dataset
-        from sparekit.data.dataset import held_out_relations
-        from sparekit.models import load_model
-        from sparekit.steering import REGISTRY
-        from sparekit.utils.registry import unknown_name
-        from sparekit.utils.rundir import run_path
-
         for label in self.methods:
             if label.partition("+")[0] not in REGISTRY:
                 raise unknown_name("method", label.partition("+")[0], REGISTRY, where="--methods")
         data = load_dataset(self.dataset)
         if split_by == "relation":
             held_out_relations(data)  # bad input fails before the model loads
-        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        lm = models.load_model(self.model, device=self.device, device_map=self.device_map)
         suffix = "-by-relation" if split_by == "relation" else ""
         out = Path(self.out) if self.out else run_path("runs", "bench-steer", data.name, lm.info.model_hash[:8] + suffix)
         return lm, data, out
@@ -93,11 +96,6 @@ class BenchSteerExperiment(_BenchRun):
 
     def run(self, progress: bool = True) -> dict:
         """The summary (``results.json``), its markdown table under ``table`` (``results.md``) and ``run_dir``."""
-        from sparekit.steering.benchmark import (SteeringBenchmark, leave_one_relation_out, markdown_table,
-                                                 relation_table)
-        from sparekit.utils.io import atomic_write_text
-        from sparekit.utils.rundir import RunDir
-
         lm, data, out = self._load(self.split_by)
         if self.split_by == "relation":  # each held-out run checks its own config
             RunDir(out).record_experiment(config_dict(self))
@@ -121,9 +119,6 @@ class BenchFrontierExperiment(_BenchRun):
     def run(self, progress: bool = True) -> dict:
         """``curves`` (``frontier.json``; with ``--split-by relation`` the mean over held-out relations,
         each relation's under ``held_out``), the ``plot`` path and ``run_dir``."""
-        from sparekit.reporting.frontier import plot_frontier
-        from sparekit.steering.benchmark import SteeringBenchmark, leave_one_relation_out_frontier
-
         lm, data, out = self._load(self.split_by)
         if self.split_by == "relation":
             result = leave_one_relation_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,

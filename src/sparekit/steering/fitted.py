@@ -1,97 +1,146 @@
-"""Fitted, dev-tuned steering methods on disk: what ``sparekit steer`` loads.
+"""Fitted, dev-tuned steering on disk: the one layout ``sparekit steer``, ``serve``, ``export`` and the
+shipped assets read, and ``sparekit bench steer`` writes (``<run>/fitted/<label>/``).
 
-A folder per direction (``<root>/<toward>/``) holds the saved method
-(``config.json`` + ``tensors.safetensors``) and ``tuned.json`` (strength, model hash,
-the demonstrations to prepend to new questions). ``sparekit bench steer`` writes
-them under ``<run>/fitted/<method>/`` and the run's calibrated conflict gate under
-``<run>/gate_probe/``; the default model ships both (found through :mod:`sparekit.models.assets`).
+A fitted bundle is one folder per method label::
+
+    config.json         kind "fitted_steering": the label, the model's hash, the demonstrations to
+                        prepend to new questions and, per direction, the dev-tuned parameters,
+                        strength and dev EM
+    memory/ context/    the fitted method per direction (a saved method, :mod:`sparekit.artifacts`)
+    gate/               the run's calibrated conflict gate, if the run fitted one
+
+:meth:`FittedBundle.save` writes it in a temporary folder swapped in whole, so a reader never sees
+half a bundle; :func:`sparekit.load` (or :meth:`FittedBundle.load`) reads it back. The default
+model ships one (found through :mod:`sparekit.models.assets`).
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sparekit.artifacts import read_artifact
+from sparekit.artifacts import CONFIG, KINDS, Artifact, read_artifact, rebuild, save_artifact
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
-from sparekit.steering.base import REGISTRY, Direction, SteeringMethod
-from sparekit.steering.baselines.vector import VectorSteering
+from sparekit.models.assets import assets_for
+from sparekit.steering.base import DIRECTIONS, Direction, SteeringMethod
+from sparekit.steering.gate import ProbeGate
 from sparekit.utils.config import finite_number
-from sparekit.utils.io import read_json_object
+from sparekit.utils.io import atomic_folder, read_json_object
 
-
-def load_method(path: str | Path) -> SteeringMethod:
-    """Rebuild a fitted method saved with :meth:`SteeringMethod.save` (strict; no pickle).
-
-    A ``.gguf`` path is read as a llama.cpp / repeng control vector (a ``cvec`` method).
-    """
-    path = Path(path)
-    if path.suffix == ".gguf":
-        return VectorSteering.from_control_vector(path)
-    artifact = read_artifact(path)
-    return REGISTRY.lookup(artifact.kind, where=str(path)).from_artifact(artifact)
+KIND = "fitted_steering"
+_FIT_HINT = "fit one with `sparekit bench steer --model …` and pass --fitted <run>/fitted/<method>"
 
 
 @dataclass
 class FittedSteering:
+    """One direction of a bundle: the fitted method and what dev chose for it."""
+
     method: SteeringMethod
     strength: float | None
     demos: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    dev_em: float | None = None
+
+
+@KINDS.register(KIND)
+@dataclass
+class FittedBundle:
+    """A method label's fitted methods per direction, their tuned settings and, optionally, its gate."""
+
+    label: str
+    directions: dict[Direction, FittedSteering]
+    demos: tuple[str, ...] = ()
+    model_hash: str | None = None
+    gate: ProbeGate | None = None
+    folder: Path | None = None
+
+    def __getitem__(self, toward: Direction) -> FittedSteering:
+        if toward not in self.directions:
+            raise SparekitError(f"no fitted method for direction {toward!r} in {self.folder or self.label}",
+                                f"it holds {', '.join(self.directions) or 'none'}; {_FIT_HINT}")
+        return self.directions[toward]
+
+    def require_gate(self) -> ProbeGate:
+        """The bundle's conflict gate, or one error saying where gates come from."""
+        if self.gate is None:
+            raise SparekitError(f"no conflict gate in {self.folder or self.label}",
+                                "gates come from `sparekit bench steer` runs with a +gate method")
+        return self.gate
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the bundle to ``folder`` (replacing what is there, atomically as a whole)."""
+        tuned = {t: {"params": f.params, "strength": f.strength, "dev_em": f.dev_em}
+                 for t, f in self.directions.items()}
+        params = {"label": self.label, "model_hash": self.model_hash, "demos": list(self.demos), "tuned": tuned}
+        with atomic_folder(folder) as tmp:
+            for toward, fitted in self.directions.items():
+                fitted.method.save(tmp / toward)
+            if self.gate is not None:
+                self.gate.save(tmp / "gate")
+            save_artifact(tmp, KIND, params, {})
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path, model_hash: str | None = None) -> FittedBundle:
+        """Read a bundle; ``model_hash``: refuse one tuned on another model. An older layout (``tuned.json``
+        per direction) or another kind of folder is one error line."""
+        folder = Path(folder)
+        if not (folder / CONFIG).is_file():
+            if any((folder / t / "tuned.json").is_file() for t in DIRECTIONS):
+                raise SparekitError(f"{folder} is a fitted folder of an older sparekit (tuned.json per direction)",
+                                    f"rewrite it: python3 scripts/migrate_artifacts.py {folder}")
+            raise SparekitError(f"no fitted method in {folder} (missing {CONFIG})", _FIT_HINT)
+        return cls.from_artifact(read_artifact(folder, KIND), model_hash=model_hash)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, model_hash: str | None = None) -> FittedBundle:
+        """What :func:`sparekit.load` calls: the settings checked, then each direction's method and the gate."""
+        path, params = artifact.path, artifact.params
+        demos, tuned = _checked_settings(path / CONFIG, params)
+        if model_hash is not None and params.get("model_hash") not in (None, model_hash):
+            raise SparekitError(f"{path} was tuned on another model (hash {str(params['model_hash'])[:12]}…)",
+                                "fit it for this model with `sparekit bench steer --model …`")
+        directions = {t: FittedSteering(rebuild(read_artifact(path / t), SteeringMethod), setting.get("strength"),
+                                        demos, dict(setting.get("params") or {}), setting.get("dev_em"))
+                      for t, setting in tuned.items()}
+        gate = ProbeGate.load(path / "gate", model_hash) if (path / "gate" / CONFIG).is_file() else None
+        return cls(str(params.get("label", path.name)), directions, demos, params.get("model_hash"), gate, path)
+
+
+def _checked_settings(config: Path, params: dict[str, Any]) -> tuple[tuple[str, ...], dict[str, dict]]:
+    """The bundle's demonstrations and per-direction settings, checked: a damaged config is one error
+    naming it, not a traceback or a NaN strength further on."""
+    demos, tuned = params.get("demos", ()), params.get("tuned")
+    if not isinstance(demos, list | tuple) or not all(isinstance(d, str) for d in demos):
+        raise SparekitError(f"{config}: 'demos' must be a list of strings", "the file is damaged; fit it again")
+    if not isinstance(tuned, dict) or not tuned or not set(tuned) <= set(DIRECTIONS) \
+            or not all(isinstance(s, dict) for s in tuned.values()):
+        raise SparekitError(f"{config}: 'tuned' must map memory and/or context to their settings",
+                            "the file is damaged; fit it again")
+    for toward, setting in tuned.items():
+        if setting.get("strength") is not None:
+            setting["strength"] = finite_number(setting["strength"], f"{config}: {toward} 'strength'")
+    return tuple(demos), tuned
+
+
+def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a fitted bundle (its config names the kind), without reading the rest."""
+    return (folder / CONFIG).is_file() and read_json_object(folder / CONFIG).get("kind") == KIND
 
 
 def shipped_root(label: str, model: ModelInfo | str = "default") -> Path:
-    """Where the fitted method ``label`` shipped for ``model`` lives (:mod:`sparekit.models.assets`)."""
-    from sparekit.models.assets import assets_for
-
+    """Where the fitted bundle ``label`` shipped for ``model`` lives (:mod:`sparekit.models.assets`)."""
     assets = assets_for(model)
     name = model.name if isinstance(model, ModelInfo) else model
     if assets is None or label not in assets.steering_labels():
         shipped = assets.steering_labels() if assets is not None else []
         close = difflib.get_close_matches(label, shipped, n=1)
         raise SparekitError(f"no shipped {label} for {name} (shipped: {', '.join(shipped) or 'nothing'})",
-                            f"did you mean {close[0]!r}?" if close else
-                            "fit one with `sparekit bench steer --model …` and pass --fitted <run>/fitted/<method>")
+                            f"did you mean {close[0]!r}?" if close else _FIT_HINT)
     return assets.steering(label)
 
 
-def load_fitted(root: str | Path, toward: Direction, info: ModelInfo) -> FittedSteering:
-    """Load ``<root>/<toward>`` and refuse a method tuned on another model."""
-    folder = Path(root) / toward
-    if not (folder / "config.json").is_file():
-        raise SparekitError(f"no fitted method for direction {toward!r} in {root}",
-                            "run `sparekit bench steer` and pass --fitted <run>/fitted/<method>")
-    tuned = read_tuned(folder, required=True)
-    if tuned.get("model_hash") not in (None, info.model_hash):
-        raise SparekitError(f"{folder} was tuned on another model (hash {str(tuned['model_hash'])[:12]}…)",
-                            "fit it for this model with `sparekit bench steer --model …`")
-    return FittedSteering(load_method(folder), tuned.get("strength"), tuple(tuned.get("demos", ())))
-
-
-def read_tuned(folder: Path, required: bool = False) -> dict:
-    """``folder/tuned.json`` (``{}`` if absent and not ``required``), checked: a damaged file is one error
-    naming it, not a traceback or a NaN strength further on."""
-    path = folder / "tuned.json"
-    if not path.is_file() and not required:
-        return {}
-    tuned = read_json_object(path)
-    if tuned.get("strength") is not None:
-        tuned["strength"] = finite_number(tuned["strength"], f"{path}: 'strength'")
-    demos = tuned.get("demos", [])
-    if not isinstance(demos, list) or not all(isinstance(d, str) for d in demos):
-        raise SparekitError(f"{path}: 'demos' must be a list of strings", "the file is damaged; fit it again")
-    return tuned
-
-
-def load_gate(root: str | Path, info: ModelInfo):
-    """The conflict gate that goes with the fitted method at ``root``: its run's, or the shipped one."""
-    from sparekit.steering.gate import ProbeGate
-
-    root = Path(root)
-    candidates = [root.parent.parent / "gate_probe", root.parent / "gate"]
-    folder = next((c for c in candidates if (c / "config.json").is_file()), None)
-    if folder is None:
-        raise SparekitError(f"no conflict gate next to {root}",
-                            "gates come from `sparekit bench steer` runs with a +gate method")
-    return ProbeGate.load(folder, model_hash=info.model_hash)
+__all__ = ["FittedBundle", "FittedSteering", "is_bundle", "shipped_root"]

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from sparekit.activations.last_token import last_token_states
 from sparekit.artifacts import KINDS, Artifact, read_artifact, save_artifact
 from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes import LinearProbe
@@ -73,8 +75,6 @@ def threshold_for_false_positive_rate(negative_scores: np.ndarray, max_false_pos
 
 def _states(lm: LoadedModel, prompts: Sequence[SteeringPrompt], sites: Sequence[Site],
             batch_size: int) -> dict[Site, np.ndarray]:
-    from sparekit.activations.last_token import last_token_states
-    from sparekit.evaluation.generation import batches
 
     parts = [last_token_states(lm, [p.text for p in chunk], sites) for chunk in batches(list(prompts), batch_size)]
     return {s: to_numpy(torch.cat([part[s] for part in parts])) for s in sites}

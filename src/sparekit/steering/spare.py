@@ -47,10 +47,11 @@ from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel, parameter_hash
 from sparekit.models.placement import site_device
-from sparekit.sae import SAE, load_sae
+from sparekit.sae import SAE, check_compatible, load_sae
 from sparekit.sae.base import sae_class, spare_delta
 from sparekit.steering.base import BehaviourData, ControlVector, Direction, EditFn, register
 from sparekit.steering.layered import MultiLayerMethod
+from sparekit.steering.output_effect import answer_first_tokens, direction_logits
 from sparekit.utils.arrays import to_numpy
 
 SELECTIONS = ("mi", "output_score", "consistent", "within_relation")
@@ -123,7 +124,6 @@ def within_relation_information(z: torch.Tensor, labels: np.ndarray, relations: 
 
 def _answer_tokens(data: BehaviourData) -> tuple[torch.Tensor, torch.Tensor]:
     """First tokens of (sub_answer, org_answer) of each distinct behaviour example whose two answers differ there."""
-    from sparekit.steering.output_effect import answer_first_tokens
 
     lm = data.model("spare")
     examples = list({p.example.id: p.example for p in data.prompts}.values())
@@ -139,7 +139,6 @@ def output_scores(lm: LoadedModel, sae: SAE, features: torch.Tensor, context_tok
                   memory_tokens: torch.Tensor) -> torch.Tensor:
     """Per feature: mean logit-lens logit of its decoder row on the context answers' first tokens minus
     the memory answers' (positive: the feature pushes the output toward the context's answer)."""
-    from sparekit.steering.output_effect import direction_logits
 
     with torch.no_grad():
         rows = sae.decode_delta(torch.eye(sae.d_sae, device=sae.W_dec.device)[features.to(sae.W_dec.device)])
@@ -225,7 +224,6 @@ class SpARE(MultiLayerMethod):
         return sae, remove_idx, alpha * remove_mean[remove_idx], add_idx, alpha * add_mean[add_idx]
 
     def _edit(self, lm: LoadedModel, layer: int, toward: Direction, alpha: float) -> EditFn:
-        from sparekit.sae import check_compatible
 
         sae, remove_idx, remove_target, add_idx, add_target = self._targets(layer, toward, alpha,
                                                                             site_device(lm, layer))

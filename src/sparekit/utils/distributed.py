@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 
 #: how long a rank waits at a barrier: ``bench steer`` ranks wait while rank 0 alone builds the
 #: behaviour data every method shares (torch's default, 10–30 min, is too short on a CPU)
@@ -24,8 +25,6 @@ BARRIER_TIMEOUT = datetime.timedelta(hours=6)
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the initialised process group, ``(0, 1)`` outside one."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -33,8 +32,6 @@ def rank_and_world() -> tuple[int, int]:
 
 def barrier() -> None:
     """Wait for every rank (a no-op outside a process group)."""
-    import torch.distributed as dist
-
     if rank_and_world()[1] > 1:
         dist.barrier()
 
@@ -60,8 +57,6 @@ def local_device(device: str | None) -> str | None:
 @contextlib.contextmanager
 def distributed_from_env() -> Iterator[tuple[int, int]]:
     """Join the launcher's process group for the duration of a command; yields (rank, world size)."""
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         yield rank_and_world()
         return

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import struct
 import zipfile
@@ -72,6 +73,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole (a folder
+    already there is moved aside, then removed), so a reader finds the old folder or the new one, never a mix."""
+    path = Path(path)
+    ensure_dir(path.parent)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = path.parent / f".{path.name}.{os.urandom(6).hex()}.old"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fresh_temp(path: Path) -> Path:
@@ -140,9 +160,9 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
     removes the file. Inside a torch.distributed process group the ranks share the folder
     and no lock is taken.
     """
-    import fcntl
+    import fcntl  # deliberately lazy: POSIX only, and only a run lock needs it
 
-    from sparekit.utils.distributed import rank_and_world
+    from sparekit.utils.distributed import rank_and_world  # deliberately lazy: it imports torch; io must not
 
     if rank_and_world()[1] > 1:  # the ranks of one data-parallel job share the folder by design
         yield

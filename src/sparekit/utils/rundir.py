@@ -84,6 +84,7 @@ class RunDir:
         returned (it may carry the job's progress). ``experiment``: the resolved command configuration
         (``sparekit.utils.config.config_dict``), kept as ``experiment.json`` (``--config`` reads it back).
         """
+        # deliberately lazy: both import torch, which `sparekit info` and `--help` must not pay for
         from sparekit.utils.distributed import rank_and_world
         from sparekit.utils.env import environment_info
 
@@ -111,7 +112,7 @@ class RunDir:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Hold the lock while the job runs; its ``done`` marker is cleared first and written if the body completes."""
-        from sparekit.utils.distributed import rank_and_world
+        from sparekit.utils.distributed import rank_and_world  # deliberately lazy: it imports torch
 
         first = rank_and_world()[0] == 0
         with run_lock(self.path, self.what):

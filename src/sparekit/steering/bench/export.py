@@ -1,0 +1,27 @@
+"""The benchmark's export: each method's dev-tuned fits as a fitted bundle, ``<run>/fitted/<label>/``,
+the folder ``sparekit steer --fitted``, ``serve --fitted`` and ``export control-vector`` read."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from sparekit.data.dataset import ConflictDataset
+from sparekit.data.prompts import sample_demos
+from sparekit.steering.base import DIRECTIONS, BehaviourData
+from sparekit.steering.bench.protocol import method_kind
+from sparekit.steering.bench.tuning import Tuner
+from sparekit.steering.fitted import FittedBundle, FittedSteering
+from sparekit.steering.gate import ProbeGate
+
+
+def export_bundle(tuner: Tuner, label: str, tuned: dict, data: BehaviourData, pool: ConflictDataset,
+                  gate: ProbeGate | None) -> Path:
+    """Save ``label``'s dev-tuned methods per direction with ``2 * k_shot`` pool demonstrations for new
+    questions and the run's gate (if it has one)."""
+    kind = method_kind(label)[0]
+    demos = tuple(sample_demos(pool, "", 2 * tuner.config.k_shot, "org_org", random.Random(0)))
+    directions = {t: FittedSteering(tuner.fit(kind, tuned[t]["params"], data), tuned[t]["strength"], demos,
+                                    tuned[t]["params"], tuned[t]["dev_em"]) for t in DIRECTIONS}
+    bundle = FittedBundle(label, directions, demos, tuner.lm.info.model_hash, gate)  # type: ignore[arg-type]
+    return bundle.save(tuner.out / "fitted" / label)

@@ -1,0 +1,269 @@
+"""The steering benchmark's run: every method through one loop, tuned on dev, scored on test.
+
+Per method, seed and direction: EM toward the target under conflict (``em_memory``:
+steered toward memory and answers ``org_answer``; ``em_context``: steered toward
+context and answers ``sub_answer``), the conditional moves relative to the unsteered
+answer, and EM on the same questions *without* conflict (``org_context``) under the
+same steering, so harm is visible. Every generation is cached in the run directory
+(:mod:`~sparekit.steering.bench.cells`) and an interrupted run resumes; a rerun with a wider
+grid re-tunes on dev, generating only the new cells. The protocol is in
+:mod:`~sparekit.steering.bench.protocol`, the splits in :mod:`~sparekit.steering.bench.data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sparekit.data.dataset import ConflictDataset, held_out_relations
+from sparekit.errors import SparekitError
+from sparekit.evaluation.harness import dataset_fingerprint, mean_std
+from sparekit.evaluation.metrics import behaviour_label, conditional_metrics
+from sparekit.models.loading import LoadedModel
+from sparekit.reporting.steering import HEADLINE, mean_frontier
+from sparekit.steering.base import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
+from sparekit.steering.bench.cells import Cells
+from sparekit.steering.bench.data import Splits, benchmark_splits, cached_behaviour, memorised_items
+from sparekit.steering.bench.export import export_bundle
+from sparekit.steering.bench.gating import cached_gate
+from sparekit.steering.bench.protocol import EXTENSIBLE, BenchConfig, method_kind, partner, test_prompts
+from sparekit.steering.bench.tuning import Tuner
+from sparekit.steering.gate import ProbeGate
+from sparekit.utils.distributed import barrier, rank_and_world
+from sparekit.utils.io import atomic_write_json
+from sparekit.utils.rundir import RunDir
+
+#: (pool, dev, test, behaviour data, gate or None, unsteered labels per seed): what every method's cells need
+_Shared = tuple[ConflictDataset, ConflictDataset, ConflictDataset, BehaviourData, ProbeGate | None,
+                dict[int, list[str]]]
+
+
+class SteeringBenchmark:
+    """Runs :class:`BenchConfig` on one model and dataset, caching every generation in ``out_dir``."""
+
+    def __init__(self, lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
+                 batch_size: int = 8, progress: bool = True, memorised_file: str | Path | None = None):
+        self.lm, self.dataset, self.config = lm, dataset, config
+        self.out = Path(out_dir)
+        #: the closed-book memorised ids (one file may serve several runs on the same model and dataset)
+        self.memorised_file = Path(memorised_file) if memorised_file is not None else self.out / "memorised.json"
+        self.batch_size, self.progress = batch_size, progress
+        self.run_dir = RunDir(self.out, "steering benchmark")
+        self.cells = Cells(lm, self.out, batch_size, dataset.context_match)
+        self.tuner = Tuner(lm, config, self.out, self.cells, progress)
+        config_record = {"kind": "bench-steer", "dataset": dataset.name, "n_rows": len(dataset),
+                         "dataset_sha256": dataset_fingerprint(dataset), "model": lm.info.name,
+                         "model_hash": lm.info.model_hash, **asdict(config)}
+        self.run_dir.prepare(config_record, ignore=EXTENSIBLE)
+
+    # -- what every method's cells share -------------------------------------------------------
+    def splits(self) -> Splits:
+        """(pool, dev, test) memorised items (:func:`~sparekit.steering.bench.data.benchmark_splits`)."""
+        memorised = memorised_items(self.lm, self.dataset, self.memorised_file, self.config.k_shot, self.batch_size)
+        return benchmark_splits(memorised, self.dataset, self.config)
+
+    def behaviour(self, pool: ConflictDataset) -> BehaviourData:
+        """The pool's behaviour data, cached in the run directory."""
+        return cached_behaviour(self.lm, pool, self.config, self.out, self.dataset.context_match, self.batch_size,
+                                self.progress)
+
+    def conflict_gate(self, pool: ConflictDataset, dev: ConflictDataset) -> ProbeGate:
+        """The conflict probe gating ``+gate`` methods: fitted on the pool, layer and threshold chosen on dev."""
+        return cached_gate(self.lm, pool, dev, self.config, self.out, self.batch_size)
+
+    def test_prompts(self, test: ConflictDataset, pool: ConflictDataset, context: str,
+                     seed: int) -> list[SteeringPrompt]:
+        return test_prompts(self.config, test, pool, context, seed)
+
+    def _shared(self) -> _Shared:
+        """What every method's cells need: the splits, behaviour data, the gate and the unsteered labels."""
+        pool, dev, test = self.splits()
+        data = self.behaviour(pool)
+        gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] for m in self.config.methods) else None
+        return pool, dev, test, data, gate, self._unsteered(test, pool)
+
+    def _unsteered(self, test: ConflictDataset, pool: ConflictDataset) -> dict[int, list[str]]:
+        """Unsteered labels on the conflict prompts, per seed (for the conditional metrics)."""
+        none = make_method("none")
+        labels = {}
+        for seed in self.config.seeds:
+            prompts = self.test_prompts(test, pool, "sub", seed)
+            preds = self.cells.get("test", "none", {}, none, prompts, "context", None, None, seed)
+            labels[seed] = [behaviour_label(p, q.example, self.dataset.context_match)
+                            for p, q in zip(preds, prompts)]  # type: ignore[arg-type]
+        return labels
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """The benchmark: every method tuned on dev and scored on test (``results.json``, then ``done``)."""
+        with self.run_dir.running():
+            return self._run()
+
+    def _run(self) -> dict:
+        rank, world = rank_and_world()
+        pool, dev, test, data, gate, baseline = self._run_share(rank, world) if world > 1 else self._shared()
+        labels = data.labels
+        summary: dict[str, Any] = {
+            "dataset": self.dataset.name, "model": self.lm.info.name, "model_hash": self.lm.info.model_hash,
+            "splits": {"pool_groups": len(pool.groups()), "dev_groups": len(dev.groups()),
+                       "test_items": len(test), "test_groups": len(test.groups())},
+            "behaviour": {"n": int(len(labels)), "uses_context": int((labels == 1).sum()),
+                          "uses_memory": int((labels == 0).sum()), **data.meta},
+            "seeds": list(self.config.seeds), "methods": {},
+        }
+        for label in tqdm(self.config.methods, desc="methods", disable=not self.progress or rank != 0):
+            summary["methods"][label] = self._evaluate(label, data, dev, test, pool, gate, baseline)
+            if rank == 0:
+                atomic_write_json(self.out / "results.json", summary)
+        return summary
+
+    def _run_share(self, rank: int, world: int) -> _Shared:
+        """Data-parallel phase (under ``torchrun`` / ``accelerate launch``): rank 0 builds what the methods
+        share while the others wait; then each rank tunes and tests its own methods (a method with its
+        gated and combined variants, which reuse its tuning); after the barrier every cell is on disk.
+        Returns what :meth:`_shared` returns, built once per rank."""
+        families = list(dict.fromkeys(method_kind(label)[0] for label in self.config.methods))
+        if world > len(families):
+            raise SparekitError(f"{world} ranks for {len(families)} methods: some ranks would have nothing to do",
+                                f"launch at most {len(families)} processes, or benchmark more methods")
+        shared = self._shared() if rank == 0 else None
+        barrier()
+        pool, dev, test, data, gate, baseline = shared or self._shared()  # the others read rank 0's files back
+        mine = families[rank::world]
+        for label in self.config.methods:
+            if method_kind(label)[0] in mine:
+                self._evaluate(label, data, dev, test, pool, gate, baseline)
+        barrier()
+        return pool, dev, test, data, gate, baseline
+
+    def _evaluate(self, label: str, data: BehaviourData, dev: ConflictDataset, test: ConflictDataset,
+                  pool: ConflictDataset, gate: ProbeGate | None, baseline: dict[int, list[str]]) -> dict[str, Any]:
+        """One method's test scores, mean ± std over seeds, its dev tuning, and its export."""
+        tuned = self.tuner.tune(label, data, dev, pool)
+        use_gate = gate if method_kind(label)[1] else None
+        per_seed: dict[str, list[float]] = {"em_memory": [], "em_context": [], "em_no_conflict": [],
+                                            "em_no_conflict_memory": [], "em_no_conflict_context": []}
+        moves: dict[str, list] = {"memory": [], "context": []}
+        bar = tqdm(total=len(self.config.seeds) * 4, desc=label, leave=False, disable=not self.progress)
+        for seed in self.config.seeds:
+            for toward in DIRECTIONS:
+                method, params = self.tuner.cell_method(label, tuned[toward], toward, data, dev, pool)
+                for context in ("sub", "org"):
+                    prompts = self.test_prompts(test, pool, context, seed)
+                    preds = self.cells.get("test", label, params, method, prompts, toward,
+                                           tuned[toward]["strength"], use_gate, seed)
+                    score = self.cells.score(preds, prompts, toward)  # type: ignore[arg-type]
+                    per_seed[f"em_{toward}" if context == "sub" else f"em_no_conflict_{toward}"].append(score)
+                    if context == "sub":
+                        after = [behaviour_label(p, q.example, self.dataset.context_match)
+                                 for p, q in zip(preds, prompts)]  # type: ignore[arg-type]
+                        moves[toward].append(conditional_metrics(baseline[seed], after))
+                    bar.update(1)
+            per_seed["em_no_conflict"].append((per_seed["em_no_conflict_memory"][-1]
+                                               + per_seed["em_no_conflict_context"][-1]) / 2)
+        bar.close()
+        result: dict[str, Any] = {name: mean_std(values) for name, values in per_seed.items()}
+        result["conditional"] = {toward: {key: mean_std([m[key] for m in runs]) for key in runs[0]}
+                                 for toward, runs in moves.items()}
+        result.update(tuned=tuned, per_seed=per_seed)
+        other = partner(label)[0]
+        if other is not None:  # a combination is not saved as one method: its parts' rows export theirs
+            result["tuned_partner"] = self.tuner.tune(other, data, dev, pool)
+        elif rank_and_world()[0] == 0:  # one writer: in a data-parallel run every rank evaluates every label
+            export_bundle(self.tuner, label, tuned, data, pool, gate)
+        return result
+
+    # -- the frontier ---------------------------------------------------------------------------
+    def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None,
+                 cached_only: bool = False) -> dict[str, Any]:
+        """Strength sweep per method and direction on test: EM toward the target vs EM without conflict
+        and vs the gold answer's per-token NLL without conflict (fluency).
+
+        Uses each method's dev-tuned parameters and its dev grid plus ``sweep_strengths``; the
+        frontier (not one setting) is the fair comparison between a dense vector and SpARE.
+        ``cached_only`` draws what earlier runs generated and skips points not yet computed.
+        """
+        with self.run_dir.lock():
+            pool, dev, test = self.splits()
+            data = self.behaviour(pool)
+            labels = labels or self.config.methods
+            gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] for m in labels) else None
+            seed = self.config.seeds[0] if seed is None else seed
+            prompts = {context: self.test_prompts(test, pool, context, seed) for context in ("sub", "org")}
+            curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, seed, cached_only)
+                              for toward in DIRECTIONS} for label in labels}
+            atomic_write_json(self.out / "frontier.json", curves)
+            return curves
+
+    def _sweep(self, label: str, toward: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset,
+               prompts: dict[str, list[SteeringPrompt]], gate: ProbeGate | None, seed: int,
+               cached_only: bool) -> list[dict[str, Any]]:
+        """One method's frontier toward ``toward``: a point per strength whose three cells exist."""
+        kind, gated = method_kind(label)
+        tuned = self.tuner.tune(label, data, dev, pool)[toward]
+        method, params = self.tuner.cell_method(label, tuned, toward, data, dev, pool)  # type: ignore[arg-type]
+        points = []
+        for strength in self.config.sweep(self.tuner.fit(kind, tuned["params"], data)):
+            cell = ("test", label, params, method)
+            args = (toward, strength, gate if gated else None, seed)
+            conflict = self.cells.get(*cell, prompts["sub"], *args, cached_only=cached_only)
+            no_conflict = self.cells.get(*cell, prompts["org"], *args, cached_only=cached_only)
+            nll = self.cells.get(*cell, prompts["org"], *args, "nll", cached_only=cached_only)
+            if conflict is None or no_conflict is None or nll is None:
+                continue
+            points.append({"strength": strength, "em_target": self.cells.score(conflict, prompts["sub"], toward),
+                           "em_no_conflict": self.cells.score(no_conflict, prompts["org"], toward),
+                           "answer_nll_no_conflict": float(np.mean(nll))})
+        return points
+
+
+def _held_out_runners(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out: Path, batch_size: int,
+                      progress: bool) -> Iterator[tuple[str, SteeringBenchmark]]:
+    """One benchmark per held-out relation, in ``<out>/held-out-<relation>``, sharing one closed-book pass."""
+    for relation in held_out_relations(dataset):
+        yield relation, SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
+                                          out / f"held-out-{relation}", batch_size, progress,
+                                          memorised_file=out / "memorised.json")
+
+
+def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
+                           batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+    """The benchmark once per relation held out (``<out>/held-out-<relation>``), and the mean over relations.
+
+    Each run fits behaviour data, methods and the gate, and tunes on dev, using the other
+    relations only, then tests on the held-out relation. ``methods[label][metric]`` is the
+    mean over held-out relations of each run's mean over seeds, with the std across relations.
+    """
+    relations = held_out_relations(dataset)
+    out = Path(out_dir)
+    with RunDir(out, "leave-one-relation-out benchmark").running():
+        runs = {relation: runner.run()
+                for relation, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress)}
+        summary = {"split_by": "relation", "dataset": dataset.name, "model": lm.info.name,
+                   "model_hash": lm.info.model_hash, "relations": relations,
+                   "methods": {label: {metric: mean_std([runs[r]["methods"][label][metric]["mean"]
+                                                         for r in relations])
+                                       for metric in HEADLINE} for label in config.methods},
+                   "held_out": runs}
+        atomic_write_json(out / "results.json", summary)
+    return summary
+
+
+def leave_one_relation_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig,
+                                    out_dir: str | Path, batch_size: int = 8, progress: bool = True,
+                                    cached_only: bool = False) -> dict[str, Any]:
+    """The frontier of each held-out run of :func:`leave_one_relation_out` (same folders), and the mean
+    curve over relations: a point per strength computed on every held-out relation."""
+    relations = held_out_relations(dataset)
+    out = Path(out_dir)
+    with RunDir(out, "leave-one-relation-out frontier").running():
+        held_out = {relation: runner.frontier(cached_only=cached_only)
+                    for relation, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress)}
+        result = {"relations": relations, "mean": mean_frontier(list(held_out.values())), "held_out": held_out}
+        atomic_write_json(out / "frontier.json", result)
+    return result

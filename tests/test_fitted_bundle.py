@@ -1,0 +1,153 @@
+"""The fitted bundle: one folder layout for what the benchmark exports, `steer`, `serve`, `export` and the
+shipped assets read; `sparekit.load` the one loader, refusing what a caller did not ask for in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sparekit
+from sparekit.cli.main import main
+from sparekit.data.dataset import ConflictExample
+from sparekit.errors import SparekitError
+from sparekit.models.tiny import tiny_model
+from sparekit.probes.linear import LinearProbe
+from sparekit.steering import BehaviourData, FittedBundle, FittedSteering, SteeringMethod, SteeringPrompt, make_method
+from sparekit.steering.fitted import shipped_root
+from sparekit.steering.gate import ProbeGate
+from sparekit.utils.io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = "context: Paris is in France.\nquestion: Where is Paris?\nanswer: France\n\n"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def bundle(lm) -> FittedBundle:
+    """actadd at layer 1 per direction (different strengths) and a gate at layer 2 that fires on some rows."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, lm.info.d_model)).astype(np.float32), np.tile([0, 1], 32)
+    behaviour = BehaviourData(prompts=[], labels=y, hidden={1: torch.as_tensor(X) * 4})
+    probe = LinearProbe(seed=0, site="resid.2", model_hash=lm.info.model_hash, epochs=5).fit(X, y)
+    directions = {"memory": FittedSteering(make_method("actadd", layer=1).fit(behaviour), 4.0, (DEMO,), {"layer": 1},
+                                           0.5),
+                  "context": FittedSteering(make_method("actadd", layer=1).fit(behaviour), 2.0, (DEMO,))}
+    return FittedBundle("actadd", directions, (DEMO,), lm.info.model_hash,  # type: ignore[arg-type]
+                        ProbeGate(probe, layer=2, threshold=0.5))
+
+
+def _answers(lm, bundle: FittedBundle) -> list[str]:
+    prompts = [SteeringPrompt(ConflictExample(id=str(i), question=f"Where is {town}?", org_context=f"{town} is here.",
+                                              org_answer=(), sub_context=f"{town} is there.", sub_answer=()),
+                              "sub", bundle.demos) for i, town in enumerate(["Paris", "Rome", "Oslo"])]
+    out = []
+    for toward, fitted in bundle.directions.items():
+        with fitted.method.steer(lm, toward=toward, strength=fitted.strength, gate=bundle.gate) as steered:
+            out += steered.generate(prompts)
+    return out
+
+
+def test_a_saved_bundle_loads_back_and_generates_the_same(lm, bundle, tmp_path):
+    folder = bundle.save(tmp_path / "actadd")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "context", "gate", "memory",
+                                                         "tensors.safetensors"]
+    loaded = sparekit.load(folder, model_hash=lm.info.model_hash)
+    assert isinstance(loaded, FittedBundle) and loaded.folder == folder and loaded.demos == (DEMO,)
+    assert (loaded["memory"].strength, loaded["memory"].params, loaded["memory"].dev_em) == (4.0, {"layer": 1}, 0.5)
+    assert loaded["context"].strength == 2.0 and loaded.require_gate().threshold == 0.5
+    assert _answers(lm, loaded) == _answers(lm, bundle)
+    # saved again over itself: replaced whole, no temporary folder left beside it
+    loaded.save(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["actadd"]
+
+
+def test_a_failed_save_leaves_the_old_bundle_whole(bundle, tmp_path, monkeypatch):
+    folder = bundle.save(tmp_path / "actadd")
+    before = (folder / "config.json").read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ProbeGate, "save", broken)
+    with pytest.raises(OSError):
+        FittedBundle("other", bundle.directions, (), None, bundle.gate).save(folder)
+    assert (folder / "config.json").read_text() == before and [p.name for p in tmp_path.iterdir()] == ["actadd"]
+
+
+def test_load_refuses_what_the_caller_did_not_ask_for_in_one_line(lm, bundle, tmp_path):
+    folder = bundle.save(tmp_path / "actadd")
+    assert isinstance(sparekit.load(folder / "memory", expect=SteeringMethod), SteeringMethod)
+    with pytest.raises(SparekitError, match=r"holds a 'probe_gate' \(ProbeGate\), not a SteeringMethod"):
+        sparekit.load(folder / "gate", expect=SteeringMethod)
+    with pytest.raises(SparekitError, match=r"holds a 'fitted_steering' \(FittedBundle\), not a SteeringMethod"):
+        sparekit.load(folder, expect=SteeringMethod)
+    with pytest.raises(SparekitError, match=r"no saved SteeringMethod at .* \(no config.json naming a kind\)"):
+        sparekit.load(tmp_path, expect=SteeringMethod)
+    with pytest.raises(SparekitError, match="holds a 'probe_gate', not a 'fitted_steering'"):
+        FittedBundle.load(folder / "gate")
+    with pytest.raises(SparekitError, match="was tuned on another model"):
+        FittedBundle.load(folder, model_hash="0" * 64)
+    with pytest.raises(SparekitError, match="no fitted method for direction 'memory'"):
+        FittedBundle("x", {"context": bundle["context"]})["memory"]  # type: ignore[index]
+
+
+def _old_layout(tmp_path: Path) -> Path:
+    """The shipped SpARE in the layout before bundles: tuned.json per direction, the gate beside the label."""
+    root = tmp_path / "steering" / "spare"
+    bundle = FittedBundle.load(shipped_root("spare"))
+    for toward, fitted in bundle.directions.items():
+        fitted.method.save(root / toward)
+        atomic_write_json(root / toward / "tuned.json", {"params": fitted.params, "strength": fitted.strength,
+                                                         "dev_em": fitted.dev_em, "toward": toward, "label": "spare",
+                                                         "model_hash": bundle.model_hash,
+                                                         "demos": list(bundle.demos)})
+    bundle.require_gate().save(root.parent / "gate")
+    return root
+
+
+def test_an_old_folder_is_one_error_line_and_the_migration_rewrites_it(tmp_path, capsys):
+    old = _old_layout(tmp_path)
+    assert main(["export", "control-vector", str(old), "--out", str(tmp_path / "v.gguf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "fitted folder of an older sparekit (tuned.json per direction)" in err
+    assert "scripts/migrate_artifacts.py" in err and not (tmp_path / "v.gguf").exists()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "migrate_artifacts.py"), str(tmp_path / "steering")],
+                   check=True, capture_output=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    migrated, shipped = FittedBundle.load(old), FittedBundle.load(shipped_root("spare"))
+    assert not (old / "memory" / "tuned.json").exists() and migrated.demos == shipped.demos
+    for toward in ("memory", "context"):
+        assert (migrated[toward].strength, migrated[toward].params) == (shipped[toward].strength,  # type: ignore
+                                                                        shipped[toward].params)  # type: ignore
+    assert json.loads((old / "gate" / "config.json").read_text())["params"] == \
+        json.loads((shipped_root("spare") / "gate" / "config.json").read_text())["params"]
+
+
+def test_the_shipped_assets_are_one_bundle_with_the_tuned_numbers():
+    shipped = FittedBundle.load(shipped_root("spare"))
+    assert (shipped["memory"].strength, shipped["context"].strength) == (2.0, 1.0)
+    assert (shipped["memory"].dev_em, shipped["context"].dev_em) == (0.578125, 0.90625)
+    assert shipped.require_gate().site.layer == 10 and shipped.label == "spare"
+    assert not list(shipped_root("spare").parent.glob("gate"))  # the gate lives in the bundle only
+
+
+def test_damaged_settings_are_one_error_line(tmp_path, bundle):
+    folder = bundle.save(tmp_path / "actadd")
+    config = json.loads((folder / "config.json").read_text())
+    config["params"]["demos"] = "not a list"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SparekitError, match="'demos' must be a list of strings"):
+        FittedBundle.load(folder)
+    shutil.rmtree(folder)
+    with pytest.raises(SparekitError, match="no fitted method in .*missing config.json"):
+        FittedBundle.load(folder)
