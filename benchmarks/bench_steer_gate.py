@@ -22,9 +22,8 @@ import torch
 from sparekit.cli.steer import steer_question
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample
-from sparekit.data.prompts import demos_for
 from sparekit.models import load_model
-from sparekit.probes.detect import detect_prompt, probes_for
+from sparekit.probes.detect import detect_prompt, probes_for, prompt_builder
 from sparekit.steering import SteeringPrompt, make_method
 from sparekit.steering.fitted import FittedBundle, shipped_root
 
@@ -35,7 +34,8 @@ def four_passes(lm, context: str, question: str) -> tuple[str, str, float]:
     loaded = bundle["memory"]
     example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
                               sub_answer=())
-    prompt = SteeringPrompt(example, "sub", tuple(demos_for(question, loaded.demos, 3)))
+    builder = prompt_builder(lm)
+    prompt = SteeringPrompt(example, "sub", tuple(builder.demos(question)), builder.format)
     with make_method("none").steer(lm, toward="memory") as plain:
         unsteered = plain.generate([prompt])[0]
     with loaded.method.steer(lm, toward="memory", strength=loaded.strength, gate=bundle.require_gate()) as s:
@@ -44,7 +44,8 @@ def four_passes(lm, context: str, question: str) -> tuple[str, str, float]:
 
 
 def two_passes(lm, context: str, question: str) -> tuple[str, str, float]:
-    result = steer_question(lm, context, question, "memory", "spare", None, None, gated=True, probes=probes_for(lm))
+    result = steer_question(lm, context, question, "memory", "spare", None, None, prompt_builder(lm), gated=True,
+                            probes=probes_for(lm))
     return result["unsteered"], result["steered"], result["detection"]["conflict_probability"]
 
 

@@ -25,12 +25,12 @@ from sparekit.evaluation.metrics import behaviour_label, exact_match
 from sparekit.models import load_model
 from sparekit.probes.detect import load_probes, request_shots, resolve_probe_dir
 from sparekit.probes.reading import read_prompts
-from sparekit.steering.fitted import shipped_root
+from sparekit.steering.fitted import FittedBundle, shipped_root
 
 
 def candidates(data) -> dict[str, tuple[Shot, ...]]:
     """The three sets of demonstrations the entry points took before they shared one."""
-    tuned = json.loads((shipped_root("spare") / "memory" / "tuned.json").read_text())["demos"]
+    tuned = FittedBundle.load(shipped_root("spare"))["memory"].demos
     france = next(ex for ex in data if ex.id == "capital-FR")
     drawn = demo_examples(data, france.group, 3, random.Random(0))
     return {"probes' detect.json": request_shots(), "SpARE's tuned.json": tuple(parse_shot(d) for d in tuned),

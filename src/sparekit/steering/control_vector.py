@@ -4,7 +4,7 @@ A control vector is one vector per layer added to the residual stream
 (:class:`~sparekit.steering.base.ControlVector`). ``export_control_vector``
 writes what a fitted sparekit method adds (:meth:`SteeringMethod.control_vector`) in the
 format llama.cpp loads natively (``--control-vector x.gguf``, ``--control-vector-scaled x.gguf S``)
-and repeng writes; ``load_method("x.gguf")`` brings such a file back as a ``cvec`` method
+and repeng writes; ``sparekit.load("x.gguf")`` brings such a file back as a ``cvec`` method
 (:class:`~sparekit.steering.baselines.VectorSteering`).
 
 **Layer index** (read in llama.cpp's source, not measured): ``common_control_vector_load_one``

@@ -2,7 +2,7 @@
 
 Fitted, it is ActAdd at several layers: ``v_L = mean_context(h_L) - mean_memory(h_L)``, the edit
 ``h_L + sign · strength · v_L`` (what repeng's and llama.cpp's ``cvector-generator --method mean``
-compute). It is also what ``load_method("x.gguf")`` makes of a llama.cpp / repeng control vector
+compute). It is also what ``sparekit.load("x.gguf")`` makes of a llama.cpp / repeng control vector
 (:mod:`sparekit.steering.control_vector`).
 """
 
