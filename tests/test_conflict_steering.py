@@ -23,7 +23,7 @@ from sparekit.hooks import Hooks, Site
 from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
 from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
-from sparekit.steering.baselines.dola import jensen_shannon
+from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.steering.baselines.juice import DualRun, scale_heads
 from sparekit.steering.output_effect import answer_first_tokens
 

@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from sparekit.errors import SparekitError
+from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.evaluation.generation import greedy_generate, tokenize
 from sparekit.evaluation.harness import MAX_NEW_TOKENS
 from sparekit.evaluation.metrics import exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import MAX_PROMPT_TOKENS, check_prompt, describe, load_probes
 from sparekit.probes.reading import ProbeSet, read_prompts
-from sparekit.steering.baselines.dola import jensen_shannon
+from sparekit.utils.arrays import to_numpy
 from sparekit.utils.io import atomic_write_json, read_json_object
 from sparekit.utils.registry import unknown_name
 
@@ -75,7 +76,7 @@ def next_token_log_probs(lm: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
 
 def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
     """Per-row JSD (natural log, in [0, ln 2]) of two ``[n, vocab]`` log-distributions."""
-    return jensen_shannon(log_with, log_without).clamp(min=0).numpy().astype(np.float64)
+    return to_numpy(jensen_shannon(log_with, log_without).clamp(min=0)).astype(np.float64)
 
 
 def disagreement(with_answers: Sequence[str], without_answers: Sequence[str]) -> np.ndarray:

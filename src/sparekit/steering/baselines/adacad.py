@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.steering.base import register
 from sparekit.steering.baselines.cad import ContextAwareDecoding, ContextContrast
-from sparekit.steering.baselines.dola import jensen_shannon
 
 
 class AdaptiveContextContrast(ContextContrast):

@@ -21,19 +21,12 @@ import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from sparekit.errors import SparekitError
+from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.hooks import Hooks, Site
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, Direction, SteeringMethod, SteeringPrompt, register
 from sparekit.steering.output_effect import logit_lens
 from sparekit.steering.shadow import ShadowForward
-
-
-def jensen_shannon(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """JSD between rows of two log-distributions ``[..., vocab]`` -> ``[...]``."""
-    log_m = torch.logaddexp(log_p, log_q) - math.log(2)
-    kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
-    kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
-    return 0.5 * (kl_pm + kl_qm)
 
 
 def dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor, plausibility: float) -> torch.Tensor:
