@@ -29,7 +29,7 @@ from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, split_by_group
 from sparekit.data.dataset import held_out_values
 from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat, prompt_format
-from sparekit.data.prompts import THREE_SHOT
+from sparekit.data.prompts import THREE_SHOT, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
 from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
@@ -37,6 +37,10 @@ from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
+from sparekit.probes.plots import plot_components, plot_layer_metrics
+from sparekit.probes.stats import compare_behaviours
+from sparekit.utils.env import seed_everything
+from sparekit.utils.io import atomic_write_json
 from sparekit.utils.config import check_components, config_dict, device_field, device_map_field, model_field, option, parse_layers
 
 TARGETS = ("conflict", "source")
@@ -244,6 +248,18 @@ def fit_probe(data: ProbingData, target: str, site: Site, seed: int, model_hash:
     return LinearProbe(seed=seed, site=str(site), model_hash=model_hash, **(probe_params or {})).fit(X, y)
 
 
+def _tables(sites: dict[str, list[Site]], comps: list[str], score: Callable[[str, Site], dict]) -> dict:
+    """Per component and target, the layer table; a target without enough data gets an ``error``."""
+    out: dict = {}
+    for c in comps:
+        for t in TARGETS:
+            try:
+                out.setdefault(c, {})[t] = layer_table({s: score(t, s) for s in sites[c]}, sites[c])
+            except SparekitError as exc:
+                out.setdefault(c, {})[t] = {"error": str(exc)}
+    return out
+
+
 @dataclass
 class ProbeExperiment:
     """``sparekit probe``: per-layer conflict/source probes on a dataset, saved with plots in a run directory."""
@@ -299,14 +315,39 @@ class ProbeExperiment:
         with RunDir(run_dir, "probe run").session(config, experiment=config_dict(self)):
             return self._run(lm, data_a, data_b, layer_list, comps, run_dir, progress)
 
+    def _held_out_tables(self, train: ProbingData, sites: dict[str, list[Site]], comps: list[str],
+                         seeds: list[int]) -> tuple[dict, dict | None]:
+        """Per component, the layer tables on held-out groups (``split_by`` group) or the mean over held-out
+        relations / kinds, with each fold's table of the main component."""
+        if self.split_by == "group":
+            return _tables(sites, comps, lambda t, s: cross_validate(train, t, s, seeds, TEST_FRACTION)), None
+        cache: dict = {}
+
+        def held_out(t: str, s: Site, fold: str) -> dict:
+            if (t, s) not in cache:
+                cache[t, s] = leave_one_out(train, t, s, seeds, PROBE_PARAMS, self.split_by)
+            if fold not in cache[t, s]:
+                raise SparekitError(f"held-out {self.split_by} {fold!r} has a single {t} class")
+            return cache[t, s][fold]
+
+        per_fold = {v: _tables(sites, comps, lambda t, s: held_out(t, s, v))[comps[0]]
+                    for v in held_out_values(train.items, self.split_by)}
+        return _tables(sites, comps, lambda t, s: held_out(t, s, "mean")), per_fold
+
+    def _save_probes(self, lm: LoadedModel, train: ProbingData, data_a: ConflictDataset, result: dict,
+                     probes_dir: Path) -> Path:
+        """The best layer's probe per fitted target, and ``detect.json``: the demonstrations request-time
+        prompts take (:func:`~sparekit.probes.detect.request_shots`)."""
+        for target in (t for t in TARGETS if "error" not in result[t]):
+            site = Site(result[target]["best_layer"], result["component"])
+            fit_probe(train, target, site, self.seeds[0], lm.info.model_hash, PROBE_PARAMS).save(probes_dir / target)
+        demos = sample_demos(data_a, "", self.k_shot, "org_org", random.Random(f"{PROMPT_SEED}:detect"))
+        atomic_write_json(probes_dir / "detect.json", {"model": self.model, "model_hash": lm.info.model_hash,
+                                                       "demos": demos})
+        return probes_dir
+
     def _run(self, lm: LoadedModel, data_a: ConflictDataset, data_b: ConflictDataset | None, layer_list: list[int],
              comps: list[str], run_dir: Path, progress: bool) -> dict:
-        from sparekit.data.prompts import sample_demos
-        from sparekit.probes.plots import plot_components, plot_layer_metrics
-        from sparekit.probes.stats import compare_behaviours
-        from sparekit.utils.env import seed_everything
-        from sparekit.utils.io import atomic_write_json
-
         seeds = list(self.seeds)
         seed_everything(seeds[0])
         sites = {c: [Site(layer, c) for layer in layer_list] for c in comps}
@@ -317,33 +358,8 @@ class ProbeExperiment:
         test = data_b and collect(lm, data_b, all_sites, run_dir / "data-eval", k_shot=self.k_shot,
                                   prompt_seed=PROMPT_SEED, batch_size=self.batch_size, progress=progress, fmt=fmt)
 
-        def tables(score: Callable[[str, Site], dict]) -> dict:
-            """Per component and target, the layer table; a target without enough data gets an ``error``."""
-            out: dict = {}
-            for c in comps:
-                for t in TARGETS:
-                    try:
-                        out.setdefault(c, {})[t] = layer_table({s: score(t, s) for s in sites[c]}, sites[c])
-                    except SparekitError as exc:
-                        out.setdefault(c, {})[t] = {"error": str(exc)}
-            return out
-
         main = comps[0]
-        if self.split_by != "group":
-            cache: dict = {}
-
-            def held_out(t: str, s: Site, fold: str) -> dict:
-                if (t, s) not in cache:
-                    cache[t, s] = leave_one_out(train, t, s, seeds, PROBE_PARAMS, self.split_by)
-                if fold not in cache[t, s]:
-                    raise SparekitError(f"held-out {self.split_by} {fold!r} has a single {t} class")
-                return cache[t, s][fold]
-
-            by_component = tables(lambda t, s: held_out(t, s, "mean"))
-            per_fold = {v: tables(lambda t, s: held_out(t, s, v))[main]
-                        for v in held_out_values(train.items, self.split_by)}
-        else:
-            by_component = tables(lambda t, s: cross_validate(train, t, s, seeds, TEST_FRACTION))
+        by_component, per_fold = self._held_out_tables(train, sites, comps, seeds)
         result = {"model": lm.info.name, "model_hash": lm.info.model_hash, "dataset": data_a.name,
                   "n_items": len(train.items), "counts": train.counts(), "layers": layer_list, "component": main,
                   "split_by": self.split_by, **by_component[main]}
@@ -353,19 +369,13 @@ class ProbeExperiment:
             result["components"] = by_component
         if test:
             result["eval"] = {"dataset": data_b.name, "n_items": len(test.items), "counts": test.counts(),
-                              **tables(lambda t, s: transfer(train, test, t, s, seeds))[main]}
+                              **_tables(sites, comps, lambda t, s: transfer(train, test, t, s, seeds))[main]}
         if "resid" in sites and "error" not in result["source"]:
             labels = [int(b == "context") for b in train.behaviour if b in ("context", "memory")]
             per_layer = [compare_behaviours(train.target("source", s)[0], labels) for s in sites["resid"]]
             result["stats"] = {name: {k: [row[name][k] for row in per_layer] for k in per_layer[0][name]}
                                for name in per_layer[0]}
-        probes_dir = run_dir / "probes"
-        for target in (t for t in TARGETS if "error" not in result[t]):
-            site = Site(result[target]["best_layer"], main)
-            fit_probe(train, target, site, seeds[0], lm.info.model_hash, PROBE_PARAMS).save(probes_dir / target)
-        demos = sample_demos(data_a, "", self.k_shot, "org_org", random.Random(f"{PROMPT_SEED}:detect"))
-        atomic_write_json(probes_dir / "detect.json", {"model": self.model, "model_hash": lm.info.model_hash,
-                                                       "demos": demos})
+        probes_dir = self._save_probes(lm, train, data_a, result, run_dir / "probes")
         plot = plot_layer_metrics(result, run_dir / "probe_metrics.png",
                                   f"{lm.info.name}: linear probes on the {main} stream, {data_a.name} "
                                   f"({len(train.items)} memorised items, {len(seeds)} seeds)")
