@@ -110,3 +110,14 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
         result = json.loads(capsys.readouterr().out)
         assert result["detector"] == detector and 0 <= result["conflict_probability"] <= 1
     assert result["probe_conflict_probability"] is not None and "in_distribution" in result
+
+
+def test_the_shipped_probes_carry_both_combinations():
+    """`detect --detector probe+jsd / probe+disagreement` work on the shipped probes out of the box."""
+    from sparekit.models.assets import default_assets
+    from sparekit.probes.training_free import load_combination
+
+    folder = default_assets().probes
+    for signal in ("jsd", "disagreement"):
+        combination = load_combination(folder, signal)
+        assert combination.coef[1] > 0  # more divergence / disagreement reads as more conflict

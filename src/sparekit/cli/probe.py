@@ -14,8 +14,9 @@ from sparekit.data.prompts import format_block
 from sparekit.errors import SparekitError
 from sparekit.probes.experiment import ProbeExperiment
 
-#: dev ranks probe+disagreement first, but it needs a combination fitted for the probe folder in use (the
-#: shipped folder has none yet) and a context line in the prompt: BENCHMARKS.md, "Training-free detectors"
+#: dev ranks probe+disagreement first, but it costs 3-6x the probe's time, needs a combination fitted for the
+#: probe folder in use (the shipped probes carry one) and a context line in the prompt, so the probe stays the
+#: default: BENCHMARKS.md, "Training-free detectors"
 DEFAULT_DETECTOR = "probe"
 
 
@@ -80,7 +81,8 @@ def probe(config: ProbeExperiment, as_json: bool) -> None:
 @click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
               help="probe, jsd (with/without-context divergence: +2 prompt passes), disagreement (closed-book "
                    "answer differs: +2 generations), probe+jsd or probe+disagreement (needs the probe folder's "
-                   "detectors.json). BENCHMARKS.md, training-free detectors, compares them.")
+                   "detectors.json; the shipped probes have one). BENCHMARKS.md, training-free detectors, "
+                   "compares them.")
 @device_option
 @device_map_option
 @json_option
