@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from sparekit.cli.steer import steer_question
+from sparekit.steering.question import steer_question
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample
 from sparekit.models import load_model

@@ -63,7 +63,7 @@ def test_demo_runs_on_shipped_artefacts(capsys):
 def test_demo_table_items_were_held_out_of_the_shipped_tuning():
     """No shipped demonstration (drawn from the tuning run's pool) and none of the request-time ones the
     table's prompts take asks a question of the demo table."""
-    from sparekit.cli.demo import HELD_OUT_ITEMS
+    from sparekit.steering.demo import HELD_OUT_ITEMS
     from sparekit.data import load_dataset
     from sparekit.probes.detect import request_shots
     from sparekit.steering.fitted import FittedBundle, shipped_root

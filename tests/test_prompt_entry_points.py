@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from serve_helpers import post, serving  # noqa: E402
 
 import sparekit  # noqa: E402
-from sparekit.cli.demo import read_contexts  # noqa: E402
+from sparekit.probes.detect import read_contexts  # noqa: E402
 from sparekit.cli.main import main  # noqa: E402
 from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir  # noqa: E402
 from sparekit.serve import Limits, build_engine  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 
 from serve_helpers import fit_assets
 
-from sparekit.cli.steer import steer_question
+from sparekit.steering.question import steer_question
 from sparekit.data.dataset import ConflictExample
 from sparekit.evaluation.generation import greedy_generate
 from sparekit.hooks import Hooks, Site

@@ -10,7 +10,7 @@ import sys
 import click
 from click.testing import CliRunner
 
-from sparekit.cli.config import dataclass_options
+from sparekit.cli.config import config_options
 from sparekit.cli.serve import serve
 from sparekit.serve.limits import Limits
 
@@ -30,9 +30,9 @@ def test_limits_are_built_by_name_whatever_the_field_order():
                       for f in reversed(dataclasses.fields(Limits))], frozen=True)
 
     @click.command()
-    @dataclass_options(reordered, "limits")
-    def show(limits) -> None:
-        click.echo(json.dumps(dataclasses.asdict(limits)))
+    @config_options(reordered)
+    def show(config) -> None:
+        click.echo(json.dumps(dataclasses.asdict(config)))
 
     args = ["--max-queue", "7", "--max-batch", "3", "--drain-timeout", "5", "--max-tokens", "9"]
     result = CliRunner().invoke(show, args)
@@ -40,6 +40,14 @@ def test_limits_are_built_by_name_whatever_the_field_order():
     values = json.loads(result.output)
     assert Limits(**values) == Limits(max_queue=7, max_batch=3, drain_timeout_s=5.0, max_tokens=9)
     assert CliRunner().invoke(show, ["--max-batch", "0"]).exit_code == 2  # bounds come from the field too
+
+
+def test_the_server_gets_its_limits_by_name():
+    """``ServeCommand`` carries Limits' fields as options and hands them to the app as a :class:`Limits`."""
+    from sparekit.commands.serve import ServeCommand
+
+    command = ServeCommand(max_batch=3, drain_timeout_s=5.0, port=9000)
+    assert command.limits() == Limits(max_batch=3, drain_timeout_s=5.0)
 
 
 def test_limits_need_no_fastapi():

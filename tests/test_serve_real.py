@@ -11,7 +11,7 @@ openai = pytest.importorskip("openai")
 
 from serve_helpers import get, metric, post, serving  # noqa: E402
 
-from sparekit.cli.steer import steer_question  # noqa: E402
+from sparekit.steering.question import steer_question  # noqa: E402
 from sparekit.probes.detect import detect_prompt, prompt_builder  # noqa: E402
 from sparekit.serve import Limits, build_engine  # noqa: E402
 

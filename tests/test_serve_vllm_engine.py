@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from sparekit.cli.serve import VLLM_EXTENSION, VLLM_MIDDLEWARE, vllm_command
+from sparekit.serve.vllm import VLLM_EXTENSION, VLLM_MIDDLEWARE, vllm_command
 
 
 def free_port() -> int:

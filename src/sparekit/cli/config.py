@@ -1,9 +1,10 @@
 """Click options generated from an experiment's config dataclass.
 
 ``@config_options(Cls)`` adds one option per field of ``Cls`` (name, help, choices and
-bounds from the field's metadata, see :mod:`sparekit.utils.config`), plus ``--config FILE``
-and ``--dry-run``. The command receives ``config``, a ``Cls`` resolved with the precedence
-command line > ``--config`` file > the dataclass defaults; ``--dry-run`` prints it as JSON
+bounds from the field's metadata, see :mod:`sparekit.utils.config`; a field without a default is
+required, one marked ``argument=True`` is positional), plus ``--config FILE`` and ``--dry-run``.
+The command receives ``config``, a ``Cls`` resolved with the precedence command line >
+``--config`` file > the dataclass defaults, built by keyword; ``--dry-run`` prints it as JSON
 and stops before any work.
 """
 
@@ -54,13 +55,16 @@ def _parser(name: str, meta: dict, hint: Any) -> Callable[[Any], Any]:
             return None
         if origin is tuple:
             kind = typing.get_args(base)[0]
-            text = value if isinstance(value, str) else ",".join(map(str, value if isinstance(value, list | tuple)
-                                                                     else [value]))
-            items = parse_list(text, kind, flag)  # a config file's list or number reads like the option's text
+            if meta.get("multiple") and isinstance(value, list | tuple):  # one value per use: commas are text
+                items = tuple(kind(x) for x in value)
+            else:
+                text = value if isinstance(value, str) else ",".join(map(str, value if isinstance(value, list | tuple)
+                                                                         else [value]))
+                items = parse_list(text, kind, flag)  # a config file's list or number reads like the option's text
             if not items and not meta.get("multiple"):
                 raise SparekitError(f"{flag} is empty", "give at least one value")
             repeated = sorted({str(x) for x in items if items.count(x) > 1})
-            if repeated:  # a repeated seed or layer would be counted twice in means and tables
+            if repeated and meta.get("distinct", True):  # a repeated seed or layer would be counted twice
                 raise SparekitError(f"{flag} repeats {', '.join(repeated)}", "give each value once")
             return items
         if base is dict or origin is dict:
@@ -97,18 +101,23 @@ def _click_type(meta: dict, base: Any) -> click.ParamType | None:
 
 def _option(field: dataclasses.Field, meta: dict, hint: Any) -> Callable:
     base, _ = _shape(hint)
-    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+    required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    default = None if required else field.default if field.default is not dataclasses.MISSING \
+        else field.default_factory()  # type: ignore[misc]
+    if meta.get("argument"):  # a positional argument (CONTEXT, QUESTION): its help is the command's docstring
+        return click.argument(field.name, required=required, default=default)
     names = [_flag(field.name, meta), *([meta["short"]] if "short" in meta else []), field.name]
-    if base is bool:
-        return click.option(*names, is_flag=True, default=default, help=meta.get("help"))
+    if base is bool:  # --gate/--no-gate shows its default; a plain --flag is off unless given
+        return click.option(*names, is_flag=True, default=default, show_default="/" in names[0], help=meta.get("help"))
     if meta.get("multiple"):  # a repeatable option (--sae A --sae B), not a comma list
-        return click.option(*names, multiple=True, default=default, help=meta.get("help"))
+        return click.option(*names, multiple=True, default=default, metavar=meta.get("metavar"), help=meta.get("help"))
     shown: Any = default
     if isinstance(default, tuple):
         shown = ",".join(map(str, default))
     elif isinstance(default, dict):
         shown = json.dumps(default) if default else None
-    return click.option(*names, type=_click_type(meta, base), default=shown, show_default=shown is not None,
+    return click.option(*names, type=_click_type(meta, base), default=shown, required=required,
+                        show_default=meta.get("show_default", shown is not None), metavar=meta.get("metavar"),
                         help=meta.get("help"))
 
 
@@ -169,22 +178,6 @@ def _field_options(cls: type) -> list[Callable]:
     return [_option(f, _meta(cls, f), hints[f.name]) for f in _cli_fields(cls)]
 
 
-def dataclass_options(cls: type, param: str) -> Callable[[Callable], Callable]:
-    """Decorate a click command: options from ``cls``'s fields; passes ``param=cls(...)``, built by keyword."""
-
-    def decorate(command: Callable) -> Callable:
-        @functools.wraps(command)
-        def wrapper(**kwargs: Any) -> Any:
-            values = {f.name: kwargs.pop(f.name) for f in _cli_fields(cls)}
-            return command(**{param: cls(**values)}, **kwargs)
-
-        for option in reversed(_field_options(cls)):
-            wrapper = option(wrapper)
-        return wrapper
-
-    return decorate
-
-
 def _check_datasets(config: Any) -> None:
     """Refuse in ``--dry-run`` a dataset name the run would refuse (``--dataset nqswp``)."""
     for name in DATASET_FIELDS:
@@ -214,6 +207,7 @@ def config_options(cls: type) -> Callable[[Callable], Callable]:
                  click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON and stop.")]
         for option in reversed([*_field_options(cls), *extra]):
             wrapper = option(wrapper)
+        wrapper.__config__ = cls  # type: ignore[attr-defined]  (tests/test_cli_configs.py reads it)
         return wrapper
 
     return decorate

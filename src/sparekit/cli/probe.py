@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from sparekit.cli.common import device_map_option, device_option, emit, json_option, no_verify_option, \
-    prompt_format_option
+from sparekit.cli.common import emit, json_option, no_verify_option
 from sparekit.cli.config import config_options
-from sparekit.data.formats import DEFAULT_FORMAT
-from sparekit.data.prompts import format_block
-from sparekit.errors import SparekitError
+from sparekit.commands.detect import DetectCommand
 from sparekit.probes.experiment import ProbeExperiment
-
-#: dev ranks probe+disagreement first, but it costs 3-6x the probe's time, needs a combination fitted for the
-#: probe folder in use (the shipped probes carry one) and a context line in the prompt, so the probe stays the
-#: default: BENCHMARKS.md, "Training-free detectors"
-DEFAULT_DETECTOR = "probe"
 
 
 def _render_table(result: dict) -> str:
@@ -66,62 +56,16 @@ def probe(config: ProbeExperiment, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("prompt", required=False)
-@click.option("--question", default=None, help="Build the prompt from a question …")
-@click.option("--context", "contexts", multiple=True,
-              help="… and a context, repeatable for several passages (in --prompt-format; three_shot prepends "
-                   "the probe run's demonstrations).")
-@prompt_format_option
-@click.option("--probe", "probe_dir", type=click.Path(path_type=Path), default=None,
-              help="A `sparekit probe` run directory or its probes/ folder "
-                   "(default: the probes shipped for the default model).")
-@click.option("--model", "-m", default=None, help="Model (default: the one the probes were fitted on).")
-@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(0),
-              help="Refuse longer prompts (0: only the model's context length limits them).")
-@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True,
-              help="probe, jsd (with/without-context divergence: +2 prompt passes), disagreement (closed-book "
-                   "answer differs: +2 generations), probe+jsd or probe+disagreement (needs the probe folder's "
-                   "detectors.json; the shipped probes have one). BENCHMARKS.md, training-free detectors, "
-                   "compares them.")
-@device_option
-@device_map_option
+@config_options(DetectCommand)
 @json_option
-def detect(prompt, question, contexts, prompt_format, probe_dir, model, max_tokens, detector, device, device_map,
-           as_json) -> None:
+def detect(config: DetectCommand, as_json: bool) -> None:
     """Conflict probability and predicted knowledge source of one prompt, before generating.
 
     \b
     PROMPT is used as is (few-shot blocks ending in `answer:`, like the probing prompts);
     or pass --question and --context to build it as `steer`, `demo` and the server do.
     """
-    from sparekit.models import load_model
-    from sparekit.probes.detect import check_prompt_text, detect_prompt, probes_model, resolve_probe_dir
-    from sparekit.probes.detect import detect as detect_question
-    from sparekit.probes.detect import prompt_builder
-
-    if (prompt is None) == (question is None):
-        raise SparekitError("pass either PROMPT or --question (with --context)")
-    if question is not None and not question.strip():
-        raise SparekitError("the question is empty")
-    if prompt is not None:
-        if contexts or prompt_format != DEFAULT_FORMAT:
-            raise SparekitError("PROMPT is read as is: --context and --prompt-format go with --question")
-        check_prompt_text(prompt)  # before loading the model
-    if detector != "probe" and prompt_format != DEFAULT_FORMAT:
-        raise SparekitError(f"--detector {detector} reads {DEFAULT_FORMAT} prompts only (it drops their context lines)",
-                            f"use --prompt-format {DEFAULT_FORMAT} or --detector probe")
-    folder = resolve_probe_dir(probe_dir)
-    first_context = contexts[0] if contexts else None
-    _check_detector(detector, prompt if prompt is not None else format_block(question, first_context), folder)
-    lm = load_model(model or probes_model(folder), device=device,
-                    device_map=device_map)
-    if detector == "probe":
-        result = detect_prompt(lm, prompt, folder, max_tokens) if prompt is not None else \
-            detect_question(lm, question, contexts or None, folder, prompt_format, max_tokens)
-        emit(result, as_json, _render_reading)
-    else:
-        text = prompt if prompt is not None else prompt_builder(lm, folder)(question, contexts or None)
-        emit(_detect_with(lm, text, detector, folder, max_tokens), as_json, _render_detector)
+    emit(config.run(), as_json, _render_reading if config.detector == "probe" else _render_detector)
 
 
 def _render_reading(r: dict) -> str:
@@ -141,19 +85,6 @@ def _distribution_warning(r: dict) -> str:
         return ""
     return (f"\nwarning: this prompt is far from the prompts the probe was fitted on (distance {r['distance']:.2f}, "
             "above its training rows' 99th percentile): the reading may mean nothing")
-
-
-def _check_detector(detector: str, text: str, folder: Path) -> None:
-    """An unknown --detector, or one this prompt or probe folder cannot serve, fails before the model loads."""
-    from sparekit.probes.training_free import check_detector_inputs
-
-    check_detector_inputs(detector, text, folder)
-
-
-def _detect_with(lm, text: str, detector: str, folder: Path, max_tokens: int) -> dict:
-    from sparekit.probes.training_free import detect_with
-
-    return detect_with(lm, text, detector, folder, max_tokens)
 
 
 def _render_detector(r: dict) -> str:

@@ -22,11 +22,21 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sparekit.errors import SparekitError
+from sparekit.utils.config import option
 from sparekit.utils.registry import Registry
 
 #: prompt format name -> class; ``prompt_format(name)`` builds one
 FORMATS: Registry = Registry("prompt format", "name")
 DEFAULT_FORMAT = "three_shot"
+PROMPT_FORMAT_HELP = ("How the context and question become the prompt (three_shot: the format the shipped probes and "
+                      "steering were fitted on; chat: the model's chat template).")
+
+
+def prompt_format_field() -> Any:
+    """``--prompt-format``: a request's format, by name (checked by the option's choices)."""
+    return option(DEFAULT_FORMAT, choices=tuple(FORMATS), help=PROMPT_FORMAT_HELP)
+
+
 Passages = str | Sequence[str] | None
 
 

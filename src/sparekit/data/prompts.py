@@ -81,3 +81,9 @@ def build_prompt(example: ConflictExample, context: Literal["org", "sub", None],
         raise SparekitError(f"unknown context {context!r}", "use 'org', 'sub' or None")
     text = {"org": example.org_context, "sub": example.sub_context, None: None}[context]
     return fmt.render(example.question, passages(text), demos)
+
+
+def check_prompt_text(text: str) -> None:
+    """An empty or whitespace-only prompt is a clear error (checked before any model loads)."""
+    if not text.strip():
+        raise SparekitError("the prompt is empty", "pass the text to read, ending in 'answer:' like the probing prompts")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparekit.data.formats import DEFAULT_FORMAT, Passages, PromptBuilder, PromptFormat, Shot, parse_shot, prompt_format
+from sparekit.data.prompts import check_prompt_text
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for, default_assets
@@ -80,12 +81,6 @@ def probes_for(lm: LoadedModel, probe_dir: str | Path | None = None) -> ProbeSet
         return None
 
 
-def check_prompt_text(text: str) -> None:
-    """An empty or whitespace-only prompt is a clear error (checked before any model loads)."""
-    if not text.strip():
-        raise SparekitError("the prompt is empty", "pass the text to read, ending in 'answer:' like the probing prompts")
-
-
 def check_prompt(lm: LoadedModel, text: str, max_tokens: int | None = MAX_PROMPT_TOKENS) -> int:
     """The prompt's token count; an empty prompt or one longer than the model's context or
     ``max_tokens`` (``None`` or 0: only the model's context) is a clear error."""
@@ -141,3 +136,12 @@ def detect(lm: LoadedModel, question: str, context: Passages = None, probe_dir: 
     folder = resolve_probe_dir(probe_dir, lm.info)
     text = prompt_builder(lm, folder, prompt_format)(question, context)
     return {**detect_prompt(lm, text, folder, max_tokens), "prompt_format": prompt_format, "prompt": text}
+
+
+def read_contexts(lm: LoadedModel, probes: ProbeSet, builder: PromptBuilder, question: str,
+                  contexts: dict[str, str]) -> dict[str, dict]:
+    """The probes' reading of ``question`` with each of ``contexts`` (label -> context), all in one batched read
+    of the prompts ``builder`` makes, as every command makes them (the demo's detection step)."""
+    texts = [builder(question, context) for context in contexts.values()]
+    readings = read_prompts(lm, texts, probes=probes).probes
+    return {label: {**describe(r, probes), "prompt": text} for label, text, r in zip(contexts, texts, readings)}

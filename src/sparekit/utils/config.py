@@ -1,11 +1,13 @@
-"""Experiment configs: dataclasses whose fields carry their own command-line help.
+"""Command configs: dataclasses whose fields carry their own command-line help.
 
-Each experiment (eval, capture, probe, SAE training, the steering benchmark) is one
-dataclass with a ``run()``; ``sparekit.cli.config.config_options`` turns its fields into
+Each command (eval, capture, probe, SAE training, the steering benchmark, detect, steer, demo, serve …)
+is one dataclass with a ``run()``; ``sparekit.cli.config.config_options`` turns its fields into
 click options. A field's ``metadata`` holds ``help`` and, where the default does not fit,
-``flag`` (the option name), ``short``, ``choices``, ``min``/``max`` (with ``min_open``/``max_open``
-to exclude the bound) and ``cli=False``
-(not an option).
+``flag`` (the option name, ``--gate/--no-gate`` for a switch), ``short``, ``choices``, ``min``/``max``
+(with ``min_open``/``max_open`` to exclude the bound), ``multiple`` (a repeatable option; ``distinct=False``
+lets a value repeat), ``show_default`` (text shown instead of the default), ``metavar`` (the value's name
+in ``--help``: DIR, FILE), ``argument=True`` (positional) and ``cli=False`` (not an option). A field
+without a default is a required option.
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""``sparekit steer``: one question, unsteered and steered, with the conflict probe's reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparekit.data.formats import prompt_format_field
+from sparekit.errors import SparekitError
+from sparekit.utils.config import device_field, device_map_field, finite_number, model_field, option
+
+#: the two directions a fitted bundle holds (``steering.base.DIRECTIONS``, which imports torch)
+TOWARD = ("memory", "context")
+
+
+@dataclass(frozen=True)
+class SteerCommand:
+    """Answer QUESTION given CONTEXT, unsteered and steered TOWARD memory or context."""
+
+    context: str = option(argument=True, help="The passage the question is asked with.")
+    question: str = option(argument=True, help="The question.")
+    toward: str = option(choices=TOWARD, help="memory: answer from what the model knows; context: answer from "
+                                              "CONTEXT.")
+    method: str = option("spare", help="A fitted method (spare, actadd, icl, …).")
+    fitted: str | None = option(None, metavar="DIRECTORY", help="Folder from `sparekit bench steer` (<run>/fitted/<method>); default: "
+                                           "the shipped one.")
+    strength: float | None = option(None, help="Override the dev-tuned strength.")
+    gate: bool = option(False, flag="--gate/--no-gate",
+                        help="Steer only if the method's calibrated conflict gate detects a conflict in this prompt.")
+    probe: str | None = option(None, metavar="PATH", help="Conflict/source probes (default: the shipped ones for the default model).")
+    prompt_format: str = prompt_format_field()
+    model: str = model_field()
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def __post_init__(self) -> None:
+        if self.toward not in TOWARD:
+            raise SparekitError(f"--toward must be one of {', '.join(TOWARD)}, got {self.toward!r}")
+        if self.strength is not None:
+            finite_number(self.strength, "--strength")
+        if not self.question.strip():
+            raise SparekitError("the question is empty")
+
+    def run(self) -> dict:
+        """Both answers, the gate's decision and the probes' reading (``detection``, ``None`` without probes)."""
+        # deliberately lazy: the model stack (torch, transformers) loads when the work starts, not for --help
+        from sparekit.models import load_model
+        from sparekit.probes.detect import describe, probes_for, prompt_builder
+        from sparekit.steering.question import steer_question
+
+        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        probes = probes_for(lm, self.probe)
+        builder = prompt_builder(lm, None if probes is None else probes.folder, self.prompt_format)
+        result = steer_question(lm, self.context, self.question, self.toward, self.method,  # type: ignore[arg-type]
+                                None if self.fitted is None else Path(self.fitted), self.strength, builder,
+                                gated=self.gate, probes=probes)
+        result["detection"] = None if probes is None else describe(result["detection"], probes)
+        return result

@@ -1,0 +1,49 @@
+"""One question answered unsteered and steered by a fitted bundle: the work of ``sparekit steer`` and of
+the demo's steering step (:mod:`sparekit.commands`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparekit.data.dataset import ConflictExample
+from sparekit.data.formats import PromptBuilder
+from sparekit.evaluation.generation import greedy_generate
+from sparekit.hooks import Hooks
+from sparekit.models.loading import LoadedModel
+from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures
+from sparekit.steering.base import Direction, SteeringPrompt
+from sparekit.steering.fitted import FittedBundle, shipped_root
+
+
+def steer_question(lm: LoadedModel, context: str, question: str, toward: Direction, method_label: str,
+                   fitted: Path | None, strength: float | None, builder: PromptBuilder, gated: bool = False,
+                   probes: ProbeSet | None = None) -> dict:
+    """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``.
+
+    The prompt comes from ``builder`` (the request-time demonstrations in a prompt format), as every
+    command builds it. ``gated``: steer only if the calibrated conflict gate fires.
+    The gate and the ``probes`` (their reading is ``detection``) read the unsteered generation's own
+    prompt pass, so the whole costs two generations, or one when the gate does not fire.
+    """
+    if fitted is None:
+        fitted = shipped_root(method_label, lm.info)
+    bundle = FittedBundle.load(fitted, lm.info.model_hash)
+    loaded = bundle[toward]
+    strength = loaded.strength if strength is None else strength
+    example = ConflictExample(id="cli", question=question, org_context=context, org_answer=(), sub_context=context,
+                              sub_answer=())
+    prompt = SteeringPrompt(example, "sub", tuple(builder.demos(question)), builder.format)
+    gate = bundle.require_gate() if gated else None
+    hooks = capture_reading_sites(Hooks(lm), gate, probes)
+    with hooks:
+        unsteered = greedy_generate(lm, [prompt.text])[0]
+    reading = read_captures(hooks, gate, probes)
+    fired = None if gate is None else bool(reading.fired[0])
+    answer = unsteered
+    if fired is not False:  # the gate already read this prompt unsteered: steer without reading it again
+        with loaded.method.steer(lm, toward=toward, strength=strength) as steered:  # type: ignore[arg-type]
+            answer = steered.generate([prompt])[0]
+    return {"method": method_label, "fitted": str(fitted), "toward": toward, "strength": strength,
+            "unsteered": unsteered, "steered": answer, "gate_fired": fired,
+            "prompt_format": builder.format.name, "prompt": prompt.text,
+            "detection": None if reading.probes is None else reading.probes[0]}
