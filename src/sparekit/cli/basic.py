@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import device_map_option, device_option, dtype_option, emit, json_option, model_option
+from sparekit.cli.common import emit, json_option, no_verify_option
+from sparekit.cli.config import config_options
+from sparekit.commands.generate import GenerateCommand
 
 
 def _render_versions(r: dict) -> list[str]:
@@ -66,20 +68,9 @@ def info(model: str, no_verify: bool, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("prompt")
-@model_option
-@click.option("--max-new-tokens", "-n", default=12, show_default=True, type=click.IntRange(1, 4096))
-@device_option
-@device_map_option
-@dtype_option
+@config_options(GenerateCommand)
+@no_verify_option
 @json_option
-def generate(prompt: str, model: str, max_new_tokens: int, device: str | None, device_map: str | None, dtype: str,
-             as_json: bool) -> None:
+def generate(config: GenerateCommand, as_json: bool) -> None:
     """Greedy-generate a continuation of PROMPT (no sampling, reproducible)."""
-    from sparekit.models import load_model
-    from sparekit.evaluation.generation import greedy_generate
-
-    lm = load_model(model, dtype=dtype, device=device, device_map=device_map)
-    completion = greedy_generate(lm, [prompt], max_new_tokens=max_new_tokens, stop_at_newline=False)[0]
-    emit({"model": lm.info.name, "prompt": prompt, "completion": completion}, as_json,
-         lambda r: r["completion"])
+    emit(config.run(), as_json, lambda r: r["completion"])

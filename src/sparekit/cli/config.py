@@ -105,7 +105,7 @@ def _option(field: dataclasses.Field, meta: dict, hint: Any) -> Callable:
     default = None if required else field.default if field.default is not dataclasses.MISSING \
         else field.default_factory()  # type: ignore[misc]
     if meta.get("argument"):  # a positional argument (CONTEXT, QUESTION): its help is the command's docstring
-        return click.argument(field.name, required=required, default=default)
+        return click.argument(field.name, required=True) if required else click.argument(field.name, default=default)
     names = [_flag(field.name, meta), *([meta["short"]] if "short" in meta else []), field.name]
     if base is bool:  # --gate/--no-gate shows its default; a plain --flag is off unless given
         return click.option(*names, is_flag=True, default=default, show_default="/" in names[0], help=meta.get("help"))

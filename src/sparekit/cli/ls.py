@@ -6,17 +6,9 @@ from pathlib import Path
 
 import click
 
-from sparekit.cli.common import device_option, emit, json_option, model_option
-
-
-def describe_model(lm) -> dict:
-    """The model's blocks, every hookable site (HF module path and aliases) and its shipped assets."""
-    from sparekit.hooks import site_table
-    from sparekit.models.assets import assets_for
-
-    assets = assets_for(lm.info)
-    return {"model": lm.info.to_dict(), "blocks": [lm.info.block_path(layer) for layer in range(lm.info.n_layers)],
-            "sites": site_table(lm.info), "assets": None if assets is None else assets.describe()}
+from sparekit.cli.common import emit, json_option, no_verify_option
+from sparekit.cli.config import config_options
+from sparekit.commands.generate import LsCommand
 
 
 def render(r: dict) -> str:
@@ -42,12 +34,10 @@ def render(r: dict) -> str:
 
 
 @click.command("ls")
-@model_option
-@device_option
+@config_options(LsCommand)
+@no_verify_option
 @json_option
-def ls(model, device, as_json) -> None:
+def ls(config: LsCommand, as_json: bool) -> None:
     """A model's blocks and hookable sites (HF module paths and the aliases sparekit reads), and the assets
     shipped for its weights."""
-    from sparekit.models import load_model
-
-    emit(describe_model(load_model(model, device=device or "cpu")), as_json, render)
+    emit(config.run(), as_json, render)

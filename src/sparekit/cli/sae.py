@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import click
 
-from sparekit.cli.common import (device_map_option, device_option, emit, json_option, model_option, no_verify_option,
-                                 parse_list)
+from sparekit.cli.common import emit, json_option, no_verify_option
 from sparekit.cli.config import config_options
-from sparekit.sae.experiment import (CORPUS_HELP, HOLDOUT_HELP, HOLDOUT_RANGE, SEED_HELP, SaeEvalExperiment,
-                                     SaeTrainExperiment, check_saes, eval_texts)
-
-corpus_option = click.option("--corpus", default="nqswap", show_default=True, help=CORPUS_HELP)
-holdout_option = click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(**HOLDOUT_RANGE),
-                              help=HOLDOUT_HELP)
-seed_option = click.option("--seed", default=0, show_default=True, help=SEED_HELP)
+from sparekit.sae.evaluate import render_text
+from sparekit.sae.experiment import SaeConvertCommand, SaeEvalExperiment, SaeFeaturesCommand, SaeTrainExperiment
 
 
 @click.group()
@@ -63,64 +57,24 @@ def eval_command(config: SaeEvalExperiment, as_json: bool) -> None:
 
 
 @sae.command()
-@model_option
-@click.option("--layer", type=int, default=None, help="Shipped SAE of this layer.")
-@click.option("--sae", "sae_path", default=None, help="SAE folder/file instead of a shipped one.")
-@click.option("--latents", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="Comma-separated latent ids.")
-@click.option("--top", default=5, show_default=True, type=click.IntRange(1), help="Snippets per latent.")
-@corpus_option
-@holdout_option
-@seed_option
-@click.option("--max-tokens", default=None, type=click.IntRange(1), help="Scan at most this many tokens.")
-@click.option("--html", "html_path", default=None, help="Also write a shaded HTML view here.")
+@config_options(SaeFeaturesCommand)
+@no_verify_option
 @json_option
-@device_option
-@device_map_option
-def features(model, layer, sae_path, latents, top, corpus, holdout, seed, max_tokens, html_path, as_json,
-             device, device_map) -> None:
+def features(config: SaeFeaturesCommand, as_json: bool) -> None:
     """Held-out snippets that activate chosen latents most (the token in [[ ]])."""
-    from sparekit.errors import SparekitError
-    from sparekit.models import load_model
-    from sparekit.sae import load_sae
-    from sparekit.sae.evaluate import render_html, render_text, top_activations
-    from sparekit.utils.io import atomic_write_text
-
-    if (layer is None) == (sae_path is None):
-        raise SparekitError("pass exactly one of --layer and --sae")
-    sae_model = load_sae(sae_path or "default", layer=layer)
-    lm = load_model(model, device=device, device_map=device_map)
-    check_saes(lm, [sae_model], [sae_path])
-    ids = parse_list(latents, int, "--latents")
-    bad = [i for i in ids if not 0 <= i < sae_model.d_sae]
-    if bad:
-        raise SparekitError(f"latents {bad} out of range", f"this SAE has latents 0..{sae_model.d_sae - 1}")
-    result = top_activations(lm, sae_model, eval_texts(lm, corpus, holdout, seed), ids, top=top,
-                             max_tokens=max_tokens, progress=True)
-    if html_path:
-        atomic_write_text(html_path, render_html(result, f"{lm.info.name} layer {sae_model.hook_layer} SAE"))
-    emit({"layer": sae_model.hook_layer, "latents": result}, as_json, lambda r: render_text(r["latents"]))
+    emit(config.run(), as_json, lambda r: render_text(r["latents"]))
 
 
 @sae.command()
-@click.argument("source")
-@click.argument("dest")
-@click.option("--layer", type=int, default=None, help="Layer the SAE reads, if the files do not say.")
-@click.option("--save-dtype", type=click.Choice(["float16", "float32"]), default="float32", show_default=True)
+@config_options(SaeConvertCommand)
 @json_option
-def convert(source, dest, layer, save_dtype, as_json) -> None:
+def convert(config: SaeConvertCommand, as_json: bool) -> None:
     """Convert a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE to a SAELens folder.
 
-    
+    \b
     A SAELens TopK saved with rescale_acts_by_decoder_norm is written with the decoder
     norms folded into the weights: SAELens reads the result with the same codes and
     reconstructions, without the flag.
     """
-    import torch
-
-    from sparekit.sae import load_sae, save_sae
-
-    loaded = load_sae(source, layer=layer)
-    save_sae(loaded, dest, dtype=getattr(torch, save_dtype))
-    emit({"source": source, "dest": dest, "architecture": loaded.architecture, "d_in": loaded.d_in,
-          "d_sae": loaded.d_sae, "layer": loaded.hook_layer},
-         as_json, lambda r: f"{r['architecture']} SAE {r['d_in']}x{r['d_sae']} (layer {r['layer']}) -> {r['dest']}")
+    emit(config.run(), as_json,
+         lambda r: f"{r['architecture']} SAE {r['d_in']}x{r['d_sae']} (layer {r['layer']}) -> {r['dest']}")

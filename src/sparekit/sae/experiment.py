@@ -1,4 +1,5 @@
-"""``sparekit sae train`` and ``sae eval`` as config dataclasses: train one SAE per layer, score SAEs."""
+"""``sparekit sae train|eval|features|convert`` as config dataclasses: train one SAE per layer, score SAEs,
+show what their latents read, convert other formats."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sparekit.errors import SparekitError
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
+from sparekit.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from sparekit.models.loading import LoadedModel
@@ -158,3 +161,66 @@ class SaeEvalExperiment:
         texts = eval_texts(lm, self.corpus, self.holdout, self.seed)
         return {"layers": evaluate_saes(lm, saes, texts, max_tokens=self.max_tokens, ce_tokens=self.ce_tokens,
                                         progress=progress)}
+
+
+@dataclass(frozen=True)
+class SaeFeaturesCommand:
+    """``sparekit sae features``: held-out snippets that activate chosen latents most (the token in [[ ]])."""
+
+    model: str = model_field()
+    layer: int | None = option(None, help="Shipped SAE of this layer.")
+    sae: str | None = option(None, help="SAE folder/file instead of a shipped one.")
+    latents: tuple[int, ...] = option(tuple(range(10)), help="Comma-separated latent ids.")
+    top: int = option(5, min=1, help="Snippets per latent.")
+    corpus: str = option("nqswap", help=CORPUS_HELP)
+    holdout: float = option(0.1, help=HOLDOUT_HELP, **HOLDOUT_RANGE)
+    seed: int = option(0, help=SEED_HELP)
+    max_tokens: int | None = option(None, min=1, help="Scan at most this many tokens.")
+    html: str | None = option(None, help="Also write a shaded HTML view here.")
+    device: str | None = device_field()
+    device_map: str | None = device_map_field()
+
+    def __post_init__(self) -> None:
+        if (self.layer is None) == (self.sae is None):
+            raise SparekitError("pass exactly one of --layer and --sae")
+
+    def run(self) -> dict:
+        """``{"layer", "latents"}``: each latent's top snippets (:func:`~sparekit.sae.evaluate.top_activations`)."""
+        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
+        from sparekit.models import load_model
+        from sparekit.sae import load_sae
+        from sparekit.sae.evaluate import render_html, top_activations
+
+        sae_model = load_sae(self.sae or "default", layer=self.layer)
+        lm = load_model(self.model, device=self.device, device_map=self.device_map)
+        check_saes(lm, [sae_model], [self.sae])
+        bad = [i for i in self.latents if not 0 <= i < sae_model.d_sae]
+        if bad:
+            raise SparekitError(f"latents {bad} out of range", f"this SAE has latents 0..{sae_model.d_sae - 1}")
+        result = top_activations(lm, sae_model, eval_texts(lm, self.corpus, self.holdout, self.seed),
+                                 list(self.latents), top=self.top, max_tokens=self.max_tokens, progress=True)
+        if self.html:
+            atomic_write_text(self.html, render_html(result, f"{lm.info.name} layer {sae_model.hook_layer} SAE"))
+        return {"layer": sae_model.hook_layer, "latents": result}
+
+
+@dataclass(frozen=True)
+class SaeConvertCommand:
+    """``sparekit sae convert``: a Gemma Scope / Gemma Scope 2 / sparsify / SAELens SAE as a SAELens folder."""
+
+    source: str = option(argument=True, help="The SAE to convert.")
+    dest: str = option(argument=True, help="The SAELens folder to write.")
+    layer: int | None = option(None, help="Layer the SAE reads, if the files do not say.")
+    save_dtype: str = option("float32", choices=("float16", "float32"), help="dtype of the saved SAE weights.")
+
+    def run(self) -> dict:
+        """What was converted: source, destination, architecture, sizes and layer."""
+        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
+        import torch
+
+        from sparekit.sae import load_sae, save_sae
+
+        loaded = load_sae(self.source, layer=self.layer)
+        save_sae(loaded, self.dest, dtype=getattr(torch, self.save_dtype))
+        return {"source": self.source, "dest": self.dest, "architecture": loaded.architecture, "d_in": loaded.d_in,
+                "d_sae": loaded.d_sae, "layer": loaded.hook_layer}
