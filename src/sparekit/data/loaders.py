@@ -58,7 +58,7 @@ def _nqswap() -> ConflictDataset:
         raise SparekitError(f"NQ-Swap is not in this installation ({NQSWAP_LOCAL}) and the hub is offline",
                             "reinstall sparekit, or pass the path of a local NQ-Swap .jsonl(.gz) file")
     try:
-        import datasets
+        import datasets  # optional dependency: only downloading NQ-Swap from the hub needs it
     except ImportError:
         raise SparekitError(
             "NQ-Swap is not available locally and the 'datasets' package is not installed",

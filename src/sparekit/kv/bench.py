@@ -42,7 +42,7 @@ from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
 from sparekit.kv.compress import PRESSES, Press, cache_bytes
 from sparekit.models.loading import LoadedModel
-from sparekit.probes.plots import _finish as finish_figure
+from sparekit.reporting.figures import finish_figure, pyplot
 from sparekit.utils.config import option
 from sparekit.utils.io import atomic_write_json, read_json
 from sparekit.utils.registry import unknown_name
@@ -432,11 +432,7 @@ def markdown_tables(summary: dict) -> str:
 
 def plot_bench(summary: dict, path: str | Path) -> Path:
     """Rows: tasks; columns: context lengths; one line per method (score vs compression ratio)."""
-    import matplotlib  # deliberately lazy: heavy, and only the plot needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after use("Agg"), as above
-
+    plt = pyplot()
     results = summary["results"]
     lengths = sorted({length for by_length in results.values() for length in by_length}, key=int)
     fig, axes = plt.subplots(len(results), len(lengths), figsize=(4.2 * len(lengths), 3.4 * len(results)),

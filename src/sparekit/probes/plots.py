@@ -4,34 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparekit.utils.io import atomic_path
+import numpy as np
+
+from sparekit.reporting.figures import finish_figure, pyplot
 
 _LABELS = {"conflict": "conflict vs no conflict", "source": "context vs memory (under conflict)"}
 
 
-def _finish(fig, axes, title: str, path: str | Path) -> Path:
-    """Legend, title, atomic PNG write, close."""
-    import matplotlib.pyplot as plt
-
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150)
-    plt.close(fig)
-    return path
-
-
 def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
     """Accuracy and AUROC by layer (mean ± std band over seeds) for both targets; dashed: ``eval`` transfer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    import numpy as np
-
+    plt = pyplot()
     layers = np.array(result["layers"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, metric, name in zip(axes, ("accuracy", "auroc"), ("Accuracy", "AUROC")):
@@ -48,22 +30,16 @@ def plot_layer_metrics(result: dict, path: str | Path, title: str) -> Path:
                                linestyle=":", label=f"{target}: majority class")
         ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="chance")
         ax.set_xlabel("layer (output of decoder block)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_ylabel(f"held-out {name}")
         ax.set_ylim(0.3, 1.02)
         ax.grid(alpha=0.3)
-    return _finish(fig, axes, title, path)
+    return finish_figure(fig, axes, title, path)
 
 
 def plot_components(result: dict, path: str | Path, title: str) -> Path:
     """Held-out accuracy by layer for each component (resid / attn / mlp), one panel per target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    import numpy as np
-
+    plt = pyplot()
     layers = np.array(result["layers"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True, sharey=True)
     for ax, (target, label) in zip(axes, _LABELS.items()):
@@ -80,20 +56,15 @@ def plot_components(result: dict, path: str | Path, title: str) -> Path:
             ax.axhline(majority, color="grey", linewidth=0.8, linestyle=":", label="majority class")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("layer (decoder block)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy")
-    return _finish(fig, axes, title, path)
+    return finish_figure(fig, axes, title, path)
 
 
 def plot_breadth(curve: dict[int, dict], path: str | Path, title: str, in_distribution: float | None = None) -> Path:
     """Held-out accuracy and AUROC against the number of training relations (mean ± std over draws)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = pyplot()
     sizes = np.array(sorted(curve))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, metric, name in zip(axes, ("accuracy", "auroc"), ("accuracy", "AUROC")):
@@ -110,4 +81,4 @@ def plot_breadth(curve: dict[int, dict], path: str | Path, title: str, in_distri
         ax.set_ylabel(f"held-out {name}")
         ax.set_ylim(0.3, 1.02)
         ax.grid(alpha=0.3)
-    return _finish(fig, axes, title, path)
+    return finish_figure(fig, axes, title, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparekit.utils.io import atomic_path
+from sparekit.reporting.figures import pyplot, save_figure
 
 #: (point key, y-axis label, scale) of each row of panels; the NLL row appears when measured.
 _ROWS = (("em_no_conflict", "EM without conflict, steered (%)\n↑ less harm", 100.0),
@@ -13,11 +13,7 @@ _ROWS = (("em_no_conflict", "EM without conflict, steered (%)\n↑ less harm", 1
 
 def plot_frontier(curves: dict, path: str | Path, title: str = "Steering frontier") -> Path:
     """Columns: direction; rows: harm measures. Each method is a line through its strength sweep."""
-    import matplotlib  # deliberately lazy: heavy, and only the plot needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after use("Agg"), as above
-
+    plt = pyplot()
     points_of = [p for by_direction in curves.values() for pts in by_direction.values() for p in pts]
     rows = [row for row in _ROWS if any(row[0] in p for p in points_of)]
     fig, axes = plt.subplots(len(rows), 2, figsize=(11, 4.2 * len(rows)), sharex="col", squeeze=False)
@@ -45,8 +41,4 @@ def plot_frontier(curves: dict, path: str | Path, title: str = "Steering frontie
     axes[0][1].legend(fontsize=8, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)

@@ -35,7 +35,7 @@ from sparekit.models.assets import assets_for
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.probes.detect import probes_for, request_shots
-from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures
+from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures, read_states
 from sparekit.serve.prefix import PrefixCache, prefixed_batch
 from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedBundle, FittedSteering
@@ -268,11 +268,12 @@ class Engine:
         early = [i for i, job in enumerate(jobs) if self._reads_before_steering(job)]
         if early:  # steered rows whose probe/gate reading must come from the unsteered prompt
             states = last_token_states(self.lm, [texts[i] for i in early], self._sites_for([jobs[i] for i in early]))
-            early_readings = self.probes.read(states) if any(jobs[i].detect for i in early) else None
+            early_readings = read_states(states, probes=self.probes if any(jobs[i].detect for i in early)
+                                         else None).probes
             for k, i in enumerate(early):
                 if jobs[i].steer.gate:
                     gate = self.steering.gates[jobs[i].steer.label]
-                    fired[i] = bool(gate.fire(states[gate.site][k:k + 1])[0])
+                    fired[i] = bool(read_states({gate.site: states[gate.site][k:k + 1]}, gate).fired[0])
                 if jobs[i].detect:
                     readings[i] = early_readings[k]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from sparekit.activations.last_token import last_token_states
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample
 from sparekit.data.formats import PromptBuilder
@@ -15,7 +14,7 @@ from sparekit.evaluation.metrics import behaviour_label, exact_match, uses_conte
 from sparekit.models import load_model
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir
-from sparekit.probes.reading import ProbeSet
+from sparekit.probes.reading import ProbeSet, read_prompts
 from sparekit.steering.base import SteeringPrompt, make_method
 from sparekit.steering.fitted import FittedBundle, shipped_root
 
@@ -74,6 +73,6 @@ def measured_table(lm: LoadedModel, method_label: str, builder: PromptBuilder, p
                 rows[label][toward] = sum(map(hits[toward], steered.generate(conflicts), items))
             bar.update()
     bar.close()
-    fired = {context: int(gate.fire(last_token_states(lm, [p.text for p in prompts(context)], [gate.site])[gate.site])
-                          .sum()) for context in ("sub", "org")}
+    fired = {context: int(read_prompts(lm, [p.text for p in prompts(context)], gate=gate).fired.sum())
+             for context in ("sub", "org")}
     return {"n": n, "items": list(HELD_OUT_ITEMS), "em": rows, "gate_fired": fired, "gate_layer": gate.site.layer}
