@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from sparekit.data import load_dataset
-from sparekit.data.formats import FORMATS, PromptBuilder, Shot, parse_shot, prompt_format
+from sparekit.data.formats import FORMATS, PromptBuilder, Shot, available_formats, parse_shot, prompt_format
 from sparekit.data.prompts import THREE_SHOT, build_prompt, format_block, item_demos
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import condition_prompts
@@ -78,6 +78,15 @@ def test_chat_uses_the_models_template_or_says_it_has_none():
     text = build("chat", ["p.", "r."], lm.tokenizer)
     assert text == "<user>Passage: p.\nPassage: r.\nQuestion: q?</user><assistant>"
     assert not text.startswith(lm.tokenizer.bos_token)  # tokenizing the prompt adds it
+
+
+def test_the_formats_a_model_can_take_name_why_chat_is_off():
+    lm = tiny_model("llama")
+    offered = available_formats(lm.tokenizer)
+    assert list(offered) == list(FORMATS) and offered["chat"].startswith("the prompt format 'chat' needs the model's")
+    assert all(why is None for name, why in offered.items() if name != "chat")
+    lm.tokenizer.chat_template = TEMPLATE
+    assert set(available_formats(lm.tokenizer).values()) == {None}
 
 
 def test_dataset_prompts_default_to_the_shipped_bytes_and_take_any_format():

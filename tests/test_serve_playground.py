@@ -9,6 +9,7 @@ pytest.importorskip("selenium.webdriver", reason="selenium is not installed (bas
 
 from serve_helpers import CHROMIUM, DRIVER, chromium, fit_assets, post, serving  # noqa: E402
 
+from sparekit.data.formats import FORMATS  # noqa: E402
 from sparekit.models.tiny import tiny_model  # noqa: E402
 from sparekit.serve import build_engine  # noqa: E402
 
@@ -51,5 +52,43 @@ def test_playground_shows_gauge_and_both_answers(tmp_path):
                 assert words(browser.find_element(By.ID, element).text) == words(reply["answer"] or "(empty)")
             assert browser.find_element(By.ID, "steered-title").text.lower() == "steered toward context"
             assert "actadd, strength 4" in browser.find_element(By.ID, "meta-steered").text
+        finally:
+            browser.quit()
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium/chromedriver missing: bash scripts/setup.sh --dev "
+                                                      "installs them with apt-get")
+def test_playground_offers_the_prompt_formats_and_sends_the_chosen_one(tmp_path):
+    """Every registered format is offered, chat disabled with its reason on a model without a chat template,
+    and both requests of a question carry the chosen ``prompt_format`` (the gauge reads that prompt)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    lm = tiny_model("llama")
+    probes, fitted = fit_assets(lm, tmp_path)
+    question = "What is the capital of France?"
+    with serving(build_engine(lm, probes, [fitted])) as (_, url):
+        expected = post(url + "/v1/answer", {"context": "The capital of France is Porto-Novo.", "question": question,
+                                             "prompt_format": "rag"})[1]
+        browser = chromium()
+        try:
+            browser.get(url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#prompt-format option"))
+            options = browser.find_elements(By.CSS_SELECTOR, "#prompt-format option")
+            assert [o.get_attribute("value") for o in options] == list(FORMATS)
+            assert [o.get_attribute("value") for o in options if not o.is_enabled()] == ["chat"]
+            assert "chat template" in browser.find_element(By.ID, "format-note").text
+            browser.execute_script("""window.sent = []; const send = window.fetch;
+                window.fetch = (url, init) => { if (init && init.body) window.sent.push(JSON.parse(init.body));
+                                                return send(url, init); };""")
+            Select(browser.find_element(By.ID, "prompt-format")).select_by_value("rag")
+            browser.find_element(By.ID, "ask").click()
+            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+            assert browser.find_element(By.ID, "error").text == ""
+            sent = browser.execute_script("return window.sent;")
+            assert len(sent) == 2 and {body["prompt_format"] for body in sent} == {"rag"}
+            gauge = float(browser.find_element(By.ID, "gauge-value").text)
+            assert gauge == pytest.approx(expected["sparekit"]["conflict_probability"], abs=0.006)
         finally:
             browser.quit()

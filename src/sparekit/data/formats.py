@@ -154,6 +154,19 @@ def prompt_format(name: str | PromptFormat = DEFAULT_FORMAT, tokenizer: Any = No
     return cls(tokenizer) if cls is Chat else cls()
 
 
+def available_formats(tokenizer: Any) -> dict[str, str | None]:
+    """Every registered format by name: ``None`` if ``tokenizer``'s model can take it, else why not (``chat``
+    without a chat template). What the playground offers."""
+    found: dict[str, str | None] = {}
+    for name in FORMATS:
+        try:
+            prompt_format(name, tokenizer)
+            found[name] = None
+        except SparekitError as exc:
+            found[name] = str(exc)
+    return found
+
+
 _SHOT = re.compile(r"(?:context: (?P<context>.*)\n)?question: (?P<question>.*)\nanswer: (?P<answer>.*)\n\n", re.DOTALL)
 
 

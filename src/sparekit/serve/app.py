@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from sparekit.data.formats import available_formats
 from sparekit.serve.batcher import Batcher, QueueFull
 from sparekit.serve.engine import GREEDY, Engine, Job, RowSteer, Sampling
 from sparekit.serve.limits import Limits
@@ -247,6 +248,7 @@ def _error_handlers(app: FastAPI) -> None:
 def _info_routes(app: FastAPI, engine: Engine, metrics: Metrics, playground: str) -> None:
     """The playground, health, metrics and model listing."""
     model_name = engine.lm.info.name
+    formats = available_formats(engine.lm.tokenizer)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -255,7 +257,7 @@ def _info_routes(app: FastAPI, engine: Engine, metrics: Metrics, playground: str
     @app.get("/healthz")
     async def healthz(request: Request) -> dict:
         return {"status": "ok", "model": model_name, "queue_depth": app.state.batcher.depth,
-                "detect": engine.can_detect, "methods": engine.method_names()}
+                "detect": engine.can_detect, "methods": engine.method_names(), "prompt_formats": formats}
 
     @app.get("/metrics")
     async def metrics_text() -> Response:
