@@ -37,7 +37,7 @@ def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, see
     """Few-shot prompts (org_org demos) of a conflict dataset's items with the chosen context."""
     # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
     from sparekit.data import load_dataset
-    from sparekit.data.prompts import build_prompt, item_demos
+    from sparekit.data.prompts import build_prompt, item_demos  # lazy, as above
 
     dataset = load_dataset(name, limit=limit, seed=seed)
     ctx = None if context == "none" else context
@@ -73,10 +73,10 @@ class CaptureExperiment:
         """Capture into ``out``; returns a summary (rows, texts, sites, shards, dtype, positions, out)."""
         # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
         from sparekit.activations.store import capture_activations
-        from sparekit.hooks import Site
-        from sparekit.models import load_model
-        from sparekit.utils.distributed import local_device
-        from sparekit.utils.io import ensure_dir
+        from sparekit.hooks import Site  # lazy, as above
+        from sparekit.models import load_model  # lazy, as above
+        from sparekit.utils.distributed import local_device  # lazy, as above
+        from sparekit.utils.io import ensure_dir  # lazy, as above
 
         if (self.dataset is None) == (self.texts is None):
             raise SparekitError("pass exactly one of --dataset and --texts")

@@ -6,7 +6,6 @@ import click
 
 from sparekit.cli.common import emit, json_option, no_verify_option
 from sparekit.cli.config import config_options
-from sparekit.sae.evaluate import render_text
 from sparekit.sae.experiment import SaeConvertCommand, SaeEvalExperiment, SaeFeaturesCommand, SaeTrainExperiment
 
 
@@ -62,7 +61,13 @@ def eval_command(config: SaeEvalExperiment, as_json: bool) -> None:
 @json_option
 def features(config: SaeFeaturesCommand, as_json: bool) -> None:
     """Held-out snippets that activate chosen latents most (the token in [[ ]])."""
-    emit(config.run(), as_json, lambda r: render_text(r["latents"]))
+    emit(config.run(), as_json, _render_features)
+
+
+def _render_features(r: dict) -> str:
+    from sparekit.sae.evaluate import render_text  # deliberately lazy: it imports transformers (`sae --help`)
+
+    return render_text(r["latents"])
 
 
 @sae.command()

@@ -58,7 +58,7 @@ class BuildBroadCommand:
         """Where the kept rows went, how many, and the closed-book filter's counts per relation."""
         # deliberately lazy: the closed-book filter needs the model stack (torch, transformers)
         from sparekit.evaluation.harness import memorised_subset
-        from sparekit.models import load_model
+        from sparekit.models import load_model  # lazy, as above
 
         names = None if self.relations is None else list(self.relations)
         candidates = build_candidates(self.seed, names)  # bad relations and templates fail before the model loads

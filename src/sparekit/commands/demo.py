@@ -53,8 +53,8 @@ class DemoCommand:
         on_step(f"1/{steps} loading the model")
         # deliberately lazy: these pull in torch and transformers (seconds), after the first step is said
         from sparekit.probes.detect import read_contexts
-        from sparekit.steering import demo
-        from sparekit.steering.question import steer_question
+        from sparekit.steering import demo  # lazy, as above
+        from sparekit.steering.question import steer_question  # lazy, as above
 
         lm, probes, builder = demo.load_default(self.prompt_format, self.device, self.device_map)
         on_step(f"2/{steps} answering closed-book, with the true context and with a conflicting one")

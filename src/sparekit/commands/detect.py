@@ -58,8 +58,9 @@ class DetectCommand:
         sites; with ``--question`` also the ``prompt`` read); bad probes or detectors fail before the model loads."""
         # deliberately lazy: the probes' readers and the model stack import torch and transformers
         from sparekit.models import load_model
-        from sparekit.probes.detect import detect, detect_prompt, probes_model, prompt_builder, resolve_probe_dir
-        from sparekit.probes.training_free import check_detector_inputs, detect_with
+        from sparekit.probes.detect import (detect, detect_prompt, probes_model, prompt_builder,  # lazy, as above
+                                            resolve_probe_dir)
+        from sparekit.probes.training_free import check_detector_inputs, detect_with  # lazy, as above
 
         folder = resolve_probe_dir(self.probe)
         contexts = self.contexts or None

@@ -17,8 +17,8 @@ def tuned_method(method_dir: Path, toward: str | None) -> tuple[Any, str, float 
     its own method and strength, a plain saved method no tuned strength."""
     # deliberately lazy: the steering methods import torch
     from sparekit.saved import load
-    from sparekit.steering import FittedBundle, SteeringMethod
-    from sparekit.steering.fitted import is_bundle
+    from sparekit.steering import FittedBundle, SteeringMethod  # lazy, as above
+    from sparekit.steering.fitted import is_bundle  # lazy, as above
 
     looks_fitted = any((method_dir / side).is_dir() for side in TOWARD)
     if not (method_dir / "config.json").is_file() and not looks_fitted:

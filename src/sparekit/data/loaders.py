@@ -33,7 +33,7 @@ def _default_dataset() -> ConflictDataset:
     if not DEFAULT_ASSET.is_file():
         # deliberately lazy: building the default dataset needs its optional sources, only on a first run
         from sparekit.data.default import build_default_dataset, write_default_dataset
-        from sparekit.utils.io import cache_dir
+        from sparekit.utils.io import cache_dir  # lazy, as above
 
         cached = cache_dir() / "data" / "default.jsonl"
         if not cached.is_file():

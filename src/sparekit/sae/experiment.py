@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 from sparekit.errors import SparekitError
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
@@ -26,7 +29,7 @@ def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[
     """Held-out NQ-Swap windows, or every line of a text file."""
     # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
     from sparekit.activations.experiment import read_texts
-    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
+    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows  # lazy, as above
 
     path = corpus_path(corpus)
     if path.suffix == ".txt":
@@ -75,19 +78,15 @@ class SaeTrainExperiment:
         Rerunning the same config resumes: finished shards, checkpoints and finished SAEs are reused.
         """
         # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
-        from pathlib import Path
-
-        import torch
-
         from sparekit.activations import capture_activations
-        from sparekit.activations.experiment import read_texts
-        from sparekit.hooks import Site
-        from sparekit.models import load_model
-        from sparekit.sae.corpus import corpus_path, corpus_windows
-        from sparekit.sae.formats import save_sae
-        from sparekit.sae.train import StoreSource, TopKTrainer
-        from sparekit.utils.io import sha256_file
-        from sparekit.utils.rundir import RunDir
+        from sparekit.activations.experiment import read_texts  # lazy, as above
+        from sparekit.hooks import Site  # lazy, as above
+        from sparekit.models import load_model  # lazy, as above
+        from sparekit.sae.corpus import corpus_path, corpus_windows  # lazy, as above
+        from sparekit.sae.formats import save_sae  # lazy, as above
+        from sparekit.sae.train import StoreSource, TopKTrainer  # lazy, as above
+        from sparekit.utils.io import sha256_file  # lazy, as above
+        from sparekit.utils.rundir import RunDir  # lazy, as above
 
         out, layers = Path(self.out), list(self.layers)
         prompts = read_texts(Path(self.prompts))[0] if self.prompts else []
@@ -150,8 +149,8 @@ class SaeEvalExperiment:
         """``{"layers": [one row per SAE]}`` (:func:`~sparekit.sae.evaluate.evaluate_saes`)."""
         # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
         from sparekit.models import load_model
-        from sparekit.sae import load_sae, shipped_layers
-        from sparekit.sae.evaluate import evaluate_saes
+        from sparekit.sae import load_sae, shipped_layers  # lazy, as above
+        from sparekit.sae.evaluate import evaluate_saes  # lazy, as above
 
         # the SAEs load before the model, so a bad file fails fast
         saes = ([load_sae(p) for p in self.sae] if self.sae
@@ -188,8 +187,8 @@ class SaeFeaturesCommand:
         """``{"layer", "latents"}``: each latent's top snippets (:func:`~sparekit.sae.evaluate.top_activations`)."""
         # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
         from sparekit.models import load_model
-        from sparekit.sae import load_sae
-        from sparekit.sae.evaluate import render_html, top_activations
+        from sparekit.sae import load_sae  # lazy, as above
+        from sparekit.sae.evaluate import render_html, top_activations  # lazy, as above
 
         sae_model = load_sae(self.sae or "default", layer=self.layer)
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
@@ -215,10 +214,7 @@ class SaeConvertCommand:
 
     def run(self) -> dict:
         """What was converted: source, destination, architecture, sizes and layer."""
-        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
-        import torch
-
-        from sparekit.sae import load_sae, save_sae
+        from sparekit.sae import load_sae, save_sae  # deliberately lazy: the CLI imports this module for its options
 
         loaded = load_sae(self.source, layer=self.layer)
         save_sae(loaded, self.dest, dtype=getattr(torch, self.save_dtype))

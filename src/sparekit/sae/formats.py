@@ -317,7 +317,7 @@ def gemma_scope_2(name: str) -> Path | None:
     if match is None:
         return None
     from huggingface_hub import hf_hub_download  # deliberately lazy: only a hub name needs the hub client
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError  # lazy, as above
 
     repo = f"google/gemma-scope-2-{match['size']}-{match['variant']}"
     folder = f"{_GEMMA_SCOPE_2_FOLDERS[match['site']]}/{match['sae_id']}"

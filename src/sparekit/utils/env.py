@@ -33,7 +33,7 @@ def environment_info() -> dict[str, object]:
 
 def seed_everything(seed: int) -> None:
     import numpy as np  # deliberately lazy, as in environment_info
-    import torch
+    import torch  # lazy, as above
 
     random.seed(seed)
     np.random.seed(seed % (2**32))

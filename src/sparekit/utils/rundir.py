@@ -86,7 +86,7 @@ class RunDir:
         """
         # deliberately lazy: both import torch, which `sparekit info` and `--help` must not pay for
         from sparekit.utils.distributed import rank_and_world
-        from sparekit.utils.env import environment_info
+        from sparekit.utils.env import environment_info  # lazy, as above
 
         config = json.loads(json.dumps(config, default=str))  # what the file will hold: tuples as lists
         stored = self.stored_config()
