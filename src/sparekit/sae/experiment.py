@@ -11,8 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from sparekit.errors import SparekitError
+from sparekit.hooks import Site
+from sparekit.sae import check_compatible, load_sae, save_sae, shipped_layers
+from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows
+from sparekit.sae.train import StoreSource, TopKTrainer
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
-from sparekit.utils.io import atomic_write_text
+from sparekit.utils.io import atomic_write_text, sha256_file
+from sparekit.utils.rundir import RunDir
 
 if TYPE_CHECKING:
     from sparekit.models.loading import LoadedModel
@@ -27,9 +32,8 @@ SEED_HELP = "Seed for the held-out split and training."
 
 def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[str]:
     """Held-out NQ-Swap windows, or every line of a text file."""
-    # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
+    # deliberately lazy: these import transformers, which `sparekit sae --help` must not pay for
     from sparekit.activations.experiment import read_texts
-    from sparekit.sae.corpus import corpus_path, corpus_windows, token_windows  # lazy, as above
 
     path = corpus_path(corpus)
     if path.suffix == ".txt":
@@ -40,9 +44,6 @@ def eval_texts(lm: LoadedModel, corpus: str, holdout: float, seed: int) -> list[
 def check_saes(lm: LoadedModel, saes: list, sources: Sequence[str | None] | None = None) -> None:
     """Refuse SAEs that do not read this model's activations (the evaluation functions place each
     one where its layer computes); ``sources`` (the files they came from) name them in the error."""
-    # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
-    from sparekit.sae import check_compatible
-
     for sae_model, source in zip(saes, sources or [None] * len(saes), strict=True):
         check_compatible(sae_model, lm.info, source)
 
@@ -77,16 +78,10 @@ class SaeTrainExperiment:
 
         Rerunning the same config resumes: finished shards, checkpoints and finished SAEs are reused.
         """
-        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
+        # deliberately lazy: these import transformers, which `sparekit sae --help` must not pay for
         from sparekit.activations import capture_activations
         from sparekit.activations.experiment import read_texts  # lazy, as above
-        from sparekit.hooks import Site  # lazy, as above
         from sparekit.models import load_model  # lazy, as above
-        from sparekit.sae.corpus import corpus_path, corpus_windows  # lazy, as above
-        from sparekit.sae.formats import save_sae  # lazy, as above
-        from sparekit.sae.train import StoreSource, TopKTrainer  # lazy, as above
-        from sparekit.utils.io import sha256_file  # lazy, as above
-        from sparekit.utils.rundir import RunDir  # lazy, as above
 
         out, layers = Path(self.out), list(self.layers)
         prompts = read_texts(Path(self.prompts))[0] if self.prompts else []
@@ -147,9 +142,8 @@ class SaeEvalExperiment:
 
     def run(self, progress: bool = True) -> dict:
         """``{"layers": [one row per SAE]}`` (:func:`~sparekit.sae.evaluate.evaluate_saes`)."""
-        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
+        # deliberately lazy: these import transformers, which `sparekit sae --help` must not pay for
         from sparekit.models import load_model
-        from sparekit.sae import load_sae, shipped_layers  # lazy, as above
         from sparekit.sae.evaluate import evaluate_saes  # lazy, as above
 
         # the SAEs load before the model, so a bad file fails fast
@@ -185,9 +179,8 @@ class SaeFeaturesCommand:
 
     def run(self) -> dict:
         """``{"layer", "latents"}``: each latent's top snippets (:func:`~sparekit.sae.evaluate.top_activations`)."""
-        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
+        # deliberately lazy: these import transformers, which `sparekit sae --help` must not pay for
         from sparekit.models import load_model
-        from sparekit.sae import load_sae  # lazy, as above
         from sparekit.sae.evaluate import render_html, top_activations  # lazy, as above
 
         sae_model = load_sae(self.sae or "default", layer=self.layer)
@@ -214,8 +207,6 @@ class SaeConvertCommand:
 
     def run(self) -> dict:
         """What was converted: source, destination, architecture, sizes and layer."""
-        from sparekit.sae import load_sae, save_sae  # deliberately lazy: the CLI imports this module for its options
-
         loaded = load_sae(self.source, layer=self.layer)
         save_sae(loaded, self.dest, dtype=getattr(torch, self.save_dtype))
         return {"source": self.source, "dest": self.dest, "architecture": loaded.architecture, "d_in": loaded.d_in,
