@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparekit.activations.store import capture_activations
+from sparekit.data import load_dataset
 from sparekit.data.dataset import decode_row, row_id
+from sparekit.data.prompts import build_prompt, item_demos
 from sparekit.errors import SparekitError
+from sparekit.hooks import Site
 from sparekit.utils.config import (check_components, device_field, device_map_field, model_field, option, parse_layers)
+from sparekit.utils.distributed import local_device
+from sparekit.utils.io import ensure_dir
 
 
 def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
@@ -35,10 +41,6 @@ def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
 
 def dataset_prompts(name: str, context: str, k_shot: int, limit: int | None, seed: int) -> tuple[list[str], list[str]]:
     """Few-shot prompts (org_org demos) of a conflict dataset's items with the chosen context."""
-    # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
-    from sparekit.data import load_dataset
-    from sparekit.data.prompts import build_prompt, item_demos  # lazy, as above
-
     dataset = load_dataset(name, limit=limit, seed=seed)
     ctx = None if context == "none" else context
     prompts = [build_prompt(ex, ctx, item_demos(ex, dataset, seed, k_shot)) for ex in dataset]
@@ -71,12 +73,7 @@ class CaptureExperiment:
 
     def run(self, progress: bool = True) -> dict:
         """Capture into ``out``; returns a summary (rows, texts, sites, shards, dtype, positions, out)."""
-        # deliberately lazy: the CLI imports this module for its options (`--help` stays fast)
-        from sparekit.activations.store import capture_activations
-        from sparekit.hooks import Site  # lazy, as above
-        from sparekit.models import load_model  # lazy, as above
-        from sparekit.utils.distributed import local_device  # lazy, as above
-        from sparekit.utils.io import ensure_dir  # lazy, as above
+        from sparekit.models import load_model  # looked up when the run starts: tests stand in a tiny model
 
         if (self.dataset is None) == (self.texts is None):
             raise SparekitError("pass exactly one of --dataset and --texts")
