@@ -154,12 +154,9 @@ def markdown(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> Path:
     """Score vs ratio per method (95 % intervals as bars), one panel per model × task × length."""
-    import matplotlib  # lazy: plotting is an extra
+    from sparekit.reporting.figures import finish_figure, pyplot  # lazy: plotting is an extra
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sparekit.probes.plots import _finish as finish_figure
+    plt = pyplot()
 
     panels: dict[tuple, list[dict]] = {}
     for r in rows:
