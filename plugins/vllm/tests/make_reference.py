@@ -17,7 +17,8 @@ from pathlib import Path
 from sparekit.data.loaders import load_dataset
 from sparekit.models import load_model
 from sparekit.serve import build_engine
-from sparekit.serve.engine import Job, RowSteer
+from sparekit.serve.engine import Job
+from sparekit.serve.options import RowSteer
 from sparekit.utils.io import atomic_write_json
 
 MAX_TOKENS = 8

@@ -16,7 +16,8 @@ import pytest
 
 vllm = pytest.importorskip("vllm")
 
-from sparekit_vllm.options import Plan, Steer  # noqa: E402
+from sparekit.serve.options import RowSteer  # noqa: E402
+from sparekit_vllm.options import Plan  # noqa: E402
 
 MODEL = Path.home() / ".cache/sparekit/models/gemma-3-270m"
 REFERENCE = os.environ.get("SPAREKIT_VLLM_REFERENCE", "")
@@ -65,7 +66,7 @@ def test_unsteered_requests_are_bit_identical_to_plain_vllm(engine, reference):
 def test_unsteered_rows_of_a_half_steered_batch_are_unchanged(engine, reference):
     llm, plain = engine
     method, toward = next(iter(k for k in reference["answers"] if k != "none")).split("/")
-    steer = Steer(method, toward, reference["strengths"][f"{method}/{toward}"])
+    steer = RowSteer(method, toward, reference["strengths"][f"{method}/{toward}"])
     plans = [Plan(f"half{i}", steer=steer) if i % 2 else None for i in range(len(reference["prompts"]))]
     mixed = generate(llm, reference["prompts"], plans, reference["max_tokens"])
     same = [mixed[i].token_ids == plain[i].token_ids for i in range(0, len(plans), 2)]
@@ -81,7 +82,7 @@ def test_greedy_answers_agree_with_the_builtin_engine(engine, reference):
         if key == "none":
             continue
         method, toward = key.split("/")
-        steer = Steer(method, toward, reference["strengths"][key])
+        steer = RowSteer(method, toward, reference["strengths"][key])
         got = generate(llm, reference["prompts"], [Plan(f"{key}{i}", steer=steer) for i in range(n)],
                        reference["max_tokens"])
         rates[key] = agreement([o.text for o in got], expected)
@@ -107,7 +108,7 @@ def test_a_mixed_batch_equals_each_request_alone(engine, reference):
     llm, _ = engine
     prompts = reference["prompts"][:8]
     keys = [k for k in reference["answers"] if k != "none"]
-    steers = [None] + [Steer(*k.split("/"), reference["strengths"][k]) for k in keys]
+    steers = [None] + [RowSteer(*k.split("/"), reference["strengths"][k]) for k in keys]
     plans = [Plan(f"mix{i}", detect=i % 3 == 0, steer=steers[i % len(steers)]) for i in range(len(prompts))]
     together = generate(llm, prompts, plans, reference["max_tokens"])
     together_readings = {p.key: take(llm, p.key) for p in plans if p.detect}
