@@ -6,8 +6,8 @@
 #   2. writes the built-in engine's reference answers and readings (sparekit's own environment) for the
 #      shipped SpARE bundle and the test ActAdd / knob bundles (plugins/vllm/tests/fitted);
 #   3. runs the plugin's tests in vLLM's environment: unit tests, the offline engine (whole prompts, then
-#      chunked prefill with prefix caching), then HTTP against `sparekit serve --engine vllm` and against a
-#      second server on the same weights without sparekit's assets (the bad-input 400s).
+#      chunked prefill with prefix caching), then HTTP against `sparekit serve --engine vllm`, then against
+#      a server on the same weights without sparekit's assets (the bad-input 400s).
 #   bash scripts/test_vllm.sh                # N_PROMPTS=50 conflict prompts (default)
 # Needs the default model in sparekit's cache (any sparekit command that loads it puts it there).
 # Time on the shared 2-core machine: README / BENCHMARKS.md ("Serving through vLLM"); CI does not run it.
@@ -48,25 +48,30 @@ phase "reference written"
     plugins/vllm/tests/test_vllm_engine.py plugins/vllm/tests/test_vllm_chunked.py
 phase "engine tests passed"
 
-# the same weights without sparekit's marker: no shipped probes or methods apply (the bad-input 400s)
+# HTTP, one server at a time (a vLLM worker holds ~4 GB here; two at once got one OOM-killed on the 23 GB box):
+# sparekit serve --engine vllm on the reference's folders, then the same weights without sparekit's marker
+# (no shipped probes or methods apply: the bad-input 400s of a model without assets)
 bare="$out/bare-model"
 mkdir -p "$bare"
 for f in "$model"/*; do [[ $(basename "$f") == sparekit_source.json ]] || ln -sf "$f" "$bare/"; done
-"$PY" -m sparekit serve --engine vllm --vllm-python "$venv/bin/python" --port "$port" \
-    $(printf -- '--fitted %s ' "${fitted[@]}") --vllm-args "--max-model-len 2048" > "$out/server.log" 2>&1 &
-server=$!
-"$PY" -m sparekit serve --engine vllm --model "$bare" --vllm-python "$venv/bin/python" --port $((port + 1)) \
-    --vllm-args "--max-model-len 2048" > "$out/bare-server.log" 2>&1 &
-bare_server=$!
-trap 'kill $server $bare_server 2>/dev/null || true' EXIT
-for p in "$port" $((port + 1)); do
+http_tests() {  # http_tests LOG URL_VARIABLE SERVE_ARGS... (the tests of the other server skip)
+    local log=$1 variable=$2 server
+    shift 2
+    "$PY" -m sparekit serve --engine vllm --vllm-python "$venv/bin/python" --port "$port" "$@" \
+        --vllm-args "--max-model-len 2048" > "$out/$log" 2>&1 &
+    server=$!
+    trap "kill $server 2>/dev/null || true" EXIT
     for _ in $(seq 900); do
-        curl -sf "localhost:$p/health" > /dev/null && break
-        kill -0 $server 2>/dev/null && kill -0 $bare_server 2>/dev/null || { tail -20 "$out"/*server.log; exit 1; }
+        curl -sf "localhost:$port/health" > /dev/null && break
+        kill -0 $server 2>/dev/null || { tail -20 "$out/$log"; exit 1; }
         sleep 1
     done
-done
-phase "servers up"
-SPAREKIT_VLLM_URL="http://localhost:$port" SPAREKIT_VLLM_BARE_URL="http://localhost:$((port + 1))" \
-    "$venv/bin/python" -m pytest -q -s -p no:cacheprovider plugins/vllm/tests/test_vllm_http.py
+    phase "$log: server up"
+    env "$variable=http://localhost:$port" "$venv/bin/python" -m pytest -q -s -p no:cacheprovider \
+        plugins/vllm/tests/test_vllm_http.py
+    kill $server
+    wait $server 2>/dev/null || true
+}
+http_tests server.log SPAREKIT_VLLM_URL $(printf -- '--fitted %s ' "${fitted[@]}")
+http_tests bare-server.log SPAREKIT_VLLM_BARE_URL --model "$bare"
 phase "all passed"

@@ -18,8 +18,7 @@ openai = pytest.importorskip("openai")
 URL = os.environ.get("SPAREKIT_VLLM_URL", "")
 BARE_URL = os.environ.get("SPAREKIT_VLLM_BARE_URL", "")
 REFERENCE = os.environ.get("SPAREKIT_VLLM_REFERENCE", "")
-pytestmark = pytest.mark.skipif(not URL or not Path(REFERENCE).is_file(), reason="needs a reference and a running "
-                                "`sparekit serve --engine vllm` (SPAREKIT_VLLM_URL)")
+pytestmark = pytest.mark.skipif(not Path(REFERENCE).is_file(), reason="needs a reference (SPAREKIT_VLLM_REFERENCE)")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +28,8 @@ def reference() -> dict:
 
 @pytest.fixture(scope="module")
 def client():
+    if not URL:
+        pytest.skip("needs a running `sparekit serve --engine vllm` (SPAREKIT_VLLM_URL)")
     return openai.OpenAI(base_url=f"{URL}/v1", api_key="none", max_retries=0, timeout=300)
 
 
@@ -62,10 +63,8 @@ def test_steered_answers_match_the_builtin_engine(client, reference):
 
 
 def test_detection_and_gate_read_the_unsteered_prompt(client, reference):
-    key = next(k for k in reference["answers"] if k != "none")
-    method, toward = key.split("/")
-    out = complete(client, reference["prompts"][1], 4, detect=True, steer={"method": method, "toward": toward,
-                                                                        "gate": True})
+    out = complete(client, reference["prompts"][1], 4, detect=True, steer={"method": "spare", "toward": "memory",
+                                                                        "gate": True})  # the shipped, gated bundle
     reading = out.model_extra["sparekit"]
     assert abs(reading["conflict_probability"] - reference["detect"][1]["conflict_probability"]) <= 0.02
     assert reading["gate"] is True and isinstance(reading["steered"], bool)

@@ -30,7 +30,12 @@ def load_reference() -> dict:
 
 def engine_with_plugin(reference: dict, **engine_args: Any) -> Iterator[tuple[Any, list]]:
     """The engine on the reference's fitted folders, and its plain answers (logprobs included) taken before
-    the plugin is installed; shut down afterwards, so the next module's engine has the memory."""
+    the plugin is installed; shut down afterwards, so the next module's engine has the memory.
+
+    The engine core runs in this process: every ``generate`` then schedules the same batches from the same
+    prompts (a separate core process starts stepping while requests still arrive, so a batch's make-up, and
+    the last bits of its logprobs, would follow the machine's load rather than the plugin)."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["SPAREKIT_VLLM_MODEL"] = str(MODEL)
     os.environ["SPAREKIT_VLLM_FITTED"] = os.pathsep.join(reference.get("fitted", []))
     llm = vllm.LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=1024, seed=0,
