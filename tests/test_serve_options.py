@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sparekit.serve.options import Capabilities, OptionError, RowSteer, parse_options, parse_steer
+from sparekit.serve.options import Capabilities, OptionError, Options, RowSteer, parse_options, parse_steer
 
 CAPS = Capabilities(methods={"spare": {"context": 1.0, "memory": 2.0}, "knob": {"memory": 1.0}},
                     gates=frozenset({"spare"}), can_detect=True)
@@ -48,6 +48,7 @@ def test_options_without_assets_are_refused():
     with pytest.raises(OptionError, match="no fitted methods.*--fitted DIR"):
         parse_options({"steer": {"toward": "memory"}}, bare)
     assert parse_options({"steer": {"method": "none"}, "detect": False}, bare).steer is None
+    assert parse_options(None, bare) == parse_options({}, bare) == Options()  # "sparekit": null asks for nothing
 
 
 def test_the_tuned_strength_is_the_default_and_the_param_prefix_follows_the_caller():

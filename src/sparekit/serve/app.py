@@ -190,7 +190,7 @@ def plan_request(engine: Engine, limits: Limits, body: CompletionRequest | ChatR
         raise ApiError(400, f"prompt must be a string or a list of 1 to {limits.max_batch} strings.", "prompt")
     check_max_tokens(limits, max_tokens, "max_completion_tokens" if isinstance(body, ChatRequest)
                      and body.max_completion_tokens is not None else "max_tokens")
-    options = parse_options({} if body.sparekit is None else body.sparekit, engine.capabilities(limits.max_strength))
+    options = parse_options(body.sparekit, engine.capabilities(limits.max_strength))
     for prompt in prompts:
         check_prompt(engine, limits, prompt)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

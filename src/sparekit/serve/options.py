@@ -65,7 +65,10 @@ class Capabilities:
 
 
 def parse_options(raw: Any, caps: Capabilities, param: str = OPTIONS_KEY) -> Options:
-    """The checked :class:`Options` of a request's ``sparekit`` value, or an :class:`OptionError`."""
+    """The checked :class:`Options` of a request's ``sparekit`` value (``None``: none asked), or an
+    :class:`OptionError`."""
+    if raw is None:
+        return Options()
     if not isinstance(raw, dict):
         raise OptionError(f"{param} must be an object with {' and/or '.join(OPTION_KEYS)}.", param)
     _refuse_unknown(raw, OPTION_KEYS, param)
