@@ -20,7 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from sparekit_vllm.options import Plan, Steer
+from sparekit.serve.options import RowSteer
+from sparekit_vllm.options import Plan
 from vllm import LLM, SamplingParams
 
 MODEL = Path.home() / ".cache/sparekit/models/gemma-3-270m"
@@ -44,11 +45,12 @@ def main() -> None:
     reference = json.loads(args.reference.read_text())
     prompts = reference["prompts"]
     os.environ["SPAREKIT_VLLM_MODEL"] = str(MODEL)
+    os.environ["SPAREKIT_VLLM_FITTED"] = os.pathsep.join(reference.get("fitted", []))  # what the reference steered with
     llm = LLM(model=str(MODEL), dtype="float32", enforce_eager=True, max_model_len=1024, seed=0,
               max_num_seqs=args.max_num_seqs, worker_extension_cls="sparekit_vllm.worker.SparekitWorkerExtension")
     n = len(prompts)
     method, toward = next(k for k in reference["answers"] if k != "none").split("/")
-    steer = Steer(method, toward, reference["strengths"][f"{method}/{toward}"])
+    steer = RowSteer(method, toward, reference["strengths"][f"{method}/{toward}"])
     conditions = {"idle": [None] * n, "detect all": [Plan(f"d{i}", detect=True) for i in range(n)],
                   "steer half": [Plan(f"s{i}", steer=steer) if i % 2 else None for i in range(n)]}
     timed(llm, prompts, [None] * n, args.max_tokens)  # warm-up (and the prefix cache, for every condition)

@@ -22,7 +22,7 @@ from sparekit.evaluation.generation import greedy_generate  # noqa: E402
 from sparekit.models.tiny import tiny_model  # noqa: E402
 from sparekit.probes.detect import detect_prompt  # noqa: E402
 from sparekit.serve import Limits, build_engine  # noqa: E402
-from sparekit.serve.engine import RowSteer  # noqa: E402
+from sparekit.serve.options import RowSteer  # noqa: E402
 
 MODEL = "tiny-llama"  # tiny_model("llama").info.name: the one model the test server serves
 PROMPTS = ["context: a b c\nquestion: x?\nanswer:", "hi", "question: what is it?\nanswer:", "zz top 12"]
@@ -58,7 +58,7 @@ def reference(lm, engine, prompt: str, steer: RowSteer | None, max_tokens: int) 
     """The same prompt alone, through the library: greedy_generate inside ``method.steer`` (or unsteered)."""
     if steer is None:
         return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
-    method = engine.steering.methods[steer.label][steer.toward].method
+    method = engine.steering.methods[steer.method][steer.toward].method
     with method.steer(lm, toward=steer.toward, strength=steer.strength):
         return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
 

@@ -2,11 +2,13 @@
 
 Runs in sparekit's own environment (transformers and all), before ``test_vllm_engine.py`` runs in vLLM's:
 
-    python plugins/vllm/tests/make_reference.py OUT.json [--limit 50]
+    python plugins/vllm/tests/make_reference.py OUT.json [--limit 50] [--fitted DIR ...]
 
-For the first ``limit`` conflict prompts of the default dataset (substituted context, the fitted method's
-demonstrations: the prompt ``sparekit steer`` builds), greedy answers unsteered and per shipped method and
-direction at its tuned strength, and the probes' reading (what ``sparekit detect`` reports).
+For the first ``limit`` conflict prompts of the default dataset (substituted context, the request-time
+demonstrations: the prompt ``/v1/answer`` builds), greedy answers unsteered and per fitted method and
+direction at its tuned strength, and the probes' reading (what ``sparekit detect`` reports). ``--fitted``:
+the fitted bundles to steer with (default: the shipped ones); their folders are recorded, so the vLLM side
+loads the same ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 from sparekit.data.loaders import load_dataset
 from sparekit.models import load_model
 from sparekit.serve import build_engine
-from sparekit.serve.engine import Job, RowSteer
+from sparekit.serve.engine import Job
+from sparekit.serve.options import RowSteer
 from sparekit.utils.io import atomic_write_json
 
 MAX_TOKENS = 8
@@ -41,8 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--fitted", type=Path, nargs="*", default=[])
     args = parser.parse_args()
-    engine = build_engine(load_model("default"))
+    engine = build_engine(load_model("default"), fitted=args.fitted)
     examples = list(load_dataset("default"))[:args.limit]
     prompts = [engine.answer_prompt(ex.sub_context, ex.question) for ex in examples]
     plain = run(engine, prompts, None, detect=True)
@@ -52,6 +56,7 @@ def main() -> None:
             steer = RowSteer(label, toward, engine.default_strength(label, toward))
             answers[f"{label}/{toward}"] = [r["text"] for r in run(engine, prompts, steer)]
     atomic_write_json(args.out, {"max_tokens": MAX_TOKENS, "prompts": prompts, "answers": answers, "detect": detect,
+                                 "fitted": [str(p.resolve()) for p in args.fitted],
                                  "strengths": {f"{label}/{t}": engine.default_strength(label, t)
                                                for label in engine.method_names()[1:]
                                                for t in engine.steering.methods[label]}})

@@ -17,7 +17,9 @@ from sparekit.artifacts import save_artifact
 from sparekit.probes.linear import LinearProbe
 
 from sparekit_vllm.bundle import load_bundle
-from sparekit_vllm.options import Capabilities, OptionError, Plan, Steer, parse_options
+from sparekit.serve.options import RowSteer, parse_options
+
+from sparekit_vllm.options import Plan, Served
 from sparekit_vllm.rows import LastToken, last_prompt_tokens
 from sparekit_vllm.worker import SparekitWorkerExtension
 
@@ -37,49 +39,24 @@ def test_last_prompt_tokens_none_in_a_decoding_step():
     assert last_prompt_tokens([1, 1], [7, 9], [7, 5]) == []
 
 
-# -- options ------------------------------------------------------------------------------------
-CAPS = Capabilities(methods={"spare": {"context": 2.0, "memory": 2.0}}, gates=frozenset({"spare"}), can_detect=True,
-                    probe_layer=13, first_edit_layer={"spare": 9})
+# -- options (checked by sparekit.serve.options: tests/test_serve_options.py) ----------------------
+SERVED = Served(methods={"spare": {"context": 1.0, "memory": 2.0}}, gates=frozenset({"spare"}), can_detect=True,
+                probe_layer=13, first_edit_layer={"spare": 9})
 
 
-@pytest.mark.parametrize(("raw", "param", "words"), [
-    ({"steer": {"method": "sea", "toward": "memory"}}, "sparekit.steer.method", "valid methods: none, spare"),
-    ({"steer": {"toward": "sideways"}}, "sparekit.steer.toward", "context, memory"),
-    ({"steer": {"toward": "memory", "strength": 99}}, "sparekit.steer.strength", "from 0 to 16"),
-    ({"steer": {"toward": "memory", "strength": float("nan")}}, "sparekit.steer.strength", "from 0 to 16"),
-    ({"steer": {"toward": "memory", "strength": True}}, "sparekit.steer.strength", "from 0 to 16"),
-    ({"steer": {"toward": "memory", "gate": "yes"}}, "sparekit.steer.gate", "true or false"),
-    ({"detect": 1}, "sparekit.detect", "true or false"),
-    ({"stear": {}}, "sparekit.stear", "Unknown parameter"),
-    ({"steer": {"toward": "memory", "alpha": 1}}, "sparekit.steer.alpha", "Unknown parameter"),
-])
-def test_bad_options_name_their_parameter(raw, param, words):
-    with pytest.raises(OptionError) as caught:
-        parse_options(raw, CAPS)
-    assert caught.value.param == param and words in caught.value.message
-    assert caught.value.body()["error"]["type"] == "invalid_request_error"
-
-
-def test_options_without_assets_are_refused():
-    bare = Capabilities()
-    with pytest.raises(OptionError, match="no conflict probes"):
-        parse_options({"detect": True}, bare)
-    with pytest.raises(OptionError, match="no fitted methods"):
-        parse_options({"steer": {"toward": "memory"}}, bare)
-    with pytest.raises(OptionError, match="No calibrated conflict gate"):
-        parse_options({"steer": {"toward": "memory", "gate": True}}, Capabilities(methods=CAPS.methods))
-
-
-def test_options_default_to_the_tuned_strength_and_say_when_to_read_first():
-    options = parse_options({"detect": True, "steer": {"toward": "memory"}}, CAPS)
-    assert options.steer == Steer("spare", "memory", 2.0, False)
-    assert CAPS.reads_first(options)  # spare edits layer 9, the probe reads 13: read the unsteered prompt
-    assert not CAPS.reads_first(parse_options({"detect": True}, CAPS))
-    assert parse_options({"steer": {"method": "none"}}, CAPS).steer is None
+def test_an_unsteered_pass_comes_first_for_a_gate_or_a_probe_above_the_edit():
+    options = parse_options({"detect": True, "steer": {"toward": "memory"}}, SERVED)
+    assert options.steer == RowSteer("spare", "memory", 2.0, False)
+    assert SERVED.reads_first(options)  # spare edits layer 9, the probe reads 13: read the unsteered prompt
+    assert not SERVED.reads_first(parse_options({"detect": True}, SERVED))
+    assert not SERVED.reads_first(parse_options({"steer": {"toward": "memory"}}, SERVED))
+    assert SERVED.reads_first(parse_options({"steer": {"toward": "memory", "gate": True}}, SERVED))
+    below = Served(**{**SERVED.__dict__, "probe_layer": 5})
+    assert not below.reads_first(options)
 
 
 def test_plan_travels_in_extra_args():
-    plan = Plan("k1", detect=True, steer=Steer("spare", "memory", 2.0))
+    plan = Plan("k1", detect=True, steer=RowSteer("spare", "memory", 2.0))
     extra = plan.extra_args()
     assert all(isinstance(v, str) for v in extra.values())  # vllm_xargs takes strings and numbers
     assert Plan.from_extra_args({**extra, "other": 1}) == plan
@@ -177,12 +154,14 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     probe.save(root / "probes/conflict")
     LinearProbe(epochs=2, site="resid.0").fit(X - y[:, None], y).save(root / "probes/source")
     (root / "probes/detect.json").write_text(json.dumps({"demos": []}))
-    for toward in ("context", "memory"):
+    for toward in ("context", "memory"):  # a fitted bundle's layout (sparekit.steering.fitted)
         save_artifact(root / f"fitted/actadd/{toward}", "actadd", {"layer": 1}, {"vector_": torch.ones(D)})
-        (root / f"fitted/actadd/{toward}/tuned.json").write_text(json.dumps({"strength": 2.0}))
+    save_artifact(root / "fitted/actadd", "fitted_steering",
+                  {"label": "actadd", "tuned": {"context": {"strength": 2.0}, "memory": {"strength": None}}}, {})
     gate_probe = LinearProbe(epochs=2, site="resid.2").fit(X + y[:, None], y)
-    save_artifact(root / "fitted/gate", "probe_gate", {"layer": 2, "threshold": 0.5, "probe": gate_probe.get_params()},
-                  gate_probe.tensors(), {"n_features_in": D})
+    save_artifact(root / "fitted/actadd/gate", "probe_gate",
+                  {"layer": 2, "threshold": 0.5, "probe": gate_probe.get_params()}, gate_probe.tensors(),
+                  {"n_features_in": D})
     return {"probes": root / "probes", "fitted": root / "fitted/actadd"}
 
 
@@ -200,7 +179,7 @@ def worker(folders, monkeypatch):
 def test_steering_edits_only_its_request_at_its_last_prompt_token(worker):
     runner = worker.model_runner
     x = torch.randn(12, D)
-    steer = Steer("actadd", "memory", 2.0)
+    steer = RowSteer("actadd", "memory", 2.0)
     # a 5-token prompt (steered), a decoding request, and a final 6-token chunk (unsteered plan)
     out = runner.step([("a", 5, 0, 5, Plan("ka", steer=steer)), ("b", 1, 9, 4, None),
                        ("c", 6, 4, 10, Plan("kc"))], x)
@@ -230,8 +209,8 @@ def test_detection_reads_the_probes_at_the_last_prompt_token(worker, folders):
 def test_gate_reading_and_mixed_batch_equal_each_request_alone(worker):
     runner = worker.model_runner
     x = torch.randn(9, D)
-    plans = [Plan("k0", gate="actadd"), Plan("k1", steer=Steer("actadd", "context", 1.0)),
-             Plan("k2", steer=Steer("actadd", "memory", 4.0))]
+    plans = [Plan("k0", gate="actadd"), Plan("k1", steer=RowSteer("actadd", "context", 1.0)),
+             Plan("k2", steer=RowSteer("actadd", "memory", 4.0))]
     together = runner.step([(f"r{i}", 3, 0, 3, plan) for i, plan in enumerate(plans)], x)
     assert isinstance(worker.sparekit_take("k0")["fired"], bool)
     for i, plan in enumerate(plans):
@@ -250,17 +229,25 @@ def test_a_step_without_plans_is_untouched(worker):
 def test_the_shipped_assets_load_for_the_default_model():
     bundle = load_bundle(CACHED_MODEL)
     caps = bundle.capabilities()
-    assert caps.can_detect and "spare" in caps.methods and "spare" in caps.gates
-    edits = bundle.edits(Steer("spare", "memory", 2.0))
+    assert caps.can_detect and "spare" in caps.gates
+    assert caps.methods == {"spare": {"context": 1.0, "memory": 2.0}}  # the bundle's dev-tuned strengths
+    edits = bundle.edits(RowSteer("spare", "memory", 2.0))
     assert sorted(edits) == [9, 10, 11, 12]
     h = torch.randn(2, 640) * 100
     assert edits[9](h).shape == h.shape and not torch.equal(edits[9](h), h)
     assert load_bundle(None).capabilities().methods == {}  # another model: the shipped assets do not apply
 
 
+def test_a_fitted_bundle_gives_its_tuned_strengths_and_its_gate(folders):
+    caps = load_bundle(None, folders["probes"], [folders["fitted"]]).capabilities()
+    assert caps.methods == {"actadd": {"context": 2.0, "memory": 4.0}}  # memory: no tuned strength, actadd's default
+    assert caps.gates == {"actadd"} and caps.first_edit_layer == {"actadd": 1} and caps.probe_layer == 3
+
+
 def test_the_plugin_imports_no_transformers_dependent_sparekit_code():
     code = ("import sys, sparekit_vllm.api, sparekit_vllm.worker, sparekit_vllm.plugin; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'sklearn') "
-            "or m in ('sparekit.models.loading', 'sparekit.hooks.core', 'sparekit.steering')); print(bad)")
+            "or m in ('sparekit.models.loading', 'sparekit.hooks.core', 'sparekit.steering', 'sparekit.serve.engine', "
+            "'sparekit.serve.app')); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
     assert out.stdout.strip() == "[]"

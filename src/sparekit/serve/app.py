@@ -31,12 +31,13 @@ from starlette.exceptions import HTTPException
 
 from sparekit.data.formats import available_formats
 from sparekit.serve.batcher import Batcher, QueueFull
-from sparekit.serve.engine import GREEDY, Engine, Job, RowSteer, Sampling
+from sparekit.serve.engine import GREEDY, Engine, Job, Sampling
 from sparekit.serve.limits import Limits
 from sparekit.serve.metrics import Metrics
-from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, SparekitOptions,
-                                     chat_prompt, check_detect, check_model, check_unsupported, error_response,
-                                     resolve_format, resolve_steer, sampling, stop_strings, validation_error)
+from sparekit.serve.options import OptionError, RowSteer, parse_options, parse_steer
+from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, chat_prompt,
+                                     check_model, check_unsupported, error_response, resolve_format, sampling,
+                                     stop_strings, validation_error)
 
 
 # -- the middleware: drain, body size, in-flight count, request metrics -----------------------
@@ -190,15 +191,13 @@ def plan_request(engine: Engine, limits: Limits, body: CompletionRequest | ChatR
         raise ApiError(400, f"prompt must be a string or a list of 1 to {limits.max_batch} strings.", "prompt")
     check_max_tokens(limits, max_tokens, "max_completion_tokens" if isinstance(body, ChatRequest)
                      and body.max_completion_tokens is not None else "max_tokens")
-    options = body.sparekit or SparekitOptions()
-    steer = resolve_steer(options.steer, engine, limits.max_strength)
-    check_detect(options.detect, engine, "sparekit.detect")
+    options = parse_options(body.sparekit, engine.capabilities(limits.max_strength))
     for prompt in prompts:
         check_prompt(engine, limits, prompt)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options is only allowed with stream: true.", "stream_options")
-    return _Plan(prompts, max_tokens, stop_strings(body.stop) + stop, options.detect, steer,
+    return _Plan(prompts, max_tokens, stop_strings(body.stop) + stop, options.detect, options.steer,
                  sampling(body, engine.lm.info.vocab_size), body.stream, include_usage,
                  chat=isinstance(body, ChatRequest))
 
@@ -233,6 +232,10 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(OptionError)
+    async def bad_option(request: Request, exc: OptionError) -> JSONResponse:  # the vLLM plugin's 400s, alike
+        return JSONResponse(exc.body(), status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -298,7 +301,8 @@ def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
         check_max_tokens(limits, body.max_tokens)
         if not body.question.strip():
             raise ApiError(400, "question must not be empty.", "question")
-        steer = resolve_steer(body.steer, engine, limits.max_strength, param="steer")
+        steer = None if body.steer is None else parse_steer(body.steer, engine.capabilities(limits.max_strength),
+                                                            "steer")
         prompt = engine.answer_prompt(body.context, body.question, resolve_format(body.prompt_format, engine))
         check_prompt(engine, limits, prompt)
         plan = _Plan([prompt], body.max_tokens, ("\n",), body.detect and engine.can_detect, steer)

@@ -36,6 +36,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.probes.detect import probes_for, request_shots
 from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures, read_states
+from sparekit.serve.options import Capabilities, RowSteer
 from sparekit.serve.prefix import PrefixCache, prefixed_batch
 from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedBundle, FittedSteering
@@ -45,16 +46,6 @@ log = logging.getLogger(__name__)
 #: ``emit(kind, payload)``: ``"sparekit"`` (the probe readings, once the prompt pass ran),
 #: ``"delta"`` (new text, streaming rows only), ``"done"`` (the row's result) or ``"error"``.
 Emit = Callable[[str, Any], None]
-
-
-@dataclass(frozen=True)
-class RowSteer:
-    """A validated steering request: a fitted method's label, direction, strength and gate flag."""
-
-    label: str
-    toward: str
-    strength: float
-    gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +234,12 @@ class Engine:
         strength = fitted.strength if fitted.strength is not None else fitted.method.default_strength
         return float(strength or 0.0)
 
+    def capabilities(self, max_strength: float) -> Capabilities:
+        """What requests may ask of this engine (:func:`sparekit.serve.options.parse_options` checks against it)."""
+        return Capabilities({label: {t: self.default_strength(label, t) for t in per}
+                             for label, per in self.steering.methods.items()},
+                            frozenset(self.steering.gates), self.can_detect, max_strength)
+
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text)["input_ids"])
 
@@ -272,7 +269,7 @@ class Engine:
                                          else None).probes
             for k, i in enumerate(early):
                 if jobs[i].steer.gate:
-                    gate = self.steering.gates[jobs[i].steer.label]
+                    gate = self.steering.gates[jobs[i].steer.method]
                     fired[i] = bool(read_states({gate.site: states[gate.site][k:k + 1]}, gate).fired[0])
                 if jobs[i].detect:
                     readings[i] = early_readings[k]
@@ -331,16 +328,16 @@ class Engine:
 
     def _sites_for(self, jobs: Sequence[Job]) -> list[Site]:
         sites = {s for job in jobs if job.detect for s in self.probes.sites.values()}
-        sites |= {self.steering.gates[job.steer.label].site for job in jobs if job.steer and job.steer.gate}
+        sites |= {self.steering.gates[job.steer.method].site for job in jobs if job.steer and job.steer.gate}
         return sorted(sites)
 
     def _edits(self, steer: RowSteer) -> list[tuple[Site, EditFn]]:
         """The method's edits for (label, direction, strength), built once and reused across batches."""
-        key = (steer.label, steer.toward, steer.strength)
+        key = (steer.method, steer.toward, steer.strength)
         if key not in self._edit_cache:
             if len(self._edit_cache) >= 64:
                 self._edit_cache.pop(next(iter(self._edit_cache)))
-            method = self.steering.methods[steer.label][steer.toward].method
+            method = self.steering.methods[steer.method][steer.toward].method
             self._edit_cache[key] = method.edits(self.lm, steer.toward, steer.strength)  # type: ignore[arg-type]
         return self._edit_cache[key]
 
@@ -350,7 +347,7 @@ class Engine:
         if job.steer is None:
             out.update(steered=False, method="none")
         else:
-            out.update(steered=fired, method=job.steer.label, toward=job.steer.toward, strength=job.steer.strength,
+            out.update(steered=fired, method=job.steer.method, toward=job.steer.toward, strength=job.steer.strength,
                        gate=job.steer.gate)
         return out
 

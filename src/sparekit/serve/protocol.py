@@ -18,10 +18,9 @@ from pydantic import BaseModel, ConfigDict
 
 from sparekit.data.formats import DEFAULT_FORMAT, PromptFormat, apply_chat_template, prompt_format
 from sparekit.errors import SparekitError
-from sparekit.serve.engine import Engine, RowSteer, Sampling
+from sparekit.serve.engine import Engine, Sampling
+from sparekit.serve.options import OPTION_KEYS, OPTIONS_KEY
 
-#: where sparekit's own options go in a request body (``extra_body={"sparekit": {...}}`` with the openai client)
-OPTIONS_KEY = "sparekit"
 _ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
                 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
@@ -42,22 +41,6 @@ def error_response(exc: ApiError) -> JSONResponse:
 
 
 # -- request bodies -------------------------------------------------------------------------
-class SteerSpec(BaseModel):
-    """Checked by hand in :func:`resolve_steer`, so a bad value gets a message naming the valid ones."""
-
-    model_config = ConfigDict(extra="forbid")
-    method: Any = "spare"
-    toward: Any = None
-    strength: Any = None
-    gate: bool = False
-
-
-class SparekitOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    detect: bool = False
-    steer: SteerSpec | None = None
-
-
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -80,7 +63,7 @@ class _OpenAIRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None  # an end-user id for the operator's logs; does not change the answer
-    sparekit: SparekitOptions | None = None
+    sparekit: Any = None  # checked by sparekit.serve.options.parse_options, as the vLLM plugin checks it
 
 
 class CompletionRequest(_OpenAIRequest):
@@ -110,7 +93,7 @@ class AnswerRequest(BaseModel):
     context: str | list[str] | None = None
     question: str
     prompt_format: str = DEFAULT_FORMAT
-    steer: SteerSpec | None = None
+    steer: Any = None  # checked by sparekit.serve.options.parse_steer
     detect: bool = True
     max_tokens: int = 12
 
@@ -126,7 +109,7 @@ def validation_error(exc: RequestValidationError, content_type: str) -> ApiError
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
     if first.get("type") == "extra_forbidden":
         hint = (f' (sparekit options go under "{OPTIONS_KEY}": {{...}}, e.g. extra_body={{"{OPTIONS_KEY}": '
-                f'{{"{param}": ...}}}} with the openai client)' if param in SparekitOptions.model_fields else "")
+                f'{{"{param}": ...}}}} with the openai client)' if param in OPTION_KEYS else "")
         return ApiError(400, f"Unknown parameter: {param}{hint}.", param)
     return ApiError(400, f"Invalid request: {param or 'body'}: {first.get('msg', 'invalid value')}.", param)
 
@@ -179,44 +162,12 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return strings
 
 
-def resolve_steer(spec: SteerSpec | None, engine: Engine, max_strength: float,
-                  param: str = f"{OPTIONS_KEY}.steer") -> RowSteer | None:
-    """A validated :class:`RowSteer`, or a 400 that names the valid values."""
-    if spec is None or spec.method == "none":
-        return None
-    names = engine.method_names()
-    if not isinstance(spec.method, str) or spec.method not in engine.steering.methods:
-        raise ApiError(400, f"Unknown steering method {spec.method!r}; valid methods: {', '.join(names)}.",
-                       f"{param}.method")
-    directions = sorted(engine.steering.methods[spec.method])
-    if spec.toward not in directions:
-        raise ApiError(400, f"steer.toward must be one of: {', '.join(directions)} (got {spec.toward!r}).",
-                       f"{param}.toward")
-    tuned = engine.default_strength(spec.method, spec.toward)
-    strength = tuned if spec.strength is None else spec.strength
-    if (isinstance(strength, bool) or not isinstance(strength, int | float) or not math.isfinite(strength)
-            or not 0 <= strength <= max_strength):
-        raise ApiError(400, f"steer.strength must be a number from 0 to {max_strength:g} "
-                            f"(got {spec.strength!r}; {spec.method} toward {spec.toward} is tuned at {tuned:g}).",
-                       f"{param}.strength")
-    if spec.gate and spec.method not in engine.steering.gates:
-        gated = sorted(engine.steering.gates)
-        raise ApiError(400, f"No calibrated conflict gate for method {spec.method!r}; set gate to false"
-                            f"{' or use ' + ', '.join(gated) if gated else ''}.", f"{param}.gate")
-    return RowSteer(spec.method, spec.toward, float(strength), bool(spec.gate))
-
-
 def resolve_format(name: str, engine: Engine) -> PromptFormat:
     """The requested prompt format, or a 400 that names the valid ones (or says the model has no chat template)."""
     try:
         return prompt_format(name, engine.lm.tokenizer)
     except SparekitError as exc:
         raise ApiError(400, f"{exc}.", "prompt_format") from None
-
-
-def check_detect(detect: bool, engine: Engine, param: str) -> None:
-    if detect and not engine.can_detect:
-        raise ApiError(400, "Detection is not available: start the server with --probe DIR for this model.", param)
 
 
 def chat_text(content: str | list[dict[str, Any]]) -> str:

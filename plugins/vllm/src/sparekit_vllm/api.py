@@ -23,8 +23,10 @@ import os
 import uuid
 from typing import Any
 
+from sparekit.serve.options import OPTIONS_KEY, OptionError, Options, RowSteer, parse_options
+
 from sparekit_vllm.bundle import bundle_from_env
-from sparekit_vllm.options import OPTIONS_KEY, PLAN_KEY, Capabilities, OptionError, Options, Plan, Steer, parse_options
+from sparekit_vllm.options import PLAN_KEY, Plan, Served
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
 
@@ -32,7 +34,7 @@ ROUTES = ("/v1/completions", "/v1/chat/completions")
 class SparekitMiddleware:
     def __init__(self, app: Any):
         self.app = app
-        self._caps: Capabilities | None = None
+        self._caps: Served | None = None
         self._installed = False
         self._lock = asyncio.Lock()
 
@@ -63,7 +65,7 @@ class SparekitMiddleware:
             if steer.gate and not reading["fired"]:
                 steer = None
         main = Plan(uuid.uuid4().hex, detect=options.detect and reading is None,
-                    steer=None if steer is None else Steer(steer.method, steer.toward, steer.strength))
+                    steer=None if steer is None else RowSteer(steer.method, steer.toward, steer.strength))
         body = _with_plan(payload, main)
         if payload.get("stream"):
             return await self.app(_inner_scope(scope, body), _replay(body), send)
@@ -79,7 +81,7 @@ class SparekitMiddleware:
             choice[OPTIONS_KEY] = extra
         await _send_json(send, 200, answer)
 
-    async def _capabilities(self) -> Capabilities:
+    async def _capabilities(self) -> Served:
         if self._caps is None:  # the folders are read once, off the event loop
             bundle = await asyncio.to_thread(bundle_from_env)
             self._caps = bundle.capabilities(float(os.environ.get("SPAREKIT_VLLM_MAX_STRENGTH", "16")))

@@ -20,18 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sparekit.artifacts import Artifact, read_artifact, split_keyed
+from sparekit.artifacts import CONFIG, Artifact, read_artifact, split_keyed
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.assets import SHIPPED, ModelAssets
 from sparekit.probes.linear import LinearProbe
 from sparekit.probes.reading import ProbeSet
+from sparekit.serve.options import RowSteer
 from sparekit.sae import load_sae
 from sparekit.sae.base import spare_delta
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.io import read_json_object
 
-from sparekit_vllm.options import DIRECTIONS, Capabilities, Steer
+from sparekit_vllm.options import DIRECTIONS, Served
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 #: which steering kinds the plugin can apply: residual edits at the last prompt token
@@ -71,19 +72,19 @@ class Bundle:
     methods: dict[str, dict[str, Fitted]] = field(default_factory=dict)
     gates: dict[str, ThresholdGate] = field(default_factory=dict)
     shipped: ModelAssets | None = None
-    _edits: dict[Steer, dict[int, EditFn]] = field(default_factory=dict)
+    _edits: dict[RowSteer, dict[int, EditFn]] = field(default_factory=dict)
 
-    def capabilities(self, max_strength: float = 16.0) -> Capabilities:
-        return Capabilities(
+    def capabilities(self, max_strength: float = 16.0) -> Served:
+        return Served(
             methods={label: {t: f.strength for t, f in per.items()} for label, per in self.methods.items()},
             gates=frozenset(self.gates), can_detect=self.probes is not None,
             probe_layer=max(s.layer for s in self.probes.sites.values()) if self.probes else None,
             first_edit_layer={label: min(f.layers[0] for f in per.values()) for label, per in self.methods.items()},
             max_strength=max_strength)
 
-    def edits(self, steer: Steer) -> dict[int, EditFn]:
+    def edits(self, steer: RowSteer) -> dict[int, EditFn]:
         """The edit per layer for (method, direction, strength), built once (SAEs load on first use)."""
-        key = Steer(steer.method, steer.toward, steer.strength)
+        key = RowSteer(steer.method, steer.toward, steer.strength)
         if key not in self._edits:
             fitted = self.methods[steer.method][steer.toward]
             self._edits[key] = _BUILDERS[fitted.artifact.kind](fitted.artifact, steer.toward, steer.strength,
@@ -105,9 +106,8 @@ def load_bundle(model_folder: str | Path | None = None, probe_dir: str | Path | 
                                           if shipped else [])
     for root in roots:
         bundle.methods[root.name] = _load_method(root)
-        gate = next((c for c in (root.parent.parent / "gate_probe", root.parent / "gate") if c.is_dir()), None)
-        if gate is not None:
-            bundle.gates[root.name] = _load_gate(gate, model_hash)
+        if (root / "gate" / CONFIG).is_file():
+            bundle.gates[root.name] = _load_gate(root / "gate", model_hash)
     return bundle
 
 
@@ -135,20 +135,20 @@ def _model_hash(model_folder: str | Path | None) -> str | None:
 
 
 def _load_method(root: Path) -> dict[str, Fitted]:
+    """A fitted bundle (:mod:`sparekit.steering.fitted`): each direction's method and its dev-tuned strength,
+    kept in the bundle's ``config.json`` (a direction without one takes the kind's default, as sparekit does)."""
+    if not (root / CONFIG).is_file():
+        raise SparekitError(f"no fitted method in {root} (missing {CONFIG})",
+                            "pass a folder from `sparekit bench steer` (<run>/fitted/<method>)")
+    tuned = read_artifact(root, "fitted_steering").params.get("tuned") or {}
     per = {}
-    for toward in DIRECTIONS:
-        folder = root / toward
-        if not (folder / "config.json").is_file():
-            continue
-        artifact = read_artifact(folder)
+    for toward in (t for t in DIRECTIONS if t in tuned):
+        artifact = read_artifact(root / toward)
         if artifact.kind not in SERVABLE:
-            raise SparekitError(f"{folder} holds a {artifact.kind!r} method, which the vLLM plugin cannot apply",
-                                f"serve one of: {', '.join(SERVABLE)}")
-        tuned = read_json_object(folder / "tuned.json") if (folder / "tuned.json").is_file() else {}
-        per[toward] = Fitted(artifact, float(tuned.get("strength") or _DEFAULT_STRENGTH[artifact.kind]))
-    if not per:
-        raise SparekitError(f"no fitted method in {root}", "pass a folder from `sparekit bench steer` "
-                                                           "(<run>/fitted/<method>)")
+            raise SparekitError(f"{root / toward} holds a {artifact.kind!r} method, which the vLLM plugin cannot "
+                                "apply", f"serve one of: {', '.join(SERVABLE)}")
+        strength = tuned[toward].get("strength")
+        per[toward] = Fitted(artifact, float(_DEFAULT_STRENGTH[artifact.kind] if strength is None else strength))
     return per
 
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 from sparekit.probes.reading import read_states
+from sparekit.serve.options import RowSteer
 
 from sparekit_vllm.bundle import Bundle, EditFn
-from sparekit_vllm.options import Plan, Steer
+from sparekit_vllm.options import Plan
 from sparekit_vllm.rows import LastToken
 
 Read = Callable[[torch.Tensor], torch.Tensor]
@@ -56,7 +57,7 @@ class Runtime:
 
     def begin(self, tokens: Sequence[tuple[LastToken, Plan]]) -> None:
         """Plan a step: group the edits by (method, direction, strength) per layer, list the readings."""
-        groups: dict[Steer, list[int]] = {}
+        groups: dict[RowSteer, list[int]] = {}
         self._pending = []
         for token, plan in tokens:
             if plan.steer is not None:

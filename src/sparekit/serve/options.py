@@ -1,0 +1,128 @@
+"""A request's sparekit options, ``{"sparekit": {"detect": …, "steer": {…}}}``: the one schema and the one
+validator of both engines of ``sparekit serve`` (the built-in one and the vLLM plugin, ``plugins/vllm``).
+
+Checked by hand rather than by pydantic so that each bad value gets one sentence naming the valid ones,
+worded alike on both engines. A refusal is an :class:`OptionError` (a 400 ``invalid_request_error``
+naming the ``param``), raised before the request reaches a batch, so nothing else in it is affected.
+
+Free of transformers, torch and FastAPI on purpose: the vLLM plugin imports it in vLLM's own
+environment, which pins its own transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: where sparekit's options go in a request body (``extra_body={"sparekit": {...}}`` with the openai client)
+OPTIONS_KEY = "sparekit"
+#: the keys under it, and under its ``steer``
+OPTION_KEYS = ("detect", "steer")
+STEER_KEYS = ("method", "toward", "strength", "gate")
+DEFAULT_METHOD = "spare"
+
+
+class OptionError(Exception):
+    """A request the server refuses: a 400 ``invalid_request_error`` with ``param``."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.message, self.param = message, param
+
+    def body(self) -> dict:
+        """The OpenAI-shaped error body (what the ``openai`` client reads into ``BadRequestError``)."""
+        return {"error": {"message": self.message, "type": "invalid_request_error", "param": self.param,
+                          "code": None}}
+
+
+@dataclass(frozen=True)
+class RowSteer:
+    """A checked steering order for one request: a fitted method's label, a direction, a strength and
+    whether the method's conflict gate decides."""
+
+    method: str
+    toward: str
+    strength: float
+    gate: bool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    detect: bool = False
+    steer: RowSteer | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the loaded folders allow: the tuned strength per method and direction, the gated methods,
+    whether probes were loaded, and the largest strength a request may ask for."""
+
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)
+    gates: frozenset[str] = frozenset()
+    can_detect: bool = False
+    max_strength: float = 16.0
+
+
+def parse_options(raw: Any, caps: Capabilities, param: str = OPTIONS_KEY) -> Options:
+    """The checked :class:`Options` of a request's ``sparekit`` value (``None``: none asked), or an
+    :class:`OptionError`."""
+    if raw is None:
+        return Options()
+    if not isinstance(raw, dict):
+        raise OptionError(f"{param} must be an object with {' and/or '.join(OPTION_KEYS)}.", param)
+    _refuse_unknown(raw, OPTION_KEYS, param)
+    detect = raw.get("detect", False)
+    if not isinstance(detect, bool):
+        raise OptionError(f"{param}.detect must be true or false (got {detect!r}).", f"{param}.detect")
+    check_detect(detect, caps, f"{param}.detect")
+    steer = raw.get("steer")
+    return Options(detect, None if steer is None else parse_steer(steer, caps, f"{param}.steer"))
+
+
+def check_detect(detect: bool, caps: Capabilities, param: str) -> None:
+    if detect and not caps.can_detect:
+        raise OptionError("Detection is not available: no conflict probes were loaded for this model "
+                          "(start the server with --probe DIR).", param)
+
+
+def parse_steer(raw: Any, caps: Capabilities, param: str) -> RowSteer | None:
+    """A checked :class:`RowSteer` (``None`` for method ``none``); the message names the valid values."""
+    if not isinstance(raw, dict):
+        raise OptionError(f"{param} must be an object with {', '.join(STEER_KEYS)}.", param)
+    _refuse_unknown(raw, STEER_KEYS, param)
+    method = raw.get("method", DEFAULT_METHOD)
+    if method == "none":
+        return None
+    if not caps.methods:
+        raise OptionError("Steering is not available: no fitted methods were loaded for this model (valid "
+                          "methods: none; start the server with --fitted DIR).", f"{param}.method")
+    if not isinstance(method, str) or method not in caps.methods:
+        valid = ", ".join(["none", *sorted(caps.methods)])
+        raise OptionError(f"Unknown steering method {method!r}; valid methods: {valid}.", f"{param}.method")
+    toward, directions = raw.get("toward"), sorted(caps.methods[method])
+    if toward not in directions:
+        raise OptionError(f"steer.toward must be one of: {', '.join(directions)} (got {toward!r}).",
+                          f"{param}.toward")
+    tuned = caps.methods[method][toward]
+    strength = tuned if raw.get("strength") is None else raw["strength"]
+    if (isinstance(strength, bool) or not isinstance(strength, int | float) or not math.isfinite(strength)
+            or not 0 <= strength <= caps.max_strength):
+        raise OptionError(f"steer.strength must be a number from 0 to {caps.max_strength:g} "
+                          f"(got {raw.get('strength')!r}; {method} toward {toward} is tuned at {tuned:g}).",
+                          f"{param}.strength")
+    gate = raw.get("gate", False)
+    if not isinstance(gate, bool):
+        raise OptionError(f"steer.gate must be true or false (got {gate!r}).", f"{param}.gate")
+    if gate and method not in caps.gates:
+        gated = sorted(caps.gates)
+        raise OptionError(f"No calibrated conflict gate for method {method!r}; set gate to false"
+                          f"{' or use ' + ', '.join(gated) if gated else ''}.", f"{param}.gate")
+    return RowSteer(method, toward, float(strength), gate)
+
+
+def _refuse_unknown(raw: dict, valid: tuple[str, ...], param: str) -> None:
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise OptionError(f"Unknown parameter: {param}.{unknown[0]} (valid: {', '.join(valid)}).",
+                          f"{param}.{unknown[0]}")
