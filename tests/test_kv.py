@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
-from sparekit.kv import PRESSES, RecentPress, keep_counts, kv_compress, select_positions
+from sparekit.kv import PRESSES, RecentPress, keep_counts, kv_compress, make_press, select_positions
 from sparekit.models.loading import from_modules
 from sparekit.models.tiny import _DECODER, char_tokenizer, tiny_model
 
@@ -220,6 +220,24 @@ def test_recent_keeps_its_sinks():
     index, valid = select_positions(RecentPress(sinks=2).scores(keys, mask, None), mask, keep, keep_last=1)
     assert index[0, 0].tolist() == [0, 1, 6, 7]
     assert index[1, 0, valid[1]].tolist() == [2, 3, 7]
+
+
+def test_recent_sinks_is_streamingllm_by_name():
+    """``recent-sinks`` is ``recent`` with 4 sinks (a grid passes no ``sinks``): the first 4 real positions of each
+    row of a padded batch survive beside the window, which a plain ``recent`` evicts."""
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, :3] = False
+    keys = torch.randn(2, 2, 16, 4)
+    press = make_press("recent-sinks", ratio=0.5, min_length=0, keep_last=2)
+    assert press.sinks == 4 and isinstance(press, RecentPress)
+    keep = keep_counts(mask.sum(1), press.ratio, press.min_length, press.keep_last)
+    expected = {"recent-sinks": [[0, 1, 2, 3, 12, 13, 14, 15], [3, 4, 5, 6, 13, 14, 15]],
+                "recent": [list(range(8, 16)), list(range(9, 16))]}
+    for method, rows in expected.items():
+        scores = make_press(method, ratio=0.5).scores(keys, mask, None)
+        index, valid = select_positions(scores, mask, keep, keep_last=2)
+        for row, kept in enumerate(rows):
+            assert index[row, :, valid[row]].tolist() == [kept, kept]
 
 
 def test_kv_conflict_honours_its_seed(monkeypatch):

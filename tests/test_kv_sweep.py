@@ -43,7 +43,7 @@ def _one_step(lm, enc: dict, cache):
     return cache
 
 
-@pytest.mark.parametrize("method", ["l2", "l2-inverse", "random", "recent", "snapkv"])
+@pytest.mark.parametrize("method", ["l2", "l2-inverse", "random", "recent", "recent-sinks", "snapkv"])
 def test_compressing_a_copied_prefill_equals_pressing_during_it(llama, method):
     """The same kept keys in every layer and the same greedy tokens, whether the prompt pass ran inside the
     press (kvpress's way) or once outside it and was copied (snapkv reads its window from that one pass)."""

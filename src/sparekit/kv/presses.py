@@ -2,7 +2,8 @@
 
 ``l2`` keeps the lowest key norms (Devoto et al. 2024; kvpress's ``KnormPress``),
 ``l2-inverse`` the highest (the control that should hurt), ``random`` a seeded draw,
-``recent`` the most recent positions (StreamingLLM with ``sinks`` first positions kept),
+``recent`` the most recent positions (a plain window; StreamingLLM with ``sinks`` first positions kept),
+``recent-sinks`` StreamingLLM's default (``recent`` with 4 sinks),
 ``snapkv`` the positions the prompt's last queries attend to most (Li et al. 2024, as kvpress's ``SnapKVPress``).
 """
 
@@ -87,6 +88,18 @@ class RecentPress(Press):
             sink = real & (real.long().cumsum(-1) <= self.sinks)  # the first real positions of each row
             scores = scores.masked_fill(sink[:, None], -float(seq))  # ranked just after the protected last ones
         return scores
+
+
+@register_press("recent-sinks")
+@dataclass(frozen=True)
+class SinkRecentPress(RecentPress):
+    """StreamingLLM as its paper runs it: ``recent`` with the first 4 positions (the attention sinks) kept.
+
+    Its own name so that a grid, which passes no ``sinks``, runs both the plain window and
+    the sinks + window (Xiao et al. 2024 found 4 sinks enough).
+    """
+
+    sinks: int = 4
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
