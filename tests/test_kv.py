@@ -186,6 +186,7 @@ def test_presses_are_registered_objects_checked_when_built():
 @pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
                                              ("l2", {"skip_layers": (-1,)}), ("l2", {"skip_layers": 1}),
                                              ("l2", {"min_length": 1.5}),
+                                             ("l2", {"keep_first": -1}), ("l2", {"keep_first": (3, 1.5)}),
                                              ("recent", {"sinks": -1}), ("random", {"seed": "x"}),
                                              ("snapkv", {"kernel": 4}), ("snapkv", {"window": 0})])
 def test_bad_press_options_are_one_line_errors(method, options):
@@ -194,6 +195,13 @@ def test_bad_press_options_are_one_line_errors(method, options):
     with pytest.raises(SparekitError) as info:
         make_press(method, **options)
     assert "\n" not in str(info.value)
+
+
+def test_keep_first_is_one_count_or_one_per_row_of_the_batch():
+    assert make_press("l2", keep_first=[3, 1]).first_counts(2).tolist() == [3, 1]  # a list from a file is frozen
+    assert make_press("l2", keep_first=2).first_counts(3).tolist() == [2, 2, 2]
+    with pytest.raises(SparekitError, match="3 counts for a batch of 2"):
+        make_press("l2", keep_first=(1, 2, 3)).first_counts(2)
 
 
 def test_press_applied_as_a_context_equals_kv_compress(llama):

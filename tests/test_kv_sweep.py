@@ -16,7 +16,9 @@ from sparekit.hooks import cache_keyword
 from sparekit.kv import make_press
 from sparekit.kv.bench import KVGrid, decode, prefill
 from sparekit.kv.ruler import TASKS, ruler_items
-from sparekit.kv.sweep import Sink, read_records, run_perplexity, run_ruler, summarize, wilson
+from sparekit.data.dataset import ConflictExample
+from sparekit.kv.sweep import (LABELS, Sink, demonstration_tokens, read_records, run_conflict, run_perplexity, run_ruler,
+                             summarize, wilson)
 from sparekit.models.tiny import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -26,6 +28,10 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank, twi
 PASSAGES = ["Paris is the capital of France. The river Seine runs through it. It has many museums!",
             "Mount Everest is the highest mountain. Climbers start from a base camp. Is it cold? Very."]
 OPTIONS = {"ratio": 0.5, "skip_layers": (0,), "min_length": 0, "keep_last": 2}
+CONFLICT_PASSES = ["context: Rome is in Italy.\nquestion: Where is Rome?\nanswer: Italy\n\n"
+                   "context: The capital of Peru is Oslo, a city by the sea and the hills.\n",
+                   "context: Lima is in Peru.\nquestion: Where?\nanswer: Peru\n\n"
+                   "context: Berlin lies on the Spree river, in the east of Germany, far from any sea.\n"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +85,39 @@ def test_a_padded_batch_reads_its_questions_as_each_row_alone(llama, method):
                       question_mask=asked["attention_mask"])[0]
 
     assert torch.equal(answers([0, 1]), torch.cat([answers([0]), answers([1])]))
+
+
+@pytest.mark.parametrize("method", ["recent", "l2-inverse", "snapkv"])
+def test_demonstrations_are_an_uncompressed_prefix_of_the_conflict_pass(llama, method):
+    """Every row's demonstration tokens (a different count per row, left-padded) survive in every compressed
+    layer, and the ratio applies to the passage after them (``recent`` alone would evict the demonstrations first)."""
+    demos = demonstration_tokens(llama, CONFLICT_PASSES)
+    assert demos == tuple(1 + p.rindex("context: ") for p in CONFLICT_PASSES)  # <bos> + one token a character
+    press = make_press(method, **OPTIONS, keep_first=demos, **({"window": 4} if method == "snapkv" else {}))
+    enc = tokenize(llama, CONFLICT_PASSES)
+    pre = prefill(llama, enc, [press])
+    with press(llama, pre.observed):
+        pruned = _one_step(llama, enc, copy.deepcopy(pre.cache))
+    real = enc["attention_mask"].sum(-1).tolist()
+    passage = [n - d for n, d in zip(real, demos)]
+    held = [d + p - p // 2 for d, p in zip(demos, passage)]
+    for layer in range(1, llama.info.n_layers):
+        full, kept = pre.cache.layers[layer].keys, pruned.layers[layer].keys
+        assert kept.shape[2] == max(held) + 1  # the step's own slot is last
+        for row in range(2):
+            pad, start = full.shape[2] - real[row], max(held) - held[row]
+            assert torch.equal(kept[row, :, start:start + demos[row]], full[row, :, pad:pad + demos[row]])
+
+
+def test_a_conflict_sweep_compresses_the_passage_only(llama, tmp_path):
+    examples = [ConflictExample(f"q{i}", "Where?", "", ("Italy",), "", ("Oslo",)) for i in range(2)]
+    prompts = [p + "question: Where is it?\nanswer:" for p in CONFLICT_PASSES]
+    grid = KVGrid(ratios=(0.0, 0.5), methods=("recent",), min_length=0, batch_size=2)
+    run_conflict(llama, examples, prompts, grid, Sink(tmp_path / "c.jsonl", resume=False), None, "toy")
+    records = read_records(tmp_path / "c.jsonl")
+    assert [r["demonstration_tokens"] for r in records] == list(demonstration_tokens(llama, CONFLICT_PASSES)) * 2
+    assert all(r["label"] in LABELS for r in records)
+    assert records[2]["kv_bytes"] < records[0]["kv_bytes"]
 
 
 def test_snapkv_presses_must_share_their_window():
