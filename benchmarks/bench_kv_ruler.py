@@ -11,6 +11,10 @@ every n-th item (run the shards anywhere, concatenate the files), ``summary`` re
     python benchmarks/bench_kv_ruler.py conflict --model default --dataset default-passages --items 100 --out runs/kv-ruler/gemma-conflict.jsonl
     python benchmarks/bench_kv_ruler.py summary runs/kv-ruler/*.jsonl --out runs/kv-ruler/summary
 
+Conflicts: the prompt pass holds the demonstrations and the passage, and only the passage is
+compressed (the demonstrations are an uncompressed prefix, ``keep_first``); the question is
+read through the compressed cache.
+
 Intervals: Wilson for accuracies and shares, item bootstrap for perplexity, recall-scored
 tasks (multi-value, variable tracking) and probe means; ``Δ`` is the paired change from the
 uncompressed cell on the same items, with its bootstrap interval.
@@ -51,7 +55,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--methods", default="l2,l2-inverse,random,recent,snapkv")
+    parser.add_argument("--methods", default="l2,l2-inverse,random,recent,recent-sinks,snapkv")
     parser.add_argument("--ratios", type=_floats, default=(0.0, 0.25, 0.5, 0.75, 0.9))
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -173,11 +177,11 @@ def plot(rows: list[dict], path: Path) -> Path:
         scale = 1.0 if task == "perplexity" else 100.0
         for i, method in enumerate(sorted({c["method"] for c in cells} - {"none"})):
             curve = ([base] if base else []) + sorted((c for c in cells if c["method"] == method), key=lambda c: c["ratio"])
-            x = [c["ratio"] + 0.006 * (i - 2) for c in curve]
+            x = [c["ratio"] + 0.006 * (i - 2.5) for c in curve]
             y = [scale * c["score"] for c in curve]
             err = [[scale * (c["score"] - c["interval"][0]) for c in curve],
                    [scale * (c["interval"][1] - c["score"]) for c in curve]]
-            ax.errorbar(x, y, yerr=err, marker="os^Dv"[i % 5], ms=3, capsize=2, label=method, color=f"C{i}")
+            ax.errorbar(x, y, yerr=err, marker="os^DvP"[i % 6], ms=3, capsize=2, label=method, color=f"C{i}")
         ax.set_title(f"{model}: {task}, {length} tokens", fontsize=8)
         ax.set_xlabel("ratio evicted", fontsize=8)
         ax.set_ylabel("perplexity ↓" if task == "perplexity" else "score % ↑", fontsize=8)
