@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sparekit.data import load_dataset
+from sparekit.data.dataset import ConflictDataset, ConflictExample, write_jsonl
 from sparekit.data.loaders import NQSWAP_LOCAL
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import condition_prompts
@@ -93,15 +94,29 @@ def ppl(args) -> None:
     run_perplexity(lm, shard(windows, args.shard), args.length, grid, Sink(args.out, args.resume))
 
 
+def _study(data: ConflictDataset, items: int, seed: int) -> list[ConflictExample]:
+    """The conflict study's items: a seeded sample of ``items`` rows, in dataset order."""
+    return [data[i] for i in sorted(random.Random(seed).sample(range(len(data)), min(items, len(data))))]
+
+
 def conflict(args) -> None:
     grid, data = _grid(args, min_length=0), load_dataset(args.dataset)
-    rows = sorted(random.Random(args.seed).sample(range(len(data)), min(args.items, len(data))))
-    examples = shard([data[i] for i in rows], args.shard)
+    examples = shard(_study(data, args.items, args.seed), args.shard)
     by_id = condition_prompts(data, "sub", seed=args.seed, k_shot=args.k_shot)
     lm = load_model(args.model, device=args.device)
-    probes = probes_for(lm)
+    probes = probes_for(lm, args.probes)
     print(f"probes: {probes.folder if probes else 'none shipped for this model'}", file=sys.stderr)
     run_conflict(lm, examples, [by_id[ex.id] for ex in examples], grid, Sink(args.out, args.resume), probes, data.name)
+
+
+def probe_dev(args) -> None:
+    """The rows of ``--dataset`` outside the question groups of the conflict study (same ``--items`` and
+    ``--seed``): a split to fit a model's probes on without seeing the study's items."""
+    data = load_dataset(args.dataset)
+    held = {ex.group for ex in _study(data, args.items, args.seed)}
+    dev = [ex for ex in data if ex.group not in held]
+    write_jsonl(dev, args.out)
+    print(f"{len(dev)} of {len(data)} rows, {len(held)} question groups of the study left out -> {args.out}")
 
 
 def _interval(pair, scale: float = 100.0, digits: int = 0) -> str:
@@ -219,6 +234,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default="default-passages")
     p.add_argument("--items", type=int, default=100)
     p.add_argument("--k-shot", type=int, default=3)
+    p.add_argument("--probes", type=Path, default=None, help="a `sparekit probe` run (default: the shipped probes)")
+    p = sub.add_parser("probe-dev", help="the conflict rows outside the study's question groups (a probe's dev split)")
+    p.add_argument("--dataset", default="default-passages")
+    p.add_argument("--items", type=int, default=100, help="the study's --items")
+    p.add_argument("--seed", type=int, default=0, help="the study's --seed")
+    p.add_argument("--out", type=Path, required=True, help=".jsonl the rows are written to")
     p = sub.add_parser("summary", help="tables, intervals and the plot from record files")
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True, help="path stem: .json, .md and .png are written")
@@ -226,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(args, "threads"):
         torch.set_num_threads(args.threads)
     try:
-        {"ruler": ruler, "ppl": ppl, "conflict": conflict, "summary": summary}[args.command](args)
+        {"ruler": ruler, "ppl": ppl, "conflict": conflict, "probe-dev": probe_dev, "summary": summary}[args.command](args)
     except SparekitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

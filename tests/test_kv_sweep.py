@@ -16,7 +16,8 @@ from sparekit.hooks import cache_keyword
 from sparekit.kv import make_press
 from sparekit.kv.bench import KVGrid, decode, prefill
 from sparekit.kv.ruler import TASKS, ruler_items
-from sparekit.data.dataset import ConflictExample
+from sparekit.data import load_dataset
+from sparekit.data.dataset import ConflictExample, read_jsonl
 from sparekit.kv.sweep import (LABELS, Sink, demonstration_tokens, read_records, run_conflict, run_perplexity, run_ruler,
                              summarize, wilson)
 from sparekit.models.tiny import tiny_model
@@ -172,3 +173,14 @@ def test_wilson_interval():
     low, high = wilson(45, 50)
     assert 0.78 < low < 0.79 and 0.95 < high < 0.96  # 90 % of 50: (78.6, 95.7)
     assert wilson(0, 50)[0] == 0.0
+
+
+def test_the_probe_dev_split_leaves_out_the_conflict_studys_question_groups(tmp_path):
+    out = tmp_path / "dev.jsonl"
+    bench_kv_ruler.main(["probe-dev", "--items", "20", "--seed", "3", "--out", str(out)])
+    data = load_dataset("default-passages")
+    study = bench_kv_ruler._study(data, 20, 3)
+    assert len(study) == 20 and study == bench_kv_ruler._study(data, 20, 3)
+    dev = read_jsonl(out)
+    assert not {ex.group for ex in study} & {ex.group for ex in dev}
+    assert len(dev) == sum(ex.group not in {s.group for s in study} for ex in data) > 0
