@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparekit.data import load_dataset
+from sparekit.data.dataset import ConflictExample, read_jsonl
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
 from sparekit.kv import make_press
 from sparekit.kv.bench import KVGrid, decode, prefill
 from sparekit.kv.ruler import TASKS, ruler_items
-from sparekit.data import load_dataset
-from sparekit.data.dataset import ConflictExample, read_jsonl
 from sparekit.kv.sweep import (LABELS, Sink, demonstration_tokens, read_records, run_conflict, run_perplexity, run_ruler,
                              summarize, wilson)
 from sparekit.models.tiny import tiny_model
@@ -29,10 +29,10 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank, twi
 PASSAGES = ["Paris is the capital of France. The river Seine runs through it. It has many museums!",
             "Mount Everest is the highest mountain. Climbers start from a base camp. Is it cold? Very."]
 OPTIONS = {"ratio": 0.5, "skip_layers": (0,), "min_length": 0, "keep_last": 2}
-CONFLICT_PASSES = ["context: Rome is in Italy.\nquestion: Where is Rome?\nanswer: Italy\n\n"
-                   "context: The capital of Peru is Oslo, a city by the sea and the hills.\n",
-                   "context: Lima is in Peru.\nquestion: Where?\nanswer: Peru\n\n"
-                   "context: Berlin lies on the Spree river, in the east of Germany, far from any sea.\n"]
+CONFLICT_PASSES = [("context: Rome is in Italy.\nquestion: Where is Rome?\nanswer: Italy\n\n"
+                    "context: The capital of Peru is Oslo, a city by the sea and the hills.\n"),
+                   ("context: Lima is in Peru.\nquestion: Where?\nanswer: Peru\n\n"
+                    "context: Berlin lies on the Spree river, in the east of Germany, far from any sea.\n")]
 
 
 @pytest.fixture(scope="module")

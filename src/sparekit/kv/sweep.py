@@ -14,8 +14,8 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from itertools import zip_longest
 from dataclasses import replace
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
