@@ -216,6 +216,25 @@ def summary(args) -> None:
     print(table)
 
 
+def by_depth(args) -> None:
+    """Hits / items per needle depth of the RULER cells of ``--methods`` at ``--ratio`` (and uncompressed):
+    where a window or a score loses the needle."""
+    unique = {(r["model"], r["key"], r["method"], r["ratio"]): r for path in args.files for r in read_records(path)}
+    methods = ("none", *args.methods.split(","))
+    cells: dict[tuple, dict[float, list[float]]] = {}
+    for r in unique.values():
+        if r["suite"] == "ruler" and r["ratio"] in (0.0, args.ratio) and r["method"] in methods:
+            cells.setdefault((r["model"], r["task"], r["length"], r["method"]), {}).setdefault(r["depth"], []).append(
+                r["score"])
+    depths = sorted({d for got in cells.values() for d in got})
+    lines = ["| model | task | length | method | " + " | ".join(f"depth {d:g}" for d in depths) + " |",
+             "|---|---|---|---|" + "---|" * len(depths)]
+    for (model, task, length, method), got in sorted(cells.items()):
+        lines.append(f"| {model} | {task} | {length} | {method} | "
+                     + " | ".join(f"{sum(got[d]):g}/{len(got[d])}" if d in got else "" for d in depths) + " |")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,11 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("summary", help="tables, intervals and the plot from record files")
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True, help="path stem: .json, .md and .png are written")
+    p = sub.add_parser("by-depth", help="hits per needle depth of some methods at one ratio")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--methods", default="l2,recent,recent-sinks")
     args = parser.parse_args(argv)
     if hasattr(args, "threads"):
         torch.set_num_threads(args.threads)
     try:
-        {"ruler": ruler, "ppl": ppl, "conflict": conflict, "probe-dev": probe_dev, "summary": summary}[args.command](args)
+        {"ruler": ruler, "ppl": ppl, "conflict": conflict, "probe-dev": probe_dev, "summary": summary,
+         "by-depth": by_depth}[args.command](args)
     except SparekitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

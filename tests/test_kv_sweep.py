@@ -142,7 +142,7 @@ def test_ruler_items_are_seeded_and_fill_their_length(llama):
         ruler_items(llama.tokenizer, "multivalue", 300, 1, seed=0, passages=PASSAGES)
 
 
-def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path):
+def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path, capsys):
     """Two items, every method at one ratio: one line per item × cell, a rerun adds none, intervals bracket."""
     grid = KVGrid(ratios=(0.0, 0.5), methods=("l2", "snapkv"), min_length=0, batch_size=2)
     items = [ruler_items(llama.tokenizer, "passkey", 250, 1, 0, PASSAGES)[0],
@@ -167,6 +167,11 @@ def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path):
     bench_kv_ruler.main(["summary", str(out), str(out), "--out", str(tmp_path / "summary")])  # counted once
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(rows))
     assert "| passkey | 250 |" in (tmp_path / "summary.md").read_text() and (tmp_path / "summary.png").is_file()
+    capsys.readouterr()  # the summary's table
+    bench_kv_ruler.main(["by-depth", str(out), str(out), "--methods", "l2"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| passkey |" in line]
+    hits = {r["method"]: f"{r['score']:g}/1" for r in records if r["task"] == "passkey"}  # one item, counted once
+    assert lines == [f"| {llama.info.name} | passkey | 250 | {m} | {hits[m]} |" for m in ("l2", "none")]
 
 
 def test_wilson_interval():
