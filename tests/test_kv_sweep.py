@@ -18,8 +18,8 @@ from sparekit.hooks import cache_keyword
 from sparekit.kv import make_press
 from sparekit.kv.bench import KVGrid, decode, prefill
 from sparekit.kv.ruler import TASKS, ruler_items
-from sparekit.kv.sweep import (LABELS, Sink, demonstration_tokens, read_records, run_conflict, run_perplexity, run_ruler,
-                             summarize, wilson)
+from sparekit.kv.sweep import (LABELS, Sink, demonstration_tokens, read_records, run_conflict, run_perplexity,
+                             run_ruler, summarize, wilson)
 from sparekit.models.tiny import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
