@@ -298,7 +298,29 @@ def test_snapkv_scores_are_the_window_attention_the_model_computes(llama):
     real = enc["attention_mask"].bool()
     real[:, -3:] = False  # the window is always kept
     torch.testing.assert_close(scores[real[:, None].expand_as(scores)], expected[real[:, None].expand_as(expected)])
-    assert torch.isinf(scores[..., -3:]).all()
+    assert (scores[..., -3:].amax(-1) < scores[..., :-3].amin(-1)).all()  # the window ranks first
+
+
+def test_snapkv_keeps_the_protected_positions_when_its_window_exceeds_the_budget(llama):
+    """A budget under the window keeps the last ``keep_last`` and first ``keep_first`` positions, then the
+    window's most attended ones (the window no longer ties with the protected positions and loses them)."""
+    from sparekit.hooks import Hooks, Site
+    from sparekit.kv import SnapKVPress
+
+    press = SnapKVPress(ratio=0.9, window=32, kernel=1, min_length=0, keep_last=2, keep_first=1)
+    enc = tokenize(llama, PROMPTS[:1])
+    observed = {}
+    hooks = Hooks(llama).intercept(Site(2, "attn"), lambda m, a, k: observed.update({2: press.observe(m, a, k)}))
+    with hooks, torch.inference_mode():
+        cache = llama.model(**enc, use_cache=True).past_key_values
+    mask = enc["attention_mask"].bool()
+    seq = mask.shape[1]
+    keep = keep_counts(mask.sum(-1), press.ratio, press.min_length, press.keep_last, 1)
+    assert int(keep[0]) < 32
+    scores = press.scores(cache.layers[2].keys, mask, observed[2])
+    index, _ = select_positions(scores, mask, keep, press.keep_last, 1)
+    for kept in index[0].tolist():
+        assert kept[0] == 0 and kept[-2:] == [seq - 2, seq - 1] and min(kept[1:]) >= seq - 32
 
 
 def test_snapkv_keeps_what_the_window_reads_whatever_the_batch(llama):

@@ -116,7 +116,8 @@ class SnapKVPress(Press):
     the layer does) attend causally to every key at ``1/sqrt(head_dim)``; the weights are
     averaged over the window's real queries, smoothed over ``kernel`` neighbouring
     positions and averaged over the query heads that share a KV head. The window itself
-    is always kept. Padding is masked, so a prompt keeps the same positions whatever its batch.
+    is always kept (its most attended part when the budget is smaller, after the positions
+    every press keeps). Padding is masked, so a prompt keeps the same positions whatever its batch.
     """
 
     window: int = 64
@@ -156,6 +157,8 @@ class SnapKVPress(Press):
         weights = torch.where(real[:, None, -width:, None], logits.softmax(-1), 0.0)  # padded queries count for nothing
         attention = weights.sum(-2) / real[:, -width:].sum(-1).clamp_min(1)[:, None, None]
         pooled = F.avg_pool1d(attention, kernel_size=self.kernel, padding=self.kernel // 2, stride=1)
-        scores = -pooled.view(batch, kv_heads, groups, seq).mean(2)
-        scores[..., seq - width:] = float("-inf")  # the window itself is kept
+        scores = -pooled.view(batch, kv_heads, groups, seq).mean(2)  # in [-1, 0]
+        # the window ranks first, by its own attention, but after the protected positions (-inf): a budget
+        # smaller than the window still keeps the last and first positions a press must keep
+        scores[..., seq - width:] -= 2.0
         return scores
