@@ -187,10 +187,12 @@ def plot(rows: list[dict], path: Path) -> Path:
     cols = min(4, len(panels))
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(panels) // cols)),
                              squeeze=False)
+    methods = sorted({r["method"] for cells in panels.values() for r in cells} - {"none"})  # one colour each
     for ax, ((model, task, length), cells) in zip(axes.flat, panels.items()):
         base = next((c for c in cells if c["method"] == "none"), None)
         scale = 1.0 if task == "perplexity" else 100.0
-        for i, method in enumerate(sorted({c["method"] for c in cells} - {"none"})):
+        for method in sorted({c["method"] for c in cells} - {"none"}):
+            i = methods.index(method)
             curve = ([base] if base else []) + sorted((c for c in cells if c["method"] == method), key=lambda c: c["ratio"])
             x = [c["ratio"] + 0.006 * (i - 2.5) for c in curve]
             y = [scale * c["score"] for c in curve]
