@@ -11,6 +11,10 @@ every n-th item (run the shards anywhere, concatenate the files), ``summary`` re
     python benchmarks/bench_kv_ruler.py conflict --model default --dataset default-passages --items 100 --out runs/kv-ruler/gemma-conflict.jsonl
     python benchmarks/bench_kv_ruler.py summary runs/kv-ruler/*.jsonl --out runs/kv-ruler/summary
 
+Conflicts: the prompt pass holds the demonstrations and the passage, and only the passage is
+compressed (the demonstrations are an uncompressed prefix, ``keep_first``); the question is
+read through the compressed cache.
+
 Intervals: Wilson for accuracies and shares, item bootstrap for perplexity, recall-scored
 tasks (multi-value, variable tracking) and probe means; ``Δ`` is the paired change from the
 uncompressed cell on the same items, with its bootstrap interval.
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sparekit.data import load_dataset
+from sparekit.data.dataset import ConflictDataset, ConflictExample, write_jsonl
 from sparekit.data.loaders import NQSWAP_LOCAL
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import condition_prompts
@@ -51,7 +56,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--methods", default="l2,l2-inverse,random,recent,snapkv")
+    parser.add_argument("--methods", default="l2,l2-inverse,random,recent,recent-sinks,snapkv")
     parser.add_argument("--ratios", type=_floats, default=(0.0, 0.25, 0.5, 0.75, 0.9))
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -89,15 +94,29 @@ def ppl(args) -> None:
     run_perplexity(lm, shard(windows, args.shard), args.length, grid, Sink(args.out, args.resume))
 
 
+def _study(data: ConflictDataset, items: int, seed: int) -> list[ConflictExample]:
+    """The conflict study's items: a seeded sample of ``items`` rows, in dataset order."""
+    return [data[i] for i in sorted(random.Random(seed).sample(range(len(data)), min(items, len(data))))]
+
+
 def conflict(args) -> None:
     grid, data = _grid(args, min_length=0), load_dataset(args.dataset)
-    rows = sorted(random.Random(args.seed).sample(range(len(data)), min(args.items, len(data))))
-    examples = shard([data[i] for i in rows], args.shard)
+    examples = shard(_study(data, args.items, args.seed), args.shard)
     by_id = condition_prompts(data, "sub", seed=args.seed, k_shot=args.k_shot)
     lm = load_model(args.model, device=args.device)
-    probes = probes_for(lm)
+    probes = probes_for(lm, args.probes)
     print(f"probes: {probes.folder if probes else 'none shipped for this model'}", file=sys.stderr)
     run_conflict(lm, examples, [by_id[ex.id] for ex in examples], grid, Sink(args.out, args.resume), probes, data.name)
+
+
+def probe_dev(args) -> None:
+    """The rows of ``--dataset`` outside the question groups of the conflict study (same ``--items`` and
+    ``--seed``): a split to fit a model's probes on without seeing the study's items."""
+    data = load_dataset(args.dataset)
+    held = {ex.group for ex in _study(data, args.items, args.seed)}
+    dev = [ex for ex in data if ex.group not in held]
+    write_jsonl(dev, args.out)
+    print(f"{len(dev)} of {len(data)} rows, {len(held)} question groups of the study left out -> {args.out}")
 
 
 def _interval(pair, scale: float = 100.0, digits: int = 0) -> str:
@@ -165,16 +184,18 @@ def plot(rows: list[dict], path: Path) -> Path:
     cols = min(4, len(panels))
     fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(panels) // cols)),
                              squeeze=False)
+    methods = sorted({r["method"] for cells in panels.values() for r in cells} - {"none"})  # one colour each
     for ax, ((model, task, length), cells) in zip(axes.flat, panels.items()):
         base = next((c for c in cells if c["method"] == "none"), None)
         scale = 1.0 if task == "perplexity" else 100.0
-        for i, method in enumerate(sorted({c["method"] for c in cells} - {"none"})):
+        for method in sorted({c["method"] for c in cells} - {"none"}):
+            i = methods.index(method)
             curve = ([base] if base else []) + sorted((c for c in cells if c["method"] == method), key=lambda c: c["ratio"])
-            x = [c["ratio"] + 0.006 * (i - 2) for c in curve]
+            x = [c["ratio"] + 0.006 * (i - 2.5) for c in curve]
             y = [scale * c["score"] for c in curve]
             err = [[scale * (c["score"] - c["interval"][0]) for c in curve],
                    [scale * (c["interval"][1] - c["score"]) for c in curve]]
-            ax.errorbar(x, y, yerr=err, marker="os^Dv"[i % 5], ms=3, capsize=2, label=method, color=f"C{i}")
+            ax.errorbar(x, y, yerr=err, marker="os^DvP"[i % 6], ms=3, capsize=2, label=method, color=f"C{i}")
         ax.set_title(f"{model}: {task}, {length} tokens", fontsize=8)
         ax.set_xlabel("ratio evicted", fontsize=8)
         ax.set_ylabel("perplexity ↓" if task == "perplexity" else "score % ↑", fontsize=8)
@@ -192,6 +213,25 @@ def summary(args) -> None:
     if any(r["suite"] != "conflict" for r in rows):
         plot(rows, args.out.with_suffix(".png"))
     print(table)
+
+
+def by_depth(args) -> None:
+    """Hits / items per needle depth of the RULER cells of ``--methods`` at ``--ratio`` (and uncompressed):
+    where a window or a score loses the needle."""
+    unique = {(r["model"], r["key"], r["method"], r["ratio"]): r for path in args.files for r in read_records(path)}
+    methods = ("none", *args.methods.split(","))
+    cells: dict[tuple, dict[float, list[float]]] = {}
+    for r in unique.values():
+        if r["suite"] == "ruler" and r["ratio"] in (0.0, args.ratio) and r["method"] in methods:
+            cells.setdefault((r["model"], r["task"], r["length"], r["method"]), {}).setdefault(r["depth"], []).append(
+                r["score"])
+    depths = sorted({d for got in cells.values() for d in got})
+    lines = ["| model | task | length | method | " + " | ".join(f"depth {d:g}" for d in depths) + " |",
+             "|---|---|---|---|" + "---|" * len(depths)]
+    for (model, task, length, method), got in sorted(cells.items()):
+        lines.append(f"| {model} | {task} | {length} | {method} | "
+                     + " | ".join(f"{sum(got[d]):g}/{len(got[d])}" if d in got else "" for d in depths) + " |")
+    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,14 +252,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default="default-passages")
     p.add_argument("--items", type=int, default=100)
     p.add_argument("--k-shot", type=int, default=3)
+    p.add_argument("--probes", type=Path, default=None, help="a `sparekit probe` run (default: the shipped probes)")
+    p = sub.add_parser("probe-dev", help="the conflict rows outside the study's question groups (a probe's dev split)")
+    p.add_argument("--dataset", default="default-passages")
+    p.add_argument("--items", type=int, default=100, help="the study's --items")
+    p.add_argument("--seed", type=int, default=0, help="the study's --seed")
+    p.add_argument("--out", type=Path, required=True, help=".jsonl the rows are written to")
     p = sub.add_parser("summary", help="tables, intervals and the plot from record files")
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True, help="path stem: .json, .md and .png are written")
+    p = sub.add_parser("by-depth", help="hits per needle depth of some methods at one ratio")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--methods", default="l2,recent,recent-sinks")
     args = parser.parse_args(argv)
     if hasattr(args, "threads"):
         torch.set_num_threads(args.threads)
     try:
-        {"ruler": ruler, "ppl": ppl, "conflict": conflict, "summary": summary}[args.command](args)
+        {"ruler": ruler, "ppl": ppl, "conflict": conflict, "probe-dev": probe_dev, "summary": summary,
+         "by-depth": by_depth}[args.command](args)
     except SparekitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

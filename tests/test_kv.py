@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, Gemma3TextConfig
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
-from sparekit.kv import PRESSES, RecentPress, keep_counts, kv_compress, select_positions
+from sparekit.kv import PRESSES, RecentPress, keep_counts, kv_compress, make_press, select_positions
 from sparekit.models.loading import from_modules
 from sparekit.models.tiny import _DECODER, char_tokenizer, tiny_model
 
@@ -186,6 +186,7 @@ def test_presses_are_registered_objects_checked_when_built():
 @pytest.mark.parametrize("method, options", [("l2", {"ratio": 1.0}), ("l2", {"ratio": True}),
                                              ("l2", {"skip_layers": (-1,)}), ("l2", {"skip_layers": 1}),
                                              ("l2", {"min_length": 1.5}),
+                                             ("l2", {"keep_first": -1}), ("l2", {"keep_first": (3, 1.5)}),
                                              ("recent", {"sinks": -1}), ("random", {"seed": "x"}),
                                              ("snapkv", {"kernel": 4}), ("snapkv", {"window": 0})])
 def test_bad_press_options_are_one_line_errors(method, options):
@@ -194,6 +195,13 @@ def test_bad_press_options_are_one_line_errors(method, options):
     with pytest.raises(SparekitError) as info:
         make_press(method, **options)
     assert "\n" not in str(info.value)
+
+
+def test_keep_first_is_one_count_or_one_per_row_of_the_batch():
+    assert make_press("l2", keep_first=[3, 1]).first_counts(2).tolist() == [3, 1]  # a list from a file is frozen
+    assert make_press("l2", keep_first=2).first_counts(3).tolist() == [2, 2, 2]
+    with pytest.raises(SparekitError, match="3 counts for a batch of 2"):
+        make_press("l2", keep_first=(1, 2, 3)).first_counts(2)
 
 
 def test_press_applied_as_a_context_equals_kv_compress(llama):
@@ -220,6 +228,24 @@ def test_recent_keeps_its_sinks():
     index, valid = select_positions(RecentPress(sinks=2).scores(keys, mask, None), mask, keep, keep_last=1)
     assert index[0, 0].tolist() == [0, 1, 6, 7]
     assert index[1, 0, valid[1]].tolist() == [2, 3, 7]
+
+
+def test_recent_sinks_is_streamingllm_by_name():
+    """``recent-sinks`` is ``recent`` with 4 sinks (a grid passes no ``sinks``): the first 4 real positions of each
+    row of a padded batch survive beside the window, which a plain ``recent`` evicts."""
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, :3] = False
+    keys = torch.randn(2, 2, 16, 4)
+    press = make_press("recent-sinks", ratio=0.5, min_length=0, keep_last=2)
+    assert press.sinks == 4 and isinstance(press, RecentPress)
+    keep = keep_counts(mask.sum(1), press.ratio, press.min_length, press.keep_last)
+    expected = {"recent-sinks": [[0, 1, 2, 3, 12, 13, 14, 15], [3, 4, 5, 6, 13, 14, 15]],
+                "recent": [list(range(8, 16)), list(range(9, 16))]}
+    for method, rows in expected.items():
+        scores = make_press(method, ratio=0.5).scores(keys, mask, None)
+        index, valid = select_positions(scores, mask, keep, keep_last=2)
+        for row, kept in enumerate(rows):
+            assert index[row, :, valid[row]].tolist() == [kept, kept]
 
 
 def test_kv_conflict_honours_its_seed(monkeypatch):
@@ -272,7 +298,29 @@ def test_snapkv_scores_are_the_window_attention_the_model_computes(llama):
     real = enc["attention_mask"].bool()
     real[:, -3:] = False  # the window is always kept
     torch.testing.assert_close(scores[real[:, None].expand_as(scores)], expected[real[:, None].expand_as(expected)])
-    assert torch.isinf(scores[..., -3:]).all()
+    assert (scores[..., -3:].amax(-1) < scores[..., :-3].amin(-1)).all()  # the window ranks first
+
+
+def test_snapkv_keeps_the_protected_positions_when_its_window_exceeds_the_budget(llama):
+    """A budget under the window keeps the last ``keep_last`` and first ``keep_first`` positions, then the
+    window's most attended ones (the window no longer ties with the protected positions and loses them)."""
+    from sparekit.hooks import Hooks, Site
+    from sparekit.kv import SnapKVPress
+
+    press = SnapKVPress(ratio=0.9, window=32, kernel=1, min_length=0, keep_last=2, keep_first=1)
+    enc = tokenize(llama, PROMPTS[:1])
+    observed = {}
+    hooks = Hooks(llama).intercept(Site(2, "attn"), lambda m, a, k: observed.update({2: press.observe(m, a, k)}))
+    with hooks, torch.inference_mode():
+        cache = llama.model(**enc, use_cache=True).past_key_values
+    mask = enc["attention_mask"].bool()
+    seq = mask.shape[1]
+    keep = keep_counts(mask.sum(-1), press.ratio, press.min_length, press.keep_last, 1)
+    assert int(keep[0]) < 32
+    scores = press.scores(cache.layers[2].keys, mask, observed[2])
+    index, _ = select_positions(scores, mask, keep, press.keep_last, 1)
+    for kept in index[0].tolist():
+        assert kept[0] == 0 and kept[-2:] == [seq - 2, seq - 1] and min(kept[1:]) >= seq - 32
 
 
 def test_snapkv_keeps_what_the_window_reads_whatever_the_batch(llama):

@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparekit.data import load_dataset
+from sparekit.data.dataset import ConflictExample, read_jsonl
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import cache_keyword
 from sparekit.kv import make_press
 from sparekit.kv.bench import KVGrid, decode, prefill
 from sparekit.kv.ruler import TASKS, ruler_items
-from sparekit.kv.sweep import Sink, read_records, run_perplexity, run_ruler, summarize, wilson
+from sparekit.kv.sweep import (LABELS, Sink, demonstration_tokens, read_records, run_conflict, run_perplexity,
+                             run_ruler, summarize, wilson)
 from sparekit.models.tiny import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -26,6 +29,10 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank, twi
 PASSAGES = ["Paris is the capital of France. The river Seine runs through it. It has many museums!",
             "Mount Everest is the highest mountain. Climbers start from a base camp. Is it cold? Very."]
 OPTIONS = {"ratio": 0.5, "skip_layers": (0,), "min_length": 0, "keep_last": 2}
+CONFLICT_PASSES = [("context: Rome is in Italy.\nquestion: Where is Rome?\nanswer: Italy\n\n"
+                    "context: The capital of Peru is Oslo, a city by the sea and the hills.\n"),
+                   ("context: Lima is in Peru.\nquestion: Where?\nanswer: Peru\n\n"
+                    "context: Berlin lies on the Spree river, in the east of Germany, far from any sea.\n")]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def _one_step(lm, enc: dict, cache):
     return cache
 
 
-@pytest.mark.parametrize("method", ["l2", "l2-inverse", "random", "recent", "snapkv"])
+@pytest.mark.parametrize("method", ["l2", "l2-inverse", "random", "recent", "recent-sinks", "snapkv"])
 def test_compressing_a_copied_prefill_equals_pressing_during_it(llama, method):
     """The same kept keys in every layer and the same greedy tokens, whether the prompt pass ran inside the
     press (kvpress's way) or once outside it and was copied (snapkv reads its window from that one pass)."""
@@ -81,6 +88,39 @@ def test_a_padded_batch_reads_its_questions_as_each_row_alone(llama, method):
     assert torch.equal(answers([0, 1]), torch.cat([answers([0]), answers([1])]))
 
 
+@pytest.mark.parametrize("method", ["recent", "l2-inverse", "snapkv"])
+def test_demonstrations_are_an_uncompressed_prefix_of_the_conflict_pass(llama, method):
+    """Every row's demonstration tokens (a different count per row, left-padded) survive in every compressed
+    layer, and the ratio applies to the passage after them (``recent`` alone would evict the demonstrations first)."""
+    demos = demonstration_tokens(llama, CONFLICT_PASSES)
+    assert demos == tuple(1 + p.rindex("context: ") for p in CONFLICT_PASSES)  # <bos> + one token a character
+    press = make_press(method, **OPTIONS, keep_first=demos, **({"window": 4} if method == "snapkv" else {}))
+    enc = tokenize(llama, CONFLICT_PASSES)
+    pre = prefill(llama, enc, [press])
+    with press(llama, pre.observed):
+        pruned = _one_step(llama, enc, copy.deepcopy(pre.cache))
+    real = enc["attention_mask"].sum(-1).tolist()
+    passage = [n - d for n, d in zip(real, demos)]
+    held = [d + p - p // 2 for d, p in zip(demos, passage)]
+    for layer in range(1, llama.info.n_layers):
+        full, kept = pre.cache.layers[layer].keys, pruned.layers[layer].keys
+        assert kept.shape[2] == max(held) + 1  # the step's own slot is last
+        for row in range(2):
+            pad, start = full.shape[2] - real[row], max(held) - held[row]
+            assert torch.equal(kept[row, :, start:start + demos[row]], full[row, :, pad:pad + demos[row]])
+
+
+def test_a_conflict_sweep_compresses_the_passage_only(llama, tmp_path):
+    examples = [ConflictExample(f"q{i}", "Where?", "", ("Italy",), "", ("Oslo",)) for i in range(2)]
+    prompts = [p + "question: Where is it?\nanswer:" for p in CONFLICT_PASSES]
+    grid = KVGrid(ratios=(0.0, 0.5), methods=("recent",), min_length=0, batch_size=2)
+    run_conflict(llama, examples, prompts, grid, Sink(tmp_path / "c.jsonl", resume=False), None, "toy")
+    records = read_records(tmp_path / "c.jsonl")
+    assert [r["demonstration_tokens"] for r in records] == list(demonstration_tokens(llama, CONFLICT_PASSES)) * 2
+    assert all(r["label"] in LABELS for r in records)
+    assert records[2]["kv_bytes"] < records[0]["kv_bytes"]
+
+
 def test_snapkv_presses_must_share_their_window():
     with pytest.raises(SparekitError, match="share every option but the ratio"):
         prefill(None, {}, [make_press("snapkv", window=4), make_press("snapkv", window=8)])
@@ -102,7 +142,7 @@ def test_ruler_items_are_seeded_and_fill_their_length(llama):
         ruler_items(llama.tokenizer, "multivalue", 300, 1, seed=0, passages=PASSAGES)
 
 
-def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path):
+def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path, capsys):
     """Two items, every method at one ratio: one line per item × cell, a rerun adds none, intervals bracket."""
     grid = KVGrid(ratios=(0.0, 0.5), methods=("l2", "snapkv"), min_length=0, batch_size=2)
     items = [ruler_items(llama.tokenizer, "passkey", 250, 1, 0, PASSAGES)[0],
@@ -127,9 +167,25 @@ def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path):
     bench_kv_ruler.main(["summary", str(out), str(out), "--out", str(tmp_path / "summary")])  # counted once
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(rows))
     assert "| passkey | 250 |" in (tmp_path / "summary.md").read_text() and (tmp_path / "summary.png").is_file()
+    capsys.readouterr()  # the summary's table
+    bench_kv_ruler.main(["by-depth", str(out), str(out), "--methods", "l2"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| passkey |" in line]
+    hits = {r["method"]: f"{r['score']:g}/1" for r in records if r["task"] == "passkey"}  # one item, counted once
+    assert lines == [f"| {llama.info.name} | passkey | 250 | {m} | {hits[m]} |" for m in ("l2", "none")]
 
 
 def test_wilson_interval():
     low, high = wilson(45, 50)
     assert 0.78 < low < 0.79 and 0.95 < high < 0.96  # 90 % of 50: (78.6, 95.7)
     assert wilson(0, 50)[0] == 0.0
+
+
+def test_the_probe_dev_split_leaves_out_the_conflict_studys_question_groups(tmp_path):
+    out = tmp_path / "dev.jsonl"
+    bench_kv_ruler.main(["probe-dev", "--items", "20", "--seed", "3", "--out", str(out)])
+    data = load_dataset("default-passages")
+    study = bench_kv_ruler._study(data, 20, 3)
+    assert len(study) == 20 and study == bench_kv_ruler._study(data, 20, 3)
+    dev = read_jsonl(out)
+    assert not {ex.group for ex in study} & {ex.group for ex in dev}
+    assert len(dev) == sum(ex.group not in {s.group for s in study} for ex in data) > 0

@@ -22,7 +22,9 @@ What happens, per layer and KV head, right before the first decoding step reads 
   of its prompt positions: those with the worst score. Scores are computed in float32
   (in bf16 most key norms of a head tie and rounding would choose). The last
   ``keep_last`` real positions are always kept (the question usually sits there), and
-  padding is never kept over a real position.
+  padding is never kept over a real position. The first ``keep_first`` real positions
+  (one count, or one per row) are an uncompressed prefix: always kept and outside the
+  ratio and ``min_length``, which apply to the rest (demonstrations before a compressed passage).
 * A press's :meth:`Press.scores` ranks the positions; :mod:`sparekit.kv.presses` says how each does.
 * Every head of a row keeps the same *number* of positions, so the cache stays one dense
   ``[batch, kv_heads, kept, head_dim]`` tensor per layer, as NVIDIA's kvpress does. Rows
@@ -102,6 +104,7 @@ class Press:
     skip_layers: tuple[int, ...] = (0, 1)
     min_length: int = 128
     keep_last: int = 8
+    keep_first: int | tuple[int, ...] = 0
 
     def __post_init__(self) -> None:
         ratio = self.ratio
@@ -110,11 +113,23 @@ class Press:
                                 "0 keeps everything, 0.9 evicts 90 % of each prompt")
         for name in ("min_length", "keep_last"):
             non_negative_int(name, getattr(self, name))
+        if isinstance(self.keep_first, list):
+            object.__setattr__(self, "keep_first", tuple(self.keep_first))
+        for count in self.keep_first if isinstance(self.keep_first, tuple) else (self.keep_first,):
+            non_negative_int("keep_first", count)
         if not isinstance(self.skip_layers, (tuple, list)):
             raise SparekitError(f"skip_layers must be a list of layer indices, got {self.skip_layers!r}")
         object.__setattr__(self, "skip_layers", tuple(self.skip_layers))  # a list from a config file is hashable now
         for layer in self.skip_layers:
             non_negative_int("a skipped layer", layer)
+
+    def first_counts(self, batch: int) -> torch.Tensor:
+        """``keep_first`` per row ``[batch]``; a per-row count must match the batch it is applied to."""
+        if not isinstance(self.keep_first, tuple):
+            return torch.full((batch,), self.keep_first)
+        if len(self.keep_first) != batch:
+            raise SparekitError(f"keep_first holds {len(self.keep_first)} counts for a batch of {batch} prompts")
+        return torch.tensor(self.keep_first)
 
     @classmethod
     def options(cls) -> tuple[str, ...]:
@@ -168,24 +183,30 @@ def kv_compress(lm: LoadedModel, method: str = "l2", **options: Any) -> Abstract
     return make_press(method, **options)(lm)
 
 
-def keep_counts(n_real: torch.Tensor, ratio: float, min_length: int, keep_last: int) -> torch.Tensor:
-    """Positions each row keeps: all below ``min_length``, else ``n - floor(ratio * n)``, at least ``keep_last``."""
-    dropped = torch.floor(n_real.double() * ratio).long()
-    kept = torch.maximum(n_real - dropped, torch.clamp(n_real, max=keep_last))
-    return torch.where(n_real < min_length, n_real, kept)
+def keep_counts(n_real: torch.Tensor, ratio: float, min_length: int, keep_last: int,
+                keep_first: torch.Tensor | int = 0) -> torch.Tensor:
+    """Positions each row keeps: its first ``keep_first``, then of the ``n`` after them all below
+    ``min_length``, else ``n - floor(ratio * n)``, at least ``keep_last``."""
+    first = torch.minimum(torch.as_tensor(keep_first, device=n_real.device), n_real)
+    n = n_real - first
+    dropped = torch.floor(n.double() * ratio).long()
+    kept = torch.maximum(n - dropped, torch.clamp(n, max=keep_last))
+    return first + torch.where(n < min_length, n, kept)
 
 
-def select_positions(scores: torch.Tensor, prompt_mask: torch.Tensor, keep: torch.Tensor,
-                     keep_last: int) -> tuple[torch.Tensor, torch.Tensor]:
+def select_positions(scores: torch.Tensor, prompt_mask: torch.Tensor, keep: torch.Tensor, keep_last: int,
+                     keep_first: torch.Tensor | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Which prompt positions each (row, head) keeps, as ``(index [b, h, width], valid [b, width])``.
 
     ``width`` is the largest row's count; a row keeping fewer gets filler slots first
-    (``valid`` False), then its kept positions in their original order.
+    (``valid`` False), then its kept positions in their original order. The last ``keep_last``
+    and first ``keep_first`` (per row) real positions are kept whatever their score.
     """
     batch, heads, seq = scores.shape
     real = prompt_mask.bool()
     from_end = real.flip(-1).long().cumsum(-1).flip(-1)  # real tokens at or after each position
-    protected = real & (from_end <= keep_last)
+    first = torch.as_tensor(keep_first, device=real.device).reshape(-1, 1)
+    protected = real & ((from_end <= keep_last) | (real.long().cumsum(-1) <= first))
     scores = scores.masked_fill(protected[:, None], float("-inf")).masked_fill(~real[:, None], float("inf"))
     width = int(keep.max())
     best = scores.argsort(dim=-1, stable=True)[..., :width]  # [b, h, width], best first
@@ -285,13 +306,14 @@ class KVCompressor:
         batch, heads, length, dim = keys.shape
         prompt_mask = self._prompt_mask(batch, length, keys.device)
         press = self.press
-        keep = keep_counts(prompt_mask.sum(-1), press.ratio, press.min_length, press.keep_last)
+        first = press.first_counts(batch).to(keys.device)
+        keep = keep_counts(prompt_mask.sum(-1), press.ratio, press.min_length, press.keep_last, first)
         # a sliding layer's columns are the window's, not the prompt's: it is never pruned
         if cache_layer.is_sliding or layer in self.skip_layers or int(keep.max()) == length:
             self._bytes[layer] = (before, before)
             return length, prompt_mask
         scores = press.scores(keys, prompt_mask, self._observed.get(layer))
-        index, valid = select_positions(scores, prompt_mask, keep, press.keep_last)
+        index, valid = select_positions(scores, prompt_mask, keep, press.keep_last, first)
         gather = index[..., None].expand(-1, -1, -1, dim)
         cache_layer.keys = keys.gather(2, gather)
         cache_layer.values = values.gather(2, gather)

@@ -2,7 +2,8 @@
 
 ``l2`` keeps the lowest key norms (Devoto et al. 2024; kvpress's ``KnormPress``),
 ``l2-inverse`` the highest (the control that should hurt), ``random`` a seeded draw,
-``recent`` the most recent positions (StreamingLLM with ``sinks`` first positions kept),
+``recent`` the most recent positions (a plain window; StreamingLLM with ``sinks`` first positions kept),
+``recent-sinks`` StreamingLLM's default (``recent`` with 4 sinks),
 ``snapkv`` the positions the prompt's last queries attend to most (Li et al. 2024, as kvpress's ``SnapKVPress``).
 """
 
@@ -89,6 +90,18 @@ class RecentPress(Press):
         return scores
 
 
+@register_press("recent-sinks")
+@dataclass(frozen=True)
+class SinkRecentPress(RecentPress):
+    """StreamingLLM as its paper runs it: ``recent`` with the first 4 positions (the attention sinks) kept.
+
+    Its own name so that a grid, which passes no ``sinks``, runs both the plain window and
+    the sinks + window (Xiao et al. 2024 found 4 sinks enough).
+    """
+
+    sinks: int = 4
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -103,7 +116,8 @@ class SnapKVPress(Press):
     the layer does) attend causally to every key at ``1/sqrt(head_dim)``; the weights are
     averaged over the window's real queries, smoothed over ``kernel`` neighbouring
     positions and averaged over the query heads that share a KV head. The window itself
-    is always kept. Padding is masked, so a prompt keeps the same positions whatever its batch.
+    is always kept (its most attended part when the budget is smaller, after the positions
+    every press keeps). Padding is masked, so a prompt keeps the same positions whatever its batch.
     """
 
     window: int = 64
@@ -143,6 +157,8 @@ class SnapKVPress(Press):
         weights = torch.where(real[:, None, -width:, None], logits.softmax(-1), 0.0)  # padded queries count for nothing
         attention = weights.sum(-2) / real[:, -width:].sum(-1).clamp_min(1)[:, None, None]
         pooled = F.avg_pool1d(attention, kernel_size=self.kernel, padding=self.kernel // 2, stride=1)
-        scores = -pooled.view(batch, kv_heads, groups, seq).mean(2)
-        scores[..., seq - width:] = float("-inf")  # the window itself is kept
+        scores = -pooled.view(batch, kv_heads, groups, seq).mean(2)  # in [-1, 0]
+        # the window ranks first, by its own attention, but after the protected positions (-inf): a budget
+        # smaller than the window still keeps the last and first positions a press must keep
+        scores[..., seq - width:] -= 2.0
         return scores

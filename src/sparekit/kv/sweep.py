@@ -14,6 +14,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from itertools import zip_longest
 from pathlib import Path
 
@@ -139,6 +140,19 @@ def split_question(prompt: str) -> tuple[str, str]:
     return prompt[:cut], prompt[cut:]
 
 
+def demonstration_tokens(lm: LoadedModel, prompt_passes: Sequence[str]) -> tuple[int, ...]:
+    """Leading tokens of each prompt pass that hold its demonstrations (all before the last ``context: ``).
+
+    Counted as the common start of the token ids of the demonstrations alone and of the
+    whole pass, so a token spanning the boundary counts as the passage's (it is compressed).
+    """
+    counts = []
+    for text in prompt_passes:
+        demos, whole = (lm.tokenizer(t)["input_ids"] for t in (text[:text.rindex("context: ")], text))
+        counts.append(next((i for i, (a, b) in enumerate(zip(demos, whole)) if a != b), min(len(demos), len(whole))))
+    return tuple(counts)
+
+
 def _probe_hooks(lm: LoadedModel, probes: ProbeSet | None) -> Hooks:
     """Captures at the probes' sites on every call: the first after the prompt pass is the question's."""
     hooks = Hooks(lm)
@@ -150,7 +164,13 @@ def _probe_hooks(lm: LoadedModel, probes: ProbeSet | None) -> Hooks:
 def run_conflict(lm: LoadedModel, examples: Sequence, prompts: Sequence[str], grid: KVGrid, sink: Sink,
                  probes: ProbeSet | None, dataset: str) -> None:
     """Knowledge source of each conflict answer per cell, and the probes' reading at the question's last
-    token (read through the compressed cache, so compression can move it)."""
+    token (read through the compressed cache, so compression can move it).
+
+    Only the passage is compressed: the demonstrations before it are an uncompressed prefix
+    (``keep_first``), outside the ratio, so a cell measures the passage's eviction, not the
+    answer format's. They stay where the harness puts them (moving them after the passage
+    would part the question from its passage and change the uncompressed prompt too).
+    """
     model = lm.info.name
     parts = [split_question(p) for p in prompts]
     with tqdm(total=len(examples), desc="conflict items", unit="item") as bar:
@@ -158,18 +178,21 @@ def run_conflict(lm: LoadedModel, examples: Sequence, prompts: Sequence[str], gr
             cells = sink.missing(model, [examples[i].id for i in chunk], grid.cells())
             if cells:
                 enc = tokenize(lm, [parts[i][0] for i in chunk])
-                pre = prefill(lm, enc, [grid.press(*c) for c in cells])
+                demos = demonstration_tokens(lm, [parts[i][0] for i in chunk])
+                presses = {c: replace(p, keep_first=demos) if (p := grid.press(*c)) else None for c in cells}
+                pre = prefill(lm, enc, presses.values())
                 question, asked = _question_batch(lm, [parts[i][1] for i in chunk])
-                for method, ratio in cells:
+                for (method, ratio), press in presses.items():
                     with _probe_hooks(lm, probes) as hooks:
-                        tokens, stats = decode(lm, enc, pre, 12, grid.press(method, ratio), stop_at_newline=True,
+                        tokens, stats = decode(lm, enc, pre, 12, press, stop_at_newline=True,
                                                question=question, question_mask=asked)
                     readings = probes.read({s: hooks.all(s)[0] for s in probes.sites.values()}) if probes else None
                     texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
                     sink.write([{"model": model, "suite": "conflict", "task": dataset, "length": 0, "key": examples[i].id,
                                  "method": method, "ratio": ratio, "output": text.split("\n", 1)[0].strip(),
                                  "label": behaviour_label(text.split("\n", 1)[0].strip(), examples[i]),
-                                 "kv_bytes": stats["kv_bytes"], **(readings[row] if readings else {})}
+                                 "kv_bytes": stats["kv_bytes"], "demonstration_tokens": demos[row],
+                                 **(readings[row] if readings else {})}
                                 for row, (i, text) in enumerate(zip(chunk, texts))])
             bar.update(len(chunk))
 
