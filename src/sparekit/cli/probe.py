@@ -10,7 +10,6 @@ from sparekit.cli.common import device_map_option, device_option, emit, json_opt
     prompt_format_option
 from sparekit.cli.config import config_options
 from sparekit.data.formats import DEFAULT_FORMAT
-from sparekit.data.prompts import format_block
 from sparekit.errors import SparekitError
 from sparekit.probes.experiment import ProbeExperiment
 
@@ -107,21 +106,21 @@ def detect(prompt, question, contexts, prompt_format, probe_dir, model, max_toke
         if contexts or prompt_format != DEFAULT_FORMAT:
             raise SparekitError("PROMPT is read as is: --context and --prompt-format go with --question")
         check_prompt_text(prompt)  # before loading the model
-    if detector != "probe" and prompt_format != DEFAULT_FORMAT:
-        raise SparekitError(f"--detector {detector} reads {DEFAULT_FORMAT} prompts only (it drops their context lines)",
-                            f"use --prompt-format {DEFAULT_FORMAT} or --detector probe")
     folder = resolve_probe_dir(probe_dir)
-    first_context = contexts[0] if contexts else None
-    _check_detector(detector, prompt if prompt is not None else format_block(question, first_context), folder)
+    _check_detector(detector, prompt, bool(contexts), folder)
     lm = load_model(model or probes_model(folder), device=device,
                     device_map=device_map)
     if detector == "probe":
         result = detect_prompt(lm, prompt, folder, max_tokens) if prompt is not None else \
             detect_question(lm, question, contexts or None, folder, prompt_format, max_tokens)
         emit(result, as_json, _render_reading)
-    else:
-        text = prompt if prompt is not None else prompt_builder(lm, folder)(question, contexts or None)
-        emit(_detect_with(lm, text, detector, folder, max_tokens), as_json, _render_detector)
+    elif prompt is not None:
+        emit(_detect_with(lm, prompt, detector, folder, max_tokens), as_json, _render_detector)
+    else:  # the closed-book twin from the same builder: any prompt format
+        builder = prompt_builder(lm, folder, prompt_format)
+        result = _detect_with(lm, builder(question, contexts), detector, folder, max_tokens,
+                              builder.without_passages(question))
+        emit({**result, "prompt_format": prompt_format}, as_json, _render_detector)
 
 
 def _render_reading(r: dict) -> str:
@@ -143,17 +142,17 @@ def _distribution_warning(r: dict) -> str:
             "above its training rows' 99th percentile): the reading may mean nothing")
 
 
-def _check_detector(detector: str, text: str, folder: Path) -> None:
+def _check_detector(detector: str, text: str | None, has_context: bool, folder: Path) -> None:
     """An unknown --detector, or one this prompt or probe folder cannot serve, fails before the model loads."""
     from sparekit.probes.training_free import check_detector_inputs
 
-    check_detector_inputs(detector, text, folder)
+    check_detector_inputs(detector, text, folder, has_context)
 
 
-def _detect_with(lm, text: str, detector: str, folder: Path, max_tokens: int) -> dict:
+def _detect_with(lm, text: str, detector: str, folder: Path, max_tokens: int, closed: str | None = None) -> dict:
     from sparekit.probes.training_free import detect_with
 
-    return detect_with(lm, text, detector, folder, max_tokens)
+    return detect_with(lm, text, detector, folder, max_tokens, closed)
 
 
 def _render_detector(r: dict) -> str:
