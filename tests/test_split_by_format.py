@@ -12,8 +12,7 @@ from sparekit.cli.main import main
 from sparekit.data import ConflictDataset, ConflictExample, split_by_group, write_jsonl
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
-from sparekit.probes import ProbingData, leave_one_out
-from sparekit.probes import experiment
+from sparekit.probes import ProbingData, experiment, leave_one_out
 from sparekit.probes.experiment import cross_validate, stack_formats
 
 TRAINED = {"epochs": 200, "lr": 0.05}
