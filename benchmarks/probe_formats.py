@@ -9,7 +9,8 @@ per-item ``org_org`` demonstrations for ``three_shot``, none for the others (as
 format under ``run/capped-N`` (three_shot: the folder bench_detectors.py fills) and
 ``run/capped-N-<format>``; a rerun resumes.
 
-Then, per layer (conflict probe, ``--seeds``; mean / worst fold / spread over folds):
+Then the conflict probe's tables (``--seeds``; mean / worst fold / spread over folds), all at the first of
+``--layers``, ``--more-tables`` at the others:
 
 - ``in_distribution``: fitted across all formats, 30 % of the question groups held out (every format of a
   held-out item is held out); ``three_shot_in_distribution``: the same, three_shot rows only;
@@ -76,20 +77,28 @@ def _summary(table: dict) -> dict:
     return {m: {k: round(table[m][k], 3) for k in keys if k in table[m]} for m in ("accuracy", "auroc")}
 
 
-def site_tables(per_format: dict[str, ProbingData], stacked: ProbingData, site: Site, seeds: list[int]) -> dict:
-    """The conflict probe's tables at one layer (module docstring)."""
+#: the tables of one layer, in the order they are computed (the most wanted first: a job cut short keeps them)
+TABLES = ("format", "three_shot_to", "in_distribution", "relation", "kind", "three_shot_in_distribution",
+          "three_shot_relation")
+
+
+def site_table(name: str, per_format: dict[str, ProbingData], stacked: ProbingData, site: Site,
+               seeds: list[int]) -> dict:
+    """One of the conflict probe's :data:`TABLES` at one layer (module docstring)."""
     three = per_format[DEFAULT_FORMAT]
     start = time.perf_counter()
-    row = {"in_distribution": cross_validate(stacked, "conflict", site, seeds, TEST_FRACTION, PROBE_PARAMS),
-           "three_shot_in_distribution": cross_validate(three, "conflict", site, seeds, TEST_FRACTION, PROBE_PARAMS)}
-    for field in ("format", "relation", "kind"):
-        row[field] = leave_one_out(stacked, "conflict", site, seeds, PROBE_PARAMS, field)
-    row["three_shot_relation"] = leave_one_out(three, "conflict", site, seeds, PROBE_PARAMS, "relation")
-    row["three_shot_to"] = {name: transfer(three, data, "conflict", site, seeds, PROBE_PARAMS)
-                            for name, data in per_format.items() if name != DEFAULT_FORMAT}
-    print(site, f"{time.perf_counter() - start:.0f} s", json.dumps({k: _summary(v.get("mean", v)) for k, v in row.items()
-                                                                    if k != "three_shot_to"}), flush=True)
-    return row
+    if name == "three_shot_to":
+        table = {n: transfer(three, data, "conflict", site, seeds, PROBE_PARAMS)
+                 for n, data in per_format.items() if n != DEFAULT_FORMAT}
+    elif name.endswith("in_distribution"):
+        data = three if name.startswith("three_shot") else stacked
+        table = cross_validate(data, "conflict", site, seeds, TEST_FRACTION, PROBE_PARAMS)
+    else:
+        data, field = (three, "relation") if name == "three_shot_relation" else (stacked, name)
+        table = leave_one_out(data, "conflict", site, seeds, PROBE_PARAMS, field)
+    shown = {n: _summary(t) for n, t in table.items()} if name == "three_shot_to" else _summary(table.get("mean", table))
+    print(site, name, f"{time.perf_counter() - start:.0f} s", json.dumps(shown), flush=True)
+    return table
 
 
 def _reading(probe: LinearProbe, data: ProbingData, site: Site, rows: list[int]) -> dict:
@@ -168,6 +177,8 @@ def main() -> None:
     parser.add_argument("--capture-only", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ood-layer", type=int, default=13)
+    parser.add_argument("--more-tables", default="format,three_shot_to,in_distribution",
+                        help="the tables of the layers after the first (all of TABLES for the first)")
     parser.add_argument("--save-probe", type=Path, default=None,
                         help="fit the across-formats conflict probe on every row and save it in this folder")
     args = parser.parse_args()
@@ -187,15 +198,18 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.is_file() else {}  # a rerun resumes, layer by layer
     result.update(n_items=len(items), formats=names, per_relation=args.per_relation)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for site in sites:  # the OOD table after the first layer's tables: a job cut short keeps both
-        if str(site) not in result.setdefault("tables", {}):
-            result["tables"][str(site)] = site_tables(per_format, stacked, site, seeds)
-            atomic_write_json(path, result)
-        if "ood" not in result:
-            result["ood"] = ood_table(per_format, Site(args.ood_layer))
-            atomic_write_json(path, result)
+    for site in sites:  # every table of the first layer, --more-tables of the others; the OOD table early
+        for name in TABLES if site == sites[0] else args.more_tables.split(","):
+            done = result.setdefault("tables", {}).setdefault(str(site), {})
+            if name not in done:
+                done[name] = site_table(name, per_format, stacked, site, seeds)
+                atomic_write_json(path, result)
+            if name == "in_distribution" and "ood" not in result:
+                result["ood"] = ood_table(per_format, Site(args.ood_layer))
+                atomic_write_json(path, result)
     if args.save_probe is not None:
-        best = max(sites, key=lambda s: result["tables"][str(s)]["in_distribution"]["accuracy"]["mean"])
+        best = max((s for s in sites if "in_distribution" in result["tables"].get(str(s), {})),
+                   key=lambda s: result["tables"][str(s)]["in_distribution"]["accuracy"]["mean"])
         result["probe"] = save_probe(lm, per_format, stacked, best, args.save_probe)
         atomic_write_json(path, result)
 
