@@ -23,11 +23,12 @@ The OOD flag (``--ood-layer``): probes fitted on 70 % of the question groups, on
 formats, and on all but each format in turn; per format, the flag rate, median distance, accuracy and AUROC
 on the other 30 %'s rows. ``--save-probe`` fits the across-formats conflict probe on every row (at the
 layer best in distribution) and saves it there, with the shipped probes' ``detect.json``, beside the
-shipped probe's reading of each format.
+shipped probe's reading of each format; ``--default-comparison`` reads both probes on the default dataset's
+test split (the steering benchmark's) in each format.
 
     python benchmarks/probe_formats.py --run runs/broad-probe --out runs/probe-formats --capture-only
     python benchmarks/probe_formats.py --run runs/broad-probe --out runs/probe-formats \
-      --save-probe runs/probe-formats/across-formats
+      --save-probe runs/probe-formats/across-formats --default-comparison
 """
 
 from __future__ import annotations
@@ -43,13 +44,16 @@ import numpy as np
 import sparekit
 from sparekit.data import ConflictDataset, load_dataset, split_by_group
 from sparekit.data.dataset import held_out_values
-from sparekit.data.formats import DEFAULT_FORMAT, FORMATS
+from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, prompt_format
+from sparekit.evaluation.harness import memorised_subset
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.probes.detect import load_probes, resolve_probe_dir
-from sparekit.probes.experiment import (PROBE_PARAMS, PROMPT_SEED, TEST_FRACTION, ProbingData, cross_validate,
-                                        fit_probe, leave_one_out, stack_formats, transfer)
+from sparekit.probes.experiment import (PROBE_PARAMS, PROMPT_SEED, TEST_FRACTION, ProbingData, collect,
+                                        cross_validate, fit_probe, leave_one_out, stack_formats, transfer)
 from sparekit.probes.linear import LinearProbe
+from sparekit.steering.bench.data import benchmark_splits
+from sparekit.steering.bench.protocol import BenchConfig
 from sparekit.utils.io import atomic_write_json
 
 from bench_detectors import capped_items, capped_probing_data  # benchmarks/, beside this script
@@ -116,11 +120,12 @@ def _reading(probe: LinearProbe, data: ProbingData, site: Site, rows: list[int])
     return out
 
 
-def ood_table(per_format: dict[str, ProbingData], site: Site) -> dict:
+def ood_table(per_format: dict[str, ProbingData], site: Site, seed: int = 0) -> dict:
     """Per fitted set of formats (three_shot alone, all, all but one), its OOD flag and scores on each format's
-    held-out question groups (70 / 30, seed 0: the same items in every format)."""
+    held-out question groups (70 / 30 split ``seed``: the same items in every format). The row "all but f"
+    read on f is leave-one-format-out with the test items unseen in any format."""
     items = next(iter(per_format.values())).items
-    fit_items, _ = split_by_group(items, [1 - TEST_FRACTION, TEST_FRACTION], seed=0)
+    fit_items, _ = split_by_group(items, [1 - TEST_FRACTION, TEST_FRACTION], seed=seed)
     fit_ids = {ex.id for ex in fit_items}
     fit_rows = [i for i, ex in enumerate(items) if ex.id in fit_ids]
     test_rows = [i for i, ex in enumerate(items) if ex.id not in fit_ids]
@@ -131,7 +136,7 @@ def ood_table(per_format: dict[str, ProbingData], site: Site) -> dict:
     for label, formats in fitted_on.items():
         part = stack_formats({n: _rows(per_format[n], fit_rows) for n in formats})
         X, y, _ = part.target("conflict", site)
-        probe = LinearProbe(seed=0, **PROBE_PARAMS).fit(X, y)
+        probe = LinearProbe(seed=seed, **PROBE_PARAMS).fit(X, y)
         table[label] = {n: _reading(probe, per_format[n], site, test_rows) for n in names}
         print("ood", label, {n: (r["flagged"], r["accuracy"]) for n, r in table[label].items()}, flush=True)
     return {"site": str(site), "fit_items": len(fit_rows), "test_items": len(test_rows), "fitted_on": table}
@@ -164,6 +169,26 @@ def save_probe(lm, per_format: dict[str, ProbingData], stacked: ProbingData, sit
                         for part, rows in parts.items()}}
 
 
+def default_comparison(lm, folder: Path, cache: Path, names: list[str]) -> dict:
+    """The shipped conflict probe and the one in ``folder`` on the default dataset's test split (the steering
+    benchmark's: memorised items, :func:`benchmark_splits` with the default protocol), its prompts in each of
+    ``names``. The shipped probe was fitted on every memorised default row, so for it these rows are seen."""
+    data = load_dataset("default", seed=PROMPT_SEED)
+    memorised = memorised_subset(lm, data, seed=PROMPT_SEED, k_shot=3, cache_dir=cache / "closed-book")
+    test = benchmark_splits(memorised, data, BenchConfig())[2]
+    probes = {"shipped": load_probes(resolve_probe_dir(None), lm.info.model_hash).probes["conflict"],
+              "across formats": load_probes(folder, lm.info.model_hash).probes["conflict"]}
+    sites = sorted({Site.parse(p.site) for p in probes.values()}, key=lambda s: s.layer)
+    out: dict = {"test_items": len(test)}
+    for name in names:
+        features = collect(lm, data, sites, cache / name, k_shot=3, prompt_seed=PROMPT_SEED, answers=False,
+                           items=test, fmt=prompt_format(name, lm.tokenizer))
+        out[name] = {label: _reading(p, features, Site.parse(p.site), list(range(len(test))))
+                     for label, p in probes.items()}
+        print("default test split", name, out[name], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a `sparekit probe --dataset broad` run directory "
@@ -177,6 +202,8 @@ def main() -> None:
     parser.add_argument("--capture-only", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ood-layer", type=int, default=13)
+    parser.add_argument("--default-comparison", action="store_true",
+                        help="also read the shipped and the --save-probe probe on the default dataset's test split")
     parser.add_argument("--more-tables", default="format,three_shot_to,in_distribution",
                         help="the tables of the layers after the first (all of TABLES for the first)")
     parser.add_argument("--save-probe", type=Path, default=None,
@@ -207,10 +234,17 @@ def main() -> None:
             if name == "in_distribution" and "ood" not in result:
                 result["ood"] = ood_table(per_format, Site(args.ood_layer))
                 atomic_write_json(path, result)
+    for seed in seeds[1:]:  # the OOD table's other split seeds, after every layer's tables
+        if str(seed) not in result.setdefault("ood_more_seeds", {}):
+            result["ood_more_seeds"][str(seed)] = ood_table(per_format, Site(args.ood_layer), seed)
+            atomic_write_json(path, result)
     if args.save_probe is not None:
         best = max((s for s in sites if "in_distribution" in result["tables"].get(str(s), {})),
                    key=lambda s: result["tables"][str(s)]["in_distribution"]["accuracy"]["mean"])
         result["probe"] = save_probe(lm, per_format, stacked, best, args.save_probe)
+        atomic_write_json(path, result)
+    if args.default_comparison and args.save_probe is not None:
+        result["default_test_split"] = default_comparison(lm, args.save_probe, args.out / "default", names)
         atomic_write_json(path, result)
 
 
