@@ -349,7 +349,7 @@ class ProbeExperiment:
                   "eval_dataset_sha256": data_b and dataset_fingerprint(data_b), "layers": layer_list,
                   "components": comps, "seeds": list(self.seeds), "k_shot": self.k_shot, "prompt_seed": PROMPT_SEED,
                   "split_by": self.split_by, "test_fraction": TEST_FRACTION, "probe": PROBE_PARAMS}
-        if self.prompt_format != (DEFAULT_FORMAT,):  # only then: the default's run folders keep their keys
+        if tuple(self.prompt_format) != (DEFAULT_FORMAT,):  # only then: the default's run folders keep their keys
             config["prompt_format"] = ",".join(self.prompt_format)
         run_dir = Path(self.out) if self.out else run_path(cache_dir() / "probes", Path(self.model).name,
                                                            Path(self.dataset).name, config=config)
