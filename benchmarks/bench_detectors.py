@@ -12,6 +12,9 @@ logistic regressions and the default detector are chosen there); r is the test.
     sparekit probe --dataset broad --layers 7,10,13 --out runs/broad-probe   # its closed-book answers
     python benchmarks/bench_detectors.py --run runs/broad-probe --out runs/detectors \
       --save-combinations runs/detectors/shipped-probes
+
+``--prompt-format``: every prompt (the probe's features, the signals' prompts and their closed-book
+twins: the same demonstrations, no passage for the item) in another registered format.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 import sparekit
 from sparekit.data import ConflictDataset, load_dataset
 from sparekit.data.dataset import held_out_values
+from sparekit.data.formats import DEFAULT_FORMAT, PromptFormat, prompt_format
 from sparekit.data.prompts import build_prompt, item_demos
 from sparekit.evaluation.harness import condition_prompts, memorised_subset
 from sparekit.hooks import Site
@@ -53,12 +57,20 @@ def detection_items(items: ConflictDataset, per_relation: int, seed: int) -> Con
     return items.subset(sorted(keep))
 
 
+def format_dir(run: Path, per_relation: int, name: str) -> Path:
+    """Where one prompt format's capture of the capped items is cached (three_shot: ``run/capped-N``)."""
+    return run / (f"capped-{per_relation}" if name == DEFAULT_FORMAT else f"capped-{per_relation}-{name}")
+
+
 def capped_probing_data(lm, data: ConflictDataset, sites: list[Site], run: Path, per_relation: int,
-                        answers: bool) -> ProbingData:
+                        answers: bool, fmt: str = DEFAULT_FORMAT, items: ConflictDataset | None = None,
+                        batch_size: int = 8) -> ProbingData:
     """Features (and with ``answers`` the conflict behaviour) of at most ``per_relation`` memorised items per
-    relation, memorisation read from the probe run's closed-book cache; cached under ``run/capped-N``."""
-    return collect(lm, data, sites, run / f"capped-{per_relation}", k_shot=K_SHOT, prompt_seed=PROMPT_SEED,
-                   answers=answers, items=capped_items(lm, data, run, per_relation))
+    relation (``items``, if known already), memorisation read from the probe run's closed-book cache, their
+    prompts in format ``fmt``; cached under :func:`format_dir`."""
+    return collect(lm, data, sites, format_dir(run, per_relation, fmt), k_shot=K_SHOT, prompt_seed=PROMPT_SEED,
+                   answers=answers, items=items or capped_items(lm, data, run, per_relation),
+                   fmt=prompt_format(fmt, lm.tokenizer), batch_size=batch_size)
 
 
 def capped_items(lm, data: ConflictDataset, run: Path, per_relation: int) -> ConflictDataset:
@@ -67,9 +79,13 @@ def capped_items(lm, data: ConflictDataset, run: Path, per_relation: int) -> Con
     return detection_items(memorised, per_relation, seed=0)
 
 
-def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path) -> dict[str, dict]:
-    """Per item id: JSD and disagreement of its org and sub prompts against its closed-book prompt (cached)."""
-    prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT) for c in ("org", "sub")}
+def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path,
+            fmt: PromptFormat | None = None) -> dict[str, dict]:
+    """Per item id: JSD and disagreement of its org and sub prompts in ``fmt`` against its closed-book twin
+    (the same demonstrations, no passage for the item; cached)."""
+    fmt = fmt or prompt_format(DEFAULT_FORMAT)
+    prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT, fmt=fmt) for c in ("org", "sub")}
+    k_shot = K_SHOT if fmt.shots else 0  # as condition_prompts: a zero-shot format takes no demonstrations
     found: dict[str, dict] = {}
     for start in range(0, len(items), CHUNK):
         path = out / f"signals-{start // CHUNK:04d}.json"
@@ -77,7 +93,7 @@ def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path) -> dic
         if path.is_file():
             found.update(json.loads(path.read_text()))
             continue
-        closed = [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, K_SHOT)) for ex in chunk]
+        closed = [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, k_shot, fmt=fmt), fmt) for ex in chunk]
         answers, log_probs = closed_book_answers(lm, closed)
         rows = {ex.id: {"closed": a} for ex, a in zip(chunk, answers)}
         for condition in ("org", "sub"):
@@ -181,6 +197,7 @@ def main() -> None:
                         help="per relation, at most this many of those items get the training-free signals (dev and "
                              "test rows); the probe is fitted on all of its fit relations' items")
     parser.add_argument("--signals-only", action="store_true", help="compute the signals and stop")
+    parser.add_argument("--prompt-format", default=DEFAULT_FORMAT, help="the format of every prompt (module docstring)")
     parser.add_argument("--timing", type=int, default=4, help="prompts timed per detector (0: skip)")
     parser.add_argument("--save-combinations", type=Path, default=None,
                         help="fit the probe+signal combinations for the probes in this folder on every detection "
@@ -190,13 +207,15 @@ def main() -> None:
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
+    fmt = prompt_format(args.prompt_format, lm.tokenizer)
     if args.signals_only:  # beside the capture and answers of another process
         signals(lm, data, detection_items(capped_items(lm, data, args.run, args.per_relation), args.signal_items, 0),
-                args.out)
+                args.out, fmt)
         return
-    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False)  # conflict only
+    train = capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False,  # conflict only
+                                fmt=args.prompt_format)
     items = detection_items(train.items, args.signal_items, seed=0)
-    sig = signals(lm, data, items, args.out)
+    sig = signals(lm, data, items, args.out, fmt)
     det_ids = {ex.id for ex in items}
     folds = {r: [fold_scores(train, sig, det_ids, sites, r, int(s)) for s in args.seeds.split(",")]
              for r in held_out_values(train.items, "relation")}

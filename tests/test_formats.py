@@ -70,6 +70,24 @@ def test_each_format_renders_one_passage_several_or_none(name, one, two, closed)
     assert build(name, None) == closed
 
 
+@pytest.mark.parametrize("name", ["three_shot", "zero_shot", "rag", "llamaindex", "chat"])
+def test_the_closed_book_twin_has_the_question_and_no_passage(name):
+    """What the training-free detectors contrast against; in three_shot, byte for byte the prompt with its last
+    block's context line dropped (what they read before), the demonstrations keeping theirs."""
+    from sparekit.probes.training_free import without_context
+
+    tokenizer = tiny_model("llama").tokenizer
+    tokenizer.chat_template = TEMPLATE
+    builder = PromptBuilder(prompt_format(name, tokenizer), SHOTS)
+    closed = builder.without_passages("q?")
+    assert "q?" in closed and "p." not in closed and "r." not in closed
+    assert closed.startswith("".join(builder.demos("q?")))  # the same demonstrations as with the passages
+    if name == "three_shot":
+        assert closed == without_context(builder("q?", "p.")) and "context: C1." in closed
+    else:  # no demonstrations: the format's own closed-book prompt
+        assert closed == builder("q?", None)
+
+
 def test_chat_uses_the_models_template_or_says_it_has_none():
     lm = tiny_model("llama")
     with pytest.raises(SparekitError, match="^the prompt format 'chat' needs the model's chat template"):

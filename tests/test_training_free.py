@@ -79,6 +79,13 @@ def test_detectors_read_the_prompt_against_its_closed_book_twin(tiny_llama):
         detect_conflict(tiny_llama, PROMPT, "probe+jsd", None)
 
 
+def test_a_given_closed_book_twin_is_the_one_contrasted(tiny_llama):
+    text, closed = "Passage: c is d\nQuestion: what is c?\nAnswer:", "Question: what is c?\nAnswer:"
+    jsd = detect_conflict(tiny_llama, text, "jsd", None, closed)  # not three_shot: no context line to drop
+    log_probs = next_token_log_probs(tiny_llama, [text, closed])
+    assert jsd["jsd"] == pytest.approx(float(divergence(log_probs[:1], log_probs[1:])[0]), abs=1e-5)
+
+
 def test_detect_cli_refuses_bad_detectors_before_loading_a_model(capsys):
     from sparekit.cli.main import main
 
@@ -87,6 +94,9 @@ def test_detect_cli_refuses_bad_detectors_before_loading_a_model(capsys):
     assert err.count("\n") == 1 and "unknown detector 'nope'" in err and "Traceback" not in err
     assert main(["detect", "--detector", "jsd", "question: q\nanswer:"]) == 2
     assert "no 'context: …' line" in capsys.readouterr().err
+    assert main(["detect", "--detector", "disagreement", "--question", "q", "--prompt-format", "rag"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "contrasts the prompt with and without its context" in err
 
 
 def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, tmp_path, capsys):
@@ -110,6 +120,10 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
         result = json.loads(capsys.readouterr().out)
         assert result["detector"] == detector and 0 <= result["conflict_probability"] <= 1
     assert result["probe_conflict_probability"] is not None and "in_distribution" in result
+    for fmt in ("zero_shot", "rag", "llamaindex"):  # any format: the closed-book twin comes from its builder
+        assert main([*ask, "--detector", "disagreement", "--prompt-format", fmt]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["prompt_format"] == fmt and isinstance(result["closed_book_answer"], str)
 
 
 def test_the_shipped_probes_carry_both_combinations():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparekit.data.formats import DEFAULT_FORMAT, prompt_format_field
-from sparekit.data.prompts import check_prompt_text, format_block
+from sparekit.data.prompts import check_prompt_text
 from sparekit.errors import SparekitError
 from sparekit.utils.config import device_field, device_map_field, option
 
@@ -49,9 +49,6 @@ class DetectCommand:
             if self.contexts or self.prompt_format != DEFAULT_FORMAT:
                 raise SparekitError("PROMPT is read as is: --context and --prompt-format go with --question")
             check_prompt_text(self.prompt)
-        if self.detector != "probe" and self.prompt_format != DEFAULT_FORMAT:
-            raise SparekitError(f"--detector {self.detector} reads {DEFAULT_FORMAT} prompts only (it drops their "
-                                "context lines)", f"use --prompt-format {DEFAULT_FORMAT} or --detector probe")
 
     def run(self) -> dict:
         """The reading (``conflict_probability``, ``conflict``, ``predicted_source`` …, the probe folder and the
@@ -64,11 +61,14 @@ class DetectCommand:
 
         folder = resolve_probe_dir(self.probe)
         contexts = self.contexts or None
-        check_detector_inputs(self.detector, self.prompt if self.prompt is not None else
-                              format_block(self.question, self.contexts[0] if self.contexts else None), folder)
+        check_detector_inputs(self.detector, self.prompt, folder, bool(self.contexts))
         lm = load_model(self.model or probes_model(folder), device=self.device, device_map=self.device_map)
         if self.detector == "probe":
             return detect_prompt(lm, self.prompt, folder, self.max_tokens) if self.prompt is not None else \
                 detect(lm, self.question, contexts, folder, self.prompt_format, self.max_tokens)  # type: ignore[arg-type]
-        text = self.prompt if self.prompt is not None else prompt_builder(lm, folder)(self.question, contexts)
-        return detect_with(lm, text, self.detector, folder, self.max_tokens)
+        if self.prompt is not None:
+            return detect_with(lm, self.prompt, self.detector, folder, self.max_tokens)
+        builder = prompt_builder(lm, folder, self.prompt_format)  # the closed-book twin from the same builder
+        result = detect_with(lm, builder(self.question, contexts), self.detector, folder, self.max_tokens,
+                             builder.without_passages(self.question))
+        return {**result, "prompt_format": self.prompt_format}

@@ -196,3 +196,8 @@ class PromptBuilder:
         """The prompt for ``question`` with ``context`` (one passage, several, or ``None``: closed-book)."""
         found = passages(context)
         return self.format.render(question, found, self.demos(question, closed_book=not found))
+
+    def without_passages(self, question: str) -> str:
+        """The prompt of ``question`` with a context, minus the item's passages (the demonstrations keep
+        theirs): the closed-book twin that CAD, AdaCAD and the training-free detectors contrast against."""
+        return self.format.render(question, (), self.demos(question))

@@ -12,7 +12,8 @@ from sparekit.utils.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from sparekit.probes.experiment import (ProbeExperiment, ProbingData, collect, cross_validate, fit_probe,
-                                            layer_table, leave_one_out, leave_one_relation_out, transfer)
+                                            layer_table, leave_one_out, leave_one_relation_out, stack_formats,
+                                            transfer)
     from sparekit.probes.linear import LinearProbe
     from sparekit.probes.stats import STATISTICS, compare_behaviours, pattern_statistics
 
@@ -21,8 +22,8 @@ __getattr__, __dir__ = lazy_attributes(__name__, {
     "LinearProbe": "sparekit.probes.linear", "STATISTICS": _STATS, "compare_behaviours": _STATS,
     "pattern_statistics": _STATS, **{name: _EXPERIMENT for name in (
         "ProbeExperiment", "ProbingData", "collect", "cross_validate", "fit_probe", "layer_table",
-        "leave_one_out", "leave_one_relation_out", "transfer")}})
+        "leave_one_out", "leave_one_relation_out", "stack_formats", "transfer")}})
 
 __all__ = ["STATISTICS", "LinearProbe", "ProbeExperiment", "ProbingData", "collect", "compare_behaviours", "cross_validate",
            "fit_probe", "layer_table", "leave_one_out", "leave_one_relation_out",
-           "pattern_statistics", "transfer"]
+           "pattern_statistics", "stack_formats", "transfer"]

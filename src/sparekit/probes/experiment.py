@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ TEST_FRACTION = 0.3
 PROBE_PARAMS = {"l1": 6e-4, "lr": 2e-3, "epochs": 20, "batch_size": 64, "standardize": True}
 METRICS = ("accuracy", "auroc", "auprc", "majority_accuracy")
 MIN_ITEMS = 8
-SPLITS = ("group", "relation", "kind")
+SPLITS = ("group", "relation", "kind", "format")
 
 
 @dataclass
@@ -64,6 +64,8 @@ class ProbingData:
     org: dict[Site, torch.Tensor]
     sub: dict[Site, torch.Tensor]
     behaviour: list[str]
+    #: per item row, the prompt format it was asked in (:func:`stack_formats`); ``None``: one format
+    formats: list[str] | None = None
 
     def target(self, name: str, site: Site) -> tuple[torch.Tensor, np.ndarray, list[str]]:
         """``(X, y, row_ids)`` of one target; ``row_ids`` ties rows to items for group splits."""
@@ -122,6 +124,38 @@ def collect(lm: LoadedModel, dataset: ConflictDataset, sites: Sequence[Site], wo
                        behaviour)
 
 
+def stack_formats(per_format: dict[str, ProbingData]) -> ProbingData:
+    """The same items captured in several prompt formats as one :class:`ProbingData`, rows tagged by format.
+
+    Row ids become ``id@format`` (unique) while question groups stay, so a group split keeps all of an
+    item's formats on one side, and ``leave_one_out(..., "format")`` holds a whole format out.
+    """
+    names = list(per_format)
+    first = per_format[names[0]]
+    for name in names[1:]:
+        if [ex.id for ex in per_format[name].items] != [ex.id for ex in first.items]:
+            raise SparekitError(f"prompt format {name!r} was captured on other items than {names[0]!r}",
+                                "capture the same items in every format")
+    rows = [replace(ex, id=f"{ex.id}@{name}") for name in names for ex in per_format[name].items]
+    return ProbingData(ConflictDataset(rows, first.items.name, first.items.context_match),
+                       {s: torch.cat([per_format[n].org[s] for n in names]) for s in first.org},
+                       {s: torch.cat([per_format[n].sub[s] for n in names]) for s in first.sub},
+                       [b for n in names for b in per_format[n].behaviour],
+                       [n for n in names for _ in first.items])
+
+
+def fold_values(data: ProbingData, field: str) -> tuple[dict[str, str], list[str]]:
+    """Per row id its value of ``field`` (``relation``, ``kind`` or ``format``), and the values a
+    leave-one-out protocol holds out in turn (one-line errors where there is nothing to split)."""
+    if field != "format":
+        return {ex.id: getattr(ex, field) for ex in data.items}, held_out_values(data.items, field)
+    names = list(dict.fromkeys(data.formats or ()))
+    if len(names) < 2:
+        raise SparekitError("leave-one-format-out needs the same items asked in at least two prompt formats",
+                            "pass several, e.g. --prompt-format three_shot,zero_shot,rag")
+    return {ex.id: name for ex, name in zip(data.items, data.formats or ())}, names
+
+
 def _scores(y: np.ndarray, p: np.ndarray, y_train: np.ndarray) -> dict[str, float]:
     """Held-out metrics, and the accuracy of always answering the training majority class (the bar to clear)."""
     from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score  # not for `probe --help`
@@ -164,20 +198,20 @@ def leave_one_relation_out(data: ProbingData, target: str, site: Site, seeds: Se
 
 def leave_one_out(data: ProbingData, target: str, site: Site, seeds: Sequence[int], probe_params: dict | None = None,
                   field: str = "relation") -> dict[str, dict[str, dict[str, float]]]:
-    """Per value of ``field`` (``relation`` or ``kind``): a probe fitted on every other value, scored on this one
-    (mean/std over ``seeds``).
+    """Per value of ``field`` (``relation``, ``kind`` or ``format``): a probe fitted on every other value, scored
+    on this one (mean/std over ``seeds``).
 
     Also ``"mean"``: per metric the mean over held-out folds of each fold's mean, the std across folds
     (the spread), and the ``worst`` and ``best`` fold. A fold whose held-out rows (or training rows) hold
     one class only is left out of the mean and named in ``"skipped"``. Generalisation to relations or
-    kinds of knowledge never seen is what a deployed probe faces.
+    kinds of knowledge (or prompt formats) never seen is what a deployed probe faces.
     """
     X, y, row_ids = data.target(target, site)
-    value_of = {ex.id: getattr(ex, field) for ex in data.items}
+    value_of, values = fold_values(data, field)
     rows = np.array([value_of[i] for i in row_ids], dtype=object)
     folds: dict = {}
     skipped = []
-    for value in held_out_values(data.items, field):
+    for value in values:
         test = rows == value
         if test.all() or not test.any():
             raise SparekitError(f"{target} probe: no {'training' if test.all() else 'held-out'} rows when "
@@ -276,12 +310,14 @@ class ProbeExperiment:
     limit: int | None = option(None, min=1, help="Seeded sample of N rows (whole question groups).")
     seeds: tuple[int, ...] = option((0, 1, 2), help="Comma-separated split/probe seeds.")
     split_by: str = option("group", choices=SPLITS,
-                           help="group: held-out question groups; relation / kind: leave one relation / kind of "
-                                "knowledge out (fit on the others), per held-out fold and their mean and worst.")
+                           help="group: held-out question groups; relation / kind / format: leave one relation / "
+                                "kind of knowledge / prompt format out (fit on the others), per held-out fold and "
+                                "their mean and worst.")
     k_shot: int = option(3, min=0, max=16, help="Demonstrations per prompt.")
-    prompt_format: str = option(DEFAULT_FORMAT, choices=tuple(FORMATS),
-                                help="Prompt format of the probed prompts (three_shot: the shipped probes'; "
-                                     "formats without demonstrations ignore --k-shot).")
+    prompt_format: tuple[str, ...] = option((DEFAULT_FORMAT,),
+                                            help=f"Prompt format(s) of the probed prompts ({', '.join(FORMATS)}; "
+                                                 "three_shot: the shipped probes'; formats without demonstrations "
+                                                 "ignore --k-shot); several: the same items in each, fitted together.")
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
     out: str | None = option(None, help="Run directory (default: under the cache, keyed by the configuration; "
                                         "reruns resume).")
@@ -294,8 +330,13 @@ class ProbeExperiment:
             raise SparekitError("--seeds is empty")
         comps = check_components(self.components)
         data_a = load_dataset(self.dataset, limit=self.limit, seed=PROMPT_SEED)
-        if self.split_by != "group":
-            held_out_values(data_a, self.split_by)  # bad input fails before the model loads
+        for name in self.prompt_format:  # bad input fails before the model loads
+            FORMATS.lookup(name)
+        if self.split_by == "format" and len(self.prompt_format) < 2:
+            raise SparekitError("--split-by format needs at least two prompt formats to hold out in turn",
+                                "pass several, e.g. --prompt-format three_shot,zero_shot,rag")
+        if self.split_by not in ("group", "format"):
+            held_out_values(data_a, self.split_by)
         data_b = load_dataset(self.eval_dataset, limit=self.limit, seed=PROMPT_SEED) if self.eval_dataset else None
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
         layer_list = parse_layers(self.layers, lm.info.n_layers)
@@ -305,12 +346,27 @@ class ProbeExperiment:
                   "eval_dataset_sha256": data_b and dataset_fingerprint(data_b), "layers": layer_list,
                   "components": comps, "seeds": list(self.seeds), "k_shot": self.k_shot, "prompt_seed": PROMPT_SEED,
                   "split_by": self.split_by, "test_fraction": TEST_FRACTION, "probe": PROBE_PARAMS}
-        if self.prompt_format != DEFAULT_FORMAT:  # only then: the default's run folders keep their keys
-            config["prompt_format"] = self.prompt_format
+        if tuple(self.prompt_format) != (DEFAULT_FORMAT,):  # only then: the default's run folders keep their keys
+            config["prompt_format"] = ",".join(self.prompt_format)
         run_dir = Path(self.out) if self.out else run_path(cache_dir() / "probes", Path(self.model).name,
                                                            Path(self.dataset).name, config=config)
         with RunDir(run_dir, "probe run").session(config, experiment=config_dict(self)):
             return self._run(lm, data_a, data_b, layer_list, comps, run_dir, progress)
+
+    def _collect(self, lm: LoadedModel, dataset: ConflictDataset, sites: list[Site], work_dir: Path,
+                 progress: bool) -> ProbingData:
+        """:func:`collect` in each --prompt-format, the memorised items found once (the first format keeps
+        ``work_dir``, as a one-format run does; the others ``work_dir-<format>``), stacked by
+        :func:`stack_formats` when there are several."""
+        found: dict[str, ProbingData] = {}
+        items = None
+        for name in self.prompt_format:
+            folder = work_dir.with_name(f"{work_dir.name}-{name}") if found else work_dir
+            found[name] = collect(lm, dataset, sites, folder, k_shot=self.k_shot, prompt_seed=PROMPT_SEED,
+                                  batch_size=self.batch_size, progress=progress, items=items,
+                                  fmt=prompt_format(name, lm.tokenizer))
+            items = found[name].items
+        return next(iter(found.values())) if len(found) == 1 else stack_formats(found)
 
     def _held_out_tables(self, train: ProbingData, sites: dict[str, list[Site]], comps: list[str],
                          seeds: list[int]) -> tuple[dict, dict | None]:
@@ -328,7 +384,7 @@ class ProbeExperiment:
             return cache[t, s][fold]
 
         per_fold = {v: _tables(sites, comps, lambda t, s: held_out(t, s, v))[comps[0]]
-                    for v in held_out_values(train.items, self.split_by)}
+                    for v in fold_values(train, self.split_by)[1]}
         return _tables(sites, comps, lambda t, s: held_out(t, s, "mean")), per_fold
 
     def _save_probes(self, lm: LoadedModel, train: ProbingData, data_a: ConflictDataset, result: dict,
@@ -349,23 +405,21 @@ class ProbeExperiment:
         seed_everything(seeds[0])
         sites = {c: [Site(layer, c) for layer in layer_list] for c in comps}
         all_sites = [s for group in sites.values() for s in group]
-        fmt = prompt_format(self.prompt_format, lm.tokenizer)
-        train = collect(lm, data_a, all_sites, run_dir / "data-train", k_shot=self.k_shot, prompt_seed=PROMPT_SEED,
-                        batch_size=self.batch_size, progress=progress, fmt=fmt)
-        test = data_b and collect(lm, data_b, all_sites, run_dir / "data-eval", k_shot=self.k_shot,
-                                  prompt_seed=PROMPT_SEED, batch_size=self.batch_size, progress=progress, fmt=fmt)
+        train = self._collect(lm, data_a, all_sites, run_dir / "data-train", progress)
+        test = data_b and self._collect(lm, data_b, all_sites, run_dir / "data-eval", progress)
+        n_formats = len(self.prompt_format)  # the same items asked in every format
 
         main = comps[0]
         by_component, per_fold = self._held_out_tables(train, sites, comps, seeds)
         result = {"model": lm.info.name, "model_hash": lm.info.model_hash, "dataset": data_a.name,
-                  "n_items": len(train.items), "counts": train.counts(), "layers": layer_list, "component": main,
-                  "split_by": self.split_by, **by_component[main]}
+                  "n_items": len(train.items) // n_formats, "counts": train.counts(), "layers": layer_list,
+                  "component": main, "split_by": self.split_by, "prompt_formats": list(self.prompt_format), **by_component[main]}
         if self.split_by != "group":
             result[f"held_out_{self.split_by}s"] = per_fold
         if len(comps) > 1:
             result["components"] = by_component
         if test:
-            result["eval"] = {"dataset": data_b.name, "n_items": len(test.items), "counts": test.counts(),
+            result["eval"] = {"dataset": data_b.name, "n_items": len(test.items) // n_formats, "counts": test.counts(),
                               **_tables(sites, comps, lambda t, s: transfer(train, test, t, s, seeds))[main]}
         if "resid" in sites and "error" not in result["source"]:
             labels = [int(b == "context") for b in train.behaviour if b in ("context", "memory")]
@@ -375,11 +429,11 @@ class ProbeExperiment:
         probes_dir = self._save_probes(lm, train, data_a, result, run_dir / "probes")
         plot = plot_layer_metrics(result, run_dir / "probe_metrics.png",
                                   f"{lm.info.name}: linear probes on the {main} stream, {data_a.name} "
-                                  f"({len(train.items)} memorised items, {len(seeds)} seeds)")
+                                  f"({result['n_items']} memorised items, {len(seeds)} seeds)")
         result.update(run_dir=str(run_dir), plot=str(plot), probes=str(probes_dir))
         if len(comps) > 1:
             result["components_plot"] = str(plot_components(
                 result, run_dir / "probe_components.png",
-                f"{lm.info.name}: probe accuracy by component, {data_a.name} ({len(train.items)} memorised items)"))
+                f"{lm.info.name}: probe accuracy by component, {data_a.name} ({result['n_items']} memorised items)"))
         atomic_write_json(run_dir / "results.json", result)
         return result

@@ -9,8 +9,10 @@
   fitted on dev rows (:class:`Combination`), saved beside the probes as ``detectors.json``.
 
 Every detector returns the reading keys of the probe (``conflict_probability``, ``conflict``)
-plus ``detector`` and the signals it read. The closed-book prompt is the same prompt with the
-test block's ``context:`` line removed (what CAD and AdaCAD contrast against).
+plus ``detector`` and the signals it read. The closed-book prompt (what CAD and AdaCAD contrast
+against) comes from the prompt's own builder without the item's passages
+(:meth:`~sparekit.data.formats.PromptBuilder.without_passages`), in any prompt format; a prompt
+given as text must be ``three_shot`` blocks, and loses its last block's ``context:`` line.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def check_detector(name: str) -> str:
 
 
 def without_context(prompt: str) -> str:
-    """``prompt`` with its last block's ``context:`` line removed: the closed-book prompt to contrast with."""
+    """A ``three_shot`` prompt given as text with its last block's ``context:`` line removed: its closed-book twin
+    (a prompt built from a question takes :meth:`~sparekit.data.formats.PromptBuilder.without_passages`)."""
     head, sep, last = prompt.rpartition("\n\n")
     first, newline, rest = last.partition("\n")
     if not first.startswith("context:") or not newline:
@@ -129,8 +132,10 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet | None) -> dict:
-    """The reading of ``detector`` on one prompt (see the module docstring for what each one runs)."""
+def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet | None,
+                    closed: str | None = None) -> dict:
+    """The reading of ``detector`` on one prompt (see the module docstring for what each one runs); ``closed``:
+    its closed-book twin from the prompt's builder (default: ``text`` read as ``three_shot`` blocks)."""
     check_detector(detector)
     out: dict = {"detector": detector}
     probe_logit = None
@@ -142,7 +147,7 @@ def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet 
         out.update(reading, probe_conflict_probability=reading["conflict_probability"])
     if detector == "probe":
         return out
-    closed = without_context(text)
+    closed = without_context(text) if closed is None else closed
     signal = detector.removeprefix("probe+")
     if signal == "jsd":
         log_probs = next_token_log_probs(lm, [text, closed])
@@ -160,20 +165,25 @@ def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet 
     return out
 
 
-def check_detector_inputs(detector: str, text: str | None, folder: Path) -> None:
-    """Bad input for ``detector`` fails before any model loads: an unknown name, a prompt without a context
-    line for the context-contrast detectors, a probe folder without the fitted combination."""
+def check_detector_inputs(detector: str, text: str | None, folder: Path, has_context: bool = True) -> None:
+    """Bad input for ``detector`` fails before any model loads: an unknown name, a prompt (``text``, or a question
+    without ``has_context``) with no context for the context-contrast detectors, a probe folder without the
+    fitted combination."""
     check_detector(detector)
     if detector != "probe" and text is not None:
         without_context(text)
+    elif detector != "probe" and not has_context:
+        raise SparekitError(f"the {detector} detector contrasts the prompt with and without its context, and "
+                            "none was given", "pass --context")
     if detector.startswith("probe+"):
         load_combination(folder, detector.removeprefix("probe+"))
 
 
 def detect_with(lm: LoadedModel, text: str, detector: str, folder: Path,
-                max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
-    """``sparekit detect --detector``: :func:`detect_conflict` on one checked prompt, with the probe folder."""
+                max_tokens: int | None = MAX_PROMPT_TOKENS, closed: str | None = None) -> dict:
+    """``sparekit detect --detector``: :func:`detect_conflict` on one checked prompt (``closed``: its closed-book
+    twin), with the probe folder."""
     check_prompt(lm, text, max_tokens)
     probes = load_probes(folder, lm.info.model_hash) if "probe" in detector else None
-    reading = detect_conflict(lm, text, detector, probes)
+    reading = detect_conflict(lm, text, detector, probes, closed)
     return describe(reading, probes) if probes is not None else {**reading, "probe_dir": None}
