@@ -64,7 +64,8 @@ class KVGrid:
     ratios: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 0.9),
                                        help="Shares of each prompt's KV pairs evicted (0: the shared baseline).")
     methods: tuple[str, ...] = option(DEFAULT_METHODS,
-                                      help="l2 (keep lowest key norms), l2-inverse, random, recent, snapkv.")
+                                      help="l2 (keep lowest key norms), l2-inverse, random, recent, recent-sinks "
+                                           "(4 sinks + window), snapkv.")
     skip_layers: tuple[int, ...] = option((0, 1), help="Layers left uncompressed.")
     keep_last: int = option(8, min=0, help="Last prompt positions always kept.")
     min_length: int = option(128, min=0, help="Prompts shorter than this are not compressed.")
