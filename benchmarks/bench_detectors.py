@@ -186,12 +186,18 @@ def timing(lm, texts: list[str], folder: Path, repeats: int = 1) -> dict[str, fl
     return {name: median(v) for name, v in spent.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a `sparekit probe --dataset broad` run directory")
+def capped_run_parser(description: str, run_help: str) -> argparse.ArgumentParser:
+    """The options every script over a capped broad probe run shares: the run, the output, the layers, the cap."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run", type=Path, required=True, help=run_help)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--layers", default="7,10,13")
     parser.add_argument("--per-relation", type=int, default=30)
+    return parser
+
+
+def main() -> None:
+    parser = capped_run_parser(__doc__.splitlines()[0], "a `sparekit probe --dataset broad` run directory")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--signal-items", type=int, default=12,
                         help="per relation, at most this many of those items get the training-free signals (dev and "

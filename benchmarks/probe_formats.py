@@ -33,7 +33,6 @@ test split (the steering benchmark's) in each format.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -56,7 +55,7 @@ from sparekit.steering.bench.data import benchmark_splits
 from sparekit.steering.bench.protocol import BenchConfig
 from sparekit.utils.io import atomic_write_json
 
-from bench_detectors import capped_items, capped_probing_data  # benchmarks/, beside this script
+from bench_detectors import capped_items, capped_probing_data, capped_run_parser  # benchmarks/, beside this script
 
 
 def model_formats(lm) -> list[str]:
@@ -190,12 +189,8 @@ def default_comparison(lm, folder: Path, cache: Path, names: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a `sparekit probe --dataset broad` run directory "
-                                                                "(its closed-book cache says which rows are memorised)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--layers", default="7,10,13")
-    parser.add_argument("--per-relation", type=int, default=30)
+    parser = capped_run_parser(__doc__.splitlines()[0], "a `sparekit probe --dataset broad` run directory (its "
+                                                        "closed-book cache says which rows are memorised)")
     parser.add_argument("--formats", default=None, help="comma-separated (default: every format the model has)")
     parser.add_argument("--limit-items", type=int, default=None, help="only the first N capped items (timing)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -19,7 +19,6 @@ Uses the capped items and cached features of benchmarks/bench_detectors.py (run 
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from sparekit.probes.linear import LinearProbe
 from sparekit.probes.plots import plot_breadth
 from sparekit.utils.io import atomic_write_json
 
-from bench_detectors import capped_probing_data  # noqa: E402  (benchmarks/, beside this script)
+from bench_detectors import capped_probing_data, capped_run_parser  # noqa: E402  (benchmarks/, beside this script)
 
 K_SHOT = 3
 
@@ -111,12 +110,8 @@ def transfer_tables(train, target: str, sites: list[Site], seeds: list[int]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="the `sparekit probe --dataset broad` run "
-                                                                "bench_detectors.py read")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--layers", default="7,10,13")
-    parser.add_argument("--per-relation", type=int, default=30)
+    parser = capped_run_parser(__doc__.splitlines()[0], "the `sparekit probe --dataset broad` run "
+                                                        "bench_detectors.py read")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sizes", default="1,2,4,8,15")
     parser.add_argument("--draws", type=int, default=12)
