@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparekit.evaluation.generation import greedy_generate
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.linear import LinearProbe
 from sparekit.serve import serve_in_thread as serving  # noqa: F401  (re-exported for the tests)
 from sparekit.serve.engine import Engine, Job
+from sparekit.serve.options import RowSteer
 from sparekit.steering import BehaviourData, FittedBundle, FittedSteering, make_method
 from sparekit.steering.gate import ProbeGate
 from sparekit.utils.io import atomic_write_json
@@ -40,6 +42,15 @@ def fit_assets(lm: LoadedModel, root: Path) -> tuple[Path, Path]:
     directions = {toward: FittedSteering(method, 4.0, (DEMO,)) for toward in ("context", "memory")}
     fitted = FittedBundle("actadd", directions, (DEMO,), h, gate).save(root / "fitted" / "actadd")  # type: ignore[arg-type]
     return probes, fitted
+
+
+def reference(lm: LoadedModel, engine: Engine, prompt: str, steer: RowSteer | None, max_tokens: int) -> str:
+    """The same prompt alone, through the library: greedy_generate inside ``method.steer`` (or unsteered)."""
+    if steer is None:
+        return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
+    method = engine.steering.methods[steer.method][steer.toward].method
+    with method.steer(lm, toward=steer.toward, strength=steer.strength):
+        return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
 
 
 def run_jobs(engine: Engine, rows: list[dict]) -> list[dict]:

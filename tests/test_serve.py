@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-from serve_helpers import fit_assets, get, metric, post, run_jobs, serving  # noqa: E402
+from serve_helpers import fit_assets, get, metric, post, reference, run_jobs, serving  # noqa: E402
 
 from sparekit.activations.last_token import last_token_states  # noqa: E402
 from sparekit.evaluation.generation import greedy_generate  # noqa: E402
@@ -52,15 +52,6 @@ def server(engine):
 @pytest.fixture()
 def client(server):
     return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def reference(lm, engine, prompt: str, steer: RowSteer | None, max_tokens: int) -> str:
-    """The same prompt alone, through the library: greedy_generate inside ``method.steer`` (or unsteered)."""
-    if steer is None:
-        return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
-    method = engine.steering.methods[steer.method][steer.toward].method
-    with method.steer(lm, toward=steer.toward, strength=steer.strength):
-        return greedy_generate(lm, [prompt], max_new_tokens=max_tokens, stop_at_newline=False)[0]
 
 
 # -- the engine: rows mixed in one batch ------------------------------------------------------------
@@ -232,10 +223,10 @@ def paused(engine):
     """Hold the batcher's next batch until released: makes queue and stream limits deterministic."""
     release, started, original = threading.Event(), threading.Event(), engine.run
 
-    def run(jobs):
+    def run(jobs, *feed):
         started.set()
         release.wait(30)
-        original(jobs)
+        original(jobs, *feed)
 
     engine.run = run
     yield started, release
@@ -292,11 +283,11 @@ def test_stream_limit_and_disconnect_frees_the_slot(engine, paused):
 def test_disconnect_mid_generation_stops_the_row(engine):
     done, original = [], engine.run
 
-    def run(jobs):
+    def run(jobs, *feed):
         for job in jobs:
             emit = job.emit
             job.emit = lambda kind, data, emit=emit: (done.append(data) if kind == "done" else None, emit(kind, data))
-        original(jobs)
+        original(jobs, *feed)
 
     engine.run = run
     try:

@@ -1,11 +1,12 @@
-"""A simple scheduler: collect the requests that arrive together, run them as one batch.
+"""The scheduler: collect the requests that arrive together, start them as one batch, let later ones join it.
 
 One worker thread owns the model. It waits for a first job, then collects more until
 ``max_batch`` are waiting or ``max_wait_s`` has passed since the later of the first
 job's arrival and the end of the previous batch (so the clients that batch just
 answered can send their next request and join, instead of the clients splitting
-into cohorts that alternate), and runs them in one batched ``generate``. This is static batching: a request that arrives
-mid-generation waits for the running batch to finish (no joining mid-generation).
+into cohorts that alternate), and starts them as one batch. While it decodes, the engine asks at every
+step for the jobs waiting then (:meth:`Batcher._join`, up to ``max_batch`` rows in all): continuous batching,
+rows leave the batch when they finish and newcomers take their place (:mod:`sparekit.serve.engine`).
 """
 
 from __future__ import annotations
@@ -80,12 +81,22 @@ class Batcher:
             self.metrics.queue_depth.set(len(self._pending))
         return [job for job in batch if not job.cancelled.is_set()]
 
+    def _join(self, running: int) -> list[Job]:
+        """The jobs waiting now, to join a running batch of ``running`` rows (up to ``max_batch`` in all)."""
+        with self._cv:
+            jobs = [self._pending.popleft() for _ in range(min(self.max_batch - running, len(self._pending)))]
+            self.metrics.queue_depth.set(len(self._pending))
+        jobs = [job for job in jobs if not job.cancelled.is_set()]
+        if jobs:
+            self.metrics.batch_size.observe(len(jobs))
+        return jobs
+
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
             if not batch:
                 continue
             start = time.perf_counter()
             self.metrics.batch_size.observe(len(batch))  # before the rows answer: a client reading /metrics sees it
-            self.engine.run(batch)
+            self.engine.run(batch, self._join, self.metrics.step_rows.observe)
             self.metrics.batch_seconds.observe(time.perf_counter() - start)
             self._last_end = time.monotonic()

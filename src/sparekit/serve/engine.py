@@ -1,13 +1,18 @@
-"""The model side of the server: one batched greedy ``generate`` for many requests.
+"""The model side of the server: batches of requests decoded together, with continuous batching.
 
 Each row of a batch has its own prompt, ``max_tokens``, stop strings, detection flag
-and steering (method, direction, strength, gate, or none). Rows share the forward
-passes: each row's residual edits are declared on the shared :class:`~sparekit.hooks.Hooks`
-scoped to its rows (:func:`sparekit.steering.base.edit_rows`), and the conflict/source probes read the last prompt token from captures on the same
-prompt pass that starts generation. The one exception is a steered row that also
-asks for detection or a gate while the steering edits a layer at or below a probe's
-layer: its probe reading must describe the *unsteered* prompt (as ``sparekit steer``
-does), so those rows, and only those, get one batched forward stopped at the probe layer first.
+and steering (method, direction, strength, gate, or none). A batch starts with one prompt pass:
+each row's residual edits are declared on the shared :class:`~sparekit.hooks.Hooks` scoped to its rows
+(:func:`sparekit.steering.base.edit_rows`), and the conflict/source probes read the last prompt token from
+captures on the same pass. The one exception is a steered row that also asks for detection or a gate while
+the steering edits a layer at or below a probe's layer: its probe reading must describe the *unsteered*
+prompt (as ``sparekit steer`` does), so those rows, and only those, get one batched forward stopped at the
+probe layer first.
+
+Decoding is a loop of our own rather than ``generate``: a row leaves the batch the step it finishes, and
+requests that arrived meanwhile run their prompt pass and join the batch at the next step
+(:mod:`sparekit.serve.rows`). Answers are those of a ``generate`` call on the same batch: the same inputs,
+position ids and greedy choice per step (tests/test_serve.py compares them with :func:`greedy_generate`).
 """
 
 from __future__ import annotations
@@ -15,21 +20,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import threading
-import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from sparekit.activations.last_token import last_token_states
 from sparekit.data.formats import DEFAULT_FORMAT, Passages, PromptBuilder, PromptFormat, Shot, prompt_format
 from sparekit.errors import SparekitError
-from sparekit.evaluation.generation import greedy_call, tokenize
+from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import Hooks, Site
+from sparekit.hooks.core import mark_prompt_start
 from sparekit.kv import L2Press
 from sparekit.models.assets import assets_for
 from sparekit.models.loading import LoadedModel
@@ -37,50 +41,23 @@ from sparekit.models.placement import input_device
 from sparekit.probes.detect import probes_for, request_shots
 from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures, read_states
 from sparekit.serve.options import Capabilities, RowSteer
-from sparekit.serve.prefix import PrefixCache, prefixed_batch
+from sparekit.serve.prefix import PrefixCache, cached_forward, prefixed_batch
+from sparekit.serve.rows import GREEDY, Batch, Emit, Job, Row, Sampling
 from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedBundle, FittedSteering
 
+__all__ = ["GREEDY", "Batching", "Emit", "Engine", "Job", "Sampling", "Steering", "build_engine", "load_steering"]
+
 log = logging.getLogger(__name__)
 
-#: ``emit(kind, payload)``: ``"sparekit"`` (the probe readings, once the prompt pass ran),
-#: ``"delta"`` (new text, streaming rows only), ``"done"`` (the row's result) or ``"error"``.
-Emit = Callable[[str, Any], None]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """A request's decoding: greedy at temperature 0 (the default), else seeded sampling per row."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logit_bias: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def adjusts_logits(self) -> bool:
-        return bool(self.temperature or self.frequency_penalty or self.presence_penalty or self.logit_bias)
-
-
-GREEDY = Sampling()
-
-
-@dataclass
-class Job:
-    """One prompt to complete; filled by the HTTP side, run by the batcher thread."""
-
-    prompt: str
-    max_tokens: int
-    emit: Emit
-    stop: tuple[str, ...] = ()
-    detect: bool = False
-    steer: RowSteer | None = None
-    stream: bool = False
-    sampling: Sampling = GREEDY
-    arrived: float = field(default_factory=time.monotonic)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+#: how the engine batches: ``continuous`` (rows leave the batch the step they finish and waiting requests join
+#: it), ``retire`` (rows leave, nobody joins), ``static`` (every row keeps its place until the batch's last one
+#: finishes, as ``generate`` runs a batch; ``--kv-compress`` runs so)
+Batching = Literal["continuous", "retire", "static"]
+#: ``join(running)``: jobs waiting now that may join a batch of ``running`` rows (none: ``[]``)
+Join = Callable[[int], list[Job]]
+#: ``on_step(rows)``: called at every decoding step with the rows it runs
+OnStep = Callable[[int], None]
 
 
 @dataclass
@@ -97,114 +74,21 @@ def servable(method: SteeringMethod) -> bool:
     return cls.rewrite is SteeringMethod.rewrite and cls.logits_processor is SteeringMethod.logits_processor
 
 
-class _Rows(StoppingCriteria):
-    """Per-row bookkeeping at every decoding step: text so far, stop strings, limits, cancellation.
-
-    ``generate`` calls it with the sequences including each step's new token; a row
-    it reports finished stops counting (and the whole call ends once all are).
-    """
-
-    def __init__(self, engine: Engine, jobs: Sequence[Job], prompt_len: int, on_first_step: Callable[[], None]):
-        self.engine, self.jobs, self.prompt_len = engine, jobs, prompt_len
-        self.on_first_step = on_first_step
-        self.done = [False] * len(jobs)
-        self.sent = [0] * len(jobs)  # characters already streamed
-        self.results: list[dict | None] = [None] * len(jobs)
-        self.hold = max((len(s) for j in jobs for s in j.stop), default=1) - 1  # a stop string may be arriving
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        if input_ids.shape[1] == self.prompt_len + 1:
-            self.on_first_step()
-        for row, job in enumerate(self.jobs):
-            if not self.done[row]:
-                self._step(row, job, input_ids[row, self.prompt_len:].tolist())
-        return torch.tensor(self.done, device=input_ids.device)
-
-    def _step(self, row: int, job: Job, ids: list[int]) -> None:
-        reason = None
-        if ids[-1] in self.engine.eos_ids:
-            ids, reason = ids[:-1], "stop"
-        text = self.engine.lm.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, reason = text[:cut], "stop"
-        if reason is None and len(ids) >= job.max_tokens:
-            reason = "length"
-        if job.cancelled.is_set():
-            reason = "cancelled"
-        if job.stream and reason != "cancelled":
-            safe = len(text) if reason else len(text) - self.hold
-            while safe > self.sent[row] and text[safe - 1] == "\ufffd":  # half of a multi-byte character
-                safe -= 1
-            if safe > self.sent[row]:
-                job.emit("delta", text[self.sent[row]:safe])
-                self.sent[row] = safe
-        if reason is not None:
-            self.done[row] = True
-            self.results[row] = {"text": text, "finish_reason": reason, "completion_tokens": len(ids)}
-
-
-class _RowSampler(LogitsProcessor):
-    """Each row's own penalties, bias and seeded sampling inside one greedy ``generate``.
-
-    A sampled row's logits become 0 at the drawn token and -inf elsewhere, so the greedy
-    step picks it; rows at temperature 0 without penalties pass through untouched (their
-    answers stay identical to a greedy batch). Each row draws from its own generator
-    (seeded by the request's ``seed``), so a seeded answer does not depend on its batch.
-    """
-
-    def __init__(self, jobs: Sequence[Job], prompt_len: int):
-        self.jobs, self.prompt_len = jobs, prompt_len
-        self.generators = [_generator(job.sampling.seed) for job in jobs]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.clone()
-        for row, job in enumerate(self.jobs):
-            s = job.sampling
-            if s.adjusts_logits:
-                scores[row] = self._row(scores[row].float(), input_ids[row, self.prompt_len:], s, row)
-        return scores
-
-    def _row(self, logits: torch.Tensor, generated: torch.Tensor, s: Sampling, row: int) -> torch.Tensor:
-        if s.frequency_penalty or s.presence_penalty:
-            counts = torch.bincount(generated, minlength=logits.numel())[:logits.numel()].to(logits)
-            logits = logits - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).to(logits)
-        for token, bias in s.logit_bias.items():
-            logits[token] += bias
-        if s.temperature == 0:
-            return logits
-        probs = torch.softmax(logits / s.temperature, dim=-1)
-        if s.top_p < 1:  # nucleus: the smallest set of tokens whose mass reaches top_p
-            sorted_probs, order = probs.sort(descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= s.top_p
-            probs[order[outside]] = 0
-        token = torch.multinomial(probs.cpu(), 1, generator=self.generators[row]).item()
-        out = torch.full_like(logits, float("-inf"))
-        out[token] = 0.0
-        return out
-
-
-def _generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
 class Engine:
     """Runs batches of :class:`Job` on one model; not thread-safe (one batcher thread calls it)."""
 
     def __init__(self, lm: LoadedModel, probes: ProbeSet | None = None,
                  steering: Steering | None = None, shots: Sequence[Shot] = (), kv_ratio: float = 0.0,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, batching: Batching = "continuous"):
         self.lm = lm
         self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
         if self.press:
             self.press.check(lm.model, lm.info)
-        # KV compression prunes each prompt's own cache after its prompt pass: no prefix to share then
+        # KV compression prunes each prompt's own cache after its prompt pass: no prefix to share then, and its
+        # per-row bookkeeping is the whole batch's, so the batch runs static
         self.prefixes = PrefixCache(lm) if prefix_cache and not kv_ratio else None
+        self.batching: Batching = "static" if kv_ratio else batching
+        self.window = getattr(lm.model.config, "sliding_window", None)
         self.probes = probes
         self.steering = steering or Steering({}, {})
         for label, per_direction in self.steering.methods.items():
@@ -248,60 +132,118 @@ class Engine:
         return PromptBuilder(prompt_format(fmt, self.lm.tokenizer), self.shots)(question, context)
 
     # -- one batch ---------------------------------------------------------------------
-    def run(self, jobs: Sequence[Job]) -> None:
-        """Complete every job; each receives its events through ``job.emit``."""
+    def run(self, jobs: Sequence[Job], join: Join | None = None, on_step: OnStep | None = None) -> None:
+        """Complete every job, and those ``join`` hands over while they run (continuous batching); each
+        receives its events through ``job.emit``."""
+        live = list(jobs)  # admitted and not answered yet
         try:
-            self._run(jobs)
-        except Exception as exc:  # a bug or an out-of-memory: every row learns, the server lives on
-            log.exception("batch of %d failed", len(jobs))
-            for job in jobs:
+            with torch.inference_mode(), self._kv_compression():
+                self._decode(self._prompt_pass(jobs), live, join, on_step)
+        except Exception as exc:  # a bug or an out-of-memory: every open row learns, the server lives on
+            log.exception("batch of %d failed", len(live))
+            for job in live:
                 job.emit("error", f"generation failed: {type(exc).__name__}")
 
-    @torch.inference_mode()
-    def _run(self, jobs: Sequence[Job]) -> None:
-        texts = [job.prompt for job in jobs]
-        fired = [job.steer is not None for job in jobs]
-        readings: list[dict | None] = [None] * len(jobs)
-        early = [i for i, job in enumerate(jobs) if self._reads_before_steering(job)]
-        if early:  # steered rows whose probe/gate reading must come from the unsteered prompt
-            states = last_token_states(self.lm, [texts[i] for i in early], self._sites_for([jobs[i] for i in early]))
-            early_readings = read_states(states, probes=self.probes if any(jobs[i].detect for i in early)
-                                         else None).probes
-            for k, i in enumerate(early):
-                if jobs[i].steer.gate:
-                    gate = self.steering.gates[jobs[i].steer.method]
-                    fired[i] = bool(read_states({gate.site: states[gate.site][k:k + 1]}, gate).fired[0])
-                if jobs[i].detect:
-                    readings[i] = early_readings[k]
+    def _decode(self, first: Batch, live: list[Job], join: Join | None, on_step: OnStep | None) -> None:
+        """Step batches until every row is done; rows that ``join`` hands over join the running batch, or
+        wait for it to finish when they cannot (a sliding attention window would be outgrown)."""
+        batches = deque([first])
+        while batches:
+            running = batches[0]
+            self._advance(running, live, on_step)
+            if all(row.result is not None for row in running.rows):
+                batches.popleft()
+            if self.batching != "continuous" or join is None or len(batches) > 1:
+                continue
+            new = join(len(batches[0].rows) if batches else 0)
+            if new:
+                live.extend(new)
+                group = self._prompt_pass(new)
+                if batches and self._joinable(batches[0], group):
+                    batches[0].join(group)
+                else:
+                    batches.append(group)
 
+    def _advance(self, batch: Batch, live: list[Job], on_step: OnStep | None) -> None:
+        """One decoding step: each open row takes its token and finished rows answer (and leave the batch
+        unless it runs static); then the open rows run one forward pass for the next step's logits."""
+        tokens = batch.choose()
+        for row, token in zip(batch.rows, tokens.tolist()):
+            if row.result is None and row.take(token, self._decode_text, self.eos_ids):
+                row.job.emit("done", {**row.result, "prompt_tokens": row.prompt_tokens, "sparekit": dict(row.sparekit)})
+                live[:] = [job for job in live if job is not row.job]
+        open_rows = [i for i, row in enumerate(batch.rows) if row.result is None]
+        if not open_rows:
+            return
+        if self.batching == "static":  # finished rows keep their place and read padding, as in ``generate``
+            tokens[[row.result is not None for row in batch.rows]] = self.lm.tokenizer.pad_token_id
+        else:
+            batch.keep(open_rows)
+            batch.trim()
+            tokens = tokens[open_rows]
+        if on_step is not None:
+            on_step(len(batch.rows))
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)
+        positions = batch.mask.sum(-1, keepdim=True) - 1
+        batch.cache, batch.logits = cached_forward(self.lm, tokens[:, None], batch.mask, positions, batch.cache)
+
+    def _prompt_pass(self, jobs: Sequence[Job]) -> Batch:
+        """The jobs' prompt pass (suffix after a kept prefix): edits, readings, the first token's logits."""
+        fired, readings = self._early_readings(jobs)
         hooks = edit_rows(Hooks(self.lm), [self._edits(job.steer) if fire else None for job, fire in zip(jobs, fired)])
         late = [i for i, job in enumerate(jobs) if job.detect and readings[i] is None]
         if late:
             capture_reading_sites(hooks, probes=self.probes)
+        enc, cache, start = self._encode([job.prompt for job in jobs])
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as ``generate`` derives them
+        with hooks:
+            cache, logits = cached_forward(self.lm, enc["input_ids"][:, start:], mask, positions[:, start:], cache)
+        mark_prompt_start(cache, 0)  # a reused prefix is consumed: from now on only an empty cache starts a prompt
+        if late:
+            late_readings = read_captures(hooks, probes=self.probes).probes
+            for i in late:
+                readings[i] = late_readings[i]
+        rows = [Row(job, int(mask[i].sum()), self._sparekit(job, readings[i], fired[i])) for i, job in enumerate(jobs)]
+        for row in rows:
+            row.job.emit("sparekit", row.sparekit)
+        return Batch(rows, cache, mask, logits)
 
-        def first_step() -> None:  # the prompt pass has run: its captures hold the readings
-            if late:
-                late_readings = read_captures(hooks, probes=self.probes).probes
-                for i in late:
-                    readings[i] = late_readings[i]
-            for i, job in enumerate(jobs):
-                job.emit("sparekit", self._sparekit(job, readings[i], fired[i]))
+    def _early_readings(self, jobs: Sequence[Job]) -> tuple[list[bool], list[dict | None]]:
+        """Whether each row's steering fires, and the readings of the steered rows that must read the
+        unsteered prompt (:meth:`_reads_before_steering`): one forward stopped at the deepest site they read."""
+        fired = [job.steer is not None for job in jobs]
+        readings: list[dict | None] = [None] * len(jobs)
+        early = [i for i, job in enumerate(jobs) if self._reads_before_steering(job)]
+        if not early:
+            return fired, readings
+        states = last_token_states(self.lm, [jobs[i].prompt for i in early], self._sites_for([jobs[i] for i in early]))
+        early_readings = read_states(states, probes=self.probes if any(jobs[i].detect for i in early) else None).probes
+        for k, i in enumerate(early):
+            if jobs[i].steer.gate:
+                gate = self.steering.gates[jobs[i].steer.method]
+                fired[i] = bool(read_states({gate.site: states[gate.site][k:k + 1]}, gate).fired[0])
+            if jobs[i].detect:
+                readings[i] = early_readings[k]
+        return fired, readings
 
-        enc, cache = self._encode(texts)
-        rows = _Rows(self, jobs, enc["input_ids"].shape[1], first_step)
-        sampler = (LogitsProcessorList([_RowSampler(jobs, enc["input_ids"].shape[1])])
-                   if any(job.sampling.adjusts_logits for job in jobs) else None)
-        with self._kv_compression(), hooks:
-            greedy_call(self.lm, enc, max(job.max_tokens for job in jobs), sampler, StoppingCriteriaList([rows]),
-                        cache)
-        for i, job in enumerate(jobs):
-            result = rows.results[i] or {"text": "", "finish_reason": "length", "completion_tokens": 0}
-            job.emit("done", {**result, "prompt_tokens": int(enc["attention_mask"][i].sum()),
-                              "sparekit": self._sparekit(job, readings[i], fired[i])})
+    def _joinable(self, running: Batch, group: Batch) -> bool:
+        """Whether ``group`` can join ``running`` now: both hold every column, and under a sliding attention
+        window the joined batch stays inside it until every row's ``max_tokens`` (its columns stay aligned)."""
+        if not (running.aligned() and group.aligned()):
+            return False
+        if self.window is None:
+            return True
+        left = max(row.job.max_tokens - len(row.generated) for row in running.rows + group.rows)
+        return max(running.mask.shape[1], group.mask.shape[1]) + left < self.window - 1
 
     # -- helpers -----------------------------------------------------------------------
-    def _encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], Any]:
-        """The batch's inputs, and the KV of a shared prompt prefix when one is kept (else ``None``).
+    def _decode_text(self, ids: list[int]) -> str:
+        return self.lm.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _encode(self, texts: Sequence[str]) -> tuple[dict[str, torch.Tensor], Any, int]:
+        """The batch's inputs, and the KV of a shared prompt prefix with its length when one is kept
+        (else ``None``, 0).
 
         Tokenized once, by :func:`tokenize` (which refuses a batch the model or the memory cannot take);
         a kept prefix only lays the same token ids out again.
@@ -311,8 +253,8 @@ class Engine:
             rows = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
             length, cache = self.prefixes.lookup(rows)
             if cache is not None:
-                return prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm)), cache
-        return enc, None
+                return prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm)), cache, length
+        return enc, None, 0
 
     def _kv_compression(self) -> contextlib.AbstractContextManager:
         """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
@@ -365,11 +307,11 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
 
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
-                 kv_ratio: float = 0.0, prefix_cache: bool = True) -> Engine:
+                 kv_ratio: float = 0.0, prefix_cache: bool = True, batching: Batching = "continuous") -> Engine:
     """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods,
     and the request-time demonstrations of ``/v1/answer`` prompts (:func:`~sparekit.probes.detect.request_shots`).
     """
 
     probes = probes_for(lm, probe_dir)
     shots = request_shots(None if probes is None else probes.folder)
-    return Engine(lm, probes, load_steering(lm, fitted), shots, kv_ratio, prefix_cache)
+    return Engine(lm, probes, load_steering(lm, fitted), shots, kv_ratio, prefix_cache, batching)

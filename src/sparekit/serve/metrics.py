@@ -21,9 +21,12 @@ class Metrics:
         self.queue_depth = Gauge("sparekit_queue_depth", "Prompts waiting for a batch.", registry=r)
         self.in_flight = Gauge("sparekit_in_flight", "Requests being handled.", registry=r)
         self.streams = Gauge("sparekit_active_streams", "Streaming responses open.", registry=r)
-        self.batch_size = Histogram("sparekit_batch_size", "Rows per batched generate.",
+        self.batch_size = Histogram("sparekit_batch_size", "Rows per prompt pass (a batch, or rows joining one).",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.batch_seconds = Histogram("sparekit_batch_seconds", "Time of one batched generate.",
+        self.step_rows = Histogram("sparekit_step_rows", "Rows in one decoding step.",
+                                   buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.batch_seconds = Histogram("sparekit_batch_seconds",
+                                       "Time the model ran without a pause (a batch and the rows that joined it).",
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.tokens = Counter("sparekit_generated_tokens", "Completion tokens returned.", registry=r)
         self.cancelled = Counter("sparekit_cancelled", "Prompts whose client went away before the answer.",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from transformers import Cache
 
-from sparekit.hooks.core import mark_prompt_start
+from sparekit.hooks.core import cache_keyword, mark_prompt_start
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 
@@ -47,9 +47,6 @@ class PrefixCache:
         self.entries: OrderedDict[tuple[int, ...], Cache] = OrderedDict()
         self.recent: deque[tuple[int, ...]] = deque(maxlen=history)
         self.window = getattr(lm.model.config, "sliding_window", None)
-        # the prefix pass needs no logits: skip the LM head where the model allows it
-        self.head_free = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters \
-            else {}
 
     def lookup(self, rows: Sequence[Sequence[int]]) -> tuple[int, Cache | None]:
         """``(prefix length, a copy of its KV expanded to the batch)``, or ``(0, None)`` when none applies."""
@@ -85,8 +82,24 @@ class PrefixCache:
     @torch.inference_mode()
     def _compute(self, prefix: tuple[int, ...]) -> Cache:
         ids = torch.tensor([prefix], device=input_device(self.lm))
-        out = self.lm.model(input_ids=ids, use_cache=True, **self.head_free)
-        return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return cached_forward(self.lm, ids, None)[0]
+
+
+def cached_forward(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   position_ids: torch.Tensor | None = None, cache: Cache | None = None) -> tuple[Cache, torch.Tensor]:
+    """One forward pass extending ``cache`` (a new one when ``None``): the cache, and the float32 logits of
+    each row's last position (the LM head runs on that position only, where the model allows it).
+
+    An all-ones mask is dropped, as ``generate`` drops it: the model then takes its faster path without padding.
+    """
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    reused = {} if cache is None else {cache_keyword(lm.model): cache}
+    head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
+    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                   **head, **reused)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return cache, out.logits[:, -1].float()
 
 
 def prefixed_batch(rows: Sequence[Sequence[int]], prefix: int, pad_id: int, device) -> dict[str, torch.Tensor]:
