@@ -39,8 +39,10 @@ def run_joining(engine: Engine, first: list[dict], later: dict[int, list[dict]])
     def job(row: dict) -> Job:
         out: dict = {"delta": []}
         results.append(out)
-        return Job(emit=lambda kind, data: out["delta"].append(data) if kind == "delta" else out.__setitem__(kind, data),
-                   **row)
+        def emit(kind: str, data) -> None:
+            out["delta"].append(data) if kind == "delta" else out.__setitem__(kind, data)
+
+        return Job(emit=emit, **row)
 
     start = [job(row) for row in first]
     queued = {k: [job(row) for row in rows] for k, rows in sorted(later.items())}

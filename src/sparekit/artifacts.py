@@ -53,6 +53,15 @@ def check_header(config: Any, path: str | Path, kind: str | None = None,
     return int(version)
 
 
+def refuse_other_model(path: str | Path, recorded: Any, model_hash: str | None,
+                       hint: str = "fit it for this model with `sparekit bench steer --model …`") -> None:
+    """Refuse a fitted bundle tuned on another model than ``model_hash`` (either unknown: accepted); the
+    built-in engine and the vLLM plugin (which imports no transformers) both check here."""
+    if model_hash is not None and recorded not in (None, model_hash):
+        raise SparekitError(f"{path} was tuned on another model (hash {str(recorded)[:12]}…, "
+                            f"this model {model_hash[:12]}…)", hint)
+
+
 @dataclass
 class Artifact:
     """A saved object as read from its folder, before its class rebuilds it."""

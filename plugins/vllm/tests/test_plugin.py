@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ import numpy as np
 import pytest
 import torch
 from sparekit.artifacts import save_artifact
+from sparekit.errors import SparekitError
+from sparekit.models.assets import SHIPPED
 from sparekit.probes.linear import LinearProbe
+from sparekit.utils.io import weights_hash
 
 from sparekit_vllm.bundle import load_bundle
 from sparekit.serve.options import RowSteer, parse_options
@@ -242,6 +246,44 @@ def test_a_fitted_bundle_gives_its_tuned_strengths_and_its_gate(folders):
     caps = load_bundle(None, folders["probes"], [folders["fitted"]]).capabilities()
     assert caps.methods == {"actadd": {"context": 2.0, "memory": 4.0}}  # memory: no tuned strength, actadd's default
     assert caps.gates == {"actadd"} and caps.first_edit_layer == {"actadd": 1} and caps.probe_layer == 3
+
+
+def test_a_bundle_tuned_on_another_model_is_refused_at_load(folders, tmp_path):
+    """As the built-in engine refuses it: the served model's hash is the one sparekit gives the same ``--model``."""
+    served = tmp_path / "served"  # a save_pretrained folder: hashed from its weight files, as sparekit hashes it
+    served.mkdir()
+    (served / "model.safetensors").write_bytes(b"weights")
+    theirs = tmp_path / "fitted/theirs"
+    shutil.copytree(folders["fitted"], theirs, ignore=shutil.ignore_patterns("gate"))
+    for recorded, model, refused in ((weights_hash(served), served, False), ("a" * 64, served, True),
+                                     ("hub:google/gemma-3-270m", "google/gemma-3-270m", False),
+                                     ("hub:google/gemma-3-270m", served, True), ("a" * 64, None, False)):
+        config = json.loads((theirs / "config.json").read_text())
+        config["params"]["model_hash"] = recorded
+        (theirs / "config.json").write_text(json.dumps(config))
+        if refused:
+            refusal = r"theirs was tuned on another model \(hash [0-9a-z:/]{12}…, this model "
+            with pytest.raises(SparekitError, match=refusal) as err:
+                load_bundle(model, fitted=[theirs])
+            assert "\n" not in str(err.value)
+        else:
+            assert load_bundle(model, fitted=[theirs]).capabilities().methods == {"theirs": {"context": 2.0,
+                                                                                             "memory": 4.0}}
+
+
+@pytest.mark.skipif(not (CACHED_MODEL / "sparekit_source.json").is_file(), reason="default model not cached")
+def test_the_default_models_cached_folder_goes_by_the_hash_sparekit_records(folders, tmp_path):
+    theirs = tmp_path / "fitted/theirs"
+    shutil.copytree(folders["fitted"], theirs, ignore=shutil.ignore_patterns("gate"))
+    for recorded, accepted in ((SHIPPED["gemma-3-270m"], True), ("b" * 64, False)):
+        config = json.loads((theirs / "config.json").read_text())
+        config["params"]["model_hash"] = recorded
+        (theirs / "config.json").write_text(json.dumps(config))
+        if accepted:
+            assert "theirs" in load_bundle(CACHED_MODEL, fitted=[theirs]).capabilities().methods
+        else:
+            with pytest.raises(SparekitError, match="tuned on another model"):
+                load_bundle(CACHED_MODEL, fitted=[theirs])
 
 
 def test_the_plugin_imports_no_transformers_dependent_sparekit_code():

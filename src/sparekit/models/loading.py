@@ -27,7 +27,7 @@ from sparekit.models.placement import check_device, device_map_kwargs
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
 from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_write_json, cache_dir, check_readable, damaged_file,
-                               read_json, sha256_file)
+                               read_json, sha256_file, weights_hash)
 from sparekit.utils.progress import announce_when_slow
 from sparekit.utils.registry import unknown_name
 
@@ -136,16 +136,6 @@ def _load_folder(source: Path | str, name: str, dtype: torch.dtype,
     return model, tokenizer
 
 
-def _folder_hash(folder: Path) -> str:
-    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
-    if not weights:
-        raise SparekitError(f"no weights (*.safetensors) in {folder}")
-    digest = hashlib.sha256()
-    for path in weights:
-        digest.update(path.name.encode() + sha256_file(path).encode())
-    return digest.hexdigest()
-
-
 def parameter_hash(model: torch.nn.Module) -> str:
     """Hash of all parameters: identifies in-memory models that have no weight files."""
     digest = hashlib.sha256()
@@ -169,7 +159,7 @@ def resolve_source(name_or_path: str) -> tuple[Path | str, str | None, str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise SparekitError(f"{path} has no config.json", "pass a folder written by save_pretrained")
-        return path, None, _folder_hash(path)
+        return path, None, weights_hash(path)
     looks_like_path = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", "", 1)
     if looks_like_path or path.suffix:
         raise SparekitError(f"missing model path: {name_or_path}")

@@ -253,7 +253,8 @@ class Engine:
             rows = [ids[mask.bool()].tolist() for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
             length, cache = self.prefixes.lookup(rows)
             if cache is not None:
-                return prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm)), cache, length
+                enc = prefixed_batch(rows, length, self.lm.tokenizer.pad_token_id, input_device(self.lm))
+                return enc, cache, length
         return enc, None, 0
 
     def _kv_compression(self) -> contextlib.AbstractContextManager:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparekit.artifacts import CONFIG, KINDS, Artifact, read_artifact, rebuild, save_artifact
+from sparekit.artifacts import CONFIG, KINDS, Artifact, read_artifact, rebuild, refuse_other_model, save_artifact
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for
@@ -100,9 +100,7 @@ class FittedBundle:
         """What :func:`sparekit.load` calls: the settings checked, then each direction's method and the gate."""
         path, params = artifact.path, artifact.params
         demos, tuned = _checked_settings(path / CONFIG, params)
-        if model_hash is not None and params.get("model_hash") not in (None, model_hash):
-            raise SparekitError(f"{path} was tuned on another model (hash {str(params['model_hash'])[:12]}…)",
-                                "fit it for this model with `sparekit bench steer --model …`")
+        refuse_other_model(path, params.get("model_hash"), model_hash)
         directions = {t: FittedSteering(rebuild(read_artifact(path / t), SteeringMethod), setting.get("strength"),
                                         demos, dict(setting.get("params") or {}), setting.get("dev_em"))
                       for t, setting in tuned.items()}

@@ -222,3 +222,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     with contextlib.suppress(OSError):
         atomic_write_json(hash_cache, cache)
     return cache[key]
+
+
+def weights_hash(folder: Path) -> str:
+    """The model hash of a ``save_pretrained`` folder: SHA-256 over its weight files' names and hashes
+    (free of transformers: the vLLM plugin checks fitted bundles against it)."""
+    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+    if not weights:
+        raise SparekitError(f"no weights (*.safetensors) in {folder}")
+    digest = hashlib.sha256()
+    for path in weights:
+        digest.update(path.name.encode() + sha256_file(path).encode())
+    return digest.hexdigest()

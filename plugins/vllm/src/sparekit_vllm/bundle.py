@@ -8,8 +8,11 @@ own transformers. Folders, as ``sparekit serve`` takes them:
 * fitted methods: ``<root>/{context,memory}/{config.json, tensors.safetensors, tuned.json}``
   (``sparekit bench steer``'s ``fitted/<method>``) and the gate beside them, default the shipped ones.
 
-Shipped assets are used only for the model they were fitted on, recognised by the weights hash
-sparekit's model cache records (``sparekit_source.json``).
+Shipped assets are used only for the model they were fitted on, and a fitted bundle, probe or gate tuned on
+another model is refused in one line, as the built-in engine refuses it. The served model's hash is the one
+sparekit gives the same ``--model``: the hash its model cache records for a cached short name
+(``sparekit_source.json``), else the hash of the folder's weight files (:func:`~sparekit.utils.io.weights_hash`,
+computed once per file and cached), else ``hub:<id>`` for a hub id.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sparekit.artifacts import CONFIG, Artifact, read_artifact, split_keyed
+from sparekit.artifacts import CONFIG, Artifact, read_artifact, refuse_other_model, split_keyed
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.assets import SHIPPED, ModelAssets
@@ -30,7 +33,7 @@ from sparekit.serve.options import RowSteer
 from sparekit.sae import load_sae
 from sparekit.sae.base import spare_delta
 from sparekit.utils.arrays import to_numpy
-from sparekit.utils.io import read_json_object
+from sparekit.utils.io import read_json_object, weights_hash
 
 from sparekit_vllm.options import DIRECTIONS, Served
 
@@ -105,7 +108,7 @@ def load_bundle(model_folder: str | Path | None = None, probe_dir: str | Path | 
     roots = [Path(r) for r in fitted] or ([shipped.steering(label) for label in shipped.steering_labels()]
                                           if shipped else [])
     for root in roots:
-        bundle.methods[root.name] = _load_method(root)
+        bundle.methods[root.name] = _load_method(root, model_hash)
         if (root / "gate" / CONFIG).is_file():
             bundle.gates[root.name] = _load_gate(root / "gate", model_hash)
     return bundle
@@ -128,19 +131,27 @@ def load_probe_set(folder: Path, model_hash: str | None) -> ProbeSet:
     return ProbeSet(probes, folder)
 
 
-def _model_hash(model_folder: str | Path | None) -> str | None:
-    """The weights hash sparekit's model cache records for a folder (``None`` for another folder)."""
-    marker = Path(model_folder) / "sparekit_source.json" if model_folder else None
-    return read_json_object(marker).get("sha256") if marker is not None and marker.is_file() else None
+def _model_hash(model: str | Path | None) -> str | None:
+    """The hash sparekit gives the served ``model`` (``None``: not told, nothing is checked)."""
+    if not model:
+        return None
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return f"hub:{model}"
+    marker = folder / "sparekit_source.json"
+    return read_json_object(marker).get("sha256") if marker.is_file() else weights_hash(folder)
 
 
-def _load_method(root: Path) -> dict[str, Fitted]:
+def _load_method(root: Path, model_hash: str | None) -> dict[str, Fitted]:
     """A fitted bundle (:mod:`sparekit.steering.fitted`): each direction's method and its dev-tuned strength,
-    kept in the bundle's ``config.json`` (a direction without one takes the kind's default, as sparekit does)."""
+    kept in the bundle's ``config.json`` (a direction without one takes the kind's default, as sparekit does);
+    refused when tuned on another model than ``model_hash``."""
     if not (root / CONFIG).is_file():
         raise SparekitError(f"no fitted method in {root} (missing {CONFIG})",
                             "pass a folder from `sparekit bench steer` (<run>/fitted/<method>)")
-    tuned = read_artifact(root, "fitted_steering").params.get("tuned") or {}
+    params = read_artifact(root, "fitted_steering").params
+    refuse_other_model(root, params.get("model_hash"), model_hash)
+    tuned = params.get("tuned") or {}
     per = {}
     for toward in (t for t in DIRECTIONS if t in tuned):
         artifact = read_artifact(root / toward)
