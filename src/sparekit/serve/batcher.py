@@ -5,8 +5,9 @@ One worker thread owns the model. It waits for a first job, then collects more u
 job's arrival and the end of the previous batch (so the clients that batch just
 answered can send their next request and join, instead of the clients splitting
 into cohorts that alternate), and starts them as one batch. While it decodes, the engine asks at every
-step for the jobs waiting then (:meth:`Batcher._join`, up to ``max_batch`` rows in all): continuous batching,
-rows leave the batch when they finish and newcomers take their place (:mod:`sparekit.serve.engine`).
+step for the jobs waiting then (:meth:`Batcher._join`: once at least as many wait as rows run, up to
+``max_batch`` rows in all): continuous batching, rows leave the batch when they finish and newcomers take their
+place (:mod:`sparekit.serve.engine`).
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ class Batcher:
         return [job for job in batch if not job.cancelled.is_set()]
 
     def _join(self, running: int) -> list[Job]:
-        """The jobs waiting now, to join a running batch of ``running`` rows (up to ``max_batch`` in all)."""
+        """The jobs waiting now, to join a running batch of ``running`` rows (up to ``max_batch`` in all), once
+        at least as many wait as rows run: their prompt pass stalls every running row for about as long whether
+        it holds one row or eight, so one or two rows joining at every step cost more than they gained
+        (BENCHMARKS.md, "Continuous batching")."""
         with self._cv:
+            if len(self._pending) < running:
+                return []
             jobs = [self._pending.popleft() for _ in range(min(self.max_batch - running, len(self._pending)))]
             self.metrics.queue_depth.set(len(self._pending))
         jobs = [job for job in jobs if not job.cancelled.is_set()]
