@@ -14,7 +14,7 @@ Requests are three-shot conflict prompts from the embedded dataset (substituted 
    rounds; median latency ÷ the plain request's, and the completion tokens generated.
 
     python benchmarks/bench_serve.py [--n 48] [--rounds 2] [--threads 2] [--max-batch 16] [--batch-wait-ms 10]
-                                     [--prefix-cache on,off] [--batching continuous] [--runs 1]
+                                     [--prefix-cache on,off] [--batching retire] [--runs 1]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--parts", default="throughput,cost", help="which parts to run")
     parser.add_argument("--prefix-cache", default="on,off", help="shared-prefix KV cache settings to compare")
-    parser.add_argument("--batching", default="continuous", help="batching modes to compare (static,retire,continuous)")
+    parser.add_argument("--batching", default="retire", help="batching modes to compare (static,retire,continuous)")
     parser.add_argument("--runs", type=int, default=1, help="runs of every setting, interleaved")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -58,7 +58,7 @@ def run_joining(engine: Engine, first: list[dict], later: dict[int, list[dict]])
 
 
 def test_rows_joining_mid_batch_answer_as_if_alone(lm, assets):
-    engine = build_engine(lm, assets[0], [assets[1]])
+    engine = build_engine(lm, assets[0], [assets[1]], batching="continuous")
     first = [dict(prompt="context: a b c\nquestion: x?\nanswer:", max_tokens=2, detect=True),
              dict(prompt="hi", max_tokens=9),
              dict(prompt="zz top 12", max_tokens=5, steer=RowSteer("actadd", "context", 1.0), detect=True)]
@@ -102,7 +102,7 @@ def test_static_retire_and_continuous_batching_answer_alike(lm, assets):
 def test_a_sliding_window_model_joins_only_inside_its_window():
     """Gemma 3's local layers keep the last ``sliding_window`` columns: rows join only while the batch fits."""
     lm = tiny_model("gemma3_text")  # sliding window 8
-    engine = build_engine(lm)
+    engine = build_engine(lm, batching="continuous")
     short = [dict(prompt="hi", max_tokens=3)], {1: [dict(prompt="yo", max_tokens=2)]}
     results, steps = run_joining(engine, *short)
     assert steps == [1, 2]  # "yo" joined: 4 columns + 2 more tokens stay inside the window

@@ -60,6 +60,10 @@ class ServeCommand(Limits):
     prefix_cache: bool = option(True, flag="--prefix-cache/--no-prefix-cache",
                                 help="Compute a prompt prefix that requests share (the demonstrations) once and reuse "
                                      "its KV cache.")
+    batching: str = option("retire", choices=("retire", "continuous", "static"),
+                           help="retire: a finished row leaves the batch at once; continuous: waiting requests also "
+                                "join a running batch (slower on a CPU: BENCHMARKS.md); static: rows wait for the "
+                                "batch's longest.")
     engine: str = option("builtin", choices=("builtin", "vllm"),
                          help="builtin: sparekit's own server; vllm: vLLM's OpenAI server with the sparekit-vllm "
                               "plugin.")
@@ -96,7 +100,8 @@ class ServeCommand(Limits):
         if self.probe is not None:
             resolve_probe_dir(self.probe)  # a missing or damaged probe folder fails before the model loads
         engine = build_engine(load_model(self.model, device=self.device), None if self.probe is None else
-                              Path(self.probe), tuple(map(Path, self.fitted)), self.kv_ratio, self.prefix_cache)
+                              Path(self.probe), tuple(map(Path, self.fitted)), self.kv_ratio, self.prefix_cache,
+                              self.batching)
         served = {"model": engine.lm.info.name, "url": f"http://{self.host}:{self.port}", "engine": "builtin",
                   "detect": engine.can_detect, "methods": engine.method_names()}
         on_ready(served)

@@ -4,8 +4,8 @@ One worker thread owns the model. It waits for a first job, then collects more u
 ``max_batch`` are waiting or ``max_wait_s`` has passed since the later of the first
 job's arrival and the end of the previous batch (so the clients that batch just
 answered can send their next request and join, instead of the clients splitting
-into cohorts that alternate), and starts them as one batch. While it decodes, the engine asks at every
-step for the jobs waiting then (:meth:`Batcher._join`: once at least as many wait as rows run, up to
+into cohorts that alternate), and starts them as one batch. While it decodes, an engine batching
+``continuous`` asks at every step for the jobs waiting then (:meth:`Batcher._join`: once at least as many wait as rows run, up to
 ``max_batch`` rows in all): continuous batching, rows leave the batch when they finish and newcomers take their
 place (:mod:`sparekit.serve.engine`).
 """

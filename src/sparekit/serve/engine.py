@@ -10,8 +10,8 @@ prompt (as ``sparekit steer`` does), so those rows, and only those, get one batc
 probe layer first.
 
 Decoding is a loop of our own rather than ``generate``: a row leaves the batch the step it finishes, and
-requests that arrived meanwhile run their prompt pass and join the batch at the next step
-(:mod:`sparekit.serve.rows`). Answers are those of a ``generate`` call on the same batch: the same inputs,
+(``batching="continuous"``) requests that arrived meanwhile run their prompt pass and join the batch at the next
+step (:mod:`sparekit.serve.rows`). Answers are those of a ``generate`` call on the same batch: the same inputs,
 position ids and greedy choice per step (tests/test_serve.py compares them with :func:`greedy_generate`).
 """
 
@@ -50,9 +50,10 @@ __all__ = ["GREEDY", "Batching", "Emit", "Engine", "Job", "Sampling", "Steering"
 
 log = logging.getLogger(__name__)
 
-#: how the engine batches: ``continuous`` (rows leave the batch the step they finish and waiting requests join
-#: it), ``retire`` (rows leave, nobody joins), ``static`` (every row keeps its place until the batch's last one
-#: finishes, as ``generate`` runs a batch; ``--kv-compress`` runs so)
+#: how the engine batches: ``retire`` (the default: rows leave the batch the step they finish), ``continuous``
+#: (they leave, and waiting requests join the running batch: slower than ``retire`` on a 2-core CPU, where a
+#: joining prompt pass stalls every running row; BENCHMARKS.md), ``static`` (every row keeps its place until the
+#: batch's last one finishes, as ``generate`` runs a batch; ``--kv-compress`` runs so)
 Batching = Literal["continuous", "retire", "static"]
 #: ``join(running)``: jobs waiting now that may join a batch of ``running`` rows (none: ``[]``)
 Join = Callable[[int], list[Job]]
@@ -79,7 +80,7 @@ class Engine:
 
     def __init__(self, lm: LoadedModel, probes: ProbeSet | None = None,
                  steering: Steering | None = None, shots: Sequence[Shot] = (), kv_ratio: float = 0.0,
-                 prefix_cache: bool = True, batching: Batching = "continuous"):
+                 prefix_cache: bool = True, batching: Batching = "retire"):
         self.lm = lm
         self.press = L2Press(ratio=kv_ratio) if kv_ratio else None  # a bad ratio fails now, not at the first request
         if self.press:
@@ -308,7 +309,7 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
 
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),
-                 kv_ratio: float = 0.0, prefix_cache: bool = True, batching: Batching = "continuous") -> Engine:
+                 kv_ratio: float = 0.0, prefix_cache: bool = True, batching: Batching = "retire") -> Engine:
     """What ``sparekit serve`` runs: probes (explicit, else the shipped ones, else none), fitted methods,
     and the request-time demonstrations of ``/v1/answer`` prompts (:func:`~sparekit.probes.detect.request_shots`).
     """
