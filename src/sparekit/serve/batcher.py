@@ -5,9 +5,9 @@ One worker thread owns the model. It waits for a first job, then collects more u
 job's arrival and the end of the previous batch (so the clients that batch just
 answered can send their next request and join, instead of the clients splitting
 into cohorts that alternate), and starts them as one batch. While it decodes, an engine batching
-``continuous`` asks at every step for the jobs waiting then (:meth:`Batcher._join`: once at least as many wait as rows run, up to
-``max_batch`` rows in all): continuous batching, rows leave the batch when they finish and newcomers take their
-place (:mod:`sparekit.serve.engine`).
+``continuous`` asks at every step for the jobs waiting then (:meth:`Batcher._join`: once at least as many
+wait as rows run, up to ``max_batch`` rows in all): rows leave the batch when they finish and newcomers take
+their place (:mod:`sparekit.serve.engine`).
 """
 
 from __future__ import annotations
