@@ -242,23 +242,26 @@ def leave_one_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig
     mean over folds of each run's mean over seeds, with the std across folds (the spread) and
     the ``worst`` and ``best`` fold.
     """
-    folds = held_out_values(dataset, field)
     out = Path(out_dir)
     with RunDir(out, f"leave-one-{field}-out benchmark").running():
         runs = {value: runner.run()
                 for value, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress, field)}
         summary = {"split_by": field, "dataset": dataset.name, "model": lm.info.name,
-                   "model_hash": lm.info.model_hash, "folds": folds,
-                   "methods": {label: {metric: fold_stats([runs[v]["methods"][label][metric]["mean"] for v in folds])
-                                       for metric in HEADLINE} for label in config.methods},
-                   "held_out": runs}
+                   "model_hash": lm.info.model_hash, **fold_summary(runs, config.methods)}
         atomic_write_json(out / "results.json", summary)
     return summary
 
 
-def fold_stats(values: list[float]) -> dict[str, float]:
-    """Mean and std across folds, and the worst and best fold."""
-    return {**mean_std(values), "worst": min(values), "best": max(values)}
+def fold_summary(runs: dict[str, dict], methods: Sequence[str]) -> dict[str, Any]:
+    """``folds``, ``methods`` and ``held_out`` of a leave-one-out summary from its folds' results: per method
+    and headline metric, the mean over folds of each fold's mean over seeds, the std across folds (the
+    spread), the worst and the best fold."""
+    def stats(values: list[float]) -> dict[str, float]:
+        return {**mean_std(values), "worst": min(values), "best": max(values)}
+
+    return {"folds": list(runs), "held_out": runs,
+            "methods": {label: {metric: stats([run["methods"][label][metric]["mean"] for run in runs.values()])
+                                for metric in HEADLINE} for label in methods}}
 
 
 def leave_one_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
