@@ -88,12 +88,13 @@ def steering_curve(out: Path) -> dict[int, dict]:
     curve: dict[int, dict] = {}
     for folder in sorted(out.glob("k*-draw*")):
         draw, results = read_json(folder / "draw.json"), folder / "results.json"
-        methods = read_json(results).get("methods", {}) if results.is_file() else {}
+        summary = read_json(results) if results.is_file() else {"methods": {}}
+        methods = summary["methods"]
         if set(methods) != {"none", "spare"}:
             continue
         row = {f"{label}_{m}": methods[label][m]["mean"] for label in methods for m in METRICS}
-        curve.setdefault(draw["k"], {"draws": []})["draws"].append({**row, "train": draw["train"],
-                                                                  "test_items": read_json(results)["splits"]["test_items"]})
+        curve.setdefault(draw["k"], {"draws": []})["draws"].append(
+            {**row, "train": draw["train"], "test_items": summary["splits"]["test_items"]})
     for point in curve.values():
         for key in point["draws"][0]:
             if key not in ("train", "test_items"):

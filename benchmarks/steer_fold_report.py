@@ -33,8 +33,8 @@ def finished_folds(run: Path, methods: list[str]) -> dict[str, dict]:
 
 def interval_table(runs: dict[str, dict], methods: list[str]) -> str:
     """Per fold and method: EM → memory / → context / without conflict (%) with 95 % Wilson intervals."""
-    lines = ["| held out | test items | method | EM_M [95 %] | EM_C [95 %] | no conflict [≈95 %] | dev choice (memory / context) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| held out | test items | method | EM_M [95 %] | EM_C [95 %] | no conflict [≈95 %] "
+             "| dev choice (memory / context) |", "|---|---|---|---|---|---|---|"]
     for fold, result in runs.items():
         n = result["splits"]["test_items"]
         for label in methods:
