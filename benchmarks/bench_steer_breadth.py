@@ -84,7 +84,8 @@ def run_draws(args: argparse.Namespace) -> None:
 
 
 def steering_curve(out: Path) -> dict[int, dict]:
-    """Per k: SpARE's and the unsteered held-out EM, mean ± std over the draws done, and each draw."""
+    """Per k: SpARE's and the unsteered held-out EM and SpARE's change over unsteered, mean ± std over the
+    draws done, and each draw."""
     curve: dict[int, dict] = {}
     for folder in sorted(out.glob("k*-draw*")):
         draw, results = read_json(folder / "draw.json"), folder / "results.json"
@@ -93,6 +94,8 @@ def steering_curve(out: Path) -> dict[int, dict]:
         if set(methods) != {"none", "spare"}:
             continue
         row = {f"{label}_{m}": methods[label][m]["mean"] for label in methods for m in METRICS}
+        # each draw's unsteered EM moves with its pool's demonstrations: SpARE's change over it, per draw
+        row.update({f"change_{m}": row[f"spare_{m}"] - row[f"none_{m}"] for m in METRICS})
         curve.setdefault(draw["k"], {"draws": []})["draws"].append(
             {**row, "train": draw["train"], "test_items": summary["splits"]["test_items"]})
     for point in curve.values():
