@@ -36,6 +36,7 @@ from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, breadth_curve
 from sparekit.reporting.figures import finish_figure, pyplot
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.utils.io import atomic_write_json, read_json
+from sparekit.utils.rundir import RunDir
 
 from bench_detectors import capped_probing_data  # noqa: E402  (benchmarks/, beside this script)
 
@@ -73,6 +74,8 @@ def run_draws(args: argparse.Namespace) -> None:
     lm = sparekit.load_model("default")
     for k, draw, held, train in jobs(args, held_out_values(data, "relation"))[index::count]:
         out = args.out / f"k{k}-draw{draw}"
+        if RunDir(out).done or (out / "skipped.json").is_file():  # more --draws later: only the new ones run
+            continue
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "draw.json", {"k": k, "draw": draw, "held_out": held, "train": train})
         try:
