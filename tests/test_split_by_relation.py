@@ -137,7 +137,7 @@ def test_benchmark_holds_a_relation_out_of_pool_and_dev(tiny_llama, tmp_path):
 
 
 def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_path, monkeypatch):
-    from sparekit.reporting.steering import relation_table
+    from sparekit.reporting.steering import fold_table
     from sparekit.steering.bench import BenchConfig
     from sparekit.steering.bench import runner as benchmark
 
@@ -151,13 +151,15 @@ def test_leave_one_relation_out_runs_each_relation_and_averages(tiny_llama, tmp_
         return {"methods": {"none": {"em_memory": stat, "em_context": stat, "em_no_conflict": stat}}}
 
     monkeypatch.setattr(benchmark.SteeringBenchmark, "run", fake_run)
-    summary = benchmark.leave_one_relation_out(tiny_llama, load_dataset("default"), BenchConfig(methods=("none",)),
-                                               tmp_path)
+    summary = benchmark.leave_one_out(tiny_llama, load_dataset("default"), BenchConfig(methods=("none",)), tmp_path)
     assert [s[0] for s in seen] == list(em) and all(s[1] == f"held-out-{s[0]}" for s in seen)
     assert {s[2] for s in seen} == {tmp_path / "memorised.json"}  # one closed-book pass for all runs
     assert summary["methods"]["none"]["em_memory"]["mean"] == pytest.approx(0.5)
-    assert json.loads((tmp_path / "results.json").read_text())["relations"] == list(em)
-    assert "| none | 50.0 ± 22.4 |" in relation_table(summary) and "20.0 / 20.0" in relation_table(summary)
+    assert summary["methods"]["none"]["em_memory"]["worst"] == pytest.approx(0.2)
+    assert json.loads((tmp_path / "results.json").read_text())["folds"] == list(em)
+    table = fold_table(summary)
+    assert "| none | 20.0 / 20.0 / 20.0 | 40.0 / 40.0 / 40.0 |" in table and "| 50.0 ± 22.4 / 50.0 ± 22.4" in table
+    assert table.rstrip().endswith("| 20.0 / 20.0 / 20.0 |")  # the worst fold
 
 
 def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_llama, tmp_path, monkeypatch):
@@ -174,8 +176,8 @@ def test_leave_one_relation_out_frontier_keeps_points_every_relation_has(tiny_ll
         return {"actadd": {"memory": curves[self.config.held_out_relation]}}
 
     monkeypatch.setattr(benchmark.SteeringBenchmark, "frontier", fake_frontier)
-    result = benchmark.leave_one_relation_out_frontier(tiny_llama, load_dataset("default"),
-                                                       BenchConfig(methods=("actadd",)), tmp_path)
+    result = benchmark.leave_one_out_frontier(tiny_llama, load_dataset("default"), BenchConfig(methods=("actadd",)),
+                                              tmp_path)
     (mean,) = result["mean"]["actadd"]["memory"]  # strength 2 is missing on continent: left out of the mean
     assert mean["strength"] == 1.0 and mean["em_target"] == pytest.approx(0.5)
     assert mean["em_no_conflict"] == pytest.approx(0.5) and set(result["held_out"]) == set(curves)
@@ -188,3 +190,19 @@ def test_probe_cli_refuses_a_kind_split_of_rows_without_kinds_before_loading_a_m
     assert main(["probe", "--dataset", str(path), "--split-by", "kind", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "12 of 12 rows have no 'kind' field" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_breadth_draws_hold_out_a_fixed_set_or_one_relation_and_draw_the_training_relations():
+    import random
+
+    from sparekit.data.dataset import breadth_draws
+
+    relations = [f"r{i}" for i in range(8)]
+    fixed = breadth_draws(relations, 3, draws=5, seed=1, held_out=["r0", "r5"])
+    assert all(held == ["r0", "r5"] and len(train) == 3 and not {"r0", "r5"} & set(train) for held, train in fixed)
+    assert len({tuple(train) for _, train in fixed}) > 1 and fixed == breadth_draws(relations, 3, 5, 1, ["r0", "r5"])
+    rng = random.Random("0:2:0")  # one random held-out relation: the probe curve's draws, unchanged
+    held = rng.choice(relations)
+    assert breadth_draws(relations, 2, draws=1)[0] == ([held], rng.sample([r for r in relations if r != held], 2))
+    with pytest.raises(SparekitError, match="cannot fit on 7 relations and hold 2 out of 8"):
+        breadth_draws(relations, 7, draws=1, held_out=["r0", "r1"])

@@ -189,6 +189,23 @@ def held_out_values(dataset: ConflictDataset, field: str) -> list[str]:
     return values  # type: ignore[return-value]
 
 
+def breadth_draws(relations: Sequence[str], k: int, draws: int, seed: int = 0,
+                  held_out: Sequence[str] | None = None) -> list[tuple[list[str], list[str]]]:
+    """Does breadth buy transfer? ``draws`` seeded (held-out relations, ``k`` training relations) pairs: each
+    draw holds out one relation drawn at random, or the fixed ``held_out`` set, and draws ``k`` of the others.
+    One drawing for every breadth curve (the probe's, SpARE's), so their points are comparable."""
+    most = len(relations) - (len(held_out) if held_out else 1)
+    if not 1 <= k <= most:
+        raise SparekitError(f"cannot fit on {k} relations and hold {len(held_out) if held_out else 'one'} out of "
+                            f"{len(relations)}", f"choose sizes from 1 to {most}")
+    out = []
+    for draw in range(draws):
+        rng = random.Random(f"{seed}:{k}:{draw}")
+        held = list(held_out) if held_out else [rng.choice(list(relations))]
+        out.append((held, rng.sample([r for r in relations if r not in held], k)))
+    return out
+
+
 def _answers(value, field: str, where: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sparekit import __version__
 from sparekit.activations import capture_activations
 from sparekit.data import ConflictDataset, load_dataset, split_by_group
-from sparekit.data.dataset import held_out_values
+from sparekit.data.dataset import breadth_draws, held_out_values
 from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat, prompt_format
 from sparekit.data.prompts import THREE_SHOT, sample_demos
 from sparekit.errors import SparekitError
@@ -232,10 +232,12 @@ def leave_one_out(data: ProbingData, target: str, site: Site, seeds: Sequence[in
 
 
 def breadth_curve(data: ProbingData, site: Site, sizes: Sequence[int], draws: int, seed: int = 0,
-                  target: str = "conflict", probe_params: dict | None = None) -> dict[int, dict]:
+                  target: str = "conflict", probe_params: dict | None = None,
+                  held_out: Sequence[str] | None = None) -> dict[int, dict]:
     """Does breadth buy transfer? Per number of training relations ``k``: ``draws`` times, hold out one
-    relation drawn at random and fit on ``k`` others drawn at random; the held-out scores' mean/std over
-    the draws (``n``: the draws scored; a draw whose held-out rows hold one class is left out).
+    relation drawn at random (or the fixed ``held_out`` set) and fit on ``k`` others drawn at random
+    (:func:`~sparekit.data.dataset.breadth_draws`); the held-out scores' mean/std over the draws (``n``: the
+    draws scored; a draw whose held-out rows hold one class is left out).
     """
     X, y, row_ids = data.target(target, site)
     relation_of = {ex.id: ex.relation for ex in data.items}
@@ -243,15 +245,9 @@ def breadth_curve(data: ProbingData, site: Site, sizes: Sequence[int], draws: in
     relations = held_out_values(data.items, "relation")
     curve: dict[int, dict] = {}
     for k in sizes:
-        if not 1 <= k < len(relations):
-            raise SparekitError(f"cannot fit on {k} relations and hold one out of {len(relations)}",
-                                f"choose sizes from 1 to {len(relations) - 1}")
         runs = []
-        for draw in range(draws):
-            rng = random.Random(f"{seed}:{k}:{draw}")
-            held = rng.choice(relations)
-            train = np.isin(rows, rng.sample([r for r in relations if r != held], k))
-            test = rows == held
+        for draw, (held, fit_on) in enumerate(breadth_draws(relations, k, draws, seed, held_out)):
+            train, test = np.isin(rows, fit_on), np.isin(rows, held)
             if len(set(y[test].tolist())) < 2 or len(set(y[train].tolist())) < 2:
                 continue
             probe = LinearProbe(seed=draw, **(probe_params or {})).fit(X[train], y[train])

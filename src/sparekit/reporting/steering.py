@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-#: the metrics a leave-one-relation-out summary averages over relations
+#: the metrics a leave-one-out summary averages over held-out relations (kinds)
 HEADLINE = ("em_memory", "em_context", "em_no_conflict")
 
 
@@ -38,18 +38,19 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def relation_table(summary: dict) -> str:
-    """Leave-one-relation-out: EM per held-out relation (→ memory / → context) and the mean over relations (%)."""
-    relations = summary["relations"]
-    lines = ["| method | EM_M mean | EM_C mean | EM no conflict mean | "
-             + " | ".join(f"{r}: EM_M / EM_C" for r in relations) + " |",
-             "|---|---|---|---|" + "---|" * len(relations)]
+def fold_table(summary: dict) -> str:
+    """Leave one relation (kind) out: EM per fold (→ memory / → context / without conflict), then per metric
+    the mean ± spread over folds and the worst fold (%)."""
+    folds = summary["folds"]
+    lines = ["| method | " + " | ".join(f"{f}: EM_M / EM_C / no conflict" for f in folds)
+             + " | mean ± spread: EM_M / EM_C / no conflict | worst fold: EM_M / EM_C / no conflict |",
+             "|---|" + "---|" * (len(folds) + 2)]
     for label, r in summary["methods"].items():
-        means = " | ".join(f"{100 * r[m]['mean']:.1f} ± {100 * r[m]['std']:.1f}" for m in HEADLINE)
-        per = " | ".join(f"{100 * summary['held_out'][rel]['methods'][label]['em_memory']['mean']:.1f} / "
-                         f"{100 * summary['held_out'][rel]['methods'][label]['em_context']['mean']:.1f}"
-                         for rel in relations)
-        lines.append(f"| {label} | {means} | {per} |")
+        per = " | ".join(" / ".join(f"{100 * summary['held_out'][f]['methods'][label][m]['mean']:.1f}"
+                                    for m in HEADLINE) for f in folds)
+        means = " / ".join(f"{100 * r[m]['mean']:.1f} ± {100 * r[m]['std']:.1f}" for m in HEADLINE)
+        worst = " / ".join(f"{100 * r[m]['worst']:.1f}" for m in HEADLINE)
+        lines.append(f"| {label} | {per} | {means} | {worst} |")
     return "\n".join(lines)
 
 
@@ -69,4 +70,4 @@ def mean_frontier(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return mean
 
 
-__all__ = ["HEADLINE", "describe", "markdown_table", "mean_frontier", "relation_table"]
+__all__ = ["HEADLINE", "describe", "fold_table", "markdown_table", "mean_frontier"]

@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 
 from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
 from sparekit.data import load_dataset
-from sparekit.data.dataset import held_out_relations
+from sparekit.data.dataset import held_out_values
 from sparekit.reporting.frontier import plot_frontier
-from sparekit.reporting.steering import markdown_table, relation_table
+from sparekit.reporting.steering import fold_table, markdown_table
 from sparekit.steering.base import REGISTRY
-from sparekit.steering.bench import (BenchConfig, SteeringBenchmark, leave_one_relation_out,
-                                     leave_one_relation_out_frontier, paper_config)
+from sparekit.steering.bench import (BenchConfig, SteeringBenchmark, leave_one_out, leave_one_out_frontier,
+                                     paper_config)
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
 from sparekit.utils.io import atomic_write_text
 from sparekit.utils.registry import unknown_name
@@ -33,9 +33,10 @@ class _BenchRun(BenchConfig):
     device: str | None = device_field()
     device_map: str | None = device_map_field()
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
-    split_by: str = option("group", choices=("group", "relation"),
+    split_by: str = option("group", choices=("group", "relation", "kind"),
                            help="group: pool/dev/test question groups; relation: leave one relation out in turn (fit "
-                                "and tune on the others, test on it), per held-out relation and the mean.")
+                                "and tune on the others, test on it), per held-out relation, the mean, the worst fold "
+                                "and the spread; kind: the same per kind of knowledge (broad corpus).")
 
     __cli__: ClassVar[dict[str, dict[str, Any]]] = {
         "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires. "
@@ -58,6 +59,8 @@ class _BenchRun(BenchConfig):
         "sweep_strengths": {"flag": "--sweep",
                             "help": 'Extra strengths for `bench frontier` only (not tuned), e.g. \'{"actadd": [1]}\'.'},
         "held_out_relation": {"help": "Test on this relation's items only; fit and tune on the others."},
+        "held_out_kind": {"help": "Test on this kind's items only (all its relations); fit and tune on the other "
+                                  "kinds."},
         "protocol": {"choices": ("sparekit", "paper"),
                      "help": "sparekit: memorised items, dev-tuned, demonstrations per item. paper: the official "
                              "SpARE code's protocol (all rows, every k for seeds 42-46, fixed test demonstrations, the "
@@ -82,10 +85,10 @@ class _BenchRun(BenchConfig):
             if label.partition("+")[0] not in REGISTRY:
                 raise unknown_name("method", label.partition("+")[0], REGISTRY, where="--methods")
         data = load_dataset(self.dataset)
-        if split_by == "relation":
-            held_out_relations(data)  # bad input fails before the model loads
+        if split_by != "group":
+            held_out_values(data, split_by)  # bad input fails before the model loads
         lm = models.load_model(self.model, device=self.device, device_map=self.device_map)
-        suffix = "-by-relation" if split_by == "relation" else ""
+        suffix = "" if split_by == "group" else f"-by-{split_by}"
         out = Path(self.out) if self.out else run_path("runs", "bench-steer", data.name, lm.info.model_hash[:8] + suffix)
         return lm, data, out
 
@@ -97,10 +100,10 @@ class BenchSteerExperiment(_BenchRun):
     def run(self, progress: bool = True) -> dict:
         """The summary (``results.json``), its markdown table under ``table`` (``results.md``) and ``run_dir``."""
         lm, data, out = self._load(self.split_by)
-        if self.split_by == "relation":  # each held-out run checks its own config
+        if self.split_by != "group":  # each held-out run checks its own config
             RunDir(out).record_experiment(config_dict(self))
-            summary = leave_one_relation_out(lm, data, self.bench_config(), out, self.batch_size, progress)
-            table = relation_table(summary)
+            summary = leave_one_out(lm, data, self.bench_config(), out, self.batch_size, progress, self.split_by)
+            table = fold_table(summary)
         else:
             runner = SteeringBenchmark(lm, data, self.bench_config(), out, self.batch_size, progress)
             runner.run_dir.record_experiment(config_dict(self))  # the run directory accepted this config
@@ -117,17 +120,17 @@ class BenchFrontierExperiment(_BenchRun):
     cached_only: bool = option(False, help="Generate nothing: draw the points earlier runs computed.")
 
     def run(self, progress: bool = True) -> dict:
-        """``curves`` (``frontier.json``; with ``--split-by relation`` the mean over held-out relations,
-        each relation's under ``held_out``), the ``plot`` path and ``run_dir``."""
+        """``curves`` (``frontier.json``; with ``--split-by relation`` or ``kind`` the mean over the held-out
+        folds, each fold's under ``held_out``), the ``plot`` path and ``run_dir``."""
         lm, data, out = self._load(self.split_by)
-        if self.split_by == "relation":
-            result = leave_one_relation_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,
-                                                     self.cached_only)
-            for relation, curves in result["held_out"].items():
-                plot_frontier(curves, out / f"held-out-{relation}" / "frontier.png",
-                              title=f"{lm.info.name} on {data.name}, {relation} held out")
+        if self.split_by != "group":
+            result = leave_one_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,
+                                            self.cached_only, self.split_by)
+            for value, curves in result["held_out"].items():
+                plot_frontier(curves, out / f"held-out-{value}" / "frontier.png",
+                              title=f"{lm.info.name} on {data.name}, {value} held out")
             plot = plot_frontier(result["mean"], out / "frontier.png",
-                                 title=f"{lm.info.name} on {data.name}: mean over held-out relations")
+                                 title=f"{lm.info.name} on {data.name}: mean over held-out {self.split_by}s")
             return {"curves": result["mean"], "held_out": result["held_out"], "plot": str(plot), "run_dir": str(out)}
         curves = SteeringBenchmark(lm, data, self.bench_config(), out, self.batch_size, progress).frontier(
             cached_only=self.cached_only)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from sparekit.data.dataset import ConflictDataset, held_out_relations, split_by_group
+from sparekit.data.dataset import ConflictDataset, held_out_values, split_by_group
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import memorised_subset
 from sparekit.models.loading import LoadedModel
@@ -38,18 +38,18 @@ def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_sho
 def benchmark_splits(memorised: ConflictDataset, dataset: ConflictDataset, config: BenchConfig) -> Splits:
     """(pool, dev, test) memorised items, split by question group, at most ``test_limit`` test items.
 
-    With ``held_out_relation``, test is that relation's items and pool and dev are split
-    from the other relations' items: nothing is fitted or tuned on the held-out relation.
+    With a held-out relation (kind), test is that relation's (kind's) items and pool and dev are split
+    from the other relations' (kinds') items: nothing is fitted or tuned on what is held out.
     """
     if config.protocol == "paper":
         return _limit_test(config, *_paper_splits(memorised, dataset, config))
-    held_out = None
-    if config.held_out_relation is not None:
-        memorised, held_out = _hold_out(memorised, dataset, config.held_out_relation)
+    held, held_out, where = config.held_out(), None, ""
+    if held is not None:
+        memorised, held_out = _hold_out(memorised, dataset, *held)
+        where = f" outside {held[0]} {held[1]!r}"
     n_groups = len(memorised.groups())
     if n_groups < config.k_shot + 3:
-        raise SparekitError(f"{dataset.name}: only {n_groups} memorised question groups"
-                            + ("" if held_out is None else f" outside relation {config.held_out_relation!r}"),
+        raise SparekitError(f"{dataset.name}: only {n_groups} memorised question groups{where}",
                             "use a larger dataset or a model that knows more of it")
     if held_out is None:
         pool_n = min(config.pool_groups, n_groups // 2)
@@ -62,16 +62,16 @@ def benchmark_splits(memorised: ConflictDataset, dataset: ConflictDataset, confi
     return _limit_test(config, pool, dev, held_out)
 
 
-def _hold_out(memorised: ConflictDataset, dataset: ConflictDataset,
-              relation: str) -> tuple[ConflictDataset, ConflictDataset]:
-    """(the other relations' memorised items, ``relation``'s): what is fitted on and what is tested on."""
-    if relation not in held_out_relations(dataset):
-        raise SparekitError(f"{dataset.name} has no relation {relation!r}")
-    held_out = memorised.subset([i for i, ex in enumerate(memorised) if ex.relation == relation])
+def _hold_out(memorised: ConflictDataset, dataset: ConflictDataset, field: str,
+              value: str) -> tuple[ConflictDataset, ConflictDataset]:
+    """(the memorised items outside ``field`` = ``value``, those inside): what is fitted on and what is tested on."""
+    if value not in held_out_values(dataset, field):
+        raise SparekitError(f"{dataset.name} has no {field} {value!r}")
+    held_out = memorised.subset([i for i, ex in enumerate(memorised) if getattr(ex, field) == value])
     if len(held_out) == 0:
-        raise SparekitError(f"no memorised item of relation {relation!r} to test on",
-                            "leave this relation out of the dataset or use a model that knows it")
-    return memorised.subset([i for i, ex in enumerate(memorised) if ex.relation != relation]), held_out
+        raise SparekitError(f"no memorised item of {field} {value!r} to test on",
+                            f"leave this {field} out of the dataset or use a model that knows it")
+    return memorised.subset([i for i, ex in enumerate(memorised) if getattr(ex, field) != value]), held_out
 
 
 def _limit_test(config: BenchConfig, pool: ConflictDataset, dev: ConflictDataset, test: ConflictDataset) -> Splits:
@@ -87,9 +87,10 @@ def _limit_test(config: BenchConfig, pool: ConflictDataset, dev: ConflictDataset
 
 def _paper_splits(memorised: ConflictDataset, data: ConflictDataset, c: BenchConfig) -> Splits:
     """The paper protocol: pool = every row of ``pool_groups`` memorised groups, test = every other row."""
+    held_out = c.held_out()
 
-    def fit_on(ex) -> bool:  # rows outside the held-out relation (all rows without one)
-        return c.held_out_relation is None or ex.relation != c.held_out_relation
+    def fit_on(ex) -> bool:  # rows outside the held-out relation or kind (all rows without one)
+        return held_out is None or getattr(ex, held_out[0]) != held_out[1]
 
     others = [i for i, ex in enumerate(data) if fit_on(ex)]
     known = sorted({ex.group for ex in memorised if fit_on(ex)})
@@ -100,7 +101,7 @@ def _paper_splits(memorised: ConflictDataset, data: ConflictDataset, c: BenchCon
     pool_groups = set(known[:min(c.pool_groups, len(known) // 2)])
     pool = data.subset([i for i in others if data[i].group in pool_groups])
     test = data.subset([i for i, ex in enumerate(data) if ex.group not in pool_groups
-                        and (c.held_out_relation is None or not fit_on(ex))])
+                        and (held_out is None or not fit_on(ex))])
     return pool, data.subset([]), test
 
 

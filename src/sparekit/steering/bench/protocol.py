@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sparekit.data.dataset import ConflictDataset
@@ -56,13 +56,32 @@ class BenchConfig:
     held_out_relation: str | None = None
     #: one of :data:`PROTOCOLS`
     protocol: str = "sparekit"
+    #: leave-one-kind-out: test on this kind's items (every relation of it), fit and tune on the other kinds only
+    held_out_kind: str | None = None
 
     def __post_init__(self) -> None:
+        if self.held_out_relation is not None and self.held_out_kind is not None:
+            raise SparekitError("both a held-out relation and a held-out kind were given",
+                                "hold out one relation or one kind, not both")
         if self.protocol not in PROTOCOLS:
             raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
         if self.protocol == "paper" and any(method_kind(label)[1] for label in self.methods):
             raise SparekitError("the paper protocol has no dev split to calibrate a gate on",
                                 "drop the +gate methods or use --protocol sparekit")
+
+    def held_out(self) -> tuple[str, str] | None:
+        """(field, value) of what is held out (``("kind", "numbers")``), or ``None`` for an in-distribution run."""
+        if self.held_out_kind is not None:
+            return "kind", self.held_out_kind
+        return None if self.held_out_relation is None else ("relation", self.held_out_relation)
+
+    def record(self) -> dict[str, Any]:
+        """The fields a run directory records and compares; ``held_out_kind`` only when set, so run
+        directories written before it existed still resume."""
+        fields = asdict(self)
+        if fields["held_out_kind"] is None:
+            del fields["held_out_kind"]
+        return fields
 
     def grid(self, kind: str) -> dict[str, list]:
         """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""

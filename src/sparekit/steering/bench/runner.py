@@ -13,14 +13,14 @@ grid re-tunes on dev, generating only the new cells. The protocol is in
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from sparekit.data.dataset import ConflictDataset, held_out_relations
+from sparekit.data.dataset import ConflictDataset, held_out_values
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import dataset_fingerprint, mean_std
 from sparekit.evaluation.metrics import behaviour_label, conditional_metrics
@@ -58,7 +58,7 @@ class SteeringBenchmark:
         self.tuner = Tuner(lm, config, self.out, self.cells, progress)
         config_record = {"kind": "bench-steer", "dataset": dataset.name, "n_rows": len(dataset),
                          "dataset_sha256": dataset_fingerprint(dataset), "model": lm.info.name,
-                         "model_hash": lm.info.model_hash, **asdict(config)}
+                         "model_hash": lm.info.model_hash, **config.record()}
         self.run_dir.prepare(config_record, ignore=EXTENSIBLE)
 
     # -- what every method's cells share -------------------------------------------------------
@@ -223,47 +223,57 @@ class SteeringBenchmark:
 
 
 def _held_out_runners(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out: Path, batch_size: int,
-                      progress: bool) -> Iterator[tuple[str, SteeringBenchmark]]:
-    """One benchmark per held-out relation, in ``<out>/held-out-<relation>``, sharing one closed-book pass."""
-    for relation in held_out_relations(dataset):
-        yield relation, SteeringBenchmark(lm, dataset, replace(config, held_out_relation=relation),
-                                          out / f"held-out-{relation}", batch_size, progress,
-                                          memorised_file=out / "memorised.json")
+                      progress: bool, field: str) -> Iterator[tuple[str, SteeringBenchmark]]:
+    """One benchmark per held-out value of ``field`` (a relation or a kind), in ``<out>/held-out-<value>``,
+    sharing one closed-book pass."""
+    for value in held_out_values(dataset, field):
+        yield value, SteeringBenchmark(lm, dataset, replace(config, **{f"held_out_{field}": value}),
+                                       out / f"held-out-{value}", batch_size, progress,
+                                       memorised_file=out / "memorised.json")
 
 
-def leave_one_relation_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
-                           batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
-    """The benchmark once per relation held out (``<out>/held-out-<relation>``), and the mean over relations.
+def leave_one_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
+                  batch_size: int = 8, progress: bool = True, field: str = "relation") -> dict[str, Any]:
+    """The benchmark once per relation (``field="kind"``: per kind of knowledge) held out
+    (``<out>/held-out-<value>``), and the mean over those folds.
 
     Each run fits behaviour data, methods and the gate, and tunes on dev, using the other
-    relations only, then tests on the held-out relation. ``methods[label][metric]`` is the
-    mean over held-out relations of each run's mean over seeds, with the std across relations.
+    relations (kinds) only, then tests on the held-out one. ``methods[label][metric]`` is the
+    mean over folds of each run's mean over seeds, with the std across folds (the spread) and
+    the ``worst`` and ``best`` fold.
     """
-    relations = held_out_relations(dataset)
     out = Path(out_dir)
-    with RunDir(out, "leave-one-relation-out benchmark").running():
-        runs = {relation: runner.run()
-                for relation, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress)}
-        summary = {"split_by": "relation", "dataset": dataset.name, "model": lm.info.name,
-                   "model_hash": lm.info.model_hash, "relations": relations,
-                   "methods": {label: {metric: mean_std([runs[r]["methods"][label][metric]["mean"]
-                                                         for r in relations])
-                                       for metric in HEADLINE} for label in config.methods},
-                   "held_out": runs}
+    with RunDir(out, f"leave-one-{field}-out benchmark").running():
+        runs = {value: runner.run()
+                for value, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress, field)}
+        summary = {"split_by": field, "dataset": dataset.name, "model": lm.info.name,
+                   "model_hash": lm.info.model_hash, **fold_summary(runs, config.methods)}
         atomic_write_json(out / "results.json", summary)
     return summary
 
 
-def leave_one_relation_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig,
-                                    out_dir: str | Path, batch_size: int = 8, progress: bool = True,
-                                    cached_only: bool = False) -> dict[str, Any]:
-    """The frontier of each held-out run of :func:`leave_one_relation_out` (same folders), and the mean
-    curve over relations: a point per strength computed on every held-out relation."""
-    relations = held_out_relations(dataset)
+def fold_summary(runs: dict[str, dict], methods: Sequence[str]) -> dict[str, Any]:
+    """``folds``, ``methods`` and ``held_out`` of a leave-one-out summary from its folds' results: per method
+    and headline metric, the mean over folds of each fold's mean over seeds, the std across folds (the
+    spread), the worst and the best fold."""
+    def stats(values: list[float]) -> dict[str, float]:
+        return {**mean_std(values), "worst": min(values), "best": max(values)}
+
+    return {"folds": list(runs), "held_out": runs,
+            "methods": {label: {metric: stats([run["methods"][label][metric]["mean"] for run in runs.values()])
+                                for metric in HEADLINE} for label in methods}}
+
+
+def leave_one_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
+                           batch_size: int = 8, progress: bool = True, cached_only: bool = False,
+                           field: str = "relation") -> dict[str, Any]:
+    """The frontier of each held-out run of :func:`leave_one_out` (same folders), and the mean
+    curve over folds: a point per strength computed on every held-out relation (kind)."""
+    folds = held_out_values(dataset, field)
     out = Path(out_dir)
-    with RunDir(out, "leave-one-relation-out frontier").running():
-        held_out = {relation: runner.frontier(cached_only=cached_only)
-                    for relation, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress)}
-        result = {"relations": relations, "mean": mean_frontier(list(held_out.values())), "held_out": held_out}
+    with RunDir(out, f"leave-one-{field}-out frontier").running():
+        held_out = {value: runner.frontier(cached_only=cached_only)
+                    for value, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress, field)}
+        result = {"folds": folds, "mean": mean_frontier(list(held_out.values())), "held_out": held_out}
         atomic_write_json(out / "frontier.json", result)
     return result
