@@ -67,12 +67,16 @@ def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, 
 
 
 @pytest.mark.slow
-def test_the_shipped_format_reads_conflict_and_truth_apart(default_lm):
-    """The shipped probes still tell the README's conflict from the truth in the default format (same bytes)."""
-    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.")
-    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.")
-    assert conflict["conflict"] and not truth["conflict"]
-    assert conflict["prompt"].startswith("context: In Qatar, people pay with the Rial.\nquestion: What is the currency")
+@pytest.mark.parametrize("fmt", ["three_shot", "zero_shot", "rag", "llamaindex"])
+def test_the_shipped_probes_read_conflict_and_truth_apart_in_every_format(default_lm, fmt):
+    """The shipped probes (fitted across formats, issue 29 item 3) tell the README's conflict from the truth in
+    every format the default model has; the shipped three_shot prompt keeps its bytes."""
+    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.", prompt_format=fmt)
+    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.", prompt_format=fmt)
+    assert conflict["conflict_probability"] > 0.5 > truth["conflict_probability"], (conflict, truth)
+    assert conflict["in_distribution"] and truth["in_distribution"]  # the shipped probe carries its statistics
+    if fmt == "three_shot":
+        assert conflict["prompt"].startswith("context: In Qatar, people pay with the Rial.\nquestion: What is the cur")
 
 
 @pytest.mark.slow
