@@ -52,9 +52,10 @@ GATE = default_assets().steering("spare") / "gate"
 COMBINATION_ITEMS = 30  # bench_detectors.py's --per-relation for the shipped combinations
 #: the demonstrations of README's /v1/completions example
 README_DEMOS = ("context: The capital of Japan is Tokyo.\nquestion: What is the capital of Japan?\nanswer: Tokyo\n\n"
-                "context: Nairobi is the capital city of Kenya.\nquestion: What is the capital of Kenya?\nanswer: Nairobi\n\n"
-                "context: The city of Lyon is located in France.\nquestion: Which country is the city of Lyon in?\nanswer: "
-                "France\n\n")
+                "context: Nairobi is the capital city of Kenya.\nquestion: What is the capital of Kenya?\n"
+                "answer: Nairobi\n\n"
+                "context: The city of Lyon is located in France.\nquestion: Which country is the city of Lyon in?\n"
+                "answer: France\n\n")
 MAX_FALSE_POSITIVE_RATE = 0.05  # the shipped gate's budget
 DEFAULT_WEIGHT = 3  # chosen on dev (design): every fit below repeats the default dataset's rows this often
 DEFAULT_WEIGHTS = (0, 3, 10)  # design: the default dataset's rows alone, and weighted x3, x10 beside the broad rows
@@ -214,7 +215,8 @@ def split_masks(table: Table, seed: int) -> dict[str, np.ndarray]:
             "test": table.part == "test"}
 
 
-def fit(table: Table, idx: np.ndarray, site: Site, target: str, seed: int, model_hash: str | None = None) -> LinearProbe:
+def fit(table: Table, idx: np.ndarray, site: Site, target: str, seed: int,
+        model_hash: str | None = None) -> LinearProbe:
     return LinearProbe(seed=seed, site=str(site), model_hash=model_hash, **PROBE_PARAMS).fit(
         table.X[site][idx], table.labels(idx, target))
 
@@ -344,6 +346,19 @@ def shipped_scores(table: Table, probe: LinearProbe, idx: np.ndarray, target: st
     return {"folds": folds, "summary": fold_summary(folds)}
 
 
+def held_out_groups(table: Table, shipped: LinearProbe, site: Site, seeds: list[int]) -> dict:
+    """The source probe in distribution: fitted on the design's fit rows, scored on its dev rows (30 % of the broad
+    question groups), per split seed; the shipped source probe on the same rows."""
+    runs: dict = {"refit": [], "shipped": []}
+    for seed in seeds:
+        masks = split_masks(table, seed)
+        dev = table.rows(masks["dev"], "source")
+        probe = fit(table, table.rows(masks["fit"], "source"), site, "source", seed)
+        runs["refit"].append(by_format(table, dev, probe.decision_function(table.X[site][dev]), "source"))
+        runs["shipped"].append(shipped_scores(table, shipped, dev, "source"))
+    return {label: mean_runs(r) for label, r in runs.items()}
+
+
 def test_tables(table: Table, shipped: dict[str, LinearProbe], sites: dict[str, Site], seeds: list[int],
                 target: str) -> dict:
     """The refit (fitted on every non-test row) against the shipped probe of ``target``. conflict: on the default
@@ -354,13 +369,16 @@ def test_tables(table: Table, shipped: dict[str, LinearProbe], sites: dict[str, 
     site = sites[target]
     if target == "source":
         rows = table.rows(usable, "source")
-        out = {f"shipped_{f}": shipped_scores(table, shipped["source"], rows, "source", f) for f in ("relation", "kind")}
+        out = {f"shipped_{f}": shipped_scores(table, shipped["source"], rows, "source", f)
+               for f in ("relation", "kind")}
+        out["groups"] = held_out_groups(table, shipped["source"], site, seeds)
         for field in ("fmt", "kind", "relation"):
-            out[field] = leave_out(table, usable, field, sorted(set(getattr(table, field)[rows])), "source", site, seeds)
+            folds = sorted(set(getattr(table, field)[rows]))
+            out[field] = leave_out(table, usable, field, folds, "source", site, seeds)
         return out
     test = table.rows(masks["test"])
-    refit = [fit(table, weighted(table, usable, DEFAULT_WEIGHT), site, "conflict", seed).decision_function(table.X[site][test])
-             for seed in seeds]
+    refit = [fit(table, weighted(table, usable, DEFAULT_WEIGHT), site, "conflict", seed)
+             .decision_function(table.X[site][test]) for seed in seeds]
     out = {"default_test": {"shipped": shipped_scores(table, shipped["conflict"], test, "conflict"),
                             "refit": mean_runs([by_format(table, test, logit, "conflict") for logit in refit])}}
     print("default test", json.dumps(out["default_test"]), flush=True)
@@ -407,8 +425,8 @@ def write_assets(table: Table, lm, sites: dict[str, Site], folder: Path, gate_fo
     report = {"max_false_positive_rate": MAX_FALSE_POSITIVE_RATE,
               "dev_false_positive_rate": float(np.mean(p_dev[y_dev == 0] > threshold)),
               "dev_true_positive_rate": float(np.mean(p_dev[y_dev == 1] > threshold)),
-              "dev_per_format": gate_rates(table, dev, p_dev > threshold), "n_train": int(len(table.rows(masks["fit"]))),
-              "n_dev": int(len(dev)), "fitted": record}
+              "dev_per_format": gate_rates(table, dev, p_dev > threshold),
+              "n_train": int(len(table.rows(masks["fit"]))), "n_dev": int(len(dev)), "fitted": record}
     gate = ProbeGate(probe, gate_site.layer, threshold)
     before = ProbeGate.load(shipped_gate)
     test = table.rows(masks["test"])
@@ -440,7 +458,8 @@ def readme_readings(lm, names: list[str], folder: Path | None = None) -> dict:
             out[f"{name} {label}"] = {k: r.get(k) for k in ("conflict_probability", "predicted_source",
                                                             "in_distribution", "distance")}
     line = "context: The capital of France is Porto-Novo.\nquestion: What is the capital of France?\nanswer:"
-    for label, text in (("completions, three demonstrations", README_DEMOS + line), ("completions, the line alone", line)):
+    for label, text in (("completions, three demonstrations", README_DEMOS + line),
+                        ("completions, the line alone", line)):
         r = detect_prompt(lm, text, folder)
         out[label] = {k: r.get(k) for k in ("conflict_probability", "predicted_source", "in_distribution", "distance")}
     for k, v in out.items():
@@ -502,8 +521,8 @@ def main() -> None:
     table = build_table(lm, args, names)
     seeds = [int(s) for s in args.seeds.split(",")]
     sites = {"conflict": Site(args.conflict_layer), "source": Site(args.source_layer)}
-    counts = {f: {lab: int(np.sum((table.fmt == f) & (table.source == lab))) for lab in ("context", "memory", "other", "")}
-              for f in names}
+    counts = {f: {lab: int(np.sum((table.fmt == f) & (table.source == lab)))
+                  for lab in ("context", "memory", "other", "")} for f in names}
     print("source labels per format", counts, flush=True)
     if args.step == "design":
         result = {"source_labels": counts, "design": design(table, shipped, seeds)}
