@@ -1,14 +1,19 @@
 """Refit the probes shipped for the default model across prompt formats (issue 29 item 3).
 
-Data (cached under ``--out``; every step resumes):
+Steps (``step``; data cached under ``--out``, every step resumes; BENCHMARKS.md, "Shipped probes refitted across
+formats", has the commands and the tables):
 
-- ``capture``: the default dataset's memorised rows (the steering benchmark's pool, dev and test splits)
-  and the broad corpus' capped items (``--run``: a broad probe run with its ``capped-N[-format]`` captures,
-  as benchmarks/probe_formats.py leaves them), their org and sub prompts in every prompt format the model
-  has, last prompt token after blocks ``--layers``;
-- ``answers``: the model's greedy answer to each sub (conflict) prompt in each format, the source label,
-  in rounds of ``--per-round`` items per relation (broad) and per split (default), so a job stopped at a
-  deadline leaves whole rounds.
+- ``capture``: the default dataset's memorised rows (the steering benchmark's pool, dev and test splits), their
+  org and sub prompts in every prompt format the model has, last prompt token after blocks ``--layers``; the
+  broad corpus' capped items come captured already (``--run``: a broad probe run with its
+  ``capped-N[-format]`` captures, as benchmarks/probe_formats.py leaves them);
+- ``answers``: the model's greedy answer to the broad items' sub (conflict) prompts in each format, in rounds of
+  ``--per-round`` items per relation, so a job stopped at a deadline leaves whole rounds (``--signals``: answers
+  bench_detectors.py generated already); the source label is :func:`~sparekit.evaluation.metrics.answer_source`;
+- ``design``: the candidates on dev (one threshold or one per format, blocks 10 and 13, the default rows' weight);
+- ``test`` (``--target conflict|source``) and ``recipe``: the chosen probes against the shipped ones, held out;
+- ``write``: the shipped conflict and source probes, the SpARE gate and detectors.json;
+- ``readings``: README's France example read by the shipped probes in every format.
 """
 
 from __future__ import annotations
@@ -116,7 +121,8 @@ def known_answers(signals: list[Path], names: list[str]) -> dict[str, dict[str, 
 
 
 def answers(lm, args: argparse.Namespace, names: list[str]) -> None:
-    """Rounds of the broad items' sub-prompt answers, leaving out items answered in every format already."""
+    """Rounds of the broad items' sub-prompt answers, leaving out items answered in every format already (the
+    default dataset's rows get none: the source probe is fitted on broad rows)."""
     broad = load_dataset("broad", seed=PROMPT_SEED)
     known = known_answers(args.signals, names) if args.signals else {}
     done = set.intersection(*(set(known.get(n, ())) for n in names))
