@@ -61,8 +61,8 @@ def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, 
     assert len(set(prompts.values())) == 1, prompts
     assert prompts["detect"].endswith(("answer:", "Answer:")) and all(c in prompts["detect"] for c in contexts)
     p = detected["conflict_probability"]
-    for where, reading in readings.items():
-        assert reading["conflict_probability"] == pytest.approx(p, abs=1e-6), where
+    for where, reading in readings.items():  # demo reads its two contexts in one left-padded batch: float32 noise
+        assert reading["conflict_probability"] == pytest.approx(p, abs=1e-5), where  # of ~2e-5 on the logit
         assert reading["predicted_source"] == detected["predicted_source"], where
 
 
