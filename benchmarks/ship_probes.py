@@ -479,7 +479,8 @@ def refit_combinations(lm, args: argparse.Namespace) -> dict:
     broad = load_dataset("broad", seed=PROMPT_SEED)
     train = capped_probing_data(lm, broad, [Site(7), Site(10), Site(13)], args.run, COMBINATION_ITEMS, False)
     items = detection_items(train.items, 8, seed=0)
-    return fit_combinations(lm, train, signals(lm, broad, items, args.signals[0]), items, ASSETS)
+    return fit_combinations(lm, train, signals(lm, broad, items, args.signals[0]), items, ASSETS,
+                            "benchmarks/ship_probes.py write (three_shot signals)")
 
 
 def shipped_before(out: Path, model_hash: str) -> dict[str, LinearProbe]:
