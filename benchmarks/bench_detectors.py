@@ -241,8 +241,10 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in ("folds",)}, indent=1))
 
 
-def fit_combinations(lm, train: ProbingData, sig: dict, items: ConflictDataset, folder: Path) -> dict:
-    """Fit probe+jsd and probe+disagreement for the conflict probe in ``folder`` on every detection row."""
+def fit_combinations(lm, train: ProbingData, sig: dict, items: ConflictDataset, folder: Path,
+                     by: str = "benchmarks/bench_detectors.py") -> dict:
+    """Fit probe+jsd and probe+disagreement for the conflict probe in ``folder`` on every detection row (``by``:
+    the script named in detectors.json's note)."""
     probes = load_probes(folder, lm.info.model_hash)
     site = probes.sites["conflict"]
     index = {ex.id: i for i, ex in enumerate(train.items)}
@@ -254,7 +256,7 @@ def fit_combinations(lm, train: ProbingData, sig: dict, items: ConflictDataset, 
     for signal, key in (("jsd", "jsd"), ("disagreement", "dis")):
         values = np.array([sig[ex.id][f"{key}_org"] for ex in items] + [sig[ex.id][f"{key}_sub"] for ex in items])
         fitted.append(Combination(signal).fit(logit, values, y))
-    save_combinations(folder, fitted, f"fitted by benchmarks/bench_detectors.py on {len(rows)} broad items "
+    save_combinations(folder, fitted, f"fitted by {by} on {len(rows)} broad items "
                                       f"x 2 prompts ({time.strftime('%Y-%m-%d')})")
     alone = {"accuracy": float(np.mean((logit > 0) == y)), "auroc": _auroc(y, logit)}  # the folder's probe on broad
     return {"probe_alone": alone, **{c.signal: {"coef": c.coef, "intercept": c.intercept} for c in fitted}}

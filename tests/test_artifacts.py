@@ -113,15 +113,20 @@ def test_shipped_spare_names_its_saes_by_content_hash(tmp_path):
         sparekit.load(copy)
 
 
-def test_format_1_folders_still_load_and_match_the_migrated_assets():
+def test_format_1_folders_still_load_and_match_the_migrated_assets(tmp_path):
+    """The format-1 fixtures are the probe and gate shipped before issue 29's refit: they load, and saved again in
+    the current format they read back the same (the shipped ones were migrated that way, then refitted)."""
     probe = sparekit.load(FIXTURES / "probe")
-    shipped = sparekit.load(ASSETS / "probes" / "gemma-3-270m" / "conflict")
-    assert isinstance(probe, LinearProbe) and probe.get_params() == shipped.get_params()
-    assert all(torch.equal(a, b) for a, b in zip(probe.tensors().values(), shipped.tensors().values()))
+    assert isinstance(probe, LinearProbe) and probe.site == "resid.13" and probe.range_ is None
+    again = LinearProbe.load(probe.save(tmp_path / "probe"))
+    assert again.get_params() == probe.get_params()
+    assert all(torch.equal(a, b) for a, b in zip(probe.tensors().values(), again.tensors().values()))
     gate = sparekit.load(FIXTURES / "gate")
-    shipped_gate = sparekit.load(ASSETS / "steering" / "gemma-3-270m" / "spare" / "gate")
-    assert isinstance(gate, ProbeGate) and (gate.site, gate.threshold) == (shipped_gate.site, shipped_gate.threshold)
-    assert gate.report == shipped_gate.report and gate.report["n_dev"] == 128
+    assert isinstance(gate, ProbeGate) and gate.site == Site(10) and gate.threshold == pytest.approx(0.8170485533)
+    assert gate.report["n_dev"] == 128
+    gate.save(tmp_path / "gate")
+    migrated = ProbeGate.load(tmp_path / "gate")
+    assert (migrated.site, migrated.threshold, migrated.report) == (gate.site, gate.threshold, gate.report)
     spare = sparekit.load(FIXTURES / "spare")
     shipped_spare = sparekit.load(ASSETS / "steering" / "gemma-3-270m" / "spare" / "context")
     assert spare.get_params() == shipped_spare.get_params() and spare.layers == (9, 10, 11, 12)

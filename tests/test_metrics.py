@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sparekit.data import ConflictExample
-from sparekit.evaluation.metrics import behaviour_label, conditional_metrics, exact_match, normalize_answer
+from sparekit.evaluation.metrics import (answer_source, behaviour_label, conditional_metrics, exact_match,
+                                        normalize_answer)
 
 EX = ConflictExample(id="x", question="capital of france", org_context="The capital of France is Paris.",
                      org_answer=("Paris", "Paris, France"), sub_context="The capital of France is São Paulo.",
@@ -41,6 +42,15 @@ def test_behaviour_labels_answer_and_substring_rules():
     assert behaviour_label("capital of France", EX, context_match="substring") == "context"
     assert behaviour_label("", EX, context_match="substring") == "other"
     assert behaviour_label("Paris", EX, context_match="substring") == "memory"
+
+
+def test_answer_source_reads_a_sentence_answer_by_the_one_answer_it_names():
+    assert answer_source("São Paulo", EX) == "context" and answer_source("Paris.", EX) == "memory"  # as before
+    assert answer_source("The capital of France is São Paulo.", EX) == "context"
+    assert answer_source("Paris is the capital of France.", EX) == "memory"
+    assert answer_source("Not São Paulo but Paris.", EX) == "other"  # both named: no source
+    assert answer_source("Parisian food is good.", EX) == "other"  # whole words only
+    assert answer_source("Lyon is a city.", EX) == "other"
 
 
 def test_conditional_metrics():

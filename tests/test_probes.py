@@ -90,6 +90,17 @@ def test_save_load_round_trip_and_hash_check(tmp_path):
         LinearProbe.load(tmp_path / "p")
 
 
+def test_save_keeps_how_the_probe_was_fitted(tmp_path):
+    X, y = _separable()
+    probe = LinearProbe(seed=1).fit(X, y)
+    probe.save(tmp_path / "p", formats=["three_shot", "rag"], seed=1)
+    state = json.loads((tmp_path / "p" / "config.json").read_text())["state"]
+    assert state["report"] == {"formats": ["three_shot", "rag"], "seed": 1} and state["n_features_in"] == X.shape[1]
+    np.testing.assert_allclose(LinearProbe.load(tmp_path / "p").predict_proba(X), probe.predict_proba(X))
+    probe.save(tmp_path / "q")
+    assert "report" not in json.loads((tmp_path / "q" / "config.json").read_text())["state"]
+
+
 def test_pattern_statistics_on_known_vectors():
     one_hot = torch.zeros(1, 100)
     one_hot[0, 7] = 3.0

@@ -61,18 +61,22 @@ def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, 
     assert len(set(prompts.values())) == 1, prompts
     assert prompts["detect"].endswith(("answer:", "Answer:")) and all(c in prompts["detect"] for c in contexts)
     p = detected["conflict_probability"]
-    for where, reading in readings.items():
-        assert reading["conflict_probability"] == pytest.approx(p, abs=1e-6), where
+    for where, reading in readings.items():  # demo reads its two contexts in one left-padded batch: float32 noise
+        assert reading["conflict_probability"] == pytest.approx(p, abs=1e-5), where  # of ~2e-5 on the logit
         assert reading["predicted_source"] == detected["predicted_source"], where
 
 
 @pytest.mark.slow
-def test_the_shipped_format_reads_conflict_and_truth_apart(default_lm):
-    """The shipped probes still tell the README's conflict from the truth in the default format (same bytes)."""
-    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.")
-    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.")
-    assert conflict["conflict"] and not truth["conflict"]
-    assert conflict["prompt"].startswith("context: In Qatar, people pay with the Rial.\nquestion: What is the currency")
+@pytest.mark.parametrize("fmt", ["three_shot", "zero_shot", "rag", "llamaindex"])
+def test_the_shipped_probes_read_conflict_and_truth_apart_in_every_format(default_lm, fmt):
+    """The shipped probes (fitted across formats, issue 29 item 3) tell the README's conflict from the truth in
+    every format the default model has; the shipped three_shot prompt keeps its bytes."""
+    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.", prompt_format=fmt)
+    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.", prompt_format=fmt)
+    assert conflict["conflict_probability"] > 0.5 > truth["conflict_probability"], (conflict, truth)
+    assert conflict["in_distribution"] and truth["in_distribution"]  # the shipped probe carries its statistics
+    if fmt == "three_shot":
+        assert conflict["prompt"].startswith("context: In Qatar, people pay with the Rial.\nquestion: What is the cur")
 
 
 @pytest.mark.slow

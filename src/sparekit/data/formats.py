@@ -3,7 +3,7 @@
 Every prompt sparekit builds goes through one of these, by name (:data:`FORMATS`):
 
 - ``three_shot`` (the default): ``context: …\\nquestion: …\\nanswer:`` blocks after three solved
-  ones; the format every shipped asset was fitted on, byte for byte;
+  ones; the format the shipped steering was fitted on, byte for byte (the shipped probes read all four);
 - ``zero_shot``: the same block, no demonstrations;
 - ``rag``: ``Passage: …\\nQuestion: …\\nAnswer:``;
 - ``llamaindex``: LlamaIndex's default question-answering template (``Context information is below.``);
@@ -28,8 +28,8 @@ from sparekit.utils.registry import Registry
 #: prompt format name -> class; ``prompt_format(name)`` builds one
 FORMATS: Registry = Registry("prompt format", "name")
 DEFAULT_FORMAT = "three_shot"
-PROMPT_FORMAT_HELP = ("How the context and question become the prompt (three_shot: the format the shipped probes and "
-                      "steering were fitted on; chat: the model's chat template).")
+PROMPT_FORMAT_HELP = ("How the context and question become the prompt (three_shot: the format the shipped steering "
+                      "was fitted on; the shipped probes read every format; chat: the model's chat template).")
 
 
 def prompt_format_field() -> Any:

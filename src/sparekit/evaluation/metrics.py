@@ -35,6 +35,18 @@ def behaviour_label(pred: str, example: ConflictExample, context_match: ContextM
     return "other"
 
 
+def answer_source(pred: str, example: ConflictExample, context_match: ContextMatch = "answer") -> Label:
+    """:func:`behaviour_label`, and for an answer written as a sentence (without demonstrations the model
+    answers "Accra is the capital of Ghana.") the one of the two answers it names as whole words, alone."""
+    label = behaviour_label(pred, example, context_match)
+    if label != "other":
+        return label
+    words = f" {normalize_answer(pred)} "
+    named = [any(f" {g} " in words for g in map(normalize_answer, golds) if g)
+             for golds in (example.sub_answer, example.org_answer)]
+    return {(True, False): "context", (False, True): "memory"}.get((named[0], named[1]), "other")
+
+
 def conditional_metrics(before_labels: Sequence[str], after_labels: Sequence[str]) -> dict[str, float | int | None]:
     """Where steering moved each item, relative to its unsteered label.
 

@@ -312,7 +312,7 @@ class ProbeExperiment:
     k_shot: int = option(3, min=0, max=16, help="Demonstrations per prompt.")
     prompt_format: tuple[str, ...] = option((DEFAULT_FORMAT,),
                                             help=f"Prompt format(s) of the probed prompts ({', '.join(FORMATS)}; "
-                                                 "three_shot: the shipped probes'; formats without demonstrations "
+                                                 "three_shot: the shipped steering's; formats without demonstrations "
                                                  "ignore --k-shot); several: the same items in each, fitted together.")
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
     out: str | None = option(None, help="Run directory (default: under the cache, keyed by the configuration; "

@@ -125,9 +125,11 @@ class LinearProbe(Params):
         return {"coef": self.coef_, "intercept": self.intercept_.reshape(1), "mean": self.mean_, "scale": self.scale_,
                 **stats}
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``tensors.safetensors`` into the folder ``path`` (:mod:`sparekit.artifacts`)."""
-        return save_artifact(path, self.kind, self.get_params(), self.tensors(), {"n_features_in": self.n_features_in_})
+    def save(self, path: str | Path, **report) -> Path:
+        """Write ``config.json`` and ``tensors.safetensors`` into the folder ``path`` (:mod:`sparekit.artifacts`);
+        ``report`` (how the probe was fitted: data, formats, seed) is kept in the config's ``state``."""
+        state = {"n_features_in": self.n_features_in_, **({"report": report} if report else {})}
+        return save_artifact(path, self.kind, self.get_params(), self.tensors(), state)
 
     @classmethod
     def load(cls, path: str | Path, model_hash: str | None = None) -> LinearProbe:
