@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from sparekit.hooks import Site
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_module import benchmark_module
+
 FORMATS = ("three_shot", "zero_shot")
 
 
 @pytest.fixture(scope="module")
 def ship():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports bench_detectors and probe_formats by name
-    try:
-        spec = importlib.util.spec_from_file_location("ship_probes", BENCHMARKS / "ship_probes.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["ship_probes"] = module  # its dataclass resolves annotations through the module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("ship_probes", None)
-        sys.path.remove(str(BENCHMARKS))
+    yield from benchmark_module("ship_probes")
 
 
 def _table(ship, n_broad: int = 20):
