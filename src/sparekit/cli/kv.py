@@ -52,6 +52,6 @@ def conflict(config: KVConflictExperiment, as_json: bool) -> None:
 
     The prompt pass holds the demonstrations and the passage; only the passage is compressed
     (the demonstrations are kept, unless --compress-demonstrations), and the question is read
-    through the compressed cache. Prompts are short, so every prompt is compressed (no minimum length).
+    through the compressed cache. Every passage is compressed, however short (no minimum length).
     """
     emit(config.run(), as_json, render_conflict)

@@ -83,7 +83,7 @@ class KVConflictExperiment(KVGrid):
     As ``benchmarks/bench_kv_ruler.py conflict`` (one library function,
     :func:`~sparekit.kv.sweep.answer_conflicts`): the prompt pass holds the demonstrations and the
     passage, only the passage is compressed, and the question is read through the compressed cache.
-    Prompts are short, so every prompt is compressed (no minimum length).
+    Every passage is compressed, however short (no minimum length).
     """
 
     dataset: str = option("default", short="-d", help=DATASET_HELP)
