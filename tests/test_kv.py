@@ -265,7 +265,7 @@ def test_kv_conflict_honours_its_seed(monkeypatch):
 
 
 def test_kv_commands_are_config_dataclasses(capsys):
-    """Options come from the experiment's fields; --dry-run shows what would run, conflict compresses every prompt."""
+    """Options come from the experiment's fields; --dry-run shows what would run, conflict compresses every passage."""
     import json
 
     from sparekit.cli.main import main

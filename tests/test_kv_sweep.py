@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,55 @@ def test_the_probe_dev_split_leaves_out_the_conflict_studys_question_groups(tmp_
     dev = read_jsonl(out)
     assert not {ex.group for ex in study} & {ex.group for ex in dev}
     assert len(dev) == sum(ex.group not in {s.group for s in study} for ex in data) > 0
+
+
+def test_kv_conflict_keeps_every_demonstration_position_as_the_benchmark_does(llama, monkeypatch):
+    """``sparekit kv conflict`` goes through the benchmark's ``answer_conflicts``: every compressed cell's
+    press keeps each row's demonstration tokens (every one survives pruning, in every compressed layer), which
+    the same press without ``keep_first`` would not; ``--compress-demonstrations`` compresses them too."""
+    from sparekit.kv import experiment, sweep
+
+    seen: list[tuple[int, ...]] = []
+
+    def checked_decode(lm, enc, pre, steps, press, **kw):
+        if press is not None:
+            seen.append(press.keep_first)
+            for first, all_kept in ((press.keep_first, True), (0, False)):
+                unkept = replace(press, keep_first=first)
+                with unkept(lm, pre.observed):
+                    pruned = _one_step(lm, enc, copy.deepcopy(pre.cache))
+                survived = _demonstrations_survive(enc, pre.cache, pruned, press.keep_first, press.skip_layers)
+                assert survived == all_kept or not any(press.keep_first)
+        return decode(lm, enc, pre, steps, press, **kw)
+
+    monkeypatch.setattr(experiment, "load_model", lambda *a, **k: llama)
+    monkeypatch.setattr(sweep, "decode", checked_decode)
+    config = experiment.KVConflictExperiment(limit=4, k_shot=2, ratios=(0.0, 0.5), methods=("recent",), batch_size=2)
+    summary = config.run()
+    assert summary["compressed"] == "passage" and summary["results"]["recent"]["0.5"]["n"] == 4
+    assert len(seen) == 2 and all(len(counts) == 2 and min(counts) > 10 for counts in seen)
+    seen.clear()
+    summary = replace(config, compress_demonstrations=True).run()
+    assert summary["compressed"] == "demonstrations and passage" and seen == [(0, 0), (0, 0)]
+
+
+def _demonstrations_survive(enc: dict, full, pruned, demos: tuple[int, ...], skip: tuple[int, ...]) -> bool:
+    """Whether every demonstration key of every row is still in every compressed layer's pruned cache."""
+    real = enc["attention_mask"].sum(-1).tolist()
+    for layer in (i for i in range(len(full.layers)) if i not in skip):
+        keys, kept = full.layers[layer].keys, pruned.layers[layer].keys
+        for row, count in enumerate(demos):
+            pad = keys.shape[2] - real[row]
+            for position in range(pad, pad + count):
+                if not (kept[row] == keys[row, :, position, None]).all(-1).any(-1).all():
+                    return False
+    return True
+
+
+def test_kv_conflict_help_says_what_is_compressed(capsys):
+    from sparekit.cli.main import main
+
+    assert main(["kv", "conflict", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--compress-demonstrations" in text and "default: the passage only" in text
+    assert "only the passage is compressed" in text and "however short" in text

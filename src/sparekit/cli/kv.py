@@ -33,7 +33,8 @@ def bench(config: KVBenchExperiment, as_json: bool) -> None:
 
 def render_conflict(s: dict) -> str:
     """One line per (method, ratio): context / memory / other shares and the KV held."""
-    lines = [f"{s['items']} conflict items, prompts {s['prompt_tokens']['min']}-{s['prompt_tokens']['max']} tokens",
+    lines = [f"{s['items']} conflict items, prompts {s['prompt_tokens']['min']}-{s['prompt_tokens']['max']} tokens, "
+             f"compressed: {s['compressed']}",
              "method       ratio  context  memory  other  KV held"]
     for method, curve in s["results"].items():
         for ratio, row in curve.items():
@@ -49,6 +50,8 @@ def render_conflict(s: dict) -> str:
 def conflict(config: KVConflictExperiment, as_json: bool) -> None:
     """Knowledge-source shares (context / memory / other) of conflicting-context answers vs compression ratio.
 
-    Prompts are short, so every prompt is compressed (no minimum length).
+    The prompt pass holds the demonstrations and the passage; only the passage is compressed
+    (the demonstrations are kept, unless --compress-demonstrations), and the question is read
+    through the compressed cache. Every passage is compressed, however short (no minimum length).
     """
     emit(config.run(), as_json, render_conflict)

@@ -1,4 +1,4 @@
-"""``sparekit kv bench``: passkey, needle-in-a-haystack, perplexity and knowledge conflicts under KV compression.
+"""``sparekit kv bench``: passkey, needle-in-a-haystack and perplexity under KV compression.
 
 Compression acts only after the prompt pass, so each batch of prompts runs its prompt
 pass once; every (method, ratio) then decodes from its own copy of that cache under
@@ -15,8 +15,8 @@ pass. Ratio 0 is the uncompressed baseline every method shares.
 * ``perplexity``: the last ``ppl_tokens`` tokens of a Wikipedia window, scored after its
   compressed prefix (tokens the compressed cache predicts; the first, predicted by the
   prompt pass, is left out).
-* ``conflict``: answers to conflicting-context prompts of a conflict dataset, labelled
-  context / memory / other (:func:`~sparekit.evaluation.metrics.behaviour_label`).
+
+Knowledge conflicts (``sparekit kv conflict``) are in :mod:`sparekit.kv.sweep`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from transformers.cache_utils import Cache
 
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, padded_positions, tokenize
-from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import cache_keyword
 from sparekit.kv.compress import PRESSES, Press, cache_bytes
 from sparekit.models.loading import LoadedModel
@@ -274,7 +273,7 @@ def _retrieval(lm: LoadedModel, items: list[tuple[str, str]], question: str, con
             row["kv_bytes"] += stats["kv_bytes"]
             row["decode_s"] += stats["decode_s"]
             row["outputs"] += texts
-    return _finish(rows, lambda r: {"accuracy": r["correct"] / r["n"], "outputs": r["outputs"]})
+    return relative_to_uncompressed(rows, lambda r: {"accuracy": r["correct"] / r["n"], "outputs": r["outputs"]})
 
 
 def continuation_nll(lm: LoadedModel, ids: torch.Tensor, scored: int, presses: dict) -> dict:
@@ -312,10 +311,11 @@ def _perplexity(lm: LoadedModel, windows: list[list[int]], config: KVBenchConfig
             row["tokens"] += len(chunk) * (config.ppl_tokens - 1)
             row["kv_bytes"] += kv_bytes
             row["decode_s"] += seconds
-    return _finish(rows, lambda r: {"perplexity": math.exp(r["nll"] / r["tokens"]), "nll": r["nll"] / r["tokens"]})
+    return relative_to_uncompressed(rows, lambda r: {"perplexity": math.exp(r["nll"] / r["tokens"]),
+                                                     "nll": r["nll"] / r["tokens"]})
 
 
-def _finish(rows: dict, metrics) -> dict:
+def relative_to_uncompressed(rows: dict, metrics) -> dict:
     """``{method: {ratio: row}}`` with ratio 0 copied under every method, bytes and time relative to it."""
     base = rows.get(("none", 0.0))
     out: dict[str, dict[str, dict]] = {}
@@ -331,28 +331,6 @@ def _finish(rows: dict, metrics) -> dict:
         for method in methods:
             out[method] = {**none, **out[method]}
     return out
-
-
-def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence, config: KVGrid,
-                    steps: int = 12) -> dict:
-    """Knowledge-source shares (context / memory / other) of conflict answers per (method, ratio)."""
-    rows: dict[tuple[str, float], dict] = {}
-    for chunk in batches(list(range(len(prompts))), config.batch_size):
-        enc = tokenize(lm, [prompts[i] for i in chunk])
-        pre = prefill(lm, enc, [config.press(m, r) for m, r in config.cells()])
-        for method, ratio in config.cells():
-            tokens, stats = decode(lm, enc, pre, steps, config.press(method, ratio), stop_at_newline=True)
-            texts = [t.split("\n", 1)[0].strip() for t in lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-            row = rows.setdefault((method, ratio), {"labels": [], "kv_bytes": 0, "decode_s": 0.0})
-            row["labels"] += [behaviour_label(t, examples[i]) for t, i in zip(texts, chunk)]
-            row["kv_bytes"] += stats["kv_bytes"]
-            row["decode_s"] += stats["decode_s"]
-
-    def shares(row: dict) -> dict:
-        n = len(row["labels"])
-        return {label: row["labels"].count(label) / n for label in ("context", "memory", "other")} | {"n": n}
-
-    return _finish(rows, shares)
 
 
 def run_bench(lm: LoadedModel, config: KVBenchConfig, out_dir: Path, passages: Sequence[str]) -> dict:

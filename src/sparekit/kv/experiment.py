@@ -15,7 +15,8 @@ from sparekit.data import load_dataset
 from sparekit.data.loaders import NQSWAP_LOCAL
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import condition_prompts
-from sparekit.kv.bench import KVBenchConfig, KVGrid, conflict_shares, markdown_tables, plot_bench, run_bench
+from sparekit.kv.bench import KVBenchConfig, KVGrid, markdown_tables, plot_bench, run_bench
+from sparekit.kv.sweep import conflict_shares
 from sparekit.models import load_model
 from sparekit.models.loading import LoadedModel
 from sparekit.sae.corpus import nqswap_passages
@@ -79,12 +80,17 @@ class KVBenchExperiment(KVBenchConfig):
 class KVConflictExperiment(KVGrid):
     """``sparekit kv conflict``: knowledge-source shares of conflicting-context answers vs compression ratio.
 
-    Prompts are short, so every prompt is compressed (no minimum length).
+    As ``benchmarks/bench_kv_ruler.py conflict`` (one library function,
+    :func:`~sparekit.kv.sweep.answer_conflicts`): the prompt pass holds the demonstrations and the
+    passage, only the passage is compressed, and the question is read through the compressed cache.
+    Every passage is compressed, however short (no minimum length).
     """
 
     dataset: str = option("default", short="-d", help=DATASET_HELP)
     limit: int = option(48, min=1, help="Conflict items (seeded sample).")
     k_shot: int = option(3, min=0, help="Demonstrations per prompt.")
+    compress_demonstrations: bool = option(False, help="Compress the demonstrations with the passage (default: the "
+                                                       "passage only; the demonstrations are kept uncompressed).")
     min_length: int = option(0, cli=False, help="Prompts shorter than this are not compressed.")
     model: str = model_field()
     out: str | None = option(None, help="Run directory (default runs/kv-conflict-<dataset>-<model>).")
@@ -98,9 +104,10 @@ class KVConflictExperiment(KVGrid):
         by_id = condition_prompts(data, "sub", seed=self.seed, k_shot=self.k_shot)
         prompts = [by_id[ex.id] for ex in examples]
         lm = _load(self.model, self.device, self)
-        result = conflict_shares(lm, prompts, examples, self)
+        result = conflict_shares(lm, prompts, examples, self, self.compress_demonstrations)
         lengths = [len(lm.tokenizer(p)["input_ids"]) for p in prompts]
         summary = {"model": lm.info.name, "dataset": data.name, "items": len(prompts), "k_shot": self.k_shot,
+                   "compressed": "demonstrations and passage" if self.compress_demonstrations else "passage",
                    "prompt_tokens": {"min": min(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)},
                    "results": result}
         out_dir = Path(self.out or f"runs/kv-conflict-{data.name}-{lm.info.model_hash[:8]}")

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import zip_longest
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, tokenize
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Hooks
-from sparekit.kv.bench import KVGrid, continuation_nll, decode, prefill
+from sparekit.kv.bench import KVGrid, continuation_nll, decode, prefill, relative_to_uncompressed
 from sparekit.kv.ruler import RulerItem
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.reading import ProbeSet, reading_sites
@@ -161,40 +161,86 @@ def _probe_hooks(lm: LoadedModel, probes: ProbeSet | None) -> Hooks:
     return hooks
 
 
+@dataclass(frozen=True)
+class CellAnswers:
+    """One (method, ratio) cell's answers to a batch of conflict prompts."""
+
+    texts: list[str]  # each answer's first line, stripped
+    kv_bytes: int
+    decode_s: float
+    readings: list[dict] | None  # the probes' reading at each question's last token (None without probes)
+
+
+def answer_conflicts(lm: LoadedModel, prompts: Sequence[str], cells: Sequence[Cell], grid: KVGrid,
+                     probes: ProbeSet | None = None, compress_demonstrations: bool = False,
+                     steps: int = 12) -> tuple[tuple[int, ...], dict[Cell, CellAnswers]]:
+    """One batch of conflict prompts under every cell: ``(demonstration tokens per prompt, {cell: answers})``.
+
+    The prompt pass holds the demonstrations and the passage; the question is read through the
+    compressed cache. Only the passage is compressed: the demonstrations are an uncompressed
+    prefix (``keep_first``), outside the ratio, so a cell measures the passage's eviction, not
+    the answer format's (``compress_demonstrations`` compresses them with it). They stay where
+    the harness puts them (moving them after the passage would part the question from its
+    passage and change the uncompressed prompt too). The probes read the question's last token
+    through the compressed cache, so compression can move their reading.
+    """
+    parts = [split_question(p) for p in prompts]
+    enc = tokenize(lm, [context for context, _ in parts])
+    demos = demonstration_tokens(lm, [context for context, _ in parts])
+    first = tuple(0 for _ in demos) if compress_demonstrations else demos
+    presses = {c: replace(p, keep_first=first) if (p := grid.press(*c)) else None for c in cells}
+    pre = prefill(lm, enc, presses.values())
+    question, asked = _question_batch(lm, [q for _, q in parts])
+    out = {}
+    for cell, press in presses.items():
+        with _probe_hooks(lm, probes) as hooks:
+            tokens, stats = decode(lm, enc, pre, steps, press, stop_at_newline=True, question=question,
+                                   question_mask=asked)
+        readings = probes.read({s: hooks.all(s)[0] for s in probes.sites.values()}) if probes else None
+        texts = [t.split("\n", 1)[0].strip() for t in lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+        out[cell] = CellAnswers(texts, stats["kv_bytes"], stats["decode_s"], readings)
+    return demos, out
+
+
 def run_conflict(lm: LoadedModel, examples: Sequence, prompts: Sequence[str], grid: KVGrid, sink: Sink,
                  probes: ProbeSet | None, dataset: str) -> None:
-    """Knowledge source of each conflict answer per cell, and the probes' reading at the question's last
-    token (read through the compressed cache, so compression can move it).
-
-    Only the passage is compressed: the demonstrations before it are an uncompressed prefix
-    (``keep_first``), outside the ratio, so a cell measures the passage's eviction, not the
-    answer format's. They stay where the harness puts them (moving them after the passage
-    would part the question from its passage and change the uncompressed prompt too).
-    """
+    """Knowledge source of each conflict answer and the probes' reading per cell (:func:`answer_conflicts`),
+    one record per (item, cell) in ``sink``."""
     model = lm.info.name
-    parts = [split_question(p) for p in prompts]
     with tqdm(total=len(examples), desc="conflict items", unit="item") as bar:
         for chunk in batches(list(range(len(examples))), grid.batch_size):
             cells = sink.missing(model, [examples[i].id for i in chunk], grid.cells())
             if cells:
-                enc = tokenize(lm, [parts[i][0] for i in chunk])
-                demos = demonstration_tokens(lm, [parts[i][0] for i in chunk])
-                presses = {c: replace(p, keep_first=demos) if (p := grid.press(*c)) else None for c in cells}
-                pre = prefill(lm, enc, presses.values())
-                question, asked = _question_batch(lm, [parts[i][1] for i in chunk])
-                for (method, ratio), press in presses.items():
-                    with _probe_hooks(lm, probes) as hooks:
-                        tokens, stats = decode(lm, enc, pre, 12, press, stop_at_newline=True,
-                                               question=question, question_mask=asked)
-                    readings = probes.read({s: hooks.all(s)[0] for s in probes.sites.values()}) if probes else None
-                    texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-                    sink.write([{"model": model, "suite": "conflict", "task": dataset, "length": 0, "key": examples[i].id,
-                                 "method": method, "ratio": ratio, "output": text.split("\n", 1)[0].strip(),
-                                 "label": behaviour_label(text.split("\n", 1)[0].strip(), examples[i]),
-                                 "kv_bytes": stats["kv_bytes"], "demonstration_tokens": demos[row],
-                                 **(readings[row] if readings else {})}
-                                for row, (i, text) in enumerate(zip(chunk, texts))])
+                demos, answers = answer_conflicts(lm, [prompts[i] for i in chunk], cells, grid, probes)
+                for (method, ratio), got in answers.items():
+                    sink.write([{"model": model, "suite": "conflict", "task": dataset, "length": 0,
+                                 "key": examples[i].id, "method": method, "ratio": ratio, "output": text,
+                                 "label": behaviour_label(text, examples[i]), "kv_bytes": got.kv_bytes,
+                                 "demonstration_tokens": demos[row], **(got.readings[row] if got.readings else {})}
+                                for row, (i, text) in enumerate(zip(chunk, got.texts))])
             bar.update(len(chunk))
+
+
+def conflict_shares(lm: LoadedModel, prompts: Sequence[str], examples: Sequence, grid: KVGrid,
+                    compress_demonstrations: bool = False) -> dict:
+    """Knowledge-source shares (context / memory / other) of conflict answers per (method, ratio)
+    (:func:`answer_conflicts`, so ``sparekit kv conflict`` measures what the benchmark does), with the
+    KV bytes and decode time relative to the uncompressed cell."""
+    rows: dict[Cell, dict] = {}
+    for chunk in batches(list(range(len(prompts))), grid.batch_size):
+        _, answers = answer_conflicts(lm, [prompts[i] for i in chunk], grid.cells(), grid,
+                                      compress_demonstrations=compress_demonstrations)
+        for cell, got in answers.items():
+            row = rows.setdefault(cell, {"labels": [], "kv_bytes": 0, "decode_s": 0.0})
+            row["labels"] += [behaviour_label(t, examples[i]) for t, i in zip(got.texts, chunk)]
+            row["kv_bytes"] += got.kv_bytes
+            row["decode_s"] += got.decode_s
+
+    def shares(row: dict) -> dict:
+        n = len(row["labels"])
+        return {label: row["labels"].count(label) / n for label in LABELS} | {"n": n}
+
+    return relative_to_uncompressed(rows, shares)
 
 
 # -- intervals and the summary --------------------------------------------------------------------------------
