@@ -12,7 +12,7 @@ import torch
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_generate
 from sparekit.probes.training_free import (Combination, check_detector, closed_book_answers, detect_conflict,
-                                           disagreement, divergence, load_combination, next_token_log_probs,
+                                           disagreement, divergence, unrecalled, load_combination, next_token_log_probs,
                                            save_combinations, without_context)
 
 PROMPT = "context: a is b\nquestion: what is a?\nanswer: b\n\ncontext: c is d\nquestion: what is c?\nanswer:"
@@ -37,6 +37,21 @@ def test_divergence_is_zero_for_the_same_distribution_and_ln2_for_disjoint_ones(
     assert divergence(log_p, log_p) == pytest.approx([0.0, 0.0], abs=1e-6)
     disjoint = torch.log(torch.tensor([[1.0, 1e-30], [1e-30, 1.0]]))
     assert divergence(disjoint[:1], disjoint[1:]) == pytest.approx([math.log(2)], abs=1e-4)
+
+
+def test_unrecalled_looks_for_the_closed_book_answer_in_the_context():
+    question = "What is the capital of France?"
+    closed = f"question: What is the capital of Italy?\nanswer: Rome\n\nquestion: {question}\nanswer:"
+    last = closed.rindex("question:")
+    texts = [closed[:last] + f"context: {passage}\n" + closed[last:] for passage in
+             ("Paris is the capital of France.",    # names it: no conflict
+              "Rome is the capital of France.",     # does not (Rome is only in a demonstration): conflict
+              "The capital of France is Rome.")]    # the answer only repeats the question: nothing to contradict
+    answers = ["Paris.", "Paris", "the capital of France"]
+    assert unrecalled(answers, [question] * 3, texts, [closed] * 3).tolist() == [0.0, 1.0, 0.0]
+    assert unrecalled(["Rome"], [question], texts[1:2], [closed]).tolist() == [0.0]
+    with pytest.raises(ValueError):
+        unrecalled(answers, [question], texts, [closed])
 
 
 def test_disagreement_compares_normalised_answers():

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparekit.data.dataset import normalize_answer
 from sparekit.errors import SparekitError
 from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.evaluation.generation import greedy_generate, tokenize
@@ -80,6 +81,24 @@ def next_token_log_probs(lm: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
 def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
     """Per-row JSD (natural log, in [0, ln 2]) of two ``[n, vocab]`` log-distributions."""
     return to_numpy(jensen_shannon(log_with, log_without).clamp(min=0)).astype(np.float64)
+
+
+def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_texts: Sequence[str],
+               without_texts: Sequence[str]) -> np.ndarray:
+    """1.0 where the context does not name the model's closed-book answer: a conflict even when the model then
+    ignores the context (which ``disagreement`` cannot see). The answer's words that are not the question's are
+    looked up as whole normalised words; the context names one when the prompt with it holds the word more often
+    than its closed-book twin (so demonstrations do not count). 0.0 where one is named, or where the answer has no
+    word beyond the question's (nothing recalled to contradict)."""
+    found = []
+    for answer, question, with_text, without_text in zip(closed_answers, questions, with_texts, without_texts,
+                                                         strict=True):
+        asked = set(normalize_answer(question).split())
+        words = [w for w in normalize_answer(answer).split() if w not in asked]
+        with_words, without_words = normalize_answer(with_text).split(), normalize_answer(without_text).split()
+        named = any(with_words.count(w) > without_words.count(w) for w in words)
+        found.append(0.0 if not words or named else 1.0)
+    return np.array(found)
 
 
 def disagreement(with_answers: Sequence[str], without_answers: Sequence[str]) -> np.ndarray:
