@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from sparekit.data.dataset import normalize_answer
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_generate
-from sparekit.probes.training_free import (Combination, check_detector, closed_book_answers, detect_conflict,
-                                           disagreement, divergence, unrecalled, load_combination, next_token_log_probs,
-                                           save_combinations, without_context)
+from sparekit.probes.training_free import (RECALL_SHOTS, Combination, check_detector, closed_book_answers,
+                                           detect_conflict, disagreement, divergence, load_combination,
+                                           next_token_log_probs, question_of, recall_prompts, recall_score,
+                                           save_combinations, unrecalled, without_context)
 
 PROMPT = "context: a is b\nquestion: what is a?\nanswer: b\n\ncontext: c is d\nquestion: what is c?\nanswer:"
 
@@ -52,6 +54,26 @@ def test_unrecalled_looks_for_the_closed_book_answer_in_the_context():
     assert unrecalled(["Rome"], [question], texts[1:2], [closed]).tolist() == [0.0]
     with pytest.raises(ValueError):
         unrecalled(answers, [question], texts, [closed])
+
+
+def test_the_recall_prompt_is_its_own_short_answer_prompt_whatever_the_format():
+    (prompt,) = recall_prompts(["What is the opposite of hot?"])
+    assert prompt.endswith("\n\nquestion: What is the opposite of hot?\nanswer:") and "context:" not in prompt
+    assert prompt.count("question: ") == 4 and all(f"answer: {s.answer}\n\n" in prompt for s in RECALL_SHOTS)
+    (asked,) = recall_prompts([RECALL_SHOTS[0].question])  # a demonstration asking the question itself is dropped
+    assert asked.count(RECALL_SHOTS[0].question) == 1
+
+
+def test_recall_score_keeps_the_decision_and_ranks_by_confidence():
+    score = recall_score(np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.9, 0.3, 0.3, 0.9]))
+    assert score.tolist() == pytest.approx([0.95, 0.65, 0.35, 0.05])
+    assert ((score > 0.5) == np.array([1, 1, 0, 0], bool)).all()
+
+
+def test_question_of_reads_the_last_blocks_question():
+    assert question_of(PROMPT) == "what is c?"
+    with pytest.raises(SparekitError, match="no 'question: …' line"):
+        question_of("context: x\nQuestion: q\nAnswer:")
 
 
 def test_disagreement_compares_normalised_answers():
@@ -94,6 +116,21 @@ def test_detectors_read_the_prompt_against_its_closed_book_twin(tiny_llama):
         detect_conflict(tiny_llama, PROMPT, "probe+jsd", None)
 
 
+def test_recall_asks_its_own_prompt_and_looks_for_the_answer_in_the_context(tiny_llama):
+    found = detect_conflict(tiny_llama, PROMPT, "recall", None)
+    (answer,), log_probs = closed_book_answers(tiny_llama, recall_prompts(["what is c?"]))
+    assert found["closed_book_answer"] == answer and found["detector"] == "recall"
+    assert found["closed_book_confidence"] == pytest.approx(float(log_probs[0].max().exp()), abs=1e-5)
+    expected = unrecalled([answer], ["what is c?"], [PROMPT], [without_context(PROMPT)])[0]
+    assert found["unrecalled"] == expected and found["conflict"] == (expected == 1.0 and found["recall"] > 0.5)
+    named = PROMPT.replace("context: c is d", f"context: c is {answer or 'x'}")  # the context names the answer
+    if normalize_answer(answer) not in ("", "c", "what", "is"):
+        assert detect_conflict(tiny_llama, named, "recall", None)["unrecalled"] == 0.0
+    rag = "Passage: c is d\nQuestion: what is c?\nAnswer:"  # any format, given its question and twin
+    other = detect_conflict(tiny_llama, rag, "recall", None, "Question: what is c?\nAnswer:", "what is c?")
+    assert other["closed_book_answer"] == answer and other["unrecalled"] == expected
+
+
 def test_a_given_closed_book_twin_is_the_one_contrasted(tiny_llama):
     text, closed = "Passage: c is d\nQuestion: what is c?\nAnswer:", "Question: what is c?\nAnswer:"
     jsd = detect_conflict(tiny_llama, text, "jsd", None, closed)  # not three_shot: no context line to drop
@@ -112,6 +149,13 @@ def test_detect_cli_refuses_bad_detectors_before_loading_a_model(capsys):
     assert main(["detect", "--detector", "disagreement", "--question", "q", "--prompt-format", "rag"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "contrasts the prompt with and without its context" in err
+    for bad, message in (("question: q\nanswer:", "no 'context: …' line"),  # no context
+                         ("context: c\nanswer:", "no 'question: …' line")):  # no question to ask closed-book
+        assert main(["detect", "--detector", "recall", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert main(["detect", "--detector", "recall", "--question", "q"]) == 2
+    assert "contrasts the prompt with and without its context" in capsys.readouterr().err
 
 
 def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, tmp_path, capsys):
@@ -130,15 +174,22 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
     assert main([*ask, "--detector", "probe+jsd"]) == 2
     assert "no fitted probe+jsd combination" in capsys.readouterr().err
     save_combinations(run / "probes", [Combination("jsd", (1.0, 2.0), -0.5)], "test")
-    for detector in ("jsd", "disagreement", "probe+jsd"):
+    readings = {}
+    for detector in ("jsd", "disagreement", "recall", "probe+jsd"):
         assert main([*ask, "--detector", detector]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["detector"] == detector and 0 <= result["conflict_probability"] <= 1
+        readings[detector] = result
     assert result["probe_conflict_probability"] is not None and "in_distribution" in result
     for fmt in ("zero_shot", "rag", "llamaindex"):  # any format: the closed-book twin comes from its builder
         assert main([*ask, "--detector", "disagreement", "--prompt-format", fmt]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["prompt_format"] == fmt and isinstance(result["closed_book_answer"], str)
+        assert main([*ask, "--detector", "recall", "--prompt-format", fmt]) == 0  # its own closed-book prompt
+        recalled = json.loads(capsys.readouterr().out)
+        assert recalled["closed_book_answer"] == readings["recall"]["closed_book_answer"] and recalled["prompt_format"] == fmt
+    assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--detector", "recall"]) == 0
+    assert "closed-book answer: " in capsys.readouterr().out
 
 
 def test_the_shipped_probes_carry_both_combinations():

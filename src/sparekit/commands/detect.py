@@ -34,8 +34,9 @@ class DetectCommand:
                                                "them).")
     detector: str = option(DEFAULT_DETECTOR,
                            help="probe, jsd (with/without-context divergence: +2 prompt passes), disagreement "
-                                "(closed-book answer differs: +2 generations), probe+jsd or probe+disagreement (needs "
-                                "the probe folder's detectors.json; the shipped probes have one). BENCHMARKS.md, "
+                                "(closed-book answer differs: +2 generations), recall (does the context name the "
+                                "model's closed-book answer: +1 short generation), probe+jsd, probe+disagreement or "
+                                "probe+recall (need the probe folder's detectors.json). BENCHMARKS.md, "
                                 "training-free detectors, compares them.")
     device: str | None = device_field()
     device_map: str | None = device_map_field()
@@ -70,5 +71,5 @@ class DetectCommand:
             return detect_with(lm, self.prompt, self.detector, folder, self.max_tokens)
         builder = prompt_builder(lm, folder, self.prompt_format)  # the closed-book twin from the same builder
         result = detect_with(lm, builder(self.question, contexts), self.detector, folder, self.max_tokens,
-                             builder.without_passages(self.question))
+                             builder.without_passages(self.question), self.question)
         return {**result, "prompt_format": self.prompt_format}

@@ -5,14 +5,17 @@
   moves the distribution; a conflicting one moves it. Costs one extra closed-book prompt pass.
 - ``disagreement``: the greedy answer with the context differs from the closed-book answer.
   Costs one extra closed-book generation (the answer with the context is the one the user wants).
-- ``probe+jsd`` / ``probe+disagreement``: a logistic regression on [probe logit, signal],
+- ``recall``: does the context name the model's closed-book answer (asked with its own short-answer prompt,
+  :func:`recall_prompts`, whatever the prompt's format)? Costs one short closed-book generation.
+- ``probe+jsd`` / ``probe+disagreement`` / ``probe+recall``: a logistic regression on [probe logit, signal],
   fitted on dev rows (:class:`Combination`), saved beside the probes as ``detectors.json``.
 
 Every detector returns the reading keys of the probe (``conflict_probability``, ``conflict``)
 plus ``detector`` and the signals it read. The closed-book prompt (what CAD and AdaCAD contrast
 against) comes from the prompt's own builder without the item's passages
 (:meth:`~sparekit.data.formats.PromptBuilder.without_passages`), in any prompt format; a prompt
-given as text must be ``three_shot`` blocks, and loses its last block's ``context:`` line.
+given as text must be ``three_shot`` blocks, and loses its last block's ``context:`` line (``recall`` also reads its
+``question:`` line; another format needs the question and contexts given apart).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from sparekit.data.dataset import normalize_answer
+from sparekit.data.formats import PromptBuilder, QABlocks, Shot
 from sparekit.errors import SparekitError
 from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.evaluation.generation import greedy_generate, tokenize
@@ -37,11 +41,17 @@ from sparekit.utils.arrays import to_numpy
 from sparekit.utils.io import atomic_write_json, read_json_object
 from sparekit.utils.registry import unknown_name
 
-DETECTORS = ("probe", "jsd", "disagreement", "probe+jsd", "probe+disagreement")
+DETECTORS = ("probe", "jsd", "disagreement", "recall", "probe+jsd", "probe+disagreement", "probe+recall")
 #: the JSD above which ``jsd`` alone says conflict: the median of the 32 dev-chosen thresholds of
 #: benchmarks/bench_detectors.py (BENCHMARKS.md, "Training-free detectors")
 JSD_THRESHOLD = 0.093
 COMBINATIONS_FILE = "detectors.json"
+#: the recall detector's closed-book demonstrations: general knowledge outside every relation of the corpora, so
+#: that no answer is primed (the probes' demonstrations, two currencies and a country, made it answer "China" to
+#: "which country has Luanda as its capital?"); chosen on dev relations (BENCHMARKS.md, "The recall detector")
+RECALL_SHOTS = (Shot("Who wrote Romeo and Juliet?", None, "William Shakespeare"),
+                Shot("What is the largest planet in the solar system?", None, "Jupiter"),
+                Shot("Which animal is known as the king of the jungle?", None, "the lion"))
 
 
 def check_detector(name: str) -> str:
@@ -83,6 +93,15 @@ def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
     return to_numpy(jensen_shannon(log_with, log_without).clamp(min=0)).astype(np.float64)
 
 
+def recall_prompts(questions: Sequence[str]) -> list[str]:
+    """The recall detector's own closed-book prompts: each question after :data:`RECALL_SHOTS`, whatever the
+    user's prompt format. Why its own: asked in a zero-shot format without a passage, the model answers in
+    sentences and guesses; after solved short answers it says what it remembers, in the words a context would
+    use."""
+    builder = PromptBuilder(QABlocks(), RECALL_SHOTS)
+    return [builder(question, None) for question in questions]
+
+
 def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_texts: Sequence[str],
                without_texts: Sequence[str]) -> np.ndarray:
     """1.0 where the context does not name the model's closed-book answer: a conflict even when the model then
@@ -99,6 +118,32 @@ def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_tex
         named = any(with_words.count(w) > without_words.count(w) for w in words)
         found.append(0.0 if not words or named else 1.0)
     return np.array(found)
+
+
+def recall_score(unrecalled_values: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """The recall detector's conflict probability, 0.5 + (unrecalled - 0.5) x the closed-book answer's first-token
+    probability: the decision is :func:`unrecalled`'s, and a surer memory reads further from 0.5 (what AUROC
+    ranks by)."""
+    return 0.5 + (np.asarray(unrecalled_values, dtype=np.float64) - 0.5) * np.asarray(confidence, dtype=np.float64)
+
+
+def question_of(prompt: str) -> str:
+    """The question of a ``three_shot`` prompt given as text: its last block's ``question:`` line."""
+    for line in prompt.rpartition("\n\n")[2].split("\n"):
+        if line.startswith("question: ") and line.removeprefix("question: ").strip():
+            return line.removeprefix("question: ")
+    raise SparekitError("the recall detector needs the question: the prompt's last block has no 'question: …' line",
+                        "pass --question and --context, or end the prompt with a 'context:/question:/answer:' block")
+
+
+def recall(lm: LoadedModel, text: str, closed: str, question: str) -> dict:
+    """The recall detector's reading of one prompt: one short closed-book generation (:func:`recall_prompts`),
+    then does the prompt's context (what ``text`` holds beyond its twin ``closed``) name that answer."""
+    (answer,), log_probs = closed_book_answers(lm, recall_prompts([question]))
+    confidence = float(log_probs[0].max().exp())
+    value = float(unrecalled([answer], [question], [text], [closed])[0])
+    return {"unrecalled": value, "closed_book_answer": answer, "closed_book_confidence": confidence,
+            "recall": float(recall_score(np.array([value]), np.array([confidence]))[0])}
 
 
 def disagreement(with_answers: Sequence[str], without_answers: Sequence[str]) -> np.ndarray:
@@ -152,9 +197,10 @@ def _logit(p: float) -> float:
 
 
 def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet | None,
-                    closed: str | None = None) -> dict:
+                    closed: str | None = None, question: str | None = None) -> dict:
     """The reading of ``detector`` on one prompt (see the module docstring for what each one runs); ``closed``:
-    its closed-book twin from the prompt's builder (default: ``text`` read as ``three_shot`` blocks)."""
+    its closed-book twin from the prompt's builder and ``question`` its question (default: both read from
+    ``text`` as ``three_shot`` blocks)."""
     check_detector(detector)
     out: dict = {"detector": detector}
     probe_logit = None
@@ -172,11 +218,14 @@ def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet 
         log_probs = next_token_log_probs(lm, [text, closed])
         value = float(divergence(log_probs[:1], log_probs[1:])[0])
         out["jsd"] = value
+    elif signal == "recall":
+        out.update(recall(lm, text, closed, question_of(text) if question is None else question))
+        value = out["recall"]
     else:
         (answer, closed_answer), _ = closed_book_answers(lm, [text, closed])
         value = float(disagreement([answer], [closed_answer])[0])
         out.update(disagreement=value, answer=answer, closed_book_answer=closed_answer)
-    if probe_logit is None:  # jsd alone: 0.5 at the dev-chosen threshold, capped at 1
+    if probe_logit is None:  # jsd alone: 0.5 at the dev-chosen threshold, capped at 1; recall: its score
         p = min(1.0, value / (2 * JSD_THRESHOLD)) if signal == "jsd" else value
     else:
         p = float(load_combination(probes.folder, signal).proba(np.array([probe_logit]), np.array([value]))[0])
@@ -191,6 +240,8 @@ def check_detector_inputs(detector: str, text: str | None, folder: Path, has_con
     check_detector(detector)
     if detector != "probe" and text is not None:
         without_context(text)
+        if detector.endswith("recall"):
+            question_of(text)
     elif detector != "probe" and not has_context:
         raise SparekitError(f"the {detector} detector contrasts the prompt with and without its context, and "
                             "none was given", "pass --context")
@@ -199,10 +250,11 @@ def check_detector_inputs(detector: str, text: str | None, folder: Path, has_con
 
 
 def detect_with(lm: LoadedModel, text: str, detector: str, folder: Path,
-                max_tokens: int | None = MAX_PROMPT_TOKENS, closed: str | None = None) -> dict:
+                max_tokens: int | None = MAX_PROMPT_TOKENS, closed: str | None = None,
+                question: str | None = None) -> dict:
     """``sparekit detect --detector``: :func:`detect_conflict` on one checked prompt (``closed``: its closed-book
     twin), with the probe folder."""
     check_prompt(lm, text, max_tokens)
     probes = load_probes(folder, lm.info.model_hash) if "probe" in detector else None
-    reading = detect_conflict(lm, text, detector, probes, closed)
+    reading = detect_conflict(lm, text, detector, probes, closed, question)
     return describe(reading, probes) if probes is not None else {**reading, "probe_dir": None}
