@@ -35,13 +35,16 @@ from sparekit.data.dataset import held_out_values
 from sparekit.data.formats import DEFAULT_FORMAT, PromptFormat, prompt_format
 from sparekit.data.prompts import build_prompt, item_demos
 from sparekit.evaluation.harness import condition_prompts, memorised_subset
+from sparekit.evaluation.metrics import answer_source
 from sparekit.hooks import Site
 from sparekit.probes.detect import load_probes, resolve_probe_dir
-from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, ProbingData, collect
+from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, ProbingData, collect, stack_formats
 from sparekit.probes.linear import LinearProbe
-from sparekit.probes.training_free import (DETECTORS, Combination, closed_book_answers, detect_conflict,
-                                           disagreement, divergence, save_combinations)
-from sparekit.utils.io import atomic_write_json
+from sparekit.probes.training_free import (COMBINATIONS_FILE, DETECTORS, Combination, closed_book_answers,
+                                           detect_conflict, disagreement, divergence, next_token_log_probs,
+                                           recall_prompts, recall_score, save_combinations, unrecalled)
+from sparekit.steering.output_effect import answer_first_tokens
+from sparekit.utils.io import atomic_write_json, read_json_object
 
 K_SHOT = 3
 CHUNK = 16
@@ -107,6 +110,52 @@ def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path,
     return found
 
 
+def recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, dict]:
+    """Per item id: the recall detector's closed-book answer (its own prompt, :func:`recall_prompts`) and the
+    probability of its first token; the same in every prompt format, so one generation per item (cached per
+    chunk under ``out/recall``)."""
+    found: dict[str, dict] = {}
+    for start in range(0, len(items), CHUNK):
+        path = out / "recall" / f"recall-{start // CHUNK:04d}.json"
+        chunk = [items[i] for i in range(start, min(start + CHUNK, len(items)))]
+        if path.is_file():
+            found.update(json.loads(path.read_text()))
+            continue
+        answers, log_probs = closed_book_answers(lm, recall_prompts([ex.question for ex in chunk]))
+        top = log_probs.max(-1).values.exp().tolist()
+        rows = {ex.id: {"closed": a, "p_first": p} for ex, a, p in zip(chunk, answers, top)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, rows)
+        found.update(rows)
+        print(f"recall {start + len(chunk)}/{len(items)}", flush=True)
+    return found
+
+
+def source_signal(lm, data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict], out: Path,
+                  fmt: PromptFormat) -> dict[str, dict]:
+    """Per item id, read at the sub prompt's last token in ``fmt`` (its prompt pass, before any token is
+    generated): the log-probabilities of the closed-book answer's first token (:func:`recall_answers`) and of the
+    context's answer's first token, and whether the former is the top token (cached per chunk)."""
+    prompts = condition_prompts(data, "sub", PROMPT_SEED, K_SHOT, fmt=fmt)
+    found: dict[str, dict] = {}
+    for start in range(0, len(items), CHUNK // 2):
+        path = out / f"source-{fmt.name}" / f"source-{start // (CHUNK // 2):04d}.json"
+        chunk = [items[i] for i in range(start, min(start + CHUNK // 2, len(items)))]
+        if path.is_file():
+            found.update(json.loads(path.read_text()))
+            continue
+        log_probs = next_token_log_probs(lm, [prompts[ex.id] for ex in chunk])
+        memory = answer_first_tokens(lm, [answers[ex.id]["closed"] for ex in chunk])
+        context = answer_first_tokens(lm, [ex.sub_answer[0] for ex in chunk])
+        rows = {ex.id: {"memory_lp": float(lp[m]), "context_lp": float(lp[c]), "memory_top": bool(lp.argmax() == m)}
+                for ex, lp, m, c in zip(chunk, log_probs, memory, context)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, rows)
+        found.update(rows)
+        print(f"source {fmt.name} {start + len(chunk)}/{len(items)}", flush=True)
+    return found
+
+
 def _auroc(y: np.ndarray, score: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -118,37 +167,72 @@ def _best_threshold(y: np.ndarray, score: np.ndarray) -> float:
     return float(max(candidates, key=lambda t: (np.mean((score >= t) == y), -t)))
 
 
-def fold_scores(train: ProbingData, sig: dict, det_ids: set[str], sites: list[Site], test_rel: str,
-                seed: int) -> dict:
-    """One (held-out relation, seed): every detector's dev and test accuracy / AUROC."""
+#: each signal's key in the cached signal rows (``{key}_org`` / ``{key}_sub``)
+SIGNAL_KEYS = {"jsd": "jsd", "disagreement": "dis", "recall": "recall"}
+
+
+def signal_rows(items: ConflictDataset, found: dict[str, dict], names: list[str]) -> dict[str, np.ndarray]:
+    """Per signal in ``names``, its value on the org then the sub rows of ``items`` (the order of
+    ``ProbingData.target``), NaN where it was not computed."""
+    return {name: np.array([found.get(ex.id, {}).get(f"{SIGNAL_KEYS[name]}_{c}", np.nan)
+                            for c in ("org", "sub") for ex in items]) for name in names}
+
+
+def recall_signal(data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict],
+                  fmt: PromptFormat) -> dict[str, dict]:
+    """Per item id, the recall detector's score of its org and sub prompts in ``fmt`` (text only: the closed-book
+    answers are :func:`recall_answers`'); the twin is the format's own closed-book prompt, as in :func:`signals`."""
+    prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT, fmt=fmt) for c in ("org", "sub")}
+    k_shot = K_SHOT if fmt.shots else 0
+    twins = [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, k_shot, fmt=fmt), fmt) for ex in items]
+    closed, questions = [answers[ex.id]["closed"] for ex in items], [ex.question for ex in items]
+    confidence = np.array([answers[ex.id]["p_first"] for ex in items])
+    found: dict[str, dict] = {ex.id: {} for ex in items}
+    for c in ("org", "sub"):
+        scores = recall_score(unrecalled(closed, questions, [prompts[c][ex.id] for ex in items], twins), confidence)
+        for ex, score in zip(items, scores):
+            found[ex.id][f"recall_{c}"] = float(score)
+    return found
+
+
+def fold_scores(train: ProbingData, rows: dict[str, np.ndarray], sites: list[Site], test_rel: str, seed: int,
+                test_fmt: str | None = None, logits: dict | None = None) -> dict:
+    """One (held-out relation, seed; with ``test_fmt`` also a held-out prompt format of stacked data): every
+    detector's dev and test accuracy / AUROC on the rows where all of ``rows``' signals were computed
+    (``logits``: a cache of the fold's probe logits, which do not depend on the signals)."""
     relations = [r for r in held_out_values(train.items, "relation") if r != test_rel]
     rng = random.Random(f"{seed}:{test_rel}")
     dev_rels = set(rng.sample(relations, max(2, round(len(relations) / 4))))
-    ids = [ex.id for ex in train.items]
     rel = np.array([ex.relation for ex in train.items] * 2, dtype=object)
-    y = np.repeat([0, 1], len(ids))
-    detect = np.array([i in det_ids for i in ids] * 2)
-    fit = ~np.isin(rel, list(dev_rels) + [test_rel])
-    parts = {"dev": np.isin(rel, list(dev_rels)) & detect, "test": (rel == test_rel) & detect}
-    jsd, dis = (np.array([sig.get(i, {}).get(f"{key}_{c}", 0.0) for c in ("org", "sub") for i in ids])
-                for key in ("jsd", "dis"))
+    fmt = np.array((train.formats or [""] * len(train.items)) * 2, dtype=object)
+    y = np.repeat([0, 1], len(train.items))
+    present = np.all([~np.isnan(v) for v in rows.values()], 0) if rows else np.ones(len(y), bool)
+    seen = fmt != test_fmt if test_fmt else np.ones(len(y), bool)
+    fit = ~np.isin(rel, list(dev_rels) + [test_rel]) & seen
+    parts = {"dev": np.isin(rel, list(dev_rels)) & seen & present,
+             "test": (rel == test_rel) & (~seen if test_fmt else True) & present}
     best = None
     for site in sites:
-        X, _, _ = train.target("conflict", site)
-        probe = LinearProbe(seed=seed, **PROBE_PARAMS).fit(X[fit], y[fit])
-        logit = probe.decision_function(X)
+        key = (str(site), test_rel, seed, test_fmt)
+        if logits is None or key not in logits:
+            X, _, _ = train.target("conflict", site)
+            logit = LinearProbe(seed=seed, **PROBE_PARAMS).fit(X[fit], y[fit]).decision_function(X)
+            if logits is not None:
+                logits[key] = logit
+        logit = logits[key] if logits is not None else logit
         dev_auroc = _auroc(y[parts["dev"]], logit[parts["dev"]])
         if best is None or dev_auroc > best[0]:
             best = (dev_auroc, site, logit)
     _, site, logit = best
     dev = parts["dev"]
-    threshold = _best_threshold(y[dev], jsd[dev])
-    combos = {s: Combination(s).fit(logit[dev], v[dev], y[dev]) for s, v in (("jsd", jsd), ("disagreement", dis))}
-    scores = {"probe": (logit, logit > 0), "jsd": (jsd, jsd >= threshold), "disagreement": (dis, dis > 0.5)}
-    for s, v in (("jsd", jsd), ("disagreement", dis)):
-        p = combos[s].proba(logit, v)
-        scores[f"probe+{s}"] = (p, p > 0.5)
-    out = {"site": str(site), "jsd_threshold": threshold, "dev_relations": sorted(dev_rels)}
+    out = {"site": str(site), "dev_relations": sorted(dev_rels), "format": test_fmt}
+    scores = {"probe": (logit, logit > 0)}
+    for name, v in rows.items():
+        if name == "jsd":
+            out["jsd_threshold"] = threshold = _best_threshold(y[dev], v[dev])
+        scores[name] = (v, v >= threshold if name == "jsd" else v > 0.5)
+        p = Combination(name).fit(logit[dev], v[dev], y[dev]).proba(logit, v)
+        scores[f"probe+{name}"] = (p, p > 0.5)
     for name, (score, decision) in scores.items():
         out[name] = {f"{part}_{m}": f(y[mask], score[mask], decision[mask]) for part, mask in parts.items()
                      for m, f in (("accuracy", lambda t, s, d: float(np.mean(d == t))),
@@ -157,29 +241,42 @@ def fold_scores(train: ProbingData, sig: dict, det_ids: set[str], sites: list[Si
 
 
 def summarise(folds: dict[str, list[dict]]) -> dict:
-    """Per detector: test accuracy / AUROC mean over held-out relations (each a mean over seeds), worst
-    fold and spread, and the dev accuracy / AUROC the default is chosen by."""
-    table = {}
-    for name in DETECTORS:
-        per_rel = {r: {k: fmean(f[name][k] for f in runs) for k in runs[0][name]} for r, runs in folds.items()}
-        row = {}
-        for k in ("test_accuracy", "test_auroc", "dev_accuracy", "dev_auroc"):
-            values = [v[k] for v in per_rel.values()]
-            row[k] = {"mean": fmean(values), "std": pstdev(values), "worst": min(values)}
-        row["per_relation"] = {r: {k: v[k] for k in ("test_accuracy", "test_auroc")} for r, v in per_rel.items()}
-        table[name] = row
+    """Per detector: test accuracy / AUROC mean over held-out relations (each a mean over its runs: seeds, and
+    formats where they are held out), worst fold and spread, the dev accuracy / AUROC the default is chosen by;
+    with held-out formats also the same over formats (each a mean over relations and seeds)."""
+    names = [n for n in DETECTORS if n in next(iter(folds.values()))[0]]
+    table = {name: {**_spread({r: [f[name] for f in runs] for r, runs in folds.items()}),
+                    "per_relation": {r: {k: fmean(f[name][k] for f in runs) for k in ("test_accuracy", "test_auroc")}
+                                     for r, runs in folds.items()}} for name in names}
+    formats = sorted({f["format"] for runs in folds.values() for f in runs if f["format"]})
+    for name in names if formats else ():
+        by_format = {fm: [f[name] for runs in folds.values() for f in runs if f["format"] == fm] for fm in formats}
+        table[name]["by_format"] = _spread(by_format, ("test_accuracy", "test_auroc"))
     return table
 
 
+def _spread(runs: dict[str, list[dict]],
+            keys: tuple[str, ...] = ("test_accuracy", "test_auroc", "dev_accuracy", "dev_auroc")) -> dict:
+    """Mean / std / worst over the folds of ``runs`` (fold -> its runs' scores) of each key, and each fold's mean."""
+    per_fold = {fold: {k: fmean(r[k] for r in scores) for k in keys} for fold, scores in runs.items()}
+    row = {k: {"mean": fmean(v[k] for v in per_fold.values()), "std": pstdev(v[k] for v in per_fold.values()),
+               "worst": min(v[k] for v in per_fold.values())} for k in keys}
+    return {**row, "folds": per_fold}
+
+
 def timing(lm, texts: list[str], folder: Path, repeats: int = 1) -> dict[str, float]:
-    """Median ms per prompt of each detector on ``texts``, interleaved per prompt in one process."""
+    """Median ms per prompt of each detector on ``texts``, interleaved per prompt in one process (the
+    combinations ``folder`` has no fit for are left out)."""
     probes = load_probes(folder, lm.info.model_hash)
-    for name in DETECTORS:  # warm-up
+    fitted = set(read_json_object(folder / COMBINATIONS_FILE).get("combinations", {})) \
+        if (folder / COMBINATIONS_FILE).is_file() else set()
+    names = [n for n in DETECTORS if not n.startswith("probe+") or n.removeprefix("probe+") in fitted]
+    for name in names:  # warm-up
         detect_conflict(lm, texts[0], name, probes)
-    spent: dict[str, list[float]] = {name: [] for name in DETECTORS}
+    spent: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for text in texts:
-            for name in DETECTORS:
+            for name in names:
                 start = time.perf_counter()
                 detect_conflict(lm, text, name, probes)
                 spent[name].append(1000 * (time.perf_counter() - start))
@@ -204,6 +301,21 @@ def main() -> None:
                              "test rows); the probe is fitted on all of its fit relations' items")
     parser.add_argument("--signals-only", action="store_true", help="compute the signals and stop")
     parser.add_argument("--prompt-format", default=DEFAULT_FORMAT, help="the format of every prompt (module docstring)")
+    parser.add_argument("--formats", default=None,
+                        help="comma-separated formats: hold out a (relation, format) pair in turn on their stacked "
+                             "captures, with the recall detector on every item and jsd/disagreement where "
+                             "--signals-from has them")
+    parser.add_argument("--fit-layers", default=None,
+                        help="with --formats: the layers (of --layers, the capture's) the probe is fitted at in each "
+                             "fold, the best on dev (default: all)")
+    parser.add_argument("--signals-from", type=Path, default=None,
+                        help="with --formats: DIR holds the three_shot signals, DIR-<format> the others'")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="with --formats: a ship_probes.py answers/broad folder; also run the training-free source "
+                             "prediction (one prompt pass per sub prompt and format)")
+    parser.add_argument("--default-test", type=Path, default=None,
+                        help="with --formats: also read the default dataset's test split (ship_probes.py's --out, "
+                             "holding its capture)")
     parser.add_argument("--timing", type=int, default=4, help="prompts timed per detector (0: skip)")
     parser.add_argument("--save-combinations", type=Path, default=None,
                         help="fit the probe+signal combinations for the probes in this folder on every detection "
@@ -213,6 +325,11 @@ def main() -> None:
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     sites = [Site(int(layer)) for layer in args.layers.split(",")]
+    if args.formats:
+        result = formats_table(lm, data, args, sites)
+        atomic_write_json(args.out / "detectors.json", result)
+        print(json.dumps({k: v.get("table", v) for k, v in result.items()}, indent=1))
+        return
     fmt = prompt_format(args.prompt_format, lm.tokenizer)
     if args.signals_only:  # beside the capture and answers of another process
         signals(lm, data, detection_items(capped_items(lm, data, args.run, args.per_relation), args.signal_items, 0),
@@ -222,14 +339,10 @@ def main() -> None:
                                 fmt=args.prompt_format)
     items = detection_items(train.items, args.signal_items, seed=0)
     sig = signals(lm, data, items, args.out, fmt)
-    det_ids = {ex.id for ex in items}
-    folds = {r: [fold_scores(train, sig, det_ids, sites, r, int(s)) for s in args.seeds.split(",")]
+    rows = signal_rows(train.items, sig, ["jsd", "disagreement"])
+    folds = {r: [fold_scores(train, rows, sites, r, int(s)) for s in args.seeds.split(",")]
              for r in held_out_values(train.items, "relation")}
-    table = summarise(folds)
-    default = max(DETECTORS, key=lambda n: (table[n]["dev_accuracy"]["mean"], table[n]["dev_auroc"]["mean"]))
-    result = {"n_items": len(items), "relations": len(folds), "table": table, "default_on_dev": default,
-              "jsd_thresholds": [f["jsd_threshold"] for runs in folds.values() for f in runs],
-              "sites": [f["site"] for runs in folds.values() for f in runs], "folds": folds}
+    result = {"n_items": len(items), "relations": len(folds), **table_of(folds)}
     if args.save_combinations is not None:
         result["combinations"] = fit_combinations(lm, train, sig, items, args.save_combinations)
     if args.timing:
@@ -239,6 +352,113 @@ def main() -> None:
         result["ms_per_prompt"] = timing(lm, texts, args.save_combinations or resolve_probe_dir(None))
     atomic_write_json(args.out / "detectors.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("folds",)}, indent=1))
+
+
+def table_of(folds: dict[str, list[dict]]) -> dict:
+    """The summary of ``folds`` and the detector dev ranks first (dev accuracy, then dev AUROC)."""
+    table = summarise(folds)
+    default = max(table, key=lambda n: (table[n]["dev_accuracy"]["mean"], table[n]["dev_auroc"]["mean"]))
+    return {"table": table, "default_on_dev": default, "folds": folds}
+
+
+def formats_table(lm, data: ConflictDataset, args: argparse.Namespace, sites: list[Site]) -> dict:
+    """``--formats``: every (held-out relation, held-out format, seed) on the capped items' stacked captures; the
+    recall detector on every item, and beside it, on the items ``--signals-from`` has, jsd and disagreement."""
+    names = args.formats.split(",")
+    per_format = {n: capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False, fmt=n)
+                  for n in names}
+    items = per_format[names[0]].items
+    answers = recall_answers(lm, items, args.out)
+    found: dict[str, dict] = {}
+    for name in names:
+        old = {} if args.signals_from is None else cached_signals(signal_dir(args.signals_from, name))
+        for item_id, row in recall_signal(data, items, answers, prompt_format(name, lm.tokenizer)).items():
+            found[f"{item_id}@{name}"] = {**old.get(item_id, {}), **row}
+    train, logits = stack_formats(per_format), {}
+    sites = [Site(int(layer)) for layer in args.fit_layers.split(",")] if args.fit_layers else sites
+    result = {}
+    for label, signal_names in (("all_items", ["recall"]), ("signal_items", ["jsd", "disagreement", "recall"])):
+        rows = signal_rows(train.items, found, signal_names)
+        if args.signals_from is None and label == "signal_items":
+            continue
+        folds = {r: [fold_scores(train, rows, sites, r, int(s), name, logits) for s in args.seeds.split(",")
+                     for name in names] for r in held_out_values(train.items, "relation")}
+        n_items = int(np.all([~np.isnan(v) for v in rows.values()], 0).sum() // (2 * len(names)))
+        result[label] = {"n_items": n_items, **table_of(folds)}
+        print(f"{label}: {n_items} items", flush=True)
+    if args.source is not None:
+        result["source"] = source_table(lm, data, items, answers, args)
+    if args.default_test is not None:
+        result["default_test"] = default_test_table(lm, args)
+    return result
+
+
+def source_table(lm, data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict],
+                 args: argparse.Namespace) -> dict:
+    """``--source``: the training-free source prediction (memory where the sub prompt's next-token distribution
+    puts the closed-book answer's first token above the context's answer's) against the majority label, per
+    held-out relation and per format; labels from the model's answers to the sub prompts (ship_probes.py's
+    cached answers and these signals'), as the source probe's."""
+    from ship_probes import known_answers, predictions  # lazy: ship_probes imports this module
+
+    names = args.formats.split(",")
+    said = predictions([args.source], known_answers([signal_dir(args.signals_from, n) for n in names], names), names)
+    rows = []
+    for name in names:
+        read = source_signal(lm, data, items, answers, args.out, prompt_format(name, lm.tokenizer))
+        for ex in items:
+            label = answer_source(said[name][ex.id], ex) if ex.id in said[name] else "other"
+            if label != "other":
+                margin = read[ex.id]["memory_lp"] - read[ex.id]["context_lp"]
+                rows.append((ex.relation, name, int(label == "context"), -margin))
+    rel, fmt, y, score = (np.array(c) for c in zip(*rows))
+    table = {}
+    for field, values in (("relation", rel), ("format", fmt)):
+        folds = {}
+        for fold in sorted(set(values)):
+            test, train = values == fold, values != fold
+            majority = int(y[train].mean() >= 0.5)  # the label most frequent outside the fold
+            folds[fold] = {"n": int(test.sum()), "accuracy": float(np.mean((score[test] > 0) == y[test])),
+                           "majority_accuracy": float(np.mean(y[test] == majority)),
+                           "auroc": _auroc(y[test], score[test]) if len(set(y[test])) == 2 else None}
+        table[field] = {"folds": folds, **{k: fmean(f[k] for f in folds.values()) for k in
+                                            ("accuracy", "majority_accuracy")}}
+    return {"n": len(rows), "context_share": float(y.mean()), **table}
+
+
+def default_test_table(lm, args: argparse.Namespace) -> dict:
+    """``--default-test``: the shipped probe and the recall detector on the default dataset's test split (the
+    steering benchmark's, 150 items; features from ship_probes.py's capture under ``DIR``) in every format."""
+    from ship_probes import default_features, default_splits  # lazy: ship_probes imports this module
+
+    data, names = load_dataset("default", seed=PROMPT_SEED), args.formats.split(",")
+    items = default_splits(lm, args.default_test)["test"]
+    answers = recall_answers(lm, items, args.out / "default-test")
+    probes = load_probes(resolve_probe_dir(None), lm.info.model_hash)
+    site = probes.sites["conflict"]
+    features = default_features(lm, args.default_test, [Site(10), Site(13)], names)["test"]  # ship_probes' capture
+    table = {}
+    for name in names:
+        X, y, _ = features[name].target("conflict", site)
+        logit = probes.probes["conflict"].decision_function(X)
+        found = recall_signal(data, features[name].items, answers, prompt_format(name, lm.tokenizer))
+        recall = signal_rows(features[name].items, found, ["recall"])["recall"]
+        table[name] = {detector: {"accuracy": float(np.mean(decision == y)), "auroc": _auroc(y, score)}
+                       for detector, score, decision in (("probe", logit, logit > 0), ("recall", recall, recall > 0.5))}
+    return {"n_items": len(items), "table": table}
+
+
+def signal_dir(root: Path, name: str) -> Path:
+    """Where bench_detectors.py wrote format ``name``'s signals: ``root`` for three_shot, else ``root-name``."""
+    return root if name == DEFAULT_FORMAT else root.with_name(f"{root.name}-{name}")
+
+
+def cached_signals(folder: Path) -> dict[str, dict]:
+    """Every ``signals-*.json`` chunk of ``folder`` (what :func:`signals` cached), merged."""
+    found: dict[str, dict] = {}
+    for path in sorted(folder.glob("signals-*.json")):
+        found.update(json.loads(path.read_text()))
+    return found
 
 
 def fit_combinations(lm, train: ProbingData, sig: dict, items: ConflictDataset, folder: Path,

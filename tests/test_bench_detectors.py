@@ -1,0 +1,80 @@
+"""benchmarks/bench_detectors.py: the held-out (relation, format) folds and the recall signal it scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark_module import benchmark_module
+from sparekit.data import ConflictDataset, ConflictExample
+from sparekit.data.formats import prompt_format
+from sparekit.hooks import Site
+from sparekit.probes import ProbingData
+from sparekit.probes.experiment import stack_formats
+
+SITE = Site(0)
+FORMATS = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    yield from benchmark_module("bench_detectors")
+
+
+def _items(n: int = 48) -> ConflictDataset:
+    rows = [ConflictExample(id=f"r{i}", question=f"What is x{i}?", org_context=f"x{i} is red.", org_answer=("red",),
+                            sub_context=f"x{i} is blue.", sub_answer=("blue",), relation=f"rel{i % 8}")
+            for i in range(n)]
+    return ConflictDataset(rows, "d")
+
+
+def _stacked(items: ConflictDataset) -> ProbingData:
+    """The items in formats a, b, c; column 3 tags a row's relation (0-7) and column 4 its format (0-2)."""
+    rng = np.random.default_rng(0)
+    found = {}
+    for tag, name in enumerate(FORMATS):
+        org = torch.as_tensor(rng.normal(size=(len(items), 5)), dtype=torch.float32)
+        org[:, 3] = torch.tensor([int(ex.relation[3:]) for ex in items], dtype=torch.float32)
+        org[:, 4] = tag
+        sub = org.clone()
+        sub[:, 0] += 4.0
+        found[name] = ProbingData(items, {SITE: org}, {SITE: sub}, [])
+    return stack_formats(found)
+
+
+def test_a_held_out_relation_and_format_never_enter_the_probe_fit(bench, monkeypatch):
+    seen: list[np.ndarray] = []
+    real = bench.LinearProbe.fit
+
+    def spy(self, X, y):
+        seen.append(X.numpy()[:, 3:5])
+        return real(self, X, y)
+
+    monkeypatch.setattr(bench.LinearProbe, "fit", spy)
+    data = _stacked(_items())
+    n = len(data.items)
+    perfect = np.repeat([0.1, 0.9], n)  # a signal right on every row
+    perfect[:6] = np.nan  # not computed on six org rows: they leave dev and test
+    fold = bench.fold_scores(data, {"recall": perfect}, [SITE], "rel3", seed=0, test_fmt="b")
+    tags = seen[0]
+    assert not ((tags[:, 0] == 3) | (tags[:, 1] == 1)).any()  # neither rel3 nor format b was fitted on
+    assert not np.isin(tags[:, 0], [int(r[3:]) for r in fold["dev_relations"]]).any()
+    assert fold["recall"]["test_accuracy"] == 1.0 and fold["recall"]["test_auroc"] == 1.0
+    assert fold["probe"]["test_accuracy"] > 0.8 and set(fold) >= {"probe+recall", "format", "site"}
+    folds = {r: [bench.fold_scores(data, {"recall": perfect}, [SITE], r, 0, f, {}) for f in FORMATS]
+             for r in ("rel0", "rel1")}
+    table = bench.summarise(folds)
+    assert set(table["recall"]["by_format"]["folds"]) == set(FORMATS)
+    assert table["recall"]["test_accuracy"]["worst"] == 1.0 and "jsd" not in table
+
+
+def test_the_recall_signal_reads_the_context_against_the_closed_book_answer(bench):
+    items = _items(8)
+    answers = {ex.id: {"closed": "Red" if i % 2 else "the colour green", "p_first": 0.8} for i, ex in enumerate(items)}
+    found = bench.recall_signal(items, items, answers, prompt_format("rag"))
+    odd, even = found["r1"], found["r0"]
+    assert odd["recall_org"] == pytest.approx(0.1) and odd["recall_sub"] == pytest.approx(0.9)
+    assert even["recall_org"] == pytest.approx(0.9)  # "green" is in neither context: both read as conflicts
+    rows = bench.signal_rows(items, found, ["recall"])["recall"]
+    assert rows.shape == (16,) and rows[1] == pytest.approx(0.1) and rows[9] == pytest.approx(0.9)
