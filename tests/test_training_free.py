@@ -187,8 +187,16 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
         assert result["prompt_format"] == fmt and isinstance(result["closed_book_answer"], str)
         assert main([*ask, "--detector", "recall", "--prompt-format", fmt]) == 0  # its own closed-book prompt
         recalled = json.loads(capsys.readouterr().out)
-        assert recalled["closed_book_answer"] == readings["recall"]["closed_book_answer"] and recalled["prompt_format"] == fmt
-    assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--detector", "recall"]) == 0
+        assert recalled["closed_book_answer"] == readings["recall"]["closed_book_answer"]
+        assert recalled["prompt_format"] == fmt and recalled["prompt"].startswith(("context:", "Passage:", "Context"))
+    from sparekit.models import load_model
+    from sparekit.probes.detect import detect
+
+    library = detect(load_model(str(folder)), "q3", "it is x3", run, detector="recall")  # the library reads it alike
+    assert library["prompt"] == readings["recall"]["prompt"]
+    assert library["conflict_probability"] == pytest.approx(readings["recall"]["conflict_probability"])
+    assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3",
+                 "--detector", "recall"]) == 0
     assert "closed-book answer: " in capsys.readouterr().out
 
 

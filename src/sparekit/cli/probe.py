@@ -96,8 +96,8 @@ def _render_detector(r: dict) -> str:
         lines.append(f"answer with the context: {r['answer']!r}, closed-book: {r['closed_book_answer']!r}")
     if "unrecalled" in r:
         named = "does not name it" if r["unrecalled"] else "names it (or it repeats the question)"
-        lines.append(f"closed-book answer: {r['closed_book_answer']!r} (first token {r['closed_book_confidence']:.0%}); "
-                     f"the context {named}")
+        lines.append(f"closed-book answer: {r['closed_book_answer']!r} "
+                     f"(first token {r['closed_book_confidence']:.0%}); the context {named}")
     if "probe_conflict_probability" in r:
         lines.append(f"probe alone: {r['probe_conflict_probability']:.1%} ({r['sites']['conflict']}, {r['probe_dir']})")
     return "\n".join(lines) + _distribution_warning(r)

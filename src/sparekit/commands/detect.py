@@ -56,20 +56,15 @@ class DetectCommand:
         sites; with ``--question`` also the ``prompt`` read); bad probes or detectors fail before the model loads."""
         # deliberately lazy: the probes' readers and the model stack import torch and transformers
         from sparekit.models import load_model
-        from sparekit.probes.detect import (detect, detect_prompt, probes_model, prompt_builder,  # lazy, as above
-                                            resolve_probe_dir)
+        from sparekit.probes.detect import detect, detect_prompt, probes_model, resolve_probe_dir  # lazy, as above
         from sparekit.probes.training_free import check_detector_inputs, detect_with  # lazy, as above
 
         folder = resolve_probe_dir(self.probe)
-        contexts = self.contexts or None
         check_detector_inputs(self.detector, self.prompt, folder, bool(self.contexts))
         lm = load_model(self.model or probes_model(folder), device=self.device, device_map=self.device_map)
+        if self.prompt is None:
+            return detect(lm, self.question, self.contexts or None, folder, self.prompt_format,  # type: ignore[arg-type]
+                          self.max_tokens, self.detector)
         if self.detector == "probe":
-            return detect_prompt(lm, self.prompt, folder, self.max_tokens) if self.prompt is not None else \
-                detect(lm, self.question, contexts, folder, self.prompt_format, self.max_tokens)  # type: ignore[arg-type]
-        if self.prompt is not None:
-            return detect_with(lm, self.prompt, self.detector, folder, self.max_tokens)
-        builder = prompt_builder(lm, folder, self.prompt_format)  # the closed-book twin from the same builder
-        result = detect_with(lm, builder(self.question, contexts), self.detector, folder, self.max_tokens,
-                             builder.without_passages(self.question), self.question)
-        return {**result, "prompt_format": self.prompt_format}
+            return detect_prompt(lm, self.prompt, folder, self.max_tokens)
+        return detect_with(lm, self.prompt, self.detector, folder, self.max_tokens)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparekit.data.formats import DEFAULT_FORMAT, Passages, PromptBuilder, PromptFormat, Shot, parse_shot, prompt_format
+from sparekit.data.formats import (DEFAULT_FORMAT, Passages, PromptBuilder, PromptFormat, Shot, parse_shot, passages,
+                                   prompt_format)
 from sparekit.data.prompts import check_prompt_text
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
@@ -128,14 +129,25 @@ def prompt_builder(lm: LoadedModel, folder: Path | None = None,
 
 
 def detect(lm: LoadedModel, question: str, context: Passages = None, probe_dir: str | Path | None = None,
-           prompt_format: str = DEFAULT_FORMAT, max_tokens: int | None = MAX_PROMPT_TOKENS) -> dict:
+           prompt_format: str = DEFAULT_FORMAT, max_tokens: int | None = MAX_PROMPT_TOKENS,
+           detector: str = "probe") -> dict:
     """The reading of ``question`` asked with ``context`` (one passage, several or none) in ``prompt_format``,
-    the prompt built as every command builds it; the result also holds the ``prompt`` read."""
+    the prompt built as every command builds it; the result also holds the ``prompt`` read. ``detector``: the
+    probe, or a training-free one (:mod:`sparekit.probes.training_free`; they need a context)."""
     if not question.strip():
         raise SparekitError("the question is empty")
     folder = resolve_probe_dir(probe_dir, lm.info)
-    text = prompt_builder(lm, folder, prompt_format)(question, context)
-    return {**detect_prompt(lm, text, folder, max_tokens), "prompt_format": prompt_format, "prompt": text}
+    builder = prompt_builder(lm, folder, prompt_format)
+    text = builder(question, context)
+    if detector == "probe":
+        reading = detect_prompt(lm, text, folder, max_tokens)
+    else:
+        # lazy: training_free imports this module
+        from sparekit.probes.training_free import check_detector_inputs, detect_with
+
+        check_detector_inputs(detector, None, folder, bool(passages(context)))
+        reading = detect_with(lm, text, detector, folder, max_tokens, builder.without_passages(question), question)
+    return {**reading, "prompt_format": prompt_format, "prompt": text}
 
 
 def read_contexts(lm: LoadedModel, probes: ProbeSet, builder: PromptBuilder, question: str,
