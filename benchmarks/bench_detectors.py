@@ -283,6 +283,12 @@ def timing(lm, texts: list[str], folder: Path, repeats: int = 1) -> dict[str, fl
     return {name: median(v) for name, v in spent.items()}
 
 
+def timing_texts(data: ConflictDataset, items: ConflictDataset, n: int) -> list[str]:
+    """The org and sub three_shot prompts of ``n // 2`` items (seeded): what :func:`timing` reads."""
+    prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT) for c in ("org", "sub")}
+    return [prompts[c][ex.id] for ex in items.sample(n // 2, seed=1) for c in ("org", "sub")]
+
+
 def capped_run_parser(description: str, run_help: str) -> argparse.ArgumentParser:
     """The options every script over a capped broad probe run shares: the run, the output, the layers, the cap."""
     parser = argparse.ArgumentParser(description=description)
@@ -346,10 +352,8 @@ def main() -> None:
     if args.save_combinations is not None:
         result["combinations"] = fit_combinations(lm, train, sig, items, args.save_combinations)
     if args.timing:
-        texts = [t for ex in items.sample(args.timing // 2, seed=1)
-                 for t in (condition_prompts(data, "org", PROMPT_SEED, K_SHOT)[ex.id],
-                           condition_prompts(data, "sub", PROMPT_SEED, K_SHOT)[ex.id])]
-        result["ms_per_prompt"] = timing(lm, texts, args.save_combinations or resolve_probe_dir(None))
+        result["ms_per_prompt"] = timing(lm, timing_texts(data, items, args.timing),
+                                         args.save_combinations or resolve_probe_dir(None))
     atomic_write_json(args.out / "detectors.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("folds",)}, indent=1))
 
@@ -390,6 +394,8 @@ def formats_table(lm, data: ConflictDataset, args: argparse.Namespace, sites: li
         result["source"] = source_table(lm, data, items, answers, args)
     if args.default_test is not None:
         result["default_test"] = default_test_table(lm, args)
+    if args.timing:
+        result["ms_per_prompt"] = timing(lm, timing_texts(data, items, args.timing), resolve_probe_dir(None), 2)
     return result
 
 
