@@ -424,7 +424,10 @@ def source_table(lm, data: ConflictDataset, items: ConflictDataset, answers: dic
         for fold in sorted(set(values)):
             test, train = values == fold, values != fold
             majority = int(y[train].mean() >= 0.5)  # the label most frequent outside the fold
-            folds[fold] = {"n": int(test.sum()), "accuracy": float(np.mean((score[test] > 0) == y[test])),
+            # the two answers' first tokens are the same (12 / 15): the reading says nothing, so the majority
+            said = np.where(score[test] == 0, majority, score[test] > 0)
+            folds[fold] = {"n": int(test.sum()), "accuracy": float(np.mean(said == y[test])),
+                           "tied": float(np.mean(score[test] == 0)),
                            "majority_accuracy": float(np.mean(y[test] == majority)),
                            "auroc": _auroc(y[test], score[test]) if len(set(y[test])) == 2 else None}
         table[field] = {"folds": folds, **{k: fmean(f[k] for f in folds.values()) for k in
