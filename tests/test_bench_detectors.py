@@ -62,6 +62,9 @@ def test_a_held_out_relation_and_format_never_enter_the_probe_fit(bench, monkeyp
     assert not np.isin(tags[:, 0], [int(r[3:]) for r in fold["dev_relations"]]).any()
     assert fold["recall"]["test_accuracy"] == 1.0 and fold["recall"]["test_auroc"] == 1.0
     assert fold["probe"]["test_accuracy"] > 0.8 and set(fold) >= {"probe+recall", "format", "site"}
+    every_format = bench.fold_scores(data, {"recall": perfect}, [SITE], "rel3", seed=0)  # one format's protocol
+    assert every_format["format"] is None and every_format["recall"]["test_accuracy"] == 1.0
+    assert (seen[-1][:, 1] == 1).any() and not (seen[-1][:, 0] == 3).any()  # every format fitted, never rel3
     folds = {r: [bench.fold_scores(data, {"recall": perfect}, [SITE], r, 0, f, {}) for f in FORMATS]
              for r in ("rel0", "rel1")}
     table = bench.summarise(folds)
