@@ -15,6 +15,12 @@ logistic regressions and the default detector are chosen there); r is the test.
 
 ``--prompt-format``: every prompt (the probe's features, the signals' prompts and their closed-book
 twins: the same demonstrations, no passage for the item) in another registered format.
+
+``--formats``: the capped items' captures in several formats stacked; every (held-out relation, held-out
+format, seed) fits the probe on neither, and scores the recall detector (one closed-book generation per
+item, cached under ``--out/recall``) on every item, the cached jsd / disagreement signals (``--signals-from``)
+beside it; ``--source`` adds the training-free source prediction, ``--default-test`` the default dataset's
+test split (BENCHMARKS.md, "The recall detector").
 """
 
 from __future__ import annotations
