@@ -320,11 +320,13 @@ def test_combined_labels_parse():
     from sparekit.steering.bench.protocol import method_kind as _kind
     from sparekit.steering.bench.protocol import partner as _partner
 
-    assert _kind("spare+gate+cad") == ("spare", True) and _partner("spare+gate+cad") == ("cad", True)
-    assert _kind("spare+cad+gate") == ("spare", True) and _partner("spare+cad+gate") == ("cad", False)
-    assert _kind("spare+adacad") == ("spare", False) and _partner("spare+adacad") == ("adacad", False)
-    assert _partner("spare+gate") == (None, False)
-    for bad in ("spare+actadd", "spare+cad+dola", "spare+gate+gate+cad"):
+    assert _kind("spare+gate+cad") == ("spare", "gate") and _partner("spare+gate+cad") == ("cad", True)
+    assert _kind("spare+cad+gate") == ("spare", "gate") and _partner("spare+cad+gate") == ("cad", False)
+    assert _kind("spare+adacad") == ("spare", None) and _partner("spare+adacad") == ("adacad", False)
+    assert _kind("spare+recall+cad") == ("spare", "recall") and _partner("spare+recall+cad") == ("cad", True)
+    assert _kind("spare+cad+recall") == ("spare", "recall") and _partner("spare+cad+recall") == ("cad", False)
+    assert _partner("spare+gate") == (None, False) and _partner("cad+recall") == (None, False)
+    for bad in ("spare+actadd", "spare+cad+dola", "spare+gate+gate+cad", "spare+gate+recall", "cad+recall+recall"):
         with pytest.raises(SparekitError, match="unknown method variant"):
             _kind(bad)
 
