@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from benchmark_module import benchmark_module
 from sparekit.data import ConflictDataset, load_dataset
 from sparekit.models.tiny import tiny_model
 from sparekit.steering import FittedBundle
@@ -61,3 +62,26 @@ def test_a_recall_gated_method_steers_only_where_the_gate_fires(broad_sample, tm
 
 def _cell(out, name: str) -> list[str]:
     return [json.loads(line)["prediction"] for line in (out / "generations" / "test" / f"{name}.jsonl").open()]
+
+
+@pytest.fixture(scope="module")
+def report():
+    yield from benchmark_module("steer_fold_report")
+
+
+def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_conflict(report):
+    sweep = [{"strength": 0.5, "em_no_conflict": 0.6, "em_target": 0.8},
+             {"strength": 0.25, "em_no_conflict": 0.8, "em_target": 0.6}]
+    curve = report.baseline_curve(sweep, (1.0, 0.2))  # strength 0 is the unsteered model
+    assert report.matched(curve, 0.9) == pytest.approx(0.4)  # halfway between strength 0.25 and unsteered
+    assert report.matched(curve, 0.7) == pytest.approx(0.7) and report.matched(curve, 0.5) == pytest.approx(0.8)
+    stat = {"mean": 0.5}
+    fold = {"methods": {"none": {"em_memory": {"mean": 0.2}, "em_no_conflict_memory": {"mean": 1.0},
+                                 "em_context": stat, "em_no_conflict_context": stat},
+                        "cad+recall": {"em_memory": {"mean": 0.7}, "em_no_conflict_memory": {"mean": 0.9},
+                                       "em_context": stat, "em_no_conflict_context": stat,
+                                       "gate_fired": {"sub": {"mean": 0.9}, "org": {"mean": 0.05}}}}}
+    rows = report.matched_rows(fold, {"cad": {"memory": sweep, "context": sweep}}, "cad", ["cad+recall"])
+    assert rows[1] == ("cad+recall", "memory", 0.9, 0.7, pytest.approx(0.4))  # the curve above, toward memory
+    assert rows[0][:2] == ("cad+recall", "context")
+    assert "| cad+recall | 90 / 5 | 90.0 / 5.0 |" in report.fire_table({"x": fold}, ["none", "cad+recall"])
