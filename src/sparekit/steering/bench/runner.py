@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset, held_out_values
 from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches
 from sparekit.evaluation.harness import dataset_fingerprint, mean_std
 from sparekit.evaluation.metrics import behaviour_label, conditional_metrics
 from sparekit.models.loading import LoadedModel
 from sparekit.reporting.steering import HEADLINE, mean_frontier
-from sparekit.evaluation.generation import batches
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Gate, SteeringPrompt, make_method
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench.data import Splits, benchmark_splits, cached_behaviour, memorised_items
