@@ -6,11 +6,12 @@ reads the folds whose every listed method finished, builds the same summary
 (:func:`sparekit.steering.bench.runner.fold_summary`: mean over folds, spread, worst fold) and prints the
 fold table, then per fold and method EM with a 95 % Wilson interval over its test items (one seed: the
 interval is over items only) and the dev choices; for gated methods, how often their gate fired on the test
-prompts; with ``--matched cad`` (each fold's ``frontier.json`` from ``sparekit bench frontier --methods cad``),
-each gated method against that baseline's strength sweep at the same EM without conflict.
+prompts; with ``--matched cad,adacad`` (each fold's ``frontier.json`` from ``sparekit bench frontier --methods
+cad``; a baseline without a sweep counts with its tuned setting), each gated method against the best of those
+baselines at the same EM without conflict.
 
     python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,adacad,actadd,spare,spare+gate
-    python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,cad+recall --matched cad
+    python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,adacad,cad+recall --matched cad,adacad
 """
 
 from __future__ import annotations
@@ -69,27 +70,38 @@ def fire_table(runs: dict[str, dict], methods: list[str]) -> str:
 
 
 def baseline_curve(points: list[dict], unsteered: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(EM without conflict, EM toward the target) along a baseline's strength sweep, strength 0 (unsteered)
-    first, sorted by EM without conflict for interpolation."""
+    """(EM without conflict, EM toward the target) along a baseline's strength sweep with strength 0 (unsteered),
+    sorted by EM without conflict, each target EM raised to the best the sweep reaches at that EM without
+    conflict or more (the upper envelope: in the baseline's favour where the sweep is not monotone)."""
     pairs = sorted([unsteered] + [(p["em_no_conflict"], p["em_target"]) for p in points])
-    return np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    best = np.maximum.accumulate(np.array([b for _, b in pairs])[::-1])[::-1]
+    return np.array([a for a, _ in pairs]), best
 
 
 def matched(curve: tuple[np.ndarray, np.ndarray], no_conflict: float) -> float:
     """The baseline's EM toward the target where its sweep has ``no_conflict`` EM without conflict (linear
-    between the neighbouring strengths; the curve's end beyond them)."""
+    between the neighbouring points of :func:`baseline_curve`; the curve's end beyond them)."""
     x, y = curve
     return float(np.interp(no_conflict, x, y))
 
 
-def matched_rows(result: dict, frontier: dict, baseline: str, gated: list[str]) -> list[tuple]:
-    """(method, direction, its EM without conflict, its EM toward the target, the baseline's at that EM without
-    conflict) for one fold's results (or their mean) and the baseline's frontier there."""
+def baseline_points(result: dict, frontier: dict, baseline: str, toward: str) -> list[dict]:
+    """``baseline``'s points toward ``toward``: its strength sweep where ``frontier`` has one, else its one
+    dev-tuned setting from ``result``."""
+    if baseline in frontier:
+        return frontier[baseline][toward]
+    r = result["methods"][baseline]
+    return [{"em_no_conflict": r[f"em_no_conflict_{toward}"]["mean"], "em_target": r[f"em_{toward}"]["mean"]}]
+
+
+def matched_rows(result: dict, frontier: dict, baselines: list[str], gated: list[str]) -> list[tuple]:
+    """(method, direction, its EM without conflict, its EM toward the target, the best of ``baselines`` at that
+    EM without conflict) for one fold's results (or their mean) and its frontiers."""
     none = result["methods"]["none"]
     rows = []
     for toward in DIRECTIONS:
-        curve = baseline_curve(frontier[baseline][toward],
-                               (none[f"em_no_conflict_{toward}"]["mean"], none[f"em_{toward}"]["mean"]))
+        points = [p for b in baselines for p in baseline_points(result, frontier, b, toward)]
+        curve = baseline_curve(points, (none[f"em_no_conflict_{toward}"]["mean"], none[f"em_{toward}"]["mean"]))
         for label in gated:
             r = result["methods"][label]
             free, target = r[f"em_no_conflict_{toward}"]["mean"], r[f"em_{toward}"]["mean"]
@@ -97,19 +109,21 @@ def matched_rows(result: dict, frontier: dict, baseline: str, gated: list[str]) 
     return rows
 
 
-def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baseline: str) -> str:
-    """Each gated method against ``baseline`` at matched EM without conflict: the mean over folds (the mean
-    frontier, the mean of the gated rows) and the number of folds where the gated method is ahead."""
+def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baselines: list[str]) -> str:
+    """Each gated method against the best of ``baselines`` (their sweeps, else their tuned settings) at matched
+    EM without conflict: on the mean over folds (the mean frontier, the mean of the rows) and the number of
+    folds where the gated method is ahead."""
     frontiers = {f: read_json(run / f"held-out-{f}" / "frontier.json") for f in runs}
     gated = [m for m in methods if "+" in m]
-    per_fold = {f: matched_rows(runs[f], frontiers[f], baseline, gated) for f in runs}
+    per_fold = {f: matched_rows(runs[f], frontiers[f], baselines, gated) for f in runs}
     mean_result = {"methods": {label: {key: {"mean": float(np.mean([r["methods"][label][key]["mean"]
                                                                        for r in runs.values()]))}
                                        for key in runs[next(iter(runs))]["methods"][label]
-                                       if key.startswith("em_")} for label in ["none", *gated]}}
-    rows = matched_rows(mean_result, mean_frontier(list(frontiers.values())), baseline, gated)
-    lines = [f"| gated method | toward | EM without conflict | EM toward target | {baseline} at that EM without "
-             f"conflict | ahead of {baseline} (folds) |", "|---|---|---|---|---|---|"]
+                                       if key.startswith("em_")} for label in ["none", *baselines, *gated]}}
+    rows = matched_rows(mean_result, mean_frontier(list(frontiers.values())), baselines, gated)
+    name = " / ".join(baselines)
+    lines = [f"| gated method | toward | EM without conflict | EM toward target | best of {name} at that EM "
+             f"without conflict | ahead (folds) |", "|---|---|---|---|---|---|"]
     for i, (label, toward, free, target, base) in enumerate(rows):
         ahead = sum(fold[i][3] > fold[i][4] for fold in per_fold.values())
         lines.append(f"| {label} | {toward} | {100 * free:.1f} | {100 * target:.1f} | {100 * base:.1f} "
@@ -121,8 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--methods", default="none,cad,adacad,actadd,spare,spare+gate")
-    parser.add_argument("--matched", metavar="BASELINE", help="compare the gated methods with this baseline's "
-                                                                "strength sweep (each fold's frontier.json)")
+    parser.add_argument("--matched", metavar="BASELINES", help="compare the gated methods with the best of these "
+                        "baselines (comma-separated; each one's strength sweep from the folds' frontier.json, else "
+                        "its tuned setting)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     runs = finished_folds(args.run, methods)
@@ -133,7 +148,7 @@ def main() -> None:
     print(interval_table(runs, methods), "\n")
     print(fire_table(runs, methods))
     if args.matched:
-        print("\n" + matched_table(args.run, runs, methods, args.matched))
+        print("\n" + matched_table(args.run, runs, methods, args.matched.split(",")))
 
 
 if __name__ == "__main__":

@@ -75,13 +75,19 @@ def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_confli
     curve = report.baseline_curve(sweep, (1.0, 0.2))  # strength 0 is the unsteered model
     assert report.matched(curve, 0.9) == pytest.approx(0.4)  # halfway between strength 0.25 and unsteered
     assert report.matched(curve, 0.7) == pytest.approx(0.7) and report.matched(curve, 0.5) == pytest.approx(0.8)
+    worse = report.baseline_curve([*sweep, {"strength": 1.0, "em_no_conflict": 0.5, "em_target": 0.1}], (1.0, 0.2))
+    assert report.matched(worse, 0.5) == pytest.approx(0.8)  # a strength that is worse on both counts is ignored
     stat = {"mean": 0.5}
     fold = {"methods": {"none": {"em_memory": {"mean": 0.2}, "em_no_conflict_memory": {"mean": 1.0},
                                  "em_context": stat, "em_no_conflict_context": stat},
                         "cad+recall": {"em_memory": {"mean": 0.7}, "em_no_conflict_memory": {"mean": 0.9},
                                        "em_context": stat, "em_no_conflict_context": stat,
                                        "gate_fired": {"sub": {"mean": 0.9}, "org": {"mean": 0.05}}}}}
-    rows = report.matched_rows(fold, {"cad": {"memory": sweep, "context": sweep}}, "cad", ["cad+recall"])
+    rows = report.matched_rows(fold, {"cad": {"memory": sweep, "context": sweep}}, ["cad"], ["cad+recall"])
     assert rows[1] == ("cad+recall", "memory", 0.9, 0.7, pytest.approx(0.4))  # the curve above, toward memory
     assert rows[0][:2] == ("cad+recall", "context")
+    fold["methods"]["adacad"] = {"em_memory": {"mean": 0.75}, "em_no_conflict_memory": {"mean": 0.95},
+                                 "em_context": stat, "em_no_conflict_context": stat}
+    best = report.matched_rows(fold, {"cad": {"memory": sweep, "context": sweep}}, ["cad", "adacad"], ["cad+recall"])
+    assert best[1][4] == pytest.approx(0.75)  # adacad's one setting (no sweep) is ahead of cad's sweep at 0.9
     assert "| cad+recall | 90 / 5 | 90.0 / 5.0 |" in report.fire_table({"x": fold}, ["none", "cad+recall"])
