@@ -122,12 +122,14 @@ def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baseline
                                        if key.startswith("em_")} for label in ["none", *baselines, *gated]}}
     rows = matched_rows(mean_result, mean_frontier(list(frontiers.values())), baselines, gated)
     name = " / ".join(baselines)
-    lines = [f"| gated method | toward | EM without conflict | EM toward target | best of {name} at that EM "
-             f"without conflict | ahead (folds) |", "|---|---|---|---|---|---|"]
+    lines = [f"| gated method | toward | mean: EM without conflict / toward target / best of {name} there | "
+             + " | ".join(f"{f}: gated / best baseline" for f in per_fold) + " | ahead (folds) |",
+             "|---|---|---|" + "---|" * len(per_fold) + "---|"]
     for i, (label, toward, free, target, base) in enumerate(rows):
+        folds = [f"{100 * fold[i][3]:.0f} / {100 * fold[i][4]:.0f}" for fold in per_fold.values()]
         ahead = sum(fold[i][3] > fold[i][4] for fold in per_fold.values())
-        lines.append(f"| {label} | {toward} | {100 * free:.1f} | {100 * target:.1f} | {100 * base:.1f} "
-                     f"| {ahead} of {len(per_fold)} |")
+        lines.append(f"| {label} | {toward} | {100 * free:.1f} / {100 * target:.1f} / {100 * base:.1f} | "
+                     f"{' | '.join(folds)} | {ahead} of {len(per_fold)} |")
     return "\n".join(lines)
 
 
