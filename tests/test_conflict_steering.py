@@ -24,6 +24,7 @@ from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
 from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
 from sparekit.evaluation.divergence import jensen_shannon
+from sparekit.steering.base import Gate
 from sparekit.steering.baselines.juice import DualRun, scale_heads
 from sparekit.steering.output_effect import answer_first_tokens
 
@@ -331,8 +332,8 @@ def test_combined_labels_parse():
             _kind(bad)
 
 
-class _EveryOtherRow:
-    """A gate that fires on rows 0, 2, … of each batch."""
+class _EveryOtherRow(Gate):
+    """A gate that fires on rows 0, 2, … of each batch (read at its site, as the conflict probe is)."""
 
     site = Site(1)
 
