@@ -30,7 +30,7 @@ from sparekit.models import load_model
 from sparekit.steering import make_method
 from sparekit.reporting.steering import markdown_table
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
-from sparekit.steering.bench.protocol import method_kind
+from sparekit.steering.bench.protocol import method_kind, partner
 from sparekit.utils.io import atomic_write_json
 
 LAYERS = (9, 10, 11, 12)
@@ -42,8 +42,8 @@ FIXED: dict[str, tuple[dict, float | None]] = {
 
 
 def config_for(methods: tuple[str, ...], selection: str, test_limit: int) -> BenchConfig:
-    kinds = {method_kind(label)[0] for label in methods} | {p for label in methods for p in label.split("+")[1:]
-                                                       if p != "gate"}
+    kinds = {method_kind(label)[0] for label in methods} | {partner(label)[0] for label in methods
+                                                           if partner(label)[0] is not None}
     params = {kind: dict(FIXED[kind][0]) for kind in kinds}
     if "spare" in params:
         params["spare"]["selection"] = selection

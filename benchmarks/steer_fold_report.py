@@ -5,9 +5,13 @@ own processes (``--held-out-kind K --out <run>/held-out-K``) write ``results.jso
 reads the folds whose every listed method finished, builds the same summary
 (:func:`sparekit.steering.bench.runner.fold_summary`: mean over folds, spread, worst fold) and prints the
 fold table, then per fold and method EM with a 95 % Wilson interval over its test items (one seed: the
-interval is over items only) and the dev choices.
+interval is over items only) and the dev choices; for gated methods, how often their gate fired on the test
+prompts; with ``--matched cad,adacad`` (each fold's ``frontier.json`` from ``sparekit bench frontier --methods
+cad``; a baseline without a sweep counts with its tuned setting), each gated method against the best of those
+baselines at the same EM without conflict.
 
     python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,adacad,actadd,spare,spare+gate
+    python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,adacad,cad+recall --matched cad,adacad
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from sparekit.kv.sweep import wilson
-from sparekit.reporting.steering import HEADLINE, describe, fold_table
+from sparekit.reporting.steering import HEADLINE, describe, fold_table, mean_frontier
+from sparekit.steering.base import DIRECTIONS
 from sparekit.steering.bench.runner import fold_summary
 from sparekit.utils.io import atomic_write_json, read_json
 
@@ -50,10 +57,89 @@ def interval_table(runs: dict[str, dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def fire_table(runs: dict[str, dict], methods: list[str]) -> str:
+    """Per fold and gated method: the share of test prompts its gate fired on, with and without conflict (%)."""
+    gated = [m for m in methods if all("gate_fired" in r["methods"][m] for r in runs.values())]
+    lines = ["| gated method | " + " | ".join(f"{f}: conflict / no conflict" for f in runs) + " | mean |",
+             "|---|" + "---|" * (len(runs) + 1)]
+    for label in gated:
+        rates = [[100 * r["methods"][label]["gate_fired"][c]["mean"] for c in ("sub", "org")] for r in runs.values()]
+        cells = [f"{a:.0f} / {b:.0f}" for a, b in rates] + [" / ".join(f"{x:.1f}" for x in np.mean(rates, 0))]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def baseline_curve(points: list[dict], unsteered: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(EM without conflict, EM toward the target) along a baseline's strength sweep with strength 0 (unsteered),
+    sorted by EM without conflict, each target EM raised to the best the sweep reaches at that EM without
+    conflict or more (the upper envelope: in the baseline's favour where the sweep is not monotone)."""
+    pairs = sorted([unsteered] + [(p["em_no_conflict"], p["em_target"]) for p in points])
+    best = np.maximum.accumulate(np.array([b for _, b in pairs])[::-1])[::-1]
+    return np.array([a for a, _ in pairs]), best
+
+
+def matched(curve: tuple[np.ndarray, np.ndarray], no_conflict: float) -> float:
+    """The baseline's EM toward the target where its sweep has ``no_conflict`` EM without conflict (linear
+    between the neighbouring points of :func:`baseline_curve`; the curve's end beyond them)."""
+    x, y = curve
+    return float(np.interp(no_conflict, x, y))
+
+
+def baseline_points(result: dict, frontier: dict, baseline: str, toward: str) -> list[dict]:
+    """``baseline``'s points toward ``toward``: its strength sweep where ``frontier`` has one, else its one
+    dev-tuned setting from ``result``."""
+    if baseline in frontier:
+        return frontier[baseline][toward]
+    r = result["methods"][baseline]
+    return [{"em_no_conflict": r[f"em_no_conflict_{toward}"]["mean"], "em_target": r[f"em_{toward}"]["mean"]}]
+
+
+def matched_rows(result: dict, frontier: dict, baselines: list[str], gated: list[str]) -> list[tuple]:
+    """(method, direction, its EM without conflict, its EM toward the target, the best of ``baselines`` at that
+    EM without conflict) for one fold's results (or their mean) and its frontiers."""
+    none = result["methods"]["none"]
+    rows = []
+    for toward in DIRECTIONS:
+        points = [p for b in baselines for p in baseline_points(result, frontier, b, toward)]
+        curve = baseline_curve(points, (none[f"em_no_conflict_{toward}"]["mean"], none[f"em_{toward}"]["mean"]))
+        for label in gated:
+            r = result["methods"][label]
+            free, target = r[f"em_no_conflict_{toward}"]["mean"], r[f"em_{toward}"]["mean"]
+            rows.append((label, toward, free, target, matched(curve, free)))
+    return rows
+
+
+def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baselines: list[str]) -> str:
+    """Each gated method against the best of ``baselines`` (their sweeps, else their tuned settings) at matched
+    EM without conflict: on the mean over folds (the mean frontier, the mean of the rows) and the number of
+    folds where the gated method is ahead."""
+    frontiers = {f: read_json(run / f"held-out-{f}" / "frontier.json") for f in runs}
+    gated = [m for m in methods if "+" in m]
+    per_fold = {f: matched_rows(runs[f], frontiers[f], baselines, gated) for f in runs}
+    mean_result = {"methods": {label: {key: {"mean": float(np.mean([r["methods"][label][key]["mean"]
+                                                                       for r in runs.values()]))}
+                                       for key in runs[next(iter(runs))]["methods"][label]
+                                       if key.startswith("em_")} for label in ["none", *baselines, *gated]}}
+    rows = matched_rows(mean_result, mean_frontier(list(frontiers.values())), baselines, gated)
+    name = " / ".join(baselines)
+    lines = [f"| gated method | toward | mean: EM without conflict / toward target / best of {name} there | "
+             + " | ".join(f"{f}: gated / best baseline" for f in per_fold) + " | ahead (folds) |",
+             "|---|---|---|" + "---|" * len(per_fold) + "---|"]
+    for i, (label, toward, free, target, base) in enumerate(rows):
+        folds = [f"{100 * fold[i][3]:.0f} / {100 * fold[i][4]:.0f}" for fold in per_fold.values()]
+        ahead = sum(fold[i][3] > fold[i][4] for fold in per_fold.values())
+        lines.append(f"| {label} | {toward} | {100 * free:.1f} / {100 * target:.1f} / {100 * base:.1f} | "
+                     f"{' | '.join(folds)} | {ahead} of {len(per_fold)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--methods", default="none,cad,adacad,actadd,spare,spare+gate")
+    parser.add_argument("--matched", metavar="BASELINES", help="compare the gated methods with the best of these "
+                        "baselines (comma-separated; each one's strength sweep from the folds' frontier.json, else "
+                        "its tuned setting)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     runs = finished_folds(args.run, methods)
@@ -61,7 +147,10 @@ def main() -> None:
     atomic_write_json(args.run / "folds_done.json", summary)
     print(f"folds done: {', '.join(runs)}\n")
     print(fold_table(summary), "\n")
-    print(interval_table(runs, methods))
+    print(interval_table(runs, methods), "\n")
+    print(fire_table(runs, methods))
+    if args.matched:
+        print("\n" + matched_table(args.run, runs, methods, args.matched.split(",")))
 
 
 if __name__ == "__main__":

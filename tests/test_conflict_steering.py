@@ -24,6 +24,7 @@ from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
 from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
 from sparekit.evaluation.divergence import jensen_shannon
+from sparekit.steering.base import Gate
 from sparekit.steering.baselines.juice import DualRun, scale_heads
 from sparekit.steering.output_effect import answer_first_tokens
 
@@ -320,17 +321,19 @@ def test_combined_labels_parse():
     from sparekit.steering.bench.protocol import method_kind as _kind
     from sparekit.steering.bench.protocol import partner as _partner
 
-    assert _kind("spare+gate+cad") == ("spare", True) and _partner("spare+gate+cad") == ("cad", True)
-    assert _kind("spare+cad+gate") == ("spare", True) and _partner("spare+cad+gate") == ("cad", False)
-    assert _kind("spare+adacad") == ("spare", False) and _partner("spare+adacad") == ("adacad", False)
-    assert _partner("spare+gate") == (None, False)
-    for bad in ("spare+actadd", "spare+cad+dola", "spare+gate+gate+cad"):
+    assert _kind("spare+gate+cad") == ("spare", "gate") and _partner("spare+gate+cad") == ("cad", True)
+    assert _kind("spare+cad+gate") == ("spare", "gate") and _partner("spare+cad+gate") == ("cad", False)
+    assert _kind("spare+adacad") == ("spare", None) and _partner("spare+adacad") == ("adacad", False)
+    assert _kind("spare+recall+cad") == ("spare", "recall") and _partner("spare+recall+cad") == ("cad", True)
+    assert _kind("spare+cad+recall") == ("spare", "recall") and _partner("spare+cad+recall") == ("cad", False)
+    assert _partner("spare+gate") == (None, False) and _partner("cad+recall") == (None, False)
+    for bad in ("spare+actadd", "spare+cad+dola", "spare+gate+gate+cad", "spare+gate+recall", "cad+recall+recall"):
         with pytest.raises(SparekitError, match="unknown method variant"):
             _kind(bad)
 
 
-class _EveryOtherRow:
-    """A gate that fires on rows 0, 2, … of each batch."""
+class _EveryOtherRow(Gate):
+    """A gate that fires on rows 0, 2, … of each batch (read at its site, as the conflict probe is)."""
 
     site = Site(1)
 

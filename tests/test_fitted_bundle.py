@@ -21,7 +21,7 @@ from sparekit.models.tiny import tiny_model
 from sparekit.probes.linear import LinearProbe
 from sparekit.steering import BehaviourData, FittedBundle, FittedSteering, SteeringMethod, SteeringPrompt, make_method
 from sparekit.steering.fitted import shipped_root
-from sparekit.steering.gate import ProbeGate
+from sparekit.steering.gate import ProbeGate, RecallGate
 from sparekit.utils.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +70,21 @@ def test_a_saved_bundle_loads_back_and_generates_the_same(lm, bundle, tmp_path):
     # saved again over itself: replaced whole, no temporary folder left beside it
     loaded.save(folder)
     assert [p.name for p in tmp_path.iterdir()] == ["actadd"]
+
+
+def test_a_bundle_gated_on_recall_records_only_the_gates_name(lm, bundle, tmp_path):
+    recall = FittedBundle("actadd+recall", bundle.directions, bundle.demos, lm.info.model_hash, RecallGate())
+    folder = recall.save(tmp_path / "actadd+recall")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "context", "memory", "tensors.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["params"]["gate"] == "recall"
+    loaded = FittedBundle.load(folder, lm.info.model_hash)
+    assert isinstance(loaded.require_gate(), RecallGate) and loaded["memory"].strength == 4.0
+    assert "gate" not in json.loads((bundle.save(tmp_path / "probe") / "config.json").read_text())["params"]
+    config["params"]["gate"] = "recal"
+    atomic_write_json(folder / "config.json", config)
+    with pytest.raises(SparekitError, match="unknown training-free gate 'recal'"):
+        FittedBundle.load(folder)
 
 
 def test_a_failed_save_leaves_the_old_bundle_whole(bundle, tmp_path, monkeypatch):

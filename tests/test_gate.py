@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from sparekit.data import ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.models.tiny import tiny_model
 from sparekit.steering import SteeringPrompt, make_method
-from sparekit.steering.gate import ProbeGate, fit_probe_gate, threshold_for_false_positive_rate
+from sparekit.steering.gate import (ProbeGate, RecallGate, fit_probe_gate, threshold_for_false_positive_rate,
+                                    training_free_gate)
 
 
 def test_threshold_lets_at_most_the_budget_fire():
@@ -146,3 +149,55 @@ def test_a_gated_edit_outside_steered_generate_is_refused():
     with _strong_actadd(lm).steer(lm, "memory", strength=1.0, gate=_half_firing_gate(lm, prompts)):
         with pytest.raises(SparekitError, match="decides per batch"):
             lm.model(**tokenize(lm, [p.text for p in prompts], position_ids=True))
+
+
+# -- the recall gate: decides from the prompt, fits nothing ------------------------------------------------------
+def _recall_prompts(lm) -> list[SteeringPrompt]:
+    """Pairs per item: the no-conflict context names the tiny model's own closed-book answer, the conflict one does
+    not (the answers are read first, so the test does not depend on what a random model happens to say)."""
+    from sparekit.probes.training_free import closed_book_answers
+
+    examples = [ConflictExample(id=f"r{i}", question=f"who made item {i}?", org_context="", org_answer=("Ann",),
+                                sub_context=f"Item {i} was made by zzz.", sub_answer=("zzz",)) for i in range(3)]
+    closed, _ = closed_book_answers(lm, [SteeringPrompt(ex, None, ()).text for ex in examples])
+    prompts = []
+    for ex, answer in zip(examples, closed):
+        ex = replace(ex, org_context=f"Item {ex.id} was made by {answer}.")
+        prompts += [SteeringPrompt(ex, "org", ()), SteeringPrompt(ex, "sub", ())]
+    return prompts
+
+
+def test_the_recall_gate_fires_where_the_context_does_not_name_the_closed_book_answer():
+    lm = tiny_model("llama")
+    prompts = _recall_prompts(lm)
+    gate = RecallGate()
+    assert gate.decide(lm, prompts).tolist() == [False, True] * 3
+    gate._closed = {key: "Bob" for key in gate._closed}  # a cached closed-book answer is what it reads next time
+    assert gate.decide(lm, prompts).tolist() == [True, True] * 3
+
+
+@pytest.mark.parametrize("kind", ["actadd", "cad"])
+def test_recall_gated_steering_decodes_rows_it_does_not_fire_on_as_unsteered(kind):
+    lm = tiny_model("llama")
+    prompts = _recall_prompts(lm)
+    method, strength = (_strong_actadd(lm), 1.0) if kind == "actadd" else (make_method("cad").fit(None), 8.0)
+    golds = ["Ann"] * len(prompts)
+    with make_method("none").fit(None).steer(lm, "memory", batch_size=len(prompts)) as plain:  # type: ignore[arg-type]
+        answers, nll = plain.generate(prompts, max_new_tokens=4), plain.answer_nll(prompts, golds)
+    with method.steer(lm, "memory", strength=strength, gate=RecallGate(), batch_size=len(prompts)) as steered:
+        gated_answers, gated_nll = steered.generate(prompts, max_new_tokens=4), steered.answer_nll(prompts, golds)
+        fired = steered.last_fired.tolist()
+    with method.steer(lm, "memory", strength=strength, batch_size=len(prompts)) as ungated:
+        ungated_nll = ungated.answer_nll(prompts, golds)
+    assert fired == [False, True] * 3
+    for row, fires in enumerate(fired):
+        if fires:
+            assert gated_nll[row] == pytest.approx(ungated_nll[row], rel=1e-5) and gated_nll[row] != nll[row]
+        else:
+            assert gated_nll[row] == nll[row] and gated_answers[row] == answers[row]
+
+
+def test_an_unknown_training_free_gate_is_one_error_line():
+    assert isinstance(training_free_gate("recall"), RecallGate)
+    with pytest.raises(SparekitError, match="unknown training-free gate 'recal'.*did you mean 'recall'"):
+        training_free_gate("recal")

@@ -17,7 +17,9 @@ from sparekit.hooks.core import is_prompt_pass
 from sparekit.models.tiny import tiny_model
 from sparekit.probes.detect import detect_prompt, load_probes, prompt_builder
 from sparekit.probes.reading import read_prompts
+from sparekit.cli.steer import render
 from sparekit.steering import SteeringPrompt
+from sparekit.steering import gate as gate_module
 from sparekit.steering.fitted import FittedBundle
 from sparekit.steering.gate import ProbeGate
 
@@ -103,3 +105,21 @@ def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold
     assert (result["steered"] != result["unsteered"]) == fires
     detected = detect_prompt(lm, result["prompt"], assets[0])
     assert result["detection"]["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize("closed_book, fires", [("b", False), ("zebra", True)])
+def test_steer_gated_by_recall_steers_where_the_context_does_not_name_the_closed_book_answer(
+        lm, assets, monkeypatch, closed_book, fires):
+    seen = []
+
+    def closed_book_answers(lm, texts, batch_size=8):  # what the model answers without CONTEXT ("a b c")
+        seen.extend(texts)
+        return [closed_book] * len(texts), None
+
+    monkeypatch.setattr(gate_module, "closed_book_answers", closed_book_answers)
+    builder = prompt_builder(lm, assets[0])
+    result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", assets[1], None, builder, gate_by="recall")
+    assert result["gate"] == "recall" and result["gate_fired"] is fires
+    assert (result["steered"] != result["unsteered"]) == fires
+    assert len(seen) == 1 and CONTEXT not in seen[0] and QUESTION in seen[0]  # one closed-book prompt, no passage
+    assert render(result).endswith("[recall gate fired]" if fires else "[recall gate did not fire: left unsteered]")

@@ -16,7 +16,8 @@ from sparekit.utils.io import atomic_write_json
 
 
 def test_method_labels_parse():
-    assert method_kind("spare+gate") == ("spare", True) and method_kind("actadd") == ("actadd", False)
+    assert method_kind("spare+gate") == ("spare", "gate") and method_kind("actadd") == ("actadd", None)
+    assert method_kind("cad+recall") == ("cad", "recall") and method_kind("adacad+recall") == ("adacad", "recall")
     with pytest.raises(SparekitError, match="unknown method variant"):
         method_kind("spare+always")
 

@@ -12,7 +12,8 @@ from sparekit.commands.steer import SteerCommand
 def render(r: dict) -> str:
     """Both answers and the reading, one line each."""
     d = r["detection"]
-    gate = {None: "", True: "   [gate fired]", False: "   [gate did not fire: left unsteered]"}[r["gate_fired"]]
+    name = f"{r['gate']} gate" if r.get("gate") not in (None, "probe") else "gate"
+    gate = {None: "", True: f"   [{name} fired]", False: f"   [{name} did not fire: left unsteered]"}[r["gate_fired"]]
     reading = ("no probes for this model: pass --probe <run>" if d is None else
                f"conflict probability: {d['conflict_probability']:.2f}   "
                f"predicted source: {d['predicted_source']}")

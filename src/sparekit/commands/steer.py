@@ -11,6 +11,8 @@ from sparekit.utils.config import device_field, device_map_field, finite_number,
 
 #: the two directions a fitted bundle holds (``steering.base.DIRECTIONS``, which imports torch)
 TOWARD = ("memory", "context")
+#: the gates that fit nothing (``steering.gate.TRAINING_FREE_GATES``, which imports torch)
+GATE_BY = ("recall",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class SteerCommand:
     strength: float | None = option(None, help="Override the dev-tuned strength.")
     gate: bool = option(False, flag="--gate/--no-gate",
                         help="Steer only if the method's calibrated conflict gate detects a conflict in this prompt.")
+    gate_by: str | None = option(None, choices=GATE_BY,
+                                 help="Steer only if this gate, which fits nothing, fires instead (implies --gate): "
+                                      "recall fires where CONTEXT does not name the model's closed-book answer "
+                                      "(one extra closed-book generation).")
     probe: str | None = option(None, metavar="PATH", help="Conflict/source probes (default: the shipped ones for the default model).")
     prompt_format: str = prompt_format_field()
     model: str = model_field()
@@ -53,6 +59,6 @@ class SteerCommand:
         builder = prompt_builder(lm, None if probes is None else probes.folder, self.prompt_format)
         result = steer_question(lm, self.context, self.question, self.toward, self.method,  # type: ignore[arg-type]
                                 None if self.fitted is None else Path(self.fitted), self.strength, builder,
-                                gated=self.gate, probes=probes)
+                                gated=self.gate, probes=probes, gate_by=self.gate_by)
         result["detection"] = None if probes is None else describe(result["detection"], probes)
         return result

@@ -45,6 +45,7 @@ from sparekit.serve.prefix import PrefixCache, cached_forward, prefixed_batch
 from sparekit.serve.rows import GREEDY, Batch, Emit, Job, Row, Sampling
 from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedBundle, FittedSteering
+from sparekit.steering.gate import ProbeGate
 
 __all__ = ["GREEDY", "Batching", "Emit", "Engine", "Job", "Sampling", "Steering", "build_engine", "load_steering"]
 
@@ -297,15 +298,16 @@ class Engine:
 
 
 def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
-    """Fitted bundles (:class:`~sparekit.steering.fitted.FittedBundle`) by folder name, and their gates;
-    without any, those shipped for the model. A method without a gate refuses ``gate=true`` with a 400."""
+    """Fitted bundles (:class:`~sparekit.steering.fitted.FittedBundle`) by folder name, and their conflict gates
+    (read off the batch's prompt pass; a recall gate's closed-book generation is not served);
+    without any, those shipped for the model. A method without one refuses ``gate=true`` with a 400."""
     roots = list(fitted_roots)
     shipped = assets_for(lm.info)
     if not roots and shipped is not None:
         roots = [shipped.steering(label) for label in shipped.steering_labels()]
     bundles = {root.name: FittedBundle.load(root, lm.info.model_hash) for root in roots}
     return Steering({label: dict(b.directions) for label, b in bundles.items()},
-                    {label: b.gate for label, b in bundles.items() if b.gate is not None})
+                    {label: b.gate for label, b in bundles.items() if isinstance(b.gate, ProbeGate)})
 
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),

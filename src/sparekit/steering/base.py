@@ -14,7 +14,8 @@ edits through the shared :class:`~sparekit.hooks.Hooks`), :meth:`SteeringMethod.
 (prompt-level methods such as ICL) and :meth:`SteeringMethod.logits_processor`
 (decoding-level methods such as CAD and DoLa). Edits touch the last prompt token of
 the prompt pass only. A ``gate`` restricts all three to the prompts where it fires,
-decided on their unsteered activations.
+decided before steering: on their unsteered activations (the conflict probe) or on the prompt
+itself (the recall gate, :mod:`sparekit.steering.gate`).
 """
 
 from __future__ import annotations
@@ -147,13 +148,22 @@ class BehaviourData:
 
 
 class Gate:
-    """Decides per prompt whether steering applies (e.g. the conflict probe fires)."""
+    """Decides per prompt whether steering applies: from the hidden state at :attr:`site` (:meth:`fire`, e.g.
+    the conflict probe) or, where :meth:`decide` is overridden, from the prompt itself (e.g. the recall gate)."""
 
     site: Site
+    #: how a fitted bundle records a gate that fits nothing (``"recall"``); empty for one saved as a folder
+    name: ClassVar[str] = ""
 
     def fire(self, h: torch.Tensor) -> torch.Tensor:
         """``[batch, d]`` hidden states at :attr:`site` -> boolean ``[batch]``."""
         raise NotImplementedError
+
+    def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
+        """Boolean ``[batch]`` (on the CPU): where steering applies. :class:`Steered` calls it with its edits
+        switched off, so whatever it runs sees the unsteered model; by default one forward stopped at
+        :attr:`site`, read by :meth:`fire`."""
+        return read_prompts(lm, [p.text for p in prompts], gate=self).fired.cpu()
 
 
 class Steered:
@@ -192,7 +202,7 @@ class Steered:
         outputs: list = []
         for chunk in batches(list(prompts), self.batch_size):
             chunk = list(chunk)
-            self._row_mask = None if self.gate is None else self._gate_mask([p.text for p in chunk])
+            self._row_mask = None if self.gate is None else self._gate_mask(chunk)
             rewritten = self.method.rewrite(chunk, self.toward, self.strength)
             if self._row_mask is not None:
                 rewritten = [new if fires else old for new, old, fires in zip(rewritten, chunk, self._row_mask.tolist())]
@@ -208,11 +218,11 @@ class Steered:
         """Boolean ``[batch]``: where the gate let the steering act in the last batch (None without a gate)."""
         return self._row_mask
 
-    def _gate_mask(self, texts: list[str]) -> torch.Tensor:
+    def _gate_mask(self, prompts: list[SteeringPrompt]) -> torch.Tensor:
         """The gate's decision per row, read with this steering's edits switched off."""
         self._reading_gate = True
         try:
-            return read_prompts(self.lm, texts, gate=self.gate).fired.cpu()
+            return self.gate.decide(self.lm, prompts)
         finally:
             self._reading_gate = False
 

@@ -39,8 +39,9 @@ class _BenchRun(BenchConfig):
                                 "and the spread; kind: the same per kind of knowledge (broad corpus).")
 
     __cli__: ClassVar[dict[str, dict[str, Any]]] = {
-        "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires. "
-                            "A finished run accepts more methods (and other grids)."},
+        "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires, "
+                            "+recall only where the passage does not name the model's closed-book answer (the "
+                            "recall gate: fits nothing). A finished run accepts more methods (and other grids)."},
         "seeds": {"help": "Seeds for the test demonstrations. A finished run accepts more seeds: they add test "
                           "cells only."},
         "layers": {"help": "Candidate layers (SpARE edits all)."},

@@ -7,7 +7,8 @@ A fitted bundle is one folder per method label::
                         prepend to new questions and, per direction, the dev-tuned parameters,
                         strength and dev EM
     memory/ context/    the fitted method per direction (a saved method, :mod:`sparekit.artifacts`)
-    gate/               the run's calibrated conflict gate, if the run fitted one
+    gate/               the run's calibrated conflict gate, if the run fitted one (a gate that fits
+                        nothing, such as the recall gate, is only named: config.json ``gate``)
 
 :meth:`FittedBundle.save` writes it in a temporary folder swapped in whole, so a reader never sees
 half a bundle; :func:`sparekit.load` (or :meth:`FittedBundle.load`) reads it back. The default
@@ -25,8 +26,8 @@ from sparekit.artifacts import CONFIG, KINDS, Artifact, read_artifact, rebuild, 
 from sparekit.errors import SparekitError
 from sparekit.models.architecture import ModelInfo
 from sparekit.models.assets import assets_for
-from sparekit.steering.base import DIRECTIONS, Direction, SteeringMethod
-from sparekit.steering.gate import ProbeGate
+from sparekit.steering.base import DIRECTIONS, Direction, Gate, SteeringMethod
+from sparekit.steering.gate import ProbeGate, training_free_gate
 from sparekit.utils.config import finite_number
 from sparekit.utils.io import atomic_folder, read_json_object
 
@@ -54,7 +55,7 @@ class FittedBundle:
     directions: dict[Direction, FittedSteering]
     demos: tuple[str, ...] = ()
     model_hash: str | None = None
-    gate: ProbeGate | None = None
+    gate: Gate | None = None
     folder: Path | None = None
 
     def __getitem__(self, toward: Direction) -> FittedSteering:
@@ -63,7 +64,7 @@ class FittedBundle:
                                 f"it holds {', '.join(self.directions) or 'none'}; {_FIT_HINT}")
         return self.directions[toward]
 
-    def require_gate(self) -> ProbeGate:
+    def require_gate(self) -> Gate:
         """The bundle's conflict gate, or one error saying where gates come from."""
         if self.gate is None:
             raise SparekitError(f"no conflict gate in {self.folder or self.label}",
@@ -75,10 +76,12 @@ class FittedBundle:
         tuned = {t: {"params": f.params, "strength": f.strength, "dev_em": f.dev_em}
                  for t, f in self.directions.items()}
         params = {"label": self.label, "model_hash": self.model_hash, "demos": list(self.demos), "tuned": tuned}
+        if self.gate is not None and not isinstance(self.gate, ProbeGate):
+            params["gate"] = self.gate.name  # it fits nothing: its name is all there is to save
         with atomic_folder(folder) as tmp:
             for toward, fitted in self.directions.items():
                 fitted.method.save(tmp / toward)
-            if self.gate is not None:
+            if isinstance(self.gate, ProbeGate):
                 self.gate.save(tmp / "gate")
             save_artifact(tmp, KIND, params, {})
         return Path(folder)
@@ -104,7 +107,8 @@ class FittedBundle:
         directions = {t: FittedSteering(rebuild(read_artifact(path / t), SteeringMethod), setting.get("strength"),
                                         demos, dict(setting.get("params") or {}), setting.get("dev_em"))
                       for t, setting in tuned.items()}
-        gate = ProbeGate.load(path / "gate", model_hash) if (path / "gate" / CONFIG).is_file() else None
+        gate = ProbeGate.load(path / "gate", model_hash) if (path / "gate" / CONFIG).is_file() \
+            else None if params.get("gate") is None else training_free_gate(params["gate"])
         return cls(str(params.get("label", path.name)), directions, demos, params.get("model_hash"), gate, path)
 
 

@@ -1,6 +1,10 @@
-"""Gated steering: edit only the prompts the conflict probe flags.
+"""Gated steering: edit only the prompts a gate flags as conflicts.
 
-The gate is a conflict probe (org vs sub context) on the last prompt token, read in a
+:class:`RecallGate` fits nothing: it fires where the passage does not name the model's closed-book answer
+(:func:`~sparekit.probes.training_free.unrecalled`, one closed-book generation per prompt), so it has no
+calibration to lose on relations it never saw.
+
+:class:`ProbeGate` is a conflict probe (org vs sub context) on the last prompt token, read in a
 forward pass stopped at the probe's layer, with the steering's edits off, before the
 steered generation (:class:`~sparekit.steering.base.Steered`): it sees what the unsteered
 model sees, so a prompt it does not flag is decoded exactly as unsteered. Two choices
@@ -29,8 +33,10 @@ from sparekit.evaluation.generation import batches
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes import LinearProbe
+from sparekit.probes.training_free import closed_book_answers, unrecalled
 from sparekit.steering.base import Gate, SteeringPrompt
 from sparekit.utils.arrays import to_numpy
+from sparekit.utils.registry import unknown_name
 
 
 @KINDS.register("probe_gate")
@@ -60,6 +66,42 @@ class ProbeGate(Gate):
         gate = cls(probe, int(artifact.params["layer"]), float(artifact.params["threshold"]))
         gate.report = dict(artifact.state.get("report", {}))
         return gate
+
+
+class RecallGate(Gate):
+    """Steer only prompts whose passage does not name the model's closed-book answer to the question.
+
+    One closed-book generation per prompt (:attr:`SteeringPrompt.text_without_context`: same demonstrations,
+    no passage), read by :func:`~sparekit.probes.training_free.unrecalled`. Closed-book answers are kept per
+    (model, prompt) for the gate's lifetime: a prompt's conflict and no-conflict variants, and every method
+    gated by the same gate, share one closed-book prompt.
+    """
+
+    name = "recall"
+
+    def __init__(self) -> None:
+        self._closed: dict[tuple[str, str], str] = {}
+
+    def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
+        without = [p.text_without_context for p in prompts]
+        todo = [t for t in dict.fromkeys(without) if (lm.info.model_hash, t) not in self._closed]
+        if todo:
+            answers, _ = closed_book_answers(lm, todo, batch_size=len(todo))
+            self._closed.update(((lm.info.model_hash, t), a) for t, a in zip(todo, answers))
+        closed = [self._closed[lm.info.model_hash, t] for t in without]
+        fired = unrecalled(closed, [p.example.question for p in prompts], [p.text for p in prompts], without)
+        return torch.as_tensor(fired > 0.5)
+
+
+#: the gates that fit nothing, by the name a fitted bundle records (``FittedBundle`` ``gate``)
+TRAINING_FREE_GATES: dict[str, type[Gate]] = {RecallGate.name: RecallGate}
+
+
+def training_free_gate(name: str) -> Gate:
+    """A new gate that fits nothing, by name; one error line listing them for another name."""
+    if name not in TRAINING_FREE_GATES:
+        raise unknown_name("training-free gate", name, tuple(TRAINING_FREE_GATES))
+    return TRAINING_FREE_GATES[name]()
 
 
 def threshold_for_false_positive_rate(negative_scores: np.ndarray, max_false_positive_rate: float) -> float:

@@ -8,17 +8,16 @@ from pathlib import Path
 
 from sparekit.data.dataset import ConflictDataset
 from sparekit.data.prompts import sample_demos
-from sparekit.steering.base import DIRECTIONS, BehaviourData
+from sparekit.steering.base import DIRECTIONS, BehaviourData, Gate
 from sparekit.steering.bench.protocol import method_kind
 from sparekit.steering.bench.tuning import Tuner
 from sparekit.steering.fitted import FittedBundle, FittedSteering
-from sparekit.steering.gate import ProbeGate
 
 
 def export_bundle(tuner: Tuner, label: str, tuned: dict, data: BehaviourData, pool: ConflictDataset,
-                  gate: ProbeGate | None) -> Path:
+                  gate: Gate | None) -> Path:
     """Save ``label``'s dev-tuned methods per direction with ``2 * k_shot`` pool demonstrations for new
-    questions and the run's gate (if it has one)."""
+    questions and ``gate`` (the label's own, else the run's conflict gate if it fitted one)."""
     kind = method_kind(label)[0]
     demos = tuple(sample_demos(pool, "", 2 * tuner.config.k_shot, "org_org", random.Random(0)))
     directions = {t: FittedSteering(tuner.fit(kind, tuned[t]["params"], data), tuned[t]["strength"], demos,

@@ -32,6 +32,9 @@ DEV_SEED = 7
 PROTOCOLS = ("sparekit", "paper")
 #: the decoding-level methods a label may add to another (``spare+cad``)
 DECODERS = ("cad", "adacad", "dola")
+#: the gates a label may add: ``+gate`` the run's conflict probe (fitted on the pool, calibrated on dev),
+#: ``+recall`` the recall gate (fits nothing: :class:`~sparekit.steering.gate.RecallGate`)
+GATES = ("gate", "recall")
 
 
 @dataclass
@@ -65,7 +68,8 @@ class BenchConfig:
                                 "hold out one relation or one kind, not both")
         if self.protocol not in PROTOCOLS:
             raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
-        if self.protocol == "paper" and any(method_kind(label)[1] for label in self.methods):
+        gates = [method_kind(label)[1] for label in self.methods]  # a misspelt suffix fails before any work
+        if self.protocol == "paper" and "gate" in gates:
             raise SparekitError("the paper protocol has no dev split to calibrate a gate on",
                                 "drop the +gate methods or use --protocol sparekit")
 
@@ -143,29 +147,32 @@ def fixed_demos(pool: ConflictDataset, seed: int, k_shot: int) -> tuple[str, ...
     return tuple(demo_block(pool[rows[0]], "org_org") for _, rows in groups[:k_shot])
 
 
-def method_kind(label: str) -> tuple[str, bool]:
-    """``"spare+gate"`` -> ("spare", gated); see :func:`partner` for the other suffix."""
+def method_kind(label: str) -> tuple[str, str | None]:
+    """``"spare+gate"`` -> ("spare", "gate"), ``"cad+recall"`` -> ("cad", "recall"), ``"cad"`` -> ("cad", None):
+    the method and its gate (one of :data:`GATES`); see :func:`partner` for the decoding suffix."""
     kind, *suffixes = label.split("+")
-    extra = [s for s in suffixes if s != "gate"]
-    if len(suffixes) > 2 or len(extra) > 1 or (extra and extra[0] not in DECODERS):
+    gates = [s for s in suffixes if s in GATES]
+    extra = [s for s in suffixes if s not in GATES]
+    if len(gates) > 1 or len(extra) > 1 or (extra and extra[0] not in DECODERS):
         raise SparekitError(f"unknown method variant {label!r}",
-                            "append +gate to gate a method on the conflict probe, and/or "
-                            f"+{'/+'.join(DECODERS)} to combine it with a decoding-level method")
-    return kind, "gate" in suffixes
+                            "append +gate (the conflict probe) or +recall (the recall gate) to gate a method, "
+                            f"and/or +{'/+'.join(DECODERS)} to combine it with a decoding-level method")
+    return kind, gates[0] if gates else None
 
 
 def partner(label: str) -> tuple[str | None, bool]:
     """The decoding-level partner of a combined label, and whether it is a fallback.
 
     ``spare+cad``: SpARE and CAD on every prompt; ``spare+cad+gate``: both where the conflict
-    gate fires; ``spare+gate+cad``: SpARE where the gate fires, CAD (the fallback) where it does not.
+    gate fires; ``spare+gate+cad``: SpARE where the gate fires, CAD (the fallback) where it does not
+    (the same with ``+recall`` for the recall gate).
     """
-    method_kind(label)
+    gate = method_kind(label)[1]
     suffixes = label.split("+")[1:]
-    extra = [s for s in suffixes if s != "gate"]
+    extra = [s for s in suffixes if s not in GATES]
     if not extra:
         return None, False
-    return extra[0], "gate" in suffixes and suffixes.index("gate") < suffixes.index(extra[0])
+    return extra[0], gate is not None and suffixes.index(gate) < suffixes.index(extra[0])
 
 
 def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,

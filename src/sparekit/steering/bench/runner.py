@@ -22,18 +22,19 @@ from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset, held_out_values
 from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches
 from sparekit.evaluation.harness import dataset_fingerprint, mean_std
 from sparekit.evaluation.metrics import behaviour_label, conditional_metrics
 from sparekit.models.loading import LoadedModel
 from sparekit.reporting.steering import HEADLINE, mean_frontier
-from sparekit.steering.base import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
+from sparekit.steering.base import DIRECTIONS, BehaviourData, Gate, SteeringPrompt, make_method
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench.data import Splits, benchmark_splits, cached_behaviour, memorised_items
 from sparekit.steering.bench.export import export_bundle
 from sparekit.steering.bench.gating import cached_gate
 from sparekit.steering.bench.protocol import EXTENSIBLE, BenchConfig, method_kind, partner, test_prompts
 from sparekit.steering.bench.tuning import Tuner
-from sparekit.steering.gate import ProbeGate
+from sparekit.steering.gate import ProbeGate, RecallGate
 from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.io import atomic_write_json
 from sparekit.utils.rundir import RunDir
@@ -56,6 +57,8 @@ class SteeringBenchmark:
         self.run_dir = RunDir(self.out, "steering benchmark")
         self.cells = Cells(lm, self.out, batch_size, dataset.context_match)
         self.tuner = Tuner(lm, config, self.out, self.cells, progress)
+        #: one recall gate for every +recall label: its closed-book answers are shared across methods
+        self.recall_gate = RecallGate()
         config_record = {"kind": "bench-steer", "dataset": dataset.name, "n_rows": len(dataset),
                          "dataset_sha256": dataset_fingerprint(dataset), "model": lm.info.name,
                          "model_hash": lm.info.model_hash, **config.record()}
@@ -76,6 +79,25 @@ class SteeringBenchmark:
         """The conflict probe gating ``+gate`` methods: fitted on the pool, layer and threshold chosen on dev."""
         return cached_gate(self.lm, pool, dev, self.config, self.out, self.batch_size)
 
+    def gate_for(self, label: str, conflict_gate: ProbeGate | None) -> Gate | None:
+        """The gate of ``label``'s cells: the run's conflict probe (``+gate``), the recall gate (``+recall``), or
+        none."""
+        return {"gate": conflict_gate, "recall": self.recall_gate, None: None}[method_kind(label)[1]]
+
+    def fire_rates(self, gate: Gate, test: ConflictDataset, pool: ConflictDataset) -> dict[str, dict[str, float]]:
+        """The share of test prompts ``gate`` lets steering act on, with conflict (``sub``) and without
+        (``org``), mean ± std over seeds: how often a gated method steers at all."""
+        rates = {}
+        for context in ("sub", "org"):
+            per_seed = []
+            for seed in self.config.seeds:
+                prompts = self.test_prompts(test, pool, context, seed)
+                fired = np.concatenate([gate.decide(self.lm, chunk).numpy()
+                                        for chunk in batches(prompts, self.batch_size)])
+                per_seed.append(float(fired.mean()) if len(fired) else 0.0)
+            rates[context] = mean_std(per_seed)
+        return rates
+
     def test_prompts(self, test: ConflictDataset, pool: ConflictDataset, context: str,
                      seed: int) -> list[SteeringPrompt]:
         return test_prompts(self.config, test, pool, context, seed)
@@ -84,7 +106,8 @@ class SteeringBenchmark:
         """What every method's cells need: the splits, behaviour data, the gate and the unsteered labels."""
         pool, dev, test = self.splits()
         data = self.behaviour(pool)
-        gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] for m in self.config.methods) else None
+        gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] == "gate" for m in self.config.methods) \
+            else None
         return pool, dev, test, data, gate, self._unsteered(test, pool)
 
     def _unsteered(self, test: ConflictDataset, pool: ConflictDataset) -> dict[int, list[str]]:
@@ -145,7 +168,7 @@ class SteeringBenchmark:
                   pool: ConflictDataset, gate: ProbeGate | None, baseline: dict[int, list[str]]) -> dict[str, Any]:
         """One method's test scores, mean ± std over seeds, its dev tuning, and its export."""
         tuned = self.tuner.tune(label, data, dev, pool)
-        use_gate = gate if method_kind(label)[1] else None
+        use_gate = self.gate_for(label, gate)
         per_seed: dict[str, list[float]] = {"em_memory": [], "em_context": [], "em_no_conflict": [],
                                             "em_no_conflict_memory": [], "em_no_conflict_context": []}
         moves: dict[str, list] = {"memory": [], "context": []}
@@ -171,11 +194,13 @@ class SteeringBenchmark:
         result["conditional"] = {toward: {key: mean_std([m[key] for m in runs]) for key in runs[0]}
                                  for toward, runs in moves.items()}
         result.update(tuned=tuned, per_seed=per_seed)
+        if use_gate is not None:
+            result["gate_fired"] = self.fire_rates(use_gate, test, pool)
         other = partner(label)[0]
         if other is not None:  # a combination is not saved as one method: its parts' rows export theirs
             result["tuned_partner"] = self.tuner.tune(other, data, dev, pool)
         elif rank_and_world()[0] == 0:  # one writer: in a data-parallel run every rank evaluates every label
-            export_bundle(self.tuner, label, tuned, data, pool, gate)
+            export_bundle(self.tuner, label, tuned, data, pool, use_gate or gate)
         return result
 
     # -- the frontier ---------------------------------------------------------------------------
@@ -192,7 +217,7 @@ class SteeringBenchmark:
             pool, dev, test = self.splits()
             data = self.behaviour(pool)
             labels = labels or self.config.methods
-            gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] for m in labels) else None
+            gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] == "gate" for m in labels) else None
             seed = self.config.seeds[0] if seed is None else seed
             prompts = {context: self.test_prompts(test, pool, context, seed) for context in ("sub", "org")}
             curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, seed, cached_only)
@@ -204,13 +229,13 @@ class SteeringBenchmark:
                prompts: dict[str, list[SteeringPrompt]], gate: ProbeGate | None, seed: int,
                cached_only: bool) -> list[dict[str, Any]]:
         """One method's frontier toward ``toward``: a point per strength whose three cells exist."""
-        kind, gated = method_kind(label)
+        kind = method_kind(label)[0]
         tuned = self.tuner.tune(label, data, dev, pool)[toward]
         method, params = self.tuner.cell_method(label, tuned, toward, data, dev, pool)  # type: ignore[arg-type]
         points = []
         for strength in self.config.sweep(self.tuner.fit(kind, tuned["params"], data)):
             cell = ("test", label, params, method)
-            args = (toward, strength, gate if gated else None, seed)
+            args = (toward, strength, self.gate_for(label, gate), seed)
             conflict = self.cells.get(*cell, prompts["sub"], *args, cached_only=cached_only)
             no_conflict = self.cells.get(*cell, prompts["org"], *args, cached_only=cached_only)
             nll = self.cells.get(*cell, prompts["org"], *args, "nll", cached_only=cached_only)
