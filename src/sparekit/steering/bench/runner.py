@@ -35,6 +35,7 @@ from sparekit.steering.bench.gating import cached_gate
 from sparekit.steering.bench.protocol import EXTENSIBLE, BenchConfig, method_kind, partner, test_prompts
 from sparekit.steering.bench.tuning import Tuner
 from sparekit.steering.gate import ProbeGate, RecallGate
+from sparekit.utils.arrays import to_numpy
 from sparekit.utils.distributed import barrier, rank_and_world
 from sparekit.utils.io import atomic_write_json
 from sparekit.utils.rundir import RunDir
@@ -92,7 +93,7 @@ class SteeringBenchmark:
             per_seed = []
             for seed in self.config.seeds:
                 prompts = self.test_prompts(test, pool, context, seed)
-                fired = np.concatenate([gate.decide(self.lm, chunk).numpy()
+                fired = np.concatenate([to_numpy(gate.decide(self.lm, chunk))
                                         for chunk in batches(prompts, self.batch_size)])
                 per_seed.append(float(fired.mean()) if len(fired) else 0.0)
             rates[context] = mean_std(per_seed)
