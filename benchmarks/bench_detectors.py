@@ -48,7 +48,7 @@ from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, ProbingData, c
 from sparekit.probes.linear import LinearProbe
 from sparekit.probes.training_free import (COMBINATIONS_FILE, DETECTORS, Combination, closed_book_answers,
                                            detect_conflict, disagreement, divergence, next_token_log_probs,
-                                           recall_prompts, recall_score, save_combinations, unrecalled)
+                                           recall_answers, recall_score, save_combinations, unrecalled)
 from sparekit.steering.output_effect import answer_first_tokens
 from sparekit.utils.io import atomic_write_json, read_json_object
 
@@ -116,7 +116,7 @@ def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path,
     return found
 
 
-def recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, dict]:
+def cached_recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, dict]:
     """Per item id: the recall detector's closed-book answer (its own prompt, :func:`recall_prompts`) and the
     probability of its first token; the same in every prompt format, so one generation per item (cached per
     chunk under ``out/recall``)."""
@@ -127,9 +127,8 @@ def recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, dict]:
         if path.is_file():
             found.update(json.loads(path.read_text()))
             continue
-        answers, log_probs = closed_book_answers(lm, recall_prompts([ex.question for ex in chunk]))
-        top = log_probs.max(-1).values.exp().tolist()
-        rows = {ex.id: {"closed": a, "p_first": p} for ex, a, p in zip(chunk, answers, top)}
+        answers, top = recall_answers(lm, [ex.question for ex in chunk])
+        rows = {ex.id: {"closed": a, "p_first": float(p)} for ex, a, p in zip(chunk, answers, top)}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, rows)
         found.update(rows)
@@ -140,7 +139,7 @@ def recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, dict]:
 def source_signal(lm, data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict], out: Path,
                   fmt: PromptFormat) -> dict[str, dict]:
     """Per item id, read at the sub prompt's last token in ``fmt`` (its prompt pass, before any token is
-    generated): the log-probabilities of the closed-book answer's first token (:func:`recall_answers`) and of the
+    generated): the log-probabilities of the closed-book answer's first token (:func:`cached_recall_answers`) and of the
     context's answer's first token, and whether the former is the top token (cached per chunk)."""
     prompts = condition_prompts(data, "sub", PROMPT_SEED, K_SHOT, fmt=fmt)
     found: dict[str, dict] = {}
@@ -187,7 +186,8 @@ def signal_rows(items: ConflictDataset, found: dict[str, dict], names: list[str]
 def recall_signal(data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict],
                   fmt: PromptFormat) -> dict[str, dict]:
     """Per item id, the recall detector's score of its org and sub prompts in ``fmt`` (text only: the closed-book
-    answers are :func:`recall_answers`'); the twin is the format's own closed-book prompt, as in :func:`signals`."""
+    answers are :func:`cached_recall_answers`'); the twin is the format's own closed-book prompt, as in
+    :func:`signals`."""
     prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT, fmt=fmt) for c in ("org", "sub")}
     k_shot = K_SHOT if fmt.shots else 0
     twins = [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, k_shot, fmt=fmt), fmt) for ex in items]
@@ -378,7 +378,7 @@ def formats_table(lm, data: ConflictDataset, args: argparse.Namespace, sites: li
     per_format = {n: capped_probing_data(lm, data, sites, args.run, args.per_relation, answers=False, fmt=n)
                   for n in names}
     items = per_format[names[0]].items
-    answers = recall_answers(lm, items, args.out)
+    answers = cached_recall_answers(lm, items, args.out)
     found: dict[str, dict] = {}
     for name in names:
         old = {} if args.signals_from is None else cached_signals(signal_dir(args.signals_from, name))
@@ -448,7 +448,7 @@ def default_test_table(lm, args: argparse.Namespace) -> dict:
 
     data, names = load_dataset("default", seed=PROMPT_SEED), args.formats.split(",")
     items = default_splits(lm, args.default_test)["test"]
-    answers = recall_answers(lm, items, args.out / "default-test")
+    answers = cached_recall_answers(lm, items, args.out / "default-test")
     probes = load_probes(resolve_probe_dir(None), lm.info.model_hash)
     site = probes.sites["conflict"]
     features = default_features(lm, args.default_test, [Site(10), Site(13)], names)["test"]  # ship_probes' capture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sparekit.data import load_dataset
 from sparekit.models import load_model
-from sparekit.probes.training_free import closed_book_answers, unrecalled
+from sparekit.probes.training_free import recall_answers, unrecalled
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.utils.io import read_json
 
@@ -32,9 +32,9 @@ def main() -> None:
     bench = SteeringBenchmark(lm, load_dataset(args.dataset), config, args.run, progress=False)
     pool, _, test = bench.splits()
     prompts = bench.test_prompts(test, pool, args.context, args.seed)
-    without = [p.text_without_context for p in prompts]
-    answers, _ = closed_book_answers(lm, without)
-    fired = unrecalled(answers, [p.example.question for p in prompts], [p.text for p in prompts], without)
+    questions = [p.example.question for p in prompts]
+    answers, _ = recall_answers(lm, questions)
+    fired = unrecalled(answers, questions, [p.text for p in prompts], [p.text_without_context for p in prompts])
     print(f"fired on {int(fired.sum())} of {len(prompts)} {args.context} prompts")
     for p, answer, fires in zip(prompts, answers, fired):
         print(f"{'fires' if fires else 'quiet'} | {p.example.relation} | {p.example.question} | memorised "

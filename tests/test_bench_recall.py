@@ -25,10 +25,10 @@ def broad_sample() -> ConflictDataset:
 def test_a_recall_gated_method_steers_only_where_the_gate_fires(broad_sample, tmp_path, monkeypatch):
     memorised_answer = {ex.question: ex.org_answer[0] for ex in broad_sample}
 
-    def knows_every_item(lm, texts, batch_size=8):  # a model whose closed-book answer is the memorised one
-        return [memorised_answer[text.rpartition("question: ")[2].partition("\n")[0]] for text in texts], None
+    def knows_every_item(lm, questions, batch_size=8):  # a model whose closed-book answer is the memorised one
+        return [memorised_answer[q] for q in questions], None
 
-    monkeypatch.setattr(gate_module, "closed_book_answers", knows_every_item)
+    monkeypatch.setattr(gate_module, "recall_answers", knows_every_item)
     lm = tiny_model("llama")
     lm.model.config.max_position_embeddings = 2048
     memorised = tmp_path / "memorised.json"

@@ -155,11 +155,11 @@ def test_a_gated_edit_outside_steered_generate_is_refused():
 def _recall_prompts(lm) -> list[SteeringPrompt]:
     """Pairs per item: the no-conflict context names the tiny model's own closed-book answer, the conflict one does
     not (the answers are read first, so the test does not depend on what a random model happens to say)."""
-    from sparekit.probes.training_free import closed_book_answers
+    from sparekit.probes.training_free import recall_answers
 
     examples = [ConflictExample(id=f"r{i}", question=f"who made item {i}?", org_context="", org_answer=("Ann",),
                                 sub_context=f"Item {i} was made by zzz.", sub_answer=("zzz",)) for i in range(3)]
-    closed, _ = closed_book_answers(lm, [SteeringPrompt(ex, None, ()).text for ex in examples])
+    closed, _ = recall_answers(lm, [ex.question for ex in examples])
     prompts = []
     for ex, answer in zip(examples, closed):
         ex = replace(ex, org_context=f"Item {ex.id} was made by {answer}.")
@@ -174,6 +174,16 @@ def test_the_recall_gate_fires_where_the_context_does_not_name_the_closed_book_a
     assert gate.decide(lm, prompts).tolist() == [False, True] * 3
     gate._closed = {key: "Bob" for key in gate._closed}  # a cached closed-book answer is what it reads next time
     assert gate.decide(lm, prompts).tolist() == [True, True] * 3
+
+
+def test_the_recall_gate_decides_as_detect_recall_reads():
+    from sparekit.probes.training_free import detect_conflict
+
+    lm = tiny_model("llama")
+    prompts = _recall_prompts(lm)
+    read = [detect_conflict(lm, p.text, "recall", None, p.text_without_context, p.example.question)["unrecalled"]
+            for p in prompts]
+    assert RecallGate().decide(lm, prompts).tolist() == [r == 1.0 for r in read] == [False, True] * 3
 
 
 @pytest.mark.parametrize("kind", ["actadd", "cad"])

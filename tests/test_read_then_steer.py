@@ -112,14 +112,14 @@ def test_steer_gated_by_recall_steers_where_the_context_does_not_name_the_closed
         lm, assets, monkeypatch, closed_book, fires):
     seen = []
 
-    def closed_book_answers(lm, texts, batch_size=8):  # what the model answers without CONTEXT ("a b c")
-        seen.extend(texts)
-        return [closed_book] * len(texts), None
+    def recall_answers(lm, questions, batch_size=8):  # what the model answers without CONTEXT ("a b c")
+        seen.extend(questions)
+        return [closed_book] * len(questions), None
 
-    monkeypatch.setattr(gate_module, "closed_book_answers", closed_book_answers)
+    monkeypatch.setattr(gate_module, "recall_answers", recall_answers)
     builder = prompt_builder(lm, assets[0])
     result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", assets[1], None, builder, gate_by="recall")
     assert result["gate"] == "recall" and result["gate_fired"] is fires
     assert (result["steered"] != result["unsteered"]) == fires
-    assert len(seen) == 1 and CONTEXT not in seen[0] and QUESTION in seen[0]  # one closed-book prompt, no passage
+    assert seen == [QUESTION]  # one closed-book question, the recall detector's
     assert render(result).endswith("[recall gate fired]" if fires else "[recall gate did not fire: left unsteered]")

@@ -56,6 +56,17 @@ def test_unrecalled_looks_for_the_closed_book_answer_in_the_context():
         unrecalled(answers, [question], texts, [closed])
 
 
+def test_a_one_letter_answer_a_is_looked_up_as_the_letter_not_the_article():
+    question = "What is the first letter of the word table?"
+    closed = f"question: {question}\nanswer:"
+    texts = [f"context: {passage}\n{closed}" for passage in
+             ("The word table starts with the letter T.",   # names T, not A: conflict for a model that says "A"
+              "The word table starts with the letter A.",   # names A
+              "a table is furniture; the letter is T.")]    # the article "a" is not the letter
+    assert unrecalled(["A"] * 3, [question] * 3, texts, [closed] * 3).tolist() == [1.0, 0.0, 1.0]
+    assert unrecalled(["T."], [question], texts[:1], [closed]).tolist() == [0.0]  # other letters: as before
+
+
 def test_the_recall_prompt_is_its_own_short_answer_prompt_whatever_the_format():
     (prompt,) = recall_prompts(["What is the opposite of hot?"])
     assert prompt.endswith("\n\nquestion: What is the opposite of hot?\nanswer:") and "context:" not in prompt

@@ -20,6 +20,7 @@ given as text must be ``three_shot`` blocks, and loses its last block's ``contex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,20 +103,40 @@ def recall_prompts(questions: Sequence[str]) -> list[str]:
     return [builder(question, None) for question in questions]
 
 
+def recall_answers(lm: LoadedModel, questions: Sequence[str], batch_size: int = 8) -> tuple[list[str], np.ndarray]:
+    """The model's closed-book answers to ``questions`` asked with :func:`recall_prompts`, and each answer's
+    first-token probability: the one closed-book question the recall detector and the recall gate both ask."""
+    answers, log_probs = closed_book_answers(lm, recall_prompts(questions), batch_size)
+    return answers, to_numpy(log_probs.max(-1).values.exp()).astype(np.float64)
+
+
+def _letter(answer: str) -> str | None:
+    """A one-letter answer that normalisation drops as the article ("A"), else None."""
+    bare = "".join(ch for ch in answer if ch.isalnum())
+    return bare.upper() if len(bare) == 1 and bare.isalpha() and not normalize_answer(bare) else None
+
+
+def _occurrences(text: str, word: str, letter: str | None) -> int:
+    """How often ``text`` holds ``word``: as a whole normalised word, or a one-letter answer as itself standing
+    alone, case kept ("the letter A" counts; the article only where it starts a sentence)."""
+    return len(re.findall(rf"\b{word}\b", text)) if letter else normalize_answer(text).split().count(word)
+
+
 def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_texts: Sequence[str],
                without_texts: Sequence[str]) -> np.ndarray:
     """1.0 where the context does not name the model's closed-book answer: a conflict even when the model then
     ignores the context (which ``disagreement`` cannot see). The answer's words that are not the question's are
     looked up as whole normalised words; the context names one when the prompt with it holds the word more often
     than its closed-book twin (so demonstrations do not count). 0.0 where one is named, or where the answer has no
-    word beyond the question's (nothing recalled to contradict)."""
+    word beyond the question's (nothing recalled to contradict). The letter "A", which normalisation drops as the
+    article, is looked up as a capital standing alone ("the letter A")."""
     found = []
     for answer, question, with_text, without_text in zip(closed_answers, questions, with_texts, without_texts,
                                                          strict=True):
+        letter = _letter(answer)
         asked = set(normalize_answer(question).split())
-        words = [w for w in normalize_answer(answer).split() if w not in asked]
-        with_words, without_words = normalize_answer(with_text).split(), normalize_answer(without_text).split()
-        named = any(with_words.count(w) > without_words.count(w) for w in words)
+        words = [letter] if letter else [w for w in normalize_answer(answer).split() if w not in asked]
+        named = any(_occurrences(with_text, w, letter) > _occurrences(without_text, w, letter) for w in words)
         found.append(0.0 if not words or named else 1.0)
     return np.array(found)
 
@@ -139,8 +160,7 @@ def question_of(prompt: str) -> str:
 def recall(lm: LoadedModel, text: str, closed: str, question: str) -> dict:
     """The recall detector's reading of one prompt: one short closed-book generation (:func:`recall_prompts`),
     then does the prompt's context (what ``text`` holds beyond its twin ``closed``) name that answer."""
-    (answer,), log_probs = closed_book_answers(lm, recall_prompts([question]))
-    confidence = float(log_probs[0].max().exp())
+    (answer,), (confidence,) = recall_answers(lm, [question])
     value = float(unrecalled([answer], [question], [text], [closed])[0])
     return {"unrecalled": value, "closed_book_answer": answer, "closed_book_confidence": confidence,
             "recall": float(recall_score(np.array([value]), np.array([confidence]))[0])}

@@ -1,8 +1,8 @@
 """Gated steering: edit only the prompts a gate flags as conflicts.
 
 :class:`RecallGate` fits nothing: it fires where the passage does not name the model's closed-book answer
-(:func:`~sparekit.probes.training_free.unrecalled`, one closed-book generation per prompt), so it has no
-calibration to lose on relations it never saw.
+(:func:`~sparekit.probes.training_free.unrecalled`, one short closed-book generation per question, the recall
+detector's), so it has no calibration to lose on relations it never saw.
 
 :class:`ProbeGate` is a conflict probe (org vs sub context) on the last prompt token, read in a
 forward pass stopped at the probe's layer, with the steering's edits off, before the
@@ -33,7 +33,7 @@ from sparekit.evaluation.generation import batches
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes import LinearProbe
-from sparekit.probes.training_free import closed_book_answers, unrecalled
+from sparekit.probes.training_free import recall_answers, unrecalled
 from sparekit.steering.base import Gate, SteeringPrompt
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.registry import unknown_name
@@ -71,10 +71,12 @@ class ProbeGate(Gate):
 class RecallGate(Gate):
     """Steer only prompts whose passage does not name the model's closed-book answer to the question.
 
-    One closed-book generation per prompt (:attr:`SteeringPrompt.text_without_context`: same demonstrations,
-    no passage), read by :func:`~sparekit.probes.training_free.unrecalled`. Closed-book answers are kept per
-    (model, prompt) for the gate's lifetime: a prompt's conflict and no-conflict variants, and every method
-    gated by the same gate, share one closed-book prompt.
+    The recall detector's reading (``sparekit detect --detector recall``), so both say the same of a prompt: one
+    short closed-book generation per question, asked with the detector's own prompt
+    (:func:`~sparekit.probes.training_free.recall_answers`), read by
+    :func:`~sparekit.probes.training_free.unrecalled` against the prompt's closed-book twin
+    (:attr:`SteeringPrompt.text_without_context`). Answers are kept per (model, question) for the gate's lifetime:
+    a prompt's conflict and no-conflict variants, and every method gated by the same gate, share one generation.
     """
 
     name = "recall"
@@ -83,13 +85,13 @@ class RecallGate(Gate):
         self._closed: dict[tuple[str, str], str] = {}
 
     def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
-        without = [p.text_without_context for p in prompts]
-        todo = [t for t in dict.fromkeys(without) if (lm.info.model_hash, t) not in self._closed]
+        questions = [p.example.question for p in prompts]
+        todo = [q for q in dict.fromkeys(questions) if (lm.info.model_hash, q) not in self._closed]
         if todo:
-            answers, _ = closed_book_answers(lm, todo, batch_size=len(todo))
-            self._closed.update(((lm.info.model_hash, t), a) for t, a in zip(todo, answers))
-        closed = [self._closed[lm.info.model_hash, t] for t in without]
-        fired = unrecalled(closed, [p.example.question for p in prompts], [p.text for p in prompts], without)
+            answers, _ = recall_answers(lm, todo, batch_size=len(todo))
+            self._closed.update(((lm.info.model_hash, q), a) for q, a in zip(todo, answers))
+        closed = [self._closed[lm.info.model_hash, q] for q in questions]
+        fired = unrecalled(closed, questions, [p.text for p in prompts], [p.text_without_context for p in prompts])
         return torch.as_tensor(fired > 0.5)
 
 
