@@ -70,7 +70,8 @@ def test_a_one_letter_answer_a_is_looked_up_as_the_letter_not_the_article():
 def test_the_recall_prompt_is_its_own_short_answer_prompt_whatever_the_format():
     (prompt,) = recall_prompts(["What is the opposite of hot?"])
     assert prompt.endswith("\n\nquestion: What is the opposite of hot?\nanswer:") and "context:" not in prompt
-    assert prompt.count("question: ") == 4 and all(f"answer: {s.answer}\n\n" in prompt for s in RECALL_SHOTS)
+    assert prompt.count("question: ") == len(RECALL_SHOTS) + 1
+    assert all(f"answer: {s.answer}\n\n" in prompt for s in RECALL_SHOTS)
     (asked,) = recall_prompts([RECALL_SHOTS[0].question])  # a demonstration asking the question itself is dropped
     assert asked.count(RECALL_SHOTS[0].question) == 1
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sparekit.data.dataset import normalize_answer
-from sparekit.data.formats import PromptBuilder, QABlocks, Shot
+from sparekit.data.formats import QABlocks, Shot
 from sparekit.errors import SparekitError
 from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.evaluation.generation import greedy_generate, tokenize
@@ -47,12 +47,19 @@ DETECTORS = ("probe", "jsd", "disagreement", "recall", "probe+jsd", "probe+disag
 #: benchmarks/bench_detectors.py (BENCHMARKS.md, "Training-free detectors")
 JSD_THRESHOLD = 0.093
 COMBINATIONS_FILE = "detectors.json"
-#: the recall detector's closed-book demonstrations: general knowledge outside every relation of the corpora, so
-#: that no answer is primed (the probes' demonstrations, two currencies and a country, made it answer "China" to
-#: "which country has Luanda as its capital?"); chosen on dev relations (BENCHMARKS.md, "The recall detector")
-RECALL_SHOTS = (Shot("Who wrote Romeo and Juliet?", None, "William Shakespeare"),
-                Shot("What is the largest planet in the solar system?", None, "Jupiter"),
-                Shot("Which animal is known as the king of the jungle?", None, "the lion"))
+#: the recall detector's closed-book demonstrations: six answer types (a number, a person, a year, a symbol, a place,
+#: a short word), each outside every relation of the corpora and of the outside test, so that no answer type is
+#: primed. Round 1's three general-knowledge shots (Shakespeare, Jupiter, the lion) primed a name or a place: "the
+#: dollar" for Iran's currency, "1000" for the kilogram's symbol. Chosen on round 2's fresh dev relations (product,
+#: weekday_abbreviation, holiday_month, unit_symbol): accuracy 0.938 against 0.875, memorised answers recovered 83 %
+#: against 65 % (BENCHMARKS.md, "The recall detector", second design round); the probes' shots (two currencies and
+#: a country) had made it answer "China" to "which country has Luanda as its capital?"
+RECALL_SHOTS = (Shot("How many legs does a spider have?", None, "8"),
+                Shot("Who painted the Mona Lisa?", None, "Leonardo da Vinci"),
+                Shot("In which year did the Second World War end?", None, "1945"),
+                Shot("What symbol is used for the word 'and'?", None, "&"),
+                Shot("In which city is the Taj Mahal?", None, "Agra"),
+                Shot("What do bees make?", None, "honey"))
 
 
 def check_detector(name: str) -> str:
@@ -94,19 +101,21 @@ def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
     return to_numpy(jensen_shannon(log_with, log_without).clamp(min=0)).astype(np.float64)
 
 
-def recall_prompts(questions: Sequence[str]) -> list[str]:
-    """The recall detector's own closed-book prompts: each question after :data:`RECALL_SHOTS`, whatever the
-    user's prompt format. Why its own: asked in a zero-shot format without a passage, the model answers in
+def recall_prompts(questions: Sequence[str], shots: Sequence[Shot] = RECALL_SHOTS) -> list[str]:
+    """The recall detector's own closed-book prompts: each question after every one of ``shots`` (but one asking the
+    same question), whatever the user's prompt format. Why its own: asked in a zero-shot format without a passage, the model answers in
     sentences and guesses; after solved short answers it says what it remembers, in the words a context would
     use."""
-    builder = PromptBuilder(QABlocks(), RECALL_SHOTS)
-    return [builder(question, None) for question in questions]
+    fmt = QABlocks()
+    return [fmt.render(question, (), [fmt.block(s.question, (), s.answer) for s in shots if s.question != question])
+            for question in questions]
 
 
-def recall_answers(lm: LoadedModel, questions: Sequence[str], batch_size: int = 8) -> tuple[list[str], np.ndarray]:
+def recall_answers(lm: LoadedModel, questions: Sequence[str], batch_size: int = 8,
+                   shots: Sequence[Shot] = RECALL_SHOTS) -> tuple[list[str], np.ndarray]:
     """The model's closed-book answers to ``questions`` asked with :func:`recall_prompts`, and each answer's
     first-token probability: the one closed-book question the recall detector and the recall gate both ask."""
-    answers, log_probs = closed_book_answers(lm, recall_prompts(questions), batch_size)
+    answers, log_probs = closed_book_answers(lm, recall_prompts(questions, shots), batch_size)
     return answers, to_numpy(log_probs.max(-1).values.exp()).astype(np.float64)
 
 
