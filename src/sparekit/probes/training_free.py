@@ -103,9 +103,9 @@ def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
 
 def recall_prompts(questions: Sequence[str], shots: Sequence[Shot] = RECALL_SHOTS) -> list[str]:
     """The recall detector's own closed-book prompts: each question after every one of ``shots`` (but one asking the
-    same question), whatever the user's prompt format. Why its own: asked in a zero-shot format without a passage, the model answers in
-    sentences and guesses; after solved short answers it says what it remembers, in the words a context would
-    use."""
+    same question), whatever the user's prompt format. Why its own: asked in a zero-shot format without a passage,
+    the model answers in sentences and guesses; after solved short answers it says what it remembers, in the words
+    a context would use."""
     fmt = QABlocks()
     return [fmt.render(question, (), [fmt.block(s.question, (), s.answer) for s in shots if s.question != question])
             for question in questions]
