@@ -168,7 +168,7 @@ def _row(rows: list[dict], part: str) -> list[str]:
 
 
 def shares_table(rows: list[dict], scores: dict, group: Callable[[dict], str], name: str) -> list[str]:
-    """Markdown rows per task × length × method × ratio × ``group``: items, hits (where joined), needle and answer kept."""
+    """Markdown rows per task × length × method × ratio × ``group``: items, hits (where joined), shares kept."""
     layers = rows[0]["layers"]
     thirds = " / ".join(f"{layers[b[0]]}–{layers[b[-1]]}" for b in _bands(layers))
     lines = [f"| task | length | method | ratio | {name} | items | hits | needle kept | answer kept | (layer, head)s "
@@ -217,7 +217,8 @@ def answers_table(rows: list[dict], scores: dict) -> list[str]:
         recorded = [scores[k] for r in got if (k := (r["key"], r["method"], ratio)) in scores]
         lines.append(f"| {task} | {length} | {ratio:g} | {depth} | {len(got)} | "
                      + (f"{sum(recorded):g}/{len(recorded)}" if recorded else "—") + " | "
-                     + " | ".join(f"{sum(r[k] for r in got):g}/{len(got)}" for k in ("score", "needle_kept_score")) + " |")
+                     + " | ".join(f"{sum(r[k] for r in got):g}/{len(got)}" for k in ("score", "needle_kept_score"))
+                     + " |")
     return lines
 
 
@@ -241,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=Path, nargs="*", default=[], help="bench_kv_ruler.py record files to join")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file the per-item shares are appended to")
     parser.add_argument("--resume", action="store_true", help="skip the item × cells already in --out")
-    parser.add_argument("--decode", action="store_true", help="L2 cells also answer, as they are and with the needle kept")
+    parser.add_argument("--decode", action="store_true",
+                        help="L2 cells also answer, as they are and with the needle kept")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
