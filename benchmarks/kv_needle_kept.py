@@ -1,22 +1,22 @@
 """How much of the needle a press keeps, per item, compressed layer and KV head, joined with the item's score.
 
-Why a method loses a RULER task: for each item, the uncompressed prompt pass of the context,
-then each press's kept positions (``Press.scores`` → ``select_positions``, as ``KVCompressor`` prunes)
-in every compressed layer and KV head: the share of the needle sentence's tokens kept, of its answer's
-tokens (every occurrence: the passkey is written twice), and what the kept positions are
-(the first 4 — the attention sinks —, the needle, the haystack, the protected last ones) and where (the
-share of each fifth of the context kept). With ``--decode`` each L2 cell also answers the question
-twice through its compressed cache (as ``bench_kv_ruler`` does): under L2, and under L2 made to keep
-the needle's positions (in place of the highest-norm kept ones, same budget): does the answer come
-back when L2 keeps the needle? One JSON line per item × (method, ratio) in ``--out`` (``--resume``
-skips the lines there). With ``--records`` (``bench_kv_ruler.py``'s record files) each item
-is joined with its score in the same cell, once the records are checked to score this very item (same
-key and depth, and the item's answers rescore every recorded output to its recorded score), and the
-shares are reported by hit / miss and by depth::
+Why a method loses a RULER task: for each item, the uncompressed prompt pass of the context, then each press's
+kept positions (``Press.scores`` → ``select_positions``, as ``KVCompressor`` prunes) in every compressed layer
+and KV head: the share of the needle sentence's tokens kept, of its answer's tokens (every occurrence: the
+passkey is written twice), and what the kept positions are (the first 4 — the attention sinks —, the needle,
+the haystack, the protected last ones) and where (the share of each fifth of the context kept). With
+``--decode needle`` each L2 cell also answers the question through its compressed cache (as ``bench_kv_ruler``
+does) twice: under L2, and under L2 made to keep the needle's positions (in place of the highest-norm kept
+ones, same budget): does the answer come back when L2 keeps the needle? ``--decode thirds`` adds the needle
+kept in one third of the compressed layers only (which layers lose it), and the answer's tokens alone kept.
+One JSON line per item × (method, ratio) in ``--out`` (``--resume`` skips the lines there). With ``--records``
+(``bench_kv_ruler.py``'s record files) each item is joined with its score in the same cell, once the records
+are checked to score this very item (same key and depth, and the item's answers rescore every recorded output
+to its recorded score), and the shares are reported by hit / miss and by depth::
 
     python benchmarks/kv_needle_kept.py --tasks passkey,niah_single --items 10 --out runs/kv-ruler/kept-0.5.jsonl
     python benchmarks/kv_needle_kept.py --tasks passkey --methods l2 --ratios 0.5,0.75,0.9 --lengths 1024,2048,4096 \
-        --items 50 --records runs/kv-ruler/smol-ruler-{1k,2k,4k}.jsonl --out runs/kv-ruler/passkey-kept.jsonl
+        --items 50 --records runs/kv-ruler/smol-ruler-{1k-all,2k,4k}.jsonl --out runs/kv-ruler/passkey-kept.jsonl
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,31 +80,46 @@ def head_stats(index: torch.Tensor, parts: dict[str, torch.Tensor], label: torch
 
 @dataclass(frozen=True)
 class NeedleL2Press(L2Press):
-    """L2 that keeps the ``forced`` positions first, in place of the highest-norm ones it would keep."""
+    """L2 that keeps the ``forced`` positions first, in place of the highest-norm ones it would keep, in
+    ``layers`` (every compressed layer if empty); its ``observed`` is the layer's index (:func:`answers`)."""
 
     forced: tuple[int, ...] = ()
+    layers: tuple[int, ...] = ()
 
     def scores(self, keys: torch.Tensor, prompt_mask: torch.Tensor, observed: Any) -> torch.Tensor:
         scores = super().scores(keys, prompt_mask, observed)
-        scores[..., list(self.forced)] = float("-inf")
+        if not self.layers or observed in self.layers:
+            scores[..., list(self.forced)] = float("-inf")
         return scores
 
 
-def answers(lm, item: RulerItem, enc: dict, pre: Prefill, press: L2Press, needle: torch.Tensor) -> dict:
-    """The item's answer and score read through ``press``'s cache, and through it with the needle kept."""
+def answers(lm, item: RulerItem, enc: dict, pre: Prefill, press: L2Press, needle: torch.Tensor, answer: torch.Tensor,
+            thirds: bool) -> dict:
+    """The item's answer and score read through ``press``'s cache, and through it with the needle kept in
+    every compressed layer; with ``thirds`` also with the needle kept in one third of the compressed layers
+    only, and with the answer's tokens alone kept in every one."""
+    options = {f: getattr(press, f) for f in press.options()}
+    needle = tuple(needle.tolist())
+    variants = {"": press, "needle_kept_": NeedleL2Press(**options, forced=needle)}
+    if thirds:
+        layers = [layer for layer, cache_layer in enumerate(pre.cache.layers)
+                  if layer not in press.skip_layers and not cache_layer.is_sliding]
+        variants["answer_kept_"] = NeedleL2Press(**options, forced=tuple(answer.tolist()))
+        for third in (tuple(map(int, t)) for t in np.array_split(layers, 3)):
+            variants[f"needle_kept_{third[0]}-{third[-1]}_"] = NeedleL2Press(**options, forced=needle, layers=third)
+    indexed = replace(pre, observed={layer: layer for layer in range(len(pre.cache.layers))})
     question = lm.tokenizer(item.question, add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = {}
-    forced = NeedleL2Press(**{f: getattr(press, f) for f in press.options()}, forced=tuple(needle.tolist()))
-    for name, each in (("", press), ("needle_kept_", forced)):
-        tokens, _ = decode(lm, enc, pre, item.steps, each, question=question.to(lm.model.device))
+    for name, each in variants.items():
+        tokens, _ = decode(lm, enc, indexed, item.steps, each, question=question.to(lm.model.device))
         text = lm.tokenizer.decode(tokens[0], skip_special_tokens=True)
         out |= {f"{name}output": text, f"{name}score": item.score(text)}
     return out
 
 
-def kept_records(lm, item: RulerItem, cells: Sequence[tuple[str, float]], answer: bool = False) -> list[dict]:
+def kept_records(lm, item: RulerItem, cells: Sequence[tuple[str, float]], answer: str | None = None) -> list[dict]:
     """One record per (method, ratio): per compressed layer and KV head, the shares :func:`head_stats` gives
-    (with ``answer``, an L2 cell's answers too: :func:`answers`)."""
+    (with ``answer``, ``needle`` or ``thirds``, an L2 cell's answers too: :func:`answers`)."""
     enc = tokenize(lm, [item.context])
     presses = {cell: make_press(cell[0], ratio=cell[1]) for cell in cells}
     pre = prefill(lm, enc, presses.values())
@@ -127,7 +142,8 @@ def kept_records(lm, item: RulerItem, cells: Sequence[tuple[str, float]], answer
         rows.append({"model": lm.info.name, "key": item.key, "task": item.task, "length": item.length,
                      "depth": item.depth, "method": method, "ratio": ratio, "positions": n, "kept": int(keep),
                      "layers": layers, **{k: [[h[k] for h in heads] for heads in stats] for k in stats[0][0]},
-                     **(answers(lm, item, enc, pre, press, needle) if answer and method == "l2" else {})})
+                     **(answers(lm, item, enc, pre, press, needle, parts["answer"], answer == "thirds")
+                        if answer and method == "l2" else {})})
     return rows
 
 
@@ -206,8 +222,10 @@ def kept_table(rows: list[dict]) -> list[str]:
 def answers_table(rows: list[dict], scores: dict) -> list[str]:
     """Hits per depth of the L2 cells answered here (``--decode``): as the records scored them, now, and with
     the needle kept."""
-    lines = ["| task | length | ratio | depth | items | hits (records) | hits (now) | hits, needle kept |",
-             "|---|---|---|---|---|---|---|---|"]
+    kinds = list(dict.fromkeys(k for r in rows for k in r if k.endswith("score")))  # in the records' order
+    lines = ["| task | length | ratio | depth | items | hits (records) | "
+             + " | ".join("hits (now)" if k == "score" else f"hits, {k[:-6].replace('_', ' ')}" for k in kinds) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(kinds)]
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         if "score" in r:
@@ -217,7 +235,7 @@ def answers_table(rows: list[dict], scores: dict) -> list[str]:
         recorded = [scores[k] for r in got if (k := (r["key"], r["method"], ratio)) in scores]
         lines.append(f"| {task} | {length} | {ratio:g} | {depth} | {len(got)} | "
                      + (f"{sum(recorded):g}/{len(recorded)}" if recorded else "—") + " | "
-                     + " | ".join(f"{sum(r[k] for r in got):g}/{len(got)}" for k in ("score", "needle_kept_score"))
+                     + " | ".join(f"{sum(r.get(k, 0) for r in got):g}/{sum(k in r for r in got)}" for k in kinds)
                      + " |")
     return lines
 
@@ -242,8 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=Path, nargs="*", default=[], help="bench_kv_ruler.py record files to join")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file the per-item shares are appended to")
     parser.add_argument("--resume", action="store_true", help="skip the item × cells already in --out")
-    parser.add_argument("--decode", action="store_true",
-                        help="L2 cells also answer, as they are and with the needle kept")
+    parser.add_argument("--decode", choices=("needle", "thirds"), default=None,
+                        help="L2 cells also answer, as they are and with the needle kept (thirds: also in each third "
+                             "of the compressed layers alone, and with only the answer's tokens kept)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:

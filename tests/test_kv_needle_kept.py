@@ -76,3 +76,6 @@ def test_needle_press_keeps_the_forced_positions_in_the_same_budget(kept):
     assert index[0, 0].tolist() == [0, 1, 2, 8, 9]
     plain, _ = kept.select_positions(kept.L2Press(ratio=0.5).scores(keys, mask, None), mask, keep, 0)
     assert plain[0, 0].tolist() == [0, 1, 2, 3, 4]
+    only = kept.NeedleL2Press(ratio=0.5, forced=(8, 9), layers=(2,))  # observed: the layer's index
+    assert torch.isinf(only.scores(keys, mask, 2)[0, 0, 8:]).all()
+    assert torch.equal(only.scores(keys, mask, 3), keys.norm(dim=-1))
