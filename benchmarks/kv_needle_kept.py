@@ -105,7 +105,7 @@ def answers(lm, item: RulerItem, enc: dict, pre: Prefill, press: L2Press, needle
         layers = [layer for layer, cache_layer in enumerate(pre.cache.layers)
                   if layer not in press.skip_layers and not cache_layer.is_sliding]
         variants["answer_kept_"] = NeedleL2Press(**options, forced=tuple(answer.tolist()))
-        for third in (tuple(map(int, t)) for t in np.array_split(layers, 3)):
+        for third in (tuple(layers[i] for i in band) for band in _bands(layers)):
             variants[f"needle_kept_{third[0]}-{third[-1]}_"] = NeedleL2Press(**options, forced=needle, layers=third)
     indexed = replace(pre, observed={layer: layer for layer in range(len(pre.cache.layers))})
     question = lm.tokenizer(item.question, add_special_tokens=False, return_tensors="pt")["input_ids"]
