@@ -125,10 +125,14 @@ def _letter(answer: str) -> str | None:
     return bare.upper() if len(bare) == 1 and bare.isalpha() and not normalize_answer(bare) else None
 
 
-def _occurrences(text: str, word: str, letter: str | None) -> int:
-    """How often ``text`` holds ``word``: as a whole normalised word, or a one-letter answer as itself standing
-    alone, case kept ("the letter A" counts; the article only where it starts a sentence)."""
-    return len(re.findall(rf"\b{word}\b", text)) if letter else normalize_answer(text).split().count(word)
+def _counts(text: str, words: Sequence[str], letter: str | None) -> list[int]:
+    """How often ``text`` holds each of ``words``: as whole normalised words (``text`` normalised once), or a
+    one-letter answer as itself standing alone, case kept ("the letter A" counts; the article only where it starts
+    a sentence)."""
+    if letter:
+        return [len(re.findall(rf"\b{word}\b", text)) for word in words]
+    tokens = normalize_answer(text).split()
+    return [tokens.count(word) for word in words]
 
 
 def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_texts: Sequence[str],
@@ -145,7 +149,7 @@ def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_tex
         letter = _letter(answer)
         asked = set(normalize_answer(question).split())
         words = [letter] if letter else [w for w in normalize_answer(answer).split() if w not in asked]
-        named = any(_occurrences(with_text, w, letter) > _occurrences(without_text, w, letter) for w in words)
+        named = any(a > b for a, b in zip(_counts(with_text, words, letter), _counts(without_text, words, letter)))
         found.append(0.0 if not words or named else 1.0)
     return np.array(found)
 
