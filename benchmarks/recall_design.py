@@ -14,20 +14,22 @@ if the context names either answer; two generations per prompt) at no extra gene
 from __future__ import annotations
 
 import json
+from itertools import product
 
 import numpy as np
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 import sparekit
 from bench_detectors import K_SHOT, _auroc, capped_items, capped_run_parser
 from sparekit.data import ConflictDataset, load_dataset
 from sparekit.data.formats import QABlocks, Shot, prompt_format
 from sparekit.data.prompts import build_prompt, item_demos
-from sparekit.evaluation.harness import condition_prompts
+from sparekit.evaluation.generation import batches, greedy_generate
+from sparekit.evaluation.harness import MAX_NEW_TOKENS, condition_prompts
 from sparekit.evaluation.metrics import exact_match
 from sparekit.probes.experiment import PROMPT_SEED
-from sparekit.probes.training_free import (RECALL_SHOTS, closed_book_answers, recall_answers, recall_score,
-                                           unrecalled)
-from sparekit.utils.arrays import to_numpy
+from sparekit.probes.training_free import RECALL_SHOTS, recall_prompts, recall_score, unrecalled
 from sparekit.utils.io import atomic_write_json
 
 #: round 1's choice (the shipped shots until round 2): three general-knowledge questions outside every relation
@@ -42,26 +44,64 @@ SHOT_CANDIDATES = {"neutral3": NEUTRAL_SHOTS, "mixed6": RECALL_SHOTS, "mixed3": 
                    "neutral3+mixed6": NEUTRAL_SHOTS + RECALL_SHOTS}
 
 
-def candidate_answers(lm, name: str, questions: list[str]) -> tuple[list[str], np.ndarray]:
-    """Closed-book answers and first-token probabilities of one candidate (``instruction``: :data:`INSTRUCTION`
-    before the bare block; the others :func:`recall_answers` with their shots)."""
-    if name != "instruction":
-        return recall_answers(lm, questions, shots=SHOT_CANDIDATES[name])
-    answers, log_probs = closed_book_answers(lm, [INSTRUCTION + QABlocks().block(q, ()) for q in questions])
-    return answers, to_numpy(log_probs.max(-1).values.exp()).astype(np.float64)
+class AnswerSteps(LogitsProcessor):
+    """Each decoding step's greedy token and its log-probability (placed last, it reads the scores greedy decoding
+    picks from); changes nothing. :meth:`answer` keeps one row's steps before its answer ends (a token holding a
+    newline, or a special token): the tokens of the answer ``greedy_generate`` cuts at its first newline."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.steps = tokenizer, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        top = torch.log_softmax(scores.float(), -1).max(-1)
+        self.steps.append((top.values.cpu(), top.indices.cpu()))
+        return scores
+
+    def answer(self, row: int) -> list[float]:
+        found = []
+        for values, ids in self.steps:
+            token = int(ids[row])
+            if token in self.tokenizer.all_special_ids or "\n" in self.tokenizer.decode([token]):
+                break
+            found.append(float(values[row]))
+        return found
+
+
+def candidate_answers(lm, name: str, questions: list[str], batch_size: int = 8) -> list[dict]:
+    """Per question, a candidate's closed-book answer, its first-token probability (as :func:`recall_answers`) and
+    its tokens' log-probabilities (``instruction``: :data:`INSTRUCTION` before the bare block; the others
+    :func:`recall_prompts` with their shots)."""
+    prompts = ([INSTRUCTION + QABlocks().block(q, ()) for q in questions] if name == "instruction"
+               else recall_prompts(questions, SHOT_CANDIDATES[name]))
+    rows = []
+    for chunk in batches(prompts, batch_size):
+        steps, first = AnswerSteps(lm.tokenizer), []
+        answers = greedy_generate(lm, list(chunk), MAX_NEW_TOKENS, batch_size, first_step=first,
+                                  logits_processor=LogitsProcessorList([steps]))
+        rows += [{"closed": a, "p_first": float(p), "log_probs": steps.answer(i)}
+                 for i, (a, p) in enumerate(zip(answers, torch.cat(first).max(-1).values.exp().tolist()))]
+    return rows
 
 
 def cached_answers(lm, name: str, items: ConflictDataset, out) -> dict[str, dict]:
-    """Per item id the candidate's closed-book answer and first-token probability (cached in one file per
-    candidate; only the items it lacks are generated)."""
+    """Per item id the candidate's :func:`candidate_answers` row (cached in one file per candidate; only the items
+    it lacks are generated)."""
     path = out / f"{name}.json"
     rows = json.loads(path.read_text()) if path.is_file() else {}
     missing = [ex for ex in items if ex.id not in rows]
     if missing:
-        answers, top = candidate_answers(lm, name, [ex.question for ex in missing])
-        rows.update({ex.id: {"closed": a, "p_first": float(p)} for ex, a, p in zip(missing, answers, top)})
+        rows.update(zip([ex.id for ex in missing], candidate_answers(lm, name, [ex.question for ex in missing])))
         atomic_write_json(path, rows)
     return rows
+
+
+def confidence(row: dict, measure: str) -> float:
+    """How sure the closed-book answer is: ``first`` its first token's probability (today's), ``mean`` the geometric
+    mean of its tokens' probabilities, ``min`` the least likely token's (an empty answer: its first token's)."""
+    log_probs = row["log_probs"]
+    if measure == "first" or not log_probs:
+        return row["p_first"]
+    return float(np.exp(np.mean(log_probs) if measure == "mean" else np.min(log_probs)))
 
 
 def decisions(data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict], fmt) -> np.ndarray:
@@ -74,20 +114,37 @@ def decisions(data: ConflictDataset, items: ConflictDataset, answers: dict[str, 
                            for c in ("org", "sub")])
 
 
-def score(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]], formats: list) -> dict:
-    """Accuracy, false positives, conflicts found, AUROC (of the first candidate's probability) and memorised
-    answers recovered (by any of ``found``), pooled over ``formats``; several candidates are OR-ed."""
-    n = len(items)
-    y = np.concatenate([np.zeros(n), np.ones(n)])
-    pred, scores, ys = [], [], []
-    for fmt in formats:
-        value = np.min([decisions(data, items, answers, fmt) for answers in found], axis=0)
-        confidence = np.tile([found[0][ex.id]["p_first"] for ex in items], 2)
-        pred.append(value), scores.append(recall_score(value, confidence)), ys.append(y)
-    pred, scores, ys = np.concatenate(pred), np.concatenate(scores), np.concatenate(ys)
-    recovered = [any(exact_match(answers[ex.id]["closed"], list(ex.org_answer)) for answers in found) for ex in items]
-    return {"items": n, "accuracy": float(np.mean(pred == ys)), "false_positive": float(np.mean(pred[ys == 0])),
-            "found": float(np.mean(pred[ys == 1])), "auroc": _auroc(ys, scores), "recovered": float(np.mean(recovered))}
+def unrecalled_rows(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]],
+                    formats: list) -> np.ndarray:
+    """``[formats, 2 n]``: :func:`decisions` per format (several candidates OR-ed: named if either is)."""
+    return np.stack([np.min([decisions(data, items, answers, fmt) for answers in found], axis=0) for fmt in formats])
+
+
+def floored_score(value: np.ndarray, conf: np.ndarray, floor: float, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """The decision (unrecalled and a closed-book answer surer than ``floor``) and a score above 0.5 exactly where it
+    fires. ``spread``: :func:`recall_score` of the decision (an unsure unrecalled answer reads as a recalled one);
+    ``ranked``: unrecalled answers keep their order by confidence, the floor at 0.5."""
+    fired = value * (conf > floor)
+    if rule == "spread":
+        return fired, recall_score(fired, conf)
+    above = 0.5 + 0.5 * (conf - floor) / (1 - floor)
+    below = 0.5 * conf / floor if floor > 0 else above
+    return fired, np.where(value == 1, np.where(conf > floor, above, below), 0.5 - 0.5 * conf)
+
+
+def score(items: ConflictDataset, found: list[dict[str, dict]], value: np.ndarray, mask: np.ndarray,
+          floor: float = 0.0, measure: str = "first", rule: str = "spread") -> dict:
+    """Accuracy, false positives, conflicts found, AUROC (confidence: the first candidate's) and memorised answers
+    recovered (by any of ``found``) on the items in ``mask``, pooled over the formats of ``value``."""
+    conf = np.array([confidence(found[0][ex.id], measure) for ex in items])
+    fired, scores = floored_score(value, np.tile(conf, 2), floor, rule)
+    keep, y = np.tile(mask, 2), np.repeat([0.0, 1.0], len(items))
+    pred, scores, ys = fired[:, keep].ravel(), scores[:, keep].ravel(), np.tile(y[keep], len(value))
+    recovered = [any(exact_match(answers[ex.id]["closed"], list(ex.org_answer)) for answers in found)
+                 for ex, kept in zip(items, mask) if kept]
+    return {"items": int(mask.sum()), "accuracy": float(np.mean(pred == ys)),
+            "false_positive": float(np.mean(pred[ys == 0])), "found": float(np.mean(pred[ys == 1])),
+            "auroc": _auroc(ys, scores), "recovered": float(np.mean(recovered))}
 
 
 def main() -> None:
@@ -96,7 +153,15 @@ def main() -> None:
     parser.add_argument("--candidates", default="neutral3,mixed6,mixed3,instruction")
     parser.add_argument("--or", dest="ors", default="", help="comma-separated A+B pairs of candidates to OR")
     parser.add_argument("--formats", default="three_shot,zero_shot,rag,llamaindex")
+    parser.add_argument("--floors", default="0", help="comma-separated confidence floors: fire only where the "
+                        "closed-book answer is surer than the floor")
+    parser.add_argument("--confidence", default="first", help="comma-separated measures: first, mean, min")
+    parser.add_argument("--rules", default="spread", help="comma-separated score rules: spread, ranked")
+    parser.add_argument("--by-relation", action="store_true", help="also each relation's scores")
     args = parser.parse_args()
+    floors = [float(f) for f in args.floors.split(",")]
+    if not all(0 <= f < 1 for f in floors):
+        raise SystemExit(f"--floors: each floor must be in [0, 1), got {args.floors}")
     lm = sparekit.load_model("default")
     data = load_dataset("broad", seed=PROMPT_SEED)
     capped = capped_items(lm, data, args.run, args.per_relation)
@@ -106,13 +171,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.candidates.split(",")
     found = {name: cached_answers(lm, name, items, args.out) for name in names}
-    table = {name: score(data, items, [found[name]], formats) for name in names}
-    for pair in filter(None, args.ors.split(",")):
-        table[f"or:{pair}"] = score(data, items, [found[name] for name in pair.split("+")], formats)
+    rows = {name: [found[name]] for name in names}
+    rows.update({f"or:{pair}": [found[name] for name in pair.split("+")] for pair in filter(None, args.ors.split(","))})
+    every, relation = np.ones(len(items), bool), np.array([ex.relation for ex in items])
+    table = {}
+    for name, answers in rows.items():
+        value = unrecalled_rows(data, items, answers, formats)
+        for measure, floor, rule in product(args.confidence.split(","), floors, args.rules.split(",")):
+            key = f"{name} {measure} floor={floor:g} {rule}"
+            table[key] = score(items, answers, value, every, floor, measure, rule)
+            if args.by_relation:
+                table[key]["by_relation"] = {r: score(items, answers, value, relation == r, floor, measure, rule)
+                                             for r in relations}
     atomic_write_json(args.out / f"table-{'-'.join(relations)}.json", table)
     for name, row in table.items():
-        print(name, json.dumps(row))
-
+        print(name, json.dumps({k: v for k, v in row.items() if k != "by_relation"}))
 
 if __name__ == "__main__":
     main()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmark_module import benchmark_module
 from sparekit.data import ConflictDataset, ConflictExample
 from sparekit.data.formats import prompt_format
+from sparekit.evaluation.generation import greedy_generate
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +25,44 @@ def _items(n: int = 8) -> ConflictDataset:
 def test_a_candidate_is_scored_on_org_and_sub_prompts_and_or_needs_either_answer_named(design):
     items = _items()
     formats = [prompt_format("rag"), prompt_format("zero_shot")]
+    every = np.ones(len(items), bool)
     # a: the memorised "red" for even items, "green" (named by no context) for odd; b: "red" everywhere
-    a = {ex.id: {"closed": "red" if i % 2 == 0 else "green", "p_first": 0.9} for i, ex in enumerate(items)}
-    b = {ex.id: {"closed": "red", "p_first": 0.5} for ex in items}
-    alone = design.score(items, items, [a], formats)
+    a = {ex.id: {"closed": "red" if i % 2 == 0 else "green", "p_first": 0.9, "log_probs": []}
+         for i, ex in enumerate(items)}
+    b = {ex.id: {"closed": "red", "p_first": 0.5, "log_probs": []} for ex in items}
+    alone = design.score(items, [a], design.unrecalled_rows(items, items, [a], formats), every)
     assert alone["false_positive"] == 0.5 and alone["found"] == 1.0 and alone["accuracy"] == 0.75
     assert alone["recovered"] == 0.5 and alone["items"] == 8
-    either = design.score(items, items, [a, b], formats)
+    either = design.score(items, [a, b], design.unrecalled_rows(items, items, [a, b], formats), every)
     assert either["accuracy"] == 1.0 and either["recovered"] == 1.0 and either["auroc"] == 1.0
+    first = design.score(items, [a], design.unrecalled_rows(items, items, [a], formats), np.arange(8) % 2 == 0)
+    assert first["items"] == 4 and first["false_positive"] == 0.0 and first["recovered"] == 1.0
+
+
+def test_a_floor_silences_unsure_answers_and_each_rule_scores_above_half_where_it_fires(design):
+    value = np.array([[1.0, 1.0, 0.0, 0.0, 1.0]])
+    conf = np.array([0.9, 0.2, 0.9, 0.2, 0.4])
+    for rule in ("spread", "ranked"):
+        fired, scores = design.floored_score(value, conf, 0.3, rule)
+        assert fired.tolist() == [[1.0, 0.0, 0.0, 0.0, 1.0]] and ((scores > 0.5) == (fired == 1)).all()
+        assert design.floored_score(value, conf, 0.0, rule)[1] == pytest.approx(design.recall_score(value, conf))
+    ranked = design.floored_score(value, conf, 0.3, "ranked")[1][0]
+    assert ranked[1] == pytest.approx(0.5 * 0.2 / 0.3) and ranked[4] == pytest.approx(0.5 + 0.5 * 0.1 / 0.7)
+
+
+def test_a_confidence_reads_the_answers_tokens(design):
+    row = {"p_first": 0.5, "log_probs": [np.log(0.5), np.log(0.125)]}
+    assert design.confidence(row, "first") == 0.5 and design.confidence(row, "min") == pytest.approx(0.125)
+    assert design.confidence(row, "mean") == pytest.approx(0.25)
+    assert design.confidence({"p_first": 0.3, "log_probs": []}, "mean") == 0.3
+
+
+def test_answer_steps_score_the_greedy_tokens_up_to_the_newline(design, tiny_llama):
+    questions = ["What is a?", "Who wrote the long book about b?"]
+    rows = design.candidate_answers(tiny_llama, "mixed6", questions, batch_size=2)
+    prompts = design.recall_prompts(questions)
+    assert [r["closed"] for r in rows] == greedy_generate(tiny_llama, prompts, 12, batch_size=2)
+    for row in rows:
+        assert len(row["log_probs"]) <= 12 and all(lp <= 0 for lp in row["log_probs"])
+        if row["log_probs"]:
+            assert np.exp(row["log_probs"][0]) == pytest.approx(row["p_first"], abs=1e-5)
