@@ -25,7 +25,6 @@ cost a variant removes, ``(NLL_l2 − NLL_variant) ÷ (NLL_l2 − NLL_none)`` ov
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from sparekit.kv.sweep import Sink, bootstrap, read_records, run_perplexity, sum
 from sparekit.models import load_model
 
 from bench_kv_ruler import _passages  # the benchmark scripts' folder is on sys.path when run
-from kv_needle_kept import SINKS, NeedleL2Press, _bands
+from kv_needle_kept import SINKS, NeedleL2Press, _bands, run_one_thread
 
 RATIO = 0.5
 VARIANTS = ("l2+last16", "l2+last64", "l2+sinks", "thirds", "oracle")
@@ -152,13 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the windows' seed (bench_kv_ruler's --seed)")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file the records are appended to")
     parser.add_argument("--resume", action="store_true", help="skip the window × cells already in --out")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    try:
-        report(args)
-    except SparekitError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_one_thread(report, parser.parse_args(argv))
 
 
 def report(args) -> None:
