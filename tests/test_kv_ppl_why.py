@@ -82,3 +82,24 @@ def test_unknown_variants_fail_before_a_model_loads(why):
 def test_share_of_l2s_cost_removed(why):
     v = np.array([[[11.0, 12.0, 10.0], [20.0, 24.0, 20.0]]])  # windows × (variant, l2, none)
     assert why._share(v)[0] == pytest.approx((36 - 31) / (36 - 30))
+
+
+def test_kept_shares_compare_l2_with_the_oracle(why, llama, monkeypatch):
+    """What each keeps of the last positions and the sinks; an oracle that ranks by key norm is L2 (overlap 1)."""
+    ids, length = _ids(width=160), 140  # past L2's min_length (128): compressed
+    rows = why.kept_shares(llama, ids, length)
+    assert [r["layer"] for r in rows] == [2, 3]
+    for row in rows:
+        assert row["l2_last16"] >= 0.5 and row["oracle_last16"] >= 0.5  # the last 8 are always kept
+        assert 0 <= row["overlap"] < 1 and all(0 <= v <= 1 for k, v in row.items() if k != "layer")
+
+    def by_norm(lm, ids, length):
+        enc = {"input_ids": ids[:, :length], "attention_mask": torch.ones_like(ids[:, :length])}
+        return tuple(layer.keys.norm(dim=-1) for layer in prefill(lm, enc, []).cache.layers)
+
+    monkeypatch.setattr(why, "attention_table", by_norm)
+    for row in why.kept_shares(llama, ids, length):
+        assert row["overlap"] == 1.0
+        assert all(row[f"oracle_{part}"] == row[f"l2_{part}"] for part in ("last16", "last64", "last128", "sinks"))
+    table = why.kept_table(rows)
+    assert table[2].startswith("| 2–2 | ") and table[-1].startswith("| 2–3 | ") and len(table) == 5
