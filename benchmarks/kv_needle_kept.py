@@ -263,7 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode", choices=("needle", "thirds"), default=None,
                         help="L2 cells also answer, as they are and with the needle kept (thirds: also in each third "
                              "of the compressed layers alone, and with only the answer's tokens kept)")
-    args = parser.parse_args(argv)
+    run_one_thread(report, parser.parse_args(argv))
+
+
+def run_one_thread(report: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    """``report(args)`` on one torch thread (the machine is shared); a SparekitError is a one-line error."""
     torch.set_num_threads(1)
     try:
         report(args)

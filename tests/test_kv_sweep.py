@@ -175,6 +175,27 @@ def test_a_sweep_runs_resumes_and_summarizes(llama, tmp_path, capsys):
     assert lines == [f"| {llama.info.name} | passkey | 250 | {m} | {hits[m]} |" for m in ("l2", "none")]
 
 
+def test_perplexity_cells_of_their_own_are_built_per_batch_and_only_where_missing(llama, tmp_path):
+    """``presses`` names the cells and builds each batch's press from its ids; a resumed run builds none."""
+    grid = KVGrid(ratios=(0.0,), batch_size=2)
+    windows = [list(range(3, 60)), list(range(5, 62)), list(range(7, 64))]
+    built = []
+
+    def keep_early(ids):  # a press that depends on the batch, as an oracle's does
+        built.append(len(ids))
+        return make_press("l2", **{**OPTIONS, "keep_last": int(ids[0, 0])})
+
+    presses = {("none", 0.0): lambda ids: None, ("mine", 0.5): keep_early}
+    out = tmp_path / "ppl.jsonl"
+    run_perplexity(llama, windows, 40, grid, Sink(out, resume=False), presses)
+    records = read_records(out)
+    assert built == [2, 1] and len(records) == 3 * 2
+    assert {(r["method"], r["ratio"]) for r in records} == set(presses)
+    assert [r["key"] for r in records if r["method"] == "mine"] == [f"ppl-40-{i}" for i in range(3)]
+    run_perplexity(llama, windows, 40, grid, Sink(out, resume=True), presses)
+    assert built == [2, 1] and read_records(out) == records
+
+
 def test_wilson_interval():
     low, high = wilson(45, 50)
     assert 0.78 < low < 0.79 and 0.95 < high < 0.96  # 90 % of 50: (78.6, 95.7)

@@ -27,6 +27,7 @@ from sparekit.evaluation.generation import batches, tokenize
 from sparekit.evaluation.metrics import behaviour_label
 from sparekit.hooks import Hooks
 from sparekit.kv.bench import KVGrid, continuation_nll, decode, prefill, relative_to_uncompressed
+from sparekit.kv.compress import Press
 from sparekit.kv.ruler import RulerItem
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.reading import ProbeSet, reading_sites
@@ -116,17 +117,24 @@ def run_ruler(lm: LoadedModel, items: Sequence[RulerItem], grid: KVGrid, sink: S
             bar.update(len(chunk))
 
 
-def run_perplexity(lm: LoadedModel, windows: Sequence[list[int]], length: int, grid: KVGrid, sink: Sink) -> None:
-    """Summed NLL of each window's last tokens (after ``length`` compressed ones), per cell."""
+def run_perplexity(lm: LoadedModel, windows: Sequence[list[int]], length: int, grid: KVGrid, sink: Sink,
+                   presses: dict[Cell, Callable[[torch.Tensor], Press | None]] | None = None) -> None:
+    """Summed NLL of each window's last tokens (after ``length`` compressed ones), per cell.
+
+    ``presses`` maps each cell to run to its press for a batch's token ids ``[batch, length + scored]``
+    (default: the grid's cells): a press that depends on the batch, as an oracle's does, is built only for
+    the batches that still lack its cell.
+    """
     model = lm.info.name
     keys = [f"ppl-{length}-{i}" for i in range(len(windows))]
+    presses = presses or {c: lambda ids, c=c: grid.press(*c) for c in grid.cells()}
     with tqdm(total=len(windows), desc="perplexity windows", unit="window") as bar:
         for chunk in batches(list(zip(keys, windows)), grid.batch_size):
-            cells = sink.missing(model, [k for k, _ in chunk], grid.cells())
+            cells = sink.missing(model, [k for k, _ in chunk], list(presses))
             if cells:
                 ids = torch.tensor([w for _, w in chunk], device=lm.model.device)
                 scored = ids.shape[1] - length
-                result = continuation_nll(lm, ids, scored, {c: grid.press(*c) for c in cells})
+                result = continuation_nll(lm, ids, scored, {c: presses[c](ids) for c in cells})
                 for (method, ratio), (nll, kv_bytes, _) in result.items():
                     sink.write([{"model": model, "suite": "ppl", "task": "perplexity", "length": length, "key": key,
                                  "method": method, "ratio": ratio, "nll": float(row_nll), "tokens": scored - 1,
