@@ -25,9 +25,20 @@ def test_the_registry_finds_the_default_models_assets_and_nothing_for_others():
     assert "spare" in assets.steering_labels() and sorted(assets.saes()) == list(range(5, 13))
     assert assets.gate == assets.steering("spare") / "gate"
     described = assets.describe()
-    assert described["model_hash"] == assets.model_hash and set(described["steering"]) == {"spare"}
+    assert described["model_hash"] == assets.model_hash and set(described["steering"]) == {"adacad", "cad", "spare"}
     lm = tiny_model("llama")
     assert assets_for(lm.info) is None and assets_for("smollm2-135m") is None and assets_for("no-such") is None
+
+
+def test_a_server_takes_only_the_shipped_bundles_it_can_mix_in_a_batch():
+    """CAD and AdaCAD act on the logits of the whole batch, so `serve` (and the vLLM plugin) skip their shipped
+    bundles; `steer` takes every one."""
+    from sparekit.serve.engine import SERVABLE_KINDS
+
+    assets = default_assets()
+    assert assets.steering_kinds("cad") == {"cad"} and assets.steering_kinds("spare") == {"spare"}
+    assert assets.steering_labels() == ["adacad", "cad", "spare"]
+    assert assets.steering_labels(SERVABLE_KINDS) == ["spare"] and "cad" not in SERVABLE_KINDS
 
 
 def test_shipped_readers_refuse_a_model_without_assets():
@@ -41,7 +52,7 @@ def test_shipped_readers_refuse_a_model_without_assets():
         shipped_root("spare", info)
     with pytest.raises(SparekitError, match="no probes shipped for tiny-llama"):
         resolve_probe_dir(None, info)
-    with pytest.raises(SparekitError, match=r"no shipped sparee for default \(shipped: spare\)"):
+    with pytest.raises(SparekitError, match=r"no shipped sparee for default \(shipped: adacad, cad, spare\)"):
         shipped_root("sparee")
     assert shipped_layers(info) == [] and shipped_layers() == list(range(5, 13))
     with pytest.raises(SparekitError, match="shipped layers: 5, 6"):

@@ -99,6 +99,21 @@ def test_steer_with_the_shipped_gate(capsys):
     assert json.loads(capsys.readouterr().out)["gate_fired"] is None
 
 
+@pytest.mark.slow
+def test_the_shipped_cad_steers_a_conflict_and_leaves_a_true_context_alone(capsys):
+    """`sparekit steer --method cad --gate`: the shipped bundle's recall gate fires where the passage contradicts
+    the model's closed-book answer, and CAD answers from memory; on the true passage it stays quiet."""
+    question = "What is the capital of France?"
+    answers = {}
+    for passage in ("The capital of France is Porto-Novo.", "The capital of France is Paris."):
+        assert main(["steer", passage, question, "--toward", "memory", "--method", "cad", "--gate", "--json"]) == 0
+        answers[passage] = json.loads(capsys.readouterr().out)
+    conflict, true = answers.values()
+    assert (conflict["gate"], conflict["strength"], conflict["gate_fired"]) == ("recall", 0.5, True)
+    assert conflict["unsteered"] != "Paris" and conflict["steered"] == "Paris"
+    assert true["gate_fired"] is False and true["steered"] == true["unsteered"] == "Paris"
+
+
 def test_a_command_whose_import_fails_shows_the_real_error(monkeypatch, capsys):
     from sparekit.cli import main as cli_main
 

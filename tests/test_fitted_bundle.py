@@ -156,6 +156,22 @@ def test_the_shipped_assets_are_one_bundle_with_the_tuned_numbers():
     assert not list(shipped_root("spare").parent.glob("gate"))  # the gate lives in the bundle only
 
 
+def test_the_shipped_decoding_bundles_are_what_their_script_writes(tmp_path):
+    """CAD and AdaCAD ship as settings only: their strengths, the recall gate by name, the shipped SpARE's
+    demonstrations (the same prompt whichever shipped method steers); the script rewrites them byte for byte."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_decoding_bundles.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    spare = FittedBundle.load(shipped_root("spare"))
+    for kind, strength in (("cad", 0.5), ("adacad", 1.0)):
+        shipped = FittedBundle.load(shipped_root(kind), spare.model_hash)
+        assert isinstance(shipped.gate, RecallGate) and shipped.demos == spare.demos and shipped.label == kind
+        assert [(shipped[t].method.kind, shipped[t].strength) for t in ("memory", "context")] == [(kind, strength)] * 2
+        files = sorted(p.relative_to(shipped_root(kind)) for p in shipped_root(kind).rglob("*") if p.is_file())
+        assert files and files == sorted(p.relative_to(tmp_path / kind) for p in (tmp_path / kind).rglob("*")
+                                         if p.is_file())
+        assert all((tmp_path / kind / f).read_bytes() == (shipped_root(kind) / f).read_bytes() for f in files)
+
+
 def test_damaged_settings_are_one_error_line(tmp_path, bundle):
     folder = bundle.save(tmp_path / "actadd")
     config = json.loads((folder / "config.json").read_text())

@@ -16,6 +16,8 @@ Layout, per asset folder name (the model's cache name in :mod:`sparekit.models.l
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +48,17 @@ class ModelAssets:
         """The fitted bundle of method ``label``: its dev-tuned methods per direction and its gate."""
         return self.steering_root / label
 
-    def steering_labels(self) -> list[str]:
-        """Shipped fitted bundles (the folders holding a ``config.json``)."""
-        return sorted(p.name for p in self.steering_root.iterdir()
-                      if (p / "config.json").is_file()) if self.steering_root.is_dir() else []
+    def steering_labels(self, kinds: Collection[str] | None = None) -> list[str]:
+        """Shipped fitted bundles (the folders holding a ``config.json``); with ``kinds``, only those whose every
+        direction holds a method of one of them (a server mixes rows by residual edits: it skips CAD's bundle)."""
+        found = sorted(p.name for p in self.steering_root.iterdir()
+                       if (p / "config.json").is_file()) if self.steering_root.is_dir() else []
+        return found if kinds is None else [label for label in found if self.steering_kinds(label) <= set(kinds)]
+
+    def steering_kinds(self, label: str) -> set[str]:
+        """The method kinds of bundle ``label``'s directions (read from their configs, nothing loaded)."""
+        return {json.loads(config.read_text())["kind"] for config in self.steering(label).glob("*/config.json")
+                if config.parent.name in ("memory", "context")}
 
     @property
     def gate(self) -> Path | None:

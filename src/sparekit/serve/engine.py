@@ -43,7 +43,7 @@ from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captur
 from sparekit.serve.options import Capabilities, RowSteer
 from sparekit.serve.prefix import PrefixCache, cached_forward, prefixed_batch
 from sparekit.serve.rows import GREEDY, Batch, Emit, Job, Row, Sampling
-from sparekit.steering.base import EditFn, Gate, SteeringMethod, edit_rows
+from sparekit.steering.base import REGISTRY, EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedBundle, FittedSteering
 from sparekit.steering.gate import ProbeGate
 
@@ -72,8 +72,15 @@ class Steering:
 
 def servable(method: SteeringMethod) -> bool:
     """Whether rows can mix this method in one batch: it steers by residual edits only."""
-    cls = type(method)
+    return _edits_only(type(method))
+
+
+def _edits_only(cls: type[SteeringMethod]) -> bool:
     return cls.rewrite is SteeringMethod.rewrite and cls.logits_processor is SteeringMethod.logits_processor
+
+
+#: the registered method kinds the server can apply (the shipped CAD and AdaCAD bundles are for ``steer``)
+SERVABLE_KINDS = frozenset(kind for kind, cls in REGISTRY.items() if _edits_only(cls))
 
 
 class Engine:
@@ -303,8 +310,8 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
     without any, those shipped for the model. A method without one refuses ``gate=true`` with a 400."""
     roots = list(fitted_roots)
     shipped = assets_for(lm.info)
-    if not roots and shipped is not None:
-        roots = [shipped.steering(label) for label in shipped.steering_labels()]
+    if not roots and shipped is not None:  # the shipped bundles the server can mix in a batch
+        roots = [shipped.steering(label) for label in shipped.steering_labels(SERVABLE_KINDS)]
     bundles = {root.name: FittedBundle.load(root, lm.info.model_hash) for root in roots}
     return Steering({label: dict(b.directions) for label, b in bundles.items()},
                     {label: b.gate for label, b in bundles.items() if isinstance(b.gate, ProbeGate)})

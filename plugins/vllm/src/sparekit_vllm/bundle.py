@@ -105,7 +105,7 @@ def load_bundle(model_folder: str | Path | None = None, probe_dir: str | Path | 
     probe_folder = Path(probe_dir) if probe_dir else (shipped.probes if shipped else None)
     if probe_folder is not None and (probe_dir or (probe_folder / "detect.json").is_file()):
         bundle.probes = load_probe_set(probe_folder, model_hash)
-    roots = [Path(r) for r in fitted] or ([shipped.steering(label) for label in shipped.steering_labels()]
+    roots = [Path(r) for r in fitted] or ([shipped.steering(label) for label in shipped.steering_labels(SERVABLE)]
                                           if shipped else [])
     for root in roots:
         bundle.methods[root.name] = _load_method(root, model_hash)
