@@ -113,7 +113,8 @@ def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baseline
     """Each gated method against the best of ``baselines`` (their sweeps, else their tuned settings) at matched
     EM without conflict: on the mean over folds (the mean frontier, the mean of the rows) and the number of
     folds where the gated method is ahead."""
-    frontiers = {f: read_json(run / f"held-out-{f}" / "frontier.json") for f in runs}
+    frontiers = {f: read_json(path) if (path := run / f"held-out-{f}" / "frontier.json").is_file() else {}
+                 for f in runs}  # a fold without a sweep: each baseline at its tuned setting
     gated = [m for m in methods if "+" in m]
     per_fold = {f: matched_rows(runs[f], frontiers[f], baselines, gated) for f in runs}
     mean_result = {"methods": {label: {key: {"mean": float(np.mean([r["methods"][label][key]["mean"]
