@@ -69,7 +69,7 @@ def report():
     yield from benchmark_module("steer_fold_report")
 
 
-def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_conflict(report):
+def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_conflict(report, tmp_path):
     sweep = [{"strength": 0.5, "em_no_conflict": 0.6, "em_target": 0.8},
              {"strength": 0.25, "em_no_conflict": 0.8, "em_target": 0.6}]
     curve = report.baseline_curve(sweep, (1.0, 0.2))  # strength 0 is the unsteered model
@@ -91,3 +91,7 @@ def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_confli
     best = report.matched_rows(fold, {"cad": {"memory": sweep, "context": sweep}}, ["cad", "adacad"], ["cad+recall"])
     assert best[1][4] == pytest.approx(0.75)  # adacad's one setting (no sweep) is ahead of cad's sweep at 0.9
     assert "| cad+recall | 90 / 5 | 90.0 / 5.0 |" in report.fire_table({"x": fold}, ["none", "cad+recall"])
+    (tmp_path / "held-out-x").mkdir()  # a fold without frontier.json: each baseline at its tuned setting
+    fold["methods"]["cad"] = fold["methods"]["adacad"]
+    table = report.matched_table(tmp_path, {"x": fold}, ["none", "cad", "cad+recall"], ["cad"])
+    assert "| cad+recall | memory | 90.0 / 70.0 / 75.0 | 70 / 75 | 0 of 1 |" in table  # cad's tuned setting wins
