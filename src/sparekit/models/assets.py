@@ -16,12 +16,12 @@ Layout, per asset folder name (the model's cache name in :mod:`sparekit.models.l
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from sparekit.models.architecture import ModelInfo
+from sparekit.utils.io import read_json_object
 
 ROOT = Path(__file__).resolve().parents[1] / "assets"
 #: asset folder name -> hash of the weights its assets were fitted on (the GGUF's sha256 for short names)
@@ -57,7 +57,7 @@ class ModelAssets:
 
     def steering_kinds(self, label: str) -> set[str]:
         """The method kinds of bundle ``label``'s directions (read from their configs, nothing loaded)."""
-        return {json.loads(config.read_text())["kind"] for config in self.steering(label).glob("*/config.json")
+        return {read_json_object(config).get("kind") for config in self.steering(label).glob("*/config.json")
                 if config.parent.name in ("memory", "context")}
 
     @property
