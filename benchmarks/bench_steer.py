@@ -20,7 +20,7 @@ import torch
 from sparekit.data import load_dataset
 from sparekit.data.prompts import sample_demos
 from sparekit.models import load_model
-from sparekit.steering import SteeringPrompt, make_method
+from sparekit.steering import SteeringPrompt, fitted_without_data
 from sparekit.steering.fitted import FittedBundle, shipped_root
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     items, pool = data[:args.n], data[args.n:]
     prompts = [SteeringPrompt(ex, "sub", tuple(sample_demos(pool, ex.group, 3, "org_org", random.Random(i))))
                for i, ex in enumerate(items)]
-    methods = {"none": (make_method("none").fit(None), None, None)}  # type: ignore[arg-type]
+    methods = {"none": (fitted_without_data("none"), None, None)}
     for label in args.methods.split(","):
         kind, _, gated = label.partition("+")
         bundle = FittedBundle.load(shipped_root(kind), lm.info.model_hash)

@@ -29,6 +29,7 @@ from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.harness import MAX_NEW_TOKENS, condition_prompts
 from sparekit.evaluation.metrics import exact_match
 from sparekit.probes.experiment import PROMPT_SEED
+from recall_bank import default_bank
 from sparekit.probes.training_free import RECALL_SHOTS, recall_prompts, recall_score, unrecalled
 from sparekit.utils.io import atomic_write_json
 
@@ -67,12 +68,28 @@ class AnswerSteps(LogitsProcessor):
         return found
 
 
-def candidate_answers(lm, name: str, questions: list[str], batch_size: int = 8) -> list[dict]:
-    """Per question, a candidate's closed-book answer, its first-token probability (as :func:`recall_answers`) and
-    its tokens' log-probabilities (``instruction``: :data:`INSTRUCTION` before the bare block; the others
-    :func:`recall_prompts` with their shots)."""
-    prompts = ([INSTRUCTION + QABlocks().block(q, ()) for q in questions] if name == "instruction"
-               else recall_prompts(questions, SHOT_CANDIDATES[name]))
+def candidate_prompts(name: str, items: ConflictDataset) -> list[str]:
+    """A candidate's closed-book prompts: ``instruction``, :data:`INSTRUCTION` before the bare block; otherwise
+    :func:`recall_prompts` with the shots its ``+``-joined parts name in order, each a :data:`SHOT_CANDIDATES` name
+    or ``knnK``: the K solved questions of the broad corpus nearest the item's question in form, drawn from the
+    corpus *without the item's relation* (as if it were held out)."""
+    if name == "instruction":
+        return [INSTRUCTION + QABlocks().block(ex.question, ()) for ex in items]
+    bank = default_bank()
+
+    def shots(part: str, ex) -> list[Shot]:
+        if part.startswith("knn"):
+            return bank.without([ex.relation]).nearest(ex.question, int(part.removeprefix("knn")))
+        return list(SHOT_CANDIDATES[part])
+
+    return [recall_prompts([ex.question], [s for part in name.split("+") for s in shots(part, ex)])[0]
+            for ex in items]
+
+
+def candidate_answers(lm, name: str, items: ConflictDataset, batch_size: int = 8) -> list[dict]:
+    """Per item, a candidate's closed-book answer (:func:`candidate_prompts`), its first-token probability (as
+    :func:`recall_answers`) and its tokens' log-probabilities."""
+    prompts = candidate_prompts(name, items)
     rows = []
     for chunk in batches(prompts, batch_size):
         steps, first = AnswerSteps(lm.tokenizer), []
@@ -90,7 +107,7 @@ def cached_answers(lm, name: str, items: ConflictDataset, out) -> dict[str, dict
     rows = json.loads(path.read_text()) if path.is_file() else {}
     missing = [ex for ex in items if ex.id not in rows]
     if missing:
-        rows.update(zip([ex.id for ex in missing], candidate_answers(lm, name, [ex.question for ex in missing])))
+        rows.update(zip([ex.id for ex in missing], candidate_answers(lm, name, missing)))
         atomic_write_json(path, rows)
     return rows
 
@@ -151,7 +168,7 @@ def main() -> None:
     parser = capped_run_parser(__doc__.splitlines()[0], "a `sparekit probe --dataset broad` run directory")
     parser.add_argument("--relations", required=True, help="comma-separated dev relations")
     parser.add_argument("--candidates", default="neutral3,mixed6,mixed3,instruction")
-    parser.add_argument("--or", dest="ors", default="", help="comma-separated A+B pairs of candidates to OR")
+    parser.add_argument("--or", dest="ors", default="", help="comma-separated A|B pairs of candidates to OR")
     parser.add_argument("--formats", default="three_shot,zero_shot,rag,llamaindex")
     parser.add_argument("--floors", default="0", help="comma-separated confidence floors: fire only where the "
                         "closed-book answer is surer than the floor")
@@ -172,7 +189,7 @@ def main() -> None:
     names = args.candidates.split(",")
     found = {name: cached_answers(lm, name, items, args.out) for name in names}
     rows = {name: [found[name]] for name in names}
-    rows.update({f"or:{pair}": [found[name] for name in pair.split("+")] for pair in filter(None, args.ors.split(","))})
+    rows.update({f"or:{pair}": [found[name] for name in pair.split("|")] for pair in filter(None, args.ors.split(","))})
     every, relation = np.ones(len(items), bool), np.array([ex.relation for ex in items])
     table = {}
     for name, answers in rows.items():

@@ -28,7 +28,7 @@ from sparekit.data.dataset import held_out_values
 from sparekit.evaluation.harness import memorised_subset
 from sparekit.probes.experiment import PROMPT_SEED
 from sparekit.probes.training_free import recall_answers, unrecalled
-from sparekit.steering import make_method
+from sparekit.steering import fitted_without_data
 from sparekit.steering.base import DIRECTIONS
 from sparekit.steering.bench import BenchConfig
 from sparekit.steering.bench.cells import Cells
@@ -87,9 +87,9 @@ def main() -> None:
 
 def silencing(lm, cells: Cells, prompts: list, method: str, strength: float, toward: str) -> int:
     """How many more of ``prompts`` hit ``toward``'s target answered unsteered than steered by ``method``."""
-    with make_method("none").fit(None).steer(lm, toward) as plain:  # type: ignore[arg-type]
+    with fitted_without_data("none").steer(lm, toward) as plain:
         unsteered = plain.generate(prompts)
-    with make_method(method).fit(None).steer(lm, toward, strength=strength) as steered:  # type: ignore[arg-type]
+    with fitted_without_data(method).steer(lm, toward, strength=strength) as steered:
         answers = steered.generate(prompts)
     return sum(cells.hit(u, p, toward) - cells.hit(a, p, toward)  # type: ignore[arg-type]
                for u, a, p in zip(unsteered, answers, prompts))

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from sparekit.models.assets import default_assets
-from sparekit.steering.base import DIRECTIONS, make_method
+from sparekit.steering.base import DIRECTIONS, fitted_without_data
 from sparekit.steering.fitted import FittedBundle, FittedSteering, shipped_root
 from sparekit.steering.gate import RecallGate
 
@@ -26,7 +26,7 @@ STRENGTHS = {"cad": 0.5, "adacad": 1.0}
 def decoding_bundle(kind: str, strength: float) -> FittedBundle:
     """``kind`` with ``strength`` toward memory and context, the shipped SpARE's demonstrations, the recall gate."""
     demos = FittedBundle.load(shipped_root("spare")).demos
-    method = make_method(kind).fit(None)  # type: ignore[arg-type]  # a decoding contrast learns nothing from data
+    method = fitted_without_data(kind)  # a decoding contrast learns nothing from data
     directions = {toward: FittedSteering(method, strength, demos) for toward in DIRECTIONS}
     return FittedBundle(kind, directions, demos, default_assets().model_hash, RecallGate())  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ from sparekit.evaluation.generation import tokenize
 from sparekit.hooks import Hooks, Site
 from sparekit.models.tiny import tiny_model
 from sparekit.sae import ReluSAE, save_sae
-from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, make_method
+from sparekit.steering import DIRECTIONS, BehaviourData, SteeringPrompt, fitted_without_data, make_method
 from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.steering.base import Gate
 from sparekit.steering.baselines.juice import DualRun, scale_heads
@@ -354,7 +354,7 @@ def test_fallback_decodes_with_the_second_method_where_the_gate_stays_shut(lm, b
         with method.steer(lm, "memory", strength=strength, gate=gate) as steered:
             return steered.generate(prompts, max_new_tokens=4)
 
-    edited, contrasted, plain = answers(actadd, 8.0), answers(cad, 4.0), answers(make_method("none").fit(None), None)
+    edited, contrasted, plain = answers(actadd, 8.0), answers(cad, 4.0), answers(fitted_without_data("none"), None)
     assert edited != plain and contrasted != plain  # both parts change something here
     fallback = answers(Combined(actadd, cad, second_strength=4.0, fallback=True), 8.0, _EveryOtherRow())
     assert fallback == [edited[i] if i % 2 == 0 else contrasted[i] for i in range(4)]

@@ -11,7 +11,7 @@ import torch
 from sparekit.data import ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.models.tiny import tiny_model
-from sparekit.steering import SteeringPrompt, make_method
+from sparekit.steering import SteeringPrompt, fitted_without_data, make_method
 from sparekit.steering.gate import (ProbeGate, RecallGate, fit_probe_gate, threshold_for_false_positive_rate,
                                     training_free_gate)
 
@@ -63,7 +63,7 @@ def test_a_gate_that_never_fires_leaves_generation_unchanged():
     method.vector_ = torch.randn(lm.info.d_model) * 50
     method.fitted_ = True
     texts = dev[:4]
-    with make_method("none").fit(None).steer(lm, "memory") as plain:  # type: ignore[arg-type]
+    with fitted_without_data("none").steer(lm, "memory") as plain:
         unsteered = plain.generate(texts, max_new_tokens=3)
     with method.steer(lm, "memory", strength=1.0, gate=gate) as gated:
         assert gated.generate(texts, max_new_tokens=3) == unsteered
@@ -116,7 +116,7 @@ def test_gated_steering_leaves_rows_that_do_not_fire_bit_identical(kind):
     if kind == "actadd":
         method, strength = _strong_actadd(lm), 1.0
     elif kind == "cad":
-        method, strength = make_method("cad").fit(None), 8.0  # type: ignore[arg-type]
+        method, strength = fitted_without_data("cad"), 8.0
     else:
         from sparekit.data import ConflictDataset
         from sparekit.steering.base import BehaviourData
@@ -124,7 +124,7 @@ def test_gated_steering_leaves_rows_that_do_not_fire_bit_identical(kind):
         pool = ConflictDataset([p.example for p in _prompts(6, 300)[::2]], "pool")
         method, strength = make_method("icl", k=3).fit(BehaviourData([], np.zeros(0), {}, pool)), None
     golds = ["Ann"] * len(prompts)
-    with make_method("none").fit(None).steer(lm, "memory", batch_size=len(prompts)) as plain:  # type: ignore[arg-type]
+    with fitted_without_data("none").steer(lm, "memory", batch_size=len(prompts)) as plain:
         answers, nll = plain.generate(prompts, max_new_tokens=4), plain.answer_nll(prompts, golds)
     with method.steer(lm, "memory", strength=strength, gate=gate, batch_size=len(prompts)) as steered:
         gated_answers, gated_nll = steered.generate(prompts, max_new_tokens=4), steered.answer_nll(prompts, golds)
@@ -190,9 +190,9 @@ def test_the_recall_gate_decides_as_detect_recall_reads():
 def test_recall_gated_steering_decodes_rows_it_does_not_fire_on_as_unsteered(kind):
     lm = tiny_model("llama")
     prompts = _recall_prompts(lm)
-    method, strength = (_strong_actadd(lm), 1.0) if kind == "actadd" else (make_method("cad").fit(None), 8.0)
+    method, strength = (_strong_actadd(lm), 1.0) if kind == "actadd" else (fitted_without_data("cad"), 8.0)
     golds = ["Ann"] * len(prompts)
-    with make_method("none").fit(None).steer(lm, "memory", batch_size=len(prompts)) as plain:  # type: ignore[arg-type]
+    with fitted_without_data("none").steer(lm, "memory", batch_size=len(prompts)) as plain:
         answers, nll = plain.generate(prompts, max_new_tokens=4), plain.answer_nll(prompts, golds)
     with method.steer(lm, "memory", strength=strength, gate=RecallGate(), batch_size=len(prompts)) as steered:
         gated_answers, gated_nll = steered.generate(prompts, max_new_tokens=4), steered.answer_nll(prompts, golds)

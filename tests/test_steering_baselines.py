@@ -346,3 +346,14 @@ def test_icl_needs_a_pool(behaviour):
         make_method("icl").fit(no_pool)
     with pytest.raises(SparekitError, match="question groups"):
         make_method("icl", k=8).fit(behaviour)
+
+
+def test_only_a_method_that_learns_nothing_is_fitted_without_data():
+    from sparekit.steering import fitted_without_data
+
+    for kind in ("none", "cad", "adacad"):
+        assert fitted_without_data(kind).fitted_
+    assert fitted_without_data("dola", plausibility=0.2).plausibility == 0.2
+    for kind in ("actadd", "spare", "icl"):
+        with pytest.raises(SparekitError, match=f"{kind} learns from behaviour data"):
+            fitted_without_data(kind)

@@ -165,11 +165,11 @@ def test_dev_em_of_none_is_the_harness_unsteered_em_on_the_same_items(default_lm
 
 def test_a_cached_cell_is_reused_only_for_the_same_prompt_text(tiny_llama, tmp_path):
     from sparekit.data import ConflictDataset
-    from sparekit.steering import make_method
+    from sparekit.steering import fitted_without_data
 
     dataset = ConflictDataset([ex for ex in load_dataset("default", limit=12, seed=1)], "d")
     bench = SteeringBenchmark(tiny_llama, dataset, BenchConfig(methods=("none",)), tmp_path, progress=False)
-    none = make_method("none").fit(None)  # type: ignore[arg-type]
+    none = fitted_without_data("none")
     pool, items = dataset[:8], dataset[8:]
     first = eval_prompts(items, pool, "sub", 1, 2)
     cell = ("dev", "none", {}, none)

@@ -14,6 +14,7 @@ from sparekit.steering.base import (
     Steered,
     SteeringMethod,
     SteeringPrompt,
+    fitted_without_data,
     make_method,
 )
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
@@ -25,5 +26,5 @@ from sparekit.steering.spare import SpARE
 __all__ = [
     "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "FittedBundle", "FittedSteering", "Gate", "SpARE",
     "Steered", "SteeringMethod", "SteeringPrompt", "VectorSteering", "behaviour_prompts", "collect_behaviour_data",
-    "make_method",
+    "fitted_without_data", "make_method",
 ]

@@ -350,6 +350,17 @@ def make_method(kind: str, **params: Any) -> SteeringMethod:
     return REGISTRY.lookup(kind)().set_params(**params)
 
 
+def fitted_without_data(kind: str, **params: Any) -> SteeringMethod:
+    """A method that learns nothing from behaviour data (``none``, a decoding contrast), fitted and ready to steer;
+    a clear error for one that does."""
+    method = make_method(kind, **params)
+    try:
+        return method.fit(None)  # type: ignore[arg-type]
+    except AttributeError:
+        raise SparekitError(f"{kind} learns from behaviour data and cannot be fitted without it",
+                            "fit it on the data of sparekit.steering.collect_behaviour_data") from None
+
+
 def edit_rows(hooks: Hooks, per_row: Sequence[Sequence[tuple[Site, EditFn]] | None]) -> Hooks:
     """Declare each batch row's own edits on ``hooks`` (a server mixes methods, directions and strengths).
 
