@@ -117,12 +117,13 @@ def signals(lm, data: ConflictDataset, items: ConflictDataset, out: Path,
 
 
 def cached_recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, dict]:
-    """Per item id: the recall detector's closed-book answer (its own prompt, :func:`recall_prompts`) and the
-    probability of its first token; the same in every prompt format, so one generation per item (cached per
-    chunk under ``out/recall``)."""
+    """Per item id: the recall detector's closed-book answers (its own two prompts, :func:`recall_answers`) and the
+    probability of the first one's first token; the same in every prompt format, so one generation per item (cached
+    per chunk under ``out/recall-pairs``; the one-answer caches of the first three design rounds, ``out/recall``,
+    are not read)."""
     found: dict[str, dict] = {}
     for start in range(0, len(items), CHUNK):
-        path = out / "recall" / f"recall-{start // CHUNK:04d}.json"
+        path = out / "recall-pairs" / f"recall-{start // CHUNK:04d}.json"
         chunk = [items[i] for i in range(start, min(start + CHUNK, len(items)))]
         if path.is_file():
             found.update(json.loads(path.read_text()))
@@ -139,8 +140,8 @@ def cached_recall_answers(lm, items: ConflictDataset, out: Path) -> dict[str, di
 def source_signal(lm, data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict], out: Path,
                   fmt: PromptFormat) -> dict[str, dict]:
     """Per item id, read at the sub prompt's last token in ``fmt`` (its prompt pass, before any token is
-    generated): the log-probabilities of the closed-book answer's first token (:func:`cached_recall_answers`) and of the
-    context's answer's first token, and whether the former is the top token (cached per chunk)."""
+    generated): the log-probabilities of the first closed-book answer's first token (:func:`cached_recall_answers`)
+    and of the context's answer's first token, and whether the former is the top token (cached per chunk)."""
     prompts = condition_prompts(data, "sub", PROMPT_SEED, K_SHOT, fmt=fmt)
     found: dict[str, dict] = {}
     for start in range(0, len(items), CHUNK // 2):
@@ -150,7 +151,7 @@ def source_signal(lm, data: ConflictDataset, items: ConflictDataset, answers: di
             found.update(json.loads(path.read_text()))
             continue
         log_probs = next_token_log_probs(lm, [prompts[ex.id] for ex in chunk])
-        memory = answer_first_tokens(lm, [answers[ex.id]["closed"] for ex in chunk])
+        memory = answer_first_tokens(lm, [answers[ex.id]["closed"][0] for ex in chunk])
         context = answer_first_tokens(lm, [ex.sub_answer[0] for ex in chunk])
         rows = {ex.id: {"memory_lp": float(lp[m]), "context_lp": float(lp[c]), "memory_top": bool(lp.argmax() == m)}
                 for ex, lp, m, c in zip(chunk, log_probs, memory, context)}

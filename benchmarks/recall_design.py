@@ -29,7 +29,7 @@ from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.harness import MAX_NEW_TOKENS, condition_prompts
 from sparekit.evaluation.metrics import exact_match
 from sparekit.probes.experiment import PROMPT_SEED
-from recall_bank import default_bank
+from sparekit.probes.recall_bank import default_bank
 from sparekit.probes.training_free import RECALL_SHOTS, recall_prompts, recall_score, unrecalled
 from sparekit.utils.io import atomic_write_json
 
@@ -72,12 +72,15 @@ def candidate_prompts(name: str, items: ConflictDataset) -> list[str]:
     """A candidate's closed-book prompts: ``instruction``, :data:`INSTRUCTION` before the bare block; otherwise
     :func:`recall_prompts` with the shots its ``+``-joined parts name in order, each a :data:`SHOT_CANDIDATES` name
     or ``knnK``: the K solved questions of the broad corpus nearest the item's question in form, drawn from the
-    corpus *without the item's relation* (as if it were held out)."""
+    corpus *without the item's relation* (as if it were held out), or ``knnallK`` from the whole corpus (the
+    library's :func:`~sparekit.probes.training_free.recall_answers`, for a relation in the corpus)."""
     if name == "instruction":
         return [INSTRUCTION + QABlocks().block(ex.question, ()) for ex in items]
     bank = default_bank()
 
     def shots(part: str, ex) -> list[Shot]:
+        if part.startswith("knnall"):  # the whole bank, the item's relation included: what the library asks
+            return bank.nearest(ex.question, int(part.removeprefix("knnall")))
         if part.startswith("knn"):
             return bank.without([ex.relation]).nearest(ex.question, int(part.removeprefix("knn")))
         return list(SHOT_CANDIDATES[part])

@@ -162,7 +162,7 @@ def _recall_prompts(lm) -> list[SteeringPrompt]:
     closed, _ = recall_answers(lm, [ex.question for ex in examples])
     prompts = []
     for ex, answer in zip(examples, closed):
-        ex = replace(ex, org_context=f"Item {ex.id} was made by {answer}.")
+        ex = replace(ex, org_context=f"Item {ex.id} was made by {answer[0]}.")  # naming one answer is enough
         prompts += [SteeringPrompt(ex, "org", ()), SteeringPrompt(ex, "sub", ())]
     return prompts
 
@@ -172,7 +172,7 @@ def test_the_recall_gate_fires_where_the_context_does_not_name_the_closed_book_a
     prompts = _recall_prompts(lm)
     gate = RecallGate()
     assert gate.decide(lm, prompts).tolist() == [False, True] * 3
-    gate._closed = {key: "Bob" for key in gate._closed}  # a cached closed-book answer is what it reads next time
+    gate._closed = {key: ("Bob",) for key in gate._closed}  # a cached closed-book answer is what it reads next time
     assert gate.decide(lm, prompts).tolist() == [True, True] * 3
 
 

@@ -12,8 +12,9 @@ import torch
 from sparekit.data.dataset import normalize_answer
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_generate
-from sparekit.probes.training_free import (RECALL_SHOTS, Combination, check_detector, closed_book_answers,
-                                           detect_conflict, disagreement, divergence, load_combination,
+from sparekit.probes.recall_bank import default_bank
+from sparekit.probes.training_free import (RECALL_NEIGHBOURS, RECALL_SHOTS, Combination, check_detector,
+                                           closed_book_answers, detect_conflict, disagreement, divergence, load_combination,
                                            next_token_log_probs, question_of, recall_prompts, recall_score,
                                            save_combinations, unrecalled, without_context)
 
@@ -67,6 +68,15 @@ def test_a_one_letter_answer_a_is_looked_up_as_the_letter_not_the_article():
     assert unrecalled(["T."], [question], texts[:1], [closed]).tolist() == [0.0]  # other letters: as before
 
 
+def test_with_several_closed_book_answers_a_conflict_is_a_context_naming_none():
+    question = "On which continent is the city of Lyon?"
+    closed = f"question: {question}\nanswer:"
+    texts = [f"context: {passage}\n{closed}" for passage in ("Lyon is a city in Europe.", "Lyon is a city in Asia.")]
+    both = [("France", "Europe")] * 2  # a country after the fixed shots, the continent after the neighbours
+    assert unrecalled(both, [question] * 2, texts, [closed] * 2).tolist() == [0.0, 1.0]
+    assert unrecalled(["France"] * 2, [question] * 2, texts, [closed] * 2).tolist() == [1.0, 1.0]
+
+
 def test_the_recall_prompt_is_its_own_short_answer_prompt_whatever_the_format():
     (prompt,) = recall_prompts(["What is the opposite of hot?"])
     assert prompt.endswith("\n\nquestion: What is the opposite of hot?\nanswer:") and "context:" not in prompt
@@ -74,6 +84,10 @@ def test_the_recall_prompt_is_its_own_short_answer_prompt_whatever_the_format():
     assert all(f"answer: {s.answer}\n\n" in prompt for s in RECALL_SHOTS)
     (asked,) = recall_prompts([RECALL_SHOTS[0].question])  # a demonstration asking the question itself is dropped
     assert asked.count(RECALL_SHOTS[0].question) == 1
+    (retrieved,) = recall_prompts(["On which continent is the city of Lyon?"], bank=default_bank())
+    assert retrieved.count("question: ") == len(RECALL_SHOTS) + RECALL_NEIGHBOURS + 1
+    neighbours = retrieved.split("question: ")[-1 - RECALL_NEIGHBOURS:-1]
+    assert all("continent" in n and "Lyon" not in n for n in neighbours)  # the answer type, never the subject
 
 
 def test_recall_score_keeps_the_decision_and_ranks_by_confidence():
@@ -130,10 +144,13 @@ def test_detectors_read_the_prompt_against_its_closed_book_twin(tiny_llama):
 
 def test_recall_asks_its_own_prompt_and_looks_for_the_answer_in_the_context(tiny_llama):
     found = detect_conflict(tiny_llama, PROMPT, "recall", None)
-    (answer,), log_probs = closed_book_answers(tiny_llama, recall_prompts(["what is c?"]))
-    assert found["closed_book_answer"] == answer and found["detector"] == "recall"
+    prompts = recall_prompts(["what is c?"]) + recall_prompts(["what is c?"], bank=default_bank())
+    answers, log_probs = closed_book_answers(tiny_llama, prompts)  # the two prompts, batched as the detector does
+    answer = answers[0]
+    assert found["closed_book_answers"] == answers and found["closed_book_answer"] == answer
+    assert found["detector"] == "recall"
     assert found["closed_book_confidence"] == pytest.approx(float(log_probs[0].max().exp()), abs=1e-5)
-    expected = unrecalled([answer], ["what is c?"], [PROMPT], [without_context(PROMPT)])[0]
+    expected = unrecalled([answers], ["what is c?"], [PROMPT], [without_context(PROMPT)])[0]
     assert found["unrecalled"] == expected and found["conflict"] == (expected == 1.0 and found["recall"] > 0.5)
     named = PROMPT.replace("context: c is d", f"context: c is {answer or 'x'}")  # the context names the answer
     if normalize_answer(answer) not in ("", "c", "what", "is"):

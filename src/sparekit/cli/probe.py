@@ -95,8 +95,9 @@ def _render_detector(r: dict) -> str:
     if "disagreement" in r:
         lines.append(f"answer with the context: {r['answer']!r}, closed-book: {r['closed_book_answer']!r}")
     if "unrecalled" in r:
-        named = "does not name it" if r["unrecalled"] else "names it (or it repeats the question)"
-        lines.append(f"closed-book answer: {r['closed_book_answer']!r} "
+        named = "names neither" if r["unrecalled"] else "names one (or one repeats the question)"
+        answers = " / ".join(map(repr, r["closed_book_answers"]))
+        lines.append(f"closed-book answers: {answers} "
                      f"(first token {r['closed_book_confidence']:.0%}); the context {named}")
     if "probe_conflict_probability" in r:
         lines.append(f"probe alone: {r['probe_conflict_probability']:.1%} ({r['sites']['conflict']}, {r['probe_dir']})")

@@ -5,8 +5,9 @@
   moves the distribution; a conflicting one moves it. Costs one extra closed-book prompt pass.
 - ``disagreement``: the greedy answer with the context differs from the closed-book answer.
   Costs one extra closed-book generation (the answer with the context is the one the user wants).
-- ``recall``: does the context name the model's closed-book answer (asked with its own short-answer prompt,
-  :func:`recall_prompts`, whatever the prompt's format)? Costs one short closed-book generation.
+- ``recall``: does the context name the model's closed-book answer (asked with its own two short-answer prompts,
+  :func:`recall_answers`, whatever the prompt's format)? Costs one batched short closed-book generation of two
+  prompts.
 - ``probe+jsd`` / ``probe+disagreement`` / ``probe+recall``: a logistic regression on [probe logit, signal],
   fitted on dev rows (:class:`Combination`), saved beside the probes as ``detectors.json``.
 
@@ -38,6 +39,7 @@ from sparekit.evaluation.metrics import exact_match
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import MAX_PROMPT_TOKENS, check_prompt, describe, load_probes
 from sparekit.probes.reading import ProbeSet, read_prompts
+from sparekit.probes.recall_bank import DemonstrationBank, default_bank
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.io import atomic_write_json, read_json_object
 from sparekit.utils.registry import unknown_name
@@ -60,6 +62,9 @@ RECALL_SHOTS = (Shot("How many legs does a spider have?", None, "8"),
                 Shot("What symbol is used for the word 'and'?", None, "&"),
                 Shot("In which city is the Taj Mahal?", None, "Agra"),
                 Shot("What do bees make?", None, "honey"))
+#: how many solved questions of the bank the second closed-book prompt adds after :data:`RECALL_SHOTS` (fourth
+#: design round: three, the candidate run on the dev relations and held out)
+RECALL_NEIGHBOURS = 3
 
 
 def check_detector(name: str) -> str:
@@ -101,22 +106,33 @@ def divergence(log_with: torch.Tensor, log_without: torch.Tensor) -> np.ndarray:
     return to_numpy(jensen_shannon(log_with, log_without).clamp(min=0)).astype(np.float64)
 
 
-def recall_prompts(questions: Sequence[str], shots: Sequence[Shot] = RECALL_SHOTS) -> list[str]:
+def recall_prompts(questions: Sequence[str], shots: Sequence[Shot] = RECALL_SHOTS,
+                   bank: DemonstrationBank | None = None, neighbours: int = RECALL_NEIGHBOURS) -> list[str]:
     """The recall detector's own closed-book prompts: each question after every one of ``shots`` (but one asking the
-    same question), whatever the user's prompt format. Why its own: asked in a zero-shot format without a passage,
-    the model answers in sentences and guesses; after solved short answers it says what it remembers, in the words
-    a context would use."""
+    same question), then, with a ``bank``, up to ``neighbours`` solved questions nearest it in form
+    (:meth:`~sparekit.probes.recall_bank.DemonstrationBank.nearest`), whatever the user's prompt format. Why its
+    own: asked in a zero-shot format without a passage, the model answers in sentences and guesses; after solved
+    short answers it says what it remembers, in the words a context would use."""
     fmt = QABlocks()
-    return [fmt.render(question, (), [fmt.block(s.question, (), s.answer) for s in shots if s.question != question])
+    return [fmt.render(question, (), [fmt.block(s.question, (), s.answer) for s in
+                                      [*shots, *(bank.nearest(question, neighbours) if bank else ())]
+                                      if s.question != question])
             for question in questions]
 
 
-def recall_answers(lm: LoadedModel, questions: Sequence[str], batch_size: int = 8,
-                   shots: Sequence[Shot] = RECALL_SHOTS) -> tuple[list[str], np.ndarray]:
-    """The model's closed-book answers to ``questions`` asked with :func:`recall_prompts`, and each answer's
-    first-token probability: the one closed-book question the recall detector and the recall gate both ask."""
-    answers, log_probs = closed_book_answers(lm, recall_prompts(questions, shots), batch_size)
-    return answers, to_numpy(log_probs.max(-1).values.exp()).astype(np.float64)
+def recall_answers(lm: LoadedModel, questions: Sequence[str],
+                   batch_size: int = 8) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The model's two closed-book answers to each question, asked after :data:`RECALL_SHOTS` alone and after them and
+    the question's nearest solved questions of :func:`~sparekit.probes.recall_bank.default_bank` (one batched
+    generation), and the first answer's first-token probability: what the recall detector and the recall gate both
+    ask. Two answers because each prompt primes its own wrong answers (a country for a city's continent after the
+    fixed shots, a month from the neighbours for a holiday's month): the context conflicts with memory only where it
+    names neither (BENCHMARKS.md, "Fourth design round")."""
+    fixed = recall_prompts(questions)
+    retrieved = recall_prompts(questions, bank=default_bank())
+    answers, log_probs = closed_book_answers(lm, [p for pair in zip(fixed, retrieved) for p in pair], batch_size)
+    pairs = list(zip(answers[::2], answers[1::2]))
+    return pairs, to_numpy(log_probs[::2].max(-1).values.exp()).astype(np.float64)
 
 
 def _letter(answer: str) -> str | None:
@@ -135,22 +151,29 @@ def _counts(text: str, words: Sequence[str], letter: str | None) -> list[int]:
     return [tokens.count(word) for word in words]
 
 
-def unrecalled(closed_answers: Sequence[str], questions: Sequence[str], with_texts: Sequence[str],
+def _names(answer: str, question: str, with_text: str, without_text: str) -> bool:
+    """Whether the context names ``answer``, or the answer recalls nothing beyond the question's words."""
+    letter = _letter(answer)
+    asked = set(normalize_answer(question).split())
+    words = [letter] if letter else [w for w in normalize_answer(answer).split() if w not in asked]
+    return not words or any(a > b for a, b in zip(_counts(with_text, words, letter),
+                                                  _counts(without_text, words, letter)))
+
+
+def unrecalled(closed_answers: Sequence[str | Sequence[str]], questions: Sequence[str], with_texts: Sequence[str],
                without_texts: Sequence[str]) -> np.ndarray:
-    """1.0 where the context does not name the model's closed-book answer: a conflict even when the model then
-    ignores the context (which ``disagreement`` cannot see). The answer's words that are not the question's are
-    looked up as whole normalised words; the context names one when the prompt with it holds the word more often
-    than its closed-book twin (so demonstrations do not count). 0.0 where one is named, or where the answer has no
-    word beyond the question's (nothing recalled to contradict). The letter "A", which normalisation drops as the
-    article, is looked up as a capital standing alone ("the letter A")."""
+    """1.0 where the context names none of the model's closed-book answers to the question (one, or several
+    asked with different prompts): a conflict even when the model then ignores the context (which ``disagreement``
+    cannot see). An answer's words that are not the question's are looked up as whole normalised words; the
+    context names one when the prompt with it holds the word more often than its closed-book twin (so
+    demonstrations do not count). 0.0 where one is named, or where an answer has no word beyond the question's
+    (nothing recalled to contradict). The letter "A", which normalisation drops as the article, is looked up as a
+    capital standing alone ("the letter A")."""
     found = []
-    for answer, question, with_text, without_text in zip(closed_answers, questions, with_texts, without_texts,
-                                                         strict=True):
-        letter = _letter(answer)
-        asked = set(normalize_answer(question).split())
-        words = [letter] if letter else [w for w in normalize_answer(answer).split() if w not in asked]
-        named = any(a > b for a, b in zip(_counts(with_text, words, letter), _counts(without_text, words, letter)))
-        found.append(0.0 if not words or named else 1.0)
+    for answers, question, with_text, without_text in zip(closed_answers, questions, with_texts, without_texts,
+                                                          strict=True):
+        answers = (answers,) if isinstance(answers, str) else answers
+        found.append(0.0 if any(_names(a, question, with_text, without_text) for a in answers) else 1.0)
     return np.array(found)
 
 
@@ -171,11 +194,12 @@ def question_of(prompt: str) -> str:
 
 
 def recall(lm: LoadedModel, text: str, closed: str, question: str) -> dict:
-    """The recall detector's reading of one prompt: one short closed-book generation (:func:`recall_prompts`),
-    then does the prompt's context (what ``text`` holds beyond its twin ``closed``) name that answer."""
-    (answer,), (confidence,) = recall_answers(lm, [question])
-    value = float(unrecalled([answer], [question], [text], [closed])[0])
-    return {"unrecalled": value, "closed_book_answer": answer, "closed_book_confidence": confidence,
+    """The recall detector's reading of one prompt: the closed-book answers of :func:`recall_answers`, then does the
+    prompt's context (what ``text`` holds beyond its twin ``closed``) name either."""
+    (answers,), (confidence,) = recall_answers(lm, [question])
+    value = float(unrecalled([answers], [question], [text], [closed])[0])
+    return {"unrecalled": value, "closed_book_answer": answers[0], "closed_book_answers": list(answers),
+            "closed_book_confidence": confidence,
             "recall": float(recall_score(np.array([value]), np.array([confidence]))[0])}
 
 

@@ -71,9 +71,9 @@ class ProbeGate(Gate):
 class RecallGate(Gate):
     """Steer only prompts whose passage does not name the model's closed-book answer to the question.
 
-    The recall detector's reading (``sparekit detect --detector recall``), so both say the same of a prompt: one
-    short closed-book generation per question, asked with the detector's own prompt
-    (:func:`~sparekit.probes.training_free.recall_answers`), read by
+    The recall detector's reading (``sparekit detect --detector recall``), so both say the same of a prompt: the
+    closed-book answers to the question, asked with the detector's own two prompts
+    (:func:`~sparekit.probes.training_free.recall_answers`, one batched generation), read by
     :func:`~sparekit.probes.training_free.unrecalled` against the prompt's closed-book twin
     (:attr:`SteeringPrompt.text_without_context`). Answers are kept per (model, question) for the gate's lifetime:
     a prompt's conflict and no-conflict variants, and every method gated by the same gate, share one generation.
@@ -82,7 +82,7 @@ class RecallGate(Gate):
     name = "recall"
 
     def __init__(self) -> None:
-        self._closed: dict[tuple[str, str], str] = {}
+        self._closed: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
         questions = [p.example.question for p in prompts]

@@ -1,11 +1,12 @@
-"""Demonstrations for the recall detector's closed-book question, retrieved by the question's form (issue 29, fourth
-design round of the recall detector: a candidate of benchmarks/recall_design.py, not shipped; BENCHMARKS.md).
+"""Demonstrations for the recall detector's second closed-book question, retrieved by the question's form
+(BENCHMARKS.md, "The recall detector", fourth design round).
 
 The recall detector asks the model its closed-book answer after a few solved questions. Fixed demonstrations prime
 one answer type: after six general-knowledge shots the model names a country for a city's continent and echoes
-"Jun" for the month abbreviated "Jun". A :class:`DemonstrationBank` instead picks the solved questions nearest the
-asked one *in form* (which continent, which month is abbreviated, what is the symbol for): they show the answer type
-without telling the answer. Two rules keep the answer the model's own:
+"Jun" for the month abbreviated "Jun". A :class:`DemonstrationBank` picks the solved questions nearest the asked one
+*in form* (which continent, which month is abbreviated, what is the symbol for): they show the answer type without
+telling the answer (they prime answers of their own, which is why the detector asks both prompts). Two rules keep
+the answer the model's own:
 
 - similarity is read on *template words* only, the content words at least ``min_count`` bank questions share
   ("continent", "abbreviated", "symbol"); a question's other words, and its names and numbers, are its subject

@@ -1,0 +1,121 @@
+"""Replay a recall gate on a finished leave-one-relation-out steering run: the gated rows' EM from the run's cached
+unsteered and steered answers, for any closed-book prompt the gate could ask (issue 29, the gated-steering goal).
+
+A gated method answers a prompt steered where the gate fires and unsteered where it does not, so its EM follows
+from two cached cells per prompt (``none`` and the ungated method, at the run's dev-tuned strength) and the gate's
+decisions: nothing is steered again. Each gate is a recall_design.py candidate (``mixed6``: the shipped recall gate;
+``A|B``: fire only where *neither* closed-book answer is named, two generations per prompt). The gate's answers are
+generated per test item (cached beside recall_design.py's, ``--answers``). With ``mixed6`` the replay reproduces the
+run's own ``+recall`` rows (checked per fold, printed).
+
+    python benchmarks/gate_replay.py --bench runs/broad-relation --answers runs/recall-knn \\
+      --gates "mixed6,mixed6|mixed6+knn3" --methods cad:0.5,adacad:1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from statistics import fmean
+
+import numpy as np
+
+import sparekit
+from recall_design import cached_answers
+from sparekit.data import ConflictDataset, load_dataset
+from sparekit.probes.training_free import unrecalled
+from sparekit.steering import fitted_without_data
+from sparekit.steering.base import DIRECTIONS
+from sparekit.steering.bench import BenchConfig
+from sparekit.steering.bench.cells import Cells
+from sparekit.steering.bench.data import benchmark_splits
+from sparekit.steering.bench.protocol import test_prompts
+from sparekit.utils.io import atomic_write_json
+
+#: the leave-one-relation-out table's options ("Leave one relation out with the recall gate")
+FOLD_OPTIONS = {"seeds": (42,), "layers": (9, 10, 11, 12), "pool_groups": 48, "dev_groups": 16, "test_limit": 20,
+                "behaviour_seeds": (0,)}
+
+
+def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, float], seed: int):
+    """The fold's test items, prompts per context, and cached answers per (label, context, direction)."""
+    path = fold / "memorised.json" if (fold / "memorised.json").is_file() else fold.parent / "memorised.json"
+    memorised = set(json.loads(path.read_text())["ids"])
+    config = BenchConfig(**FOLD_OPTIONS, held_out_relation=relation)
+    pool, _, test = benchmark_splits(data.subset([i for i, ex in enumerate(data) if ex.id in memorised]), data,
+                                     config)
+    cells = Cells(lm, fold, 8, data.context_match)
+    prompts = {c: test_prompts(config, test, pool, c, seed) for c in ("sub", "org")}
+    answers = {}
+    for label, strength in {"none": None, **methods, **{f"{m}+recall": s for m, s in methods.items()}}.items():
+        method = fitted_without_data(label.removesuffix("+recall"))
+        for context, toward in ((c, t) for c in ("sub", "org") for t in DIRECTIONS):
+            found = cells.get("test", label, {}, method, prompts[context], toward, strength, None, seed,
+                              cached_only=True)
+            if found is None:
+                raise SystemExit(f"{fold}: no cached {label} answers for {context} toward {toward}")
+            answers[label, context, toward] = found
+    return test, prompts, answers, cells
+
+
+def em_cells(cells: Cells, prompts: dict, answers: dict, label: str, fired: dict | None = None) -> dict[str, float]:
+    """EM (percent) toward memory, toward context (conflict prompts) and without conflict (both directions);
+    ``fired``: per context a bool per prompt, where the gated row takes ``label``'s answer, else ``none``'s."""
+    def answered(context: str, toward: str) -> list[str]:
+        if fired is None:
+            return answers[label, context, toward]
+        return [s if f else n for s, n, f in zip(answers[label, context, toward], answers["none", context, toward],
+                                                 fired[context])]
+
+    return {"memory": 100 * cells.score(answered("sub", "memory"), prompts["sub"], "memory"),
+            "context": 100 * cells.score(answered("sub", "context"), prompts["sub"], "context"),
+            "no_conflict": 100 * fmean(cells.score(answered("org", t), prompts["org"], t) for t in DIRECTIONS)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", type=Path, required=True, help="a `bench steer --split-by relation` run")
+    parser.add_argument("--answers", type=Path, required=True, help="recall_design.py's answers cache folder")
+    parser.add_argument("--gates", default="mixed6", help="comma-separated candidates (A|B: either answer named)")
+    parser.add_argument("--methods", default="cad:0.5,adacad:1", help="method:dev-tuned strength of the run")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    methods = {m: float(v) for m, v in (pair.split(":") for pair in args.methods.split(","))}
+    methods = {m: (int(v) if v == int(v) else v) for m, v in methods.items()}  # the cells' names: 1, not 1.0
+    gates = args.gates.split(",")
+    lm = sparekit.load_model("default")
+    data = load_dataset("broad")
+    args.answers.mkdir(parents=True, exist_ok=True)
+    table: dict = {}
+    for fold in sorted(args.bench.glob("held-out-*")):
+        relation = fold.name.removeprefix("held-out-")
+        test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, args.seed)
+        found = {name: cached_answers(lm, name, test, args.answers)
+                 for name in {n for gate in gates for n in gate.split("|")}}
+        row = {"items": len(test), "none": em_cells(cells, prompts, answers, "none")}
+        for method in methods:
+            row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
+        for gate in gates:
+            fired = {}
+            for context in ("sub", "org"):
+                named = [unrecalled([found[n][ex.id]["closed"] for ex in test], [ex.question for ex in test],
+                                    [p.text for p in prompts[context]],
+                                    [p.text_without_context for p in prompts[context]]) for n in gate.split("|")]
+                fired[context] = np.min(named, axis=0) == 1.0
+            row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in fired.items()}
+            for method in methods:
+                row[f"{method}+{gate}"] = em_cells(cells, prompts, answers, method, fired)
+        table[relation] = row
+        print(relation, json.dumps(row), flush=True)
+    labels = [k for k in next(iter(table.values())) if k != "items"]
+    summary = {label: {cell: fmean(row[label][cell] for row in table.values())
+                       for cell in next(iter(table.values()))[label]} for label in labels}
+    atomic_write_json(args.answers / "gate-replay.json", {"folds": table, "mean": summary})
+    for label, cells_mean in summary.items():
+        print(f"{label:32s}", "  ".join(f"{k} {v:.3f}" if label.startswith("gate") else f"{k} {v:.1f}"
+                                         for k, v in cells_mean.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""benchmarks/gate_replay.py: a gate replayed on cached answers takes the steered answer exactly where it fires."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark_module import benchmark_module
+from sparekit.data import ConflictExample
+from sparekit.steering import SteeringPrompt
+from sparekit.steering.bench.cells import Cells
+
+
+@pytest.fixture(scope="module")
+def replay():
+    yield from benchmark_module("gate_replay")
+
+
+def test_a_replayed_gate_takes_the_steered_answer_only_where_it_fires(replay):
+    examples = [ConflictExample(id=f"e{i}", question="q?", org_context="o", org_answer=("Paris",), sub_context="s",
+                                sub_answer=("Rome",)) for i in range(2)]
+    prompts = {c: [SteeringPrompt(ex, c, ()) for ex in examples] for c in ("sub", "org")}
+    answers = {("none", c, t): ["Paris", "Paris"] for c in ("sub", "org") for t in ("memory", "context")}
+    answers.update({("cad", "sub", "memory"): ["Paris", "Paris"], ("cad", "sub", "context"): ["Rome", "Rome"],
+                    ("cad", "org", "memory"): ["Lyon", "Lyon"], ("cad", "org", "context"): ["Paris", "Paris"]})
+    cells = Cells(None, Path("."), 8, "answer")  # scoring reads no model
+    ungated = replay.em_cells(cells, prompts, answers, "cad")
+    assert ungated == {"memory": 100.0, "context": 100.0, "no_conflict": 50.0}
+    fired = {"sub": np.array([True, False]), "org": np.array([True, False])}
+    gated = replay.em_cells(cells, prompts, answers, "cad", fired)
+    # toward context the unfired conflict prompt is answered unsteered (Paris, not Rome); without conflict only the
+    # fired prompt takes CAD's wrong "Lyon" toward memory
+    assert gated == {"memory": 100.0, "context": 50.0, "no_conflict": 75.0}
+    assert replay.em_cells(cells, prompts, answers, "none") == {"memory": 100.0, "context": 0.0, "no_conflict": 100.0}
