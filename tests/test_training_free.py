@@ -226,7 +226,7 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
     assert library["conflict_probability"] == pytest.approx(readings["recall"]["conflict_probability"])
     assert main(["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3",
                  "--detector", "recall"]) == 0
-    assert "closed-book answer: " in capsys.readouterr().out
+    assert "closed-book answers: " in capsys.readouterr().out
 
 
 def test_the_shipped_probes_carry_both_combinations():
