@@ -14,7 +14,8 @@ from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_generate
 from sparekit.probes.recall_bank import default_bank
 from sparekit.probes.training_free import (RECALL_NEIGHBOURS, RECALL_SHOTS, Combination, check_detector,
-                                           closed_book_answers, detect_conflict, disagreement, divergence, load_combination,
+                                           closed_book_answers, detect_conflict, disagreement, divergence,
+                                           load_combination, memory_first,
                                            next_token_log_probs, question_of, recall_prompts, recall_score,
                                            save_combinations, unrecalled, without_context)
 
@@ -151,6 +152,7 @@ def test_recall_asks_its_own_prompt_and_looks_for_the_answer_in_the_context(tiny
     assert found["detector"] == "recall"
     assert found["closed_book_confidence"] == pytest.approx(float(log_probs[0].max().exp()), abs=1e-5)
     expected = unrecalled([answers], ["what is c?"], [PROMPT], [without_context(PROMPT)])[0]
+    assert found["recall_source"] == ("memory" if memory_first(tiny_llama, [PROMPT], [answer])[0] else "context")
     assert found["unrecalled"] == expected and found["conflict"] == (expected == 1.0 and found["recall"] > 0.5)
     named = PROMPT.replace("context: c is d", f"context: c is {answer or 'x'}")  # the context names the answer
     if normalize_answer(answer) not in ("", "c", "what", "is"):
@@ -238,3 +240,12 @@ def test_the_shipped_probes_carry_both_combinations():
     for signal in ("jsd", "disagreement"):
         combination = load_combination(folder, signal)
         assert combination.coef[1] > 0  # more divergence / disagreement reads as more conflict
+
+
+def test_memory_first_reads_whether_the_prompt_is_about_to_say_the_closed_book_answer(tiny_llama):
+    top = int(next_token_log_probs(tiny_llama, [PROMPT])[0].argmax())
+    said = tiny_llama.tokenizer.decode([top]).strip()
+    if not said:
+        pytest.skip("the random model's likeliest next token is blank")
+    other = next(w for w in ("zebra", "quartz", "violin") if not w.startswith(said))
+    assert memory_first(tiny_llama, [PROMPT, PROMPT], [said, other]).tolist() == [1.0, 0.0]

@@ -99,6 +99,8 @@ def _render_detector(r: dict) -> str:
         answers = " / ".join(map(repr, r["closed_book_answers"]))
         lines.append(f"closed-book answers: {answers} "
                      f"(first token {r['closed_book_confidence']:.0%}); the context {named}")
+        lines.append(f"predicted source (training-free): {r['recall_source']} (the prompt's likeliest next token "
+                     f"{'starts' if r['recall_source'] == 'memory' else 'does not start'} the closed-book answer)")
     if "probe_conflict_probability" in r:
         lines.append(f"probe alone: {r['probe_conflict_probability']:.1%} ({r['sites']['conflict']}, {r['probe_dir']})")
     return "\n".join(lines) + _distribution_warning(r)
