@@ -29,6 +29,7 @@ from functools import cache
 
 import numpy as np
 
+from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictDataset, normalize_answer
 from sparekit.data.formats import Shot
 
@@ -129,6 +130,4 @@ class DemonstrationBank:
 @cache
 def default_bank() -> DemonstrationBank:
     """The embedded broad corpus' questions and true answers (loaded once per process)."""
-    from sparekit.data import load_dataset
-
     return DemonstrationBank.from_dataset(load_dataset("broad", seed=0))
