@@ -249,3 +249,15 @@ def test_memory_first_reads_whether_the_prompt_is_about_to_say_the_closed_book_a
         pytest.skip("the random model's likeliest next token is blank")
     other = next(w for w in ("zebra", "quartz", "violin") if not w.startswith(said))
     assert memory_first(tiny_llama, [PROMPT, PROMPT], [said, other]).tolist() == [1.0, 0.0]
+
+
+def test_the_next_token_pass_runs_the_head_on_the_last_position_and_reads_the_same(tiny_llama):
+    from sparekit.evaluation.generation import tokenize
+    from sparekit.hooks.core import last_logits_only
+
+    assert last_logits_only(tiny_llama.model) == {"logits_to_keep": 1}
+    texts = [PROMPT, "question: what is c?\nanswer:"]
+    with torch.inference_mode():
+        full = tiny_llama.model(**tokenize(tiny_llama, texts, position_ids=True), use_cache=False).logits[:, -1]
+    expected = torch.log_softmax(full.float(), -1)
+    assert torch.allclose(next_token_log_probs(tiny_llama, texts), expected, atol=1e-5)

@@ -127,6 +127,12 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def last_logits_only(model: torch.nn.Module) -> dict[str, int]:
+    """Forward keywords that run the LM head on the last position only, where the model allows it: a 262k-token
+    vocabulary makes the head on every position the costliest part of a prompt pass that reads one next token."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def _split_output(output) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
     """Return the hidden-state tensor of a module output and a function rebuilding it."""
     if isinstance(output, torch.Tensor):

@@ -36,6 +36,7 @@ from sparekit.evaluation.divergence import jensen_shannon
 from sparekit.evaluation.generation import greedy_generate, tokenize
 from sparekit.evaluation.harness import MAX_NEW_TOKENS
 from sparekit.evaluation.metrics import exact_match
+from sparekit.hooks.core import last_logits_only
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import MAX_PROMPT_TOKENS, check_prompt, describe, load_probes
 from sparekit.probes.reading import ProbeSet, read_prompts
@@ -97,7 +98,8 @@ def closed_book_answers(lm: LoadedModel, texts: Sequence[str],
 @torch.inference_mode()
 def next_token_log_probs(lm: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
     """float32 ``[n, vocab]`` log-probabilities of the token after each prompt (one prompt pass, left padded)."""
-    logits = lm.model(**tokenize(lm, list(texts), position_ids=True), use_cache=False).logits[:, -1]
+    logits = lm.model(**tokenize(lm, list(texts), position_ids=True), use_cache=False,
+                      **last_logits_only(lm.model)).logits[:, -1]
     return torch.log_softmax(logits.float(), -1).cpu()
 
 

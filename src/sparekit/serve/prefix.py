@@ -12,14 +12,13 @@ float rounding (greedy answers: identical in tests/test_serve.py).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import torch
 from transformers import Cache
 
-from sparekit.hooks.core import cache_keyword, mark_prompt_start
+from sparekit.hooks.core import cache_keyword, last_logits_only, mark_prompt_start
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 
@@ -95,9 +94,8 @@ def cached_forward(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: tor
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None
     reused = {} if cache is None else {cache_keyword(lm.model): cache}
-    head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else {}
     out = lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                   **head, **reused)
+                   **last_logits_only(lm.model), **reused)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     return cache, out.logits[:, -1].float()
 
