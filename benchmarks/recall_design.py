@@ -14,6 +14,7 @@ if the context names either answer; two generations per prompt) at no extra gene
 from __future__ import annotations
 
 import json
+from functools import cache
 from itertools import product
 
 import numpy as np
@@ -77,12 +78,13 @@ def candidate_prompts(name: str, items: ConflictDataset) -> list[str]:
     if name == "instruction":
         return [INSTRUCTION + QABlocks().block(ex.question, ()) for ex in items]
     bank = default_bank()
+    held_out = cache(lambda relation: bank.without([relation]))  # built once per relation, not per item
 
     def shots(part: str, ex) -> list[Shot]:
         if part.startswith("knnall"):  # the whole bank, the item's relation included: what the library asks
             return bank.nearest(ex.question, int(part.removeprefix("knnall")))
         if part.startswith("knn"):
-            return bank.without([ex.relation]).nearest(ex.question, int(part.removeprefix("knn")))
+            return held_out(ex.relation).nearest(ex.question, int(part.removeprefix("knn")))
         return list(SHOT_CANDIDATES[part])
 
     return [recall_prompts([ex.question], [s for part in name.split("+") for s in shots(part, ex)])[0]

@@ -101,10 +101,10 @@ class DemonstrationBank:
         norm = np.linalg.norm(vector)
         return vector / norm if norm else vector
 
-    def nearest(self, question: str, k: int, min_similarity: float = 0.0) -> list[Shot]:
-        """Up to ``k`` solved questions nearest ``question`` in form (cosine of idf-weighted template words at least
-        ``min_similarity``), nearest last, with distinct answers and none sharing a subject word with it; ties are
-        broken by a draw keyed on the question (reproducible)."""
+    def nearest(self, question: str, k: int) -> list[Shot]:
+        """Up to ``k`` solved questions nearest ``question`` in form (cosine of idf-weighted template words, above
+        0), nearest last, with distinct answers and none sharing a subject word with it; ties are broken by a draw
+        keyed on the question (reproducible)."""
         asked = _words(question)
         subject = {w for w in asked if w not in self._template and w not in FUNCTION_WORDS} | _named(question)
         template = {w: i for w, i in self._template.items() if w not in subject}
@@ -114,7 +114,7 @@ class DemonstrationBank:
         chosen: list[Shot] = []
         answers: set[str] = set()
         for i in order:
-            if similarity[i] < min_similarity or similarity[i] <= 0:
+            if similarity[i] <= 0:
                 break
             shot = self.shots[i]
             answer = normalize_answer(shot.answer or "")
