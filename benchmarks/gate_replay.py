@@ -6,7 +6,10 @@ from two cached cells per prompt (``none`` and the ungated method, at the run's 
 decisions: nothing is steered again. Each gate is a recall_design.py candidate (``mixed6``: the shipped recall gate;
 ``A|B``: fire only where *neither* closed-book answer is named, two generations per prompt). The gate's answers are
 generated per test item (cached beside recall_design.py's, ``--answers``). With ``mixed6`` the replay reproduces the
-run's own ``+recall`` rows (checked per fold, printed).
+run's own ``+recall`` rows (checked per fold, printed). ``--source-aware`` adds each gate restricted to the prompts
+whose training-free source reading (:func:`~sparekit.probes.training_free.memory_first`, one prompt pass) is not the
+target: steer toward context only where the model is about to answer from memory, and the reverse. Means over folds
+and pooled over items are printed and written to ``gate-replay.json``.
 
     python benchmarks/gate_replay.py --bench runs/broad-relation --answers runs/recall-knn \\
       --gates "mixed6,mixed6|mixed6+knn3" --methods cad:0.5,adacad:1
@@ -24,7 +27,7 @@ import numpy as np
 import sparekit
 from recall_design import cached_answers
 from sparekit.data import ConflictDataset, load_dataset
-from sparekit.probes.training_free import unrecalled
+from sparekit.probes.training_free import memory_first, unrecalled
 from sparekit.steering import fitted_without_data
 from sparekit.steering.base import DIRECTIONS
 from sparekit.steering.bench import BenchConfig
@@ -61,12 +64,13 @@ def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: di
 
 def em_cells(cells: Cells, prompts: dict, answers: dict, label: str, fired: dict | None = None) -> dict[str, float]:
     """EM (percent) toward memory, toward context (conflict prompts) and without conflict (both directions);
-    ``fired``: per context a bool per prompt, where the gated row takes ``label``'s answer, else ``none``'s."""
+    ``fired``: per (context, direction) a bool per prompt, where the gated row takes ``label``'s answer, else
+    ``none``'s."""
     def answered(context: str, toward: str) -> list[str]:
         if fired is None:
             return answers[label, context, toward]
         return [s if f else n for s, n, f in zip(answers[label, context, toward], answers["none", context, toward],
-                                                 fired[context])]
+                                                 fired[context, toward])]
 
     return {"memory": 100 * cells.score(answered("sub", "memory"), prompts["sub"], "memory"),
             "context": 100 * cells.score(answered("sub", "context"), prompts["sub"], "context"),
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--gates", default="mixed6", help="comma-separated candidates (A|B: either answer named)")
     parser.add_argument("--methods", default="cad:0.5,adacad:1", help="method:dev-tuned strength of the run")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--source-aware", action="store_true",
+                        help="also each gate steering only where the predicted source (memory_first) is not the target")
     args = parser.parse_args()
     methods = {m: float(v) for m, v in (pair.split(":") for pair in args.methods.split(","))}
     methods = {m: (int(v) if v == int(v) else v) for m, v in methods.items()}  # the cells' names: 1, not 1.0
@@ -97,24 +103,40 @@ def main() -> None:
         for method in methods:
             row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
         for gate in gates:
-            fired = {}
+            conflict = {}
             for context in ("sub", "org"):
                 named = [unrecalled([found[n][ex.id]["closed"] for ex in test], [ex.question for ex in test],
                                     [p.text for p in prompts[context]],
                                     [p.text_without_context for p in prompts[context]]) for n in gate.split("|")]
-                fired[context] = np.min(named, axis=0) == 1.0
-            row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in fired.items()}
-            for method in methods:
-                row[f"{method}+{gate}"] = em_cells(cells, prompts, answers, method, fired)
+                conflict[context] = np.min(named, axis=0) == 1.0
+            row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in conflict.items()}
+            variants = {gate: {(c, t): f for c, f in conflict.items() for t in DIRECTIONS}}
+            if args.source_aware:
+                first = gate.split("|")[0]
+                memory = {c: memory_first(lm, [p.text for p in prompts[c]],
+                                          [found[first][ex.id]["closed"] for ex in test]) == 1.0
+                          for c in ("sub", "org")}
+                variants[f"{gate}+source"] = {(c, t): f & (memory[c] if t == "context" else ~memory[c])
+                                              for c, f in conflict.items() for t in DIRECTIONS}
+                row[f"gate {gate}+source"] = {f"{c} {t}": float(np.mean(f))
+                                              for (c, t), f in variants[f"{gate}+source"].items()}
+            for name, fired in variants.items():
+                for method in methods:
+                    row[f"{method}+{name}"] = em_cells(cells, prompts, answers, method, fired)
         table[relation] = row
         print(relation, json.dumps(row), flush=True)
     labels = [k for k in next(iter(table.values())) if k != "items"]
+    items = [row["items"] for row in table.values()]
     summary = {label: {cell: fmean(row[label][cell] for row in table.values())
                        for cell in next(iter(table.values()))[label]} for label in labels}
-    atomic_write_json(args.answers / "gate-replay.json", {"folds": table, "mean": summary})
-    for label, cells_mean in summary.items():
-        print(f"{label:32s}", "  ".join(f"{k} {v:.3f}" if label.startswith("gate") else f"{k} {v:.1f}"
-                                         for k, v in cells_mean.items()))
+    pooled = {label: {cell: float(np.average([row[label][cell] for row in table.values()], weights=items))
+                      for cell in next(iter(table.values()))[label]} for label in labels}
+    atomic_write_json(args.answers / "gate-replay.json", {"folds": table, "mean": summary, "pooled": pooled})
+    for name, result in (("mean of folds", summary), ("pooled over items", pooled)):
+        print(name)
+        for label, cells_mean in result.items():
+            print(f"  {label:32s}", "  ".join(f"{k} {v:.3f}" if label.startswith("gate") else f"{k} {v:.1f}"
+                                             for k, v in cells_mean.items()))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,12 @@ def test_a_replayed_gate_takes_the_steered_answer_only_where_it_fires(replay):
     cells = Cells(None, Path("."), 8, "answer")  # scoring reads no model
     ungated = replay.em_cells(cells, prompts, answers, "cad")
     assert ungated == {"memory": 100.0, "context": 100.0, "no_conflict": 50.0}
-    fired = {"sub": np.array([True, False]), "org": np.array([True, False])}
+    fired = {(c, t): np.array([True, False]) for c in ("sub", "org") for t in ("memory", "context")}
     gated = replay.em_cells(cells, prompts, answers, "cad", fired)
     # toward context the unfired conflict prompt is answered unsteered (Paris, not Rome); without conflict only the
     # fired prompt takes CAD's wrong "Lyon" toward memory
     assert gated == {"memory": 100.0, "context": 50.0, "no_conflict": 75.0}
+    # a gate that decides per direction (--source-aware): silent toward memory, the org prompt keeps "Paris"
+    fired["org", "memory"] = np.array([False, False])
+    assert replay.em_cells(cells, prompts, answers, "cad", fired)["no_conflict"] == 100.0
     assert replay.em_cells(cells, prompts, answers, "none") == {"memory": 100.0, "context": 0.0, "no_conflict": 100.0}

@@ -78,6 +78,14 @@ def test_with_several_closed_book_answers_a_conflict_is_a_context_naming_none():
     assert unrecalled(["France"] * 2, [question] * 2, texts, [closed] * 2).tolist() == [1.0, 1.0]
 
 
+def test_an_accent_does_not_hide_that_the_context_names_the_answer():
+    question, closed = "Which city is the capital of Togo?", "question: Which city is the capital of Togo?"
+    texts = ["context: Togo is governed from Lome.\n" + closed, "context: Togo is governed from Lomé.\n" + closed,
+             "context: Togo is governed from Lima.\n" + closed]
+    assert unrecalled(["Lomé"] * 3, [question] * 3, texts, [closed] * 3).tolist() == [0.0, 0.0, 1.0]
+    assert unrecalled(["Lome"], [question], texts[1:2], [closed]).tolist() == [0.0]
+
+
 def test_the_recall_prompt_is_its_own_short_answer_prompt_whatever_the_format():
     (prompt,) = recall_prompts(["What is the opposite of hot?"])
     assert prompt.endswith("\n\nquestion: What is the opposite of hot?\nanswer:") and "context:" not in prompt

@@ -22,6 +22,7 @@ given as text must be ``three_shot`` blocks, and loses its last block's ``contex
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,15 +150,20 @@ def _counts(text: str, words: Sequence[str], letter: str | None) -> list[int]:
     a sentence)."""
     if letter:
         return [len(re.findall(rf"\b{word}\b", text)) for word in words]
-    tokens = normalize_answer(text).split()
+    tokens = _words(text)
     return [tokens.count(word) for word in words]
+
+
+def _words(text: str) -> list[str]:
+    """Normalised words with accents dropped: a closed-book "Lomé" is the passage's "Lome"."""
+    return "".join(ch for ch in normalize_answer(text) if not unicodedata.combining(ch)).split()
 
 
 def _names(answer: str, question: str, with_text: str, without_text: str) -> bool:
     """Whether the context names ``answer``, or the answer recalls nothing beyond the question's words."""
     letter = _letter(answer)
-    asked = set(normalize_answer(question).split())
-    words = [letter] if letter else [w for w in normalize_answer(answer).split() if w not in asked]
+    asked = set(_words(question))
+    words = [letter] if letter else [w for w in _words(answer) if w not in asked]
     return not words or any(a > b for a, b in zip(_counts(with_text, words, letter),
                                                   _counts(without_text, words, letter)))
 
