@@ -34,6 +34,7 @@ from sparekit.steering.bench import BenchConfig
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench.data import benchmark_splits
 from sparekit.steering.bench.protocol import test_prompts
+from sparekit.steering.gate import training_free_gate
 from sparekit.utils.io import atomic_write_json
 
 #: the leave-one-relation-out table's options ("Leave one relation out with the recall gate")
@@ -53,9 +54,12 @@ def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: di
     answers = {}
     for label, strength in {"none": None, **methods, **{f"{m}+recall": s for m, s in methods.items()}}.items():
         method = fitted_without_data(label.removesuffix("+recall"))
+        gates = (training_free_gate("recall"), None) if label.endswith("+recall") else (None,)
         for context, toward in ((c, t) for c in ("sub", "org") for t in DIRECTIONS):
-            found = cells.get("test", label, {}, method, prompts[context], toward, strength, None, seed,
-                              cached_only=True)
+            # the run's gated cells under today's recall reading, else as a run from before cells recorded theirs
+            found = next((got for gate in gates if (got := cells.get("test", label, {}, method, prompts[context],
+                                                                     toward, strength, gate, seed, cached_only=True))
+                          is not None), None)
             if found is None:
                 raise SystemExit(f"{fold}: no cached {label} answers for {context} toward {toward}")
             answers[label, context, toward] = found

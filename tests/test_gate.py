@@ -52,6 +52,8 @@ def test_fit_probe_gate_picks_a_candidate_layer_and_bounds_false_positives(tmp_p
     assert (again.site, again.threshold) == (gate.site, gate.threshold)
     h = torch.randn(5, lm.info.d_model)
     assert torch.equal(again.fire(h), gate.fire(h))
+    # the signature a benchmark's gated cells record: the same for the reloaded gate, another for another threshold
+    assert again.signature() == gate.signature() != ProbeGate(gate.probe, gate.site.layer, 0.99).signature()
 
 
 def test_a_gate_that_never_fires_leaves_generation_unchanged():
@@ -205,6 +207,12 @@ def test_recall_gated_steering_decodes_rows_it_does_not_fire_on_as_unsteered(kin
             assert gated_nll[row] == pytest.approx(ungated_nll[row], rel=1e-5) and gated_nll[row] != nll[row]
         else:
             assert gated_nll[row] == nll[row] and gated_answers[row] == answers[row]
+
+
+def test_the_recall_gates_signature_names_the_reading_it_decides_by():
+    from sparekit.probes.training_free import RECALL_READING
+
+    assert RecallGate().signature() == f"recall:{RECALL_READING}"
 
 
 def test_an_unknown_training_free_gate_is_one_error_line():

@@ -180,6 +180,33 @@ def test_a_cached_cell_is_reused_only_for_the_same_prompt_text(tiny_llama, tmp_p
     assert bench.cells.get(*cell, redrawn, "context", None, None, cached_only=True) is None
 
 
+def test_a_cached_gated_cell_is_reused_only_under_the_same_gate_signature(tiny_llama, tmp_path):
+    import torch
+
+    from sparekit.data import ConflictDataset
+    from sparekit.steering import fitted_without_data
+    from sparekit.steering.base import Gate
+
+    class EveryRow(Gate):
+        def __init__(self, revision: int):
+            self.revision = revision
+
+        def decide(self, lm, prompts):
+            return torch.ones(len(prompts), dtype=torch.bool)
+
+        def signature(self) -> str:
+            return f"every-row:{self.revision}"
+
+    dataset = ConflictDataset([ex for ex in load_dataset("default", limit=10, seed=1)], "d")
+    bench = SteeringBenchmark(tiny_llama, dataset, BenchConfig(methods=("cad+gate",)), tmp_path, progress=False)
+    cad, prompts = fitted_without_data("cad"), eval_prompts(dataset[8:], dataset[:8], "sub", 1, 2)
+    cell = ("test", "cad+gate", {}, cad, prompts, "context", 0.5)
+    generated = bench.cells.get(*cell, EveryRow(1), 42)
+    assert bench.cells.get(*cell, EveryRow(1), 42, cached_only=True) == generated
+    assert bench.cells.get(*cell, EveryRow(2), 42, cached_only=True) is None  # the gate changed: decide anew
+    assert bench.cells.get(*cell, None, 42, cached_only=True) is None  # nor is a gated cell read as ungated
+
+
 def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, caplog):
     """A crash on a filesystem without atomic rename can leave a cut cell: rerunning recomputes it."""
     import logging

@@ -67,6 +67,10 @@ RECALL_SHOTS = (Shot("How many legs does a spider have?", None, "8"),
 #: how many solved questions of the bank the second closed-book prompt adds after :data:`RECALL_SHOTS` (fourth
 #: design round: three, the candidate run on the dev relations and held out)
 RECALL_NEIGHBOURS = 3
+#: the recall reading's revision, raised whenever its decisions change (prompts asked, answers read, matching):
+#: 1 one closed-book prompt, 2 two prompts (fourth design round), 3 accents dropped before matching. Cached gated
+#: cells record it, so a resumed benchmark regenerates cells an older reading decided.
+RECALL_READING = 3
 
 
 def check_detector(name: str) -> str:

@@ -159,6 +159,12 @@ class Gate:
         """``[batch, d]`` hidden states at :attr:`site` -> boolean ``[batch]``."""
         raise NotImplementedError
 
+    def signature(self) -> str:
+        """What decides where the gate fires, as a short string: a benchmark's cached gated cells are read back
+        only under the same signature (a gate that changed decides anew). By default its class's name: a gate
+        with state of its own (a fitted probe, a reading that gets revised) says more."""
+        return type(self).__qualname__
+
     def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
         """Boolean ``[batch]`` (on the CPU): where steering applies. :class:`Steered` calls it with its edits
         switched off, so whatever it runs sees the unsteered model; by default one forward stopped at

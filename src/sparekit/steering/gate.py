@@ -17,6 +17,7 @@ an uncalibrated probe; on other distributions (held-out relations) it can be hig
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from sparekit.evaluation.generation import batches
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.probes import LinearProbe
-from sparekit.probes.training_free import recall_answers, unrecalled
+from sparekit.probes.training_free import RECALL_READING, recall_answers, unrecalled
 from sparekit.steering.base import Gate, SteeringPrompt
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.registry import unknown_name
@@ -49,6 +50,12 @@ class ProbeGate(Gate):
 
     def fire(self, h: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.probe.predict_proba(to_numpy(h))[:, 1] > self.threshold, device=h.device)
+
+    def signature(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.probe.tensors().items()):
+            digest.update(name.encode() + to_numpy(tensor).tobytes())
+        return f"probe:layer={self.site.layer}:threshold={self.threshold:.9g}:{digest.hexdigest()[:16]}"
 
     def save(self, path: str | Path, **report: Any) -> Path:
         """One folder: the probe's tensors, its parameters, layer, threshold and ``report`` (how they were chosen)."""
@@ -83,6 +90,9 @@ class RecallGate(Gate):
 
     def __init__(self) -> None:
         self._closed: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def signature(self) -> str:
+        return f"recall:{RECALL_READING}"
 
     def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
         questions = [p.example.question for p in prompts]

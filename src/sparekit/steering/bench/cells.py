@@ -34,8 +34,9 @@ class Cells:
         ``measure`` is ``"prediction"`` (greedy answers) or ``"nll"`` (per-token NLL of the
         gold ``org_answer`` under the steering). Methods that do not depend on the direction
         (``directional = False``) share one cell. ``cached_only``: ``None`` instead of generating.
-        A cell is read back only if every row's id *and* prompt text match: a cell from an older
-        prompt builder or an edited dataset is regenerated, never scored against other items.
+        A cell is read back only if every row's id *and* prompt text match, and a gated cell only under the
+        same :meth:`Gate.signature`: a cell from an older prompt builder, an edited dataset or a gate that has
+        changed is regenerated, never scored against other items or decisions.
         """
         way = toward if method.directional else "any"
         context = prompts[0].context if prompts else "none"
@@ -43,7 +44,8 @@ class Cells:
         path = self.out / "generations" / split / f"{cell}{'' if measure == 'prediction' else '-' + measure}.jsonl"
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
         texts = [_fingerprint(p.text) for p in prompts]
-        cached = _read_cell(path, list(zip(ids, texts)), measure)
+        signature = None if gate is None else gate.signature()
+        cached = _read_cell(path, list(zip(ids, texts)), measure, signature)
         if cached is not None or cached_only:
             return cached
         with method.steer(self.lm, toward=toward, strength=strength, gate=gate, batch_size=self.batch_size) as steered:
@@ -52,7 +54,8 @@ class Cells:
             else:
                 values = steered.answer_nll(prompts, [p.example.org_answer[0] for p in prompts])
         with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps({"id": i, "prompt": t, measure: v}, ensure_ascii=False) + "\n"
+            gated = {} if signature is None else {"gate": signature}
+            tmp.write_text("".join(json.dumps({"id": i, "prompt": t, **gated, measure: v}, ensure_ascii=False) + "\n"
                                    for i, t, v in zip(ids, texts, values)), encoding="utf-8")
         return values
 
@@ -68,13 +71,14 @@ class Cells:
         return float(np.mean(hits)) if hits else 0.0
 
 
-def _read_cell(path: Path, rows: list[tuple[str, str]], measure: str) -> list | None:
-    """A cached cell's values if its (id, prompt) rows are ``rows``; ``None`` if absent, stale or damaged."""
+def _read_cell(path: Path, rows: list[tuple[str, str]], measure: str, gate: str | None) -> list | None:
+    """A cached cell's values if its (id, prompt) rows are ``rows``, decided by ``gate`` (its signature; None
+    ungated); ``None`` if absent, stale or damaged."""
     if not path.is_file():
         return None
     try:
         saved = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        if [(r["id"], r.get("prompt")) for r in saved] == rows:
+        if [(r["id"], r.get("prompt")) for r in saved] == rows and all(r.get("gate") == gate for r in saved):
             return [r[measure] for r in saved]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         log.warning("%s is damaged (truncated or not JSON lines): recomputing it", path)
