@@ -26,6 +26,7 @@ import numpy as np
 
 import sparekit
 from recall_design import cached_answers
+from steer_fold_report import matched_table
 from sparekit.data import ConflictDataset, load_dataset
 from sparekit.probes.training_free import memory_first, unrecalled
 from sparekit.steering import fitted_without_data
@@ -42,8 +43,22 @@ FOLD_OPTIONS = {"seeds": (42,), "layers": (9, 10, 11, 12), "pool_groups": 48, "d
                 "behaviour_seeds": (0,)}
 
 
-def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, float], seed: int):
-    """The fold's test items, prompts per context, and cached answers per (label, context, direction)."""
+def method_labels(spec: str) -> dict[str, tuple[str, float]]:
+    """``"cad:0.5,adacad:1,cad:0.05"`` -> {label: (method, strength)}: a method's first strength (the run's tuned
+    one) under its own name, each further one as ``cad@0.05`` (a `bench frontier` sweep's cells)."""
+    labels: dict[str, tuple[str, float]] = {}
+    for pair in spec.split(","):
+        kind, value = pair.split(":")
+        strength = float(value)
+        strength = int(strength) if strength == int(strength) else strength  # the cells' names: 1, not 1.0
+        labels[kind if kind not in labels else f"{kind}@{value}"] = (kind, strength)
+    return labels
+
+
+def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, tuple[str, float]],
+               seed: int):
+    """The fold's test items, prompts per context, and cached answers per (label, context, direction); the run's
+    own recall-gated rows (``cad+recall``) where it has them."""
     path = fold / "memorised.json" if (fold / "memorised.json").is_file() else fold.parent / "memorised.json"
     memorised = set(json.loads(path.read_text())["ids"])
     config = BenchConfig(**FOLD_OPTIONS, held_out_relation=relation)
@@ -52,14 +67,18 @@ def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: di
     cells = Cells(lm, fold, 8, data.context_match)
     prompts = {c: test_prompts(config, test, pool, c, seed) for c in ("sub", "org")}
     answers = {}
-    for label, strength in {"none": None, **methods, **{f"{m}+recall": s for m, s in methods.items()}}.items():
-        method = fitted_without_data(label.removesuffix("+recall"))
-        gates = (training_free_gate("recall"), None) if label.endswith("+recall") else (None,)
+    run_gated = {f"{kind}+recall": (f"{kind}+recall", strength) for label, (kind, strength) in methods.items()
+                 if label == kind}
+    for label, (kind, strength) in {"none": ("none", None), **methods, **run_gated}.items():
+        method = fitted_without_data(kind.removesuffix("+recall"))
+        gates = (training_free_gate("recall"), None) if label in run_gated else (None,)
         for context, toward in ((c, t) for c in ("sub", "org") for t in DIRECTIONS):
             # the run's gated cells under today's recall reading, else as a run from before cells recorded theirs
-            found = next((got for gate in gates if (got := cells.get("test", label, {}, method, prompts[context],
+            found = next((got for gate in gates if (got := cells.get("test", kind, {}, method, prompts[context],
                                                                      toward, strength, gate, seed, cached_only=True))
                           is not None), None)
+            if found is None and label in run_gated:
+                break
             if found is None:
                 raise SystemExit(f"{fold}: no cached {label} answers for {context} toward {toward}")
             answers[label, context, toward] = found
@@ -76,9 +95,17 @@ def em_cells(cells: Cells, prompts: dict, answers: dict, label: str, fired: dict
         return [s if f else n for s, n, f in zip(answers[label, context, toward], answers["none", context, toward],
                                                  fired[context, toward])]
 
+    free = {t: 100 * cells.score(answered("org", t), prompts["org"], t) for t in DIRECTIONS}
     return {"memory": 100 * cells.score(answered("sub", "memory"), prompts["sub"], "memory"),
             "context": 100 * cells.score(answered("sub", "context"), prompts["sub"], "context"),
-            "no_conflict": 100 * fmean(cells.score(answered("org", t), prompts["org"], t) for t in DIRECTIONS)}
+            "no_conflict": fmean(free.values()), **{f"no_conflict_{t}": free[t] for t in DIRECTIONS}}
+
+
+def as_result(row: dict) -> dict:
+    """One fold's replayed rows in ``results.json``'s shape (fractions under ``em_*``), for the matched table."""
+    return {"methods": {label: {f"em_{cell}": {"mean": value / 100} for cell, value in ems.items()
+                                if cell != "no_conflict"}
+                        for label, ems in row.items() if label != "items" and not label.startswith("gate ")}}
 
 
 def main() -> None:
@@ -86,13 +113,16 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, required=True, help="a `bench steer --split-by relation` run")
     parser.add_argument("--answers", type=Path, required=True, help="recall_design.py's answers cache folder")
     parser.add_argument("--gates", default="mixed6", help="comma-separated candidates (A|B: either answer named)")
-    parser.add_argument("--methods", default="cad:0.5,adacad:1", help="method:dev-tuned strength of the run")
+    parser.add_argument("--methods", default="cad:0.5,adacad:1", help="method:strength, the run's dev-tuned one first; "
+                        "a method's further strengths (cad:0.05) read a `bench frontier` sweep's cells")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--matched", metavar="BASELINES", help="each gated row against the best of these ungated "
+                        "baselines at its EM without conflict (their sweeps from the folds' frontier.json, "
+                        "steer_fold_report.py's table)")
     parser.add_argument("--source-aware", action="store_true",
                         help="also each gate steering only where the predicted source (memory_first) is not the target")
     args = parser.parse_args()
-    methods = {m: float(v) for m, v in (pair.split(":") for pair in args.methods.split(","))}
-    methods = {m: (int(v) if v == int(v) else v) for m, v in methods.items()}  # the cells' names: 1, not 1.0
+    methods = method_labels(args.methods)
     gates = args.gates.split(",")
     lm = sparekit.load_model("default")
     data = load_dataset("broad")
@@ -103,9 +133,10 @@ def main() -> None:
         test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, args.seed)
         found = {name: cached_answers(lm, name, test, args.answers)
                  for name in {n for gate in gates for n in gate.split("|")}}
-        row = {"items": len(test), "none": em_cells(cells, prompts, answers, "none")}
+        row = {"items": len(test), **{label: em_cells(cells, prompts, answers, label) for label in ("none", *methods)}}
         for method in methods:
-            row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
+            if all((f"{method}+recall", c, t) in answers for c in ("sub", "org") for t in DIRECTIONS):
+                row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
         for gate in gates:
             conflict = {}
             for context in ("sub", "org"):
@@ -125,8 +156,8 @@ def main() -> None:
                 row[f"gate {gate}+source"] = {f"{c} {t}": float(np.mean(f))
                                               for (c, t), f in variants[f"{gate}+source"].items()}
             for name, fired in variants.items():
-                for method in methods:
-                    row[f"{method}+{name}"] = em_cells(cells, prompts, answers, method, fired)
+                for method in methods:  # "|" would split a markdown table's cell
+                    row[f"{method}+{name.replace('|', ' or ')}"] = em_cells(cells, prompts, answers, method, fired)
         table[relation] = row
         print(relation, json.dumps(row), flush=True)
     labels = [k for k in next(iter(table.values())) if k != "items"]
@@ -141,6 +172,10 @@ def main() -> None:
         for label, cells_mean in result.items():
             print(f"  {label:32s}", "  ".join(f"{k} {v:.3f}" if label.startswith("gate") else f"{k} {v:.1f}"
                                              for k, v in cells_mean.items()))
+    if args.matched:
+        runs = {relation: as_result(row) for relation, row in table.items()}
+        gated = [label for label in runs[next(iter(runs))]["methods"] if "+" in label]
+        print("\n" + matched_table(args.bench, runs, gated, args.matched.split(",")))
 
 
 if __name__ == "__main__":

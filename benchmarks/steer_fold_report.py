@@ -70,9 +70,11 @@ def fire_table(runs: dict[str, dict], methods: list[str]) -> str:
 
 
 def baseline_curve(points: list[dict], unsteered: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(EM without conflict, EM toward the target) along a baseline's strength sweep with strength 0 (unsteered),
-    sorted by EM without conflict, each target EM raised to the best the sweep reaches at that EM without
-    conflict or more (the upper envelope: in the baseline's favour where the sweep is not monotone)."""
+    """(EM without conflict, EM toward the target) along a baseline's strength sweep and unsteered (not steering is
+    always an option; it is *not* CAD's α = 0 end toward memory, which decodes without the passage), sorted by EM
+    without conflict, each target EM raised to the best the sweep reaches at that EM without conflict or more (the
+    upper envelope: in the baseline's favour where the sweep is not monotone). Points are joined linearly: measure
+    the small strengths, or the join can flatter the gated rows (BENCHMARKS.md, the CAD sweep on the LORO folds)."""
     pairs = sorted([unsteered] + [(p["em_no_conflict"], p["em_target"]) for p in points])
     best = np.maximum.accumulate(np.array([b for _, b in pairs])[::-1])[::-1]
     return np.array([a for a, _ in pairs]), best

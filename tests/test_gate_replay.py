@@ -27,13 +27,24 @@ def test_a_replayed_gate_takes_the_steered_answer_only_where_it_fires(replay):
                     ("cad", "org", "memory"): ["Lyon", "Lyon"], ("cad", "org", "context"): ["Paris", "Paris"]})
     cells = Cells(None, Path("."), 8, "answer")  # scoring reads no model
     ungated = replay.em_cells(cells, prompts, answers, "cad")
-    assert ungated == {"memory": 100.0, "context": 100.0, "no_conflict": 50.0}
+    assert ungated == {"memory": 100.0, "context": 100.0, "no_conflict": 50.0, "no_conflict_memory": 0.0,
+                       "no_conflict_context": 100.0}
     fired = {(c, t): np.array([True, False]) for c in ("sub", "org") for t in ("memory", "context")}
     gated = replay.em_cells(cells, prompts, answers, "cad", fired)
     # toward context the unfired conflict prompt is answered unsteered (Paris, not Rome); without conflict only the
     # fired prompt takes CAD's wrong "Lyon" toward memory
-    assert gated == {"memory": 100.0, "context": 50.0, "no_conflict": 75.0}
+    assert gated == {"memory": 100.0, "context": 50.0, "no_conflict": 75.0, "no_conflict_memory": 50.0,
+                     "no_conflict_context": 100.0}
+    result = replay.as_result({"items": 2, "cad+g": gated, "gate g": {"sub": 0.5, "org": 0.5}})
+    assert result == {"methods": {"cad+g": {"em_memory": {"mean": 1.0}, "em_context": {"mean": 0.5},
+                                            "em_no_conflict_memory": {"mean": 0.5},
+                                            "em_no_conflict_context": {"mean": 1.0}}}}
     # a gate that decides per direction (--source-aware): silent toward memory, the org prompt keeps "Paris"
     fired["org", "memory"] = np.array([False, False])
     assert replay.em_cells(cells, prompts, answers, "cad", fired)["no_conflict"] == 100.0
-    assert replay.em_cells(cells, prompts, answers, "none") == {"memory": 100.0, "context": 0.0, "no_conflict": 100.0}
+    assert replay.em_cells(cells, prompts, answers, "none")["context"] == 0.0
+
+
+def test_a_methods_further_strengths_are_labelled_apart_from_its_tuned_one(replay):
+    assert replay.method_labels("cad:0.5,adacad:1,cad:0.05") == {"cad": ("cad", 0.5), "adacad": ("adacad", 1),
+                                                                 "cad@0.05": ("cad", 0.05)}
