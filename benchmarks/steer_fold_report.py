@@ -126,13 +126,14 @@ def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baseline
     rows = matched_rows(mean_result, mean_frontier(list(frontiers.values())), baselines, gated)
     name = " / ".join(baselines)
     lines = [f"| gated method | toward | mean: EM without conflict / toward target / best of {name} there | "
-             + " | ".join(f"{f}: gated / best baseline" for f in per_fold) + " | ahead (folds) |",
+             + " | ".join(f"{f}: gated / best baseline" for f in per_fold) + " | folds ahead / level / behind |",
              "|---|---|---|" + "---|" * len(per_fold) + "---|"]
     for i, (label, toward, free, target, base) in enumerate(rows):
         folds = [f"{100 * fold[i][3]:.0f} / {100 * fold[i][4]:.0f}" for fold in per_fold.values()]
-        ahead = sum(fold[i][3] > fold[i][4] for fold in per_fold.values())
+        lead = [round(100 * (fold[i][3] - fold[i][4]), 6) for fold in per_fold.values()]  # level: equal EM
+        ahead, behind = sum(d > 0 for d in lead), sum(d < 0 for d in lead)
         lines.append(f"| {label} | {toward} | {100 * free:.1f} / {100 * target:.1f} / {100 * base:.1f} | "
-                     f"{' | '.join(folds)} | {ahead} of {len(per_fold)} |")
+                     f"{' | '.join(folds)} | {ahead} / {len(lead) - ahead - behind} / {behind} |")
     return "\n".join(lines)
 
 

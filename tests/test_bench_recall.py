@@ -94,4 +94,5 @@ def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_confli
     (tmp_path / "held-out-x").mkdir()  # a fold without frontier.json: each baseline at its tuned setting
     fold["methods"]["cad"] = fold["methods"]["adacad"]
     table = report.matched_table(tmp_path, {"x": fold}, ["none", "cad", "cad+recall"], ["cad"])
-    assert "| cad+recall | memory | 90.0 / 70.0 / 75.0 | 70 / 75 | 0 of 1 |" in table  # cad's tuned setting wins
+    assert "| cad+recall | memory | 90.0 / 70.0 / 75.0 | 70 / 75 | 0 / 0 / 1 |" in table  # cad's tuned setting wins
+    assert "| cad+recall | context | 50.0 / 50.0 / 50.0 | 50 / 50 | 0 / 1 / 0 |" in table  # level: the same EM
