@@ -176,8 +176,8 @@ def unrecalled(closed_answers: Sequence[str | Sequence[str]], questions: Sequenc
                without_texts: Sequence[str]) -> np.ndarray:
     """1.0 where the context names none of the model's closed-book answers to the question (one, or several
     asked with different prompts): a conflict even when the model then ignores the context (which ``disagreement``
-    cannot see). An answer's words that are not the question's are looked up as whole normalised words; the
-    context names one when the prompt with it holds the word more often than its closed-book twin (so
+    cannot see). An answer's words that are not the question's are looked up as whole normalised words, accents
+    dropped; the context names one when the prompt with it holds the word more often than its closed-book twin (so
     demonstrations do not count). 0.0 where one is named, or where an answer has no word beyond the question's
     (nothing recalled to contradict). The letter "A", which normalisation drops as the article, is looked up as a
     capital standing alone ("the letter A")."""
