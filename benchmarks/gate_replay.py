@@ -43,19 +43,29 @@ FOLD_OPTIONS = {"seeds": (42,), "layers": (9, 10, 11, 12), "pool_groups": 48, "d
                 "behaviour_seeds": (0,)}
 
 
-def method_labels(spec: str) -> dict[str, tuple[str, float]]:
-    """``"cad:0.5,adacad:1,cad:0.05"`` -> {label: (method, strength)}: a method's first strength (the run's tuned
-    one) under its own name, each further one as ``cad@0.05`` (a `bench frontier` sweep's cells)."""
-    labels: dict[str, tuple[str, float]] = {}
+def method_labels(spec: str) -> dict[str, tuple[str, float | str]]:
+    """``"cad:0.5,adacad:1,cad:0.05,cad:dev"`` -> {label: (method, strength)}: a method's first strength (the run's
+    tuned one) under its own name, each further one as ``cad@0.05`` (a `bench frontier` sweep's cells); ``dev``: each
+    fold's own dev choice per direction (its ``tuning/<method>.json``)."""
+    labels: dict[str, tuple[str, float | str]] = {}
     for pair in spec.split(","):
         kind, value = pair.split(":")
-        strength = float(value)
-        strength = int(strength) if strength == int(strength) else strength  # the cells' names: 1, not 1.0
+        strength: float | str = value
+        if value != "dev":
+            strength = float(value)
+            strength = int(strength) if strength == int(strength) else strength  # the cells' names: 1, not 1.0
         labels[kind if kind not in labels else f"{kind}@{value}"] = (kind, strength)
     return labels
 
 
-def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, tuple[str, float]],
+def fold_strength(fold: Path, kind: str, strength: float | str | None, toward: str) -> float | str | None:
+    """``strength``, or for ``dev`` the fold's dev-tuned strength of ``kind`` toward ``toward``."""
+    if strength != "dev":
+        return strength
+    return json.loads((fold / "tuning" / f"{kind}.json").read_text())[toward]["strength"]
+
+
+def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, tuple[str, float | str]],
                seed: int):
     """The fold's test items, prompts per context, and cached answers per (label, context, direction); the run's
     own recall-gated rows (``cad+recall``) where it has them."""
@@ -74,8 +84,9 @@ def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: di
         gates = (training_free_gate("recall"), None) if label in run_gated else (None,)
         for context, toward in ((c, t) for c in ("sub", "org") for t in DIRECTIONS):
             # the run's gated cells under today's recall reading, else as a run from before cells recorded theirs
+            chosen = fold_strength(fold, kind.removesuffix("+recall"), strength, toward)
             found = next((got for gate in gates if (got := cells.get("test", kind, {}, method, prompts[context],
-                                                                     toward, strength, gate, seed, cached_only=True))
+                                                                     toward, chosen, gate, seed, cached_only=True))
                           is not None), None)
             if found is None and label in run_gated:
                 break
@@ -113,8 +124,9 @@ def main() -> None:
     parser.add_argument("--bench", type=Path, required=True, help="a `bench steer --split-by relation` run")
     parser.add_argument("--answers", type=Path, required=True, help="recall_design.py's answers cache folder")
     parser.add_argument("--gates", default="mixed6", help="comma-separated candidates (A|B: either answer named)")
-    parser.add_argument("--methods", default="cad:0.5,adacad:1", help="method:strength, the run's dev-tuned one first; "
-                        "a method's further strengths (cad:0.05) read a `bench frontier` sweep's cells")
+    parser.add_argument("--methods", default="cad:0.5,adacad:1",
+                        help="method:strength, the run's dev-tuned one first; a method's further strengths (cad:0.05) "
+                        "read a `bench frontier` sweep's cells, cad:dev each fold's dev choice per direction")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--matched", metavar="BASELINES", help="each gated row against the best of these ungated "
                         "baselines at its EM without conflict (their sweeps from the folds' frontier.json, "

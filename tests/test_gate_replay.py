@@ -46,5 +46,13 @@ def test_a_replayed_gate_takes_the_steered_answer_only_where_it_fires(replay):
 
 
 def test_a_methods_further_strengths_are_labelled_apart_from_its_tuned_one(replay):
-    assert replay.method_labels("cad:0.5,adacad:1,cad:0.05") == {"cad": ("cad", 0.5), "adacad": ("adacad", 1),
-                                                                 "cad@0.05": ("cad", 0.05)}
+    assert replay.method_labels("cad:0.5,adacad:1,cad:0.05,cad:dev") == {
+        "cad": ("cad", 0.5), "adacad": ("adacad", 1), "cad@0.05": ("cad", 0.05), "cad@dev": ("cad", "dev")}
+
+
+def test_dev_reads_each_folds_own_choice_per_direction(replay, tmp_path):
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "cad.json").write_text('{"context": {"strength": 0.5}, "memory": {"strength": 0.05}}')
+    assert replay.fold_strength(tmp_path, "cad", "dev", "memory") == 0.05
+    assert replay.fold_strength(tmp_path, "cad", "dev", "context") == 0.5
+    assert replay.fold_strength(tmp_path, "cad", 0.25, "memory") == 0.25
