@@ -151,11 +151,10 @@ def main() -> None:
                 row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
         for gate in gates:
             conflict = {}
-            for context in ("sub", "org"):
-                named = [unrecalled([found[n][ex.id]["closed"] for ex in test], [ex.question for ex in test],
-                                    [p.text for p in prompts[context]],
-                                    [p.text_without_context for p in prompts[context]]) for n in gate.split("|")]
-                conflict[context] = np.min(named, axis=0) == 1.0
+            for context in ("sub", "org"):  # a conflict where the passage names none of the gate's answers
+                closed = [tuple(found[n][ex.id]["closed"] for n in gate.split("|")) for ex in test]
+                conflict[context] = unrecalled(closed, [ex.question for ex in test], [p.text for p in prompts[context]],
+                                               [p.text_without_context for p in prompts[context]]) == 1.0
             row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in conflict.items()}
             variants = {gate: {(c, t): f for c, f in conflict.items() for t in DIRECTIONS}}
             if args.source_aware:

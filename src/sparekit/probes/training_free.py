@@ -148,13 +148,12 @@ def _letter(answer: str) -> str | None:
     return bare.upper() if len(bare) == 1 and bare.isalpha() and not normalize_answer(bare) else None
 
 
-def _counts(text: str, words: Sequence[str], letter: str | None) -> list[int]:
-    """How often ``text`` holds each of ``words``: as whole normalised words (``text`` normalised once), or a
+def _counts(text: str, tokens: list[str], words: Sequence[str], letter: str | None) -> list[int]:
+    """How often ``text`` holds each of ``words``: among its normalised words ``tokens`` (:func:`_words`), or a
     one-letter answer as itself standing alone, case kept ("the letter A" counts; the article only where it starts
     a sentence)."""
     if letter:
         return [len(re.findall(rf"\b{word}\b", text)) for word in words]
-    tokens = _words(text)
     return [tokens.count(word) for word in words]
 
 
@@ -163,13 +162,14 @@ def _words(text: str) -> list[str]:
     return "".join(ch for ch in normalize_answer(text) if not unicodedata.combining(ch)).split()
 
 
-def _names(answer: str, question: str, with_text: str, without_text: str) -> bool:
-    """Whether the context names ``answer``, or the answer recalls nothing beyond the question's words."""
+def _names(answer: str, asked: set[str], with_text: tuple[str, list[str]], without_text: tuple[str, list[str]]
+           ) -> bool:
+    """Whether the context names ``answer``, or the answer recalls nothing beyond the question's words ``asked``;
+    each text comes with its normalised words, computed once per prompt whatever the number of answers."""
     letter = _letter(answer)
-    asked = set(_words(question))
     words = [letter] if letter else [w for w in _words(answer) if w not in asked]
-    return not words or any(a > b for a, b in zip(_counts(with_text, words, letter),
-                                                  _counts(without_text, words, letter)))
+    return not words or any(a > b for a, b in zip(_counts(*with_text, words, letter),
+                                                  _counts(*without_text, words, letter)))
 
 
 def unrecalled(closed_answers: Sequence[str | Sequence[str]], questions: Sequence[str], with_texts: Sequence[str],
@@ -185,7 +185,8 @@ def unrecalled(closed_answers: Sequence[str | Sequence[str]], questions: Sequenc
     for answers, question, with_text, without_text in zip(closed_answers, questions, with_texts, without_texts,
                                                           strict=True):
         answers = (answers,) if isinstance(answers, str) else answers
-        found.append(0.0 if any(_names(a, question, with_text, without_text) for a in answers) else 1.0)
+        asked, texts = set(_words(question)), [(text, _words(text)) for text in (with_text, without_text)]
+        found.append(0.0 if any(_names(a, asked, *texts) for a in answers) else 1.0)
     return np.array(found)
 
 
