@@ -46,7 +46,8 @@ from sparekit.hooks import Site
 from sparekit.probes.detect import load_probes, resolve_probe_dir
 from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, ProbingData, collect, stack_formats
 from sparekit.probes.linear import LinearProbe
-from sparekit.probes.training_free import (COMBINATIONS_FILE, DETECTORS, Combination, closed_book_answers,
+from sparekit.probes.detectors import COMBINATIONS_FILE, DETECTORS
+from sparekit.probes.training_free import (Combination, closed_book_answers,
                                            detect_conflict, disagreement, divergence, next_token_log_probs,
                                            recall_answers, recall_score, save_combinations, unrecalled)
 from sparekit.steering.output_effect import answer_first_tokens

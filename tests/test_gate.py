@@ -169,13 +169,24 @@ def _recall_prompts(lm) -> list[SteeringPrompt]:
     return prompts
 
 
-def test_the_recall_gate_fires_where_the_context_does_not_name_the_closed_book_answer():
+def test_the_recall_gate_fires_where_the_context_does_not_name_the_closed_book_answer(monkeypatch):
+    from collections import OrderedDict
+
+    from sparekit.probes import training_free
+
     lm = tiny_model("llama")
     prompts = _recall_prompts(lm)
-    gate = RecallGate()
-    assert gate.decide(lm, prompts).tolist() == [False, True] * 3
-    gate._closed = {key: ("Bob",) for key in gate._closed}  # a cached closed-book answer is what it reads next time
-    assert gate.decide(lm, prompts).tolist() == [True, True] * 3
+    monkeypatch.setattr(training_free, "_RECALLED", OrderedDict())
+    asked = []
+    generate = training_free.closed_book_answers
+    monkeypatch.setattr(training_free, "closed_book_answers", lambda lm, texts, *a: asked.append(len(texts)) or
+                        generate(lm, texts, *a))
+    assert RecallGate().decide(lm, prompts).tolist() == [False, True] * 3
+    assert asked == [6]  # two prompts for each of the three questions, in one batch
+    for key, (_, sure) in training_free._RECALLED.items():  # the cached answers are what the next gate reads
+        training_free._RECALLED[key] = ("Bob", "Bob"), sure
+    assert RecallGate().decide(lm, prompts).tolist() == [True, True] * 3
+    assert asked == [6]
 
 
 def test_the_recall_gate_decides_as_detect_recall_reads():

@@ -94,3 +94,52 @@ def test_chat_without_a_template_is_one_line_everywhere(default_lm, server, caps
     status, reply = post(url + "/v1/answer", {"question": QUESTION, "prompt_format": "rga"})
     assert status == 400 and reply["error"]["param"] == "prompt_format"
     assert "did you mean 'rag'" in reply["error"]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("contexts, fmt", [CASES[0], CASES[1], CASES[3]])
+def test_every_entry_point_reads_the_same_with_the_recall_detector(default_lm, server, capsys, monkeypatch, contexts,
+                                                                    fmt):
+    """`--detector recall` (`"detect": "recall"` on the server): the same closed-book answers, the same decision and
+    the same number from `detect`, the library, `demo`'s reading, `steer`, `/v1/answer` and, for a prompt given as
+    three_shot text, `/v1/completions`."""
+    monkeypatch.setattr("sparekit.models.load_model", lambda *args, **kwargs: default_lm)
+    engine, url = server
+    context_options = [arg for c in contexts for arg in ("--context", c)]
+    detected = cli_json(capsys, ["detect", "--question", QUESTION, *context_options, "--prompt-format", fmt,
+                                 "--detector", "recall", "--json"])
+    probes = load_probes(resolve_probe_dir(None, default_lm.info), default_lm.info.model_hash)
+    readings = {
+        "library": sparekit.detect(default_lm, QUESTION, contexts, prompt_format=fmt, detector="recall"),
+        "demo": read_contexts(default_lm, probes, prompt_builder(default_lm, probes.folder, fmt), QUESTION,
+                              {"case": contexts}, "recall")["case"]}
+    status, answer = post(url + "/v1/answer", {"context": contexts, "question": QUESTION, "prompt_format": fmt,
+                                               "detect": "recall"})
+    assert status == 200, answer
+    readings["/v1/answer"] = answer["sparekit"]
+    if len(contexts) == 1:
+        readings["steer"] = cli_json(capsys, ["steer", contexts[0], QUESTION, "--toward", "memory", "--prompt-format",
+                                              fmt, "--detector", "recall", "--json"])["detection"]
+    if fmt == "three_shot":
+        status, completed = post(url + "/v1/completions", {"prompt": detected["prompt"], "max_tokens": 2,
+                                                           "sparekit": {"detect": "recall"}})
+        assert status == 200, completed
+        readings["/v1/completions"] = completed["choices"][0]["sparekit"]
+    assert detected["detector"] == "recall" and detected["probe_dir"] is None
+    assert detected["conflict"] == ("Porto-Novo" in contexts[-1])  # the README's conflict, and the truth
+    for where, reading in readings.items():
+        assert reading["detector"] == "recall", where
+        for key in ("closed_book_answers", "unrecalled", "conflict", "predicted_source"):
+            assert reading[key] == detected[key], (where, key)
+        assert reading["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-6), where
+
+
+@pytest.mark.slow
+def test_the_server_says_how_to_ask_for_recall_on_a_prompt_it_cannot_split(server):
+    _, url = server
+    status, reply = post(url + "/v1/completions", {"prompt": "Passage: a\nQuestion: b?\nAnswer:", "max_tokens": 2,
+                                                   "sparekit": {"detect": "recall"}})
+    assert status == 400 and reply["error"]["param"] == "sparekit.detect"
+    assert "three_shot blocks; ask /v1/answer" in reply["error"]["message"]
+    status, reply = post(url + "/v1/answer", {"question": QUESTION, "detect": "recall"})
+    assert status == 400 and "none was given" in reply["error"]["message"]

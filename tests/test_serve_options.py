@@ -28,7 +28,9 @@ CAPS = Capabilities(methods={"spare": {"context": 1.0, "memory": 2.0}, "knob": {
     ({"steer": {"toward": "memory", "gate": "yes"}}, "sparekit.steer.gate", "true or false"),
     ({"steer": {"method": "knob", "toward": "memory", "gate": True}}, "sparekit.steer.gate", "or use spare"),
     ({"steer": ["spare"]}, "sparekit.steer", "must be an object"),
-    ({"detect": 1}, "sparekit.detect", "true or false"),
+    ({"detect": 1}, "sparekit.detect", "true, false or a detector's name"),
+    ({"detect": "recal"}, "sparekit.detect", "Unknown detector 'recal'; valid detectors: probe, jsd"),
+    ({"detect": "recall"}, "sparekit.detect", "The recall detector is not available on this server; available: probe."),
     ({"stear": {}}, "sparekit.stear", "Unknown parameter: sparekit.stear (valid: detect, steer)"),
     ({"steer": {"toward": "memory", "alpha": 1}}, "sparekit.steer.alpha", "Unknown parameter"),
 ])
@@ -49,6 +51,23 @@ def test_options_without_assets_are_refused():
         parse_options({"steer": {"toward": "memory"}}, bare)
     assert parse_options({"steer": {"method": "none"}, "detect": False}, bare).steer is None
     assert parse_options(None, bare) == parse_options({}, bare) == Options()  # "sparekit": null asks for nothing
+
+
+def test_detect_names_a_detector_true_is_the_default_and_only_what_the_engine_runs_is_accepted():
+    from sparekit.probes.detectors import DEFAULT_DETECTOR
+
+    built_in = Capabilities(can_detect=True, detectors=frozenset({"recall", "jsd", "disagreement", "probe+jsd"}))
+    assert parse_options({"detect": True}, built_in) == Options(True, None, DEFAULT_DETECTOR)
+    assert parse_options({"detect": "recall"}, built_in) == Options(True, None, "recall")
+    assert parse_options({"detect": "probe+jsd"}, built_in).detector == "probe+jsd"
+    assert parse_options({"detect": False}, built_in) == Options()
+    with pytest.raises(OptionError, match="probe\\+recall detector is not available.*available: probe, jsd, "
+                                          "disagreement, recall, probe\\+jsd"):
+        parse_options({"detect": "probe+recall"}, built_in)
+    no_probes = Capabilities(detectors=frozenset({"recall"}))
+    assert parse_options({"detect": "recall"}, no_probes).detector == "recall"
+    with pytest.raises(OptionError, match="no conflict probes"):
+        parse_options({"detect": "probe"}, no_probes)
 
 
 def test_the_tuned_strength_is_the_default_and_the_param_prefix_follows_the_caller():

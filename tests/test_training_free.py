@@ -13,7 +13,8 @@ from sparekit.data.dataset import normalize_answer
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import greedy_generate
 from sparekit.probes.recall_bank import default_bank
-from sparekit.probes.training_free import (RECALL_NEIGHBOURS, RECALL_SHOTS, Combination, check_detector,
+from sparekit.probes.detectors import check_detector
+from sparekit.probes.training_free import (RECALL_NEIGHBOURS, RECALL_SHOTS, Combination,
                                            closed_book_answers, detect_conflict, disagreement, divergence,
                                            load_combination, memory_first,
                                            next_token_log_probs, question_of, recall_prompts, recall_score,
@@ -177,12 +178,18 @@ def test_a_given_closed_book_twin_is_the_one_contrasted(tiny_llama):
     assert jsd["jsd"] == pytest.approx(float(divergence(log_probs[:1], log_probs[1:])[0]), abs=1e-5)
 
 
-def test_detect_cli_refuses_bad_detectors_before_loading_a_model(capsys):
+@pytest.mark.parametrize("command", [["detect", PROMPT], ["steer", "c", "q", "--toward", "memory"], ["demo"]])
+def test_every_command_refuses_an_unknown_detector_before_loading_a_model(capsys, command):
     from sparekit.cli.main import main
 
-    assert main(["detect", "--detector", "nope", PROMPT]) == 2
+    assert main([*command, "--detector", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unknown detector 'nope'" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "'nope' is not one of 'probe'" in err and "Traceback" not in err
+
+
+def test_detect_cli_refuses_bad_detector_inputs_before_loading_a_model(capsys):
+    from sparekit.cli.main import main
+
     assert main(["detect", "--detector", "jsd", "question: q\nanswer:"]) == 2
     assert "no 'context: …' line" in capsys.readouterr().err
     assert main(["detect", "--detector", "disagreement", "--question", "q", "--prompt-format", "rag"]) == 2

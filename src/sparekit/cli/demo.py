@@ -32,16 +32,17 @@ def render_demo(r: dict) -> str:
     det = r["detection"]
     lines = [
         f"model: {r['model']}",
-        f"shipped probes: {det['org']['probe_dir']}",
+        f"shipped probes: {det['org']['probe_dir'] or 'not read'}",
         f"shipped steering: {r['steering']['memory']['fitted']}",
         f"question: {r['question']}",
         f"  closed-book:                          {r['closed_book']}",
         f"  with the true context  ({r['org_context']}): {r['with_org_context']}",
         f"  with a conflicting one ({r['sub_context']}): {r['with_sub_context']}  [{r['conflict_behaviour']}]",
         "detect (before generating):",
-        f"  true context:        conflict probability {det['org']['conflict_probability']:.2f}",
+        f"  true context:        conflict probability {det['org']['conflict_probability']:.2f} "
+        f"({det['org'].get('detector', 'probe')})",
         f"  conflicting context: conflict probability {det['sub']['conflict_probability']:.2f}, "
-        f"predicted source: {det['sub']['predicted_source']}",
+        f"predicted source: {det['sub'].get('predicted_source') or 'not read'}",
         "steer the conflicting case:",
     ]
     for toward, s in r["steering"].items():

@@ -14,11 +14,11 @@ def render(r: dict) -> str:
     d = r["detection"]
     name = f"{r['gate']} gate" if r.get("gate") not in (None, "probe") else "gate"
     gate = {None: "", True: f"   [{name} fired]", False: f"   [{name} did not fire: left unsteered]"}[r["gate_fired"]]
-    reading = ("no probes for this model: pass --probe <run>" if d is None else
-               f"conflict probability: {d['conflict_probability']:.2f}   "
-               f"predicted source: {d['predicted_source']}")
+    reading = ("no probes for this model: pass --probe <run> or --detector recall" if d is None else
+               f"conflict probability: {d['conflict_probability']:.2f} ({d.get('detector', 'probe')})   "
+               f"predicted source: {d.get('predicted_source') or 'not read'}")
     return "\n".join([
-        f"method: {r['fitted']}   probes: {d['probe_dir'] if d else 'none'}",
+        f"method: {r['fitted']}   probes: {(d or {}).get('probe_dir') or 'none'}",
         reading,
         f"unsteered:              {r['unsteered']}",
         f"steered → {r['toward']:<8} ({r['method']}, strength {r['strength']}): {r['steered']}{gate}",

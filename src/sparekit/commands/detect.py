@@ -8,14 +8,8 @@ from dataclasses import dataclass
 from sparekit.data.formats import DEFAULT_FORMAT, prompt_format_field
 from sparekit.data.prompts import check_prompt_text
 from sparekit.errors import SparekitError
+from sparekit.probes.detectors import detector_field
 from sparekit.utils.config import device_field, device_map_field, option
-
-#: dev ranks recall first (held out 0.91 accuracy where the probe reads 0.60), but steer, demo, the gate and the
-#: server read the probe from the answer's own prompt pass, and one prompt gets one reading everywhere (issue 29's
-#: goal), so the probe stays the default until they switch together; recall also needs a context and the question:
-#: BENCHMARKS.md, "The recall detector"
-DEFAULT_DETECTOR = "probe"
-
 
 @dataclass(frozen=True)
 class DetectCommand:
@@ -33,12 +27,7 @@ class DetectCommand:
     model: str | None = option(None, short="-m", help="Model (default: the one the probes were fitted on).")
     max_tokens: int = option(4096, min=0, help="Refuse longer prompts (0: only the model's context length limits "
                                                "them).")
-    detector: str = option(DEFAULT_DETECTOR,
-                           help="probe, jsd (with/without-context divergence: +2 prompt passes), disagreement "
-                                "(closed-book answer differs: +2 generations), recall (does the context name the "
-                                "model's closed-book answer: +1 short generation), probe+jsd, probe+disagreement or "
-                                "probe+recall (need the probe folder's detectors.json). BENCHMARKS.md, "
-                                "\"The recall detector\", compares them.")
+    detector: str = detector_field()
     device: str | None = device_field()
     device_map: str | None = device_map_field()
 

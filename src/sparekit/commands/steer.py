@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sparekit.data.formats import prompt_format_field
 from sparekit.errors import SparekitError
+from sparekit.probes.detectors import detector_field, needs_probes
 from sparekit.utils.config import device_field, device_map_field, finite_number, model_field, option
 
 #: the two directions a fitted bundle holds (``steering.base.DIRECTIONS``, which imports torch)
@@ -34,6 +35,7 @@ class SteerCommand:
                                       "recall fires where CONTEXT does not name the model's closed-book answer "
                                       "(one extra closed-book generation).")
     probe: str | None = option(None, metavar="PATH", help="Conflict/source probes (default: the shipped ones for the default model).")
+    detector: str = detector_field()
     prompt_format: str = prompt_format_field()
     model: str = model_field()
     device: str | None = device_field()
@@ -48,17 +50,28 @@ class SteerCommand:
             raise SparekitError("the question is empty")
 
     def run(self) -> dict:
-        """Both answers, the gate's decision and the probes' reading (``detection``, ``None`` without probes)."""
+        """Both answers, the gate's decision and ``--detector``'s reading (``detection``; ``None`` for the probe
+        without probes)."""
         # deliberately lazy: the model stack (torch, transformers) loads when the work starts, not for --help
         from sparekit.models import load_model
-        from sparekit.probes.detect import describe, probes_for, prompt_builder  # lazy, as above
+        from sparekit.probes.detect import probes_for, prompt_builder, resolve_probe_dir  # lazy, as above
+        from sparekit.probes.training_free import check_detector_inputs, describe_detection  # lazy, as above
         from sparekit.steering.question import steer_question  # lazy, as above
 
+        if self.probe is not None:  # a bad folder or a missing combination fails before the model loads
+            check_detector_inputs(self.detector, None, resolve_probe_dir(self.probe))
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
         probes = probes_for(lm, self.probe)
+        if needs_probes(self.detector) and self.detector != "probe":
+            if probes is None:
+                raise SparekitError(f"the {self.detector} detector needs probes, and none are shipped for "
+                                    f"{lm.info.name}", "pass --probe <run>, or use --detector recall, jsd or "
+                                    "disagreement")
+            check_detector_inputs(self.detector, None, probes.folder)
         builder = prompt_builder(lm, None if probes is None else probes.folder, self.prompt_format)
         result = steer_question(lm, self.context, self.question, self.toward, self.method,  # type: ignore[arg-type]
                                 None if self.fitted is None else Path(self.fitted), self.strength, builder,
-                                gated=self.gate, probes=probes, gate_by=self.gate_by)
-        result["detection"] = None if probes is None else describe(result["detection"], probes)
+                                gated=self.gate, probes=probes, gate_by=self.gate_by, detector=self.detector)
+        if result["detection"] is not None:
+            result["detection"] = describe_detection(result["detection"], probes)
         return result

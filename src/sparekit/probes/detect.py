@@ -151,9 +151,17 @@ def detect(lm: LoadedModel, question: str, context: Passages = None, probe_dir: 
 
 
 def read_contexts(lm: LoadedModel, probes: ProbeSet, builder: PromptBuilder, question: str,
-                  contexts: dict[str, str]) -> dict[str, dict]:
-    """The probes' reading of ``question`` with each of ``contexts`` (label -> context), all in one batched read
-    of the prompts ``builder`` makes, as every command makes them (the demo's detection step)."""
+                  contexts: dict[str, str], detector: str = "probe") -> dict[str, dict]:
+    """``detector``'s reading of ``question`` with each of ``contexts`` (label -> context), on the prompts ``builder``
+    makes, as every command makes them (the demo's detection step): the probe's in one batched read, another
+    detector's as ``sparekit detect --detector`` reads each prompt."""
     texts = [builder(question, context) for context in contexts.values()]
-    readings = read_prompts(lm, texts, probes=probes).probes
-    return {label: {**describe(r, probes), "prompt": text} for label, text, r in zip(contexts, texts, readings)}
+    if detector == "probe":
+        readings = [describe(r, probes) for r in read_prompts(lm, texts, probes=probes).probes]
+    else:
+        from sparekit.probes.training_free import describe_detection, detect_conflict  # lazy: it imports this module
+
+        closed = builder.without_passages(question)
+        readings = [describe_detection(detect_conflict(lm, text, detector, probes, closed, question), probes)
+                    for text in texts]
+    return {label: {**r, "prompt": text} for label, text, r in zip(contexts, texts, readings)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +41,15 @@ from sparekit.evaluation.metrics import exact_match
 from sparekit.hooks.core import last_logits_only
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import MAX_PROMPT_TOKENS, check_prompt, describe, load_probes
+from sparekit.probes.detectors import COMBINATIONS_FILE, check_detector, combination_entry, needs_probes
 from sparekit.probes.reading import ProbeSet, read_prompts
 from sparekit.probes.recall_bank import DemonstrationBank, default_bank
 from sparekit.utils.arrays import to_numpy
-from sparekit.utils.io import atomic_write_json, read_json_object
-from sparekit.utils.registry import unknown_name
+from sparekit.utils.io import atomic_write_json
 
-DETECTORS = ("probe", "jsd", "disagreement", "recall", "probe+jsd", "probe+disagreement", "probe+recall")
 #: the JSD above which ``jsd`` alone says conflict: the median of the 32 dev-chosen thresholds of
 #: benchmarks/bench_detectors.py (BENCHMARKS.md, "Training-free detectors")
 JSD_THRESHOLD = 0.093
-COMBINATIONS_FILE = "detectors.json"
 #: the recall detector's closed-book demonstrations: six answer types (a number, a person, a year, a symbol, a place,
 #: a short word), each outside every relation of the corpora and of the outside test, so that no answer type is
 #: primed. Round 1's three general-knowledge shots (Shakespeare, Jupiter, the lion) primed a name or a place: "the
@@ -71,13 +70,9 @@ RECALL_NEIGHBOURS = 3
 #: 1 one closed-book prompt, 2 two prompts (fourth design round), 3 accents dropped before matching. Cached gated
 #: cells record it, so a resumed benchmark regenerates cells an older reading decided.
 RECALL_READING = 3
-
-
-def check_detector(name: str) -> str:
-    """``name`` if it is a detector, else a one-line error listing them (checked before any model loads)."""
-    if name not in DETECTORS:
-        raise unknown_name("detector", name, DETECTORS)
-    return name
+#: how many questions' closed-book answers :func:`recall_answers` keeps per process (a server's questions repeat)
+RECALL_CACHE_SIZE = 4096
+_RECALLED: OrderedDict[tuple[str, str], tuple[tuple[str, str], float]] = OrderedDict()
 
 
 def without_context(prompt: str) -> str:
@@ -134,12 +129,23 @@ def recall_answers(lm: LoadedModel, questions: Sequence[str],
     generation), and the first answer's first-token probability: what the recall detector and the recall gate both
     ask. Two answers because each prompt primes its own wrong answers (a country for a city's continent after the
     fixed shots, a month from the neighbours for a holiday's month): the context conflicts with memory only where it
-    names neither (BENCHMARKS.md, "Fourth design round")."""
-    fixed = recall_prompts(questions)
-    retrieved = recall_prompts(questions, bank=default_bank())
-    answers, log_probs = closed_book_answers(lm, [p for pair in zip(fixed, retrieved) for p in pair], batch_size)
-    pairs = list(zip(answers[::2], answers[1::2]))
-    return pairs, to_numpy(log_probs[::2].max(-1).values.exp()).astype(np.float64)
+    names neither (BENCHMARKS.md, "Fourth design round"). Kept per (model, question) for the process (the last
+    :data:`RECALL_CACHE_SIZE`): a prompt's conflict and no-conflict variants, every method a recall gate gates, and a
+    ``steer`` that both gates and reads by recall ask once."""
+    todo = [q for q in dict.fromkeys(questions) if (lm.info.model_hash, q) not in _RECALLED]
+    if todo:
+        fixed = recall_prompts(todo)
+        retrieved = recall_prompts(todo, bank=default_bank())
+        answers, log_probs = closed_book_answers(lm, [p for pair in zip(fixed, retrieved) for p in pair], batch_size)
+        confidence = to_numpy(log_probs[::2].max(-1).values.exp()).astype(np.float64)
+        for question, pair, sure in zip(todo, zip(answers[::2], answers[1::2]), confidence):
+            _RECALLED[lm.info.model_hash, question] = pair, float(sure)
+    found = [_RECALLED[lm.info.model_hash, q] for q in questions]
+    for question in questions:
+        _RECALLED.move_to_end((lm.info.model_hash, question))
+    while len(_RECALLED) > RECALL_CACHE_SIZE:
+        _RECALLED.popitem(last=False)
+    return [pair for pair, _ in found], np.array([sure for _, sure in found], dtype=np.float64)
 
 
 def _letter(answer: str) -> str | None:
@@ -264,13 +270,7 @@ def save_combinations(folder: Path, combinations: Sequence[Combination], note: s
 
 def load_combination(folder: Path, signal: str) -> Combination:
     """The ``probe+signal`` combination fitted for the probes in ``folder``; a clear error where there is none."""
-    path = folder / COMBINATIONS_FILE
-    found = read_json_object(path).get("combinations", {}) if path.is_file() else {}
-    entry = found.get(signal)
-    if not isinstance(entry, dict) or len(entry.get("coef", ())) != 2:
-        raise SparekitError(f"{folder} has no fitted probe+{signal} combination ({COMBINATIONS_FILE})",
-                            "use --detector probe, jsd or disagreement, or fit one with "
-                            "benchmarks/bench_detectors.py --save-combinations")
+    entry = combination_entry(folder, signal)
     return Combination(signal, tuple(float(c) for c in entry["coef"]), float(entry["intercept"]))
 
 
@@ -280,17 +280,19 @@ def _logit(p: float) -> float:
 
 
 def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet | None,
-                    closed: str | None = None, question: str | None = None) -> dict:
+                    closed: str | None = None, question: str | None = None, probe_reading: dict | None = None) -> dict:
     """The reading of ``detector`` on one prompt (see the module docstring for what each one runs); ``closed``:
     its closed-book twin from the prompt's builder and ``question`` its question (default: both read from
-    ``text`` as ``three_shot`` blocks)."""
+    ``text`` as ``three_shot`` blocks); ``probe_reading``: the probes' reading of ``text`` where the caller's own
+    prompt pass already took it (``steer``, the server), else one prompt pass takes it."""
     check_detector(detector)
     out: dict = {"detector": detector}
     probe_logit = None
-    if "probe" in detector:
+    if needs_probes(detector):
         if probes is None:
-            raise SparekitError(f"the {detector} detector needs probes", "pass --probe, or use jsd or disagreement")
-        reading = read_prompts(lm, [text], probes=probes).probes[0]
+            raise SparekitError(f"the {detector} detector needs probes", "pass --probe, or use jsd, disagreement or "
+                                "recall")
+        reading = probe_reading or read_prompts(lm, [text], probes=probes).probes[0]
         probe_logit = _logit(reading["conflict_probability"])
         out.update(reading, probe_conflict_probability=reading["conflict_probability"])
     if detector == "probe":
@@ -303,6 +305,7 @@ def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet 
         out["jsd"] = value
     elif signal == "recall":
         out.update(recall(lm, text, closed, question_of(text) if question is None else question))
+        out.setdefault("predicted_source", out["recall_source"])  # the source probe's, where one read it
         value = out["recall"]
     else:
         (answer, closed_answer), _ = closed_book_answers(lm, [text, closed])
@@ -338,6 +341,13 @@ def detect_with(lm: LoadedModel, text: str, detector: str, folder: Path,
     """``sparekit detect --detector``: :func:`detect_conflict` on one checked prompt (``closed``: its closed-book
     twin), with the probe folder."""
     check_prompt(lm, text, max_tokens)
-    probes = load_probes(folder, lm.info.model_hash) if "probe" in detector else None
-    reading = detect_conflict(lm, text, detector, probes, closed, question)
-    return describe(reading, probes) if probes is not None else {**reading, "probe_dir": None}
+    probes = load_probes(folder, lm.info.model_hash) if needs_probes(detector) else None
+    return describe_detection(detect_conflict(lm, text, detector, probes, closed, question), probes)
+
+
+def describe_detection(reading: dict, probes: ProbeSet | None) -> dict:
+    """A reading with its probes' sites and folder (:func:`~sparekit.probes.detect.describe`), or ``probe_dir``
+    ``None`` for a detector that read no probes."""
+    if probes is None or not needs_probes(reading.get("detector", "probe")):
+        return {**reading, "probe_dir": None}
+    return describe(reading, probes)

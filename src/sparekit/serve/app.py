@@ -29,12 +29,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from sparekit.data.formats import available_formats
+from sparekit.data.formats import available_formats, passages
+from sparekit.errors import SparekitError
+from sparekit.probes.detectors import DEFAULT_DETECTOR
+from sparekit.probes.training_free import question_of, without_context
 from sparekit.serve.batcher import Batcher, QueueFull
 from sparekit.serve.engine import GREEDY, Engine, Job, Sampling
 from sparekit.serve.limits import Limits
 from sparekit.serve.metrics import Metrics
-from sparekit.serve.options import OptionError, RowSteer, parse_options, parse_steer
+from sparekit.serve.options import OPTIONS_KEY, OptionError, RowSteer, parse_detect, parse_options, parse_steer
 from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, chat_prompt,
                                      check_model, check_unsupported, error_response, resolve_format, sampling,
                                      stop_strings, validation_error)
@@ -126,6 +129,9 @@ class _Plan:
     stream: bool = False
     include_usage: bool = False
     chat: bool = False
+    detector: str = DEFAULT_DETECTOR
+    #: per prompt, its closed-book twin and question, for a detector other than the probe
+    twins: list[tuple[str | None, str | None]] | None = None
 
 
 class _Runner:
@@ -142,8 +148,10 @@ class _Runner:
         def emitter(index: int):
             return lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (index, kind, data))
 
-        jobs = [Job(p, plan.max_tokens, emitter(i), plan.stop, plan.detect, plan.steer, plan.stream, plan.sampling)
-                for i, p in enumerate(plan.prompts)]
+        twins = plan.twins or [(None, None)] * len(plan.prompts)
+        jobs = [Job(p, plan.max_tokens, emitter(i), plan.stop, plan.detect, plan.steer, plan.stream, plan.sampling,
+                    detector=plan.detector, closed_book=closed, question=question)
+                for i, (p, (closed, question)) in enumerate(zip(plan.prompts, twins))]
         try:
             self.batcher.submit(jobs)
         except QueueFull:
@@ -197,9 +205,23 @@ def plan_request(engine: Engine, limits: Limits, body: CompletionRequest | ChatR
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options is only allowed with stream: true.", "stream_options")
+    twins = [text_twin(p, options.detector) for p in prompts] if options.detect else None
     return _Plan(prompts, max_tokens, stop_strings(body.stop) + stop, options.detect, options.steer,
                  sampling(body, engine.lm.info.vocab_size), body.stream, include_usage,
-                 chat=isinstance(body, ChatRequest))
+                 chat=isinstance(body, ChatRequest), detector=options.detector, twins=twins)
+
+
+def text_twin(prompt: str, detector: str) -> tuple[str | None, str | None]:
+    """A prompt given as text: its closed-book twin and question for ``detector`` (``three_shot`` blocks, as
+    ``sparekit detect PROMPT`` reads them), or a 400 saying how to ask instead."""
+    if detector == "probe":
+        return None, None
+    try:
+        return without_context(prompt), question_of(prompt) if detector.endswith("recall") else None
+    except SparekitError as exc:
+        raise ApiError(400, f"{exc.message}: the {detector} detector reads a prompt given as text only as three_shot "
+                       "blocks; ask /v1/answer with the question and context instead.",
+                       f"{OPTIONS_KEY}.detect") from None
 
 
 def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
@@ -303,9 +325,17 @@ def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
             raise ApiError(400, "question must not be empty.", "question")
         steer = None if body.steer is None else parse_steer(body.steer, engine.capabilities(limits.max_strength),
                                                             "steer")
-        prompt = engine.answer_prompt(body.context, body.question, resolve_format(body.prompt_format, engine))
+        builder = engine.answer_builder(resolve_format(body.prompt_format, engine))
+        prompt = builder(body.question, body.context)
         check_prompt(engine, limits, prompt)
-        plan = _Plan([prompt], body.max_tokens, ("\n",), body.detect and engine.can_detect, steer)
+        caps = engine.capabilities(limits.max_strength)
+        detect, detector = (False, DEFAULT_DETECTOR) if body.detect is True and not engine.can_detect else \
+            parse_detect(body.detect, caps, "detect")
+        if detect and detector != "probe" and not passages(body.context):
+            raise ApiError(400, f"The {detector} detector contrasts the prompt with and without its context, and "
+                           "none was given.", "detect")
+        plan = _Plan([prompt], body.max_tokens, ("\n",), detect, steer, detector=detector,
+                     twins=[(builder.without_passages(body.question), body.question)])
         runner = _Runner(app)
         queue, jobs = runner.submit(plan)
         results = [data async for _, kind, data in runner.events(request, queue, jobs) if kind == "done"]

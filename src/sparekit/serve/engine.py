@@ -7,7 +7,8 @@ each row's residual edits are declared on the shared :class:`~sparekit.hooks.Hoo
 captures on the same pass. The one exception is a steered row that also asks for detection or a gate while
 the steering edits a layer at or below a probe's layer: its probe reading must describe the *unsteered*
 prompt (as ``sparekit steer`` does), so those rows, and only those, get one batched forward stopped at the
-probe layer first.
+probe layer first. A row that asks for another detector (``"detect": "recall"``) is read before the batch, as
+``sparekit detect --detector`` reads it (:meth:`Engine._read_apart`).
 
 Decoding is a loop of our own rather than ``generate``: a row leaves the batch the step it finishes, and
 (``batching="continuous"``) requests that arrived meanwhile run their prompt pass and join the batch at the next
@@ -39,6 +40,7 @@ from sparekit.models.assets import assets_for
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.probes.detect import probes_for, request_shots
+from sparekit.probes.detectors import DETECTORS, needs_probes, saved_combinations
 from sparekit.probes.reading import ProbeSet, capture_reading_sites, read_captures, read_states
 from sparekit.serve.options import Capabilities, RowSteer
 from sparekit.serve.prefix import PrefixCache, cached_forward, prefixed_batch
@@ -131,14 +133,25 @@ class Engine:
         """What requests may ask of this engine (:func:`sparekit.serve.options.parse_options` checks against it)."""
         return Capabilities({label: {t: self.default_strength(label, t) for t in per}
                              for label, per in self.steering.methods.items()},
-                            frozenset(self.steering.gates), self.can_detect, max_strength)
+                            frozenset(self.steering.gates), self.can_detect, max_strength, self.detectors)
+
+    @property
+    def detectors(self) -> frozenset[str]:
+        """The detectors other than the probe this engine runs: those that fit nothing, and the probe combinations
+        fitted beside its probes."""
+        fitted = saved_combinations(self.probes.folder) if self.probes is not None and self.probes.folder else {}
+        return frozenset(d for d in DETECTORS if not needs_probes(d) or d.removeprefix("probe+") in fitted)
 
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text)["input_ids"])
 
     def answer_prompt(self, context: Passages, question: str, fmt: str | PromptFormat = DEFAULT_FORMAT) -> str:
         """``/v1/answer``'s prompt, built as every command builds it (the request-time demonstrations)."""
-        return PromptBuilder(prompt_format(fmt, self.lm.tokenizer), self.shots)(question, context)
+        return self.answer_builder(fmt)(question, context)
+
+    def answer_builder(self, fmt: str | PromptFormat = DEFAULT_FORMAT) -> PromptBuilder:
+        """The request-time prompt builder in ``fmt`` (its closed-book twins are what the detectors contrast)."""
+        return PromptBuilder(prompt_format(fmt, self.lm.tokenizer), self.shots)
 
     # -- one batch ---------------------------------------------------------------------
     def run(self, jobs: Sequence[Job], join: Join | None = None, on_step: OnStep | None = None) -> None:
@@ -146,8 +159,10 @@ class Engine:
         receives its events through ``job.emit``."""
         live = list(jobs)  # admitted and not answered yet
         try:
-            with torch.inference_mode(), self._kv_compression():
-                self._decode(self._prompt_pass(jobs), live, join, on_step)
+            with torch.inference_mode():
+                apart = self._read_apart(jobs)  # uncompressed: a detector's own generations read as `detect` reads
+                with self._kv_compression():
+                    self._decode(self._prompt_pass(jobs, apart), live, join, on_step)
         except Exception as exc:  # a bug or an out-of-memory: every open row learns, the server lives on
             log.exception("batch of %d failed", len(live))
             for job in live:
@@ -167,7 +182,7 @@ class Engine:
             new = join(len(batches[0].rows) if batches else 0)
             if new:
                 live.extend(new)
-                group = self._prompt_pass(new)
+                group = self._prompt_pass(new, self._read_apart(new))
                 if batches and self._joinable(batches[0], group):
                     batches[0].join(group)
                 else:
@@ -196,11 +211,22 @@ class Engine:
         positions = batch.mask.sum(-1, keepdim=True) - 1
         batch.cache, batch.logits = cached_forward(self.lm, tokens[:, None], batch.mask, positions, batch.cache)
 
-    def _prompt_pass(self, jobs: Sequence[Job]) -> Batch:
-        """The jobs' prompt pass (suffix after a kept prefix): edits, readings, the first token's logits."""
+    def _read_apart(self, jobs: Sequence[Job]) -> dict[int, dict]:
+        """The readings of rows whose detector is not the probe alone, by row: each as ``sparekit detect
+        --detector`` reads the prompt (its own closed-book generations or passes, unsteered, before the batch's)."""
+        from sparekit.probes.training_free import detect_conflict  # lazy: the module imports sparekit.steering
+
+        return {i: detect_conflict(self.lm, job.prompt, job.detector, self.probes, job.closed_book, job.question)
+                for i, job in enumerate(jobs) if job.detect and not job.reads_probes}
+
+    def _prompt_pass(self, jobs: Sequence[Job], apart: dict[int, dict]) -> Batch:
+        """The jobs' prompt pass (suffix after a kept prefix): edits, readings, the first token's logits;
+        ``apart``: the readings :meth:`_read_apart` took."""
         fired, readings = self._early_readings(jobs)
+        for i, reading in apart.items():
+            readings[i] = reading
         hooks = edit_rows(Hooks(self.lm), [self._edits(job.steer) if fire else None for job, fire in zip(jobs, fired)])
-        late = [i for i, job in enumerate(jobs) if job.detect and readings[i] is None]
+        late = [i for i, job in enumerate(jobs) if job.reads_probes and readings[i] is None]
         if late:
             capture_reading_sites(hooks, probes=self.probes)
         enc, cache, start = self._encode([job.prompt for job in jobs])
@@ -227,12 +253,13 @@ class Engine:
         if not early:
             return fired, readings
         states = last_token_states(self.lm, [jobs[i].prompt for i in early], self._sites_for([jobs[i] for i in early]))
-        early_readings = read_states(states, probes=self.probes if any(jobs[i].detect for i in early) else None).probes
+        early_readings = read_states(states, probes=self.probes if any(jobs[i].reads_probes for i in early)
+                                     else None).probes
         for k, i in enumerate(early):
             if jobs[i].steer.gate:
                 gate = self.steering.gates[jobs[i].steer.method]
                 fired[i] = bool(read_states({gate.site: states[gate.site][k:k + 1]}, gate).fired[0])
-            if jobs[i].detect:
+            if jobs[i].reads_probes:
                 readings[i] = early_readings[k]
         return fired, readings
 
@@ -276,10 +303,11 @@ class Engine:
             return False
         if job.steer.gate:
             return True
-        return job.detect and min(s.layer for s, _ in self._edits(job.steer)) <= max(self.probes.sites.values()).layer
+        deepest = max(self.probes.sites.values()).layer if job.reads_probes else -1
+        return min(s.layer for s, _ in self._edits(job.steer)) <= deepest
 
     def _sites_for(self, jobs: Sequence[Job]) -> list[Site]:
-        sites = {s for job in jobs if job.detect for s in self.probes.sites.values()}
+        sites = {s for job in jobs if job.reads_probes for s in self.probes.sites.values()}
         sites |= {self.steering.gates[job.steer.method].site for job in jobs if job.steer and job.steer.gate}
         return sorted(sites)
 

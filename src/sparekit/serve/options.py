@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparekit.probes.detectors import DEFAULT_DETECTOR, DETECTORS
+
 #: where sparekit's options go in a request body (``extra_body={"sparekit": {...}}`` with the openai client)
 OPTIONS_KEY = "sparekit"
 #: the keys under it, and under its ``steer``
@@ -49,19 +51,29 @@ class RowSteer:
 
 @dataclass(frozen=True)
 class Options:
+    """``detect``: read the prompt's conflict, with ``detector``; ``steer``: how to steer it, if at all."""
+
     detect: bool = False
     steer: RowSteer | None = None
+    detector: str = DEFAULT_DETECTOR
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What the loaded folders allow: the tuned strength per method and direction, the gated methods,
-    whether probes were loaded, and the largest strength a request may ask for."""
+    whether probes were loaded, the detectors other than the probe the engine runs (the built-in engine: those
+    that fit nothing and the probe combinations fitted beside its probes; the vLLM plugin: none), and the largest
+    strength a request may ask for."""
 
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
     gates: frozenset[str] = frozenset()
     can_detect: bool = False
     max_strength: float = 16.0
+    detectors: frozenset[str] = frozenset()
+
+    @property
+    def available_detectors(self) -> list[str]:
+        return [d for d in DETECTORS if d in self.detectors or (d == "probe" and self.can_detect)]
 
 
 def parse_options(raw: Any, caps: Capabilities, param: str = OPTIONS_KEY) -> Options:
@@ -72,18 +84,28 @@ def parse_options(raw: Any, caps: Capabilities, param: str = OPTIONS_KEY) -> Opt
     if not isinstance(raw, dict):
         raise OptionError(f"{param} must be an object with {' and/or '.join(OPTION_KEYS)}.", param)
     _refuse_unknown(raw, OPTION_KEYS, param)
-    detect = raw.get("detect", False)
-    if not isinstance(detect, bool):
-        raise OptionError(f"{param}.detect must be true or false (got {detect!r}).", f"{param}.detect")
-    check_detect(detect, caps, f"{param}.detect")
+    detect, detector = parse_detect(raw.get("detect", False), caps, f"{param}.detect")
     steer = raw.get("steer")
-    return Options(detect, None if steer is None else parse_steer(steer, caps, f"{param}.steer"))
+    return Options(detect, None if steer is None else parse_steer(steer, caps, f"{param}.steer"), detector)
 
 
-def check_detect(detect: bool, caps: Capabilities, param: str) -> None:
-    if detect and not caps.can_detect:
-        raise OptionError("Detection is not available: no conflict probes were loaded for this model "
-                          "(start the server with --probe DIR).", param)
+def parse_detect(raw: Any, caps: Capabilities, param: str) -> tuple[bool, str]:
+    """``detect``: ``false``, ``true`` (the default detector, what ``sparekit detect`` reads) or a detector's name;
+    whether to read and with which detector, or an :class:`OptionError` naming those this engine runs."""
+    if isinstance(raw, bool) and not raw:
+        return False, DEFAULT_DETECTOR
+    detector = DEFAULT_DETECTOR if raw is True else raw
+    if not isinstance(detector, str):
+        raise OptionError(f"{param} must be true, false or a detector's name (got {raw!r}).", param)
+    if detector not in DETECTORS:
+        raise OptionError(f"Unknown detector {detector!r}; valid detectors: {', '.join(DETECTORS)}.", param)
+    if detector not in caps.available_detectors:
+        if not caps.can_detect and detector.startswith("probe"):
+            raise OptionError("Detection is not available: no conflict probes were loaded for this model "
+                              "(start the server with --probe DIR).", param)
+        raise OptionError(f"The {detector} detector is not available on this server; available: "
+                          f"{', '.join(caps.available_detectors) or 'none'}.", param)
+    return True, detector
 
 
 def parse_steer(raw: Any, caps: Capabilities, param: str) -> RowSteer | None:

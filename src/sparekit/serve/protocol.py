@@ -94,7 +94,7 @@ class AnswerRequest(BaseModel):
     question: str
     prompt_format: str = DEFAULT_FORMAT
     steer: Any = None  # checked by sparekit.serve.options.parse_steer
-    detect: bool = True
+    detect: bool | str = True  # checked by sparekit.serve.options.parse_detect
     max_tokens: int = 12
 
 

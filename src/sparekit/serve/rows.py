@@ -60,6 +60,16 @@ class Job:
     sampling: Sampling = GREEDY
     arrived: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: the detector ``detect`` reads with; one other than the probe also needs the prompt's closed-book twin and
+    #: its question (:func:`sparekit.probes.training_free.detect_conflict`)
+    detector: str = "probe"
+    closed_book: str | None = None
+    question: str | None = None
+
+    @property
+    def reads_probes(self) -> bool:
+        """Whether the prompt pass reads this row's probes (detection by the probe alone)."""
+        return self.detect and self.detector == "probe"
 
 
 @dataclass

@@ -82,25 +82,19 @@ class RecallGate(Gate):
     closed-book answers to the question, asked with the detector's own two prompts
     (:func:`~sparekit.probes.training_free.recall_answers`, one batched generation), read by
     :func:`~sparekit.probes.training_free.unrecalled` against the prompt's closed-book twin
-    (:attr:`SteeringPrompt.text_without_context`). Answers are kept per (model, question) for the gate's lifetime:
-    a prompt's conflict and no-conflict variants, and every method gated by the same gate, share one generation.
+    (:attr:`SteeringPrompt.text_without_context`). :func:`~sparekit.probes.training_free.recall_answers` keeps the
+    answers per (model, question): a prompt's conflict and no-conflict variants, every method a recall gate gates,
+    and the recall detector's reading of the same question share one generation.
     """
 
     name = "recall"
-
-    def __init__(self) -> None:
-        self._closed: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def signature(self) -> str:
         return f"recall:{RECALL_READING}"
 
     def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
         questions = [p.example.question for p in prompts]
-        todo = [q for q in dict.fromkeys(questions) if (lm.info.model_hash, q) not in self._closed]
-        if todo:
-            answers, _ = recall_answers(lm, todo, batch_size=len(todo))
-            self._closed.update(((lm.info.model_hash, q), a) for q, a in zip(todo, answers))
-        closed = [self._closed[lm.info.model_hash, q] for q in questions]
+        closed, _ = recall_answers(lm, questions, batch_size=len(set(questions)))  # the new ones in one batch
         fired = unrecalled(closed, questions, [p.text for p in prompts], [p.text_without_context for p in prompts])
         return torch.as_tensor(fired > 0.5)
 
