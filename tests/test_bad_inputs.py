@@ -222,7 +222,7 @@ CASES = [
                                      "--out", str(t / "acts")], "data.jsonl:2: expected a JSON object with a 'text'"),
     ("build-default-out-trailing-slash", lambda t: ["data", "build-default", "--out", str(t / "d") + "/"],
      "the trailing '/' names a folder"),
-    ("generate-longer-than-the-context", lambda t: ["generate", "word " * 600], "reads at most 512"),
+    ("generate-longer-than-the-context", lambda t: ["generate", "word " * 600], "reads at most 2048"),
 ]
 
 
@@ -308,8 +308,8 @@ def test_empty_and_over_long_prompts_are_refused_before_reading_probes(tiny_llam
     for text in ("", "  \n\t"):
         with pytest.raises(SparekitError, match="the prompt is empty"):
             detect_prompt(tiny_llama, text, probe_dir="/nonexistent")
-    long = "word " * 600  # the tiny model's context is 512 positions
-    with pytest.raises(SparekitError, match=r"reads at most 512"):
+    long = "word " * 600  # the tiny model's context is 2048 positions
+    with pytest.raises(SparekitError, match=r"reads at most 2048"):
         check_prompt(tiny_llama, long, max_tokens=0)
     with pytest.raises(SparekitError, match="over the limit of 100"):
         check_prompt(tiny_llama, "word " * 30, max_tokens=100)

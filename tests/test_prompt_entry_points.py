@@ -39,26 +39,33 @@ def server(default_lm):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("detector", ["probe", None])
 @pytest.mark.parametrize("contexts, fmt", CASES)
-def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, capsys, monkeypatch, contexts, fmt):
+def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, capsys, monkeypatch, contexts, fmt,
+                                                             detector):
+    """With the probe, and with each surface's default (``auto``: recall, the question and context being known)."""
     monkeypatch.setattr("sparekit.models.load_model", lambda *args, **kwargs: default_lm)  # one model load in all
     engine, url = server
     context_options = [arg for c in contexts for arg in ("--context", c)]
-    detected = cli_json(capsys, ["detect", "--question", QUESTION, *context_options, "--prompt-format", fmt, "--json"])
-    library = sparekit.detect(default_lm, QUESTION, contexts, prompt_format=fmt)
+    option, named = (["--detector", detector], {"detector": detector}) if detector else ([], {})
+    detected = cli_json(capsys, ["detect", "--question", QUESTION, *context_options, "--prompt-format", fmt, "--json",
+                                 *option])
+    library = sparekit.detect(default_lm, QUESTION, contexts, prompt_format=fmt, **named)
     probes = load_probes(resolve_probe_dir(None, default_lm.info), default_lm.info.model_hash)
     demo = read_contexts(default_lm, probes, prompt_builder(default_lm, probes.folder, fmt), QUESTION,
-                         {"case": contexts, "closed": None})["case"]
-    status, answer = post(url + "/v1/answer", {"context": contexts, "question": QUESTION, "prompt_format": fmt})
+                         {"case": contexts, "closed": None}, **named)["case"]
+    status, answer = post(url + "/v1/answer", {"context": contexts, "question": QUESTION, "prompt_format": fmt,
+                                               **({"detect": detector} if detector else {})})
     assert status == 200, answer
     prompts = {"detect": detected["prompt"], "library": library["prompt"], "demo": demo["prompt"],
                "server": engine.answer_prompt(contexts, QUESTION, fmt)}
     readings = {"detect": detected, "library": library, "demo": demo, "server": answer["sparekit"]}
     if len(contexts) == 1:  # `steer` takes one CONTEXT
         steered = cli_json(capsys, ["steer", contexts[0], QUESTION, "--toward", "memory", "--prompt-format", fmt,
-                                    "--json"])
+                                    "--json", *option])
         prompts["steer"], readings["steer"] = steered["prompt"], steered["detection"]
     assert len(set(prompts.values())) == 1, prompts
+    assert {r["detector"] for r in readings.values()} == {detector or "recall"}
     assert prompts["detect"].endswith(("answer:", "Answer:")) and all(c in prompts["detect"] for c in contexts)
     p = detected["conflict_probability"]
     for where, reading in readings.items():  # demo reads its two contexts in one left-padded batch: float32 noise
@@ -71,8 +78,9 @@ def test_every_entry_point_builds_and_reads_the_same_prompt(default_lm, server, 
 def test_the_shipped_probes_read_conflict_and_truth_apart_in_every_format(default_lm, fmt):
     """The shipped probes (fitted across formats, issue 29 item 3) tell the README's conflict from the truth in
     every format the default model has; the shipped three_shot prompt keeps its bytes."""
-    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.", prompt_format=fmt)
-    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.", prompt_format=fmt)
+    conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.", prompt_format=fmt,
+                               detector="probe")
+    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.", prompt_format=fmt, detector="probe")
     assert conflict["conflict_probability"] > 0.5 > truth["conflict_probability"], (conflict, truth)
     assert conflict["in_distribution"] and truth["in_distribution"]  # the shipped probe carries its statistics
     if fmt == "three_shot":

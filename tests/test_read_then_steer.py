@@ -75,7 +75,7 @@ def test_one_pass_reads_the_gate_and_the_probes(lm, assets):
     assert counts["prompt"] == 1 and reading.fired.shape == (2,)
     single = detect_prompt(lm, "x y", assets[0])
     assert reading.probes[0]["conflict_probability"] == pytest.approx(single["conflict_probability"], abs=1e-6)
-    assert set(reading.probes[0]) == {"conflict_probability", "conflict", "context_probability", "predicted_source",
+    assert set(reading.probes[0]) == {"detector", "conflict_probability", "conflict", "context_probability", "predicted_source",
                                       "in_distribution", "distance"}  # a probe fitted now keeps its statistics
 
 
@@ -91,7 +91,7 @@ def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold
     counts, handle = count_prompt_passes(lm)
     try:
         result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", root / "actadd", None, builder,
-                                gated=True, probes=probes)
+                                gated=True, probes=probes, detector="probe")
     finally:
         handle.remove()
     assert counts["prompt"] == passes and result["gate_fired"] is fires
@@ -107,6 +107,35 @@ def test_steer_with_gate_costs_two_passes_or_one(lm, assets, tmp_path, threshold
     assert result["detection"]["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-5)
 
 
+def test_steer_reads_by_recall_by_default_asking_its_closed_book_question_once(lm, assets, monkeypatch):
+    """auto: recall, as `detect` reads the same prompt; with the recall gate too, one closed-book generation serves
+    both (two prompt passes more than the probe's reading: that generation's and the source reading's)."""
+    from collections import OrderedDict
+
+    from sparekit.probes import training_free
+    from sparekit.probes.training_free import detect_conflict
+
+    monkeypatch.setattr(training_free, "_RECALLED", OrderedDict())
+    builder = prompt_builder(lm, assets[0])
+    passes = {}
+    for detector in ("probe", "auto"):  # the probe's run asks the recall gate's question first
+        counts, handle = count_prompt_passes(lm)
+        try:
+            result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", assets[1], None, builder,
+                                    gate_by="recall", detector=detector)
+        finally:
+            handle.remove()
+        passes[detector] = counts["prompt"]
+    assert result["detection"]["detector"] == "recall" and len(training_free._RECALLED) == 1
+    # the probe's run generated the gate's two closed-book prompts (one pass each); the recall run asks nothing again
+    # (the answers are kept per question) and adds the source reading's one prompt pass
+    assert passes["auto"] == passes["probe"] - 2 + 1
+    prompt = SteeringPrompt(ConflictExample(id="cli", question=QUESTION, org_context=CONTEXT, org_answer=(),
+                                            sub_context=CONTEXT, sub_answer=()), "sub", tuple(builder.demos(QUESTION)))
+    alone = detect_conflict(lm, result["prompt"], "recall", None, prompt.text_without_context, QUESTION)
+    assert {k: result["detection"][k] for k in alone} == alone
+
+
 @pytest.mark.parametrize("closed_book, fires", [("b", False), ("zebra", True)])
 def test_steer_gated_by_recall_steers_where_the_context_does_not_name_the_closed_book_answer(
         lm, assets, monkeypatch, closed_book, fires):
@@ -118,7 +147,8 @@ def test_steer_gated_by_recall_steers_where_the_context_does_not_name_the_closed
 
     monkeypatch.setattr(gate_module, "recall_answers", recall_answers)
     builder = prompt_builder(lm, assets[0])
-    result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", assets[1], None, builder, gate_by="recall")
+    result = steer_question(lm, CONTEXT, QUESTION, "memory", "actadd", assets[1], None, builder, gate_by="recall",
+                            detector="probe")
     assert result["gate"] == "recall" and result["gate_fired"] is fires
     assert (result["steered"] != result["unsteered"]) == fires
     assert seen == [QUESTION]  # one closed-book question, the recall detector's

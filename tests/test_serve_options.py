@@ -29,8 +29,8 @@ CAPS = Capabilities(methods={"spare": {"context": 1.0, "memory": 2.0}, "knob": {
     ({"steer": {"method": "knob", "toward": "memory", "gate": True}}, "sparekit.steer.gate", "or use spare"),
     ({"steer": ["spare"]}, "sparekit.steer", "must be an object"),
     ({"detect": 1}, "sparekit.detect", "true, false or a detector's name"),
-    ({"detect": "recal"}, "sparekit.detect", "Unknown detector 'recal'; valid detectors: probe, jsd"),
-    ({"detect": "recall"}, "sparekit.detect", "The recall detector is not available on this server; available: probe."),
+    ({"detect": "recal"}, "sparekit.detect", "Unknown detector 'recal'; valid detectors: auto, probe, jsd"),
+    ({"detect": "recall"}, "sparekit.detect", "The recall detector is not available on this server; available: auto, probe."),
     ({"stear": {}}, "sparekit.stear", "Unknown parameter: sparekit.stear (valid: detect, steer)"),
     ({"steer": {"toward": "memory", "alpha": 1}}, "sparekit.steer.alpha", "Unknown parameter"),
 ])
@@ -61,11 +61,14 @@ def test_detect_names_a_detector_true_is_the_default_and_only_what_the_engine_ru
     assert parse_options({"detect": "recall"}, built_in) == Options(True, None, "recall")
     assert parse_options({"detect": "probe+jsd"}, built_in).detector == "probe+jsd"
     assert parse_options({"detect": False}, built_in) == Options()
-    with pytest.raises(OptionError, match="probe\\+recall detector is not available.*available: probe, jsd, "
+    with pytest.raises(OptionError, match="probe\\+recall detector is not available.*available: auto, probe, jsd, "
                                           "disagreement, recall, probe\\+jsd"):
         parse_options({"detect": "probe+recall"}, built_in)
     no_probes = Capabilities(detectors=frozenset({"recall"}))
     assert parse_options({"detect": "recall"}, no_probes).detector == "recall"
+    assert parse_options({"detect": True}, no_probes).detector == "auto"
+    assert [built_in.detector_for("auto", known) for known in (True, False)] == ["recall", "probe"]
+    assert CAPS.detector_for("auto", True) == "probe"  # the vLLM plugin runs no recall: auto is its probe
     with pytest.raises(OptionError, match="no conflict probes"):
         parse_options({"detect": "probe"}, no_probes)
 

@@ -184,7 +184,7 @@ def test_every_command_refuses_an_unknown_detector_before_loading_a_model(capsys
 
     assert main([*command, "--detector", "nope"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'nope' is not one of 'probe'" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "'nope' is not one of 'auto', 'probe'" in err and "Traceback" not in err
 
 
 def test_detect_cli_refuses_bad_detector_inputs_before_loading_a_model(capsys):
@@ -214,9 +214,13 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
                  "--k-shot", "1", "--out", str(run), "--json"]) == 0
     capsys.readouterr()
     ask = ["detect", "--probe", str(run), "--question", "q3", "--context", "it is x3", "--json"]
-    assert main(ask) == 0
+    assert main([*ask, "--detector", "probe"]) == 0
     reading = json.loads(capsys.readouterr().out)
-    assert isinstance(reading["in_distribution"], bool) and reading["distance"] > 0
+    assert reading["detector"] == "probe" and isinstance(reading["in_distribution"], bool) and reading["distance"] > 0
+    assert main(ask) == 0  # auto: recall, the question and the context being known
+    assert json.loads(capsys.readouterr().out)["detector"] == "recall"
+    assert main(["detect", "--probe", str(run), "--question", "q3", "--json"]) == 0  # no context: the probe
+    assert json.loads(capsys.readouterr().out)["detector"] == "probe"
     assert main([*ask, "--detector", "probe+jsd"]) == 2
     assert "no fitted probe+jsd combination" in capsys.readouterr().err
     save_combinations(run / "probes", [Combination("jsd", (1.0, 2.0), -0.5)], "test")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sparekit.data.formats import DEFAULT_FORMAT, prompt_format_field
 from sparekit.data.prompts import check_prompt_text
 from sparekit.errors import SparekitError
-from sparekit.probes.detectors import detector_field
+from sparekit.probes.detectors import detector_field, resolve_detector
 from sparekit.utils.config import device_field, device_map_field, option
 
 @dataclass(frozen=True)
@@ -47,14 +47,16 @@ class DetectCommand:
         # deliberately lazy: the probes' readers and the model stack import torch and transformers
         from sparekit.models import load_model
         from sparekit.probes.detect import detect, detect_prompt, probes_model, resolve_probe_dir  # lazy, as above
-        from sparekit.probes.training_free import check_detector_inputs, detect_with  # lazy, as above
+        from sparekit.probes.training_free import check_detector_inputs, detect_with, splits  # lazy, as above
 
         folder = resolve_probe_dir(self.probe)
-        check_detector_inputs(self.detector, self.prompt, folder, bool(self.contexts))
+        knows_context = bool(self.contexts) if self.prompt is None else splits(self.prompt)
+        detector = resolve_detector(self.detector, knows_context)
+        check_detector_inputs(detector, self.prompt, folder, bool(self.contexts))
         lm = load_model(self.model or probes_model(folder), device=self.device, device_map=self.device_map)
         if self.prompt is None:
             return detect(lm, self.question, self.contexts or None, folder, self.prompt_format,  # type: ignore[arg-type]
-                          self.max_tokens, self.detector)
-        if self.detector == "probe":
+                          self.max_tokens, detector)
+        if detector == "probe":
             return detect_prompt(lm, self.prompt, folder, self.max_tokens)
-        return detect_with(lm, self.prompt, self.detector, folder, self.max_tokens)
+        return detect_with(lm, self.prompt, detector, folder, self.max_tokens)

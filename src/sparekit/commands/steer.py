@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sparekit.data.formats import prompt_format_field
 from sparekit.errors import SparekitError
-from sparekit.probes.detectors import detector_field, needs_probes
+from sparekit.probes.detectors import detector_field, needs_probes, resolve_detector
 from sparekit.utils.config import device_field, device_map_field, finite_number, model_field, option
 
 #: the two directions a fitted bundle holds (``steering.base.DIRECTIONS``, which imports torch)
@@ -58,20 +58,21 @@ class SteerCommand:
         from sparekit.probes.training_free import check_detector_inputs, describe_detection  # lazy, as above
         from sparekit.steering.question import steer_question  # lazy, as above
 
+        detector = resolve_detector(self.detector, True)  # CONTEXT and QUESTION are given apart
         if self.probe is not None:  # a bad folder or a missing combination fails before the model loads
-            check_detector_inputs(self.detector, None, resolve_probe_dir(self.probe))
+            check_detector_inputs(detector, None, resolve_probe_dir(self.probe))
         lm = load_model(self.model, device=self.device, device_map=self.device_map)
         probes = probes_for(lm, self.probe)
-        if needs_probes(self.detector) and self.detector != "probe":
+        if needs_probes(detector) and detector != "probe":
             if probes is None:
-                raise SparekitError(f"the {self.detector} detector needs probes, and none are shipped for "
+                raise SparekitError(f"the {detector} detector needs probes, and none are shipped for "
                                     f"{lm.info.name}", "pass --probe <run>, or use --detector recall, jsd or "
                                     "disagreement")
-            check_detector_inputs(self.detector, None, probes.folder)
+            check_detector_inputs(detector, None, probes.folder)
         builder = prompt_builder(lm, None if probes is None else probes.folder, self.prompt_format)
         result = steer_question(lm, self.context, self.question, self.toward, self.method,  # type: ignore[arg-type]
                                 None if self.fitted is None else Path(self.fitted), self.strength, builder,
-                                gated=self.gate, probes=probes, gate_by=self.gate_by, detector=self.detector)
+                                gated=self.gate, probes=probes, gate_by=self.gate_by, detector=detector)
         if result["detection"] is not None:
             result["detection"] = describe_detection(result["detection"], probes)
         return result

@@ -44,7 +44,7 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
 VOCAB_SIZE = len(_SPECIALS) + len(_CHARS)
 _COMMON = dict(vocab_size=VOCAB_SIZE, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 _DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512, **_COMMON)
+                num_key_value_heads=2, max_position_embeddings=2048, **_COMMON)
 
 TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(**_DECODER),

@@ -20,6 +20,7 @@ from sparekit.models.limits import check_prompt_length
 from sparekit.models.loading import LoadedModel
 from sparekit.models.placement import input_device
 from sparekit.probes.linear import LinearProbe
+from sparekit.probes.detectors import DEFAULT_DETECTOR, resolve_detector
 from sparekit.probes.reading import ProbeSet, read_prompts
 from sparekit.utils.io import read_json_object
 
@@ -130,15 +131,17 @@ def prompt_builder(lm: LoadedModel, folder: Path | None = None,
 
 def detect(lm: LoadedModel, question: str, context: Passages = None, probe_dir: str | Path | None = None,
            prompt_format: str = DEFAULT_FORMAT, max_tokens: int | None = MAX_PROMPT_TOKENS,
-           detector: str = "probe") -> dict:
+           detector: str = DEFAULT_DETECTOR) -> dict:
     """The reading of ``question`` asked with ``context`` (one passage, several or none) in ``prompt_format``,
-    the prompt built as every command builds it; the result also holds the ``prompt`` read. ``detector``: the
-    probe, or a training-free one (:mod:`sparekit.probes.training_free`; they need a context)."""
+    the prompt built as every command builds it; the result also holds the ``prompt`` read. ``detector``: ``auto``
+    (recall with a context, else the probe), the probe, or a training-free one
+    (:mod:`sparekit.probes.training_free`; they need a context)."""
     if not question.strip():
         raise SparekitError("the question is empty")
     folder = resolve_probe_dir(probe_dir, lm.info)
     builder = prompt_builder(lm, folder, prompt_format)
     text = builder(question, context)
+    detector = resolve_detector(detector, bool(passages(context)))
     if detector == "probe":
         reading = detect_prompt(lm, text, folder, max_tokens)
     else:
@@ -151,17 +154,18 @@ def detect(lm: LoadedModel, question: str, context: Passages = None, probe_dir: 
 
 
 def read_contexts(lm: LoadedModel, probes: ProbeSet, builder: PromptBuilder, question: str,
-                  contexts: dict[str, str], detector: str = "probe") -> dict[str, dict]:
+                  contexts: dict[str, Passages], detector: str = DEFAULT_DETECTOR) -> dict[str, dict]:
     """``detector``'s reading of ``question`` with each of ``contexts`` (label -> context), on the prompts ``builder``
     makes, as every command makes them (the demo's detection step): the probe's in one batched read, another
     detector's as ``sparekit detect --detector`` reads each prompt."""
-    texts = [builder(question, context) for context in contexts.values()]
-    if detector == "probe":
-        readings = [describe(r, probes) for r in read_prompts(lm, texts, probes=probes).probes]
-    else:
-        from sparekit.probes.training_free import describe_detection, detect_conflict  # lazy: it imports this module
+    from sparekit.probes.training_free import describe_detection, detect_conflict  # lazy: it imports this module
 
-        closed = builder.without_passages(question)
-        readings = [describe_detection(detect_conflict(lm, text, detector, probes, closed, question), probes)
-                    for text in texts]
-    return {label: {**r, "prompt": text} for label, text, r in zip(contexts, texts, readings)}
+    texts = {label: builder(question, context) for label, context in contexts.items()}
+    chosen = {label: resolve_detector(detector, bool(passages(context))) for label, context in contexts.items()}
+    by_probe = [label for label in contexts if chosen[label] == "probe"]
+    readings = dict(zip(by_probe, read_prompts(lm, [texts[label] for label in by_probe], probes=probes).probes
+                        if by_probe else []))
+    closed = builder.without_passages(question)
+    return {label: {**describe_detection(readings[label] if label in readings else
+                                         detect_conflict(lm, texts[label], chosen[label], probes, closed, question),
+                                         probes), "prompt": texts[label]} for label in contexts}

@@ -58,7 +58,7 @@ class ProbeSet:
         readings = []
         for row, conflict in enumerate(p_conflict):
             context = None if p_context is None else p_context[row]
-            readings.append({"conflict_probability": conflict, "conflict": conflict > 0.5,
+            readings.append({"detector": "probe", "conflict_probability": conflict, "conflict": conflict > 0.5,
                              "context_probability": context,
                              "predicted_source": None if context is None else SOURCES[0 if context > 0.5 else 1]})
         for reading, flag in zip(readings, self._in_distribution(states[sites["conflict"]])):

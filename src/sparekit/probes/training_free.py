@@ -203,6 +203,17 @@ def recall_score(unrecalled_values: np.ndarray, confidence: np.ndarray) -> np.nd
     return 0.5 + (np.asarray(unrecalled_values, dtype=np.float64) - 0.5) * np.asarray(confidence, dtype=np.float64)
 
 
+def splits(prompt: str) -> bool:
+    """Whether a prompt given as text shows its question and context apart (``three_shot`` blocks): what the
+    ``auto`` detector reads it with recall for (:func:`~sparekit.probes.detectors.resolve_detector`)."""
+    try:
+        without_context(prompt)
+        question_of(prompt)
+    except SparekitError:
+        return False
+    return True
+
+
 def question_of(prompt: str) -> str:
     """The question of a ``three_shot`` prompt given as text: its last block's ``question:`` line."""
     for line in prompt.rpartition("\n\n")[2].split("\n"):
@@ -294,7 +305,7 @@ def detect_conflict(lm: LoadedModel, text: str, detector: str, probes: ProbeSet 
                                 "recall")
         reading = probe_reading or read_prompts(lm, [text], probes=probes).probes[0]
         probe_logit = _logit(reading["conflict_probability"])
-        out.update(reading, probe_conflict_probability=reading["conflict_probability"])
+        out.update(reading, detector=detector, probe_conflict_probability=reading["conflict_probability"])
     if detector == "probe":
         return out
     closed = without_context(text) if closed is None else closed

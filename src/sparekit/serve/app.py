@@ -32,12 +32,13 @@ from starlette.exceptions import HTTPException
 from sparekit.data.formats import available_formats, passages
 from sparekit.errors import SparekitError
 from sparekit.probes.detectors import DEFAULT_DETECTOR
-from sparekit.probes.training_free import question_of, without_context
+from sparekit.probes.training_free import question_of, splits, without_context
 from sparekit.serve.batcher import Batcher, QueueFull
 from sparekit.serve.engine import GREEDY, Engine, Job, Sampling
 from sparekit.serve.limits import Limits
 from sparekit.serve.metrics import Metrics
-from sparekit.serve.options import OPTIONS_KEY, OptionError, RowSteer, parse_detect, parse_options, parse_steer
+from sparekit.serve.options import (OPTIONS_KEY, Capabilities, OptionError, RowSteer, parse_detect, parse_options,
+                                   parse_steer)
 from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, chat_prompt,
                                      check_model, check_unsupported, error_response, resolve_format, sampling,
                                      stop_strings, validation_error)
@@ -129,9 +130,8 @@ class _Plan:
     stream: bool = False
     include_usage: bool = False
     chat: bool = False
-    detector: str = DEFAULT_DETECTOR
-    #: per prompt, its closed-book twin and question, for a detector other than the probe
-    twins: list[tuple[str | None, str | None]] | None = None
+    #: per prompt, the detector that reads it, and its closed-book twin and question for one other than the probe
+    twins: list[tuple[str, str | None, str | None]] | None = None
 
 
 class _Runner:
@@ -148,10 +148,10 @@ class _Runner:
         def emitter(index: int):
             return lambda kind, data: loop.call_soon_threadsafe(queue.put_nowait, (index, kind, data))
 
-        twins = plan.twins or [(None, None)] * len(plan.prompts)
+        twins = plan.twins or [(DEFAULT_DETECTOR, None, None)] * len(plan.prompts)
         jobs = [Job(p, plan.max_tokens, emitter(i), plan.stop, plan.detect, plan.steer, plan.stream, plan.sampling,
-                    detector=plan.detector, closed_book=closed, question=question)
-                for i, (p, (closed, question)) in enumerate(zip(plan.prompts, twins))]
+                    detector=detector, closed_book=closed, question=question)
+                for i, (p, (detector, closed, question)) in enumerate(zip(plan.prompts, twins))]
         try:
             self.batcher.submit(jobs)
         except QueueFull:
@@ -205,23 +205,30 @@ def plan_request(engine: Engine, limits: Limits, body: CompletionRequest | ChatR
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options is only allowed with stream: true.", "stream_options")
-    twins = [text_twin(p, options.detector) for p in prompts] if options.detect else None
+    caps = engine.capabilities(limits.max_strength)
+    twins = [text_twin(p, options.detector, caps) for p in prompts] if options.detect else None
     return _Plan(prompts, max_tokens, stop_strings(body.stop) + stop, options.detect, options.steer,
                  sampling(body, engine.lm.info.vocab_size), body.stream, include_usage,
-                 chat=isinstance(body, ChatRequest), detector=options.detector, twins=twins)
+                 chat=isinstance(body, ChatRequest), twins=twins)
 
 
-def text_twin(prompt: str, detector: str) -> tuple[str | None, str | None]:
-    """A prompt given as text: its closed-book twin and question for ``detector`` (``three_shot`` blocks, as
-    ``sparekit detect PROMPT`` reads them), or a 400 saying how to ask instead."""
+def text_twin(prompt: str, detector: str, caps: Capabilities) -> tuple[str, str | None, str | None]:
+    """A prompt given as text: the detector that reads it, and its closed-book twin and question for one other than
+    the probe (``three_shot`` blocks, as ``sparekit detect PROMPT`` reads them); ``auto`` reads a prompt that does not
+    split with the probe, and where there is none, or a named detector cannot read it, a 400 says how to ask."""
+    detector = caps.detector_for(detector, splits(prompt))
+    param = f"{OPTIONS_KEY}.detect"
     if detector == "probe":
-        return None, None
+        if not caps.can_detect:
+            raise ApiError(400, "Detection of this prompt is not available: no conflict probes were loaded (start "
+                           "the server with --probe DIR), and it is not three_shot blocks, which the recall detector "
+                           "reads; or ask /v1/answer with the question and context.", param)
+        return detector, None, None
     try:
-        return without_context(prompt), question_of(prompt) if detector.endswith("recall") else None
+        return detector, without_context(prompt), question_of(prompt) if detector.endswith("recall") else None
     except SparekitError as exc:
         raise ApiError(400, f"{exc.message}: the {detector} detector reads a prompt given as text only as three_shot "
-                       "blocks; ask /v1/answer with the question and context instead.",
-                       f"{OPTIONS_KEY}.detect") from None
+                       "blocks; ask /v1/answer with the question and context instead.", param) from None
 
 
 def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
@@ -329,13 +336,18 @@ def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
         prompt = builder(body.question, body.context)
         check_prompt(engine, limits, prompt)
         caps = engine.capabilities(limits.max_strength)
-        detect, detector = (False, DEFAULT_DETECTOR) if body.detect is True and not engine.can_detect else \
-            parse_detect(body.detect, caps, "detect")
-        if detect and detector != "probe" and not passages(body.context):
+        detect, detector = parse_detect(body.detect, caps, "detect")
+        detector = caps.detector_for(detector, bool(passages(body.context)))
+        if detect and detector == "probe" and not caps.can_detect:
+            if body.detect is not True:
+                raise ApiError(400, "Detection without a context is the probe's, and no conflict probes were loaded "
+                               "(start the server with --probe DIR).", "detect")
+            detect = False  # detection is on by default: a server without probes answers without a reading
+        elif detect and detector != "probe" and not passages(body.context):
             raise ApiError(400, f"The {detector} detector contrasts the prompt with and without its context, and "
                            "none was given.", "detect")
-        plan = _Plan([prompt], body.max_tokens, ("\n",), detect, steer, detector=detector,
-                     twins=[(builder.without_passages(body.question), body.question)])
+        plan = _Plan([prompt], body.max_tokens, ("\n",), detect, steer,
+                     twins=[(detector, builder.without_passages(body.question), body.question)])
         runner = _Runner(app)
         queue, jobs = runner.submit(plan)
         results = [data async for _, kind, data in runner.events(request, queue, jobs) if kind == "done"]

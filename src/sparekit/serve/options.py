@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparekit.probes.detectors import DEFAULT_DETECTOR, DETECTORS
+from sparekit.probes.detectors import DEFAULT_DETECTOR, DETECTORS, resolve_detector
 
 #: where sparekit's options go in a request body (``extra_body={"sparekit": {...}}`` with the openai client)
 OPTIONS_KEY = "sparekit"
@@ -73,7 +73,14 @@ class Capabilities:
 
     @property
     def available_detectors(self) -> list[str]:
-        return [d for d in DETECTORS if d in self.detectors or (d == "probe" and self.can_detect)]
+        """``auto`` wherever the probe or recall reads, the probe where probes were loaded, and the others."""
+        can = {*self.detectors, *(("probe",) if self.can_detect else ())}
+        return [d for d in DETECTORS if d in can or (d == "auto" and can & {"probe", "recall"})]
+
+    def detector_for(self, detector: str, knows_context: bool) -> str:
+        """The detector that reads one prompt: ``auto`` is recall where this engine runs it and the prompt's
+        question and context are known, else the probe (:func:`~sparekit.probes.detectors.resolve_detector`)."""
+        return resolve_detector(detector, knows_context and "recall" in self.detectors)
 
 
 def parse_options(raw: Any, caps: Capabilities, param: str = OPTIONS_KEY) -> Options:
@@ -100,7 +107,7 @@ def parse_detect(raw: Any, caps: Capabilities, param: str) -> tuple[bool, str]:
     if detector not in DETECTORS:
         raise OptionError(f"Unknown detector {detector!r}; valid detectors: {', '.join(DETECTORS)}.", param)
     if detector not in caps.available_detectors:
-        if not caps.can_detect and detector.startswith("probe"):
+        if not caps.can_detect and (detector.startswith("probe") or detector == "auto"):
             raise OptionError("Detection is not available: no conflict probes were loaded for this model "
                               "(start the server with --probe DIR).", param)
         raise OptionError(f"The {detector} detector is not available on this server; available: "
