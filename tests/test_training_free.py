@@ -221,6 +221,9 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
     assert json.loads(capsys.readouterr().out)["detector"] == "recall"
     assert main(["detect", "--probe", str(run), "--question", "q3", "--json"]) == 0  # no context: the probe
     assert json.loads(capsys.readouterr().out)["detector"] == "probe"
+    for text, read_by in ((PROMPT, "recall"), ("Passage: it is x3\nQuestion: q3\nAnswer:", "probe")):  # as text
+        assert main(["detect", "--probe", str(run), text]) == 0
+        assert capsys.readouterr().out.startswith(f"detector: {read_by}\n")
     assert main([*ask, "--detector", "probe+jsd"]) == 2
     assert "no fitted probe+jsd combination" in capsys.readouterr().err
     save_combinations(run / "probes", [Combination("jsd", (1.0, 2.0), -0.5)], "test")

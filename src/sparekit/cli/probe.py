@@ -65,12 +65,17 @@ def detect(config: DetectCommand, as_json: bool) -> None:
     PROMPT is used as is (few-shot blocks ending in `answer:`, like the probing prompts);
     or pass --question and --context to build it as `steer`, `demo` and the server do.
     """
-    emit(config.run(), as_json, _render_reading if config.detector == "probe" else _render_detector)
+    emit(config.run(), as_json, _render_detection)
+
+
+def _render_detection(r: dict) -> str:
+    """The probe's reading, or another detector's (``auto`` says which one read the prompt)."""
+    return (_render_reading if r["detector"] == "probe" else _render_detector)(r)
 
 
 def _render_reading(r: dict) -> str:
     conflict = f"{r['conflict_probability']:.1%} ({'yes' if r['conflict'] else 'no'}, {r['sites']['conflict']})"
-    text = f"probes: {r['probe_dir']}\nconflict: {conflict}"
+    text = f"detector: probe\nprobes: {r['probe_dir']}\nconflict: {conflict}"
     if r["predicted_source"] is None:
         text += "\npredicted source: no source probe in this run"
     else:
