@@ -116,7 +116,48 @@ def as_result(row: dict) -> dict:
     """One fold's replayed rows in ``results.json``'s shape (fractions under ``em_*``), for the matched table."""
     return {"methods": {label: {f"em_{cell}": {"mean": value / 100} for cell, value in ems.items()
                                 if cell != "no_conflict"}
-                        for label, ems in row.items() if label != "items" and not label.startswith("gate ")}}
+                        for label, ems in row.items()
+                        if label not in ("items", "seeds") and not label.startswith("gate ")}}
+
+
+def replay_fold(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, tuple[str, float | str]],
+                gates: list[str], args: argparse.Namespace, seed: int) -> dict:
+    """One fold's rows for the test demonstrations of ``seed``: each method ungated and under each gate."""
+    test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, seed)
+    found = {name: cached_answers(lm, name, test, args.answers)
+             for name in {n for gate in gates for n in gate.split("|")}}
+    row = {"items": len(test), **{label: em_cells(cells, prompts, answers, label) for label in ("none", *methods)}}
+    for method in methods:
+        if all((f"{method}+recall", c, t) in answers for c in ("sub", "org") for t in DIRECTIONS):
+            row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
+    for gate in gates:
+        conflict = {}
+        for context in ("sub", "org"):  # a conflict where the passage names none of the gate's answers
+            closed = [tuple(found[n][ex.id]["closed"] for n in gate.split("|")) for ex in test]
+            conflict[context] = unrecalled(closed, [ex.question for ex in test], [p.text for p in prompts[context]],
+                                           [p.text_without_context for p in prompts[context]]) == 1.0
+        row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in conflict.items()}
+        variants = {gate: {(c, t): f for c, f in conflict.items() for t in DIRECTIONS}}
+        if args.source_aware:
+            first = gate.split("|")[0]
+            memory = {c: memory_first(lm, [p.text for p in prompts[c]],
+                                      [found[first][ex.id]["closed"] for ex in test]) == 1.0
+                      for c in ("sub", "org")}
+            variants[f"{gate}+source"] = {(c, t): f & (memory[c] if t == "context" else ~memory[c])
+                                          for c, f in conflict.items() for t in DIRECTIONS}
+            row[f"gate {gate}+source"] = {f"{c} {t}": float(np.mean(f))
+                                          for (c, t), f in variants[f"{gate}+source"].items()}
+        for name, fired in variants.items():
+            for method in methods:  # "|" would split a markdown table's cell
+                row[f"{method}+{name.replace('|', ' or ')}"] = em_cells(cells, prompts, answers, method, fired)
+    return row
+
+
+def mean_rows(rows: list[dict]) -> dict:
+    """The seeds' rows of one fold averaged cell by cell (the rows every seed has; the same items in each)."""
+    labels = [label for label in rows[0] if label != "items" and all(label in row for row in rows)]
+    return {"items": rows[0]["items"], "seeds": len(rows),
+            **{label: {cell: fmean(row[label][cell] for row in rows) for cell in rows[0][label]} for label in labels}}
 
 
 def main() -> None:
@@ -127,7 +168,8 @@ def main() -> None:
     parser.add_argument("--methods", default="cad:0.5,adacad:1",
                         help="method:strength, the run's dev-tuned one first; a method's further strengths (cad:0.05) "
                         "read a `bench frontier` sweep's cells, cad:dev each fold's dev choice per direction")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", default="42", help="test-demonstration seeds, comma-separated: a fold's rows are "
+                        "their mean")
     parser.add_argument("--matched", metavar="BASELINES", help="each gated row against the best of these ungated "
                         "baselines at its EM without conflict (their sweeps from the folds' frontier.json, "
                         "steer_fold_report.py's table)")
@@ -142,36 +184,11 @@ def main() -> None:
     table: dict = {}
     for fold in sorted(args.bench.glob("held-out-*")):
         relation = fold.name.removeprefix("held-out-")
-        test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, args.seed)
-        found = {name: cached_answers(lm, name, test, args.answers)
-                 for name in {n for gate in gates for n in gate.split("|")}}
-        row = {"items": len(test), **{label: em_cells(cells, prompts, answers, label) for label in ("none", *methods)}}
-        for method in methods:
-            if all((f"{method}+recall", c, t) in answers for c in ("sub", "org") for t in DIRECTIONS):
-                row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
-        for gate in gates:
-            conflict = {}
-            for context in ("sub", "org"):  # a conflict where the passage names none of the gate's answers
-                closed = [tuple(found[n][ex.id]["closed"] for n in gate.split("|")) for ex in test]
-                conflict[context] = unrecalled(closed, [ex.question for ex in test], [p.text for p in prompts[context]],
-                                               [p.text_without_context for p in prompts[context]]) == 1.0
-            row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in conflict.items()}
-            variants = {gate: {(c, t): f for c, f in conflict.items() for t in DIRECTIONS}}
-            if args.source_aware:
-                first = gate.split("|")[0]
-                memory = {c: memory_first(lm, [p.text for p in prompts[c]],
-                                          [found[first][ex.id]["closed"] for ex in test]) == 1.0
-                          for c in ("sub", "org")}
-                variants[f"{gate}+source"] = {(c, t): f & (memory[c] if t == "context" else ~memory[c])
-                                              for c, f in conflict.items() for t in DIRECTIONS}
-                row[f"gate {gate}+source"] = {f"{c} {t}": float(np.mean(f))
-                                              for (c, t), f in variants[f"{gate}+source"].items()}
-            for name, fired in variants.items():
-                for method in methods:  # "|" would split a markdown table's cell
-                    row[f"{method}+{name.replace('|', ' or ')}"] = em_cells(cells, prompts, answers, method, fired)
-        table[relation] = row
-        print(relation, json.dumps(row), flush=True)
-    labels = [k for k in next(iter(table.values())) if k != "items"]
+        rows = [replay_fold(lm, fold, data, relation, methods, gates, args, seed)
+                for seed in map(int, args.seeds.split(","))]
+        table[relation] = mean_rows(rows)
+        print(relation, json.dumps(table[relation]), flush=True)
+    labels = [k for k in next(iter(table.values())) if k not in ("items", "seeds")]
     items = [row["items"] for row in table.values()]
     summary = {label: {cell: fmean(row[label][cell] for row in table.values())
                        for cell in next(iter(table.values()))[label]} for label in labels}

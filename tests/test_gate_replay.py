@@ -56,3 +56,9 @@ def test_dev_reads_each_folds_own_choice_per_direction(replay, tmp_path):
     assert replay.fold_strength(tmp_path, "cad", "dev", "memory") == 0.05
     assert replay.fold_strength(tmp_path, "cad", "dev", "context") == 0.5
     assert replay.fold_strength(tmp_path, "cad", 0.25, "memory") == 0.25
+
+
+def test_a_folds_seeds_are_averaged_cell_by_cell_over_the_rows_every_seed_has(replay):
+    rows = [{"items": 20, "cad": {"memory": 50.0, "context": 80.0}, "cad+recall (run)": {"memory": 60.0}},
+            {"items": 20, "cad": {"memory": 70.0, "context": 90.0}}]
+    assert replay.mean_rows(rows) == {"items": 20, "seeds": 2, "cad": {"memory": 60.0, "context": 85.0}}

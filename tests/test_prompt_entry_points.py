@@ -80,7 +80,8 @@ def test_the_shipped_probes_read_conflict_and_truth_apart_in_every_format(defaul
     every format the default model has; the shipped three_shot prompt keeps its bytes."""
     conflict = sparekit.detect(default_lm, QUESTION, "The capital of France is Porto-Novo.", prompt_format=fmt,
                                detector="probe")
-    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.", prompt_format=fmt, detector="probe")
+    truth = sparekit.detect(default_lm, QUESTION, "The capital of France is Paris.", prompt_format=fmt,
+                            detector="probe")
     assert conflict["conflict_probability"] > 0.5 > truth["conflict_probability"], (conflict, truth)
     assert conflict["in_distribution"] and truth["in_distribution"]  # the shipped probe carries its statistics
     if fmt == "three_shot":

@@ -75,8 +75,8 @@ def test_one_pass_reads_the_gate_and_the_probes(lm, assets):
     assert counts["prompt"] == 1 and reading.fired.shape == (2,)
     single = detect_prompt(lm, "x y", assets[0])
     assert reading.probes[0]["conflict_probability"] == pytest.approx(single["conflict_probability"], abs=1e-6)
-    assert set(reading.probes[0]) == {"detector", "conflict_probability", "conflict", "context_probability", "predicted_source",
-                                      "in_distribution", "distance"}  # a probe fitted now keeps its statistics
+    assert set(reading.probes[0]) == {"detector", "conflict_probability", "conflict", "context_probability",
+                                      "predicted_source", "in_distribution", "distance"}  # fitted now: with statistics
 
 
 @pytest.mark.parametrize("threshold, fires, passes", [(0.0, True, 2), (1.0, False, 1)])

@@ -30,7 +30,8 @@ CAPS = Capabilities(methods={"spare": {"context": 1.0, "memory": 2.0}, "knob": {
     ({"steer": ["spare"]}, "sparekit.steer", "must be an object"),
     ({"detect": 1}, "sparekit.detect", "true, false or a detector's name"),
     ({"detect": "recal"}, "sparekit.detect", "Unknown detector 'recal'; valid detectors: auto, probe, jsd"),
-    ({"detect": "recall"}, "sparekit.detect", "The recall detector is not available on this server; available: auto, probe."),
+    ({"detect": "recall"}, "sparekit.detect", "The recall detector is not available on this server; available: auto, "
+                                              "probe."),
     ({"stear": {}}, "sparekit.stear", "Unknown parameter: sparekit.stear (valid: detect, steer)"),
     ({"steer": {"toward": "memory", "alpha": 1}}, "sparekit.steer.alpha", "Unknown parameter"),
 ])
