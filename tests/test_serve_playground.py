@@ -48,6 +48,8 @@ def test_playground_shows_gauge_and_both_answers(tmp_path):
             gauge = browser.find_element(By.ID, "gauge-value").text
             assert float(gauge) == pytest.approx(expected_plain["sparekit"]["conflict_probability"], abs=0.006)
             assert browser.find_element(By.ID, "source").text == expected_plain["sparekit"]["predicted_source"]
+            closed = expected_plain["sparekit"]["closed_book_answer"]  # the default reading is recall's
+            assert browser.find_element(By.ID, "source-p").text == f'recall: closed-book "{closed}"'.strip()
             for element, reply in (("answer-plain", expected_plain), ("answer-steered", expected_steered)):
                 assert words(browser.find_element(By.ID, element).text) == words(reply["answer"] or "(empty)")
             assert browser.find_element(By.ID, "steered-title").text.lower() == "steered toward context"
