@@ -110,6 +110,12 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
         assert len(result["per_seed"]["em_context"]) == 2
         assert result["per_seed"]["em_context"][0] == summary["methods"][label]["per_seed"]["em_context"][0]
     monkeypatch.undo()
+    # the frontier sweeps every seed, as the tuned rows are measured: each point the seeds' mean
+    curves = SteeringBenchmark(default_lm, dataset, seeded, tmp_path, progress=False).frontier(["actadd"])
+    for toward in ("memory", "context"):
+        (point,) = curves["actadd"][toward]
+        assert point["seeds"] == 2
+        assert point["em_target"] == pytest.approx(more["methods"]["actadd"]["em_" + toward]["mean"])
 
     changed = BenchConfig(**{**config.__dict__, "k_shot": 2})
     with pytest.raises(SparekitError, match="different configuration"):

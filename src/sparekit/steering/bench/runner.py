@@ -205,46 +205,53 @@ class SteeringBenchmark:
         return result
 
     # -- the frontier ---------------------------------------------------------------------------
-    def frontier(self, labels: Sequence[str] | None = None, seed: int | None = None,
+    def frontier(self, labels: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                  cached_only: bool = False) -> dict[str, Any]:
         """Strength sweep per method and direction on test: EM toward the target vs EM without conflict
-        and vs the gold answer's per-token NLL without conflict (fluency).
+        and vs the gold answer's per-token NLL without conflict (fluency), each point the mean over ``seeds``
+        (default: the run's test-demonstration seeds, as the tuned rows are).
 
         Uses each method's dev-tuned parameters and its dev grid plus ``sweep_strengths``; the
         frontier (not one setting) is the fair comparison between a dense vector and SpARE.
-        ``cached_only`` draws what earlier runs generated and skips points not yet computed.
+        ``cached_only`` draws what earlier runs generated and skips points not yet computed for every seed.
         """
         with self.run_dir.lock():
             pool, dev, test = self.splits()
             data = self.behaviour(pool)
             labels = labels or self.config.methods
             gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] == "gate" for m in labels) else None
-            seed = self.config.seeds[0] if seed is None else seed
-            prompts = {context: self.test_prompts(test, pool, context, seed) for context in ("sub", "org")}
-            curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, seed, cached_only)
+            prompts = {seed: {context: self.test_prompts(test, pool, context, seed) for context in ("sub", "org")}
+                       for seed in (seeds or self.config.seeds)}
+            curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, cached_only)
                               for toward in DIRECTIONS} for label in labels}
             atomic_write_json(self.out / "frontier.json", curves)
             return curves
 
     def _sweep(self, label: str, toward: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset,
-               prompts: dict[str, list[SteeringPrompt]], gate: ProbeGate | None, seed: int,
+               prompts: dict[int, dict[str, list[SteeringPrompt]]], gate: ProbeGate | None,
                cached_only: bool) -> list[dict[str, Any]]:
-        """One method's frontier toward ``toward``: a point per strength whose three cells exist."""
+        """One method's frontier toward ``toward``: a point per strength whose three cells exist for every seed of
+        ``prompts``, each value the seeds' mean."""
         kind = method_kind(label)[0]
         tuned = self.tuner.tune(label, data, dev, pool)[toward]
         method, params = self.tuner.cell_method(label, tuned, toward, data, dev, pool)  # type: ignore[arg-type]
         points = []
         for strength in self.config.sweep(self.tuner.fit(kind, tuned["params"], data)):
             cell = ("test", label, params, method)
-            args = (toward, strength, self.gate_for(label, gate), seed)
-            conflict = self.cells.get(*cell, prompts["sub"], *args, cached_only=cached_only)
-            no_conflict = self.cells.get(*cell, prompts["org"], *args, cached_only=cached_only)
-            nll = self.cells.get(*cell, prompts["org"], *args, "nll", cached_only=cached_only)
-            if conflict is None or no_conflict is None or nll is None:
-                continue
-            points.append({"strength": strength, "em_target": self.cells.score(conflict, prompts["sub"], toward),
-                           "em_no_conflict": self.cells.score(no_conflict, prompts["org"], toward),
-                           "answer_nll_no_conflict": float(np.mean(nll))})
+            per_seed = []
+            for seed, seeded in prompts.items():
+                args = (toward, strength, self.gate_for(label, gate), seed)
+                conflict = self.cells.get(*cell, seeded["sub"], *args, cached_only=cached_only)
+                no_conflict = self.cells.get(*cell, seeded["org"], *args, cached_only=cached_only)
+                nll = self.cells.get(*cell, seeded["org"], *args, "nll", cached_only=cached_only)
+                if conflict is None or no_conflict is None or nll is None:
+                    break
+                per_seed.append((self.cells.score(conflict, seeded["sub"], toward),
+                                 self.cells.score(no_conflict, seeded["org"], toward), float(np.mean(nll))))
+            else:
+                target, free, nll_mean = (float(np.mean(values)) for values in zip(*per_seed))
+                points.append({"strength": strength, "em_target": target, "em_no_conflict": free,
+                               "answer_nll_no_conflict": nll_mean, "seeds": len(per_seed)})
         return points
 
 
