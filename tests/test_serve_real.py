@@ -21,9 +21,9 @@ CONTEXT, QUESTION = "The capital of France is Porto-Novo.", "What is the capital
 @pytest.mark.slow
 def test_default_model_answers_in_one_batch_like_the_cli(default_lm):
     engine = build_engine(default_lm)
-    bodies = [{"context": CONTEXT, "question": QUESTION},
-              {"context": CONTEXT, "question": QUESTION, "steer": {"method": "spare", "toward": "memory"}},
-              {"context": CONTEXT, "question": QUESTION, "steer": {"method": "spare", "toward": "context"}}]
+    probe = {"context": CONTEXT, "question": QUESTION, "detect": "probe"}  # read off the batch's own prompt pass
+    bodies = [probe, {**probe, "steer": {"method": "spare", "toward": "memory"}},
+              {**probe, "steer": {"method": "spare", "toward": "context"}}]
     with serving(engine, Limits(batch_wait_ms=2000, max_batch=3)) as (_, url):
         with ThreadPoolExecutor(3) as pool:
             replies = list(pool.map(lambda body: post(url + "/v1/answer", body), bodies))
