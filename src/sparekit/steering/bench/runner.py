@@ -222,21 +222,26 @@ class SteeringBenchmark:
             gate = self.conflict_gate(pool, dev) if any(method_kind(m)[1] == "gate" for m in labels) else None
             prompts = {seed: {context: self.test_prompts(test, pool, context, seed) for context in ("sub", "org")}
                        for seed in (seeds or self.config.seeds)}
-            curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, cached_only)
+            bar = tqdm(total=0, desc="frontier", unit="point", disable=not self.progress or cached_only)
+            curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, cached_only, bar)
                               for toward in DIRECTIONS} for label in labels}
+            bar.close()
             atomic_write_json(self.out / "frontier.json", curves)
             return curves
 
     def _sweep(self, label: str, toward: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset,
                prompts: dict[int, dict[str, list[SteeringPrompt]]], gate: ProbeGate | None,
-               cached_only: bool) -> list[dict[str, Any]]:
+               cached_only: bool, bar: tqdm) -> list[dict[str, Any]]:
         """One method's frontier toward ``toward``: a point per strength whose three cells exist for every seed of
-        ``prompts``, each value the seeds' mean."""
+        ``prompts``, each value the seeds' mean; ``bar`` counts the (strength, seed) points done."""
         kind = method_kind(label)[0]
         tuned = self.tuner.tune(label, data, dev, pool)[toward]
         method, params = self.tuner.cell_method(label, tuned, toward, data, dev, pool)  # type: ignore[arg-type]
         points = []
-        for strength in self.config.sweep(self.tuner.fit(kind, tuned["params"], data)):
+        strengths = self.config.sweep(self.tuner.fit(kind, tuned["params"], data))
+        bar.total += len(strengths) * len(prompts)
+        bar.set_postfix_str(f"{label} → {toward}")
+        for strength in strengths:
             cell = ("test", label, params, method)
             per_seed = []
             for seed, seeded in prompts.items():
@@ -244,6 +249,7 @@ class SteeringBenchmark:
                 conflict = self.cells.get(*cell, seeded["sub"], *args, cached_only=cached_only)
                 no_conflict = self.cells.get(*cell, seeded["org"], *args, cached_only=cached_only)
                 nll = self.cells.get(*cell, seeded["org"], *args, "nll", cached_only=cached_only)
+                bar.update()
                 if conflict is None or no_conflict is None or nll is None:
                     break
                 per_seed.append((self.cells.score(conflict, seeded["sub"], toward),
