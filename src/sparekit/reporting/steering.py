@@ -66,7 +66,8 @@ def mean_frontier(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
                         if p["strength"] == point["strength"]]
                 if len(same) == len(curves):
                     mean[label][toward].append({key: point[key] if key == "strength"
-                                                else float(np.mean([p[key] for p in same])) for key in point})
+                                                else float(np.mean([p[key] for p in same])) for key in point
+                                                if all(key in p for p in same)})  # "seeds": newer runs only
     return mean
 
 
