@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from sparekit.data.formats import available_formats, passages
 from sparekit.errors import SparekitError
 from sparekit.probes.detectors import DEFAULT_DETECTOR
-from sparekit.probes.training_free import question_of, splits, without_context
+from sparekit.probes.training_free import check_detector_inputs, question_of, splits, without_context
 from sparekit.serve.batcher import Batcher, QueueFull
 from sparekit.serve.engine import GREEDY, Engine, Job, Sampling
 from sparekit.serve.limits import Limits
@@ -330,12 +330,11 @@ def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
         check_max_tokens(limits, body.max_tokens)
         if not body.question.strip():
             raise ApiError(400, "question must not be empty.", "question")
-        steer = None if body.steer is None else parse_steer(body.steer, engine.capabilities(limits.max_strength),
-                                                            "steer")
+        caps = engine.capabilities(limits.max_strength)
+        steer = None if body.steer is None else parse_steer(body.steer, caps, "steer")
         builder = engine.answer_builder(resolve_format(body.prompt_format, engine))
         prompt = builder(body.question, body.context)
         check_prompt(engine, limits, prompt)
-        caps = engine.capabilities(limits.max_strength)
         detect, detector = parse_detect(body.detect, caps, "detect")
         detector = caps.detector_for(detector, bool(passages(body.context)))
         if detect and detector == "probe" and not caps.can_detect:
@@ -343,9 +342,12 @@ def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
                 raise ApiError(400, "Detection without a context is the probe's, and no conflict probes were loaded "
                                "(start the server with --probe DIR).", "detect")
             detect = False  # detection is on by default: a server without probes answers without a reading
-        elif detect and detector != "probe" and not passages(body.context):
-            raise ApiError(400, f"The {detector} detector contrasts the prompt with and without its context, and "
-                           "none was given.", "detect")
+        elif detect and detector != "probe":
+            try:  # the check `sparekit detect` makes: a context-contrast detector needs a context
+                check_detector_inputs(detector, None, engine.probes and engine.probes.folder,
+                                      bool(passages(body.context)))
+            except SparekitError as exc:
+                raise ApiError(400, f"{exc.message[:1].upper()}{exc.message[1:]}.", "detect") from None
         plan = _Plan([prompt], body.max_tokens, ("\n",), detect, steer,
                      twins=[(detector, builder.without_passages(body.question), body.question)])
         runner = _Runner(app)

@@ -101,6 +101,10 @@ class Engine:
         self.batching: Batching = "static" if kv_ratio else batching
         self.window = getattr(lm.model.config, "sliding_window", None)
         self.probes = probes
+        # the detectors other than the probe it runs: those that fit nothing, and the probe combinations fitted
+        # beside its probes (read once here, not per request)
+        fitted = saved_combinations(probes.folder) if probes is not None and probes.folder else {}
+        self.detectors = frozenset(d for d in DETECTORS if not needs_probes(d) or d.removeprefix("probe+") in fitted)
         self.steering = steering or Steering({}, {})
         for label, per_direction in self.steering.methods.items():
             for fitted in per_direction.values():
@@ -134,13 +138,6 @@ class Engine:
         return Capabilities({label: {t: self.default_strength(label, t) for t in per}
                              for label, per in self.steering.methods.items()},
                             frozenset(self.steering.gates), self.can_detect, max_strength, self.detectors)
-
-    @property
-    def detectors(self) -> frozenset[str]:
-        """The detectors other than the probe this engine runs: those that fit nothing, and the probe combinations
-        fitted beside its probes."""
-        fitted = saved_combinations(self.probes.folder) if self.probes is not None and self.probes.folder else {}
-        return frozenset(d for d in DETECTORS if not needs_probes(d) or d.removeprefix("probe+") in fitted)
 
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text)["input_ids"])
