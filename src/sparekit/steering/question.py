@@ -20,7 +20,8 @@ from sparekit.steering.gate import ProbeGate, training_free_gate
 
 def steer_question(lm: LoadedModel, context: str, question: str, toward: Direction, method_label: str,
                    fitted: Path | None, strength: float | None, builder: PromptBuilder, gated: bool = False,
-                   probes: ProbeSet | None = None, gate_by: str | None = None, detector: str = DEFAULT_DETECTOR) -> dict:
+                   probes: ProbeSet | None = None, gate_by: str | None = None,
+                   detector: str = DEFAULT_DETECTOR) -> dict:
     """Unsteered and steered answers for one (context, question); shared by ``steer`` and ``demo``.
 
     The prompt comes from ``builder`` (the request-time demonstrations in a prompt format), as every
@@ -28,9 +29,9 @@ def steer_question(lm: LoadedModel, context: str, question: str, toward: Directi
     ``gate_by``: steer only if the gate that fits nothing of that name fires (``"recall"``).
     A conflict gate and the ``probes`` read the unsteered generation's own prompt pass, so the whole costs two
     generations, or one when the gate does not fire; the recall gate adds one closed-book generation.
-    ``detection`` is ``detector``'s reading of the prompt (``auto``: recall) (:func:`~sparekit.probes.training_free.detect_conflict`,
-    what ``sparekit detect`` reports for it; ``None`` for the probe without probes); recall's closed-book answers
-    are asked once for the gate and the reading.
+    ``detection`` is ``detector``'s reading of the prompt (``auto``: recall;
+    :func:`~sparekit.probes.training_free.detect_conflict`, what ``sparekit detect`` reports for it; ``None`` for the
+    probe without probes); recall's closed-book answers are asked once for the gate and the reading.
     """
     detector = resolve_detector(detector, True)
     if fitted is None:
