@@ -68,7 +68,8 @@ class SteerCommand:
                 raise SparekitError(f"the {detector} detector needs probes, and none are shipped for "
                                     f"{lm.info.name}", "pass --probe <run>, or use --detector recall, jsd or "
                                     "disagreement")
-            check_detector_inputs(detector, None, probes.folder)
+            if self.probe is None:  # the shipped probes' combination (a --probe folder's was checked above)
+                check_detector_inputs(detector, None, probes.folder)
         builder = prompt_builder(lm, None if probes is None else probes.folder, self.prompt_format)
         result = steer_question(lm, self.context, self.question, self.toward, self.method,  # type: ignore[arg-type]
                                 None if self.fitted is None else Path(self.fitted), self.strength, builder,
