@@ -36,7 +36,7 @@ PROMPTS = (
 )
 TOP_K = 5
 #: The transformers releases the test suite passes on (keep equal to pyproject.toml; a test checks).
-SUPPORTED_TRANSFORMERS = ">=5.23,<5.25"
+SUPPORTED_TRANSFORMERS = ">=5.23,<5.26"
 FORMAT_VERSION = 1
 #: Largest |Δ log p| accepted, by the dtype the model was loaded in.
 TOLERANCE = {torch.float32: 0.1, torch.float16: 1.0, torch.bfloat16: 1.0}
