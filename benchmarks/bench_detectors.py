@@ -20,7 +20,7 @@ twins: the same demonstrations, no passage for the item) in another registered f
 format, seed) fits the probe on neither, and scores the recall detector (one closed-book generation per
 item, cached under ``--out/recall``) on every item, the cached jsd / disagreement signals (``--signals-from``)
 beside it; ``--source`` adds the training-free source prediction, ``--default-test`` the default dataset's
-test split (BENCHMARKS.md, "The recall detector").
+test split (BENCHMARKS.md, "The recall detector"), ``--save-combinations`` fits probe+recall for a probe folder.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from sparekit.hooks import Site
 from sparekit.probes.detect import load_probes, resolve_probe_dir
 from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, ProbingData, collect, stack_formats
 from sparekit.probes.linear import LinearProbe
-from sparekit.probes.detectors import COMBINATIONS_FILE, DETECTORS
+from sparekit.probes.detectors import COMBINATIONS_FILE, DETECTORS, saved_combinations
 from sparekit.probes.training_free import (Combination, closed_book_answers,
                                            detect_conflict, disagreement, divergence, next_token_log_probs,
                                            recall_answers, recall_score, save_combinations, unrecalled)
@@ -332,8 +332,9 @@ def main() -> None:
                              "holding its capture)")
     parser.add_argument("--timing", type=int, default=4, help="prompts timed per detector (0: skip)")
     parser.add_argument("--save-combinations", type=Path, default=None,
-                        help="fit the probe+signal combinations for the probes in this folder on every detection "
-                             "row and write its detectors.json")
+                        help="fit the probe+signal combinations for the probes in this folder and write its "
+                             "detectors.json: probe+jsd and probe+disagreement on every detection row; with "
+                             "--formats, probe+recall stacked on out-of-relation probe logits (the others kept)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lm = sparekit.load_model("default")
@@ -398,6 +399,11 @@ def formats_table(lm, data: ConflictDataset, args: argparse.Namespace, sites: li
         n_items = int(np.all([~np.isnan(v) for v in rows.values()], 0).sum() // (2 * len(names)))
         result[label] = {"n_items": n_items, **table_of(folds)}
         print(f"{label}: {n_items} items", flush=True)
+    if args.save_combinations is not None:
+        probes = load_probes(args.save_combinations, lm.info.model_hash)
+        recall = signal_rows(train.items, found, ["recall"])["recall"]
+        result["recall_combination"] = fit_recall_combination(train, recall, args.save_combinations,
+                                                               probes.sites["conflict"])
     if args.source is not None:
         result["source"] = source_table(lm, data, items, answers, args)
     if args.default_test is not None:
@@ -497,6 +503,46 @@ def fit_combinations(lm, train: ProbingData, sig: dict, items: ConflictDataset, 
                                       f"x 2 prompts ({time.strftime('%Y-%m-%d')})")
     alone = {"accuracy": float(np.mean((logit > 0) == y)), "auroc": _auroc(y, logit)}  # the folder's probe on broad
     return {"probe_alone": alone, **{c.signal: {"coef": c.coef, "intercept": c.intercept} for c in fitted}}
+
+
+def out_of_relation_logits(train: ProbingData, site: Site, seed: int = 0) -> np.ndarray:
+    """Each conflict row's probe logit from a probe fitted (as the shipped one: ``PROBE_PARAMS``, at ``site``, every
+    format) on the other relations' rows only: what the probe says about facts it never saw."""
+    X, y, _ = train.target("conflict", site)
+    relation = np.array([ex.relation for ex in train.items] * 2, dtype=object)
+    logit = np.empty(len(y))
+    for held_out in held_out_values(train.items, "relation"):
+        test = relation == held_out
+        logit[test] = LinearProbe(seed=seed, **PROBE_PARAMS).fit(X[~test], y[~test]).decision_function(X[test])
+    return logit
+
+
+def fit_recall_combination(train: ProbingData, recall: np.ndarray, folder: Path, site: Site) -> dict:
+    """probe+recall for the probes in ``folder``, stacked: fitted on :func:`out_of_relation_logits` beside the recall
+    score (a combination fitted on the shipped probe's own training rows would trust the probe as if every prompt
+    were a relation it was fitted on). Added to the folder's detectors.json beside its other combinations; returns
+    the coefficients and, per held-out relation, probe+recall refitted without that relation against recall alone."""
+    y = np.repeat([0, 1], len(train.items))
+    logit = out_of_relation_logits(train, site)
+    relation = np.array([ex.relation for ex in train.items] * 2, dtype=object)
+    folds = {}
+    for held_out in held_out_values(train.items, "relation"):
+        test = relation == held_out
+        p = Combination("recall").fit(logit[~test], recall[~test], y[~test]).proba(logit[test], recall[test])
+        folds[held_out] = {name: {"accuracy": float(np.mean((score > 0.5) == y[test])), "auroc": _auroc(y[test], score)}
+                           for name, score in (("probe+recall", p), ("recall", recall[test]),
+                                               ("probe", 1 / (1 + np.exp(-logit[test]))))}
+    fitted = Combination("recall").fit(logit, recall, y)
+    kept = [Combination(signal, tuple(entry["coef"]), entry["intercept"])
+            for signal, entry in saved_combinations(folder).items() if signal != "recall"]
+    path = folder / COMBINATIONS_FILE
+    note = read_json_object(path).get("note", "").split("; recall: ")[0] if path.is_file() else ""
+    save_combinations(folder, [*kept, fitted], f"{note}; recall: stacked on out-of-relation probe logits by "
+                      f"benchmarks/bench_detectors.py --formats --save-combinations on {len(train.items)} broad "
+                      f"rows (items x formats) x 2 prompts ({time.strftime('%Y-%m-%d')})".lstrip("; "))
+    means = {name: {m: fmean(f[name][m] for f in folds.values()) for m in ("accuracy", "auroc")}
+             for name in ("probe+recall", "recall", "probe")}
+    return {"coef": fitted.coef, "intercept": fitted.intercept, "held_out_relation_mean": means, "folds": folds}
 
 
 if __name__ == "__main__":

@@ -81,3 +81,32 @@ def test_the_recall_signal_reads_the_context_against_the_closed_book_answer(benc
     assert even["recall_org"] == pytest.approx(0.9)  # "green" is in neither context: both read as conflicts
     rows = bench.signal_rows(items, found, ["recall"])["recall"]
     assert rows.shape == (16,) and rows[1] == pytest.approx(0.1) and rows[9] == pytest.approx(0.9)
+
+
+def test_probe_recall_is_stacked_on_logits_of_probes_that_never_saw_the_relation(bench, monkeypatch, tmp_path):
+    from sparekit.probes.training_free import load_combination, save_combinations
+
+    fitted_on: list[set[int]] = []
+    real = bench.LinearProbe.fit
+
+    def spy(self, X, y):
+        fitted_on.append(set(X.numpy()[:, 3].astype(int).tolist()))
+        return real(self, X, y)
+
+    monkeypatch.setattr(bench.LinearProbe, "fit", spy)
+    data = _stacked(_items())
+    n = len(data.items)
+    save_combinations(tmp_path, [bench.Combination("jsd", (1.0, 2.0), 0.5)], "jsd: fitted before")
+    recall = np.where(np.arange(2 * n) < n, 0.2, 0.8)  # the recall score, right on every row
+    recall[:3] = 0.8  # ... but three false positives
+    result = bench.fit_recall_combination(data, recall, tmp_path, SITE)
+    left_out = [set(range(8)) - relations for relations in fitted_on]  # one probe per relation, never fitted on it
+    assert all(len(out) == 1 for out in left_out) and sorted(out.pop() for out in left_out) == list(range(8))
+    combination = load_combination(tmp_path, "recall")
+    assert combination.coef[1] > 0 and list(result["coef"]) == list(combination.coef)
+    assert load_combination(tmp_path, "jsd").coef == (1.0, 2.0)  # the other combinations are kept
+    assert set(result["folds"]) == {f"rel{r}" for r in range(8)}
+    assert result["held_out_relation_mean"]["recall"]["accuracy"] == pytest.approx(1 - 3 / (2 * n))
+    bench.fit_recall_combination(data, recall, tmp_path, SITE)  # refitting replaces, not repeats, its note
+    note = (tmp_path / "detectors.json").read_text()
+    assert note.count("recall: stacked") == 1 and "jsd: fitted before" in note

@@ -106,41 +106,44 @@ def test_chat_without_a_template_is_one_line_everywhere(default_lm, server, caps
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("contexts, fmt", [CASES[0], CASES[1], CASES[3]])
+@pytest.mark.parametrize("contexts, fmt, detector", [(*CASES[0], "recall"), (*CASES[1], "recall"),
+                                                     (*CASES[3], "recall"), (*CASES[0], "probe+recall"),
+                                                     (*CASES[1], "probe+recall")])
 def test_every_entry_point_reads_the_same_with_the_recall_detector(default_lm, server, capsys, monkeypatch, contexts,
-                                                                    fmt):
-    """`--detector recall` (`"detect": "recall"` on the server): the same closed-book answers, the same decision and
-    the same number from `detect`, the library, `demo`'s reading, `steer`, `/v1/answer` and, for a prompt given as
-    three_shot text, `/v1/completions`."""
+                                                                    fmt, detector):
+    """`--detector recall` (`"detect": "recall"` on the server), and probe+recall with the shipped combination: the
+    same closed-book answers, the same decision and the same number from `detect`, the library, `demo`'s reading,
+    `steer`, `/v1/answer` and, for a prompt given as three_shot text, `/v1/completions`."""
     monkeypatch.setattr("sparekit.models.load_model", lambda *args, **kwargs: default_lm)
     engine, url = server
     context_options = [arg for c in contexts for arg in ("--context", c)]
     detected = cli_json(capsys, ["detect", "--question", QUESTION, *context_options, "--prompt-format", fmt,
-                                 "--detector", "recall", "--json"])
+                                 "--detector", detector, "--json"])
     probes = load_probes(resolve_probe_dir(None, default_lm.info), default_lm.info.model_hash)
     readings = {
-        "library": sparekit.detect(default_lm, QUESTION, contexts, prompt_format=fmt, detector="recall"),
+        "library": sparekit.detect(default_lm, QUESTION, contexts, prompt_format=fmt, detector=detector),
         "demo": read_contexts(default_lm, probes, prompt_builder(default_lm, probes.folder, fmt), QUESTION,
-                              {"case": contexts}, "recall")["case"]}
+                              {"case": contexts}, detector)["case"]}
     status, answer = post(url + "/v1/answer", {"context": contexts, "question": QUESTION, "prompt_format": fmt,
-                                               "detect": "recall"})
+                                               "detect": detector})
     assert status == 200, answer
     readings["/v1/answer"] = answer["sparekit"]
     if len(contexts) == 1:
         readings["steer"] = cli_json(capsys, ["steer", contexts[0], QUESTION, "--toward", "memory", "--prompt-format",
-                                              fmt, "--detector", "recall", "--json"])["detection"]
+                                              fmt, "--detector", detector, "--json"])["detection"]
     if fmt == "three_shot":
         status, completed = post(url + "/v1/completions", {"prompt": detected["prompt"], "max_tokens": 2,
-                                                           "sparekit": {"detect": "recall"}})
+                                                           "sparekit": {"detect": detector}})
         assert status == 200, completed
         readings["/v1/completions"] = completed["choices"][0]["sparekit"]
-    assert detected["detector"] == "recall" and detected["probe_dir"] is None
+    assert detected["detector"] == detector and (detected["probe_dir"] is None) == (detector == "recall")
     assert detected["conflict"] == ("Porto-Novo" in contexts[-1])  # the README's conflict, and the truth
     for where, reading in readings.items():
-        assert reading["detector"] == "recall", where
+        assert reading["detector"] == detector, where
         for key in ("closed_book_answers", "unrecalled", "conflict", "predicted_source"):
             assert reading[key] == detected[key], (where, key)
-        assert reading["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=1e-6), where
+        tolerance = 1e-6 if detector == "recall" else 1e-5  # the probe's logit: 1e-5, as the probe test's
+        assert reading["conflict_probability"] == pytest.approx(detected["conflict_probability"], abs=tolerance), where
 
 
 @pytest.mark.slow

@@ -253,15 +253,15 @@ def test_detect_cli_runs_each_detector_on_a_fitted_probe_run(tiny_probe_setup, t
     assert "closed-book answers: " in capsys.readouterr().out
 
 
-def test_the_shipped_probes_carry_both_combinations():
-    """`detect --detector probe+jsd / probe+disagreement` work on the shipped probes out of the box."""
+def test_the_shipped_probes_carry_every_combination():
+    """`detect --detector probe+jsd / probe+disagreement / probe+recall` work on the shipped probes out of the box."""
     from sparekit.models.assets import default_assets
     from sparekit.probes.training_free import load_combination
 
     folder = default_assets().probes
-    for signal in ("jsd", "disagreement"):
+    for signal in ("jsd", "disagreement", "recall"):
         combination = load_combination(folder, signal)
-        assert combination.coef[1] > 0  # more divergence / disagreement reads as more conflict
+        assert combination.coef[1] > 0  # more divergence / disagreement / unrecalled reads as more conflict
 
 
 def test_memory_first_reads_whether_the_prompt_is_about_to_say_the_closed_book_answer(tiny_llama):
