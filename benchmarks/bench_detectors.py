@@ -203,6 +203,11 @@ def recall_signal(data: ConflictDataset, items: ConflictDataset, answers: dict[s
     return found
 
 
+def conflict_row_relations(train: ProbingData) -> np.ndarray:
+    """Each conflict row's relation: org rows, then sub rows (``ProbingData.target("conflict", ...)``'s order)."""
+    return np.array([ex.relation for ex in train.items] * 2, dtype=object)
+
+
 def fold_scores(train: ProbingData, rows: dict[str, np.ndarray], sites: list[Site], test_rel: str, seed: int,
                 test_fmt: str | None = None, logits: dict | None = None) -> dict:
     """One (held-out relation, seed; with ``test_fmt`` also a held-out prompt format of stacked data): every
@@ -211,7 +216,7 @@ def fold_scores(train: ProbingData, rows: dict[str, np.ndarray], sites: list[Sit
     relations = [r for r in held_out_values(train.items, "relation") if r != test_rel]
     rng = random.Random(f"{seed}:{test_rel}")
     dev_rels = set(rng.sample(relations, max(2, round(len(relations) / 4))))
-    rel = np.array([ex.relation for ex in train.items] * 2, dtype=object)
+    rel = conflict_row_relations(train)
     fmt = np.array((train.formats or [""] * len(train.items)) * 2, dtype=object)
     y = np.repeat([0, 1], len(train.items))
     present = np.all([~np.isnan(v) for v in rows.values()], 0) if rows else np.ones(len(y), bool)
@@ -509,7 +514,7 @@ def out_of_relation_logits(train: ProbingData, site: Site, seed: int = 0) -> np.
     """Each conflict row's probe logit from a probe fitted (as the shipped one: ``PROBE_PARAMS``, at ``site``, every
     format) on the other relations' rows only: what the probe says about facts it never saw."""
     X, y, _ = train.target("conflict", site)
-    relation = np.array([ex.relation for ex in train.items] * 2, dtype=object)
+    relation = conflict_row_relations(train)
     logit = np.empty(len(y))
     for held_out in held_out_values(train.items, "relation"):
         test = relation == held_out
@@ -524,7 +529,7 @@ def fit_recall_combination(train: ProbingData, recall: np.ndarray, folder: Path,
     the coefficients and, per held-out relation, probe+recall refitted without that relation against recall alone."""
     y = np.repeat([0, 1], len(train.items))
     logit = out_of_relation_logits(train, site)
-    relation = np.array([ex.relation for ex in train.items] * 2, dtype=object)
+    relation = conflict_row_relations(train)
     folds = {}
     for held_out in held_out_values(train.items, "relation"):
         test = relation == held_out
