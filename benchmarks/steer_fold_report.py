@@ -8,7 +8,8 @@ fold table, then per fold and method EM with a 95 % Wilson interval over its tes
 interval is over items only) and the dev choices; for gated methods, how often their gate fired on the test
 prompts; with ``--matched cad,adacad`` (each fold's ``frontier.json`` from ``sparekit bench frontier --methods
 cad``; a baseline without a sweep counts with its tuned setting), each gated method against the best of those
-baselines at the same EM without conflict.
+baselines at the same EM without conflict. ``--test-format rag`` reads what ``bench steer --test-format rag`` wrote
+(``results-rag.json``, ``frontier-rag.json``).
 
     python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,adacad,actadd,spare,spare+gate
     python benchmarks/steer_fold_report.py runs/broad-kind --methods none,cad,adacad,cad+recall --matched cad,adacad
@@ -24,15 +25,17 @@ import numpy as np
 from sparekit.kv.sweep import wilson
 from sparekit.reporting.steering import HEADLINE, describe, fold_table, mean_frontier
 from sparekit.steering.base import DIRECTIONS
+from sparekit.steering.bench.protocol import BenchConfig
 from sparekit.steering.bench.runner import fold_summary
 from sparekit.utils.io import atomic_write_json, read_json
 
 
-def finished_folds(run: Path, methods: list[str]) -> dict[str, dict]:
-    """Per fold (``held-out-<value>``) its results, if every method in ``methods`` finished there."""
+def finished_folds(run: Path, methods: list[str], output=BenchConfig().output) -> dict[str, dict]:
+    """Per fold (``held-out-<value>``) its results, if every method in ``methods`` finished there; ``output``
+    names the files of a test format (:meth:`BenchConfig.output`)."""
     runs = {}
     for folder in sorted(run.glob("held-out-*")):
-        results = folder / "results.json"
+        results = folder / output("results.json")
         if results.is_file() and set(methods) <= set(read_json(results)["methods"]):
             runs[folder.name.removeprefix("held-out-")] = read_json(results)
     return runs
@@ -111,11 +114,12 @@ def matched_rows(result: dict, frontier: dict, baselines: list[str], gated: list
     return rows
 
 
-def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baselines: list[str]) -> str:
+def matched_table(run: Path, runs: dict[str, dict], methods: list[str], baselines: list[str],
+                  output=BenchConfig().output) -> str:
     """Each gated method against the best of ``baselines`` (their sweeps, else their tuned settings) at matched
     EM without conflict: on the mean over folds (the mean frontier, the mean of the rows) and the number of
     folds where the gated method is ahead."""
-    frontiers = {f: read_json(path) if (path := run / f"held-out-{f}" / "frontier.json").is_file() else {}
+    frontiers = {f: read_json(path) if (path := run / f"held-out-{f}" / output("frontier.json")).is_file() else {}
                  for f in runs}  # a fold without a sweep: each baseline at its tuned setting
     gated = [m for m in methods if "+" in m]
     per_fold = {f: matched_rows(runs[f], frontiers[f], baselines, gated) for f in runs}
@@ -144,17 +148,20 @@ def main() -> None:
     parser.add_argument("--matched", metavar="BASELINES", help="compare the gated methods with the best of these "
                         "baselines (comma-separated; each one's strength sweep from the folds' frontier.json, else "
                         "its tuned setting)")
+    parser.add_argument("--test-format", default="three_shot",
+                        help="the folds' test format (bench steer --test-format)")
     args = parser.parse_args()
     methods = args.methods.split(",")
-    runs = finished_folds(args.run, methods)
+    output = BenchConfig(test_format=args.test_format).output
+    runs = finished_folds(args.run, methods, output)
     summary = fold_summary(runs, methods)
-    atomic_write_json(args.run / "folds_done.json", summary)
+    atomic_write_json(args.run / output("folds_done.json"), summary)
     print(f"folds done: {', '.join(runs)}\n")
     print(fold_table(summary), "\n")
     print(interval_table(runs, methods), "\n")
     print(fire_table(runs, methods))
     if args.matched:
-        print("\n" + matched_table(args.run, runs, methods, args.matched.split(",")))
+        print("\n" + matched_table(args.run, runs, methods, args.matched.split(","), output))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
 from sparekit.data import load_dataset
+from sparekit.data.formats import FORMATS
 from sparekit.data.dataset import held_out_values
 from sparekit.reporting.frontier import plot_frontier
 from sparekit.reporting.steering import fold_table, markdown_table
@@ -62,6 +63,10 @@ class _BenchRun(BenchConfig):
         "held_out_relation": {"help": "Test on this relation's items only; fit and tune on the others."},
         "held_out_kind": {"help": "Test on this kind's items only (all its relations); fit and tune on the other "
                                   "kinds."},
+        "test_format": {"choices": tuple(FORMATS),
+                        "help": "Prompt format of the test prompts only; behaviour data, fits, the gate and dev tuning "
+                                "stay three_shot, so this tests a held-out format. A finished run accepts it: it adds "
+                                "test cells only and writes results-<format>.json beside results.json."},
         "protocol": {"choices": ("sparekit", "paper"),
                      "help": "sparekit: memorised items, dev-tuned, demonstrations per item. paper: the official "
                              "SpARE code's protocol (all rows, every k for seeds 42-46, fixed test demonstrations, the "
@@ -110,7 +115,7 @@ class BenchSteerExperiment(_BenchRun):
             runner.run_dir.record_experiment(config_dict(self))  # the run directory accepted this config
             summary = runner.run()
             table = markdown_table(summary)
-        atomic_write_text(out / "results.md", table + "\n")
+        atomic_write_text(out / self.output("results.md"), table + "\n")
         return {**summary, "table": table, "run_dir": str(out)}
 
 
@@ -128,12 +133,12 @@ class BenchFrontierExperiment(_BenchRun):
             result = leave_one_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,
                                             self.cached_only, self.split_by)
             for value, curves in result["held_out"].items():
-                plot_frontier(curves, out / f"held-out-{value}" / "frontier.png",
+                plot_frontier(curves, out / f"held-out-{value}" / self.output("frontier.png"),
                               title=f"{lm.info.name} on {data.name}, {value} held out")
-            plot = plot_frontier(result["mean"], out / "frontier.png",
+            plot = plot_frontier(result["mean"], out / self.output("frontier.png"),
                                  title=f"{lm.info.name} on {data.name}: mean over held-out {self.split_by}s")
             return {"curves": result["mean"], "held_out": result["held_out"], "plot": str(plot), "run_dir": str(out)}
         curves = SteeringBenchmark(lm, data, self.bench_config(), out, self.batch_size, progress).frontier(
             cached_only=self.cached_only)
-        plot = plot_frontier(curves, out / "frontier.png", title=f"{lm.info.name} on {data.name}")
+        plot = plot_frontier(curves, out / self.output("frontier.png"), title=f"{lm.info.name} on {data.name}")
         return {"curves": curves, "plot": str(plot), "run_dir": str(out)}

@@ -5,7 +5,8 @@ Protocol (method.md, SpARE section): the memorised items of a dataset are split 
 question group into a feature-learning *pool* (behaviour data, ICL demonstrations,
 the gate's conflict probe), a *dev* split (each method's hyper-parameters and
 strength per direction) and a *test* split (every reported number). Test prompts use
-``k_shot`` org_ctx/org_ans demonstrations from the pool, a different draw per seed.
+``k_shot`` org_ctx/org_ans demonstrations from the pool, a different draw per seed. ``test_format``
+renders the test prompts in another prompt format (a format held out: everything else stays ``three_shot``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sparekit.data.dataset import ConflictDataset
-from sparekit.data.prompts import demo_block, item_demos
+from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat
+from sparekit.data.prompts import THREE_SHOT, demo_block, item_demos
 from sparekit.errors import SparekitError
 from sparekit.reporting.steering import describe
 from sparekit.steering.base import Direction, SteeringMethod, SteeringPrompt, make_method
@@ -24,8 +26,8 @@ from sparekit.steering.base import Direction, SteeringMethod, SteeringPrompt, ma
 DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare", "spare+gate")
 #: config keys a rerun may change: methods run, the dev grids (a changed grid is re-tuned, reusing every
 #: cell already generated) and the seeds (they choose only the test demonstrations; behaviour data, fits
-#: and dev tuning never read them, so added seeds add test cells only)
-EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths", "seeds")
+#: and dev tuning never read them, so added seeds add test cells only); the test format likewise
+EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths", "seeds", "test_format")
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
 #: "sparekit": this project's protocol (module docstring); "paper": the official SpARE code's (:func:`paper_config`)
@@ -61,6 +63,9 @@ class BenchConfig:
     protocol: str = "sparekit"
     #: leave-one-kind-out: test on this kind's items (every relation of it), fit and tune on the other kinds only
     held_out_kind: str | None = None
+    #: the prompt format of the test prompts only (behaviour data, fits, the gate and dev stay three_shot): a
+    #: held-out format; its cells and results sit beside the three_shot ones (:meth:`test_split`, :meth:`output`)
+    test_format: str = DEFAULT_FORMAT
 
     def __post_init__(self) -> None:
         if self.held_out_relation is not None and self.held_out_kind is not None:
@@ -68,6 +73,10 @@ class BenchConfig:
                                 "hold out one relation or one kind, not both")
         if self.protocol not in PROTOCOLS:
             raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
+        FORMATS.lookup(self.test_format)  # an unknown format fails before any work
+        if self.protocol == "paper" and self.test_format != DEFAULT_FORMAT:
+            raise SparekitError("the paper protocol tests its own three-shot prompts",
+                                "drop --test-format or use --protocol sparekit")
         gates = [method_kind(label)[1] for label in self.methods]  # a misspelt suffix fails before any work
         if self.protocol == "paper" and "gate" in gates:
             raise SparekitError("the paper protocol has no dev split to calibrate a gate on",
@@ -80,12 +89,26 @@ class BenchConfig:
         return None if self.held_out_relation is None else ("relation", self.held_out_relation)
 
     def record(self) -> dict[str, Any]:
-        """The fields a run directory records and compares; ``held_out_kind`` only when set, so run
-        directories written before it existed still resume."""
+        """The fields a run directory records and compares; ``held_out_kind`` and ``test_format`` only when
+        set, so run directories written before they existed still resume."""
         fields = asdict(self)
         if fields["held_out_kind"] is None:
             del fields["held_out_kind"]
+        if fields["test_format"] == DEFAULT_FORMAT:
+            del fields["test_format"]
         return fields
+
+    @property
+    def test_split(self) -> str:
+        """The cells' folder of the test split: ``test``, or ``test-<format>`` for another test format."""
+        return "test" if self.test_format == DEFAULT_FORMAT else f"test-{self.test_format}"
+
+    def output(self, name: str) -> str:
+        """A test-derived output's file name: ``results.json``, or ``results-rag.json`` for the rag format."""
+        if self.test_format == DEFAULT_FORMAT:
+            return name
+        stem, dot, ext = name.rpartition(".")
+        return f"{stem}-{self.test_format}{dot}{ext}"
 
     def grid(self, kind: str) -> dict[str, list]:
         """Hyper-parameters tuned on dev besides strength (layer choices for one-layer methods)."""
@@ -176,20 +199,24 @@ def partner(label: str) -> tuple[str | None, bool]:
 
 
 def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,
-                 k_shot: int) -> list[SteeringPrompt]:
+                 k_shot: int, fmt: PromptFormat = THREE_SHOT) -> list[SteeringPrompt]:
     """The benchmark's prompts (dev, test, the gate's): org_ctx/org_ans demonstrations from the pool, drawn
     per (seed, item) by :func:`~sparekit.data.prompts.item_demos`, the draw the evaluation harness makes, so
-    each prompt's text is the harness's ``condition_prompts(items, context, seed, k_shot, demo_pool)``."""
-    return [SteeringPrompt(ex, context, item_demos(ex, demo_pool, seed, k_shot)) for ex in items]  # type: ignore[arg-type]
+    each prompt's text is the harness's ``condition_prompts(items, context, seed, k_shot, demo_pool)`` (in ``fmt``:
+    the demonstrations rendered in it too)."""
+    return [SteeringPrompt(ex, context, item_demos(ex, demo_pool, seed, k_shot, fmt=fmt), fmt)  # type: ignore[arg-type]
+            for ex in items]
 
 
 def test_prompts(config: BenchConfig, test: ConflictDataset, pool: ConflictDataset, context: str,
-                 seed: int) -> list[SteeringPrompt]:
-    """Test prompts: demonstrations per item (:func:`eval_prompts`), or one fixed set per seed (paper)."""
+                 seed: int, fmt: PromptFormat = THREE_SHOT) -> list[SteeringPrompt]:
+    """Test prompts: demonstrations per item (:func:`eval_prompts`), or one fixed set per seed (paper).
+    ``fmt``: ``config.test_format`` built (``chat`` needs the model's tokenizer); a format without
+    demonstrations (``fmt.shots`` 0: zero_shot, rag, llamaindex, chat) gets none."""
     if config.protocol == "paper":
         demos = fixed_demos(pool, seed, config.k_shot)
         return [SteeringPrompt(ex, context, demos) for ex in test]  # type: ignore[arg-type]
-    return eval_prompts(test, pool, context, seed, config.k_shot)
+    return eval_prompts(test, pool, context, seed, config.k_shot if fmt.shots else 0, fmt)
 
 
 def cell_params(label: str, params: dict, partner_strength: float | None) -> dict:

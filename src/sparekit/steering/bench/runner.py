@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset, held_out_values
+from sparekit.data.formats import prompt_format
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches
 from sparekit.evaluation.harness import dataset_fingerprint, mean_std
@@ -60,6 +61,8 @@ class SteeringBenchmark:
         self.tuner = Tuner(lm, config, self.out, self.cells, progress)
         #: one recall gate for every +recall label: its closed-book answers are shared across methods
         self.recall_gate = RecallGate()
+        #: the test prompts' format (``chat`` reads the tokenizer's template: a model without one fails here)
+        self.test_format = prompt_format(config.test_format, lm.tokenizer)
         config_record = {"kind": "bench-steer", "dataset": dataset.name, "n_rows": len(dataset),
                          "dataset_sha256": dataset_fingerprint(dataset), "model": lm.info.name,
                          "model_hash": lm.info.model_hash, **config.record()}
@@ -101,7 +104,7 @@ class SteeringBenchmark:
 
     def test_prompts(self, test: ConflictDataset, pool: ConflictDataset, context: str,
                      seed: int) -> list[SteeringPrompt]:
-        return test_prompts(self.config, test, pool, context, seed)
+        return test_prompts(self.config, test, pool, context, seed, self.test_format)
 
     def _shared(self) -> _Shared:
         """What every method's cells need: the splits, behaviour data, the gate and the unsteered labels."""
@@ -117,7 +120,7 @@ class SteeringBenchmark:
         labels = {}
         for seed in self.config.seeds:
             prompts = self.test_prompts(test, pool, "sub", seed)
-            preds = self.cells.get("test", "none", {}, none, prompts, "context", None, None, seed)
+            preds = self.cells.get(self.config.test_split, "none", {}, none, prompts, "context", None, None, seed)
             labels[seed] = [behaviour_label(p, q.example, self.dataset.context_match)
                             for p, q in zip(preds, prompts)]  # type: ignore[arg-type]
         return labels
@@ -143,7 +146,7 @@ class SteeringBenchmark:
         for label in tqdm(self.config.methods, desc="methods", disable=not self.progress or rank != 0):
             summary["methods"][label] = self._evaluate(label, data, dev, test, pool, gate, baseline)
             if rank == 0:
-                atomic_write_json(self.out / "results.json", summary)
+                atomic_write_json(self.out / self.config.output("results.json"), summary)
         return summary
 
     def _run_share(self, rank: int, world: int) -> _Shared:
@@ -179,7 +182,7 @@ class SteeringBenchmark:
                 method, params = self.tuner.cell_method(label, tuned[toward], toward, data, dev, pool)
                 for context in ("sub", "org"):
                     prompts = self.test_prompts(test, pool, context, seed)
-                    preds = self.cells.get("test", label, params, method, prompts, toward,
+                    preds = self.cells.get(self.config.test_split, label, params, method, prompts, toward,
                                            tuned[toward]["strength"], use_gate, seed)
                     score = self.cells.score(preds, prompts, toward)  # type: ignore[arg-type]
                     per_seed[f"em_{toward}" if context == "sub" else f"em_no_conflict_{toward}"].append(score)
@@ -226,7 +229,7 @@ class SteeringBenchmark:
             curves = {label: {toward: self._sweep(label, toward, data, dev, pool, prompts, gate, cached_only, bar)
                               for toward in DIRECTIONS} for label in labels}
             bar.close()
-            atomic_write_json(self.out / "frontier.json", curves)
+            atomic_write_json(self.out / self.config.output("frontier.json"), curves)
             return curves
 
     def _sweep(self, label: str, toward: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset,
@@ -242,7 +245,7 @@ class SteeringBenchmark:
         bar.total += len(strengths) * len(prompts)
         bar.set_postfix_str(f"{label} → {toward}")
         for strength in strengths:
-            cell = ("test", label, params, method)
+            cell = (self.config.test_split, label, params, method)
             per_seed = []
             for seed, seeded in prompts.items():
                 args = (toward, strength, self.gate_for(label, gate), seed)
@@ -287,7 +290,7 @@ def leave_one_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig
                 for value, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress, field)}
         summary = {"split_by": field, "dataset": dataset.name, "model": lm.info.name,
                    "model_hash": lm.info.model_hash, **fold_summary(runs, config.methods)}
-        atomic_write_json(out / "results.json", summary)
+        atomic_write_json(out / config.output("results.json"), summary)
     return summary
 
 
@@ -314,5 +317,5 @@ def leave_one_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: Be
         held_out = {value: runner.frontier(cached_only=cached_only)
                     for value, runner in _held_out_runners(lm, dataset, config, out, batch_size, progress, field)}
         result = {"folds": folds, "mean": mean_frontier(list(held_out.values())), "held_out": held_out}
-        atomic_write_json(out / "frontier.json", result)
+        atomic_write_json(out / config.output("frontier.json"), result)
     return result

@@ -1,0 +1,76 @@
+"""A held-out prompt format in the steering benchmark: only the test prompts change format, and a finished run
+takes it as test cells beside its three_shot ones, never refitting or retuning."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparekit.data import ConflictDataset, load_dataset
+from sparekit.errors import SparekitError
+from sparekit.models.tiny import tiny_model
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark
+from sparekit.steering.bench import data as bench_data
+from sparekit.steering.bench import tuning
+from sparekit.utils.io import atomic_write_json
+
+
+@pytest.fixture(scope="module")
+def sample() -> ConflictDataset:
+    return load_dataset("default", limit=80, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    lm = tiny_model("llama")
+    lm.model.config.max_position_embeddings = 2048
+    return lm
+
+
+def _bench(lm, dataset, tmp_path, **overrides) -> SteeringBenchmark:
+    memorised = tmp_path / "memorised.json"
+    atomic_write_json(memorised, {"ids": [ex.id for ex in dataset]})  # the tiny model knows nothing: pretend
+    config = BenchConfig(methods=("none", "cad"), seeds=(42,), layers=(1,), pool_groups=10, dev_groups=5,
+                         test_limit=4, behaviour_seeds=(0,), k_shot=2, strength_grids={"cad": [1.0]}, **overrides)
+    return SteeringBenchmark(lm, dataset, config, tmp_path / "run", batch_size=16, progress=False,
+                             memorised_file=memorised)
+
+
+def test_a_test_format_adds_test_cells_only_and_its_own_results(tiny_lm, sample, tmp_path, monkeypatch):
+    first = _bench(tiny_lm, sample, tmp_path)
+    first.run()
+    out = tmp_path / "run"
+    three_shot_results = (out / "results.json").read_bytes()
+    dev_cells = sorted(p.name for p in (out / "generations" / "dev").iterdir())
+    refits = []
+    monkeypatch.setattr(bench_data, "collect_behaviour_data", lambda *a, **k: refits.append("behaviour"))
+    tune = tuning.Tuner.tune
+    monkeypatch.setattr(tuning.Tuner, "tune", lambda self, *a, **k: refits.append("tune") or tune(self, *a, **k))
+
+    rag = _bench(tiny_lm, sample, tmp_path, test_format="rag")  # the same run directory accepts it
+    summary = rag.run()
+    assert set(summary["methods"]) == {"none", "cad"}
+    assert "behaviour" not in refits  # read back from the run directory
+    assert sorted(p.name for p in (out / "generations" / "dev").iterdir()) == dev_cells  # no dev cell generated
+    assert (out / "results.json").read_bytes() == three_shot_results
+    assert (out / "results-rag.json").is_file()
+    assert sorted(p.name for p in (out / "generations" / "test-rag").iterdir()) == \
+        sorted(p.name for p in (out / "generations" / "test").iterdir())
+
+    pool, _, test = rag.splits()
+    for prompt in rag.test_prompts(test, pool, "sub", 42):  # rag takes no demonstrations
+        assert prompt.text.startswith("Passage: ") and prompt.text.endswith("\nAnswer:")
+        assert prompt.example.sub_context in prompt.text and "question:" not in prompt.text
+    three_shot = first.test_prompts(test, pool, "sub", 42)
+    assert all(p.text.count("question:") == 3 for p in three_shot)  # two demonstrations and the item
+
+
+def test_test_format_errors_and_the_old_record(tiny_lm, sample, tmp_path):
+    with pytest.raises(SparekitError, match="unknown prompt format 'nope'"):
+        BenchConfig(test_format="nope")
+    with pytest.raises(SparekitError, match="paper protocol tests its own"):
+        BenchConfig(protocol="paper", test_format="rag")
+    with pytest.raises(SparekitError, match="needs the model's chat template"):
+        _bench(tiny_lm, sample, tmp_path, test_format="chat")
+    assert "test_format" not in BenchConfig().record()  # run directories from before still resume
+    assert BenchConfig(test_format="zero_shot").output("results.json") == "results-zero_shot.json"
+    assert BenchConfig().output("frontier.png") == "frontier.png"
