@@ -35,6 +35,14 @@ def tiny_llama():
     return _on_test_device(tiny_model("llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_few_shot():
+    """The tiny random llama with room for the benchmark's few-shot prompts (hundreds of character tokens)."""
+    lm = tiny_model("llama")
+    lm.model.config.max_position_embeddings = 2048
+    return lm
+
+
 def _on_test_device(lm):
     lm.model.to(TEST_DEVICE)
     return lm

@@ -9,7 +9,6 @@ import pytest
 from sparekit.cli.main import main
 from sparekit.data import ConflictDataset, ConflictExample, load_dataset, write_jsonl
 from sparekit.errors import SparekitError
-from sparekit.models.tiny import tiny_model
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.steering.bench import data as bench_data
 from sparekit.steering.bench import gating
@@ -25,21 +24,13 @@ def broad_sample() -> ConflictDataset:
     return load_dataset("broad", limit=120, seed=1)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    """The tiny random model, reading the broad corpus' 3-5-shot behaviour prompts (its tokens are characters)."""
-    lm = tiny_model("llama")
-    lm.model.config.max_position_embeddings = 2048
-    return lm
-
-
 def _memorised(dataset: ConflictDataset, tmp_path) -> object:
     path = tmp_path / "memorised.json"
     atomic_write_json(path, {"ids": [ex.id for ex in dataset]})  # the tiny model knows nothing: pretend
     return path
 
 
-def test_a_held_out_kind_never_enters_behaviour_data_gate_tuning_or_export(tiny_lm, broad_sample, tmp_path,
+def test_a_held_out_kind_never_enters_behaviour_data_gate_tuning_or_export(tiny_llama_few_shot, broad_sample, tmp_path,
                                                                           monkeypatch):
     gate_prompts, behaviour = [], []
     fit, collect = gating.fit_probe_gate, bench_data.collect_behaviour_data
@@ -59,8 +50,8 @@ def test_a_held_out_kind_never_enters_behaviour_data_gate_tuning_or_export(tiny_
     config = BenchConfig(methods=("none", "cad", "cad+gate"), seeds=(42,), layers=(1, 2), pool_groups=12,
                          dev_groups=6, test_limit=4, behaviour_seeds=(0,), k_shot=1, held_out_kind=HELD,
                          strength_grids={"cad": [1.0]})
-    bench = SteeringBenchmark(tiny_lm, broad_sample, config, tmp_path / "run", batch_size=16, progress=False,
-                              memorised_file=_memorised(broad_sample, tmp_path))
+    bench = SteeringBenchmark(tiny_llama_few_shot, broad_sample, config, tmp_path / "run", batch_size=16,
+                              progress=False, memorised_file=_memorised(broad_sample, tmp_path))
     summary = bench.run()
     kind_of = {ex.id: ex.kind for ex in broad_sample}
     held_questions = [ex.question for ex in broad_sample if ex.kind == HELD]

@@ -9,7 +9,6 @@ import pytest
 
 from benchmark_module import benchmark_module
 from sparekit.data import ConflictDataset, load_dataset
-from sparekit.models.tiny import tiny_model
 from sparekit.steering import FittedBundle
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.steering import gate as gate_module
@@ -22,15 +21,15 @@ def broad_sample() -> ConflictDataset:
     return load_dataset("broad", limit=80, seed=2)
 
 
-def test_a_recall_gated_method_steers_only_where_the_gate_fires(broad_sample, tmp_path, monkeypatch):
+def test_a_recall_gated_method_steers_only_where_the_gate_fires(tiny_llama_few_shot, broad_sample, tmp_path,
+                                                                monkeypatch):
     memorised_answer = {ex.question: ex.org_answer[0] for ex in broad_sample}
 
     def knows_every_item(lm, questions, batch_size=8):  # a model whose closed-book answer is the memorised one
         return [memorised_answer[q] for q in questions], None
 
     monkeypatch.setattr(gate_module, "recall_answers", knows_every_item)
-    lm = tiny_model("llama")
-    lm.model.config.max_position_embeddings = 2048
+    lm = tiny_llama_few_shot
     memorised = tmp_path / "memorised.json"
     atomic_write_json(memorised, {"ids": [ex.id for ex in broad_sample]})  # the tiny model knows nothing: pretend
     config = BenchConfig(methods=("none", "cad", "cad+recall"), seeds=(42,), layers=(1,), pool_groups=10,

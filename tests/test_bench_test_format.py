@@ -7,7 +7,6 @@ import pytest
 
 from sparekit.data import ConflictDataset, load_dataset
 from sparekit.errors import SparekitError
-from sparekit.models.tiny import tiny_model
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.steering.bench import data as bench_data
 from sparekit.steering.bench import tuning
@@ -19,13 +18,6 @@ def sample() -> ConflictDataset:
     return load_dataset("default", limit=80, seed=3)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    lm = tiny_model("llama")
-    lm.model.config.max_position_embeddings = 2048
-    return lm
-
-
 def _bench(lm, dataset, tmp_path, **overrides) -> SteeringBenchmark:
     memorised = tmp_path / "memorised.json"
     atomic_write_json(memorised, {"ids": [ex.id for ex in dataset]})  # the tiny model knows nothing: pretend
@@ -35,8 +27,8 @@ def _bench(lm, dataset, tmp_path, **overrides) -> SteeringBenchmark:
                              memorised_file=memorised)
 
 
-def test_a_test_format_adds_test_cells_only_and_its_own_results(tiny_lm, sample, tmp_path, monkeypatch):
-    first = _bench(tiny_lm, sample, tmp_path)
+def test_a_test_format_adds_test_cells_only_and_its_own_results(tiny_llama_few_shot, sample, tmp_path, monkeypatch):
+    first = _bench(tiny_llama_few_shot, sample, tmp_path)
     first.run()
     out = tmp_path / "run"
     three_shot_results = (out / "results.json").read_bytes()
@@ -46,7 +38,7 @@ def test_a_test_format_adds_test_cells_only_and_its_own_results(tiny_lm, sample,
     tune = tuning.Tuner.tune
     monkeypatch.setattr(tuning.Tuner, "tune", lambda self, *a, **k: refits.append("tune") or tune(self, *a, **k))
 
-    rag = _bench(tiny_lm, sample, tmp_path, test_format="rag")  # the same run directory accepts it
+    rag = _bench(tiny_llama_few_shot, sample, tmp_path, test_format="rag")  # the same run directory accepts it
     summary = rag.run()
     assert set(summary["methods"]) == {"none", "cad"}
     assert "behaviour" not in refits  # read back from the run directory
@@ -64,13 +56,13 @@ def test_a_test_format_adds_test_cells_only_and_its_own_results(tiny_lm, sample,
     assert all(p.text.count("question:") == 3 for p in three_shot)  # two demonstrations and the item
 
 
-def test_test_format_errors_and_the_old_record(tiny_lm, sample, tmp_path):
+def test_test_format_errors_and_the_old_record(tiny_llama_few_shot, sample, tmp_path):
     with pytest.raises(SparekitError, match="unknown prompt format 'nope'"):
         BenchConfig(test_format="nope")
     with pytest.raises(SparekitError, match="paper protocol tests its own"):
         BenchConfig(protocol="paper", test_format="rag")
     with pytest.raises(SparekitError, match="needs the model's chat template"):
-        _bench(tiny_lm, sample, tmp_path, test_format="chat")
+        _bench(tiny_llama_few_shot, sample, tmp_path, test_format="chat")
     assert "test_format" not in BenchConfig().record()  # run directories from before still resume
     assert BenchConfig(test_format="zero_shot").output("results.json") == "results-zero_shot.json"
     assert BenchConfig().output("frontier.png") == "frontier.png"
