@@ -3,9 +3,12 @@ takes it as test cells beside its three_shot ones, never refitting or retuning."
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from sparekit.data import ConflictDataset, load_dataset
+import pytest
+from benchmark_module import benchmark_module
+
+from sparekit.data import ConflictDataset, ConflictExample, load_dataset
 from sparekit.errors import SparekitError
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.steering.bench import data as bench_data
@@ -16,6 +19,11 @@ from sparekit.utils.io import atomic_write_json
 @pytest.fixture(scope="module")
 def sample() -> ConflictDataset:
     return load_dataset("default", limit=80, seed=3)
+
+
+@pytest.fixture(scope="module")
+def answer_form():
+    yield from benchmark_module("answer_form")
 
 
 def _bench(lm, dataset, tmp_path, **overrides) -> SteeringBenchmark:
@@ -54,6 +62,29 @@ def test_a_test_format_adds_test_cells_only_and_its_own_results(tiny_llama_few_s
         assert prompt.example.sub_context in prompt.text and "question:" not in prompt.text
     three_shot = first.test_prompts(test, pool, "sub", 42)
     assert all(p.text.count("question:") == 3 for p in three_shot)  # two demonstrations and the item
+
+
+def test_answer_form_rescores_the_runs_own_cells(tiny_llama_few_shot, sample, tmp_path, answer_form):
+    rag = _bench(tiny_llama_few_shot, sample, tmp_path, test_format="rag")
+    rag.run()
+    out = tmp_path / "run"
+    rows = {ex.id: ex for ex in sample}
+    fold = answer_form.fold_scores(out, rag.config.output, rag.config.test_split, ["none", "cad"], rows)
+    results = json.loads((out / "results-rag.json").read_text())["methods"]
+    for label in ("none", "cad"):  # EM recomputed from the cells the run scored
+        expected = [results[label][k]["mean"] for k in ("em_memory", "em_context", "em_no_conflict")]
+        assert fold["scores"][label]["em"] == pytest.approx(expected)
+
+
+def test_containment_counts_a_sentence_that_names_one_side_only(answer_form):
+    assert answer_form.contains("The Taka is the official currency.", ["Taka"])
+    assert not answer_form.contains("Europe", ["Euro"]) and not answer_form.contains("", ["Euro"])
+    ex = ConflictExample(id="x", question="What is the currency of Cyprus?", org_context="Cyprus pays with the Euro.",
+                         org_answer=["Euro"], sub_context="Cyprus pays with the Lek.", sub_answer=["Lek"])
+    assert answer_form.hit("It is the Lek.", ex, "sub", "context", "contains")
+    assert not answer_form.hit("It is the Lek.", ex, "sub", "context", "em")
+    assert not answer_form.hit("The Lek, not the Euro.", ex, "sub", "context", "contains")  # both sides named
+    assert answer_form.hit("The Euro.", ex, "org", "memory", "contains")
 
 
 def test_test_format_errors_and_the_old_record(tiny_llama_few_shot, sample, tmp_path):
