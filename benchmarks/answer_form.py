@@ -5,8 +5,9 @@ A zero-shot prompt (``rag``, ``llamaindex``, ``zero_shot``) lets a base model an
 the official currency of Bangladesh."), which EM counts as a miss whatever its source. *Containment* counts a hit
 where the target answer (any alias, SQuAD-normalised) is a whole-word span of the normalised prediction and, on a
 conflict prompt, the other side's answer is not: the answer's source with its form set aside. Per method, the
-mean over folds of each fold's score (the tuned setting of each direction, as the run's ``results*.json``), both
-ways, and the share of unsteered answers on the no-conflict prompts that are longer than every gold alias.
+mean over folds of each fold's score (the tuned setting of each direction and every seed, as the run's
+``results*.json``; EM is :meth:`Cells.hit`, the benchmark's own), both ways, and the share of unsteered answers on
+the no-conflict prompts that are longer than every gold alias.
 
     python benchmarks/answer_form.py runs/broad-relation --test-format rag \
       --methods none,icl,cad,adacad,cad+recall,adacad+recall,actadd,spare,spare+recall
@@ -22,9 +23,9 @@ import numpy as np
 
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample, normalize_answer
-from sparekit.evaluation.metrics import exact_match
-from sparekit.steering.base import make_method
-from sparekit.steering.bench.protocol import BenchConfig, cell_params, method_kind, partner, setting_slug
+from sparekit.steering.base import DIRECTIONS, SteeringPrompt, make_method
+from sparekit.steering.bench.cells import Cells
+from sparekit.steering.bench.protocol import BenchConfig, cell_params, method_kind, partner
 from sparekit.utils.io import read_json
 from steer_fold_report import finished_folds
 
@@ -35,43 +36,49 @@ def contains(pred: str, golds: list[str]) -> bool:
     return any(norm and f" {norm} " in words for norm in map(normalize_answer, golds))
 
 
-def hit(pred: str, example: ConflictExample, context: str, toward: str, by: str) -> bool:
-    """The benchmark's hit (``by="em"``), or by containment with the other side's answer absent."""
-    target = example.org_answer if context == "org" or toward == "memory" else example.sub_answer
-    if by == "em":
-        return exact_match(pred, target)
+def contained_hit(pred: str, prompt: SteeringPrompt, toward: str) -> bool:
+    """:meth:`Cells.hit` by containment: the target named, and on a conflict prompt the other side's answer not."""
+    example = prompt.example
+    target = example.org_answer if prompt.context == "org" or toward == "memory" else example.sub_answer
     other = example.sub_answer if target is example.org_answer else example.org_answer
-    return contains(pred, target) and (context == "org" or not contains(pred, other))
+    return contains(pred, target) and (prompt.context == "org" or not contains(pred, other))
 
 
-def fold_scores(folder: Path, output, split: str, labels: list[str], rows: dict[str, ConflictExample]) -> dict:
-    """Per label: {by: [EM_M, EM_C, no conflict]} on one fold, and the unsteered long-answer share."""
+def fold_scores(folder: Path, output, split: str, labels: list[str], rows: dict[str, ConflictExample],
+                context_match: str = "answer") -> dict:
+    """Per label: {"em" | "contains": [EM_M, EM_C, no conflict]} on one fold, each the mean over the run's seeds of
+    its tuned cells (as ``results*.json`` scores them), and the unsteered long-answer share."""
     results = read_json(folder / output("results.json"))
+    cells = Cells(None, folder, 1, context_match)  # scoring and file names only: no model
+
+    def read(label: str, params: dict, strength, seed: int, context: str, way: str) -> list[tuple[str, SteeringPrompt]]:
+        path = cells.path(split, label, params, strength, seed, context, way)
+        return [(c["prediction"], SteeringPrompt(rows[c["id"].rsplit(":", 1)[0]], context, ()))  # type: ignore
+                for c in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+
+    scorers = {"em": cells.hit, "contains": contained_hit}
     scores = {}
     for label in labels:
-        tuned, out = results["methods"][label], {"em": [], "contains": []}
-        partner_tuned = tuned.get("tuned_partner")
-        directional = make_method(method_kind(label)[0]).directional
-        for by in out:
-            free = []
-            for toward in ("memory", "context"):  # the tables' order: EM_M, EM_C
+        tuned, other = results["methods"][label], partner(label)[0]
+        way_of = {toward: toward if make_method(method_kind(label)[0]).directional else "any" for toward in DIRECTIONS}
+        per_seed = {by: [] for by in scorers}
+        for seed in results["seeds"]:
+            seeded = {by: {} for by in scorers}
+            for toward in DIRECTIONS:
                 setting = tuned["tuned"][toward]
-                other = partner(label)[0]
                 params = cell_params(label, setting["params"],
-                                     partner_tuned[toward]["strength"] if other else None)
+                                     tuned["tuned_partner"][toward]["strength"] if other else None)
                 for context in ("sub", "org"):
-                    way = toward if directional else "any"
-                    path = folder / "generations" / split / \
-                        f"{setting_slug(label, params, setting['strength'])}-seed42-{context}-{way}.jsonl"
-                    cells = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-                    hits = [hit(c["prediction"], rows[c["id"].rsplit(":", 1)[0]], context, toward, by) for c in cells]
-                    (free if context == "org" else out[by]).append(float(np.mean(hits)))
-            out[by].append(float(np.mean(free)))
-        scores[label] = out
-    none = folder / "generations" / split / "none-default-None-seed42-org-any.jsonl"
-    answers = [json.loads(line) for line in none.read_text(encoding="utf-8").splitlines()]
-    long = np.mean([len(normalize_answer(a["prediction"])) > max(map(len, map(normalize_answer,
-                    rows[a["id"].rsplit(":", 1)[0]].org_answer))) for a in answers])
+                    answers = read(label, params, setting["strength"], seed, context, way_of[toward])
+                    for by, scorer in scorers.items():
+                        seeded[by][context, toward] = np.mean([scorer(a, p, toward) for a, p in answers])
+            for by, s in seeded.items():  # the tables' order: EM_M, EM_C, no conflict (both directions' mean)
+                per_seed[by].append([s["sub", "memory"], s["sub", "context"],
+                                     (s["org", "memory"] + s["org", "context"]) / 2])
+        scores[label] = {by: [float(x) for x in np.mean(values, 0)] for by, values in per_seed.items()}
+    answers = read("none", {}, None, results["seeds"][0], "org", "any")
+    long = np.mean([len(normalize_answer(a)) > max(len(normalize_answer(g)) for g in p.example.org_answer)
+                    for a, p in answers])
     return {"scores": scores, "long_share": float(long)}
 
 
@@ -84,9 +91,10 @@ def main() -> None:
     args = parser.parse_args()
     config = BenchConfig(test_format=args.test_format)
     labels = args.methods.split(",")
-    rows = {ex.id: ex for ex in load_dataset(args.dataset)}
-    folds = {fold: fold_scores(args.run / f"held-out-{fold}", config.output, config.test_split, labels, rows)
-             for fold in finished_folds(args.run, labels, config.output)}
+    dataset = load_dataset(args.dataset)
+    rows = {ex.id: ex for ex in dataset}
+    folds = {fold: fold_scores(args.run / f"held-out-{fold}", config.output, config.test_split, labels, rows,
+                               dataset.context_match) for fold in finished_folds(args.run, labels, config.output)}
     print(f"{args.test_format}: {len(folds)} folds; unsteered no-conflict answers longer than the gold: "
           f"{100 * np.mean([f['long_share'] for f in folds.values()]):.1f} % (mean of folds)\n")
     print("| method | EM: EM_M / EM_C / no conflict | containment: EM_M / EM_C / no conflict |\n|---|---|---|")

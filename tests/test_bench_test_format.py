@@ -4,13 +4,16 @@ takes it as test cells beside its three_shot ones, never refitting or retuning."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from benchmark_module import benchmark_module
 
 from sparekit.data import ConflictDataset, ConflictExample, load_dataset
 from sparekit.errors import SparekitError
+from sparekit.steering.base import SteeringPrompt
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
+from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench import data as bench_data
 from sparekit.steering.bench import tuning
 from sparekit.utils.io import atomic_write_json
@@ -81,10 +84,11 @@ def test_containment_counts_a_sentence_that_names_one_side_only(answer_form):
     assert not answer_form.contains("Europe", ["Euro"]) and not answer_form.contains("", ["Euro"])
     ex = ConflictExample(id="x", question="What is the currency of Cyprus?", org_context="Cyprus pays with the Euro.",
                          org_answer=["Euro"], sub_context="Cyprus pays with the Lek.", sub_answer=["Lek"])
-    assert answer_form.hit("It is the Lek.", ex, "sub", "context", "contains")
-    assert not answer_form.hit("It is the Lek.", ex, "sub", "context", "em")
-    assert not answer_form.hit("The Lek, not the Euro.", ex, "sub", "context", "contains")  # both sides named
-    assert answer_form.hit("The Euro.", ex, "org", "memory", "contains")
+    conflict, no_conflict = SteeringPrompt(ex, "sub", ()), SteeringPrompt(ex, "org", ())
+    assert answer_form.contained_hit("It is the Lek.", conflict, "context")
+    assert not Cells(None, Path("."), 1, "answer").hit("It is the Lek.", conflict, "context")  # not by EM
+    assert not answer_form.contained_hit("The Lek, not the Euro.", conflict, "context")  # both sides named
+    assert answer_form.contained_hit("The Euro.", no_conflict, "memory")
 
 
 def test_test_format_errors_and_the_old_record(tiny_llama_few_shot, sample, tmp_path):

@@ -39,9 +39,7 @@ class Cells:
         changed is regenerated, never scored against other items or decisions.
         """
         way = toward if method.directional else "any"
-        context = prompts[0].context if prompts else "none"
-        cell = f"{setting_slug(label, params, strength)}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
-        path = self.out / "generations" / split / f"{cell}{'' if measure == 'prediction' else '-' + measure}.jsonl"
+        path = self.path(split, label, params, strength, seed, prompts[0].context if prompts else "none", way, measure)
         ids = [f"{p.example.id}:{p.context}" for p in prompts]
         texts = [_fingerprint(p.text) for p in prompts]
         signature = None if gate is None else gate.signature()
@@ -58,6 +56,12 @@ class Cells:
             tmp.write_text("".join(json.dumps({"id": i, "prompt": t, **gated, measure: v}, ensure_ascii=False) + "\n"
                                    for i, t, v in zip(ids, texts, values)), encoding="utf-8")
         return values
+
+    def path(self, split: str, label: str, params: dict, strength: float | None, seed: int | None, context: str,
+             way: str, measure: str = "prediction") -> Path:
+        """The file of one cell: ``way`` is the direction, or ``"any"`` for a method that has none."""
+        cell = f"{setting_slug(label, params, strength)}-{'' if seed is None else f'seed{seed}-'}{context}-{way}"
+        return self.out / "generations" / split / f"{cell}{'' if measure == 'prediction' else '-' + measure}.jsonl"
 
     def hit(self, pred: str, prompt: SteeringPrompt, toward: Direction) -> bool:
         """Whether ``pred`` answers toward the target: the memorised answer, or the substituted context's."""
