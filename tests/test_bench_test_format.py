@@ -1,5 +1,6 @@
-"""A held-out prompt format in the steering benchmark: only the test prompts change format, and a finished run
-takes it as test cells beside its three_shot ones, never refitting or retuning."""
+"""Prompt formats in the steering benchmark: a held-out test format (only the test prompts change format, and a
+finished run takes it as test cells beside its three_shot ones, never refitting or retuning), and fitting across
+formats (behaviour data, the gate and dev asked in several)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 from benchmark_module import benchmark_module
 
 from sparekit.data import ConflictDataset, ConflictExample, load_dataset
+from sparekit.data.formats import LlamaIndexQA
+from sparekit.data.prompts import THREE_SHOT, item_format
 from sparekit.errors import SparekitError
 from sparekit.steering.base import SteeringPrompt
+from sparekit.steering.behaviour import behaviour_prompts
 from sparekit.steering.bench import BenchConfig, SteeringBenchmark
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench import data as bench_data
@@ -94,10 +98,65 @@ def test_containment_counts_a_sentence_that_names_one_side_only(answer_form):
 def test_test_format_errors_and_the_old_record(tiny_llama_few_shot, sample, tmp_path):
     with pytest.raises(SparekitError, match="unknown prompt format 'nope'"):
         BenchConfig(test_format="nope")
-    with pytest.raises(SparekitError, match="paper protocol tests its own"):
+    with pytest.raises(SparekitError, match="paper protocol fits and tests its own"):
         BenchConfig(protocol="paper", test_format="rag")
     with pytest.raises(SparekitError, match="needs the model's chat template"):
         _bench(tiny_llama_few_shot, sample, tmp_path, test_format="chat")
     assert "test_format" not in BenchConfig().record()  # run directories from before still resume
     assert BenchConfig(test_format="zero_shot").output("results.json") == "results-zero_shot.json"
     assert BenchConfig().output("frontier.png") == "frontier.png"
+
+
+def test_fit_formats_ask_every_fitted_item_in_one_of_them(sample):
+    formats = (THREE_SHOT, LlamaIndexQA())
+    prompts = behaviour_prompts(sample, seeds=(0,), formats=formats)
+    by_item: dict[str, set[str]] = {}
+    for prompt in prompts:
+        by_item.setdefault(prompt.example.id, set()).add(prompt.fmt.name)
+        assert prompt.fmt == item_format(prompt.example, formats)
+        # demonstrations stay (they push the model to either side), rendered in the item's format
+        assert prompt.demos and all(("Query: " in d) == (prompt.fmt.name == "llamaindex") for d in prompt.demos)
+    assert all(len(names) == 1 for names in by_item.values())  # an item's flavours share its format
+    shares = [name for names in by_item.values() for name in names]
+    assert 0.3 < shares.count("llamaindex") / len(shares) < 0.7
+    assert [p.text for p in behaviour_prompts(sample, seeds=(0,))] == \
+        [p.text for p in behaviour_prompts(sample, seeds=(0,), formats=(THREE_SHOT,))]
+    reordered = sample.subset(list(reversed(range(len(sample)))))
+    assert all(item_format(ex, formats) == item_format(sample[i], formats)  # by id, not by position
+               for ex, i in zip(reordered, reversed(range(len(sample)))))
+
+
+def test_a_run_fitted_across_formats_tunes_in_them_and_tests_the_held_out_one(tiny_llama_few_shot, sample, tmp_path,
+                                                                               monkeypatch):
+    dev_prompts: list[SteeringPrompt] = []
+    search = tuning.Tuner._search
+    monkeypatch.setattr(tuning.Tuner, "_search", lambda self, *a: dev_prompts.extend(a[-1]) or search(self, *a))
+    bench = _bench(tiny_llama_few_shot, sample, tmp_path, fit_formats=("three_shot", "llamaindex"),
+                   test_format="rag")
+    bench.run()
+    names = {p.fmt.name for p in dev_prompts}
+    assert names == {"three_shot", "llamaindex"}  # dev in both fit formats, never the held-out rag
+    for prompt in dev_prompts:  # demonstrations where the format takes them, as at request time
+        assert len(prompt.demos) == (2 if prompt.fmt.name == "three_shot" else 0)
+    pool, _, test = bench.splits()
+    assert all(p.text.startswith("Passage: ") for p in bench.test_prompts(test, pool, "sub", 42))
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["fit_formats"] == ["three_shot", "llamaindex"]
+    with pytest.raises(SparekitError, match="fit_formats"):  # fits are not extended: another directory
+        _bench(tiny_llama_few_shot, sample, tmp_path, fit_formats=("three_shot", "zero_shot"), test_format="rag")
+    _bench(tiny_llama_few_shot, sample, tmp_path / "other")  # records a run fitted on three_shot alone ...
+    with pytest.raises(SparekitError, match="fit_formats"):  # ... which does not take other fit formats either
+        _bench(tiny_llama_few_shot, sample, tmp_path / "other", fit_formats=("three_shot", "rag"))
+
+
+def test_fit_formats_errors():
+    with pytest.raises(SparekitError, match="unknown prompt format 'nope'"):
+        BenchConfig(fit_formats=("three_shot", "nope"))
+    with pytest.raises(SparekitError, match="one or more distinct formats"):
+        BenchConfig(fit_formats=("rag", "rag"))
+    with pytest.raises(SparekitError, match="one or more distinct formats"):
+        BenchConfig(fit_formats=())
+    with pytest.raises(SparekitError, match="paper protocol fits and tests its own"):
+        BenchConfig(protocol="paper", fit_formats=("three_shot", "rag"))
+    assert "fit_formats" not in BenchConfig().record()  # run directories from before still resume
+    assert BenchConfig(fit_formats=("rag",)).record()["fit_formats"] == ("rag",)

@@ -74,6 +74,14 @@ def item_demos(example: ConflictExample, demo_pool: ConflictDataset, seed: int, 
     return tuple(sample_demos(demo_pool, example.group, k_shot, flavour, random.Random(f"{seed}:{example.id}"), fmt))
 
 
+def item_format(example: ConflictExample, formats: Sequence[PromptFormat]) -> PromptFormat:
+    """The one of ``formats`` that ``example`` is asked in when prompts are fitted across formats: drawn with an
+    RNG keyed on the item id, so it depends on neither the split nor the row order (one format: that one)."""
+    if not formats:
+        raise SparekitError("no prompt format to render the item in", "give at least one prompt format")
+    return formats[0] if len(formats) == 1 else random.Random(f"format:{example.id}").choice(list(formats))
+
+
 def build_prompt(example: ConflictExample, context: Literal["org", "sub", None], demos: Sequence[str],
                  fmt: PromptFormat = THREE_SHOT) -> str:
     """Demonstrations (blocks of ``fmt``) followed by ``example`` with its original, substituted or no context."""

@@ -18,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset
-from sparekit.data.prompts import demo_block, demo_examples, sample_demos
+from sparekit.data.formats import PromptFormat
+from sparekit.data.prompts import THREE_SHOT, demo_block, demo_examples, item_format, sample_demos
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches, greedy_generate
 from sparekit.evaluation.metrics import behaviour_label
@@ -31,13 +32,16 @@ BEHAVIOUR_FLAVOURS = ("sub_sub", "sub_org", "org_org")
 
 def behaviour_prompts(pool: ConflictDataset, seeds: Sequence[int], k_choices: Sequence[int] = (3, 4, 5),
                       flavours: Sequence[str] = BEHAVIOUR_FLAVOURS,
-                      demo_source: ConflictDataset | None = None, every_k: bool = False) -> list[SteeringPrompt]:
+                      demo_source: ConflictDataset | None = None, every_k: bool = False,
+                      formats: Sequence[PromptFormat] = (THREE_SHOT,)) -> list[SteeringPrompt]:
     """Conflict prompts over ``pool`` × ``flavours`` × ``seeds``; demonstrations from other groups.
 
     By default each prompt draws its own k from ``k_choices`` and its own demonstration rows.
     ``every_k`` is the official code's recipe: every k for every seed, and the flavours of one
     (item, seed, k) show the *same* demonstration rows, so they differ only in what the
-    demonstrations' contexts and answers teach.
+    demonstrations' contexts and answers teach. ``formats``: each item is asked in one of them
+    (:func:`~sparekit.data.prompts.item_format`), its demonstrations rendered in it too, whatever the
+    format's request-time number of shots: the demonstrations are what push the model to either side.
     """
     if len(pool) == 0:
         raise SparekitError("the feature-learning pool is empty", "use a larger dataset or a larger --pool")
@@ -48,15 +52,17 @@ def behaviour_prompts(pool: ConflictDataset, seeds: Sequence[int], k_choices: Se
             for k in k_choices:
                 rng = random.Random(f"{seed}:{k}")
                 for example in pool:
-                    rows = demo_examples(source, example.group, k, rng)
-                    prompts += [SteeringPrompt(example, "sub", tuple(demo_block(row, flavour) for row in rows))  # type: ignore[arg-type]
+                    rows, fmt = demo_examples(source, example.group, k, rng), item_format(example, formats)
+                    prompts += [SteeringPrompt(example, "sub", tuple(demo_block(row, flavour, fmt)  # type: ignore[arg-type]
+                                                                     for row in rows), fmt)
                                 for flavour in flavours]
             continue
         rng = random.Random(seed)
         for example in pool:
+            fmt = item_format(example, formats)
             for flavour in flavours:
-                demos = sample_demos(source, example.group, rng.choice(list(k_choices)), flavour, rng)  # type: ignore[arg-type]
-                prompts.append(SteeringPrompt(example, "sub", tuple(demos)))
+                demos = sample_demos(source, example.group, rng.choice(list(k_choices)), flavour, rng, fmt)  # type: ignore[arg-type]
+                prompts.append(SteeringPrompt(example, "sub", tuple(demos), fmt))
     return prompts
 
 

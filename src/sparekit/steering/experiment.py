@@ -64,9 +64,12 @@ class _BenchRun(BenchConfig):
         "held_out_kind": {"help": "Test on this kind's items only (all its relations); fit and tune on the other "
                                   "kinds."},
         "test_format": {"choices": tuple(FORMATS),
-                        "help": "Prompt format of the test prompts only; behaviour data, fits, the gate and dev tuning "
-                                "stay three_shot, so this tests a held-out format. A finished run accepts it: it adds "
-                                "test cells only and writes results-<format>.json beside results.json."},
+                        "help": "Prompt format of the test prompts; one outside --fit-formats is held out. A finished "
+                                "run accepts it: it adds test cells only and writes results-<format>.json beside "
+                                "results.json."},
+        "fit_formats": {"help": "Comma-separated prompt formats of the behaviour data, the gate and dev tuning (each "
+                                "item asked in one of them): fit across formats, e.g. three_shot,zero_shot,llamaindex "
+                                "with --test-format rag to hold rag out."},
         "protocol": {"choices": ("sparekit", "paper"),
                      "help": "sparekit: memorised items, dev-tuned, demonstrations per item. paper: the official "
                              "SpARE code's protocol (all rows, every k for seeds 42-46, fixed test demonstrations, the "

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file, save_file
 
 from sparekit.data.dataset import ConflictDataset, held_out_values, split_by_group
+from sparekit.data.formats import PromptFormat
+from sparekit.data.prompts import THREE_SHOT
 from sparekit.errors import SparekitError
 from sparekit.evaluation.harness import memorised_subset
 from sparekit.models.loading import LoadedModel
@@ -106,15 +109,17 @@ def _paper_splits(memorised: ConflictDataset, data: ConflictDataset, c: BenchCon
 
 
 def cached_behaviour(lm: LoadedModel, pool: ConflictDataset, config: BenchConfig, out: Path, context_match: str,
-                     batch_size: int, progress: bool) -> BehaviourData:
+                     batch_size: int, progress: bool, formats: Sequence[PromptFormat] = (THREE_SHOT,)) -> BehaviourData:
     """Behaviour data on the pool, cached as ``behaviour.safetensors`` + ``behaviour.json``.
+
+    ``formats``: ``config.fit_formats`` built (each pool item asked in one of them).
 
     Its prompts are also written to ``behaviour_prompts.jsonl`` (``text``, ``id``, ``uses_context``):
     the pool's few-shot conflict prompts, the inputs SpARE reads, e.g. to train an SAE on them
     (``sparekit sae train --prompts``) without ever showing it a dev or test item.
     """
     tensors, meta = out / "behaviour.safetensors", out / "behaviour.json"
-    prompts = behaviour_prompts(pool, config.behaviour_seeds, every_k=config.protocol == "paper")
+    prompts = behaviour_prompts(pool, config.behaviour_seeds, every_k=config.protocol == "paper", formats=formats)
     if tensors.is_file() and meta.is_file():
         saved = read_json(meta)
         by_key = {_key(p): p for p in prompts}

@@ -5,20 +5,22 @@ Protocol (method.md, SpARE section): the memorised items of a dataset are split 
 question group into a feature-learning *pool* (behaviour data, ICL demonstrations,
 the gate's conflict probe), a *dev* split (each method's hyper-parameters and
 strength per direction) and a *test* split (every reported number). Test prompts use
-``k_shot`` org_ctx/org_ans demonstrations from the pool, a different draw per seed. ``test_format``
-renders the test prompts in another prompt format (a format held out: everything else stays ``three_shot``).
+``k_shot`` org_ctx/org_ans demonstrations from the pool, a different draw per seed. ``fit_formats``: the
+prompt formats of everything fitted or tuned (each item asked in one of them); ``test_format`` renders the test
+prompts in one format, so a format outside ``fit_formats`` is held out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sparekit.data.dataset import ConflictDataset
 from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat
-from sparekit.data.prompts import THREE_SHOT, demo_block, item_demos
+from sparekit.data.prompts import THREE_SHOT, demo_block, item_demos, item_format
 from sparekit.errors import SparekitError
 from sparekit.reporting.steering import describe
 from sparekit.steering.base import Direction, SteeringMethod, SteeringPrompt, make_method
@@ -63,9 +65,12 @@ class BenchConfig:
     protocol: str = "sparekit"
     #: leave-one-kind-out: test on this kind's items (every relation of it), fit and tune on the other kinds only
     held_out_kind: str | None = None
-    #: the prompt format of the test prompts only (behaviour data, fits, the gate and dev stay three_shot): a
-    #: held-out format; its cells and results sit beside the three_shot ones (:meth:`test_split`, :meth:`output`)
+    #: the prompt format of the test prompts; outside ``fit_formats`` it is a held-out format. Its cells and results
+    #: sit beside the three_shot ones (:meth:`test_split`, :meth:`output`)
     test_format: str = DEFAULT_FORMAT
+    #: the prompt formats of the behaviour data, the gate's prompts and dev: each item is asked in one of them
+    #: (:func:`~sparekit.data.prompts.item_format`), so fits and tuning see every format named here
+    fit_formats: tuple[str, ...] = (DEFAULT_FORMAT,)
 
     def __post_init__(self) -> None:
         if self.held_out_relation is not None and self.held_out_kind is not None:
@@ -73,10 +78,14 @@ class BenchConfig:
                                 "hold out one relation or one kind, not both")
         if self.protocol not in PROTOCOLS:
             raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
-        FORMATS.lookup(self.test_format)  # an unknown format fails before any work
-        if self.protocol == "paper" and self.test_format != DEFAULT_FORMAT:
-            raise SparekitError("the paper protocol tests its own three-shot prompts",
-                                "drop --test-format or use --protocol sparekit")
+        for name in (self.test_format, *self.fit_formats):  # an unknown format fails before any work
+            FORMATS.lookup(name)
+        if not self.fit_formats or len(set(self.fit_formats)) < len(self.fit_formats):
+            raise SparekitError(f"--fit-formats {','.join(self.fit_formats)!r}: give one or more distinct formats",
+                                f"e.g. --fit-formats {DEFAULT_FORMAT},zero_shot,llamaindex")
+        if self.protocol == "paper" and (self.test_format, *self.fit_formats) != (DEFAULT_FORMAT,) * 2:
+            raise SparekitError("the paper protocol fits and tests its own three-shot prompts",
+                                "drop --test-format and --fit-formats or use --protocol sparekit")
         gates = [method_kind(label)[1] for label in self.methods]  # a misspelt suffix fails before any work
         if self.protocol == "paper" and "gate" in gates:
             raise SparekitError("the paper protocol has no dev split to calibrate a gate on",
@@ -89,13 +98,15 @@ class BenchConfig:
         return None if self.held_out_relation is None else ("relation", self.held_out_relation)
 
     def record(self) -> dict[str, Any]:
-        """The fields a run directory records and compares; ``held_out_kind`` and ``test_format`` only when
-        set, so run directories written before they existed still resume."""
+        """The fields a run directory records and compares; ``held_out_kind``, ``test_format`` and
+        ``fit_formats`` only when set, so run directories written before they existed still resume."""
         fields = asdict(self)
         if fields["held_out_kind"] is None:
             del fields["held_out_kind"]
         if fields["test_format"] == DEFAULT_FORMAT:
             del fields["test_format"]
+        if tuple(fields["fit_formats"]) == (DEFAULT_FORMAT,):
+            del fields["fit_formats"]
         return fields
 
     @property
@@ -199,24 +210,29 @@ def partner(label: str) -> tuple[str | None, bool]:
 
 
 def eval_prompts(items: ConflictDataset, demo_pool: ConflictDataset, context: str, seed: int,
-                 k_shot: int, fmt: PromptFormat = THREE_SHOT) -> list[SteeringPrompt]:
+                 k_shot: int, formats: Sequence[PromptFormat] = (THREE_SHOT,)) -> list[SteeringPrompt]:
     """The benchmark's prompts (dev, test, the gate's): org_ctx/org_ans demonstrations from the pool, drawn
     per (seed, item) by :func:`~sparekit.data.prompts.item_demos`, the draw the evaluation harness makes, so
-    each prompt's text is the harness's ``condition_prompts(items, context, seed, k_shot, demo_pool)`` (in ``fmt``:
-    the demonstrations rendered in it too)."""
-    return [SteeringPrompt(ex, context, item_demos(ex, demo_pool, seed, k_shot, fmt=fmt), fmt)  # type: ignore[arg-type]
-            for ex in items]
+    each prompt's text is the harness's ``condition_prompts(items, context, seed, k_shot, demo_pool)``.
+    Each item is asked in one of ``formats`` (:func:`~sparekit.data.prompts.item_format`), its
+    demonstrations rendered in it; a format without demonstrations (``shots`` 0: zero_shot, rag,
+    llamaindex, chat) gets none, as at request time."""
+    prompts = []
+    for ex in items:
+        fmt = item_format(ex, formats)
+        demos = item_demos(ex, demo_pool, seed, k_shot if fmt.shots else 0, fmt=fmt)
+        prompts.append(SteeringPrompt(ex, context, demos, fmt))  # type: ignore[arg-type]
+    return prompts
 
 
 def test_prompts(config: BenchConfig, test: ConflictDataset, pool: ConflictDataset, context: str,
                  seed: int, fmt: PromptFormat = THREE_SHOT) -> list[SteeringPrompt]:
     """Test prompts: demonstrations per item (:func:`eval_prompts`), or one fixed set per seed (paper).
-    ``fmt``: ``config.test_format`` built (``chat`` needs the model's tokenizer); a format without
-    demonstrations (``fmt.shots`` 0: zero_shot, rag, llamaindex, chat) gets none."""
+    ``fmt``: ``config.test_format`` built (``chat`` needs the model's tokenizer)."""
     if config.protocol == "paper":
         demos = fixed_demos(pool, seed, config.k_shot)
         return [SteeringPrompt(ex, context, demos) for ex in test]  # type: ignore[arg-type]
-    return eval_prompts(test, pool, context, seed, config.k_shot if fmt.shots else 0, fmt)
+    return eval_prompts(test, pool, context, seed, config.k_shot, (fmt,))
 
 
 def cell_params(label: str, params: dict, partner_strength: float | None) -> dict:

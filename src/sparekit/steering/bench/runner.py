@@ -58,11 +58,13 @@ class SteeringBenchmark:
         self.batch_size, self.progress = batch_size, progress
         self.run_dir = RunDir(self.out, "steering benchmark")
         self.cells = Cells(lm, self.out, batch_size, dataset.context_match)
-        self.tuner = Tuner(lm, config, self.out, self.cells, progress)
+        #: the prompt formats of everything fitted or tuned, and of the test prompts (``chat`` reads the
+        #: tokenizer's template: a model without one fails here)
+        self.fit_formats = tuple(prompt_format(name, lm.tokenizer) for name in config.fit_formats)
+        self.test_format = prompt_format(config.test_format, lm.tokenizer)
+        self.tuner = Tuner(lm, config, self.out, self.cells, self.fit_formats, progress)
         #: one recall gate for every +recall label: its closed-book answers are shared across methods
         self.recall_gate = RecallGate()
-        #: the test prompts' format (``chat`` reads the tokenizer's template: a model without one fails here)
-        self.test_format = prompt_format(config.test_format, lm.tokenizer)
         config_record = {"kind": "bench-steer", "dataset": dataset.name, "n_rows": len(dataset),
                          "dataset_sha256": dataset_fingerprint(dataset), "model": lm.info.name,
                          "model_hash": lm.info.model_hash, **config.record()}
@@ -77,11 +79,11 @@ class SteeringBenchmark:
     def behaviour(self, pool: ConflictDataset) -> BehaviourData:
         """The pool's behaviour data, cached in the run directory."""
         return cached_behaviour(self.lm, pool, self.config, self.out, self.dataset.context_match, self.batch_size,
-                                self.progress)
+                                self.progress, self.fit_formats)
 
     def conflict_gate(self, pool: ConflictDataset, dev: ConflictDataset) -> ProbeGate:
         """The conflict probe gating ``+gate`` methods: fitted on the pool, layer and threshold chosen on dev."""
-        return cached_gate(self.lm, pool, dev, self.config, self.out, self.batch_size)
+        return cached_gate(self.lm, pool, dev, self.config, self.out, self.batch_size, self.fit_formats)
 
     def gate_for(self, label: str, conflict_gate: ProbeGate | None) -> Gate | None:
         """The gate of ``label``'s cells: the run's conflict probe (``+gate``), the recall gate (``+recall``), or

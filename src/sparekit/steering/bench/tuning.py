@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset
+from sparekit.data.formats import PromptFormat
+from sparekit.data.prompts import THREE_SHOT
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import DIRECTIONS, BehaviourData, Direction, SteeringMethod, make_method
 from sparekit.steering.bench.cells import Cells
@@ -23,8 +26,11 @@ from sparekit.utils.io import atomic_write_json, read_json
 class Tuner:
     """Fits and tunes a run's methods on dev, reusing every fit and every cached dev cell."""
 
-    def __init__(self, lm: LoadedModel, config: BenchConfig, out: Path, cells: Cells, progress: bool = True):
+    def __init__(self, lm: LoadedModel, config: BenchConfig, out: Path, cells: Cells,
+                 formats: Sequence[PromptFormat] = (THREE_SHOT,), progress: bool = True):
         self.lm, self.config, self.out, self.cells, self.progress = lm, config, out, cells, progress
+        #: the dev prompts' formats (``config.fit_formats`` built)
+        self.formats = tuple(formats)
         self._fits: dict[tuple[str, str], SteeringMethod] = {}
 
     def tune(self, label: str, data: BehaviourData, dev: ConflictDataset, pool: ConflictDataset) -> dict[str, Any]:
@@ -47,7 +53,7 @@ class Tuner:
             return {d: v for d, v in previous.items() if d in DIRECTIONS}
         combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
         best = self._search(label, kind, combos, strengths, data, eval_prompts(dev, pool, "sub", DEV_SEED,
-                                                                                self.config.k_shot))
+                                                                                self.config.k_shot, self.formats))
         atomic_write_json(path, {**best, "searched": searched})
         return best
 
