@@ -16,7 +16,9 @@ from sparekit.data.prompts import THREE_SHOT, item_format
 from sparekit.errors import SparekitError
 from sparekit.steering.base import SteeringPrompt
 from sparekit.steering.behaviour import behaviour_prompts
-from sparekit.steering.bench import BenchConfig, SteeringBenchmark
+from sparekit.cli.main import main
+from sparekit.steering.bench import BenchConfig, SteeringBenchmark, leave_one_out
+from sparekit.steering.bench import runner as bench_runner
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench import data as bench_data
 from sparekit.steering.bench import tuning
@@ -160,3 +162,32 @@ def test_fit_formats_errors():
         BenchConfig(protocol="paper", fit_formats=("three_shot", "rag"))
     assert "fit_formats" not in BenchConfig().record()  # run directories from before still resume
     assert BenchConfig(fit_formats=("rag",)).record()["fit_formats"] == ("rag",)
+
+
+def test_leave_one_format_out_tests_each_fit_format_fitted_on_the_others(tiny_llama, sample, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run(self):
+        seen.append((self.config.test_format, self.config.fit_formats, self.out.name))
+        stat = {"mean": len(seen) / 10, "std": 0.0}
+        return {"methods": {"none": {"em_memory": stat, "em_context": stat, "em_no_conflict": stat}}}
+
+    monkeypatch.setattr(bench_runner.SteeringBenchmark, "run", fake_run)
+    formats = ("three_shot", "zero_shot", "rag")
+    summary = leave_one_out(tiny_llama, sample, BenchConfig(methods=("none",), fit_formats=formats), tmp_path,
+                            field="format")
+    assert summary["folds"] == list(formats) and summary["split_by"] == "format"
+    assert seen == [("three_shot", ("zero_shot", "rag"), "held-out-three_shot"),
+                    ("zero_shot", ("three_shot", "rag"), "held-out-zero_shot"),
+                    ("rag", ("three_shot", "zero_shot"), "held-out-rag")]
+    assert summary["methods"]["none"]["em_memory"]["worst"] == pytest.approx(0.1)
+
+
+def test_leave_one_format_out_refuses_what_it_cannot_split_before_loading_a_model(tmp_path, capsys):
+    base = ["bench", "steer", "--dataset", "default", "--split-by", "format", "--out", str(tmp_path / "run")]
+    assert main(base) == 2  # three_shot alone: nothing left to fit on
+    err = capsys.readouterr().err
+    assert "at least two --fit-formats" in err and err.count("\n") == 1
+    assert main([*base, "--fit-formats", "three_shot,rag", "--test-format", "rag"]) == 2
+    err = capsys.readouterr().err
+    assert "tests each of --fit-formats in turn" in err and err.count("\n") == 1

@@ -14,12 +14,11 @@ from typing import Any, ClassVar
 from sparekit import models  # models.load_model, looked up per call: tests and embedders may swap it
 from sparekit.data import load_dataset
 from sparekit.data.formats import FORMATS
-from sparekit.data.dataset import held_out_values
 from sparekit.reporting.frontier import plot_frontier
 from sparekit.reporting.steering import fold_table, markdown_table
 from sparekit.steering.base import REGISTRY
-from sparekit.steering.bench import (BenchConfig, SteeringBenchmark, leave_one_out, leave_one_out_frontier,
-                                     paper_config)
+from sparekit.steering.bench import (BenchConfig, SteeringBenchmark, held_out_folds, leave_one_out,
+                                     leave_one_out_frontier, paper_config)
 from sparekit.utils.config import config_dict, device_field, device_map_field, model_field, option
 from sparekit.utils.io import atomic_write_text
 from sparekit.utils.registry import unknown_name
@@ -34,10 +33,11 @@ class _BenchRun(BenchConfig):
     device: str | None = device_field()
     device_map: str | None = device_map_field()
     batch_size: int = option(8, min=1, help="Prompts per forward pass.")
-    split_by: str = option("group", choices=("group", "relation", "kind"),
+    split_by: str = option("group", choices=("group", "relation", "kind", "format"),
                            help="group: pool/dev/test question groups; relation: leave one relation out in turn (fit "
                                 "and tune on the others, test on it), per held-out relation, the mean, the worst fold "
-                                "and the spread; kind: the same per kind of knowledge (broad corpus).")
+                                "and the spread; kind: the same per kind of knowledge (broad corpus); format: the same "
+                                "per prompt format of --fit-formats.")
 
     __cli__: ClassVar[dict[str, dict[str, Any]]] = {
         "methods": {"help": "Comma-separated methods; append +gate to steer only where the conflict probe fires, "
@@ -95,7 +95,7 @@ class _BenchRun(BenchConfig):
                 raise unknown_name("method", label.partition("+")[0], REGISTRY, where="--methods")
         data = load_dataset(self.dataset)
         if split_by != "group":
-            held_out_values(data, split_by)  # bad input fails before the model loads
+            held_out_folds(data, self.bench_config(), split_by)  # bad input fails before the model loads
         lm = models.load_model(self.model, device=self.device, device_map=self.device_map)
         suffix = "" if split_by == "group" else f"-by-{split_by}"
         out = Path(self.out) if self.out else run_path("runs", "bench-steer", data.name, lm.info.model_hash[:8] + suffix)
@@ -129,14 +129,15 @@ class BenchFrontierExperiment(_BenchRun):
     cached_only: bool = option(False, help="Generate nothing: draw the points earlier runs computed.")
 
     def run(self, progress: bool = True) -> dict:
-        """``curves`` (``frontier.json``; with ``--split-by relation`` or ``kind`` the mean over the held-out
+        """``curves`` (``frontier.json``; with ``--split-by relation``, ``kind`` or ``format`` the mean over the held-out
         folds, each fold's under ``held_out``), the ``plot`` path and ``run_dir``."""
         lm, data, out = self._load(self.split_by)
         if self.split_by != "group":
             result = leave_one_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,
                                             self.cached_only, self.split_by)
+            folds = held_out_folds(data, self.bench_config(), self.split_by)
             for value, curves in result["held_out"].items():
-                plot_frontier(curves, out / f"held-out-{value}" / self.output("frontier.png"),
+                plot_frontier(curves, out / f"held-out-{value}" / folds[value].output("frontier.png"),
                               title=f"{lm.info.name} on {data.name}, {value} held out")
             plot = plot_frontier(result["mean"], out / self.output("frontier.png"),
                                  title=f"{lm.info.name} on {data.name}: mean over held-out {self.split_by}s")

@@ -9,13 +9,13 @@ importing only the rooms above it in this list:
 - :mod:`~.tuning`: each method's fits and its dev-tuned settings per direction;
 - :mod:`~.export`: the tuned methods as fitted bundles (:mod:`sparekit.steering.fitted`);
 - :mod:`~.runner`: the run (:class:`SteeringBenchmark`, one process or data-parallel), the frontier
-  and leave one relation (kind) out.
+  and leave one relation (kind, prompt format) out.
 
 Tables and frontier means are in :mod:`sparekit.reporting.steering`.
 """
 
 from sparekit.steering.bench.protocol import DEFAULT_METHODS, DEV_SEED, BenchConfig, eval_prompts, paper_config
-from sparekit.steering.bench.runner import SteeringBenchmark, leave_one_out, leave_one_out_frontier
+from sparekit.steering.bench.runner import SteeringBenchmark, held_out_folds, leave_one_out, leave_one_out_frontier
 
-__all__ = ["DEFAULT_METHODS", "DEV_SEED", "BenchConfig", "SteeringBenchmark", "eval_prompts", "leave_one_out",
-           "leave_one_out_frontier", "paper_config"]
+__all__ = ["DEFAULT_METHODS", "DEV_SEED", "BenchConfig", "SteeringBenchmark", "eval_prompts", "held_out_folds",
+           "leave_one_out", "leave_one_out_frontier", "paper_config"]

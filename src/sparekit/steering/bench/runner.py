@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sparekit.data.dataset import ConflictDataset, held_out_values
-from sparekit.data.formats import prompt_format
+from sparekit.data.formats import DEFAULT_FORMAT, prompt_format
 from sparekit.errors import SparekitError
 from sparekit.evaluation.generation import batches
 from sparekit.evaluation.harness import dataset_fingerprint, mean_std
@@ -266,23 +266,37 @@ class SteeringBenchmark:
         return points
 
 
+def held_out_folds(dataset: ConflictDataset, config: BenchConfig, field: str) -> dict[str, BenchConfig]:
+    """Each fold's config by its held-out value: a relation or a kind (``field``) of ``dataset``, or a prompt
+    format (``field="format"``: each of ``config.fit_formats`` in turn is the test format, the others are fitted on)."""
+    if field != "format":
+        return {value: replace(config, **{f"held_out_{field}": value}) for value in held_out_values(dataset, field)}
+    if len(config.fit_formats) < 2:
+        raise SparekitError("leave one format out needs at least two --fit-formats, one to test and one to fit on",
+                            "e.g. --fit-formats three_shot,zero_shot,rag,llamaindex")
+    if config.test_format != DEFAULT_FORMAT:
+        raise SparekitError("--split-by format tests each of --fit-formats in turn",
+                            "drop --test-format, or run one fold with --test-format and the other --fit-formats")
+    return {fmt: replace(config, test_format=fmt, fit_formats=tuple(f for f in config.fit_formats if f != fmt))
+            for fmt in config.fit_formats}
+
+
 def _held_out_runners(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out: Path, batch_size: int,
                       progress: bool, field: str) -> Iterator[tuple[str, SteeringBenchmark]]:
-    """One benchmark per held-out value of ``field`` (a relation or a kind), in ``<out>/held-out-<value>``,
-    sharing one closed-book pass."""
-    for value in held_out_values(dataset, field):
-        yield value, SteeringBenchmark(lm, dataset, replace(config, **{f"held_out_{field}": value}),
-                                       out / f"held-out-{value}", batch_size, progress,
+    """One benchmark per fold of :func:`held_out_folds`, in ``<out>/held-out-<value>``, sharing one closed-book
+    pass."""
+    for value, fold in held_out_folds(dataset, config, field).items():
+        yield value, SteeringBenchmark(lm, dataset, fold, out / f"held-out-{value}", batch_size, progress,
                                        memorised_file=out / "memorised.json")
 
 
 def leave_one_out(lm: LoadedModel, dataset: ConflictDataset, config: BenchConfig, out_dir: str | Path,
                   batch_size: int = 8, progress: bool = True, field: str = "relation") -> dict[str, Any]:
-    """The benchmark once per relation (``field="kind"``: per kind of knowledge) held out
-    (``<out>/held-out-<value>``), and the mean over those folds.
+    """The benchmark once per relation (``field="kind"``: per kind of knowledge; ``"format"``: per prompt format of
+    ``config.fit_formats``) held out (``<out>/held-out-<value>``), and the mean over those folds.
 
     Each run fits behaviour data, methods and the gate, and tunes on dev, using the other
-    relations (kinds) only, then tests on the held-out one. ``methods[label][metric]`` is the
+    relations (kinds, formats) only, then tests on the held-out one. ``methods[label][metric]`` is the
     mean over folds of each run's mean over seeds, with the std across folds (the spread) and
     the ``worst`` and ``best`` fold.
     """
@@ -313,7 +327,7 @@ def leave_one_out_frontier(lm: LoadedModel, dataset: ConflictDataset, config: Be
                            field: str = "relation") -> dict[str, Any]:
     """The frontier of each held-out run of :func:`leave_one_out` (same folders), and the mean
     curve over folds: a point per strength computed on every held-out relation (kind)."""
-    folds = held_out_values(dataset, field)
+    folds = list(held_out_folds(dataset, config, field))
     out = Path(out_dir)
     with RunDir(out, f"leave-one-{field}-out frontier").running():
         held_out = {value: runner.frontier(cached_only=cached_only)
