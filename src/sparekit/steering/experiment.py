@@ -129,8 +129,8 @@ class BenchFrontierExperiment(_BenchRun):
     cached_only: bool = option(False, help="Generate nothing: draw the points earlier runs computed.")
 
     def run(self, progress: bool = True) -> dict:
-        """``curves`` (``frontier.json``; with ``--split-by relation``, ``kind`` or ``format`` the mean over the held-out
-        folds, each fold's under ``held_out``), the ``plot`` path and ``run_dir``."""
+        """``curves`` (``frontier.json``; with ``--split-by relation``, ``kind`` or ``format`` the mean over the
+        held-out folds, each fold's under ``held_out``), the ``plot`` path and ``run_dir``."""
         lm, data, out = self._load(self.split_by)
         if self.split_by != "group":
             result = leave_one_out_frontier(lm, data, self.bench_config(), out, self.batch_size, progress,

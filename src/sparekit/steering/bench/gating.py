@@ -23,7 +23,8 @@ def cached_gate(lm: LoadedModel, pool: ConflictDataset, dev: ConflictDataset, co
         return ProbeGate.load(path, model_hash=lm.info.model_hash)
     n_layers = lm.info.n_layers
     layers = [config.gate_layer] if config.gate_layer is not None else list(range(n_layers // 3, n_layers))
-    train, held_out = ([p for ctx in ("org", "sub") for p in eval_prompts(items, pool, ctx, seed, config.k_shot, formats)]
+    train, held_out = ([p for ctx in ("org", "sub")
+                        for p in eval_prompts(items, pool, ctx, seed, config.k_shot, formats)]
                        for items, seed in ((pool, 0), (dev, DEV_SEED)))
     gate, report = fit_probe_gate(lm, train, held_out, layers, config.gate_max_false_positive_rate, batch_size)
     gate.save(path, **report)
