@@ -191,3 +191,20 @@ def test_leave_one_format_out_refuses_what_it_cannot_split_before_loading_a_mode
     assert main([*base, "--fit-formats", "three_shot,rag", "--test-format", "rag"]) == 2
     err = capsys.readouterr().err
     assert "tests each of --fit-formats in turn" in err and err.count("\n") == 1
+
+
+def test_frontier_split_by_format_plots_each_fold_in_its_own_format(tiny_llama, tmp_path, monkeypatch):
+    from sparekit import models
+    from sparekit.steering.experiment import BenchFrontierExperiment
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: tiny_llama)
+    point = {"strength": 1.0, "em_target": 0.5, "em_no_conflict": 0.5, "answer_nll_no_conflict": 1.0}
+    tested = []
+    monkeypatch.setattr(bench_runner.SteeringBenchmark, "frontier", lambda self, cached_only=False: tested.append(
+        self.config.test_format) or {"cad": {"memory": [point], "context": [point]}})
+    result = BenchFrontierExperiment(dataset="default", methods=("cad",), fit_formats=("three_shot", "rag"),
+                                     split_by="format", out=str(tmp_path / "run")).run(progress=False)
+    assert tested == ["three_shot", "rag"] and set(result["held_out"]) == {"three_shot", "rag"}
+    assert (tmp_path / "run" / "held-out-rag" / "frontier-rag.png").is_file()  # beside its frontier-rag.json
+    assert (tmp_path / "run" / "held-out-three_shot" / "frontier.png").is_file()
+    assert (tmp_path / "run" / "frontier.png").is_file()
