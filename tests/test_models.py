@@ -83,3 +83,47 @@ def test_default_model_loads_and_knows_a_fact(default_lm):
     assert default_lm.info.d_model == 640 and len(default_lm.info.model_hash) == 64
     prompt = "context: The capital of France is Lyon.\nquestion: what is the capital of France\nanswer:"
     assert greedy_generate(default_lm, [prompt]) == ["Lyon"]
+
+
+def test_gguf_conversion_is_built_once_when_processes_start_together(tmp_path, monkeypatch):
+    """Two benchmark streams (or torchrun ranks) loading the default model on a fresh cache: one builds the
+    safetensors folder, the other waits and reads it; before, both wrote one temporary folder and could leave
+    a folder with the marker but no config.json, which no later run could load."""
+    import threading
+    import time
+
+    from sparekit.models import loading
+
+    monkeypatch.setenv("SPAREKIT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"not read: the conversion is replaced below")
+    builds = []
+
+    def slow_tiny_conversion(path):
+        builds.append(path)
+        time.sleep(0.5)  # long enough for the other thread to arrive while this one builds
+        lm = tiny_model("gemma3_text")
+        return lm.model, lm.tokenizer
+
+    monkeypatch.setattr(loading, "_load_gguf", slow_tiny_conversion)
+    folders, errors = [], []
+
+    def convert():
+        try:
+            folders.append(loading._cached_from_gguf(gguf, "tiny")[0])
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=convert) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(builds) == 1 and len(set(folders)) == 1
+    folder = folders[0]
+    assert (folder / "config.json").is_file() and load_model(str(folder), device="cpu").info.n_layers == 4
+    assert [p.name for p in folder.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+    (folder / "config.json").unlink()  # what the old in-place race left behind: the marker without a model
+    assert loading._cached_from_gguf(gguf, "tiny")[0] == folder and len(builds) == 2
+    assert (folder / "config.json").is_file()

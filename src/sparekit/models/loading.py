@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,8 +25,8 @@ from sparekit.models.fingerprint import SUPPORTED_TRANSFORMERS  # noqa: F401  (r
 from sparekit.models.placement import check_device, device_map_kwargs
 from sparekit.utils.arrays import to_numpy
 from sparekit.utils.env import package_versions
-from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_write_json, cache_dir, check_readable, damaged_file,
-                               read_json, sha256_file, weights_hash)
+from sparekit.utils.io import (DAMAGED_FILE_ERRORS, atomic_folder, atomic_write_json, cache_dir, check_readable,
+                               damaged_file, read_json, sha256_file, waiting_lock, weights_hash)
 from sparekit.utils.progress import announce_when_slow
 from sparekit.utils.registry import unknown_name
 
@@ -84,23 +83,32 @@ def _smollm2_gguf() -> Path:
 
 
 def _cached_from_gguf(gguf: Path, cache_name: str) -> tuple[Path, str]:
-    """Dequantise a GGUF once into a safetensors folder; return (folder, GGUF sha256)."""
+    """Dequantise a GGUF once into a safetensors folder; return (folder, GGUF sha256).
+
+    Processes started together (two benchmark streams, the ranks of one torchrun job) take turns: the
+    first builds the folder in a temporary one and renames it into place, the others wait and read it.
+    """
     folder = cache_dir() / "models" / cache_name
-    marker = folder / "sparekit_source.json"
     digest = sha256_file(gguf)
-    if marker.is_file() and read_json(marker).get("sha256") == digest:
-        return folder, digest
-    log.info("dequantising %s once into %s", gguf.name, folder)
-    model, tokenizer = _load_gguf(gguf)
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "sparekit_source.json",
-                      {"gguf": str(gguf), "sha256": digest, "built_with": package_versions(("torch", "transformers"))})
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with waiting_lock(folder.with_name(f".{cache_name}.lock")):
+        if _converted(folder, digest):
+            return folder, digest
+        log.info("dequantising %s once into %s", gguf.name, folder)
+        model, tokenizer = _load_gguf(gguf)
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / "sparekit_source.json", {
+                "gguf": str(gguf), "sha256": digest, "built_with": package_versions(("torch", "transformers"))})
     return folder, digest
+
+
+def _converted(folder: Path, digest: str) -> bool:
+    """Whether ``folder`` holds a whole conversion of the GGUF with this digest (a folder left incomplete by
+    an older sparekit, which wrote it in place, is built again)."""
+    marker = folder / "sparekit_source.json"
+    return (marker.is_file() and (folder / "config.json").is_file()
+            and read_json(marker).get("sha256") == digest)
 
 
 def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

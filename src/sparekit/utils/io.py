@@ -196,6 +196,24 @@ def run_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[None]:
         fh.close()
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing, never removed), waiting for any holder.
+
+    For work several processes may start at once and only one should do, such as building a cache
+    entry: the others wait, then find it built. ``fcntl.flock``, so the kernel drops it if the holder dies.
+    """
+    import fcntl  # deliberately lazy: POSIX only
+
+    ensure_dir(Path(path).parent)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def cache_dir() -> Path:
     """sparekit's cache (models, data, offload folders, file hashes): ``$SPAREKIT_CACHE``, read at each call,
     else ``~/.cache/sparekit``."""
