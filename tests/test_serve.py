@@ -361,7 +361,7 @@ def test_cli_serve_drains_on_sigterm(lm, tmp_path):
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, "-m", "sparekit", "serve", "-m", str(folder), "--port", str(port),
-                             "--drain-timeout", "60"], env=env,
+                             "--drain-timeout", "60", "--max-tokens", "2000"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -373,7 +373,7 @@ def test_cli_serve_drains_on_sigterm(lm, tmp_path):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.2)
-        sock = _open_stream(url, 200)
+        sock = _open_stream(url, 2000)  # seconds of tokens: still streaming when the late request arrives
         received = b""
         while b"data:" not in received:
             received += sock.recv(4096)

@@ -207,3 +207,28 @@ def test_breadth_draws_hold_out_a_fixed_set_or_one_relation_and_draw_the_trainin
     assert breadth_draws(relations, 2, draws=1)[0] == ([held], rng.sample([r for r in relations if r != held], 2))
     with pytest.raises(SparekitError, match="cannot fit on 7 relations and hold 2 out of 8"):
         breadth_draws(relations, 7, draws=1, held_out=["r0", "r1"])
+
+
+def test_folds_in_separate_folders_make_one_closed_book_pass(tiny_llama, tmp_path, monkeypatch):
+    """`--held-out-relation` fold by fold, each in its own --out: the memorised ids come from sparekit's cache
+    after the first fold (keyed by model, rows and k_shot), instead of a closed-book pass over the whole
+    dataset per fold; another model or k_shot is a new pass."""
+    from sparekit.steering.bench import data as bench_data
+    from sparekit.steering.bench.data import memorised_items
+
+    monkeypatch.setenv("SPAREKIT_CACHE", str(tmp_path / "cache"))
+    passes = []
+
+    def counted(lm, dataset, seed, k_shot, batch_size):
+        passes.append(k_shot)
+        return dataset.subset(range(0, len(dataset), 2))
+
+    monkeypatch.setattr(bench_data, "memorised_subset", counted)
+    dataset = load_dataset("default", limit=40, seed=2)
+    first = memorised_items(tiny_llama, dataset, tmp_path / "held-out-capital" / "memorised.json", 3, 8)
+    second = memorised_items(tiny_llama, dataset, tmp_path / "held-out-currency" / "memorised.json", 3, 8)
+    assert passes == [3] and [ex.id for ex in first] == [ex.id for ex in second] == [ex.id for ex in dataset][::2]
+    assert json.loads((tmp_path / "held-out-currency" / "memorised.json").read_text())["ids"] == [ex.id for ex in first]
+    memorised_items(tiny_llama, dataset, tmp_path / "zero-shot" / "memorised.json", 0, 8)
+    memorised_items(tiny_llama, dataset.subset(range(10)), tmp_path / "fewer-rows" / "memorised.json", 3, 8)
+    assert passes == [3, 0, 3]

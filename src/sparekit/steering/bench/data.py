@@ -3,6 +3,7 @@ behaviour data, each cached in the run directory so a rerun reads them back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -15,13 +16,13 @@ from sparekit.data.dataset import ConflictDataset, held_out_values, split_by_gro
 from sparekit.data.formats import PromptFormat
 from sparekit.data.prompts import THREE_SHOT
 from sparekit.errors import SparekitError
-from sparekit.evaluation.harness import memorised_subset
+from sparekit.evaluation.harness import dataset_fingerprint, memorised_subset
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, SteeringPrompt
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering.bench.protocol import BenchConfig
 from sparekit.utils.guards import warn_small_data
-from sparekit.utils.io import atomic_path, atomic_write_json, atomic_write_text, read_json
+from sparekit.utils.io import atomic_path, atomic_write_json, atomic_write_text, cache_dir, read_json, waiting_lock
 
 Splits = tuple[ConflictDataset, ConflictDataset, ConflictDataset]
 
@@ -29,13 +30,22 @@ Splits = tuple[ConflictDataset, ConflictDataset, ConflictDataset]
 def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_shot: int,
                     batch_size: int) -> ConflictDataset:
     """The items ``lm`` answers closed-book, by the ids in ``path`` (written on the first run; one file may
-    serve several runs on the same model and dataset)."""
-    if path.is_file():
-        keep = set(read_json(path)["ids"])
-        return dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
-    memorised = memorised_subset(lm, dataset, seed=42, k_shot=k_shot, batch_size=batch_size)
-    atomic_write_json(path, {"ids": [ex.id for ex in memorised]})
-    return memorised
+    serve several runs on the same model and dataset).
+
+    The ids are also kept in sparekit's cache under the model's hash, the rows' fingerprint and ``k_shot``,
+    so runs in separate folders (``--held-out-relation`` fold by fold, two at once) make the closed-book
+    pass over the dataset once: the second waits for the first, then reads its ids.
+    """
+    if not path.is_file():
+        key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}".encode()).hexdigest()
+        shared = cache_dir() / "memorised" / f"{key[:32]}.json"
+        with waiting_lock(shared.with_suffix(".lock")):
+            if not shared.is_file():
+                memorised = memorised_subset(lm, dataset, seed=42, k_shot=k_shot, batch_size=batch_size)
+                atomic_write_json(shared, {"ids": [ex.id for ex in memorised]})
+        atomic_write_json(path, read_json(shared))
+    keep = set(read_json(path)["ids"])
+    return dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
 
 
 def benchmark_splits(memorised: ConflictDataset, dataset: ConflictDataset, config: BenchConfig) -> Splits:
