@@ -11,12 +11,14 @@ the no-conflict prompts that are longer than every gold alias.
 
     python benchmarks/answer_form.py runs/broad-relation --test-format rag \
       --methods none,icl,cad,adacad,cad+recall,adacad+recall,actadd,spare,spare+recall
+    python benchmarks/answer_form.py runs/broad-relation-full --methods none --paired spare+cad+recall,cad+recall
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,42 +46,72 @@ def contained_hit(pred: str, prompt: SteeringPrompt, toward: str) -> bool:
     return contains(pred, target) and (prompt.context == "org" or not contains(pred, other))
 
 
+def tuned_cells(folder: Path, results: dict, split: str, label: str, rows: dict[str, ConflictExample],
+                cells: Cells) -> dict[tuple[int, str, str], list[tuple[str, SteeringPrompt]]]:
+    """A label's test cells on one fold at its tuned setting, by (seed, context, toward): (prediction, prompt) per
+    item, the cells the run's ``results*.json`` scored."""
+    tuned, other = results["methods"][label], partner(label)[0]
+    directional = make_method(method_kind(label)[0]).directional
+    found = {}
+    for seed in results["seeds"]:
+        for toward in DIRECTIONS:
+            setting = tuned["tuned"][toward]
+            params = cell_params(label, setting["params"],
+                                 tuned["tuned_partner"][toward]["strength"] if other else None)
+            for context in ("sub", "org"):
+                path = cells.path(split, label, params, setting["strength"], seed, context,
+                                  toward if directional else "any")
+                found[seed, context, toward] = [
+                    (c["prediction"], SteeringPrompt(rows[c["id"].rsplit(":", 1)[0]], context, ()))  # type: ignore
+                    for c in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+    return found
+
+
 def fold_scores(folder: Path, output, split: str, labels: list[str], rows: dict[str, ConflictExample],
                 context_match: str = "answer") -> dict:
     """Per label: {"em" | "contains": [EM_M, EM_C, no conflict]} on one fold, each the mean over the run's seeds of
     its tuned cells (as ``results*.json`` scores them), and the unsteered long-answer share."""
     results = read_json(folder / output("results.json"))
     cells = Cells(None, folder, 1, context_match)  # scoring and file names only: no model
-
-    def read(label: str, params: dict, strength, seed: int, context: str, way: str) -> list[tuple[str, SteeringPrompt]]:
-        path = cells.path(split, label, params, strength, seed, context, way)
-        return [(c["prediction"], SteeringPrompt(rows[c["id"].rsplit(":", 1)[0]], context, ()))  # type: ignore
-                for c in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
-
     scorers = {"em": cells.hit, "contains": contained_hit}
     scores = {}
     for label in labels:
-        tuned, other = results["methods"][label], partner(label)[0]
-        way_of = {toward: toward if make_method(method_kind(label)[0]).directional else "any" for toward in DIRECTIONS}
+        answers = tuned_cells(folder, results, split, label, rows, cells)
         per_seed = {by: [] for by in scorers}
         for seed in results["seeds"]:
-            seeded = {by: {} for by in scorers}
-            for toward in DIRECTIONS:
-                setting = tuned["tuned"][toward]
-                params = cell_params(label, setting["params"],
-                                     tuned["tuned_partner"][toward]["strength"] if other else None)
-                for context in ("sub", "org"):
-                    answers = read(label, params, setting["strength"], seed, context, way_of[toward])
-                    for by, scorer in scorers.items():
-                        seeded[by][context, toward] = np.mean([scorer(a, p, toward) for a, p in answers])
-            for by, s in seeded.items():  # the tables' order: EM_M, EM_C, no conflict (both directions' mean)
+            for by, scorer in scorers.items():  # the tables' order: EM_M, EM_C, no conflict (both directions' mean)
+                s = {(c, t): np.mean([scorer(a, p, t) for a, p in answers[seed, c, t]])
+                     for c in ("sub", "org") for t in DIRECTIONS}
                 per_seed[by].append([s["sub", "memory"], s["sub", "context"],
                                      (s["org", "memory"] + s["org", "context"]) / 2])
         scores[label] = {by: [float(x) for x in np.mean(values, 0)] for by, values in per_seed.items()}
-    answers = read("none", {}, None, results["seeds"][0], "org", "any")
-    long = np.mean([len(normalize_answer(a)) > max(len(normalize_answer(g)) for g in p.example.org_answer)
-                    for a, p in answers])
+    unsteered = cells.path(split, "none", {}, None, results["seeds"][0], "org", "any")
+    long = np.mean([len(normalize_answer(c["prediction"])) > max(len(normalize_answer(g))
+                                                                 for g in rows[c["id"].rsplit(":", 1)[0]].org_answer)
+                    for c in map(json.loads, unsteered.read_text(encoding="utf-8").splitlines())])
     return {"scores": scores, "long_share": float(long)}
+
+
+def paired_counts(folder: Path, output, split: str, pair: tuple[str, str], rows: dict[str, ConflictExample],
+                  context_match: str = "answer") -> dict[str, list[int]]:
+    """Per direction, [items only ``pair[0]`` answers right, items only ``pair[1]`` does] over the fold's
+    conflict prompts and seeds, by the benchmark's EM: the discordant pairs of a sign test."""
+    results = read_json(folder / output("results.json"))
+    cells = Cells(None, folder, 1, context_match)
+    a, b = (tuned_cells(folder, results, split, label, rows, cells) for label in pair)
+    counts = {}
+    for toward in DIRECTIONS:
+        hits = [[(cells.hit(x, p, toward), cells.hit(y, q, toward)) for (x, p), (y, q) in zip(a[key], b[key])]
+                for key in a if key[1:] == ("sub", toward)]
+        pairs = [h for seed_hits in hits for h in seed_hits]
+        counts[toward] = [sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)]
+    return counts
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test on the discordant pairs."""
+    n = wins + losses
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n) if n else 1.0
 
 
 def main() -> None:
@@ -88,6 +120,8 @@ def main() -> None:
     parser.add_argument("--test-format", default="three_shot")
     parser.add_argument("--methods", default="none,cad,adacad,spare")
     parser.add_argument("--dataset", default="broad")
+    parser.add_argument("--paired", metavar="A,B", help="also count, item by item, the conflicts only A answers "
+                        "right and only B does (EM, tuned cells, every fold and seed), with an exact sign test")
     args = parser.parse_args()
     config = BenchConfig(test_format=args.test_format)
     labels = args.methods.split(",")
@@ -102,6 +136,14 @@ def main() -> None:
         cells = [" / ".join(f"{100 * np.mean([f['scores'][label][by][i] for f in folds.values()]):.1f}"
                             for i in range(3)) for by in ("em", "contains")]
         print(f"| {label} | {cells[0]} | {cells[1]} |")
+    if args.paired:
+        pair = tuple(args.paired.split(","))
+        counts = [paired_counts(args.run / f"held-out-{fold}", config.output, config.test_split, pair, rows,
+                                dataset.context_match) for fold in folds]
+        print(f"\n| direction | only {pair[0]} right | only {pair[1]} right | sign test p |\n|---|---|---|---|")
+        for toward in DIRECTIONS:
+            wins, losses = (sum(c[toward][i] for c in counts) for i in (0, 1))
+            print(f"| {toward} | {wins} | {losses} | {sign_test(wins, losses):.4f} |")
 
 
 if __name__ == "__main__":

@@ -208,3 +208,24 @@ def test_frontier_split_by_format_plots_each_fold_in_its_own_format(tiny_llama, 
     assert (tmp_path / "run" / "held-out-rag" / "frontier-rag.png").is_file()  # beside its frontier-rag.json
     assert (tmp_path / "run" / "held-out-three_shot" / "frontier.png").is_file()
     assert (tmp_path / "run" / "frontier.png").is_file()
+
+
+def test_answer_form_pairs_two_methods_item_by_item(tiny_llama_few_shot, sample, tmp_path, answer_form):
+    """``--paired``'s discordant counts agree with EM from the same cells: only-A minus only-B is n x (EM_A - EM_B)."""
+    bench = _bench(tiny_llama_few_shot, sample, tmp_path)
+    bench.run()
+    out = tmp_path / "run"
+    rows = {ex.id: ex for ex in sample}
+    args = (out, bench.config.output, bench.config.test_split)
+    assert answer_form.paired_counts(*args, ("cad", "cad"), rows) == {"memory": [0, 0], "context": [0, 0]}
+    (cell,) = (out / "generations" / "test").glob("cad-*-sub-context.jsonl")  # CAD now answers every conflict right
+    answers = [json.loads(line) for line in cell.read_text().splitlines()]
+    cell.write_text("".join(json.dumps({**c, "prediction": rows[c["id"].rsplit(":", 1)[0]].sub_answer[0]}) + "\n"
+                            for c in answers))
+    counts = answer_form.paired_counts(*args, ("cad", "none"), rows)
+    em = answer_form.fold_scores(*args, ["cad", "none"], rows)["scores"]
+    assert counts["context"][0] > 0 and counts["context"][1] == 0
+    for toward, column in (("memory", 0), ("context", 1)):
+        gap = em["cad"]["em"][column] - em["none"]["em"][column]
+        assert counts[toward][0] - counts[toward][1] == round(len(answers) * gap)
+    assert answer_form.sign_test(20, 2) == pytest.approx(0.000121, abs=1e-6) and answer_form.sign_test(0, 0) == 1.0
