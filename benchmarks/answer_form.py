@@ -46,6 +46,12 @@ def contained_hit(pred: str, prompt: SteeringPrompt, toward: str) -> bool:
     return contains(pred, target) and (prompt.context == "org" or not contains(pred, other))
 
 
+def read_cell(path: Path, context: str, rows: dict[str, ConflictExample]) -> list[tuple[str, SteeringPrompt]]:
+    """One cell file's (prediction, prompt) per item; the prompt carries the item's row (its answers) only."""
+    return [(c["prediction"], SteeringPrompt(rows[c["id"].rsplit(":", 1)[0]], context, ()))  # type: ignore
+            for c in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+
+
 def tuned_cells(folder: Path, results: dict, split: str, label: str, rows: dict[str, ConflictExample],
                 cells: Cells) -> dict[tuple[int, str, str], list[tuple[str, SteeringPrompt]]]:
     """A label's test cells on one fold at its tuned setting, by (seed, context, toward): (prediction, prompt) per
@@ -61,9 +67,7 @@ def tuned_cells(folder: Path, results: dict, split: str, label: str, rows: dict[
             for context in ("sub", "org"):
                 path = cells.path(split, label, params, setting["strength"], seed, context,
                                   toward if directional else "any")
-                found[seed, context, toward] = [
-                    (c["prediction"], SteeringPrompt(rows[c["id"].rsplit(":", 1)[0]], context, ()))  # type: ignore
-                    for c in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+                found[seed, context, toward] = read_cell(path, context, rows)
     return found
 
 
@@ -85,10 +89,9 @@ def fold_scores(folder: Path, output, split: str, labels: list[str], rows: dict[
                 per_seed[by].append([s["sub", "memory"], s["sub", "context"],
                                      (s["org", "memory"] + s["org", "context"]) / 2])
         scores[label] = {by: [float(x) for x in np.mean(values, 0)] for by, values in per_seed.items()}
-    unsteered = cells.path(split, "none", {}, None, results["seeds"][0], "org", "any")
-    long = np.mean([len(normalize_answer(c["prediction"])) > max(len(normalize_answer(g))
-                                                                 for g in rows[c["id"].rsplit(":", 1)[0]].org_answer)
-                    for c in map(json.loads, unsteered.read_text(encoding="utf-8").splitlines())])
+    unsteered = read_cell(cells.path(split, "none", {}, None, results["seeds"][0], "org", "any"), "org", rows)
+    long = np.mean([len(normalize_answer(a)) > max(len(normalize_answer(g)) for g in p.example.org_answer)
+                    for a, p in unsteered])
     return {"scores": scores, "long_share": float(long)}
 
 
@@ -101,9 +104,8 @@ def paired_counts(folder: Path, output, split: str, pair: tuple[str, str], rows:
     a, b = (tuned_cells(folder, results, split, label, rows, cells) for label in pair)
     counts = {}
     for toward in DIRECTIONS:
-        hits = [[(cells.hit(x, p, toward), cells.hit(y, q, toward)) for (x, p), (y, q) in zip(a[key], b[key])]
-                for key in a if key[1:] == ("sub", toward)]
-        pairs = [h for seed_hits in hits for h in seed_hits]
+        pairs = [(cells.hit(x, p, toward), cells.hit(y, q, toward))
+                 for key in a if key[1:] == ("sub", toward) for (x, p), (y, q) in zip(a[key], b[key])]
         counts[toward] = [sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)]
     return counts
 
