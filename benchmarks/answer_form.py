@@ -25,6 +25,7 @@ import numpy as np
 
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample, normalize_answer
+from sparekit.errors import SparekitError
 from sparekit.steering.base import DIRECTIONS, SteeringPrompt, make_method
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench.protocol import BenchConfig, cell_params, method_kind, partner
@@ -104,8 +105,13 @@ def paired_counts(folder: Path, output, split: str, pair: tuple[str, str], rows:
     a, b = (tuned_cells(folder, results, split, label, rows, cells) for label in pair)
     counts = {}
     for toward in DIRECTIONS:
-        pairs = [(cells.hit(x, p, toward), cells.hit(y, q, toward))
-                 for key in a if key[1:] == ("sub", toward) for (x, p), (y, q) in zip(a[key], b[key])]
+        pairs = []
+        for key in (k for k in a if k[1:] == ("sub", toward)):
+            theirs = {q.example.id: y for y, q in b[key]}  # paired by item, not by position in the file
+            if set(theirs) != {p.example.id for _, p in a[key]}:
+                raise SparekitError(f"{folder}: {pair[0]} and {pair[1]} were tested on different items (seed "
+                                    f"{key[0]}, toward {toward})", "compare labels of one run")
+            pairs += [(cells.hit(x, p, toward), cells.hit(theirs[p.example.id], p, toward)) for x, p in a[key]]
         counts[toward] = [sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)]
     return counts
 

@@ -229,3 +229,20 @@ def test_answer_form_pairs_two_methods_item_by_item(tiny_llama_few_shot, sample,
         gap = em["cad"]["em"][column] - em["none"]["em"][column]
         assert counts[toward][0] - counts[toward][1] == round(len(answers) * gap)
     assert answer_form.sign_test(20, 2) == pytest.approx(0.000121, abs=1e-6) and answer_form.sign_test(0, 0) == 1.0
+    # paired by item, not by line: unsteered right on the first half of the items, CAD on the second half, CAD's
+    # file in reverse order (a pairing by position would see both right on the same rows)
+    (plain,) = (out / "generations" / "test").glob("none-*-sub-any.jsonl")
+    half = {c["id"] for c in answers[: len(answers) // 2]}
+    for path, right, order in ((plain, half, 1), (cell, {c["id"] for c in answers} - half, -1)):
+        cells = [json.loads(line) for line in path.read_text().splitlines()][::order]
+        path.write_text("".join(json.dumps({**c, "prediction": _answer(rows, c, c["id"] in right)}) + "\n"
+                                for c in cells))
+    assert answer_form.paired_counts(*args, ("cad", "none"), rows)["context"] == [len(answers) - len(half), len(half)]
+    cell.write_text("".join(cell.read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(SparekitError, match="different items"):
+        answer_form.paired_counts(*args, ("cad", "none"), rows)
+
+
+def _answer(rows, cell: dict, right: bool) -> str:
+    """The context's answer to a cell's conflict item, or a wrong one."""
+    return rows[cell["id"].rsplit(":", 1)[0]].sub_answer[0] if right else "nothing of the kind"

@@ -360,5 +360,23 @@ def test_fallback_decodes_with_the_second_method_where_the_gate_stays_shut(lm, b
     assert fallback == [edited[i] if i % 2 == 0 else contrasted[i] for i in range(4)]
     both_gated = answers(Combined(actadd, cad, second_strength=4.0), 8.0, _EveryOtherRow())
     assert [both_gated[i] for i in (1, 3)] == [plain[i] for i in (1, 3)]
-    with pytest.raises(SparekitError, match="not saved"):
-        Combined(actadd, cad).save("unused")
+
+
+def test_a_saved_combination_reads_back_as_one_method_that_steers_alike(lm, behaviour, tmp_path):
+    from sparekit.steering import Combined, SteeringMethod
+
+    prompts = behaviour.prompts[:4]
+    combined = Combined(make_method("actadd", layer=LAST).fit(behaviour), make_method("cad").fit(behaviour),
+                        second_strength=4.0, fallback=True)
+    with pytest.raises(SparekitError, match="give both parts"):
+        Combined(combined.first).save(tmp_path / "half")
+    assert not (tmp_path / "half").exists()  # refused before anything is written
+    loaded = sparekit.load(combined.save(tmp_path / "both"), expect=SteeringMethod)
+    assert isinstance(loaded, Combined) and (loaded.second_strength, loaded.fallback) == (4.0, True)
+    assert (loaded.first.kind, loaded.second.kind) == ("actadd", "cad")
+
+    def answers(method):
+        with method.steer(lm, "context", strength=8.0, gate=_EveryOtherRow()) as steered:
+            return steered.generate(prompts, max_new_tokens=4)
+
+    assert answers(loaded) == answers(combined)

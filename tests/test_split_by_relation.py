@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -232,3 +233,8 @@ def test_folds_in_separate_folders_make_one_closed_book_pass(tiny_llama, tmp_pat
     memorised_items(tiny_llama, dataset, tmp_path / "zero-shot" / "memorised.json", 0, 8)
     memorised_items(tiny_llama, dataset.subset(range(10)), tmp_path / "fewer-rows" / "memorised.json", 3, 8)
     assert passes == [3, 0, 3]
+    # a hub snapshot without a commit names no one set of weights: nothing shared, a pass per folder
+    unpinned = tiny_llama._replace(info=dataclasses.replace(tiny_llama.info, model_hash="hub:m@unknown"))
+    for fold in ("a", "b"):
+        memorised_items(unpinned, dataset, tmp_path / fold / "memorised.json", 3, 8)
+    assert passes == [3, 0, 3, 3, 3] and len(list((tmp_path / "cache" / "memorised").glob("*.json"))) == 3

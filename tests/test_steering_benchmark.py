@@ -11,6 +11,7 @@ from sparekit.errors import SparekitError
 from sparekit.reporting.steering import markdown_table
 from sparekit.steering.bench import DEV_SEED, BenchConfig, SteeringBenchmark, eval_prompts
 from sparekit.steering.bench.protocol import method_kind
+from sparekit.steering import Combined
 from sparekit.steering.fitted import FittedBundle
 from sparekit.utils.io import atomic_write_json
 
@@ -49,13 +50,14 @@ def test_eval_prompts_draw_demos_from_the_pool_never_the_item():
 @pytest.mark.slow
 def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, monkeypatch):
     dataset = load_dataset("default", limit=60, seed=3)
-    config = BenchConfig(methods=("none", "actadd", "spare", "spare+gate"), seeds=(42,), layers=(5, 6),
-                         pool_groups=12, dev_groups=3, test_limit=6, behaviour_seeds=(0,),
+    config = BenchConfig(methods=("none", "actadd", "spare", "spare+gate", "spare+cad+gate"), seeds=(42,),
+                         layers=(5, 6), pool_groups=12, dev_groups=3, test_limit=6, behaviour_seeds=(0,),
                          param_grids={"spare": {"mi_mass": [0.3]}, "actadd": {"layer": [6]}},
-                         strength_grids={"spare": [4.0], "actadd": [8.0]})
-    summary = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False).run()
+                         strength_grids={"spare": [4.0], "actadd": [8.0], "cad": [0.5]})
+    bench = SteeringBenchmark(default_lm, dataset, config, tmp_path, progress=False)
+    summary = bench.run()
     assert summary["splits"]["test_items"] == 6 and summary["splits"]["pool_groups"] == 12
-    assert set(summary["methods"]) == {"none", "actadd", "spare", "spare+gate"}
+    assert set(summary["methods"]) == {"none", "actadd", "spare", "spare+gate", "spare+cad+gate"}
     for result in summary["methods"].values():
         for key in ("em_memory", "em_context", "em_no_conflict"):
             assert 0.0 <= result[key]["mean"] <= 1.0 and result[key]["std"] == 0.0
@@ -65,6 +67,7 @@ def test_benchmark_runs_and_resumes_without_generating(default_lm, tmp_path, mon
     exported = FittedBundle.load(tmp_path / "fitted" / "spare+gate", default_lm.info.model_hash)
     assert exported.gate is not None and exported["memory"].strength == 4.0 and len(exported.demos) == 6
     assert exported["memory"].params == summary["methods"]["spare"]["tuned"]["memory"]["params"]
+    _check_combined_export(bench, tmp_path, summary)
     # the pool's behaviour prompts, written for SAE training: pool items only, labels as in the behaviour data
     rows = [json.loads(line) for line in (tmp_path / "behaviour_prompts.jsonl").read_text().splitlines()]
     behaviour = json.loads((tmp_path / "behaviour.json").read_text())
@@ -235,3 +238,20 @@ def test_a_cut_cell_file_is_recomputed_not_a_traceback(tiny_llama, tmp_path, cap
     with caplog.at_level(logging.WARNING):
         again = bench.cells.get("test", "none", {}, method, prompts, "memory", None, None, seed=42)
     assert again == first and "damaged" in caplog.text
+
+
+def _check_combined_export(bench, out, summary) -> None:
+    """A combined label exports one bundle (its gate inside) whose methods, read back, generate its test cells
+    again."""
+    bundle = FittedBundle.load(out / "fitted" / "spare+cad+gate", bench.lm.info.model_hash)
+    pool, _, test = bench.splits()
+    prompts = bench.test_prompts(test, pool, "sub", 42)
+    assert summary["methods"]["spare+cad+gate"]["tuned_partner"]["context"]["strength"] == 0.5
+    for toward in ("memory", "context"):
+        fitted = bundle[toward]
+        assert isinstance(fitted.method, Combined) and fitted.method.second.kind == "cad"
+        assert (fitted.method.second_strength, fitted.strength) == (0.5, 4.0)
+        with fitted.method.steer(bench.lm, toward, fitted.strength, gate=bundle.require_gate()) as steered:
+            again = steered.generate(prompts)
+        (cell,) = (out / "generations" / "test").glob(f"spare+cad+gate-*-seed42-sub-{toward}.jsonl")
+        assert again == [json.loads(line)["prediction"] for line in cell.open()]

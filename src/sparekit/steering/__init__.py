@@ -20,11 +20,12 @@ from sparekit.steering.base import (
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
 from sparekit.steering import baselines  # noqa: F401  (registers the baselines)
 from sparekit.steering.baselines import VectorSteering
+from sparekit.steering.combined import Combined
 from sparekit.steering.fitted import FittedBundle, FittedSteering
 from sparekit.steering.spare import SpARE
 
 __all__ = [
-    "DIRECTIONS", "REGISTRY", "BehaviourData", "Direction", "FittedBundle", "FittedSteering", "Gate", "SpARE",
-    "Steered", "SteeringMethod", "SteeringPrompt", "VectorSteering", "behaviour_prompts", "collect_behaviour_data",
-    "fitted_without_data", "make_method",
+    "DIRECTIONS", "REGISTRY", "BehaviourData", "Combined", "Direction", "FittedBundle", "FittedSteering", "Gate",
+    "SpARE", "Steered", "SteeringMethod", "SteeringPrompt", "VectorSteering", "behaviour_prompts",
+    "collect_behaviour_data", "fitted_without_data", "make_method",
 ]

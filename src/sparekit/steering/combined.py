@@ -5,25 +5,33 @@
 second only where it does not: "SpARE where the conflict probe fires, CAD elsewhere". The
 ``strength`` given to :meth:`steer` is the first part's; the second's is fixed at construction.
 The benchmark builds these from its method labels (``spare+cad``, ``spare+cad+gate``,
-``spare+gate+cad``) with each part's dev-tuned settings.
+``spare+gate+cad``) with each part's dev-tuned settings, and exports them as fitted bundles: a saved
+combination is its two parts' folders (``first/``, ``second/``) under a config naming the partner's
+strength and the fallback, so :func:`sparekit.load` and ``sparekit steer --fitted`` read it as one method.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 from transformers import LogitsProcessorList
 
+from sparekit.artifacts import KINDS, Artifact, read_artifact, rebuild, save_artifact
 from sparekit.errors import SparekitError
 from sparekit.hooks import Site
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import Direction, EditFn, SteeringMethod, SteeringPrompt
+from sparekit.utils.config import finite_number
+
+#: the subfolders of a saved combination
+PARTS = ("first", "second")
 
 
 def _overrides(method: SteeringMethod, name: str) -> bool:
     return getattr(type(method), name) is not getattr(SteeringMethod, name)
 
 
+@KINDS.register("combined")  # a kind sparekit.load reads; not a method the benchmark's labels name
 class Combined(SteeringMethod):
     """``first``'s edits and prompt rewrites plus ``second``'s decoding-level steering."""
 
@@ -61,9 +69,19 @@ class Combined(SteeringMethod):
     def _strength(method: SteeringMethod, strength: float | None) -> float | None:
         return method.default_strength if strength is None else strength
 
-    def get_params(self) -> dict[str, Any]:
-        return {"first": self.first, "second": self.second, "second_strength": self.second_strength,
-                "fallback": self.fallback}
+    def save(self, path: str | Path) -> Path:
+        """Each part in its own folder, then the config (written last: a folder with one is complete)."""
+        self.check_is_fitted()
+        path = Path(path)
+        for name in PARTS:
+            getattr(self, name).save(path / name)
+        return save_artifact(path, self.kind, {"second_strength": self.second_strength, "fallback": self.fallback},
+                             {})
 
-    def save(self, path) -> None:
-        raise SparekitError("a combined method is not saved as one", "save each part with its own .save()")
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> Combined:
+        first, second = (rebuild(read_artifact(artifact.path / name), SteeringMethod) for name in PARTS)
+        strength = artifact.params.get("second_strength")
+        where = f"{artifact.path}: second_strength"
+        return cls(first, second, None if strength is None else finite_number(strength, where),
+                   bool(artifact.params.get("fallback", False)))

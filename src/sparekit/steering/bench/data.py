@@ -34,18 +34,26 @@ def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_sho
 
     The ids are also kept in sparekit's cache under the model's hash, the rows' fingerprint and ``k_shot``,
     so runs in separate folders (``--held-out-relation`` fold by fold, two at once) make the closed-book
-    pass over the dataset once: the second waits for the first, then reads its ids.
+    pass over the dataset once: the second waits for the first, then reads its ids. A hub model whose
+    snapshot records no commit (hash ``hub:<name>@unknown``) names no one set of weights, so its ids stay in
+    ``path`` only.
     """
     if not path.is_file():
-        key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}".encode()).hexdigest()
-        shared = cache_dir() / "memorised" / f"{key[:32]}.json"
-        with waiting_lock(shared.with_suffix(".lock")):
-            if not shared.is_file():
-                memorised = memorised_subset(lm, dataset, seed=42, k_shot=k_shot, batch_size=batch_size)
-                atomic_write_json(shared, {"ids": [ex.id for ex in memorised]})
-        atomic_write_json(path, read_json(shared))
+        if lm.info.model_hash.endswith("@unknown"):
+            atomic_write_json(path, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size)})
+        else:
+            key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}".encode())
+            shared = cache_dir() / "memorised" / f"{key.hexdigest()[:32]}.json"
+            with waiting_lock(shared.with_suffix(".lock")):
+                if not shared.is_file():
+                    atomic_write_json(shared, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size)})
+            atomic_write_json(path, read_json(shared))
     keep = set(read_json(path)["ids"])
     return dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
+
+
+def _memorised_ids(lm: LoadedModel, dataset: ConflictDataset, k_shot: int, batch_size: int) -> list[str]:
+    return [ex.id for ex in memorised_subset(lm, dataset, seed=42, k_shot=k_shot, batch_size=batch_size)]
 
 
 def benchmark_splits(memorised: ConflictDataset, dataset: ConflictDataset, config: BenchConfig) -> Splits:

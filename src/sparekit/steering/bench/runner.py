@@ -179,9 +179,11 @@ class SteeringBenchmark:
                                             "em_no_conflict_memory": [], "em_no_conflict_context": []}
         moves: dict[str, list] = {"memory": [], "context": []}
         bar = tqdm(total=len(self.config.seeds) * 4, desc=label, leave=False, disable=not self.progress)
+        methods = {toward: self.tuner.cell_method(label, tuned[toward], toward, data, dev, pool)
+                   for toward in DIRECTIONS}
         for seed in self.config.seeds:
             for toward in DIRECTIONS:
-                method, params = self.tuner.cell_method(label, tuned[toward], toward, data, dev, pool)
+                method, params = methods[toward]
                 for context in ("sub", "org"):
                     prompts = self.test_prompts(test, pool, context, seed)
                     preds = self.cells.get(self.config.test_split, label, params, method, prompts, toward,
@@ -203,10 +205,10 @@ class SteeringBenchmark:
         if use_gate is not None:
             result["gate_fired"] = self.fire_rates(use_gate, test, pool)
         other = partner(label)[0]
-        if other is not None:  # a combination is not saved as one method: its parts' rows export theirs
+        if other is not None:
             result["tuned_partner"] = self.tuner.tune(other, data, dev, pool)
-        elif rank_and_world()[0] == 0:  # one writer: in a data-parallel run every rank evaluates every label
-            export_bundle(self.tuner, label, tuned, data, pool, use_gate or gate)
+        if rank_and_world()[0] == 0:  # one writer: in a data-parallel run every rank evaluates every label
+            export_bundle(self.tuner, label, tuned, {t: m for t, (m, _) in methods.items()}, pool, use_gate or gate)
         return result
 
     # -- the frontier ---------------------------------------------------------------------------
