@@ -25,7 +25,8 @@ def test_the_registry_finds_the_default_models_assets_and_nothing_for_others():
     assert "spare" in assets.steering_labels() and sorted(assets.saes()) == list(range(5, 13))
     assert assets.gate == assets.steering("spare") / "gate"
     described = assets.describe()
-    assert described["model_hash"] == assets.model_hash and set(described["steering"]) == {"adacad", "cad", "spare"}
+    assert described["model_hash"] == assets.model_hash
+    assert set(described["steering"]) == {"adacad", "cad", "spare", "spare+cad"}
     lm = tiny_model("llama")
     assert assets_for(lm.info) is None and assets_for("smollm2-135m") is None and assets_for("no-such") is None
 
@@ -37,7 +38,8 @@ def test_a_server_takes_only_the_shipped_bundles_it_can_mix_in_a_batch():
 
     assets = default_assets()
     assert assets.steering_kinds("cad") == {"cad"} and assets.steering_kinds("spare") == {"spare"}
-    assert assets.steering_labels() == ["adacad", "cad", "spare"]
+    assert assets.steering_kinds("spare+cad") == {"combined"}  # SpARE's edit with CAD's contrast: for `steer`
+    assert assets.steering_labels() == ["adacad", "cad", "spare", "spare+cad"]
     assert assets.steering_labels(SERVABLE_KINDS) == ["spare"] and "cad" not in SERVABLE_KINDS
 
 
@@ -52,7 +54,8 @@ def test_shipped_readers_refuse_a_model_without_assets():
         shipped_root("spare", info)
     with pytest.raises(SparekitError, match="no probes shipped for tiny-llama"):
         resolve_probe_dir(None, info)
-    with pytest.raises(SparekitError, match=r"no shipped sparee for default \(shipped: adacad, cad, spare\)"):
+    shipped = r"\(shipped: adacad, cad, spare, spare\+cad\)"
+    with pytest.raises(SparekitError, match=rf"no shipped sparee for default {shipped}"):
         shipped_root("sparee")
     assert shipped_layers(info) == [] and shipped_layers() == list(range(5, 13))
     with pytest.raises(SparekitError, match="shipped layers: 5, 6"):

@@ -100,17 +100,21 @@ def test_steer_with_the_shipped_gate(capsys):
 
 
 @pytest.mark.slow
-def test_the_shipped_cad_steers_a_conflict_and_leaves_a_true_context_alone(capsys):
-    """`sparekit steer --method cad --gate`: the shipped bundle's recall gate fires where the passage contradicts
-    the model's closed-book answer, and CAD answers from memory; on the true passage it stays quiet."""
+@pytest.mark.parametrize(("method", "toward", "strength", "target"),
+                         [("cad", "memory", 0.5, "Paris"), ("spare+cad", "context", 1.0, "Porto-Novo")])
+def test_a_shipped_recall_gated_bundle_steers_a_conflict_and_leaves_a_true_context_alone(method, toward, strength,
+                                                                                        target, capsys):
+    """`sparekit steer --method cad --gate` (or spare+cad): the shipped bundle's recall gate fires where the passage
+    contradicts the model's closed-book answer, and the method answers as asked; on the true passage it stays
+    quiet."""
     question = "What is the capital of France?"
     answers = {}
     for passage in ("The capital of France is Porto-Novo.", "The capital of France is Paris."):
-        assert main(["steer", passage, question, "--toward", "memory", "--method", "cad", "--gate", "--json"]) == 0
+        assert main(["steer", passage, question, "--toward", toward, "--method", method, "--gate", "--json"]) == 0
         answers[passage] = json.loads(capsys.readouterr().out)
     conflict, true = answers.values()
-    assert (conflict["gate"], conflict["strength"], conflict["gate_fired"]) == ("recall", 0.5, True)
-    assert conflict["unsteered"] != "Paris" and conflict["steered"] == "Paris"
+    assert (conflict["gate"], conflict["strength"], conflict["gate_fired"]) == ("recall", strength, True)
+    assert conflict["unsteered"] != target and conflict["steered"] == target
     assert true["gate_fired"] is False and true["steered"] == true["unsteered"] == "Paris"
 
 

@@ -19,7 +19,8 @@ from sparekit.data.dataset import ConflictExample
 from sparekit.errors import SparekitError
 from sparekit.models.tiny import tiny_model
 from sparekit.probes.linear import LinearProbe
-from sparekit.steering import BehaviourData, FittedBundle, FittedSteering, SteeringMethod, SteeringPrompt, make_method
+from sparekit.steering import (BehaviourData, Combined, FittedBundle, FittedSteering, SteeringMethod, SteeringPrompt,
+                               make_method)
 from sparekit.steering.fitted import shipped_root
 from sparekit.steering.gate import ProbeGate, RecallGate
 from sparekit.utils.io import atomic_write_json
@@ -170,6 +171,24 @@ def test_the_shipped_decoding_bundles_are_what_their_script_writes(tmp_path):
         assert files and files == sorted(p.relative_to(tmp_path / kind) for p in (tmp_path / kind).rglob("*")
                                          if p.is_file())
         assert all((tmp_path / kind / f).read_bytes() == (shipped_root(kind) / f).read_bytes() for f in files)
+
+
+def test_the_shipped_spare_cad_bundle_is_what_its_script_writes(tmp_path):
+    """SpARE + CAD ships as a combination per direction (SpARE's features naming the shipped SAEs, CAD at 0.5), the
+    recall gate by name and the shipped SpARE's demonstrations; the script, given it, rewrites it byte for byte."""
+    root = shipped_root("spare+cad")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_combined_bundle.py"), str(root), "--out",
+                    str(tmp_path)], check=True, capture_output=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    shipped = FittedBundle.load(root, FittedBundle.load(shipped_root("spare")).model_hash)
+    assert isinstance(shipped.gate, RecallGate) and shipped.demos == FittedBundle.load(shipped_root("spare")).demos
+    for toward in ("memory", "context"):
+        method = shipped[toward].method
+        assert isinstance(method, Combined) and (method.first.kind, method.second.kind) == ("spare", "cad")
+        assert method.second_strength == 0.5 and not method.fallback and method.first.sae == "default"
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "spare+cad") for p in (tmp_path / "spare+cad").rglob("*")
+                           if p.is_file())
+    assert all((tmp_path / "spare+cad" / f).read_bytes() == (root / f).read_bytes() for f in files)
 
 
 def test_damaged_settings_are_one_error_line(tmp_path, bundle):
