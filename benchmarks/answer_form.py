@@ -12,6 +12,9 @@ the no-conflict prompts that are longer than every gold alias.
     python benchmarks/answer_form.py runs/broad-relation --test-format rag \
       --methods none,icl,cad,adacad,cad+recall,adacad+recall,actadd,spare,spare+recall
     python benchmarks/answer_form.py runs/broad-relation-full --methods none --paired spare+cad+recall,cad+recall
+
+``--paired A,B`` also sorts A's answers on the conflicts only B answers right (:data:`LOSS_KINDS`): the other
+side's answer, or a change of the answer's form or type.
 """
 
 from __future__ import annotations
@@ -96,24 +99,53 @@ def fold_scores(folder: Path, output, split: str, labels: list[str], rows: dict[
     return {"scores": scores, "long_share": float(long)}
 
 
-def paired_counts(folder: Path, output, split: str, pair: tuple[str, str], rows: dict[str, ConflictExample],
-                  context_match: str = "answer") -> dict[str, list[int]]:
-    """Per direction, [items only ``pair[0]`` answers right, items only ``pair[1]`` does] over the fold's
-    conflict prompts and seeds, by the benchmark's EM: the discordant pairs of a sign test."""
+def paired_items(folder: Path, output, split: str, pair: tuple[str, str], rows: dict[str, ConflictExample],
+                 context_match: str = "answer") -> dict[str, list[tuple[str, bool, bool, SteeringPrompt]]]:
+    """Per direction, (``pair[0]``'s prediction, whether it is right, whether ``pair[1]``'s is, the prompt) for every
+    conflict prompt of the fold and seed, by the benchmark's EM, the two labels' cells paired by item."""
     results = read_json(folder / output("results.json"))
     cells = Cells(None, folder, 1, context_match)
     a, b = (tuned_cells(folder, results, split, label, rows, cells) for label in pair)
-    counts = {}
+    items: dict[str, list] = {}
     for toward in DIRECTIONS:
-        pairs = []
+        items[toward] = []
         for key in (k for k in a if k[1:] == ("sub", toward)):
             theirs = {q.example.id: y for y, q in b[key]}  # paired by item, not by position in the file
             if set(theirs) != {p.example.id for _, p in a[key]}:
                 raise SparekitError(f"{folder}: {pair[0]} and {pair[1]} were tested on different items (seed "
                                     f"{key[0]}, toward {toward})", "compare labels of one run")
-            pairs += [(cells.hit(x, p, toward), cells.hit(theirs[p.example.id], p, toward)) for x, p in a[key]]
-        counts[toward] = [sum(x and not y for x, y in pairs), sum(y and not x for x, y in pairs)]
-    return counts
+            items[toward] += [(x, cells.hit(x, p, toward), cells.hit(theirs[p.example.id], p, toward), p)
+                              for x, p in a[key]]
+    return items
+
+
+def paired_counts(folder: Path, output, split: str, pair: tuple[str, str], rows: dict[str, ConflictExample],
+                  context_match: str = "answer") -> dict[str, list[int]]:
+    """Per direction, [items only ``pair[0]`` answers right, items only ``pair[1]`` does] over the fold's
+    conflict prompts and seeds, by the benchmark's EM: the discordant pairs of a sign test."""
+    return {toward: [sum(x and not y for _, x, y, _ in found), sum(y and not x for _, x, y, _ in found)]
+            for toward, found in paired_items(folder, output, split, pair, rows, context_match).items()}
+
+
+#: what a method answered where it lost (:func:`loss_kind`), in the order they are tried
+LOSS_KINDS = ("the other side's answer", "a word of the question", "a phrase holding the target",
+              "another relation's answer", "something else")
+
+
+def loss_kind(prediction: str, prompt: SteeringPrompt, toward: str, other_relations: set[str]) -> str:
+    """Which of :data:`LOSS_KINDS` a wrong conflict answer is: the side not asked for (the context's answer toward
+    memory, the memorised one toward context), the question's own words (its subject: "Egypt" for the capital of
+    Egypt), a longer phrase holding the target, an answer of another relation of the corpus, or none of these."""
+    said = normalize_answer(prediction)
+    target, other = ((prompt.example.org_answer, prompt.example.sub_answer) if toward == "memory" else
+                     (prompt.example.sub_answer, prompt.example.org_answer))
+    if any(normalize_answer(a) == said for a in other):
+        return LOSS_KINDS[0]
+    if said and said in normalize_answer(prompt.example.question):
+        return LOSS_KINDS[1]
+    if any(normalize_answer(a) in said for a in target):
+        return LOSS_KINDS[2]
+    return LOSS_KINDS[3] if said in other_relations else LOSS_KINDS[4]
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -152,6 +184,25 @@ def main() -> None:
         for toward in DIRECTIONS:
             wins, losses = (sum(c[toward][i] for c in counts) for i in (0, 1))
             print(f"| {toward} | {wins} | {losses} | {sign_test(wins, losses):.4f} |")
+        print_losses(args.run, folds, config, pair, dataset)
+
+
+def print_losses(run: Path, folds, config: BenchConfig, pair: tuple[str, str], dataset) -> None:
+    """What ``pair[0]`` answered on the conflicts only ``pair[1]`` answers right, by :data:`LOSS_KINDS`."""
+    rows = {ex.id: ex for ex in dataset}
+    kinds = {toward: dict.fromkeys(LOSS_KINDS, 0) for toward in DIRECTIONS}
+    for fold in folds:
+        found = paired_items(run / f"held-out-{fold}", config.output, config.test_split, pair, rows,
+                             dataset.context_match)
+        others = {normalize_answer(a) for ex in dataset if ex.relation != fold for a in ex.org_answer}
+        for toward, items in found.items():
+            for said, right, theirs_right, prompt in items:
+                if theirs_right and not right:
+                    kinds[toward][loss_kind(said, prompt, toward, others)] += 1
+    print(f"\nwhere only {pair[1]} is right, {pair[0]} answered:\n\n| direction | "
+          + " | ".join(LOSS_KINDS) + " |\n|---|" + "---|" * len(LOSS_KINDS))
+    for toward in DIRECTIONS:
+        print(f"| {toward} | " + " | ".join(str(n) for n in kinds[toward].values()) + " |")
 
 
 if __name__ == "__main__":

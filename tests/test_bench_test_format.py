@@ -243,6 +243,17 @@ def test_answer_form_pairs_two_methods_item_by_item(tiny_llama_few_shot, sample,
         answer_form.paired_counts(*args, ("cad", "none"), rows)
 
 
+def test_a_lost_answer_is_sorted_by_what_it_says(answer_form):
+    example = ConflictExample(id="x", question="What is the capital of Egypt?", org_context="", org_answer=("Cairo",),
+                              sub_context="The capital of Egypt is Prague.", sub_answer=("Prague",))
+    prompt = SteeringPrompt(example, "sub", ())
+    countries = {"france", "egypt"}
+    kinds = [answer_form.loss_kind(said, prompt, toward, countries) for said, toward in (
+        ("Prague", "memory"), ("Cairo", "context"), ("Egypt", "memory"), ("the capital is Cairo.", "memory"),
+        ("France", "memory"), ("Giza", "memory"))]
+    assert kinds == [answer_form.LOSS_KINDS[i] for i in (0, 0, 1, 2, 3, 4)]
+
+
 def _answer(rows, cell: dict, right: bool) -> str:
     """The context's answer to a cell's conflict item, or a wrong one."""
     return rows[cell["id"].rsplit(":", 1)[0]].sub_answer[0] if right else "nothing of the kind"
