@@ -235,6 +235,7 @@ def test_folds_in_separate_folders_make_one_closed_book_pass(tiny_llama, tmp_pat
     assert passes == [3, 0, 3]
     # a hub snapshot without a commit names no one set of weights: nothing shared, a pass per folder
     unpinned = tiny_llama._replace(info=dataclasses.replace(tiny_llama.info, model_hash="hub:m@unknown"))
+    assert tiny_llama.info.pins_weights and not unpinned.info.pins_weights
     for fold in ("a", "b"):
         memorised_items(unpinned, dataset, tmp_path / fold / "memorised.json", 3, 8)
     assert passes == [3, 0, 3, 3, 3] and len(list((tmp_path / "cache" / "memorised").glob("*.json"))) == 3

@@ -30,6 +30,8 @@ _LAYOUTS: dict[str, tuple[str, str, str]] = {
 SUPPORTED_ARCHITECTURES = tuple(sorted(_LAYOUTS))
 #: the attention output projection inside the attention module (its input holds the per-head outputs)
 _OUT_PROJ = {"gpt2": "c_proj"}
+#: the revision in a hub model's hash (``hub:<name>@<revision>``) when its snapshot records no commit
+UNPINNED_REVISION = "unknown"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class ModelInfo:
     attn_attr: str
     mlp_attr: str
     model_hash: str
+
+    @property
+    def pins_weights(self) -> bool:
+        """Whether ``model_hash`` names one set of weights: a hub snapshot without a commit does not, so nothing
+        may be cached under it for another run to reuse."""
+        return not self.model_hash.endswith(f"@{UNPINNED_REVISION}")
 
     def block_path(self, layer: int) -> str:
         return f"{self.layers_path}.{layer}"

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from sparekit.errors import SparekitError
 from sparekit.models import fingerprint
-from sparekit.models.architecture import ModelInfo, describe
+from sparekit.models.architecture import UNPINNED_REVISION, ModelInfo, describe
 from sparekit.models.fingerprint import SUPPORTED_TRANSFORMERS  # noqa: F401  (read here by the CLI and scripts)
 from sparekit.models.placement import check_device, device_map_kwargs
 from sparekit.utils.arrays import to_numpy
@@ -220,7 +220,7 @@ def load_model(
     else:
         model, tokenizer = _load_folder(source, name_or_path, torch_dtype, device_map_kwargs(device_map, digest))
     if isinstance(source, str) and digest.startswith("hub:"):
-        digest = f"hub:{name_or_path}@{getattr(model.config, '_commit_hash', None) or 'unknown'}"
+        digest = f"hub:{name_or_path}@{getattr(model.config, '_commit_hash', None) or UNPINNED_REVISION}"
     model = (model if device_map is not None else model.to(device)).eval()
     prepare_tokenizer(tokenizer)
     lm = LoadedModel(model, tokenizer, describe(model, name_or_path, digest))

@@ -34,12 +34,11 @@ def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_sho
 
     The ids are also kept in sparekit's cache under the model's hash, the rows' fingerprint and ``k_shot``,
     so runs in separate folders (``--held-out-relation`` fold by fold, two at once) make the closed-book
-    pass over the dataset once: the second waits for the first, then reads its ids. A hub model whose
-    snapshot records no commit (hash ``hub:<name>@unknown``) names no one set of weights, so its ids stay in
-    ``path`` only.
+    pass over the dataset once: the second waits for the first, then reads its ids. A model whose hash names no
+    one set of weights (:attr:`~sparekit.models.architecture.ModelInfo.pins_weights`) keeps its ids in ``path`` only.
     """
     if not path.is_file():
-        if lm.info.model_hash.endswith("@unknown"):
+        if not lm.info.pins_weights:
             atomic_write_json(path, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size)})
         else:
             key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}".encode())
