@@ -123,8 +123,13 @@ def paired_counts(folder: Path, output, split: str, pair: tuple[str, str], rows:
                   context_match: str = "answer") -> dict[str, list[int]]:
     """Per direction, [items only ``pair[0]`` answers right, items only ``pair[1]`` does] over the fold's
     conflict prompts and seeds, by the benchmark's EM: the discordant pairs of a sign test."""
+    return discordant(paired_items(folder, output, split, pair, rows, context_match))
+
+
+def discordant(items: dict[str, list[tuple[str, bool, bool, SteeringPrompt]]]) -> dict[str, list[int]]:
+    """Per direction, [only the first right, only the second right] of :func:`paired_items`."""
     return {toward: [sum(x and not y for _, x, y, _ in found), sum(y and not x for _, x, y, _ in found)]
-            for toward, found in paired_items(folder, output, split, pair, rows, context_match).items()}
+            for toward, found in items.items()}
 
 
 #: what a method answered where it lost (:func:`loss_kind`), in the order they are tried
@@ -178,22 +183,21 @@ def main() -> None:
         print(f"| {label} | {cells[0]} | {cells[1]} |")
     if args.paired:
         pair = tuple(args.paired.split(","))
-        counts = [paired_counts(args.run / f"held-out-{fold}", config.output, config.test_split, pair, rows,
-                                dataset.context_match) for fold in folds]
+        paired = {fold: paired_items(args.run / f"held-out-{fold}", config.output, config.test_split, pair, rows,
+                                     dataset.context_match) for fold in folds}
+        counts = [discordant(items) for items in paired.values()]
         print(f"\n| direction | only {pair[0]} right | only {pair[1]} right | sign test p |\n|---|---|---|---|")
         for toward in DIRECTIONS:
             wins, losses = (sum(c[toward][i] for c in counts) for i in (0, 1))
             print(f"| {toward} | {wins} | {losses} | {sign_test(wins, losses):.4f} |")
-        print_losses(args.run, folds, config, pair, dataset)
+        print_losses(paired, pair, dataset)
 
 
-def print_losses(run: Path, folds, config: BenchConfig, pair: tuple[str, str], dataset) -> None:
-    """What ``pair[0]`` answered on the conflicts only ``pair[1]`` answers right, by :data:`LOSS_KINDS`."""
-    rows = {ex.id: ex for ex in dataset}
+def print_losses(paired: dict[str, dict], pair: tuple[str, str], dataset) -> None:
+    """What ``pair[0]`` answered on the conflicts only ``pair[1]`` answers right, by :data:`LOSS_KINDS`, from each
+    held-out fold's :func:`paired_items`."""
     kinds = {toward: dict.fromkeys(LOSS_KINDS, 0) for toward in DIRECTIONS}
-    for fold in folds:
-        found = paired_items(run / f"held-out-{fold}", config.output, config.test_split, pair, rows,
-                             dataset.context_match)
+    for fold, found in paired.items():
         others = {normalize_answer(a) for ex in dataset if ex.relation != fold for a in ex.org_answer}
         for toward, items in found.items():
             for said, right, theirs_right, prompt in items:
