@@ -18,7 +18,6 @@ half the data on, the amount is not what holds SpARE back.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     stored = json.loads((args.run / "config.json").read_text())
-    config = BenchConfig(**{f.name: stored[f.name] for f in dataclasses.fields(BenchConfig)})
+    config = BenchConfig.from_record(stored)
     lm, dataset = load_model(stored["model"]), load_dataset(stored["dataset"])
     bench = SteeringBenchmark(lm, dataset, config, args.run, progress=False, memorised_file=args.memorised)
     pool, dev, test = bench.splits()

@@ -8,7 +8,6 @@ recall detector").
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from sparekit.data import load_dataset
@@ -26,8 +25,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     recorded = read_json(args.run / "config.json")
-    fields = {f.name: recorded[f.name] for f in dataclasses.fields(BenchConfig) if f.name in recorded}
-    config = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    config = BenchConfig.from_record(recorded)
     lm = load_model(recorded["model"])
     bench = SteeringBenchmark(lm, load_dataset(args.dataset), config, args.run, progress=False)
     pool, _, test = bench.splits()

@@ -164,6 +164,16 @@ def test_fit_formats_errors():
     assert BenchConfig(fit_formats=("rag",)).record()["fit_formats"] == ("rag",)
 
 
+def test_a_recorded_config_reads_back_as_the_config_that_wrote_it():
+    """What scripts rebuild from a run's config.json (its JSON: lists for tuples, extra keys beside) is the run's
+    config, so the splits they recompute are the run's."""
+    config = BenchConfig(methods=("none", "spare+cad+recall"), seeds=(42, 43), layers=(9, 10), held_out_kind="numbers",
+                         fit_formats=("three_shot", "rag"), param_grids={"spare": {"layers": [[9, 10]]}})
+    stored = json.loads(json.dumps({"kind": "bench-steer", "model": "default", **config.record()}))
+    assert BenchConfig.from_record(stored) == config
+    assert BenchConfig.from_record(json.loads(json.dumps(BenchConfig().record()))) == BenchConfig()
+
+
 def test_leave_one_format_out_tests_each_fit_format_fitted_on_the_others(tiny_llama, sample, tmp_path, monkeypatch):
     seen = []
 

@@ -3,6 +3,7 @@ shipped assets read; `sparekit.load` the one loader, refusing what a caller did 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -177,7 +178,7 @@ def test_the_shipped_spare_cad_bundle_is_what_its_script_writes(tmp_path):
     """SpARE + CAD ships as a combination per direction (SpARE's features naming the shipped SAEs, CAD at 0.5), the
     recall gate by name and the shipped SpARE's demonstrations; the script, given it, rewrites it byte for byte."""
     root = shipped_root("spare+cad")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_combined_bundle.py"), str(root), "--out",
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_run_bundle.py"), str(root), "--out",
                     str(tmp_path)], check=True, capture_output=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
     shipped = FittedBundle.load(root, FittedBundle.load(shipped_root("spare")).model_hash)
     assert isinstance(shipped.gate, RecallGate) and shipped.demos == FittedBundle.load(shipped_root("spare")).demos
@@ -189,6 +190,23 @@ def test_the_shipped_spare_cad_bundle_is_what_its_script_writes(tmp_path):
     assert files == sorted(p.relative_to(tmp_path / "spare+cad") for p in (tmp_path / "spare+cad").rglob("*")
                            if p.is_file())
     assert all((tmp_path / "spare+cad" / f).read_bytes() == (root / f).read_bytes() for f in files)
+
+
+def test_a_run_bundle_ships_with_the_shipped_demos_and_the_gate_it_is_given(tmp_path):
+    """`ship_run_bundle.py <run>/fitted/spare+recall --gate-from spare`: shipped as `spare`, with the shipped
+    SpARE's demonstrations and its probe gate in place of the run's own."""
+    shipped = FittedBundle.load(shipped_root("spare"))
+    directions = {t: dataclasses.replace(f, demos=(DEMO,)) for t, f in shipped.directions.items()}
+    run_bundle = FittedBundle("spare+recall", directions, (DEMO,), shipped.model_hash, RecallGate())
+    folder = run_bundle.save(tmp_path / "fitted" / "spare+recall")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_run_bundle.py"), str(folder), "--gate-from", "spare",
+                    "--out", str(tmp_path / "out")], check=True, capture_output=True,
+                   env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
+    copy = FittedBundle.load(tmp_path / "out" / "spare", shipped.model_hash)
+    assert copy.label == "spare" and copy.demos == shipped.demos and DEMO not in copy.demos
+    assert isinstance(copy.gate, ProbeGate) and copy.gate.threshold == shipped.require_gate().threshold
+    assert {t: (f.strength, f.demos) for t, f in copy.directions.items()} == \
+        {t: (f.strength, shipped.demos) for t, f in shipped.directions.items()}
 
 
 def test_damaged_settings_are_one_error_line(tmp_path, bundle):

@@ -60,6 +60,7 @@ class DemoCommand:
         # deliberately lazy: these pull in torch and transformers (seconds), after the first step is said
         from sparekit.probes.detect import read_contexts
         from sparekit.steering import demo  # lazy, as above
+        from sparekit.steering.fitted import FittedBundle, shipped_root  # lazy, as above
         from sparekit.steering.question import steer_question  # lazy, as above
 
         lm, probes, builder = demo.load_default(self.prompt_format, self.device, self.device_map)
@@ -75,5 +76,6 @@ class DemoCommand:
         if self.table:
             on_step(f"5/{steps} measuring on {len(demo.HELD_OUT_ITEMS)} held-out conflicts (about a minute on 2 "
                     "cores)")
-            result["table"] = demo.measured_table(lm, self.method, builder, progress=True)
+            bundle = FittedBundle.load(shipped_root(self.method), lm.info.model_hash)
+            result["table"] = demo.measured_table(lm, bundle, builder, progress=True)
         return result

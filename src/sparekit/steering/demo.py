@@ -4,6 +4,8 @@ so one lucky example is never the whole story."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tqdm.auto import tqdm
 
 from sparekit.data import load_dataset
@@ -16,7 +18,7 @@ from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir
 from sparekit.probes.reading import ProbeSet, read_prompts
 from sparekit.steering.base import SteeringPrompt, make_method
-from sparekit.steering.fitted import FittedBundle, shipped_root
+from sparekit.steering.fitted import FittedBundle
 
 #: 3 items per relation from the test split of the run that tuned the shipped SpARE and fitted its gate
 #: (BENCHMARKS.md, steering: 761 memorised items, pool 128 / dev 64 groups, split seed 0; the shipped
@@ -42,16 +44,22 @@ def answers(lm: LoadedModel, builder: PromptBuilder, ex: ConflictExample) -> dic
             "conflict_behaviour": behaviour_label(conflict, ex)}
 
 
-def measured_table(lm: LoadedModel, method_label: str, builder: PromptBuilder, progress: bool = False) -> dict:
-    """EM toward each side on :data:`HELD_OUT_ITEMS`, unsteered, steered and gated, with the gate's reading;
-    prompts from ``builder``, as every command builds them.
+def held_out_items() -> list[ConflictExample]:
+    """The rows of :data:`HELD_OUT_ITEMS` in the default dataset."""
+    by_id = {ex.id: ex for ex in load_dataset("default")}
+    return [by_id[i] for i in HELD_OUT_ITEMS]
+
+
+def measured_table(lm: LoadedModel, bundle: FittedBundle, builder: PromptBuilder,
+                   items: Sequence[ConflictExample] | None = None, progress: bool = False) -> dict:
+    """EM toward each side on ``items`` (default :func:`held_out_items`), unsteered, steered with ``bundle``
+    and gated by its gate, with the gate's reading; prompts from ``builder``, as every command builds them.
 
     Counts, not percentages: a dozen items show the direction of an effect, not its size
-    (BENCHMARKS.md has the full tables). ``progress``: a bar over its five generations on stderr.
+    (BENCHMARKS.md has the full tables; ``benchmarks/bundle_table.py`` runs this table on more items and
+    bundles). ``progress``: a bar over its five generations on stderr.
     """
-    by_id = {ex.id: ex for ex in load_dataset("default")}
-    items = [by_id[i] for i in HELD_OUT_ITEMS]
-    bundle = FittedBundle.load(shipped_root(method_label), lm.info.model_hash)
+    items = held_out_items() if items is None else list(items)
     fitted = {toward: bundle[toward] for toward in ("memory", "context")}
     gate = bundle.require_gate()
 
@@ -66,7 +74,7 @@ def measured_table(lm: LoadedModel, method_label: str, builder: PromptBuilder, p
         unsteered = plain.generate(conflicts)
     bar.update()
     rows = {"unsteered": {t: sum(map(hits[t], unsteered, items)) for t in hits}}
-    for label, use_gate in ((method_label, None), (f"{method_label}+gate", gate)):
+    for label, use_gate in ((bundle.label, None), (f"{bundle.label}+gate", gate)):
         rows[label] = {}
         for toward, f in fitted.items():
             with f.method.steer(lm, toward=toward, strength=f.strength, gate=use_gate, batch_size=n) as steered:
@@ -75,4 +83,5 @@ def measured_table(lm: LoadedModel, method_label: str, builder: PromptBuilder, p
     bar.close()
     fired = {context: int(read_prompts(lm, [p.text for p in prompts(context)], gate=gate).fired.sum())
              for context in ("sub", "org")}
-    return {"n": n, "items": list(HELD_OUT_ITEMS), "em": rows, "gate_fired": fired, "gate_layer": gate.site.layer}
+    return {"n": n, "items": [ex.id for ex in items], "em": rows, "gate_fired": fired,
+            "gate_layer": gate.site.layer}

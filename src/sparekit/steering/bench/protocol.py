@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sparekit.data.dataset import ConflictDataset
@@ -90,6 +90,12 @@ class BenchConfig:
         if self.protocol == "paper" and "gate" in gates:
             raise SparekitError("the paper protocol has no dev split to calibrate a gate on",
                                 "drop the +gate methods or use --protocol sparekit")
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> BenchConfig:
+        """The config a run directory's ``config.json`` records (:meth:`record`; other keys ignored)."""
+        known = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
 
     def held_out(self) -> tuple[str, str] | None:
         """(field, value) of what is held out (``("kind", "numbers")``), or ``None`` for an in-distribution run."""
