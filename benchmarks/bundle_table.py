@@ -23,7 +23,7 @@ from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample
 from sparekit.steering.bench.data import benchmark_splits
 from sparekit.steering.bench.protocol import BenchConfig
-from sparekit.steering.demo import load_default, measured_table
+from sparekit.steering.demo import held_out_items, load_default, measured_table
 from sparekit.steering.fitted import FittedBundle, shipped_root
 from sparekit.utils.io import read_json
 
@@ -52,11 +52,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the tables as JSON")
     args = parser.parse_args()
     lm, _, builder = load_default(args.prompt_format, None, None)
-    items = None if args.run is None else run_test_split(args.run)
-    if items is not None and args.relations:
+    items = held_out_items() if args.run is None else run_test_split(args.run)
+    if args.relations:
         items = [ex for ex in items if ex.relation in args.relations.split(",")]
-    if items is not None and args.exclude_relations:
+    if args.exclude_relations:
         items = [ex for ex in items if ex.relation not in args.exclude_relations.split(",")]
+    if not items:
+        raise SystemExit("no items left: check --relations / --exclude-relations against the items' relations")
     tables = {name: measured_table(lm, FittedBundle.load(bundle_folder(name), lm.info.model_hash), builder, items,
                                    progress=True) for name in args.bundles}
     if args.json:

@@ -16,9 +16,10 @@ from sparekit.evaluation.metrics import behaviour_label, exact_match, uses_conte
 from sparekit.models import load_model
 from sparekit.models.loading import LoadedModel
 from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_dir
-from sparekit.probes.reading import ProbeSet, read_prompts
-from sparekit.steering.base import SteeringPrompt, make_method
+from sparekit.probes.reading import ProbeSet
+from sparekit.steering.base import Gate, SteeringPrompt, make_method
 from sparekit.steering.fitted import FittedBundle
+from sparekit.steering.gate import ProbeGate
 
 #: 3 items per relation from the test split of the run that tuned the shipped SpARE and fitted its gate
 #: (BENCHMARKS.md, steering: 761 memorised items, pool 128 / dev 64 groups, split seed 0; the shipped
@@ -81,7 +82,12 @@ def measured_table(lm: LoadedModel, bundle: FittedBundle, builder: PromptBuilder
                 rows[label][toward] = sum(map(hits[toward], steered.generate(conflicts), items))
             bar.update()
     bar.close()
-    fired = {context: int(read_prompts(lm, [p.text for p in prompts(context)], gate=gate).fired.sum())
-             for context in ("sub", "org")}
-    return {"n": n, "items": [ex.id for ex in items], "em": rows, "gate_fired": fired,
-            "gate_layer": gate.site.layer}
+    fired = {context: int(gate.decide(lm, prompts(context)).sum()) for context in ("sub", "org")}
+    return {"n": n, "items": [ex.id for ex in items], "em": rows, "gate_fired": fired, "gate": describe_gate(gate)}
+
+
+def describe_gate(gate: Gate) -> str:
+    """What decides where ``gate`` fires, in a few words."""
+    if isinstance(gate, ProbeGate):
+        return f"probe at block {gate.site.layer}, fitted without these items"
+    return f"{gate.name}, fits nothing"
