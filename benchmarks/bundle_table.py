@@ -2,10 +2,10 @@
 
 Each bundle steers the same conflicts, built as every command builds them (the request-time prompt builder of
 the default model's shipped probes, ``--prompt-format``), toward memory and toward the context, alone and
-behind its gate (:func:`sparekit.steering.demo.measured_table`): EM counts out of the items, and how often the
-gate fires with the conflicting and with the true context. Items: the demo's twelve held-out conflicts
-(default), or a ``bench steer`` run's test split (``--run``; e.g. one that fitted a candidate bundle, so no
-item was fitted or tuned on), optionally only some relations (``--relations``) or all but some
+behind its gate and the recall gate (:func:`sparekit.steering.demo.measured_table`): EM counts out of the
+items, and how often each gate fires with the conflicting and with the true context. Items: the demo's twelve
+held-out conflicts (default), or a ``bench steer`` run's test split (``--run``; e.g. one that fitted a candidate
+bundle, so no item was fitted or tuned on), optionally only some relations (``--relations``) or all but some
 (``--exclude-relations``).
 
     python benchmarks/bundle_table.py spare runs/refit/spare --run runs/broad-indist
@@ -65,13 +65,13 @@ def main() -> None:
         print(json.dumps(tables, indent=2))
         return
     n = next(iter(tables.values()))["n"]
-    print(f"{n} conflicts; EM counts → memory / → context; the gate fires on conflicting / true contexts\n")
-    print("| bundle | unsteered | steered | gated | gate fires |\n|---|---|---|---|---|")
+    print(f"{n} conflicts; EM counts → memory / → context; where a gate fires: conflicting / true contexts\n")
+    print("| bundle | row | EM → memory / → context | gate fires |\n|---|---|---|---|")
     for name, table in tables.items():
-        em = list(table["em"].values())
-        cells = [f"{row['memory']} / {row['context']}" for row in em]
-        print(f"| {name} | {' | '.join(cells)} | {table['gate_fired']['sub']} / {table['gate_fired']['org']} |")
-
+        for row, em in table["em"].items():
+            gate = next((g for suffix, g in table["gates"].items() if row.endswith(suffix)), None)
+            fires = "" if gate is None else f"{gate['fired']['sub']} / {gate['fired']['org']} ({gate['gate']})"
+            print(f"| {name} | {row} | {em['memory']} / {em['context']} | {fires} |")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_serve.py", ["--n", "2", "--cost-n", "1", "--rounds", "1", "--clients", "1,2", "--threads", "1"], "÷ plain"),
     ("bench_kv.py", ["--length", "48", "--new-tokens", "3", "--ratios", "0.5", "--rounds", "1"], "÷ uncompressed"),
     ("kv_norm_stats.py", ["--models", "default", "--length", "64", "--prompts", "1"], "mean, global layers"),
-    ("bundle_table.py", ["spare", "cad", "--relations", "capital"], "| cad |"),
+    ("bundle_table.py", ["spare", "cad", "--relations", "capital"], "| cad | cad+gate |"),
 ])
 def test_benchmark_script_runs(script, args, expected):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,

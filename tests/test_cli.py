@@ -55,9 +55,11 @@ def test_demo_runs_on_shipped_artefacts(capsys):
         assert steering["method"] == "spare" and steering["strength"] is not None
         assert steering["steered"].strip() != "" and steering["unsteered"] == result["with_sub_context"]
     table = result["table"]
-    assert table["n"] == 12 and set(table["em"]) == {"unsteered", "spare", "spare+gate"}
+    assert table["n"] == 12 and set(table["em"]) == {"unsteered", "spare", "spare+gate", "spare+recall"}
     assert all(0 <= count <= 12 for row in table["em"].values() for count in row.values())
-    assert 0 <= table["gate_fired"]["org"] <= table["gate_fired"]["sub"] <= 12
+    assert set(table["gates"]) == {"+gate", "+recall"}
+    assert all(0 <= g["fired"]["org"] <= g["fired"]["sub"] <= 12 for g in table["gates"].values())
+    assert table["gates"]["+recall"]["gate"] == "the recall gate, fits nothing"
 
 
 def test_demo_table_items_were_held_out_of_the_shipped_tuning():

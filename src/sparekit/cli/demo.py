@@ -22,8 +22,9 @@ def render_table(t: dict) -> list[str]:
              "  method            → memory   → context"]
     for label, row in t["em"].items():
         lines.append(f"  {label:<16}  {row['memory']:>2}/{n}      {row['context']:>2}/{n}")
-    lines.append(f"  conflict gate ({t['gate']}): fired on "
-                 f"{t['gate_fired']['sub']}/{n} conflicts, {t['gate_fired']['org']}/{n} true contexts")
+    for suffix, gate in t["gates"].items():
+        lines.append(f"  {suffix}: {gate['gate']}: fired on {gate['fired']['sub']}/{n} conflicts, "
+                     f"{gate['fired']['org']}/{n} true contexts")
     return lines
 
 

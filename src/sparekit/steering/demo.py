@@ -19,7 +19,7 @@ from sparekit.probes.detect import load_probes, prompt_builder, resolve_probe_di
 from sparekit.probes.reading import ProbeSet
 from sparekit.steering.base import Gate, SteeringPrompt, make_method
 from sparekit.steering.fitted import FittedBundle
-from sparekit.steering.gate import ProbeGate
+from sparekit.steering.gate import ProbeGate, RecallGate
 
 #: 3 items per relation from the test split of the run that tuned the shipped SpARE and fitted its gate
 #: (BENCHMARKS.md, steering: 761 memorised items, pool 128 / dev 64 groups, split seed 0; the shipped
@@ -53,16 +53,19 @@ def held_out_items() -> list[ConflictExample]:
 
 def measured_table(lm: LoadedModel, bundle: FittedBundle, builder: PromptBuilder,
                    items: Sequence[ConflictExample] | None = None, progress: bool = False) -> dict:
-    """EM toward each side on ``items`` (default :func:`held_out_items`), unsteered, steered with ``bundle``
-    and gated by its gate, with the gate's reading; prompts from ``builder``, as every command builds them.
+    """EM toward each side on ``items`` (default :func:`held_out_items`), unsteered, steered with ``bundle``,
+    and gated by its gate (``+gate``) and, where that is a probe, by the recall gate (``+recall``, which fits
+    nothing), with where each gate fires; prompts from ``builder``, as every command builds them.
 
     Counts, not percentages: a dozen items show the direction of an effect, not its size
     (BENCHMARKS.md has the full tables; ``benchmarks/bundle_table.py`` runs this table on more items and
-    bundles). ``progress``: a bar over its five generations on stderr.
+    bundles). ``progress``: a bar over its generations on stderr.
     """
     items = held_out_items() if items is None else list(items)
     fitted = {toward: bundle[toward] for toward in ("memory", "context")}
-    gate = bundle.require_gate()
+    gates: dict[str, Gate | None] = {"": None, "+gate": bundle.require_gate()}
+    if not isinstance(gates["+gate"], RecallGate):
+        gates["+recall"] = RecallGate()
 
     def prompts(context: str) -> list[SteeringPrompt]:
         return [SteeringPrompt(ex, context, tuple(builder.demos(ex.question)), builder.format) for ex in items]
@@ -70,24 +73,26 @@ def measured_table(lm: LoadedModel, bundle: FittedBundle, builder: PromptBuilder
     conflicts = prompts("sub")
     hits = {"memory": lambda a, ex: exact_match(a, ex.org_answer), "context": lambda a, ex: uses_context(a, ex)}
     n = len(items)
-    bar = tqdm(total=1 + 2 * len(fitted), desc="measuring", unit="run", disable=not progress)
+    bar = tqdm(total=1 + len(gates) * len(fitted), desc="measuring", unit="run", disable=not progress)
     with make_method("none").steer(lm, toward="memory", batch_size=n) as plain:
         unsteered = plain.generate(conflicts)
     bar.update()
     rows = {"unsteered": {t: sum(map(hits[t], unsteered, items)) for t in hits}}
-    for label, use_gate in ((bundle.label, None), (f"{bundle.label}+gate", gate)):
-        rows[label] = {}
+    for suffix, gate in gates.items():
+        rows[bundle.label + suffix] = {}
         for toward, f in fitted.items():
-            with f.method.steer(lm, toward=toward, strength=f.strength, gate=use_gate, batch_size=n) as steered:
-                rows[label][toward] = sum(map(hits[toward], steered.generate(conflicts), items))
+            with f.method.steer(lm, toward=toward, strength=f.strength, gate=gate, batch_size=n) as steered:
+                rows[bundle.label + suffix][toward] = sum(map(hits[toward], steered.generate(conflicts), items))
             bar.update()
     bar.close()
-    fired = {context: int(gate.decide(lm, prompts(context)).sum()) for context in ("sub", "org")}
-    return {"n": n, "items": [ex.id for ex in items], "em": rows, "gate_fired": fired, "gate": describe_gate(gate)}
+    fired = {suffix: {"gate": describe_gate(gate),
+                      "fired": {context: int(gate.decide(lm, prompts(context)).sum()) for context in ("sub", "org")}}
+             for suffix, gate in gates.items() if gate is not None}
+    return {"n": n, "items": [ex.id for ex in items], "em": rows, "gates": fired}
 
 
 def describe_gate(gate: Gate) -> str:
     """What decides where ``gate`` fires, in a few words."""
     if isinstance(gate, ProbeGate):
-        return f"probe at block {gate.site.layer}, fitted without these items"
-    return f"{gate.name}, fits nothing"
+        return f"the conflict probe at block {gate.site.layer}, fitted without these items"
+    return f"the {gate.name} gate, fits nothing"
