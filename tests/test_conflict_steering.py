@@ -316,6 +316,23 @@ def test_within_relation_selection_ignores_features_that_only_name_the_relation(
     _assert_relation_selection_steers(lm, within, prompts, behaviour, common, tmp_path)
 
 
+def test_within_relation_statistics_skip_a_relation_that_shows_a_behaviour_once():
+    """A relation with one row of a behaviour (it crashed the k-NN estimate where both were single) adds nothing:
+    the statistics are those of the other relations alone."""
+    from sparekit.steering.spare import within_relation_information
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0] * 2 + [1, 0] + [1, 0, 0, 0, 0])
+    relations = ["a"] * 8 + ["b"] * 8 + ["c"] * 2 + ["d"] * 5
+    z = torch.as_tensor(rng.normal(size=(len(labels), 6)) + labels[:, None] * np.arange(6), dtype=torch.float32)
+    mi, diff = within_relation_information(z, labels, relations, seed=0)
+    keep = slice(0, 16)
+    mi_ab, diff_ab = within_relation_information(z[keep], labels[keep], relations[keep], seed=0)
+    assert np.allclose(mi, mi_ab) and torch.allclose(diff, diff_ab) and mi[5] > mi[0]
+    with pytest.raises(SparekitError, match="each at least 2 times"):
+        within_relation_information(z[8:], labels[8:], relations[8:], seed=0)  # only "b" has both twice
+
+
 # -- combinations ---------------------------------------------------------------------------------
 def test_combined_labels_parse():
     from sparekit.steering.bench.protocol import method_kind as _kind

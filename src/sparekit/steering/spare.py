@@ -82,16 +82,23 @@ def feature_mutual_information(z: torch.Tensor, labels: np.ndarray, seed: int) -
     return mi
 
 
+#: rows of each behaviour a relation needs before its within-relation statistics count: the k-NN estimate of
+#: mutual information drops a behaviour seen once (and fails where both are), and one row is no mean difference
+MIN_ROWS_PER_BEHAVIOUR = 2
+
+
 def _relations_with_both(labels: np.ndarray, relations: list[str | None], selection: str) -> list[np.ndarray]:
-    """Row masks of the relations whose behaviour data shows both behaviours (at least 2 needed)."""
+    """Row masks of the relations whose behaviour data shows both behaviours, each at least
+    :data:`MIN_ROWS_PER_BEHAVIOUR` times (at least 2 such relations needed)."""
     masks = []
     for relation in sorted({r for r in relations if r is not None}):
         rows = np.array([r == relation for r in relations])
-        if (labels[rows] == 1).any() and (labels[rows] == 0).any():
+        if min((labels[rows] == 1).sum(), (labels[rows] == 0).sum()) >= MIN_ROWS_PER_BEHAVIOUR:
             masks.append(rows)
     if len(masks) < 2:
         raise SparekitError(f"spare: selection={selection!r} needs behaviour data from at least 2 relations that "
-                            f"show both behaviours (found {len(masks)})", "use selection='mi' on this dataset")
+                            f"show both behaviours, each at least {MIN_ROWS_PER_BEHAVIOUR} times (found "
+                            f"{len(masks)})", "use selection='mi' on this dataset, or collect more behaviour data")
     return masks
 
 
