@@ -76,7 +76,8 @@ def main() -> None:
                                                                       toward if context == "sub" else "memory")
             rows.append(point)
             print(json.dumps(point), flush=True)
-    print(f"\n{stored['dataset']}, held out: {stored.get('held_out_relation')}, {len(test)} test items, seed {args.seed}")
+    print(f"\n{stored['dataset']}, held out: {stored.get('held_out_relation')}, {len(test)} test items, "
+          f"seed {args.seed}")
     print("| behaviour data | rows | EM_M | EM_C | EM no conflict |\n|---|---|---|---|---|")
     for fraction in sorted({r["fraction"] for r in rows}):
         points = [r for r in rows if r["fraction"] == fraction]
