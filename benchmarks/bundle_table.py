@@ -21,20 +21,22 @@ from pathlib import Path
 
 from sparekit.data import load_dataset
 from sparekit.data.dataset import ConflictExample
-from sparekit.steering.bench.data import benchmark_splits
+from sparekit.models.loading import LoadedModel
+from sparekit.steering.bench.data import benchmark_splits, memorised_items
 from sparekit.steering.bench.protocol import BenchConfig
 from sparekit.steering.demo import held_out_items, load_default, measured_table
 from sparekit.steering.fitted import FittedBundle, shipped_root
 from sparekit.utils.io import read_json
 
 
-def run_test_split(run: Path) -> list[ConflictExample]:
-    """The test items of a finished ``bench steer`` run, split from its recorded config and memorised ids."""
+def run_test_split(lm: LoadedModel, run: Path) -> list[ConflictExample]:
+    """The test items of a ``bench steer`` run, split from its recorded config and memorised ids as the run split
+    them (:func:`~sparekit.steering.bench.data.memorised_items`, then ``benchmark_splits``)."""
     recorded = read_json(run / "config.json")
+    config = BenchConfig.from_record(recorded)
     dataset = load_dataset(recorded["dataset"])
-    keep = set(read_json(run / "memorised.json")["ids"])
-    memorised = dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
-    return list(benchmark_splits(memorised, dataset, BenchConfig.from_record(recorded))[2])
+    memorised = memorised_items(lm, dataset, run / "memorised.json", config.k_shot, batch_size=8)
+    return list(benchmark_splits(memorised, dataset, config)[2])
 
 
 def bundle_folder(name: str) -> Path:
@@ -52,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the tables as JSON")
     args = parser.parse_args()
     lm, _, builder = load_default(args.prompt_format, None, None)
-    items = held_out_items() if args.run is None else run_test_split(args.run)
+    items = held_out_items() if args.run is None else run_test_split(lm, args.run)
     if args.relations:
         items = [ex for ex in items if ex.relation in args.relations.split(",")]
     if args.exclude_relations:
