@@ -21,8 +21,11 @@ from sparekit.activations.last_token import last_token_states  # noqa: E402
 from sparekit.evaluation.generation import greedy_generate  # noqa: E402
 from sparekit.models.tiny import tiny_model  # noqa: E402
 from sparekit.probes.detect import detect_prompt  # noqa: E402
+from sparekit.probes.training_free import recall_answers, without_context  # noqa: E402
 from sparekit.serve import Limits, build_engine  # noqa: E402
 from sparekit.serve.options import RowSteer  # noqa: E402
+from sparekit.steering import FittedBundle  # noqa: E402
+from sparekit.steering.gate import RecallGate  # noqa: E402
 
 MODEL = "tiny-llama"  # tiny_model("llama").info.name: the one model the test server serves
 PROMPTS = ["context: a b c\nquestion: x?\nanswer:", "hi", "question: what is it?\nanswer:", "zz top 12"]
@@ -106,6 +109,39 @@ def test_gate_steers_only_the_rows_where_it_fires(lm, engine):
         assert result["done"]["text"] == reference(lm, engine, prompt, steer if fire else None, 4)
 
 
+def recall_prompts(lm) -> tuple[str, list[str]]:
+    """A question and two three_shot prompts for it: one whose context names the tiny model's closed-book answer
+    (the recall gate stays shut), one whose context does not (it fires)."""
+    question = "what is x?"
+    (answers,), _ = recall_answers(lm, [question])
+    return question, [f"context: {context}\nquestion: {question}\nanswer:" for context in ("a b c", answers[0])]
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["gate-by-recall", "own-recall-gate"])
+def test_recall_gate_decides_each_row_as_steer_does(lm, engine, assets, tmp_path, own):
+    """``"gate": "recall"``, or a method whose own gate is the recall gate: each row's closed-book twin and
+    question decide before the batch, as ``sparekit steer --gate-by recall`` decides; only firing rows are steered."""
+    if own:
+        saved = FittedBundle.load(assets[1])
+        folder = FittedBundle("actadd", saved.directions, saved.demos, saved.model_hash, RecallGate()).save(
+            tmp_path / "actadd")
+        engine = build_engine(lm, assets[0], [folder])
+        assert engine.capabilities(10).twin_gates == {"actadd"}
+    question, prompts = recall_prompts(lm)
+    steer = RowSteer("actadd", "memory", 8.0, gate=True, gate_by=None if own else "recall")
+    rows = [dict(prompt=p, max_tokens=4, steer=steer, closed_book=without_context(p), question=question,
+                 detect=True, detector="probe") for p in prompts]
+    results = run_jobs(engine, rows + rows[:1])  # a question asked twice in a batch: one closed-book generation
+    expected = RecallGate().decide_texts(lm, prompts, [without_context(p) for p in prompts], [question] * 2).tolist()
+    fired = [r["done"]["sparekit"]["steered"] for r in results]
+    assert fired == [*expected, expected[0]] == [True, False, True]
+    for prompt, result, fire in zip(prompts, results, fired):
+        assert result["done"]["text"] == reference(lm, engine, prompt, steer if fire else None, 4)
+        assert result["done"]["sparekit"]["conflict_probability"] == pytest.approx(  # the probe reads it unsteered
+            detect_prompt(lm, prompt, assets[0])["conflict_probability"], abs=1e-5)
+    assert ("gate_by" in results[0]["done"]["sparekit"]) is not own
+
+
 def test_stop_strings_cut_the_text_and_streamed_deltas_add_up(lm, engine):
     full = run_jobs(engine, [dict(prompt=PROMPTS[0], max_tokens=12)])[0]["done"]["text"]
     stop = full[4:6]
@@ -156,6 +192,22 @@ def test_answer_endpoint_uses_the_prompt_format(server, engine):
     for bad in ({"prompt_format": "rga"}, {"prompt_format": "chat"}, {"prompt_format": 3}, {"context": 3}):
         status, body = post(server[1] + "/v1/answer", {"question": "q?", **bad})
         assert status == 400 and body["error"]["param"].split(".")[0] == next(iter(bad)), body
+
+
+def test_recall_gate_over_http_reads_what_it_can_and_refuses_the_rest(lm, server):
+    question, prompts = recall_prompts(lm)
+    gated = {"method": "actadd", "toward": "memory", "strength": 8, "gate": "recall"}
+    status, body = post(server[1] + "/v1/completions", {"prompt": prompts, "max_tokens": 3,
+                                                        "sparekit": {"steer": gated}})
+    assert status == 200 and [c["sparekit"]["steered"] for c in body["choices"]] == [True, False]
+    status, body = post(server[1] + "/v1/completions", {"prompt": "hi", "max_tokens": 3, "sparekit": {"steer": gated}})
+    assert status == 400 and body["error"]["param"] == "sparekit.steer.gate"
+    assert "the recall gate reads a prompt given as text only as three_shot blocks" in body["error"]["message"]
+    status, body = post(server[1] + "/v1/answer", {"context": "a b c", "question": question, "max_tokens": 3,
+                                                   "steer": gated})
+    assert status == 200 and body["sparekit"]["steered"] is True and body["sparekit"]["gate_by"] == "recall"
+    status, body = post(server[1] + "/v1/answer", {"question": question, "steer": gated})
+    assert status == 400 and body["error"]["param"] == "steer.gate" and "none was given" in body["error"]["message"]
 
 
 def test_health_metrics_and_playground(server):

@@ -25,8 +25,10 @@ CAPS = Capabilities(methods={"spare": {"context": 1.0, "memory": 2.0}, "knob": {
     ({"steer": {"toward": "memory", "strength": float("nan")}}, "sparekit.steer.strength", "from 0 to 16"),
     ({"steer": {"toward": "memory", "strength": True}}, "sparekit.steer.strength", "from 0 to 16"),
     ({"steer": {"toward": "memory", "strength": "1"}}, "sparekit.steer.strength", "from 0 to 16"),
-    ({"steer": {"toward": "memory", "gate": "yes"}}, "sparekit.steer.gate", "true or false"),
-    ({"steer": {"method": "knob", "toward": "memory", "gate": True}}, "sparekit.steer.gate", "or use spare"),
+    ({"steer": {"toward": "memory", "gate": "yes"}}, "sparekit.steer.gate", "must be true, false (got 'yes')"),
+    ({"steer": {"toward": "memory", "gate": "recall"}}, "sparekit.steer.gate", "does not run the recall detector"),
+    ({"steer": {"method": "knob", "toward": "memory", "gate": True}}, "sparekit.steer.gate",
+     "set gate to false, or use a gated method: spare."),
     ({"steer": ["spare"]}, "sparekit.steer", "must be an object"),
     ({"detect": 1}, "sparekit.detect", "true, false or a detector's name"),
     ({"detect": "recal"}, "sparekit.detect", "Unknown detector 'recal'; valid detectors: auto, probe, jsd"),
@@ -83,6 +85,21 @@ def test_the_tuned_strength_is_the_default_and_the_param_prefix_follows_the_call
     with pytest.raises(OptionError) as caught:  # /v1/answer takes ``steer`` at the top level
         parse_steer({"toward": "up"}, CAPS, "steer")
     assert caught.value.param == "steer.toward"
+
+
+def test_gate_names_a_gate_that_fits_nothing_where_the_engine_runs_its_detector():
+    built_in = Capabilities(methods=CAPS.methods, gates=frozenset({"spare", "cad"}), twin_gates=frozenset({"cad"}),
+                            can_detect=True, detectors=frozenset({"recall"}))
+    by_recall = parse_options({"steer": {"method": "knob", "toward": "memory", "gate": "recall"}}, built_in).steer
+    assert by_recall == RowSteer("knob", "memory", 1.0, True, "recall") and built_in.gate_reads_twin(by_recall)
+    own = parse_options({"steer": {"method": "spare", "toward": "memory", "gate": True}}, built_in).steer
+    assert own == RowSteer("spare", "memory", 2.0, True) and not built_in.gate_reads_twin(own)
+    assert built_in.gate_reads_twin(RowSteer("cad", "memory", 1.0, True))  # its own gate is a recall gate
+    assert not built_in.gate_reads_twin(RowSteer("cad", "memory", 1.0, False)) and not built_in.gate_reads_twin(None)
+    with pytest.raises(OptionError, match=r"must be true, false, 'recall' \(got 'recal'\)"):
+        parse_options({"steer": {"toward": "memory", "gate": "recal"}}, built_in)
+    with pytest.raises(OptionError, match='set gate to false or "recall", or use a gated method: cad, spare'):
+        parse_options({"steer": {"method": "knob", "toward": "memory", "gate": True}}, built_in)
 
 
 def test_the_module_needs_no_torch_transformers_or_fastapi():

@@ -23,7 +23,7 @@ def words(text: str) -> list[str]:
                                                       "installs them with apt-get")
 def test_playground_shows_gauge_and_both_answers(tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     lm = tiny_model("llama")
     probes, fitted = fit_assets(lm, tmp_path)
@@ -54,6 +54,20 @@ def test_playground_shows_gauge_and_both_answers(tmp_path):
                 assert words(browser.find_element(By.ID, element).text) == words(reply["answer"] or "(empty)")
             assert browser.find_element(By.ID, "steered-title").text.lower() == "steered toward context"
             assert "actadd, strength 4" in browser.find_element(By.ID, "meta-steered").text
+            # behind the recall gate: what /v1/answer says of the same request
+            gated = post(url + "/v1/answer", {"context": "a b c", "question": question, "detect": False,
+                                              "steer": {"method": "actadd", "toward": "context", "gate": "recall"}})[1]
+            element = browser.find_element(By.ID, "context")
+            element.clear()
+            element.send_keys("a b c")
+            Select(browser.find_element(By.ID, "gate")).select_by_value("recall")
+            browser.find_element(By.ID, "ask").click()
+            wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
+            assert browser.find_element(By.ID, "error").text == ""
+            assert words(browser.find_element(By.ID, "answer-steered").text) == words(gated["answer"] or "(empty)")
+            meta = browser.find_element(By.ID, "meta-steered").text
+            assert ("strength 4" in meta) == gated["sparekit"]["steered"] and ("left unsteered" in meta) != \
+                gated["sparekit"]["steered"]
         finally:
             browser.quit()
 

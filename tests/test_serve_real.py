@@ -32,6 +32,9 @@ def test_default_model_answers_in_one_batch_like_the_cli(default_lm):
             model="default", prompt=engine.answer_prompt(CONTEXT, QUESTION), max_tokens=4, stop=["\n"],
             extra_body={"sparekit": {"detect": True, "steer": {"method": "spare", "toward": "memory", "gate": True}}})
         text = get(url + "/metrics")[1]
+        by_recall = {t: post(url + "/v1/answer", {"context": c, "question": QUESTION, "detect": False,
+                                                  "steer": {"method": "spare", "toward": "memory", "gate": "recall"}})
+                     for t, c in (("conflict", CONTEXT), ("true", "The capital of France is Paris."))}
     assert metric(text, "sparekit_batch_size_count") == 2 and metric(text, "sparekit_batch_size_sum") == 4
     (s0, plain), (s1, memory), (s2, context) = replies
     assert s0 == s1 == s2 == 200
@@ -47,3 +50,9 @@ def test_default_model_answers_in_one_batch_like_the_cli(default_lm):
                            gated=True)
     assert completion.sparekit["steered"] == gated["gate_fired"]
     assert completion.choices[0].text.strip() == gated["steered"]
+    for kind, context in (("conflict", CONTEXT), ("true", "The capital of France is Paris.")):  # --gate-by recall
+        cli_gated = steer_question(default_lm, context, QUESTION, "memory", "spare", None, None,
+                                   prompt_builder(default_lm), gate_by="recall")
+        status, reply = by_recall[kind]
+        assert status == 200 and reply["sparekit"]["steered"] == cli_gated["gate_fired"] == (kind == "conflict")
+        assert reply["answer"] == cli_gated["steered"]

@@ -7,13 +7,11 @@ from pathlib import Path
 
 from sparekit.data.formats import prompt_format_field
 from sparekit.errors import SparekitError
-from sparekit.probes.detectors import detector_field, needs_probes, resolve_detector
+from sparekit.probes.detectors import GATE_BY, detector_field, needs_probes, resolve_detector
 from sparekit.utils.config import device_field, device_map_field, finite_number, model_field, option
 
 #: the two directions a fitted bundle holds (``steering.base.DIRECTIONS``, which imports torch)
 TOWARD = ("memory", "context")
-#: the gates that fit nothing (``steering.gate.TRAINING_FREE_GATES``, which imports torch)
-GATE_BY = ("recall",)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ DETECTORS = ("auto", "probe", "jsd", "disagreement", "recall", "probe+jsd", "pro
 #: and it transfers where the probe does not (held-out relations 0.95 accuracy / 0.96 AUROC against the probe's
 #: 0.60 / 0.72; BENCHMARKS.md, "The recall detector"), for one short closed-book generation more.
 DEFAULT_DETECTOR = "auto"
+#: the detectors that also gate steering, fitting nothing (``sparekit steer --gate-by``, the server's ``"gate":
+#: "recall"``; :data:`sparekit.steering.gate.TRAINING_FREE_GATES`, which imports torch, runs them)
+GATE_BY = ("recall",)
 #: the probe+signal combinations fitted beside a probe folder (``benchmarks/bench_detectors.py --save-combinations``)
 COMBINATIONS_FILE = "detectors.json"
 DETECTOR_HELP = ("auto (recall where the question and context are known, else probe), probe, jsd (with/without-"

@@ -37,8 +37,8 @@ from sparekit.serve.batcher import Batcher, QueueFull
 from sparekit.serve.engine import GREEDY, Engine, Job, Sampling
 from sparekit.serve.limits import Limits
 from sparekit.serve.metrics import Metrics
-from sparekit.serve.options import (OPTIONS_KEY, Capabilities, OptionError, RowSteer, parse_detect, parse_options,
-                                   parse_steer)
+from sparekit.serve.options import (OPTIONS_KEY, Capabilities, OptionError, Options, RowSteer, parse_detect,
+                                   parse_options, parse_steer)
 from sparekit.serve.protocol import (AnswerRequest, ApiError, ChatRequest, CompletionRequest, chat_prompt,
                                      check_model, check_unsupported, error_response, resolve_format, sampling,
                                      stop_strings, validation_error)
@@ -206,29 +206,35 @@ def plan_request(engine: Engine, limits: Limits, body: CompletionRequest | ChatR
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options is only allowed with stream: true.", "stream_options")
     caps = engine.capabilities(limits.max_strength)
-    twins = [text_twin(p, options.detector, caps) for p in prompts] if options.detect else None
+    twins = [text_twin(p, options, caps) for p in prompts] \
+        if options.detect or caps.gate_reads_twin(options.steer) else None
     return _Plan(prompts, max_tokens, stop_strings(body.stop) + stop, options.detect, options.steer,
                  sampling(body, engine.lm.info.vocab_size), body.stream, include_usage,
                  chat=isinstance(body, ChatRequest), twins=twins)
 
 
-def text_twin(prompt: str, detector: str, caps: Capabilities) -> tuple[str, str | None, str | None]:
-    """A prompt given as text: the detector that reads it, and its closed-book twin and question for one other than
-    the probe (``three_shot`` blocks, as ``sparekit detect PROMPT`` reads them); ``auto`` reads a prompt that does not
-    split with the probe, and where there is none, or a named detector cannot read it, a 400 says how to ask."""
-    detector = caps.detector_for(detector, splits(prompt))
-    param = f"{OPTIONS_KEY}.detect"
-    if detector == "probe":
-        if not caps.can_detect:
-            raise ApiError(400, "Detection of this prompt is not available: no conflict probes were loaded (start "
-                           "the server with --probe DIR), and it is not three_shot blocks, which the recall detector "
-                           "reads; or ask /v1/answer with the question and context.", param)
+def text_twin(prompt: str, options: Options, caps: Capabilities) -> tuple[str, str | None, str | None]:
+    """A prompt given as text: the detector that reads it, and its closed-book twin and question where a detector
+    other than the probe or a recall gate reads it (``three_shot`` blocks, as ``sparekit detect PROMPT`` reads them);
+    ``auto`` reads a prompt that does not split with the probe, and where there is none, or a named detector or the
+    gate cannot read it, a 400 says how to ask."""
+    detector = caps.detector_for(options.detector, splits(prompt)) if options.detect else "probe"
+    gated = caps.gate_reads_twin(options.steer)
+    if options.detect and detector == "probe" and not caps.can_detect:
+        raise ApiError(400, "Detection of this prompt is not available: no conflict probes were loaded (start the "
+                       "server with --probe DIR), and it is not three_shot blocks, which the recall detector reads; "
+                       "or ask /v1/answer with the question and context.", f"{OPTIONS_KEY}.detect")
+    if detector == "probe" and not gated:
         return detector, None, None
+    reader, param = ((f"the {detector} detector", f"{OPTIONS_KEY}.detect") if detector != "probe"
+                     else ("the recall gate", f"{OPTIONS_KEY}.steer.gate"))
     try:
-        return detector, without_context(prompt), question_of(prompt) if detector.endswith("recall") else None
+        closed = without_context(prompt)
+        question = question_of(prompt) if gated or detector.endswith("recall") else None
     except SparekitError as exc:
-        raise ApiError(400, f"{exc.message}: the {detector} detector reads a prompt given as text only as three_shot "
-                       "blocks; ask /v1/answer with the question and context instead.", param) from None
+        raise ApiError(400, f"{exc.message}: {reader} reads a prompt given as text only as three_shot blocks; ask "
+                       "/v1/answer with the question and context instead.", param) from None
+    return detector, closed, question
 
 
 def create_app(engine: Engine, limits: Limits = Limits()) -> FastAPI:
@@ -348,6 +354,9 @@ def _generation_routes(app: FastAPI, engine: Engine, limits: Limits) -> None:
                                       bool(passages(body.context)))
             except SparekitError as exc:
                 raise ApiError(400, f"{exc.message[:1].upper()}{exc.message[1:]}.", "detect") from None
+        if caps.gate_reads_twin(steer) and not passages(body.context):
+            raise ApiError(400, "The recall gate contrasts the prompt with and without its context, and none was "
+                           "given; pass a context or set steer.gate to false.", "steer.gate")
         plan = _Plan([prompt], body.max_tokens, ("\n",), detect, steer,
                      twins=[(detector, builder.without_passages(body.question), body.question)])
         runner = _Runner(app)

@@ -8,7 +8,8 @@ captures on the same pass. The one exception is a steered row that also asks for
 the steering edits a layer at or below a probe's layer: its probe reading must describe the *unsteered*
 prompt (as ``sparekit steer`` does), so those rows, and only those, get one batched forward stopped at the
 probe layer first. A row that asks for another detector (``"detect": "recall"``) is read before the batch, as
-``sparekit detect --detector`` reads it (:meth:`Engine._read_apart`).
+``sparekit detect --detector`` reads it, and so is a row a recall gate decides (``"gate": "recall"``, or a method
+whose own gate is one), as ``sparekit steer --gate`` decides (:meth:`Engine._read_apart`).
 
 Decoding is a loop of our own rather than ``generate``: a row leaves the batch the step it finishes, and
 (``batching="continuous"``) requests that arrived meanwhile run their prompt pass and join the batch at the next
@@ -47,7 +48,7 @@ from sparekit.serve.prefix import PrefixCache, cached_forward, prefixed_batch
 from sparekit.serve.rows import GREEDY, Batch, Emit, Job, Row, Sampling
 from sparekit.steering.base import REGISTRY, EditFn, Gate, SteeringMethod, edit_rows
 from sparekit.steering.fitted import FittedBundle, FittedSteering
-from sparekit.steering.gate import ProbeGate
+from sparekit.steering.gate import training_free_gate
 
 __all__ = ["GREEDY", "Batching", "Emit", "Engine", "Job", "Sampling", "Steering", "build_engine", "load_steering"]
 
@@ -70,6 +71,21 @@ class Steering:
 
     methods: dict[str, dict[str, FittedSteering]]
     gates: dict[str, Gate]
+
+
+def reads_prompt(gate: Gate) -> bool:
+    """Whether the gate decides from the prompt itself (the recall gate's closed-book generation, through
+    :meth:`~sparekit.steering.base.Gate.decide_texts`) rather than from a hidden state on the batch's prompt pass."""
+    return type(gate).decide_texts is not Gate.decide_texts
+
+
+@dataclass
+class Apart:
+    """What :meth:`Engine._read_apart` read before a batch, by row: other detectors' readings, prompt gates'
+    decisions."""
+
+    readings: dict[int, dict]
+    fired: dict[int, bool]
 
 
 def servable(method: SteeringMethod) -> bool:
@@ -116,6 +132,7 @@ class Engine:
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                         *([lm.tokenizer.eos_token_id] if lm.tokenizer.eos_token_id is not None else [])}
         self._edit_cache: dict[tuple[str, str, float], list[tuple[Site, EditFn]]] = {}
+        self._training_free_gates: dict[str, Gate] = {}
         # The HTTP thread counts prompt tokens with its own copy: a fast tokenizer keeps its padding
         # setting on one shared object, so a count during a batch's padded encoding would break it.
         self._counter = copy.deepcopy(lm.tokenizer)
@@ -137,7 +154,9 @@ class Engine:
         """What requests may ask of this engine (:func:`sparekit.serve.options.parse_options` checks against it)."""
         return Capabilities({label: {t: self.default_strength(label, t) for t in per}
                              for label, per in self.steering.methods.items()},
-                            frozenset(self.steering.gates), self.can_detect, max_strength, self.detectors)
+                            frozenset(self.steering.gates),
+                            frozenset(label for label, gate in self.steering.gates.items() if reads_prompt(gate)),
+                            self.can_detect, max_strength, self.detectors)
 
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text)["input_ids"])
@@ -208,20 +227,35 @@ class Engine:
         positions = batch.mask.sum(-1, keepdim=True) - 1
         batch.cache, batch.logits = cached_forward(self.lm, tokens[:, None], batch.mask, positions, batch.cache)
 
-    def _read_apart(self, jobs: Sequence[Job]) -> dict[int, dict]:
-        """The readings of rows whose detector is not the probe alone, by row: each as ``sparekit detect
-        --detector`` reads the prompt (its own closed-book generations or passes, unsteered, before the batch's)."""
+    def _read_apart(self, jobs: Sequence[Job]) -> Apart:
+        """Before the batch's pass, unsteered: the readings of rows whose detector is not the probe alone, each as
+        ``sparekit detect --detector`` reads the prompt (its own closed-book generations or passes), and the
+        decisions of rows a gate that reads the prompt decides, one batched generation per gate, as
+        ``sparekit steer --gate`` decides."""
         from sparekit.probes.training_free import detect_conflict  # lazy: the module imports sparekit.steering
 
-        return {i: detect_conflict(self.lm, job.prompt, job.detector, self.probes, job.closed_book, job.question)
-                for i, job in enumerate(jobs) if job.detect and not job.reads_probes}
+        readings = {i: detect_conflict(self.lm, job.prompt, job.detector, self.probes, job.closed_book, job.question)
+                    for i, job in enumerate(jobs) if job.detect and not job.reads_probes}
+        by_gate: dict[int, tuple[Gate, list[int]]] = {}
+        for i, job in enumerate(jobs):
+            gate = self._gate(job)
+            if gate is not None and reads_prompt(gate):
+                by_gate.setdefault(id(gate), (gate, []))[1].append(i)
+        fired: dict[int, bool] = {}
+        for gate, rows in by_gate.values():
+            decided = gate.decide_texts(self.lm, [jobs[i].prompt for i in rows], [jobs[i].closed_book for i in rows],
+                                        [jobs[i].question for i in rows])
+            fired.update(zip(rows, map(bool, decided.tolist())))
+        return Apart(readings, fired)
 
-    def _prompt_pass(self, jobs: Sequence[Job], apart: dict[int, dict]) -> Batch:
+    def _prompt_pass(self, jobs: Sequence[Job], apart: Apart) -> Batch:
         """The jobs' prompt pass (suffix after a kept prefix): edits, readings, the first token's logits;
-        ``apart``: the readings :meth:`_read_apart` took."""
+        ``apart``: what :meth:`_read_apart` read."""
         fired, readings = self._early_readings(jobs)
-        for i, reading in apart.items():
+        for i, reading in apart.readings.items():
             readings[i] = reading
+        for i, fire in apart.fired.items():
+            fired[i] = fire
         hooks = edit_rows(Hooks(self.lm), [self._edits(job.steer) if fire else None for job, fire in zip(jobs, fired)])
         late = [i for i, job in enumerate(jobs) if job.reads_probes and readings[i] is None]
         if late:
@@ -253,8 +287,8 @@ class Engine:
         early_readings = read_states(states, probes=self.probes if any(jobs[i].reads_probes for i in early)
                                      else None).probes
         for k, i in enumerate(early):
-            if jobs[i].steer.gate:
-                gate = self.steering.gates[jobs[i].steer.method]
+            gate = self._gate(jobs[i])
+            if gate is not None and not reads_prompt(gate):
                 fired[i] = bool(read_states({gate.site: states[gate.site][k:k + 1]}, gate).fired[0])
             if jobs[i].reads_probes:
                 readings[i] = early_readings[k]
@@ -294,18 +328,29 @@ class Engine:
         """``--kv-compress``: prune each prompt's KV cache by key norm after the prompt pass (sparekit.kv)."""
         return self.press(self.lm) if self.press else contextlib.nullcontext()
 
+    def _gate(self, job: Job) -> Gate | None:
+        """The gate that decides the row's steering, if one does: a named one that fits nothing, or the method's."""
+        if job.steer is None or not job.steer.gate:
+            return None
+        if job.steer.gate_by is not None:
+            return self._training_free_gates.setdefault(job.steer.gate_by, training_free_gate(job.steer.gate_by))
+        return self.steering.gates[job.steer.method]
+
     def _reads_before_steering(self, job: Job) -> bool:
-        """A gate decides before the edits; detection reads the unsteered prompt (edits below the probe change it)."""
+        """A gate on the hidden state decides before the edits; detection reads the unsteered prompt (edits below
+        the probe change it)."""
         if job.steer is None:
             return False
-        if job.steer.gate:
+        gate = self._gate(job)
+        if gate is not None and not reads_prompt(gate):
             return True
         deepest = max(self.probes.sites.values()).layer if job.reads_probes else -1
         return min(s.layer for s, _ in self._edits(job.steer)) <= deepest
 
     def _sites_for(self, jobs: Sequence[Job]) -> list[Site]:
         sites = {s for job in jobs if job.reads_probes for s in self.probes.sites.values()}
-        sites |= {self.steering.gates[job.steer.method].site for job in jobs if job.steer and job.steer.gate}
+        gates = [self._gate(job) for job in jobs]
+        sites |= {gate.site for gate in gates if gate is not None and not reads_prompt(gate)}
         return sorted(sites)
 
     def _edits(self, steer: RowSteer) -> list[tuple[Site, EditFn]]:
@@ -326,12 +371,14 @@ class Engine:
         else:
             out.update(steered=fired, method=job.steer.method, toward=job.steer.toward, strength=job.steer.strength,
                        gate=job.steer.gate)
+            if job.steer.gate_by is not None:
+                out["gate_by"] = job.steer.gate_by
         return out
 
 
 def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
     """Fitted bundles (:class:`~sparekit.steering.fitted.FittedBundle`) by folder name, and their conflict gates
-    (read off the batch's prompt pass; a recall gate's closed-book generation is not served);
+    (a probe gate read off the batch's prompt pass, a recall gate by its closed-book generation before it);
     without any, those shipped for the model. A method without one refuses ``gate=true`` with a 400."""
     roots = list(fitted_roots)
     shipped = assets_for(lm.info)
@@ -339,7 +386,7 @@ def load_steering(lm: LoadedModel, fitted_roots: Sequence[Path]) -> Steering:
         roots = [shipped.steering(label) for label in shipped.steering_labels(SERVABLE_KINDS)]
     bundles = {root.name: FittedBundle.load(root, lm.info.model_hash) for root in roots}
     return Steering({label: dict(b.directions) for label, b in bundles.items()},
-                    {label: b.gate for label, b in bundles.items() if isinstance(b.gate, ProbeGate)})
+                    {label: b.gate for label, b in bundles.items() if b.gate is not None})
 
 
 def build_engine(lm: LoadedModel, probe_dir: Path | None = None, fitted: Sequence[Path] = (),

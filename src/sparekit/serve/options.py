@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparekit.probes.detectors import DEFAULT_DETECTOR, DETECTORS, resolve_detector
+from sparekit.probes.detectors import DEFAULT_DETECTOR, DETECTORS, GATE_BY, resolve_detector
 
 #: where sparekit's options go in a request body (``extra_body={"sparekit": {...}}`` with the openai client)
 OPTIONS_KEY = "sparekit"
@@ -40,13 +40,15 @@ class OptionError(Exception):
 
 @dataclass(frozen=True)
 class RowSteer:
-    """A checked steering order for one request: a fitted method's label, a direction, a strength and
-    whether the method's conflict gate decides."""
+    """A checked steering order for one request: a fitted method's label, a direction, a strength,
+    whether a conflict gate decides and which: the method's own (``gate_by`` ``None``) or one that fits nothing
+    (``"recall"``)."""
 
     method: str
     toward: str
     strength: float
     gate: bool = False
+    gate_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Capabilities:
 
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
     gates: frozenset[str] = frozenset()
+    #: the gated methods whose own gate reads the prompt's closed-book twin and question (a recall gate)
+    twin_gates: frozenset[str] = frozenset()
     can_detect: bool = False
     max_strength: float = 16.0
     detectors: frozenset[str] = frozenset()
@@ -81,6 +85,11 @@ class Capabilities:
         """The detector that reads one prompt: ``auto`` is recall where this engine runs it and the prompt's
         question and context are known, else the probe (:func:`~sparekit.probes.detectors.resolve_detector`)."""
         return resolve_detector(detector, knows_context and "recall" in self.detectors)
+
+    def gate_reads_twin(self, steer: RowSteer | None) -> bool:
+        """Whether ``steer``'s gate reads the prompt's closed-book twin and question, which the request must then
+        give (a context and question apart, or ``three_shot`` blocks)."""
+        return steer is not None and steer.gate and (steer.gate_by is not None or steer.method in self.twin_gates)
 
 
 def parse_options(raw: Any, caps: Capabilities, param: str = OPTIONS_KEY) -> Options:
@@ -140,14 +149,25 @@ def parse_steer(raw: Any, caps: Capabilities, param: str) -> RowSteer | None:
         raise OptionError(f"steer.strength must be a number from 0 to {caps.max_strength:g} "
                           f"(got {raw.get('strength')!r}; {method} toward {toward} is tuned at {tuned:g}).",
                           f"{param}.strength")
-    gate = raw.get("gate", False)
-    if not isinstance(gate, bool):
-        raise OptionError(f"steer.gate must be true or false (got {gate!r}).", f"{param}.gate")
-    if gate and method not in caps.gates:
-        gated = sorted(caps.gates)
-        raise OptionError(f"No calibrated conflict gate for method {method!r}; set gate to false"
-                          f"{' or use ' + ', '.join(gated) if gated else ''}.", f"{param}.gate")
-    return RowSteer(method, toward, float(strength), gate)
+    gate, gate_by = _parse_gate(raw.get("gate", False), method, caps, f"{param}.gate")
+    return RowSteer(method, toward, float(strength), gate, gate_by)
+
+
+def _parse_gate(raw: Any, method: str, caps: Capabilities, param: str) -> tuple[bool, str | None]:
+    """``gate``: ``false``, ``true`` (the method's own gate) or the name of a gate that fits nothing (``"recall"``,
+    on an engine that runs that detector): whether a gate decides, and the name of the one that fits nothing."""
+    by = [name for name in GATE_BY if name in caps.detectors]
+    if isinstance(raw, str) and raw in by:
+        return True, raw
+    if not isinstance(raw, bool):
+        named = f", {', '.join(repr(name) for name in by)}" if by else ""
+        unrun = " (this server does not run the recall detector)" if raw in GATE_BY and not by else ""
+        raise OptionError(f"steer.gate must be true, false{named} (got {raw!r}){unrun}.", param)
+    if raw and method not in caps.gates:
+        to = "".join(f' or "{name}"' for name in by)
+        use = f", or use a gated method: {', '.join(sorted(caps.gates))}" if caps.gates else ""
+        raise OptionError(f"No conflict gate was fitted for method {method!r}; set gate to false{to}{use}.", param)
+    return raw, None
 
 
 def _refuse_unknown(raw: dict, valid: tuple[str, ...], param: str) -> None:

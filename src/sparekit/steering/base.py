@@ -171,6 +171,12 @@ class Gate:
         :attr:`site`, read by :meth:`fire`."""
         return read_prompts(lm, [p.text for p in prompts], gate=self).fired.cpu()
 
+    def decide_texts(self, lm: LoadedModel, texts: Sequence[str], closed: Sequence[str],
+                     questions: Sequence[str]) -> torch.Tensor:
+        """:meth:`decide` on prompts given as text, each with its closed-book twin and question (the server's rows):
+        a gate that reads the prompt itself overrides it; by default the hidden state at :attr:`site` decides."""
+        return read_prompts(lm, list(texts), gate=self).fired.cpu()
+
 
 class Steered:
     """What ``with method.steer(...)`` yields: generation under the chosen steering.

@@ -93,10 +93,13 @@ class RecallGate(Gate):
         return f"recall:{RECALL_READING}"
 
     def decide(self, lm: LoadedModel, prompts: Sequence[SteeringPrompt]) -> torch.Tensor:
-        questions = [p.example.question for p in prompts]
-        closed, _ = recall_answers(lm, questions, batch_size=len(set(questions)))  # the new ones in one batch
-        fired = unrecalled(closed, questions, [p.text for p in prompts], [p.text_without_context for p in prompts])
-        return torch.as_tensor(fired > 0.5)
+        return self.decide_texts(lm, [p.text for p in prompts], [p.text_without_context for p in prompts],
+                                 [p.example.question for p in prompts])
+
+    def decide_texts(self, lm: LoadedModel, texts: Sequence[str], closed: Sequence[str],
+                     questions: Sequence[str]) -> torch.Tensor:
+        answers, _ = recall_answers(lm, questions, batch_size=len(set(questions)))  # the new ones in one batch
+        return torch.as_tensor(unrecalled(answers, questions, texts, closed) > 0.5)
 
 
 #: the gates that fit nothing, by the name a fitted bundle records (``FittedBundle`` ``gate``)
