@@ -12,7 +12,9 @@ formats", has the commands and the tables):
   bench_detectors.py generated already); the source label is :func:`~sparekit.evaluation.metrics.answer_source`;
 - ``design``: the candidates on dev (one threshold or one per format, blocks 10 and 13, the default rows' weight);
 - ``test`` (``--target conflict|source``) and ``recipe``: the chosen probes against the shipped ones, held out;
-- ``write``: the shipped conflict and source probes, the SpARE gate and detectors.json;
+- ``write``: the shipped conflict and source probes and detectors.json (it wrote the shipped SpARE's probe gate too
+  until every shipped bundle gated on the recall detector, which fits nothing: BENCHMARKS.md, "The shipped SpARE
+  gates on the recall detector");
 - ``readings``: README's France example read by the shipped probes in every format.
 """
 
@@ -27,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
 from tqdm.auto import tqdm
@@ -44,7 +45,6 @@ from sparekit.probes.detect import detect, detect_prompt, load_probes
 from sparekit.probes.experiment import PROBE_PARAMS, PROMPT_SEED, TEST_FRACTION, ProbingData, collect
 from sparekit.probes.linear import LinearProbe
 from sparekit.steering.bench.data import benchmark_splits
-from sparekit.steering.gate import ProbeGate, threshold_for_false_positive_rate
 from sparekit.steering.bench.protocol import BenchConfig
 
 from bench_detectors import (K_SHOT, capped_items, capped_probing_data, detection_items,  # benchmarks/, beside this
@@ -53,7 +53,6 @@ from probe_formats import _rows, model_formats
 
 SPLITS = ("pool", "dev", "test")
 ASSETS = default_assets().probes  # the folder the default model's probes ship in
-GATE = default_assets().steering("spare") / "gate"
 COMBINATION_ITEMS = 30  # bench_detectors.py's --per-relation for the shipped combinations
 #: the demonstrations of README's /v1/completions example
 README_DEMOS = ("context: The capital of Japan is Tokyo.\nquestion: What is the capital of Japan?\nanswer: Tokyo\n\n"
@@ -61,7 +60,6 @@ README_DEMOS = ("context: The capital of Japan is Tokyo.\nquestion: What is the 
                 "answer: Nairobi\n\n"
                 "context: The city of Lyon is located in France.\nquestion: Which country is the city of Lyon in?\n"
                 "answer: France\n\n")
-MAX_FALSE_POSITIVE_RATE = 0.05  # the shipped gate's budget
 DEFAULT_WEIGHT = 3  # chosen on dev (design): every fit below repeats the default dataset's rows this often
 DEFAULT_WEIGHTS = (0, 3, 10)  # design: the default dataset's rows alone, and weighted x3, x10 beside the broad rows
 
@@ -408,11 +406,9 @@ def shipped_recipe(table: Table, seeds: list[int]) -> dict:
         table.X[site][test]), "conflict") for seed in seeds])
 
 
-def write_assets(table: Table, lm, sites: dict[str, Site], folder: Path, gate_folder: Path, shipped_gate: Path,
-                 record: dict) -> dict:
-    """The conflict and source probes fitted on every non-test row (seed 0) into ``folder``, and the gate (block 10,
-    fitted on the fit rows, its threshold the 5 % false-positive budget on the dev rows of each format) into
-    ``gate_folder``; each config records how (``record``)."""
+def write_assets(table: Table, lm, sites: dict[str, Site], folder: Path, record: dict) -> dict:
+    """The conflict and source probes fitted on every non-test row (seed 0) into ``folder``; each config records
+    how (``record``)."""
     masks = split_masks(table, 0)
     usable = masks["fit"] | masks["dev"]
     counts = {}
@@ -421,36 +417,7 @@ def write_assets(table: Table, lm, sites: dict[str, Site], folder: Path, gate_fo
         counts[target] = {f: int(np.sum(table.fmt[idx] == f)) for f in dict.fromkeys(table.fmt[idx])}
         fit(table, weighted(table, usable, DEFAULT_WEIGHT, target), site, target, 0, lm.info.model_hash).save(
             folder / target, **record, rows=counts[target])
-    gate_site = Site(10)
-    probe = fit(table, weighted(table, masks["fit"], DEFAULT_WEIGHT), gate_site, "conflict", 0, lm.info.model_hash)
-    dev = table.rows(masks["dev"])
-    p_dev, y_dev = probe.predict_proba(table.X[gate_site][dev])[:, 1], table.conflict[dev]
-    fmt_dev = table.fmt[dev]  # the budget holds in every format on dev: the strictest format's threshold
-    threshold = max(threshold_for_false_positive_rate(p_dev[(y_dev == 0) & (fmt_dev == f)], MAX_FALSE_POSITIVE_RATE)
-                    for f in dict.fromkeys(fmt_dev))
-    report = {"max_false_positive_rate": MAX_FALSE_POSITIVE_RATE,
-              "dev_false_positive_rate": float(np.mean(p_dev[y_dev == 0] > threshold)),
-              "dev_true_positive_rate": float(np.mean(p_dev[y_dev == 1] > threshold)),
-              "dev_per_format": gate_rates(table, dev, p_dev > threshold),
-              "n_train": int(len(table.rows(masks["fit"]))), "n_dev": int(len(dev)), "fitted": record}
-    gate = ProbeGate(probe, gate_site.layer, threshold)
-    before = ProbeGate.load(shipped_gate)
-    test = table.rows(masks["test"])
-    on_test = {label: gate_rates(table, test, g.fire(torch.as_tensor(table.X[gate_site][test])).numpy())
-               for label, g in (("shipped", before), ("refit", gate))}
-    gate.save(gate_folder, **report)
-    return {"rows": counts, "gate": {"threshold": threshold, **report, "default_test": on_test}}
-
-
-def gate_rates(table: Table, idx: np.ndarray, fired: np.ndarray) -> dict[str, dict[str, float]]:
-    """Per format (and ``all``) the share of no-conflict rows a gate fires on, and of conflict rows."""
-    y, fmts = table.conflict[idx], table.fmt[idx]
-    out = {}
-    for name in [*dict.fromkeys(fmts), "all"]:
-        keep = np.ones(len(idx), bool) if name == "all" else fmts == name
-        out[name] = {"false_positive_rate": round(float(np.mean(fired[keep & (y == 0)])), 4),
-                     "true_positive_rate": round(float(np.mean(fired[keep & (y == 1)])), 4)}
-    return out
+    return {"rows": counts}
 
 
 def readme_readings(lm, names: list[str], folder: Path | None = None) -> dict:
@@ -489,7 +456,6 @@ def shipped_before(out: Path, model_hash: str) -> dict[str, LinearProbe]:
     frozen = out / "shipped-before"
     if not frozen.is_dir():
         shutil.copytree(ASSETS, frozen)
-        shutil.copytree(GATE, out / "gate-before")
     return load_probes(frozen, model_hash).probes
 
 
@@ -545,7 +511,7 @@ def main() -> None:
                           f"each repeated {DEFAULT_WEIGHT} times)",
                   "formats": names, "relations": sorted(set(table.relation)), "seed": 0,
                   "sparekit_version": sparekit.__version__, "source_label": "evaluation.metrics.answer_source"}
-        result = write_assets(table, lm, sites, ASSETS, GATE, args.out / "gate-before", record)
+        result = write_assets(table, lm, sites, ASSETS, record)
         result["combinations"] = refit_combinations(lm, args)
     atomic_write_json(args.out / f"{args.step}{'-' + args.target if args.step == 'test' else ''}.json", result)
     print(json.dumps(result)[:3000], flush=True)

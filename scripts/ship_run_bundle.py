@@ -5,12 +5,12 @@ corpus (``runs/broad-indist/fitted/spare``, as ``spare``), or a combination (``â
 The run fits and dev-tunes it (SpARE's features and strength per direction; CAD's strength is its grid's one
 value); the shipped copy keeps all of that and takes the shipped SpARE's demonstrations instead of the run's,
 as the shipped CAD and AdaCAD bundles do, so ``sparekit steer`` builds the same prompt whichever shipped method
-it is given. Its gate is the run bundle's, or with ``--gate-from`` a shipped bundle's (the refitted ``spare``
-keeps the shipped probe gate, which is fitted across formats on the broad corpus already). BENCHMARKS.md ("A
-shipped SpARE + CAD bundle", "The shipped SpARE refitted on the broad corpus") has the runs' commands.
+it is given. Its gate is the run bundle's, or with ``--gate-from`` a shipped bundle's (the shipped ``spare`` took
+the recall gate of the shipped ``cad`` so). BENCHMARKS.md ("A shipped SpARE + CAD bundle", "The shipped SpARE
+refitted on the broad corpus", "The shipped SpARE gates on the recall detector") has the commands.
 
     python3 scripts/ship_run_bundle.py runs/broad-indist/fitted/spare+cad+recall
-    python3 scripts/ship_run_bundle.py runs/broad-indist/fitted/spare --gate-from spare
+    python3 scripts/ship_run_bundle.py src/sparekit/assets/steering/gemma-3-270m/spare --gate-from cad
 """
 
 from __future__ import annotations

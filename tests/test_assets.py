@@ -21,9 +21,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def test_the_registry_finds_the_default_models_assets_and_nothing_for_others():
     assets = default_assets()
     assert assets_for("default") == assets_for("gemma3-270m") == assets
-    assert (assets.probes / "detect.json").is_file() and (assets.steering("spare") / "gate" / "config.json").is_file()
+    assert (assets.probes / "detect.json").is_file() and (assets.steering("spare") / "config.json").is_file()
     assert "spare" in assets.steering_labels() and sorted(assets.saes()) == list(range(5, 13))
-    assert assets.gate == assets.steering("spare") / "gate"
+    assert assets.gates() == dict.fromkeys(("adacad", "cad", "spare", "spare+cad"), "recall")  # every one: recall
     described = assets.describe()
     assert described["model_hash"] == assets.model_hash
     assert set(described["steering"]) == {"adacad", "cad", "spare", "spare+cad"}

@@ -55,11 +55,11 @@ def test_demo_runs_on_shipped_artefacts(capsys):
         assert steering["method"] == "spare" and steering["strength"] is not None
         assert steering["steered"].strip() != "" and steering["unsteered"] == result["with_sub_context"]
     table = result["table"]
-    assert table["n"] == 12 and set(table["em"]) == {"unsteered", "spare", "spare+gate", "spare+recall"}
+    assert table["n"] == 12 and set(table["em"]) == {"unsteered", "spare", "spare+gate"}
     assert all(0 <= count <= 12 for row in table["em"].values() for count in row.values())
-    assert set(table["gates"]) == {"+gate", "+recall"}
+    assert set(table["gates"]) == {"+gate"}  # the shipped gate is the recall gate: no second row for it
     assert all(0 <= g["fired"]["org"] <= g["fired"]["sub"] <= 12 for g in table["gates"].values())
-    assert table["gates"]["+recall"]["gate"] == "the recall gate, fits nothing"
+    assert table["gates"]["+gate"]["gate"] == "the recall gate, fits nothing"
 
 
 def test_demo_table_items_were_held_out_of_the_shipped_tuning():
@@ -80,24 +80,22 @@ def test_demo_table_items_were_held_out_of_the_shipped_tuning():
 
 
 @pytest.mark.slow
-def test_steer_with_the_shipped_gate(capsys):
-    """`sparekit steer --gate`: the shipped calibrated gate decides; an unfired gate leaves the answer alone."""
-    args = ["steer", "The capital of France is Lyon.", "What is the capital of France?", "--toward", "memory"]
-    assert main([*args, "--gate", "--json"]) == 0
-    gated = json.loads(capsys.readouterr().out)
-    assert isinstance(gated["gate_fired"], bool)
-    if not gated["gate_fired"]:
-        assert gated["steered"] == gated["unsteered"]
-    # the decision is the gate's reading of the unsteered prompt (SpARE edits blocks 9-12, the gate reads block 10)
-    import sparekit
-    from sparekit.activations.last_token import last_token_states
-    from sparekit.steering.fitted import FittedBundle, shipped_root
-
-    lm = sparekit.load_model("default")
-    gate = FittedBundle.load(shipped_root("spare"), lm.info.model_hash).require_gate()
-    reading = gate.fire(last_token_states(lm, [gated["prompt"]], [gate.site])[gate.site])
-    assert gated["gate_fired"] == bool(reading[0])
-    assert main([*args, "--json"]) == 0
+def test_steer_with_the_shipped_gate_reads_the_prompt_as_detect_does(capsys):
+    """`sparekit steer --gate`: the shipped SpARE's gate is the recall gate, the default detector's reading, so it
+    fires exactly where `sparekit detect` reads a conflict in the same prompt; an unfired gate leaves the answer
+    alone, and without --gate nothing is gated."""
+    question = "What is the capital of France?"
+    fired = []
+    for passage in ("The capital of France is Lyon.", "The capital of France is Paris."):
+        assert main(["steer", passage, question, "--toward", "memory", "--gate", "--json"]) == 0
+        gated = json.loads(capsys.readouterr().out)
+        assert main(["detect", "--question", question, "--context", passage, "--json"]) == 0
+        detected = json.loads(capsys.readouterr().out)
+        assert gated["gate"] == "recall" and gated["gate_fired"] == detected["conflict"]
+        assert gated["gate_fired"] or gated["steered"] == gated["unsteered"]
+        fired.append(gated["gate_fired"])
+    assert fired == [True, False]
+    assert main(["steer", "The capital of France is Lyon.", question, "--toward", "memory", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gate_fired"] is None
 
 

@@ -119,8 +119,8 @@ def test_load_refuses_what_the_caller_did_not_ask_for_in_one_line(lm, bundle, tm
         FittedBundle("x", {"context": bundle["context"]})["memory"]  # type: ignore[index]
 
 
-def _old_layout(tmp_path: Path) -> Path:
-    """The shipped SpARE in the layout before bundles: tuned.json per direction, the gate beside the label."""
+def _old_layout(tmp_path: Path, gate: ProbeGate) -> Path:
+    """The shipped SpARE in the layout before bundles: tuned.json per direction, a probe gate beside the label."""
     root = tmp_path / "steering" / "spare"
     bundle = FittedBundle.load(shipped_root("spare"))
     for toward, fitted in bundle.directions.items():
@@ -129,12 +129,13 @@ def _old_layout(tmp_path: Path) -> Path:
                                                          "dev_em": fitted.dev_em, "toward": toward, "label": "spare",
                                                          "model_hash": bundle.model_hash,
                                                          "demos": list(bundle.demos)})
-    bundle.require_gate().save(root.parent / "gate")
+    gate.save(root.parent / "gate")
     return root
 
 
-def test_an_old_folder_is_one_error_line_and_the_migration_rewrites_it(tmp_path, capsys):
-    old = _old_layout(tmp_path)
+def test_an_old_folder_is_one_error_line_and_the_migration_rewrites_it(tmp_path, capsys, bundle):
+    old = _old_layout(tmp_path, bundle.gate)
+    reference = bundle.gate.save(tmp_path / "reference-gate")
     assert main(["export", "control-vector", str(old), "--out", str(tmp_path / "v.gguf")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "fitted folder of an older sparekit (tuned.json per direction)" in err
@@ -147,15 +148,15 @@ def test_an_old_folder_is_one_error_line_and_the_migration_rewrites_it(tmp_path,
         assert (migrated[toward].strength, migrated[toward].params) == (shipped[toward].strength,  # type: ignore
                                                                         shipped[toward].params)  # type: ignore
     assert json.loads((old / "gate" / "config.json").read_text())["params"] == \
-        json.loads((shipped_root("spare") / "gate" / "config.json").read_text())["params"]
+        json.loads((reference / "config.json").read_text())["params"]
 
 
 def test_the_shipped_assets_are_one_bundle_with_the_tuned_numbers():
     shipped = FittedBundle.load(shipped_root("spare"))
     assert (shipped["memory"].strength, shipped["context"].strength) == (2.0, 1.0)
     assert (shipped["memory"].dev_em, shipped["context"].dev_em) == (0.578125, 0.90625)
-    assert shipped.require_gate().site.layer == 10 and shipped.label == "spare"
-    assert not list(shipped_root("spare").parent.glob("gate"))  # the gate lives in the bundle only
+    assert isinstance(shipped.require_gate(), RecallGate) and shipped.label == "spare"  # the default detector's
+    assert not list(shipped_root("spare").rglob("gate"))  # named in config.json: no gate folder anywhere
 
 
 def test_the_shipped_decoding_bundles_are_what_their_script_writes(tmp_path):
@@ -193,18 +194,20 @@ def test_the_shipped_spare_cad_bundle_is_what_its_script_writes(tmp_path):
 
 
 def test_a_run_bundle_ships_with_the_shipped_demos_and_the_gate_it_is_given(tmp_path):
-    """`ship_run_bundle.py <run>/fitted/spare+recall --gate-from spare`: shipped as `spare`, with the shipped
-    SpARE's demonstrations and its probe gate in place of the run's own."""
+    """`ship_run_bundle.py <run>/fitted/spare+gate --gate-from cad`: shipped as `spare`, with the shipped
+    SpARE's demonstrations and the shipped CAD's recall gate in place of the run's probe gate."""
     shipped = FittedBundle.load(shipped_root("spare"))
     directions = {t: dataclasses.replace(f, demos=(DEMO,)) for t, f in shipped.directions.items()}
-    run_bundle = FittedBundle("spare+recall", directions, (DEMO,), shipped.model_hash, RecallGate())
-    folder = run_bundle.save(tmp_path / "fitted" / "spare+recall")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_run_bundle.py"), str(folder), "--gate-from", "spare",
+    X, y = np.random.default_rng(0).normal(size=(32, 640)).astype(np.float32), np.tile([0, 1], 16)
+    probe_gate = ProbeGate(LinearProbe(site="resid.10", model_hash=shipped.model_hash, epochs=2).fit(X, y), 10)
+    run_bundle = FittedBundle("spare+gate", directions, (DEMO,), shipped.model_hash, probe_gate)
+    folder = run_bundle.save(tmp_path / "fitted" / "spare+gate")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "ship_run_bundle.py"), str(folder), "--gate-from", "cad",
                     "--out", str(tmp_path / "out")], check=True, capture_output=True,
                    env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
     copy = FittedBundle.load(tmp_path / "out" / "spare", shipped.model_hash)
     assert copy.label == "spare" and copy.demos == shipped.demos and DEMO not in copy.demos
-    assert isinstance(copy.gate, ProbeGate) and copy.gate.threshold == shipped.require_gate().threshold
+    assert isinstance(copy.gate, RecallGate) and not (tmp_path / "out" / "spare" / "gate").exists()
     assert {t: (f.strength, f.demos) for t, f in copy.directions.items()} == \
         {t: (f.strength, shipped.demos) for t, f in shipped.directions.items()}
 
@@ -219,3 +222,18 @@ def test_damaged_settings_are_one_error_line(tmp_path, bundle):
     shutil.rmtree(folder)
     with pytest.raises(SparekitError, match="no fitted method in .*missing config.json"):
         FittedBundle.load(folder)
+
+
+def test_the_measured_table_adds_the_recall_gate_beside_a_probe_gate(lm, bundle):
+    """`sparekit demo`'s table (and benchmarks/bundle_table.py) on a probe-gated bundle: a `+gate` row, a `+recall`
+    row beside it, and where each fires; a recall-gated bundle gets its `+gate` row only."""
+    from sparekit.data.formats import PromptBuilder, prompt_format
+    from sparekit.steering.demo import held_out_items, measured_table
+
+    items, builder = held_out_items()[:4], PromptBuilder(prompt_format("three_shot"))
+    table = measured_table(lm, bundle, builder, items)
+    assert set(table["em"]) == {"unsteered", "actadd", "actadd+gate", "actadd+recall"} and table["n"] == 4
+    assert table["gates"]["+recall"]["gate"] == "the recall gate, fits nothing"
+    assert table["gates"]["+gate"]["gate"] == "the conflict probe at block 2, fitted without these items"
+    recall_gated = dataclasses.replace(bundle, gate=RecallGate())
+    assert set(measured_table(lm, recall_gated, builder, items)["gates"]) == {"+gate"}

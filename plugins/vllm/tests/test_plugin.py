@@ -21,7 +21,7 @@ from sparekit.probes.linear import LinearProbe
 from sparekit.utils.io import weights_hash
 
 from sparekit_vllm.bundle import load_bundle
-from sparekit.serve.options import RowSteer, parse_options
+from sparekit.serve.options import OptionError, RowSteer, parse_options
 
 from sparekit_vllm.options import Plan, Served
 from sparekit_vllm.rows import LastToken, last_prompt_tokens
@@ -233,7 +233,9 @@ def test_a_step_without_plans_is_untouched(worker):
 def test_the_shipped_assets_load_for_the_default_model():
     bundle = load_bundle(CACHED_MODEL)
     caps = bundle.capabilities()
-    assert caps.can_detect and "spare" in caps.gates
+    assert caps.can_detect and not caps.gates  # the shipped SpARE gates on recall, which the plugin does not run
+    with pytest.raises(OptionError, match="has no conflict gate this server runs"):
+        parse_options({"steer": {"method": "spare", "toward": "memory", "gate": True}}, caps)
     assert caps.methods == {"spare": {"context": 1.0, "memory": 2.0}}  # the bundle's dev-tuned strengths
     edits = bundle.edits(RowSteer("spare", "memory", 2.0))
     assert sorted(edits) == [9, 10, 11, 12]

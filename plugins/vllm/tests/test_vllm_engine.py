@@ -102,7 +102,7 @@ def test_a_mixed_batch_equals_each_request_alone(engine, reference):
 
 def test_the_gate_reads_the_unsteered_prompt(engine, reference):
     llm, _ = engine
-    method = "spare"  # the shipped bundle has a gate
+    method = "actadd"  # the test bundle with a probe gate (the shipped SpARE gates on recall)
     if f"{method}/memory" not in reference["answers"]:
         pytest.skip("the reference has no gated method")
     prompts = reference["prompts"][:6]

@@ -63,8 +63,8 @@ def test_steered_answers_match_the_builtin_engine(client, reference):
 
 
 def test_detection_and_gate_read_the_unsteered_prompt(client, reference):
-    out = complete(client, reference["prompts"][1], 4, detect=True, steer={"method": "spare", "toward": "memory",
-                                                                        "gate": True})  # the shipped, gated bundle
+    out = complete(client, reference["prompts"][1], 4, detect=True, steer={"method": "actadd", "toward": "memory",
+                                                                        "gate": True})  # the probe-gated test bundle
     reading = out.model_extra["sparekit"]
     assert abs(reading["conflict_probability"] - reference["detect"][1]["conflict_probability"]) <= 0.02
     assert reading["gate"] is True and isinstance(reading["steered"], bool)
@@ -76,7 +76,7 @@ def reference_caps(reference: dict) -> Capabilities:
     for key, strength in reference["strengths"].items():
         method, toward = key.split("/")
         methods.setdefault(method, {})[toward] = strength
-    return Capabilities(methods, frozenset({"spare"}), can_detect=True, max_strength=16.0)
+    return Capabilities(methods, frozenset({"actadd"}), can_detect=True, max_strength=16.0)
 
 
 def refused_beside_a_good_request(ask, prompt: str, bad: dict) -> tuple[dict, bool]:

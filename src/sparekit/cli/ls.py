@@ -25,7 +25,11 @@ def render(r: dict) -> str:
         return "\n".join(lines)
     lines.append(f"shipped assets ({assets['name']}):")
     lines.append(f"  probes (detect): {assets['probes'] or 'none'}")
-    lines.append(f"  conflict gate:   {assets['gate'] or 'none'}")
+    by_gate: dict[str, list[str]] = {}
+    for label, gate in assets["gates"].items():
+        by_gate.setdefault(gate, []).append(label)
+    gates = "; ".join(f"{gate} ({', '.join(labels)})" for gate, labels in by_gate.items())
+    lines.append(f"  conflict gates:  {gates or 'none'}")
     lines += [f"  {'steering ' + label + ':':<17}{path}" for label, path in assets["steering"].items()]
     saes = assets["saes"]
     where = f" in {Path(next(iter(saes.values()))).parent}" if saes else ""

@@ -1,6 +1,6 @@
 """The one registry of what the package ships for which model.
 
-Fitted probes, the conflict gate, tuned steering methods and SAEs only fit the weights they
+Fitted probes, conflict gates, tuned steering methods and SAEs only fit the weights they
 were fitted on, so shipped assets are keyed by the model's fingerprint: the hash of its
 weights (:attr:`ModelInfo.model_hash`). Every reader of a shipped asset asks here, and gets
 ``None`` for a model the package ships nothing for; nothing outside the package is read
@@ -9,8 +9,8 @@ implicitly.
 Layout, per asset folder name (the model's cache name in :mod:`sparekit.models.loading`)::
 
     assets/probes/<name>/{detect.json, conflict/, source/}
-    assets/steering/<name>/<method>/   a fitted bundle (:mod:`sparekit.steering.fitted`): config.json,
-                                       context/, memory/, gate/
+    assets/steering/<name>/<method>/   a fitted bundle (:mod:`sparekit.steering.fitted`): config.json
+                                       (naming a gate that fits nothing), context/, memory/, gate/ (a probe gate)
     assets/saes/<name>/resid.<layer>/
 """
 
@@ -60,11 +60,16 @@ class ModelAssets:
         return {read_json_object(config).get("kind") for config in self.steering(label).glob("*/config.json")
                 if config.parent.name in ("memory", "context")}
 
-    @property
-    def gate(self) -> Path | None:
-        """The conflict gate shipped with the first fitted bundle that has one."""
-        return next((g for g in (self.steering(label) / "gate" for label in self.steering_labels()) if g.is_dir()),
-                    None)
+    def gates(self) -> dict[str, str]:
+        """Each gated bundle's gate: the folder of its calibrated probe gate, or the name of the gate that fits
+        nothing it names (``recall``)."""
+        gates = {}
+        for label in self.steering_labels():
+            folder = self.steering(label) / "gate"
+            name = read_json_object(self.steering(label) / "config.json").get("params", {}).get("gate")
+            if folder.is_dir() or name:
+                gates[label] = str(folder) if folder.is_dir() else str(name)
+        return gates
 
     def saes(self) -> dict[int, Path]:
         """Shipped residual-stream SAEs by layer."""
@@ -76,7 +81,7 @@ class ModelAssets:
         """What ``sparekit ls`` shows."""
         return {"name": self.name, "model_hash": self.model_hash,
                 "probes": str(self.probes) if (self.probes / "detect.json").is_file() else None,
-                "gate": None if self.gate is None else str(self.gate),
+                "gates": self.gates(),
                 "steering": {label: str(self.steering(label)) for label in self.steering_labels()},
                 "saes": {layer: str(path) for layer, path in self.saes().items()}}
 

@@ -166,7 +166,8 @@ def _parse_gate(raw: Any, method: str, caps: Capabilities, param: str) -> tuple[
     if raw and method not in caps.gates:
         to = "".join(f' or "{name}"' for name in by)
         use = f", or use a gated method: {', '.join(sorted(caps.gates))}" if caps.gates else ""
-        raise OptionError(f"No conflict gate was fitted for method {method!r}; set gate to false{to}{use}.", param)
+        raise OptionError(f"Method {method!r} has no conflict gate this server runs (the vLLM engine runs probe "
+                          f"gates only); set gate to false{to}{use}.", param)
     return raw, None
 
 
