@@ -126,11 +126,13 @@ def confidence(row: dict, measure: str) -> float:
     return float(np.exp(np.mean(log_probs) if measure == "mean" else np.min(log_probs)))
 
 
-def decisions(data: ConflictDataset, items: ConflictDataset, answers: dict[str, dict], fmt) -> np.ndarray:
-    """``unrecalled`` on the org then the sub prompts of ``items`` in ``fmt`` (twins as bench_detectors')."""
+def decisions(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]], fmt) -> np.ndarray:
+    """``unrecalled`` on the org then the sub prompts of ``items`` in ``fmt`` (twins as bench_detectors'), given each
+    item's answers of every candidate in ``found``, read together as the library reads its two answers."""
     k_shot = K_SHOT if fmt.shots else 0
     twins = [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, k_shot, fmt=fmt), fmt) for ex in items]
-    closed, questions = [answers[ex.id]["closed"] for ex in items], [ex.question for ex in items]
+    closed = [tuple(answers[ex.id]["closed"] for answers in found) for ex in items]
+    questions = [ex.question for ex in items]
     prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT, fmt=fmt) for c in ("org", "sub")}
     return np.concatenate([unrecalled(closed, questions, [prompts[c][ex.id] for ex in items], twins)
                            for c in ("org", "sub")])
@@ -138,8 +140,9 @@ def decisions(data: ConflictDataset, items: ConflictDataset, answers: dict[str, 
 
 def unrecalled_rows(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]],
                     formats: list) -> np.ndarray:
-    """``[formats, 2 n]``: :func:`decisions` per format (several candidates OR-ed: named if either is)."""
-    return np.stack([np.min([decisions(data, items, answers, fmt) for answers in found], axis=0) for fmt in formats])
+    """``[formats, 2 n]``: :func:`decisions` per format (several candidates: a conflict where the context names none
+    of their answers that recall something)."""
+    return np.stack([decisions(data, items, found, fmt) for fmt in formats])
 
 
 def floored_score(value: np.ndarray, conf: np.ndarray, floor: float, rule: str) -> tuple[np.ndarray, np.ndarray]:

@@ -79,6 +79,17 @@ def test_with_several_closed_book_answers_a_conflict_is_a_context_naming_none():
     assert unrecalled(["France"] * 2, [question] * 2, texts, [closed] * 2).tolist() == [1.0, 1.0]
 
 
+def test_an_answer_that_only_echoes_the_question_leaves_the_decision_to_the_other():
+    """After the fixed shots the model echoes "Jun" asked which month "Jun" abbreviates; the neighbours' prompt
+    recalls "June": the context conflicts where it names neither recalled answer, and an echo alone decides nothing."""
+    question = "Which month is abbreviated Jun?"
+    closed = f"question: {question}\nanswer:"
+    texts = [f"context: {passage}\n{closed}" for passage in ("Jun is short for June.", "Jun is short for July.")]
+    assert unrecalled([("Jun", "June")] * 2, [question] * 2, texts, [closed] * 2).tolist() == [0.0, 1.0]
+    assert unrecalled([("June", "Jun")] * 2, [question] * 2, texts, [closed] * 2).tolist() == [0.0, 1.0]
+    assert unrecalled([("Jun", "Jun.")] * 2, [question] * 2, texts, [closed] * 2).tolist() == [0.0, 0.0]
+
+
 def test_an_accent_does_not_hide_that_the_context_names_the_answer():
     question, closed = "Which city is the capital of Togo?", "question: Which city is the capital of Togo?"
     texts = ["context: Togo is governed from Lome.\n" + closed, "context: Togo is governed from Lomé.\n" + closed,

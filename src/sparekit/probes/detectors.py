@@ -20,7 +20,7 @@ DETECTORS = ("auto", "probe", "jsd", "disagreement", "recall", "probe+jsd", "pro
 #: one name for all so that one prompt gets one reading everywhere (issue 29): ``auto``, which is ``recall`` where
 #: the prompt's question and context are known (every prompt sparekit builds with a context; a prompt given as text
 #: in ``three_shot`` blocks) and the probe elsewhere (:func:`resolve_detector`). Why recall first: dev ranks it first,
-#: and it transfers where the probe does not (held-out relations 0.95 accuracy / 0.96 AUROC against the probe's
+#: and it transfers where the probe does not (held-out relations 0.96 accuracy / 0.98 AUROC against the probe's
 #: 0.60 / 0.72; BENCHMARKS.md, "The recall detector"), for one short closed-book generation more.
 DEFAULT_DETECTOR = "auto"
 #: the detectors that also gate steering, fitting nothing (``sparekit steer --gate-by``, the server's ``"gate":

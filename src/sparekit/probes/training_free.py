@@ -67,9 +67,10 @@ RECALL_SHOTS = (Shot("How many legs does a spider have?", None, "8"),
 #: design round: three, the candidate run on the dev relations and held out)
 RECALL_NEIGHBOURS = 3
 #: the recall reading's revision, raised whenever its decisions change (prompts asked, answers read, matching):
-#: 1 one closed-book prompt, 2 two prompts (fourth design round), 3 accents dropped before matching. Cached gated
-#: cells record it, so a resumed benchmark regenerates cells an older reading decided.
-RECALL_READING = 3
+#: 1 one closed-book prompt, 2 two prompts (fourth design round), 3 accents dropped before matching, 4 an answer that
+#: only echoes the question leaves the decision to the other. Cached gated cells record it, so a resumed benchmark
+#: regenerates cells an older reading decided.
+RECALL_READING = 4
 #: how many questions' closed-book answers :func:`recall_answers` keeps per process (a server's questions repeat)
 RECALL_CACHE_SIZE = 4096
 _RECALLED: OrderedDict[tuple[str, str], tuple[tuple[str, str], float]] = OrderedDict()
@@ -168,14 +169,18 @@ def _words(text: str) -> list[str]:
     return "".join(ch for ch in normalize_answer(text) if not unicodedata.combining(ch)).split()
 
 
-def _names(answer: str, asked: set[str], with_text: tuple[str, list[str]], without_text: tuple[str, list[str]]
-           ) -> bool:
-    """Whether the context names ``answer``, or the answer recalls nothing beyond the question's words ``asked``;
-    each text comes with its normalised words, computed once per prompt whatever the number of answers."""
+def _recalled_words(answer: str, asked: set[str]) -> tuple[list[str], str | None]:
+    """What ``answer`` recalls beyond the question's words ``asked`` (empty: it only echoes the question), and its
+    letter where it is one (:func:`_letter`)."""
     letter = _letter(answer)
-    words = [letter] if letter else [w for w in _words(answer) if w not in asked]
-    return not words or any(a > b for a, b in zip(_counts(*with_text, words, letter),
-                                                  _counts(*without_text, words, letter)))
+    return ([letter] if letter else [w for w in _words(answer) if w not in asked]), letter
+
+
+def _names(words: list[str], letter: str | None, with_text: tuple[str, list[str]],
+           without_text: tuple[str, list[str]]) -> bool:
+    """Whether the context names the recalled ``words``; each text comes with its normalised words, computed once
+    per prompt whatever the number of answers."""
+    return any(a > b for a, b in zip(_counts(*with_text, words, letter), _counts(*without_text, words, letter)))
 
 
 def unrecalled(closed_answers: Sequence[str | Sequence[str]], questions: Sequence[str], with_texts: Sequence[str],
@@ -184,15 +189,18 @@ def unrecalled(closed_answers: Sequence[str | Sequence[str]], questions: Sequenc
     asked with different prompts): a conflict even when the model then ignores the context (which ``disagreement``
     cannot see). An answer's words that are not the question's are looked up as whole normalised words, accents
     dropped; the context names one when the prompt with it holds the word more often than its closed-book twin (so
-    demonstrations do not count). 0.0 where one is named, or where an answer has no word beyond the question's
-    (nothing recalled to contradict). The letter "A", which normalisation drops as the article, is looked up as a
-    capital standing alone ("the letter A")."""
+    demonstrations do not count). 0.0 where one is named. An answer with no word beyond the question's recalls
+    nothing (after the fixed shots the model echoes "Jun" asked which month "Jun" abbreviates): it is no evidence
+    either way, so the other answers decide, and where none recalls anything there is nothing to contradict (0.0).
+    The letter "A", which normalisation drops as the article, is looked up as a capital standing alone ("the letter
+    A")."""
     found = []
     for answers, question, with_text, without_text in zip(closed_answers, questions, with_texts, without_texts,
                                                           strict=True):
         answers = (answers,) if isinstance(answers, str) else answers
         asked, texts = set(_words(question)), [(text, _words(text)) for text in (with_text, without_text)]
-        found.append(0.0 if any(_names(a, asked, *texts) for a in answers) else 1.0)
+        recalled = [(words, letter) for words, letter in (_recalled_words(a, asked) for a in answers) if words]
+        found.append(1.0 if recalled and not any(_names(*r, *texts) for r in recalled) else 0.0)
     return np.array(found)
 
 
