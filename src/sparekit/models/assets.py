@@ -66,9 +66,10 @@ class ModelAssets:
         gates = {}
         for label in self.steering_labels():
             folder = self.steering(label) / "gate"
-            name = read_json_object(self.steering(label) / "config.json").get("params", {}).get("gate")
-            if folder.is_dir() or name:
-                gates[label] = str(folder) if folder.is_dir() else str(name)
+            if folder.is_dir():
+                gates[label] = str(folder)
+            elif name := read_json_object(self.steering(label) / "config.json").get("params", {}).get("gate"):
+                gates[label] = str(name)
         return gates
 
     def saes(self) -> dict[int, Path]:
