@@ -6,13 +6,21 @@ from two cached cells per prompt (``none`` and the ungated method, at the run's 
 decisions: nothing is steered again. Each gate is a recall_design.py candidate (``mixed6``: the shipped recall gate;
 ``A|B``: fire only where *neither* closed-book answer is named, two generations per prompt). The gate's answers are
 generated per test item (cached beside recall_design.py's, ``--answers``). With ``mixed6`` the replay reproduces the
-run's own ``+recall`` rows (checked per fold, printed). ``--source-aware`` adds each gate restricted to the prompts
-whose training-free source reading (:func:`~sparekit.probes.training_free.memory_first`, one prompt pass) is not the
-target: steer toward context only where the model is about to answer from memory, and the reverse. Means over folds
+run's own ``+recall`` rows (checked per fold, printed). A gate's part ``twin`` is the answer to each test prompt's
+own closed-book twin (its demonstrations kept, the passage left out; one generation per item and seed, cached as
+``twin-<fold>-seed<seed>.json``), counted only where it is short (recall_design.py's ``--twin-words``).
+``--from-run`` takes the steered answers from the run's own recall-gated cells instead of the ungated method's (for
+seeds whose ungated cells were never generated): valid for a gate that fires only where the run's gate fired, i.e.
+the library's two answers (``mixed6|mixed6+knnall3``) with more answers OR-ed in. ``--source-aware`` adds each gate
+restricted to the prompts whose training-free source reading (:func:`~sparekit.probes.training_free.memory_first`,
+one prompt pass) is not the target: steer toward context only where the model is about to answer from memory, and
+the reverse. Means over folds
 and pooled over items are printed and written to ``gate-replay.json``.
 
     python benchmarks/gate_replay.py --bench runs/broad-relation --answers runs/recall-knn \\
       --gates "mixed6,mixed6|mixed6+knn3" --methods cad:0.5,adacad:1
+    python benchmarks/gate_replay.py --bench runs/broad-relation-full --answers runs/recall-twin --from-run \\
+      --gates "mixed6|mixed6+knnall3,mixed6|mixed6+knnall3|twin" --methods cad:0.5,adacad:1 --seeds 42,43,44
 """
 
 from __future__ import annotations
@@ -25,17 +33,20 @@ from statistics import fmean
 import numpy as np
 
 import sparekit
-from recall_design import cached_answers
+from recall_design import brief, cached_answers
 from steer_fold_report import matched_table
 from sparekit.data import ConflictDataset, load_dataset
-from sparekit.probes.training_free import memory_first, unrecalled
+from sparekit.evaluation.generation import greedy_generate
+from sparekit.evaluation.harness import MAX_NEW_TOKENS
+from sparekit.evaluation.metrics import exact_match
+from sparekit.probes.training_free import RECALL_READING, memory_first, unrecalled
 from sparekit.steering import fitted_without_data
 from sparekit.steering.base import DIRECTIONS
 from sparekit.steering.bench import BenchConfig
 from sparekit.steering.bench.cells import Cells
 from sparekit.steering.bench.data import benchmark_splits
 from sparekit.steering.bench.protocol import test_prompts
-from sparekit.steering.gate import training_free_gate
+from sparekit.steering.gate import RecallGate, training_free_gate
 from sparekit.utils.io import atomic_write_json
 
 #: the leave-one-relation-out table's options ("Leave one relation out with the recall gate")
@@ -58,6 +69,17 @@ def method_labels(spec: str) -> dict[str, tuple[str, float | str]]:
     return labels
 
 
+class EarlierReading(RecallGate):
+    """The recall gate as an earlier reading signed its cells (each reading fires wherever the next one does: an
+    answer more, accents dropped, an echo decides nothing), so ``--from-run`` can read a run made under it."""
+
+    def __init__(self, reading: int):
+        self.reading = reading
+
+    def signature(self) -> str:
+        return f"recall:{self.reading}"
+
+
 def fold_strength(fold: Path, kind: str, strength: float | str | None, toward: str) -> float | str | None:
     """``strength``, or for ``dev`` the fold's dev-tuned strength of ``kind`` toward ``toward``."""
     if strength != "dev":
@@ -66,7 +88,7 @@ def fold_strength(fold: Path, kind: str, strength: float | str | None, toward: s
 
 
 def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, tuple[str, float | str]],
-               seed: int):
+               seed: int, from_run: bool = False):
     """The fold's test items, prompts per context, and cached answers per (label, context, direction); the run's
     own recall-gated rows (``cad+recall``) where it has them."""
     path = fold / "memorised.json" if (fold / "memorised.json").is_file() else fold.parent / "memorised.json"
@@ -81,15 +103,17 @@ def fold_cells(lm, fold: Path, data: ConflictDataset, relation: str, methods: di
                  if label == kind}
     for label, (kind, strength) in {"none": ("none", None), **methods, **run_gated}.items():
         method = fitted_without_data(kind.removesuffix("+recall"))
-        gates = (training_free_gate("recall"), None) if label in run_gated else (None,)
+        gates = ((training_free_gate("recall"), *map(EarlierReading, range(RECALL_READING - 1, 0, -1)), None)
+                 if label in run_gated else (None,))
         for context, toward in ((c, t) for c in ("sub", "org") for t in DIRECTIONS):
-            # the run's gated cells under today's recall reading, else as a run from before cells recorded theirs
+            # the run's gated cells under today's recall reading, an earlier one, else as a run from before cells
+            # recorded theirs
             chosen = fold_strength(fold, kind.removesuffix("+recall"), strength, toward)
             found = next((got for gate in gates if (got := cells.get("test", kind, {}, method, prompts[context],
                                                                      toward, chosen, gate, seed, cached_only=True))
                           is not None), None)
-            if found is None and label in run_gated:
-                break
+            if found is None and (label in run_gated or (from_run and label in methods)):
+                break  # a row this fold's cells cannot give (with --from-run the ungated rows are not needed)
             if found is None:
                 raise SystemExit(f"{fold}: no cached {label} answers for {context} toward {toward}")
             answers[label, context, toward] = found
@@ -123,34 +147,67 @@ def as_result(row: dict) -> dict:
 def replay_fold(lm, fold: Path, data: ConflictDataset, relation: str, methods: dict[str, tuple[str, float | str]],
                 gates: list[str], args: argparse.Namespace, seed: int) -> dict:
     """One fold's rows for the test demonstrations of ``seed``: each method ungated and under each gate."""
-    test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, seed)
-    found = {name: cached_answers(lm, name, test, args.answers)
+    test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, seed, args.from_run)
+    found = {name: twin_answers(lm, fold, seed, prompts["org"], args.answers) if name == "twin" else
+             {ex_id: row["closed"] for ex_id, row in cached_answers(lm, name, test, args.answers).items()}
              for name in {n for gate in gates for n in gate.split("|")}}
-    row = {"items": len(test), **{label: em_cells(cells, prompts, answers, label) for label in ("none", *methods)}}
-    for method in methods:
-        if all((f"{method}+recall", c, t) in answers for c in ("sub", "org") for t in DIRECTIONS):
-            row[f"{method}+recall (run)"] = em_cells(cells, prompts, answers, f"{method}+recall")
+    steered = {method: f"{method}+recall" if args.from_run else method for method in methods}
+    # (row label, the answers it takes where steered, where it steers: None for an ungated row)
+    replays: list[tuple[str, str, dict | None]] = [
+        (label, label, None) for label in ("none", *methods)
+        if all((label, c, t) in answers for c in ("sub", "org") for t in DIRECTIONS)]
+    replays += [(f"{method}+recall (run)", f"{method}+recall", None) for method in methods
+                if all((f"{method}+recall", c, t) in answers for c in ("sub", "org") for t in DIRECTIONS)]
+    row: dict = {"items": len(test)}
     for gate in gates:
         conflict = {}
         for context in ("sub", "org"):  # a conflict where the passage names none of the gate's answers
-            closed = [tuple(found[n][ex.id]["closed"] for n in gate.split("|")) for ex in test]
+            closed = [tuple(brief(found[n][ex.id], ex.question, args.twin_words) if n == "twin" else found[n][ex.id]
+                            for n in gate.split("|")) for ex in test]
             conflict[context] = unrecalled(closed, [ex.question for ex in test], [p.text for p in prompts[context]],
                                            [p.text_without_context for p in prompts[context]]) == 1.0
         row[f"gate {gate}"] = {c: float(np.mean(f)) for c, f in conflict.items()}
         variants = {gate: {(c, t): f for c, f in conflict.items() for t in DIRECTIONS}}
         if args.source_aware:
             first = gate.split("|")[0]
-            memory = {c: memory_first(lm, [p.text for p in prompts[c]],
-                                      [found[first][ex.id]["closed"] for ex in test]) == 1.0
+            memory = {c: memory_first(lm, [p.text for p in prompts[c]], [found[first][ex.id] for ex in test]) == 1.0
                       for c in ("sub", "org")}
             variants[f"{gate}+source"] = {(c, t): f & (memory[c] if t == "context" else ~memory[c])
                                           for c, f in conflict.items() for t in DIRECTIONS}
             row[f"gate {gate}+source"] = {f"{c} {t}": float(np.mean(f))
                                           for (c, t), f in variants[f"{gate}+source"].items()}
-        for name, fired in variants.items():
-            for method in methods:  # "|" would split a markdown table's cell
-                row[f"{method}+{name.replace('|', ' or ')}"] = em_cells(cells, prompts, answers, method, fired)
+        replays += [(f"{method}+{name.replace('|', ' or ')}", steered[method], fired)  # "|" splits a markdown cell
+                    for name, fired in variants.items() for method in methods]
+    for label, source, fired in replays:
+        row[label] = em_cells(cells, prompts, answers, source, fired)
+    if args.twin_right:  # the same rows on the items whose own closed-book twin the model answers right
+        twin = twin_answers(lm, fold, seed, prompts["org"], args.answers)
+        right = [exact_match(twin[ex.id], list(ex.org_answer)) for ex in test]
+        row["twin right"] = {"share": 100 * float(np.mean(right))}
+        for label, source, fired in replays:
+            known_prompts, known_answers, known_fired = on_items(right, prompts, answers, fired)
+            row[f"{label} | twin right"] = em_cells(cells, known_prompts, known_answers, source, known_fired)
     return row
+
+
+def on_items(keep: list[bool], *cells: dict | None) -> list[dict | None]:
+    """Each per-item dict of lists (prompts, answers, a gate's decisions) restricted to the items ``keep`` marks."""
+    return [None if found is None else {key: [v for v, k in zip(values, keep, strict=True) if k]
+                                        if isinstance(values, list) else np.asarray(values)[np.asarray(keep, bool)]
+                                        for key, values in found.items()} for found in cells]
+
+
+def twin_answers(lm, fold: Path, seed: int, prompts: list, out: Path) -> dict[str, str]:
+    """Per item id the greedy answer to its test prompt's closed-book twin under ``seed``'s demonstrations (the
+    conflict and no-conflict prompts share it), cached per fold and seed."""
+    path = out / f"twin-{fold.name}-seed{seed}.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [p for p in prompts if p.example.id not in rows]
+    if missing:
+        texts = [p.text_without_context for p in missing]
+        rows.update(zip([p.example.id for p in missing], greedy_generate(lm, texts, MAX_NEW_TOKENS, 8)))
+        atomic_write_json(path, rows)
+    return rows
 
 
 def mean_rows(rows: list[dict]) -> dict:
@@ -173,6 +230,12 @@ def main() -> None:
     parser.add_argument("--matched", metavar="BASELINES", help="each gated row against the best of these ungated "
                         "baselines at its EM without conflict (their sweeps from the folds' frontier.json, "
                         "steer_fold_report.py's table)")
+    parser.add_argument("--from-run", action="store_true", help="steered answers from the run's own recall-gated "
+                        "cells (for a gate firing only where the run's did), not the ungated method's")
+    parser.add_argument("--twin-words", type=int, default=1, help="a twin's answer counts where it recalls at most "
+                        "this many words beyond the question's")
+    parser.add_argument("--twin-right", action="store_true", help="also every row on the items whose own "
+                        "closed-book twin the model answers right (the others conflict with what it recalls there)")
     parser.add_argument("--source-aware", action="store_true",
                         help="also each gate steering only where the predicted source (memory_first) is not the target")
     args = parser.parse_args()

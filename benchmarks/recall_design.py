@@ -5,7 +5,10 @@ Per candidate prompt, one short closed-book generation per dev item (cached unde
 then :func:`~sparekit.probes.training_free.unrecalled` on the item's org (no conflict) and sub (conflict) prompts
 in every format of ``--formats``: accuracy, false-positive rate, conflicts found, the recall score's AUROC, and the
 share of items whose closed-book answer is the memorised one. ``or:A+B`` rows OR two candidates' decisions (named
-if the context names either answer; two generations per prompt) at no extra generation here.
+if the context names either answer; two generations per prompt) at no extra generation here. ``twin`` (in ``--or``
+only) is the prompt's own closed-book twin in each format (what the disagreement detector generates), answered once
+per format (``twin-<format>.json``); a twin's answer counts only where it recalls at most ``--twin-words`` words beyond
+the question's (a prompt in the user's format may answer in a sentence, whose every word would be looked up).
 
     python benchmarks/recall_design.py --run runs/broad-probe --out runs/recall-design2 --per-relation 80 \\
       --relations product,weekday_abbreviation,holiday_month,unit_symbol
@@ -14,6 +17,7 @@ if the context names either answer; two generations per prompt) at no extra gene
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cache
 from itertools import product
 
@@ -31,7 +35,8 @@ from sparekit.evaluation.harness import MAX_NEW_TOKENS, condition_prompts
 from sparekit.evaluation.metrics import exact_match
 from sparekit.probes.experiment import PROMPT_SEED
 from sparekit.probes.recall_bank import default_bank
-from sparekit.probes.training_free import RECALL_SHOTS, recall_prompts, recall_score, unrecalled
+from sparekit.probes.training_free import (RECALL_SHOTS, _recalled_words, _words, recall_prompts, recall_score,
+                                           unrecalled)
 from sparekit.utils.io import atomic_write_json
 
 #: round 1's choice (the shipped shots until round 2): three general-knowledge questions outside every relation
@@ -69,14 +74,33 @@ class AnswerSteps(LogitsProcessor):
         return found
 
 
-def candidate_prompts(name: str, items: ConflictDataset) -> list[str]:
+class PerFormat(dict):
+    """A ``twin`` candidate's answers: per format name, the per-item rows of :func:`cached_answers`."""
+
+
+@cache
+def broad_data() -> ConflictDataset:
+    """The corpus the items' demonstrations are drawn from (as bench_detectors' twins)."""
+    return load_dataset("broad", seed=PROMPT_SEED)
+
+
+def twin_prompts(data: ConflictDataset, items: ConflictDataset, fmt) -> list[str]:
+    """Each item's closed-book twin in ``fmt``: its prompt without the passage, the demonstrations kept."""
+    k_shot = K_SHOT if fmt.shots else 0
+    return [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, k_shot, fmt=fmt), fmt) for ex in items]
+
+
+def candidate_prompts(name: str, items: ConflictDataset, tokenizer=None) -> list[str]:
     """A candidate's closed-book prompts: ``instruction``, :data:`INSTRUCTION` before the bare block; otherwise
     :func:`recall_prompts` with the shots its ``+``-joined parts name in order, each a :data:`SHOT_CANDIDATES` name
     or ``knnK``: the K solved questions of the broad corpus nearest the item's question in form, drawn from the
     corpus *without the item's relation* (as if it were held out), or ``knnallK`` from the whole corpus (the
-    library's :func:`~sparekit.probes.training_free.recall_answers`, for a relation in the corpus)."""
+    library's :func:`~sparekit.probes.training_free.recall_answers`, for a relation in the corpus); ``twin-<format>``:
+:func:`twin_prompts`."""
     if name == "instruction":
         return [INSTRUCTION + QABlocks().block(ex.question, ()) for ex in items]
+    if name.startswith("twin-"):
+        return twin_prompts(broad_data(), items, prompt_format(name.removeprefix("twin-"), tokenizer))
     bank = default_bank()
     held_out = cache(lambda relation: bank.without([relation]))  # built once per relation, not per item
 
@@ -94,7 +118,7 @@ def candidate_prompts(name: str, items: ConflictDataset) -> list[str]:
 def candidate_answers(lm, name: str, items: ConflictDataset, batch_size: int = 8) -> list[dict]:
     """Per item, a candidate's closed-book answer (:func:`candidate_prompts`), its first-token probability (as
     :func:`recall_answers`) and its tokens' log-probabilities."""
-    prompts = candidate_prompts(name, items)
+    prompts = candidate_prompts(name, items, lm.tokenizer)
     rows = []
     for chunk in batches(prompts, batch_size):
         steps, first = AnswerSteps(lm.tokenizer), []
@@ -126,23 +150,32 @@ def confidence(row: dict, measure: str) -> float:
     return float(np.exp(np.mean(log_probs) if measure == "mean" else np.min(log_probs)))
 
 
-def decisions(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]], fmt) -> np.ndarray:
+def decisions(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]], fmt,
+              twin_words: int = 1) -> np.ndarray:
     """``unrecalled`` on the org then the sub prompts of ``items`` in ``fmt`` (twins as bench_detectors'), given each
-    item's answers of every candidate in ``found``, read together as the library reads its two answers."""
-    k_shot = K_SHOT if fmt.shots else 0
-    twins = [build_prompt(ex, None, item_demos(ex, data, PROMPT_SEED, k_shot, fmt=fmt), fmt) for ex in items]
-    closed = [tuple(answers[ex.id]["closed"] for answers in found) for ex in items]
+    item's answers of every candidate in ``found``, read together as the library reads its two answers (a twin's as
+    :func:`brief` keeps it)."""
+    twins = twin_prompts(data, items, fmt)
+    closed = [tuple(brief(answers[fmt.name][ex.id]["closed"], ex.question, twin_words)
+                    if isinstance(answers, PerFormat) else answers[ex.id]["closed"] for answers in found)
+              for ex in items]
     questions = [ex.question for ex in items]
     prompts = {c: condition_prompts(data, c, PROMPT_SEED, K_SHOT, fmt=fmt) for c in ("org", "sub")}
     return np.concatenate([unrecalled(closed, questions, [prompts[c][ex.id] for ex in items], twins)
                            for c in ("org", "sub")])
 
 
+def brief(answer: str, question: str, words: int) -> str:
+    """``answer``, or nothing (an answer that recalls nothing, which ``unrecalled`` leaves to the others) where it
+    recalls more than ``words`` words beyond the question's."""
+    return answer if len(_recalled_words(answer, set(_words(question)))[0]) <= words else ""
+
+
 def unrecalled_rows(data: ConflictDataset, items: ConflictDataset, found: list[dict[str, dict]],
-                    formats: list) -> np.ndarray:
+                    formats: list, twin_words: int = 1) -> np.ndarray:
     """``[formats, 2 n]``: :func:`decisions` per format (several candidates: a conflict where the context names none
     of their answers that recall something)."""
-    return np.stack([decisions(data, items, found, fmt) for fmt in formats])
+    return np.stack([decisions(data, items, found, fmt, twin_words) for fmt in formats])
 
 
 def floored_score(value: np.ndarray, conf: np.ndarray, floor: float, rule: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,11 +198,21 @@ def score(items: ConflictDataset, found: list[dict[str, dict]], value: np.ndarra
     fired, scores = floored_score(value, np.tile(conf, 2), floor, rule)
     keep, y = np.tile(mask, 2), np.repeat([0.0, 1.0], len(items))
     pred, scores, ys = fired[:, keep].ravel(), scores[:, keep].ravel(), np.tile(y[keep], len(value))
-    recovered = [any(exact_match(answers[ex.id]["closed"], list(ex.org_answer)) for answers in found)
-                 for ex, kept in zip(items, mask) if kept]
+    recovered = [any(exact_match(answers[ex.id]["closed"], list(ex.org_answer)) for answers in found
+                     if not isinstance(answers, PerFormat)) for ex, kept in zip(items, mask) if kept]
     return {"items": int(mask.sum()), "accuracy": float(np.mean(pred == ys)),
             "false_positive": float(np.mean(pred[ys == 0])), "found": float(np.mean(pred[ys == 1])),
             "auroc": _auroc(ys, scores), "recovered": float(np.mean(recovered))}
+
+
+def scored(items: ConflictDataset, found: list[dict[str, dict]], value: np.ndarray, floor: float, measure: str,
+           rule: str, relations: Sequence[str] = ()) -> dict:
+    """:func:`score` on every item, and with ``relations`` on each relation's items apart (``by_relation``)."""
+    row = score(items, found, value, np.ones(len(items), bool), floor, measure, rule)
+    relation = np.array([ex.relation for ex in items])
+    if relations:
+        row["by_relation"] = {r: score(items, found, value, relation == r, floor, measure, rule) for r in relations}
+    return row
 
 
 def main() -> None:
@@ -183,6 +226,8 @@ def main() -> None:
     parser.add_argument("--confidence", default="first", help="comma-separated measures: first, mean, min")
     parser.add_argument("--rules", default="spread", help="comma-separated score rules: spread, ranked")
     parser.add_argument("--by-relation", action="store_true", help="also each relation's scores")
+    parser.add_argument("--twin-words", type=int, default=1, help="a twin's answer counts where it recalls at most "
+                        "this many words beyond the question's")
     args = parser.parse_args()
     floors = [float(f) for f in args.floors.split(",")]
     if not all(0 <= f < 1 for f in floors):
@@ -195,22 +240,25 @@ def main() -> None:
     formats = [prompt_format(f, lm.tokenizer) for f in args.formats.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.candidates.split(",")
-    found = {name: cached_answers(lm, name, items, args.out) for name in names}
-    rows = {name: [found[name]] for name in names}
+    found = {name: PerFormat({fmt.name: cached_answers(lm, f"twin-{fmt.name}", items, args.out) for fmt in formats})
+             if name == "twin" else cached_answers(lm, name, items, args.out)
+             for name in {n for name in names + args.ors.split(",") for n in name.split("|") if n}}
+    rows = {name: [found[name]] for name in names if name != "twin"}
     rows.update({f"or:{pair}": [found[name] for name in pair.split("|")] for pair in filter(None, args.ors.split(","))})
-    every, relation = np.ones(len(items), bool), np.array([ex.relation for ex in items])
     table = {}
     for name, answers in rows.items():
-        value = unrecalled_rows(data, items, answers, formats)
+        value = unrecalled_rows(data, items, answers, formats, args.twin_words)
         for measure, floor, rule in product(args.confidence.split(","), floors, args.rules.split(",")):
             key = f"{name} {measure} floor={floor:g} {rule}"
-            table[key] = score(items, answers, value, every, floor, measure, rule)
-            if args.by_relation:
-                table[key]["by_relation"] = {r: score(items, answers, value, relation == r, floor, measure, rule)
-                                             for r in relations}
+            table[key] = scored(items, answers, value, floor, measure, rule, relations if args.by_relation else ())
+            table[key]["by_format"] = {fmt.name: scored(items, answers, value[i:i + 1], floor, measure, rule,
+                                                        relations if args.by_relation else ())
+                                       for i, fmt in enumerate(formats)}
     atomic_write_json(args.out / f"table-{'-'.join(relations)}.json", table)
     for name, row in table.items():
-        print(name, json.dumps({k: v for k, v in row.items() if k != "by_relation"}))
+        print(name, json.dumps({k: v for k, v in row.items() if not k.startswith("by_")}))
+        for fmt, cell in row["by_format"].items():
+            print(f"  {fmt}", json.dumps({k: v for k, v in cell.items() if not k.startswith("by_")}))
 
 if __name__ == "__main__":
     main()

@@ -62,3 +62,19 @@ def test_a_folds_seeds_are_averaged_cell_by_cell_over_the_rows_every_seed_has(re
     rows = [{"items": 20, "cad": {"memory": 50.0, "context": 80.0}, "cad+recall (run)": {"memory": 60.0}},
             {"items": 20, "cad": {"memory": 70.0, "context": 90.0}}]
     assert replay.mean_rows(rows) == {"items": 20, "seeds": 2, "cad": {"memory": 60.0, "context": 85.0}}
+
+
+def test_rows_on_the_items_a_mask_keeps_score_only_those_items(replay):
+    examples = [ConflictExample(id=f"e{i}", question="q?", org_context="o", org_answer=("Paris",), sub_context="s",
+                                sub_answer=("Rome",)) for i in range(2)]
+    prompts = {c: [SteeringPrompt(ex, c, ()) for ex in examples] for c in ("sub", "org")}
+    answers = {(label, c, t): ["Paris", "Lyon"] for label in ("none", "cad") for c in ("sub", "org")
+               for t in ("memory", "context")}
+    fired = {(c, t): np.array([False, True]) for c in ("sub", "org") for t in ("memory", "context")}
+    cells = Cells(None, Path("."), 8, "answer")
+    kept_prompts, kept_answers, kept_fired = replay.on_items([True, False], prompts, answers, fired)
+    assert [p.example.id for p in kept_prompts["org"]] == ["e0"] and kept_answers["cad", "org", "memory"] == ["Paris"]
+    assert kept_fired["org", "memory"].tolist() == [False]
+    assert replay.em_cells(cells, prompts, answers, "cad", fired)["no_conflict_memory"] == 50.0
+    assert replay.em_cells(cells, kept_prompts, kept_answers, "cad", kept_fired)["no_conflict_memory"] == 100.0
+    assert replay.on_items([True, False], None) == [None]

@@ -80,3 +80,16 @@ def test_a_knn_candidate_puts_the_bank_shots_where_its_name_says(design):
     last_shot = after.rsplit("question:", 2)[1]
     assert "continent" in last_shot and "Lyon" not in last_shot  # a neighbour of the broad corpus, nearest last
     assert "continent" not in before.rsplit("question:", 2)[1]  # ... or before the six shots
+
+
+def test_the_prompts_own_twin_answers_per_format_and_counts_only_where_it_is_short(design):
+    items = _items(2)
+    formats = [prompt_format("rag"), prompt_format("zero_shot")]
+    wrong = {ex.id: {"closed": "green", "p_first": 0.9, "log_probs": []} for ex in items}  # named by no context
+    twin = design.PerFormat({"rag": {ex.id: {"closed": "red"} for ex in items},  # the memorised answer: named
+                             "zero_shot": {ex.id: {"closed": "It is red, as blue things are not"} for ex in items}})
+    value = design.unrecalled_rows(items, items, [wrong, twin], formats)
+    assert value[0].tolist() == [0.0, 0.0, 1.0, 1.0]  # rag: org names the twin's "red", sub names nothing recalled
+    assert value[1].tolist() == [1.0, 1.0, 1.0, 1.0]  # zero_shot: the sentence is left out, "green" decides
+    words = design.unrecalled_rows(items, items, [wrong, twin], formats, twin_words=10)
+    assert words[1].tolist() == [0.0, 0.0, 0.0, 0.0]  # kept, its "red" and "blue" are named in both contexts
