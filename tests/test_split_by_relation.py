@@ -239,3 +239,33 @@ def test_folds_in_separate_folders_make_one_closed_book_pass(tiny_llama, tmp_pat
     for fold in ("a", "b"):
         memorised_items(unpinned, dataset, tmp_path / fold / "memorised.json", 3, 8)
     assert passes == [3, 0, 3, 3, 3] and len(list((tmp_path / "cache" / "memorised").glob("*.json"))) == 3
+
+
+def test_memorised_under_several_seeds_keeps_what_every_seed_answers_and_a_file_keeps_its_seeds(
+        tiny_llama, tmp_path, monkeypatch):
+    """--memorised-seeds 42,0: an item counts where the model answers it right under each seed's closed-book
+    demonstrations; a memorised.json written for other seeds is refused (one line), not silently reused."""
+    from sparekit.errors import SparekitError
+    from sparekit.steering.bench import BenchConfig
+    from sparekit.steering.bench import data as bench_data
+    from sparekit.steering.bench.data import memorised_items
+
+    monkeypatch.setenv("SPAREKIT_CACHE", str(tmp_path / "cache"))
+    seeds_asked = []
+
+    def by_seed(lm, dataset, seed, k_shot, batch_size):  # seed 42 knows the even rows, seed 0 every third
+        seeds_asked.append(seed)
+        return dataset.subset(range(0, len(dataset), 2 if seed == 42 else 3))
+
+    monkeypatch.setattr(bench_data, "memorised_subset", by_seed)
+    dataset = load_dataset("default", limit=40, seed=2)
+    both = memorised_items(tiny_llama, dataset, tmp_path / "both" / "memorised.json", 3, 8, (42, 0))
+    assert [ex.id for ex in both] == [ex.id for ex in dataset][::6] and seeds_asked == [42, 0]
+    one = memorised_items(tiny_llama, dataset, tmp_path / "one" / "memorised.json", 3, 8)
+    assert [ex.id for ex in one] == [ex.id for ex in dataset][::2] and seeds_asked == [42, 0, 42]  # its own key
+    with pytest.raises(SparekitError, match="memorised under closed-book seeds 42, not 42,0"):
+        memorised_items(tiny_llama, dataset, tmp_path / "one" / "memorised.json", 3, 8, (42, 0))
+    assert "memorised_seeds" not in BenchConfig().record()  # run directories from before the option resume
+    assert BenchConfig(memorised_seeds=(42, 0)).record()["memorised_seeds"] == (42, 0)
+    with pytest.raises(SparekitError, match="distinct seeds"):
+        BenchConfig(memorised_seeds=(1, 1))

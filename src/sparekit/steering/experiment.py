@@ -52,6 +52,9 @@ class _BenchRun(BenchConfig):
         "behaviour_seeds": {"help": "Demonstration seeds of the behaviour data (each doubles the pool prompts)."},
         "k_shot": {"help": "Demonstrations per prompt.", "min": 0},
         "split_seed": {"help": "Seed of the pool/dev/test split and of the test sample."},
+        "memorised_seeds": {"help": "Closed-book demonstration seeds: an item counts as memorised where the model "
+                                    "answers it right under each (several keep out what it recalls only under some "
+                                    "demonstrations)."},
         "gate_layer": {"help": "Layer of the +gate conflict probe (default: the best dev AUROC from 1/3 depth on)."},
         "gate_max_false_positive_rate": {"help": "The gate fires on this share of dev no-conflict prompts.",
                                          "min": 0.0, "max": 1.0},

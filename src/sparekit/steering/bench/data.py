@@ -20,39 +20,52 @@ from sparekit.evaluation.harness import dataset_fingerprint, memorised_subset
 from sparekit.models.loading import LoadedModel
 from sparekit.steering.base import BehaviourData, SteeringPrompt
 from sparekit.steering.behaviour import behaviour_prompts, collect_behaviour_data
-from sparekit.steering.bench.protocol import BenchConfig
+from sparekit.steering.bench.protocol import MEMORISED_SEED, BenchConfig
 from sparekit.utils.guards import warn_small_data
 from sparekit.utils.io import atomic_path, atomic_write_json, atomic_write_text, cache_dir, read_json, waiting_lock
 
 Splits = tuple[ConflictDataset, ConflictDataset, ConflictDataset]
 
 
-def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_shot: int,
-                    batch_size: int) -> ConflictDataset:
-    """The items ``lm`` answers closed-book, by the ids in ``path`` (written on the first run; one file may
-    serve several runs on the same model and dataset).
+def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_shot: int, batch_size: int,
+                    seeds: Sequence[int] = (MEMORISED_SEED,)) -> ConflictDataset:
+    """The items ``lm`` answers closed-book under every one of ``seeds``' demonstrations, by the ids in ``path``
+    (written on the first run with the seeds; one file may serve several runs on the same model and dataset, and a
+    file written for other seeds is refused).
 
-    The ids are also kept in sparekit's cache under the model's hash, the rows' fingerprint and ``k_shot``,
-    so runs in separate folders (``--held-out-relation`` fold by fold, two at once) make the closed-book
+    The ids are also kept in sparekit's cache under the model's hash, the rows' fingerprint, ``k_shot`` and the
+    seeds, so runs in separate folders (``--held-out-relation`` fold by fold, two at once) make the closed-book
     pass over the dataset once: the second waits for the first, then reads its ids. A model whose hash names no
     one set of weights (:attr:`~sparekit.models.architecture.ModelInfo.pins_weights`) keeps its ids in ``path`` only.
     """
+    seeds = [int(s) for s in seeds]
     if not path.is_file():
         if not lm.info.pins_weights:
-            atomic_write_json(path, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size)})
+            atomic_write_json(path, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size, seeds), "seeds": seeds})
         else:
-            key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}".encode())
+            named = "" if seeds == [MEMORISED_SEED] else f"|{seeds}"  # the default keeps its earlier key
+            key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}{named}".encode())
             shared = cache_dir() / "memorised" / f"{key.hexdigest()[:32]}.json"
             with waiting_lock(shared.with_suffix(".lock")):
                 if not shared.is_file():
-                    atomic_write_json(shared, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size)})
+                    atomic_write_json(shared, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size, seeds),
+                                               "seeds": seeds})
             atomic_write_json(path, read_json(shared))
-    keep = set(read_json(path)["ids"])
+    found = read_json(path)
+    if found.get("seeds", [MEMORISED_SEED]) != seeds:
+        raise SparekitError(f"{path} holds the items memorised under closed-book seeds "
+                            f"{','.join(map(str, found.get('seeds', [MEMORISED_SEED])))}, not "
+                            f"{','.join(map(str, seeds))}", "choose another --out, or delete the file to recompute it")
+    keep = set(found["ids"])
     return dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
 
 
-def _memorised_ids(lm: LoadedModel, dataset: ConflictDataset, k_shot: int, batch_size: int) -> list[str]:
-    return [ex.id for ex in memorised_subset(lm, dataset, seed=42, k_shot=k_shot, batch_size=batch_size)]
+def _memorised_ids(lm: LoadedModel, dataset: ConflictDataset, k_shot: int, batch_size: int,
+                   seeds: Sequence[int]) -> list[str]:
+    """The ids memorised under every seed's closed-book demonstrations, in the dataset's order."""
+    kept = set.intersection(*({ex.id for ex in memorised_subset(lm, dataset, seed=seed, k_shot=k_shot,
+                                                                   batch_size=batch_size)} for seed in seeds))
+    return [ex.id for ex in dataset if ex.id in kept]
 
 
 def benchmark_splits(memorised: ConflictDataset, dataset: ConflictDataset, config: BenchConfig) -> Splits:

@@ -32,6 +32,8 @@ DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare
 EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths", "seeds", "test_format")
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
+#: the closed-book demonstration seed that decides which items the model has memorised (``memorised_seeds``)
+MEMORISED_SEED = 42
 #: "sparekit": this project's protocol (module docstring); "paper": the official SpARE code's (:func:`paper_config`)
 PROTOCOLS = ("sparekit", "paper")
 #: the decoding-level methods a label may add to another (``spare+cad``)
@@ -71,6 +73,10 @@ class BenchConfig:
     #: the prompt formats of the behaviour data, the gate's prompts and dev: each item is asked in one of them
     #: (:func:`~sparekit.data.prompts.item_format`), so fits and tuning see every format named here
     fit_formats: tuple[str, ...] = (DEFAULT_FORMAT,)
+    #: an item counts as memorised where the model answers it right closed-book under each of these seeds'
+    #: demonstrations: several keep out the items it recalls only under some (a fifth of the memorised items are
+    #: answered otherwise under the test prompts' own demonstrations: BENCHMARKS.md, "Sixth design round")
+    memorised_seeds: tuple[int, ...] = (MEMORISED_SEED,)
 
     def __post_init__(self) -> None:
         if self.held_out_relation is not None and self.held_out_kind is not None:
@@ -80,6 +86,9 @@ class BenchConfig:
             raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
         for name in (self.test_format, *self.fit_formats):  # an unknown format fails before any work
             FORMATS.lookup(name)
+        if not self.memorised_seeds or len(set(self.memorised_seeds)) < len(self.memorised_seeds):
+            raise SparekitError(f"--memorised-seeds {','.join(map(str, self.memorised_seeds))!r}: give one or more "
+                                "distinct seeds", f"e.g. --memorised-seeds {MEMORISED_SEED},0,1")
         if not self.fit_formats or len(set(self.fit_formats)) < len(self.fit_formats):
             raise SparekitError(f"--fit-formats {','.join(self.fit_formats)!r}: give one or more distinct formats",
                                 f"e.g. --fit-formats {DEFAULT_FORMAT},zero_shot,llamaindex")
@@ -104,9 +113,11 @@ class BenchConfig:
         return None if self.held_out_relation is None else ("relation", self.held_out_relation)
 
     def record(self) -> dict[str, Any]:
-        """The fields a run directory records and compares; ``held_out_kind``, ``test_format`` and
-        ``fit_formats`` only when set, so run directories written before they existed still resume."""
+        """The fields a run directory records and compares; ``held_out_kind``, ``test_format``, ``fit_formats`` and
+        ``memorised_seeds`` only when set, so run directories written before they existed still resume."""
         fields = asdict(self)
+        if tuple(fields["memorised_seeds"]) == (MEMORISED_SEED,):
+            del fields["memorised_seeds"]
         if fields["held_out_kind"] is None:
             del fields["held_out_kind"]
         if fields["test_format"] == DEFAULT_FORMAT:

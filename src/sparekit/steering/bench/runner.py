@@ -73,7 +73,8 @@ class SteeringBenchmark:
     # -- what every method's cells share -------------------------------------------------------
     def splits(self) -> Splits:
         """(pool, dev, test) memorised items (:func:`~sparekit.steering.bench.data.benchmark_splits`)."""
-        memorised = memorised_items(self.lm, self.dataset, self.memorised_file, self.config.k_shot, self.batch_size)
+        memorised = memorised_items(self.lm, self.dataset, self.memorised_file, self.config.k_shot, self.batch_size,
+                                    self.config.memorised_seeds)
         return benchmark_splits(memorised, self.dataset, self.config)
 
     def behaviour(self, pool: ConflictDataset) -> BehaviourData:
