@@ -6,7 +6,8 @@ reads the folds whose every listed method finished, builds the same summary
 (:func:`sparekit.steering.bench.runner.fold_summary`: mean over folds, spread, worst fold) and prints the
 fold table, then per fold and method EM with a 95 % Wilson interval over its test items (one seed: the
 interval is over items only) and the dev choices; for gated methods, how often their gate fired on the test
-prompts; with ``--matched cad,adacad`` (each fold's ``frontier.json`` from ``sparekit bench frontier --methods
+prompts; EM without conflict by the direction steered;
+with ``--matched cad,adacad`` (each fold's ``frontier.json`` from ``sparekit bench frontier --methods
 cad``; a baseline without a sweep counts with its tuned setting), each gated method against the best of those
 baselines at the same EM without conflict. ``--test-format rag`` reads what ``bench steer --test-format rag`` wrote
 (``results-rag.json``, ``frontier-rag.json``).
@@ -68,6 +69,26 @@ def fire_table(runs: dict[str, dict], methods: list[str]) -> str:
     for label in gated:
         rates = [[100 * r["methods"][label]["gate_fired"][c]["mean"] for c in ("sub", "org")] for r in runs.values()]
         cells = [f"{a:.0f} / {b:.0f}" for a, b in rates] + [" / ".join(f"{x:.1f}" for x in np.mean(rates, 0))]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def no_conflict_table(runs: dict[str, dict], methods: list[str]) -> str:
+    """EM without conflict (%) by the direction the no-conflict prompts were steered: the mean over folds (and
+    the change from ``none``'s), pooled over the folds' test items, and the worst fold — what "within 1 point of
+    unsteered without conflict" reads, per direction."""
+    items = np.array([r["splits"]["test_items"] for r in runs.values()])
+    lines = ["| method | " + " | ".join(f"→ {t}: mean (vs none) / pooled / worst" for t in DIRECTIONS) + " |",
+             "|---|" + "---|" * len(DIRECTIONS)]
+
+    def em(label: str, toward: str) -> np.ndarray:
+        return np.array([100 * r["methods"][label][f"em_no_conflict_{toward}"]["mean"] for r in runs.values()])
+    for label in methods:
+        cells = []
+        for toward in DIRECTIONS:
+            values, base = em(label, toward), em("none", toward) if "none" in methods else None
+            change = "" if base is None else f" ({values.mean() - base.mean():+.1f})"
+            cells.append(f"{values.mean():.1f}{change} / {np.average(values, weights=items):.1f} / {values.min():.1f}")
         lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -159,7 +180,8 @@ def main() -> None:
     print(f"folds done: {', '.join(runs)}\n")
     print(fold_table(summary), "\n")
     print(interval_table(runs, methods), "\n")
-    print(fire_table(runs, methods))
+    print(fire_table(runs, methods), "\n")
+    print(no_conflict_table(runs, methods))
     if args.matched:
         print("\n" + matched_table(args.run, runs, methods, args.matched.split(","), output))
 

@@ -95,3 +95,16 @@ def test_a_gated_row_is_compared_with_the_baseline_at_the_same_em_without_confli
     table = report.matched_table(tmp_path, {"x": fold}, ["none", "cad", "cad+recall"], ["cad"])
     assert "| cad+recall | memory | 90.0 / 70.0 / 75.0 | 70 / 75 | 0 / 0 / 1 |" in table  # cad's tuned setting wins
     assert "| cad+recall | context | 50.0 / 50.0 / 50.0 | 50 / 50 | 0 / 1 / 0 |" in table  # level: the same EM
+
+
+def test_em_without_conflict_is_reported_per_direction_against_unsteered(report):
+    def fold(none_memory, gated_memory, items):
+        stat = {"mean": 1.0}
+        return {"splits": {"test_items": items},
+                "methods": {"none": {"em_no_conflict_memory": {"mean": none_memory}, "em_no_conflict_context": stat},
+                            "cad+recall": {"em_no_conflict_memory": {"mean": gated_memory},
+                                           "em_no_conflict_context": stat}}}
+
+    table = report.no_conflict_table({"a": fold(1.0, 0.9, 10), "b": fold(0.8, 0.8, 30)}, ["none", "cad+recall"])
+    # toward memory: mean 85.0 against none's 90.0; pooled (10 x 90 + 30 x 80) / 40 = 82.5; worst fold 80.0
+    assert "| cad+recall | 100.0 (+0.0) / 100.0 / 100.0 | 85.0 (-5.0) / 82.5 / 80.0 |" in table
