@@ -36,8 +36,6 @@ import sparekit
 from recall_design import brief, cached_answers
 from steer_fold_report import matched_table
 from sparekit.data import ConflictDataset, load_dataset
-from sparekit.evaluation.generation import greedy_generate
-from sparekit.evaluation.harness import MAX_NEW_TOKENS
 from sparekit.evaluation.metrics import exact_match
 from sparekit.probes.training_free import RECALL_READING, memory_first, unrecalled
 from sparekit.steering import fitted_without_data
@@ -148,8 +146,9 @@ def replay_fold(lm, fold: Path, data: ConflictDataset, relation: str, methods: d
                 gates: list[str], args: argparse.Namespace, seed: int) -> dict:
     """One fold's rows for the test demonstrations of ``seed``: each method ungated and under each gate."""
     test, prompts, answers, cells = fold_cells(lm, fold, data, relation, methods, seed, args.from_run)
-    found = {name: twin_answers(lm, fold, seed, prompts["org"], args.answers) if name == "twin" else
-             {ex_id: row["closed"] for ex_id, row in cached_answers(lm, name, test, args.answers).items()}
+    found = {name: {ex_id: row["closed"] for ex_id, row in (twin_answers(lm, fold, seed, test, prompts["org"], args)
+                                                             if name == "twin" else
+                                                             cached_answers(lm, name, test, args.answers)).items()}
              for name in {n for gate in gates for n in gate.split("|")}}
     steered = {method: f"{method}+recall" if args.from_run else method for method in methods}
     # (row label, the answers it takes where steered, where it steers: None for an ungated row)
@@ -181,8 +180,8 @@ def replay_fold(lm, fold: Path, data: ConflictDataset, relation: str, methods: d
     for label, source, fired in replays:
         row[label] = em_cells(cells, prompts, answers, source, fired)
     if args.twin_right:  # the same rows on the items whose own closed-book twin the model answers right
-        twin = twin_answers(lm, fold, seed, prompts["org"], args.answers)
-        right = [exact_match(twin[ex.id], list(ex.org_answer)) for ex in test]
+        twin = twin_answers(lm, fold, seed, test, prompts["org"], args)
+        right = [exact_match(twin[ex.id]["closed"], list(ex.org_answer)) for ex in test]
         row["twin right"] = {"share": 100 * float(np.mean(right))}
         for label, source, fired in replays:
             known_prompts, known_answers, known_fired = on_items(right, prompts, answers, fired)
@@ -197,17 +196,12 @@ def on_items(keep: list[bool], *cells: dict | None) -> list[dict | None]:
                                         for key, values in found.items()} for found in cells]
 
 
-def twin_answers(lm, fold: Path, seed: int, prompts: list, out: Path) -> dict[str, str]:
-    """Per item id the greedy answer to its test prompt's closed-book twin under ``seed``'s demonstrations (the
-    conflict and no-conflict prompts share it), cached per fold and seed."""
-    path = out / f"twin-{fold.name}-seed{seed}.json"
-    rows = json.loads(path.read_text()) if path.is_file() else {}
-    missing = [p for p in prompts if p.example.id not in rows]
-    if missing:
-        texts = [p.text_without_context for p in missing]
-        rows.update(zip([p.example.id for p in missing], greedy_generate(lm, texts, MAX_NEW_TOKENS, 8)))
-        atomic_write_json(path, rows)
-    return rows
+def twin_answers(lm, fold: Path, seed: int, test: ConflictDataset, prompts: list, args: argparse.Namespace
+                 ) -> dict[str, dict]:
+    """Per item id the :func:`~recall_design.cached_answers` row of its test prompt's closed-book twin under
+    ``seed``'s demonstrations (the conflict and no-conflict prompts share it), cached per fold and seed."""
+    return cached_answers(lm, f"twin-{fold.name}-seed{seed}", test, args.answers,
+                          {p.example.id: p.text_without_context for p in prompts})
 
 
 def mean_rows(rows: list[dict]) -> dict:

@@ -115,10 +115,11 @@ def candidate_prompts(name: str, items: ConflictDataset, tokenizer=None) -> list
             for ex in items]
 
 
-def candidate_answers(lm, name: str, items: ConflictDataset, batch_size: int = 8) -> list[dict]:
-    """Per item, a candidate's closed-book answer (:func:`candidate_prompts`), its first-token probability (as
-    :func:`recall_answers`) and its tokens' log-probabilities."""
-    prompts = candidate_prompts(name, items, lm.tokenizer)
+def candidate_answers(lm, name: str, items: ConflictDataset, batch_size: int = 8,
+                      prompts: dict[str, str] | None = None) -> list[dict]:
+    """Per item, a candidate's closed-book answer (:func:`candidate_prompts`, or ``prompts`` by item id), its
+    first-token probability (as :func:`recall_answers`) and its tokens' log-probabilities."""
+    prompts = candidate_prompts(name, items, lm.tokenizer) if prompts is None else [prompts[ex.id] for ex in items]
     rows = []
     for chunk in batches(prompts, batch_size):
         steps, first = AnswerSteps(lm.tokenizer), []
@@ -129,14 +130,16 @@ def candidate_answers(lm, name: str, items: ConflictDataset, batch_size: int = 8
     return rows
 
 
-def cached_answers(lm, name: str, items: ConflictDataset, out) -> dict[str, dict]:
+def cached_answers(lm, name: str, items: ConflictDataset, out, prompts: dict[str, str] | None = None
+                   ) -> dict[str, dict]:
     """Per item id the candidate's :func:`candidate_answers` row (cached in one file per candidate; only the items
-    it lacks are generated)."""
+    it lacks are generated); ``prompts``: each item's prompt by id, for a candidate :func:`candidate_prompts` cannot
+    build from the item alone."""
     path = out / f"{name}.json"
     rows = json.loads(path.read_text()) if path.is_file() else {}
     missing = [ex for ex in items if ex.id not in rows]
     if missing:
-        rows.update(zip([ex.id for ex in missing], candidate_answers(lm, name, missing)))
+        rows.update(zip([ex.id for ex in missing], candidate_answers(lm, name, missing, prompts=prompts)))
         atomic_write_json(path, rows)
     return rows
 
@@ -209,8 +212,8 @@ def scored(items: ConflictDataset, found: list[dict[str, dict]], value: np.ndarr
            rule: str, relations: Sequence[str] = ()) -> dict:
     """:func:`score` on every item, and with ``relations`` on each relation's items apart (``by_relation``)."""
     row = score(items, found, value, np.ones(len(items), bool), floor, measure, rule)
-    relation = np.array([ex.relation for ex in items])
     if relations:
+        relation = np.array([ex.relation for ex in items])
         row["by_relation"] = {r: score(items, found, value, relation == r, floor, measure, rule) for r in relations}
     return row
 

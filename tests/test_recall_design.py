@@ -70,6 +70,14 @@ def test_answer_steps_score_the_greedy_tokens_up_to_the_newline(design, tiny_lla
             assert np.exp(row["log_probs"][0]) == pytest.approx(row["p_first"], abs=1e-5)
 
 
+def test_a_candidate_given_its_prompts_answers_them_and_is_cached_by_item(design, tiny_llama, tmp_path):
+    items = _items(2)
+    prompts = {ex.id: f"question: {ex.question}\nanswer:" for ex in items}  # e.g. each test prompt's twin
+    rows = design.cached_answers(tiny_llama, "twin-x", items, tmp_path, prompts)
+    assert [rows[ex.id]["closed"] for ex in items] == greedy_generate(tiny_llama, list(prompts.values()), 12)
+    assert design.cached_answers(tiny_llama, "twin-x", items, tmp_path, {}) == rows  # read back, nothing asked
+
+
 def test_a_knn_candidate_puts_the_bank_shots_where_its_name_says(design):
     items = ConflictDataset([ConflictExample(id="q", question="On which continent is the city of Lyon?",
                                              org_context="c", org_answer=("Europe",), sub_context="c",

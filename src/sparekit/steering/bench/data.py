@@ -52,10 +52,11 @@ def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_sho
                                                "seeds": seeds})
             atomic_write_json(path, read_json(shared))
     found = read_json(path)
-    if found.get("seeds", [MEMORISED_SEED]) != seeds:
+    recorded = found.get("seeds", [MEMORISED_SEED])  # a file from before the option: the one default seed
+    if recorded != seeds:
         raise SparekitError(f"{path} holds the items memorised under closed-book seeds "
-                            f"{','.join(map(str, found.get('seeds', [MEMORISED_SEED])))}, not "
-                            f"{','.join(map(str, seeds))}", "choose another --out, or delete the file to recompute it")
+                            f"{','.join(map(str, recorded))}, not {','.join(map(str, seeds))}",
+                            "choose another --out, or delete the file to recompute it")
     keep = set(found["ids"])
     return dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
 
