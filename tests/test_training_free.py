@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -142,6 +143,21 @@ def test_combination_learns_which_signal_matters_and_round_trips(tmp_path):
         load_combination(tmp_path, "disagreement")
 
 
+def test_probe_recall_records_its_reading_and_an_older_one_warns(tmp_path):
+    from sparekit.probes.training_free import RECALL_READING, StaleCombinationWarning
+
+    save_combinations(tmp_path, [Combination("recall", (0.1, 12.0), -6.0), Combination("jsd", (1.0, 2.0), 0.0)], "t")
+    saved = json.loads((tmp_path / "detectors.json").read_text())["combinations"]
+    assert saved["recall"]["reading"] == RECALL_READING and "reading" not in saved["jsd"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_combination(tmp_path, "recall").coef == (0.1, 12.0)
+    del saved["recall"]["reading"]  # a file written before the field: fitted on reading 3
+    (tmp_path / "detectors.json").write_text(json.dumps({"combinations": saved}))
+    with pytest.warns(StaleCombinationWarning, match="recall reading 3's scores"):
+        load_combination(tmp_path, "recall")
+
+
 def test_first_step_log_probs_equal_a_forward_and_leave_answers_unchanged(tiny_llama):
     texts = ["question: a\nanswer:", "context: a long context line here\nquestion: b\nanswer:"]
     first: list[torch.Tensor] = []
@@ -271,7 +287,9 @@ def test_the_shipped_probes_carry_every_combination():
 
     folder = default_assets().probes
     for signal in ("jsd", "disagreement", "recall"):
-        combination = load_combination(folder, signal)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # probe+recall fitted on the current recall reading's scores
+            combination = load_combination(folder, signal)
         assert combination.coef[1] > 0  # more divergence / disagreement / unrecalled reads as more conflict
 
 

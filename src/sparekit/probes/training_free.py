@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -279,17 +280,29 @@ class Combination:
         return 1.0 / (1.0 + np.exp(-z))
 
 
+class StaleCombinationWarning(UserWarning):
+    """A saved probe+recall combination was fitted on an older recall reading's scores."""
+
+
 def save_combinations(folder: Path, combinations: Sequence[Combination], note: str) -> Path:
-    """Write ``detectors.json`` beside the probes in ``folder`` (atomically)."""
+    """Write ``detectors.json`` beside the probes in ``folder`` (atomically); probe+recall records the recall
+    reading (:data:`RECALL_READING`) its scores came from."""
     path = folder / COMBINATIONS_FILE
-    atomic_write_json(path, {"note": note, "combinations": {c.signal: {"coef": list(c.coef), "intercept": c.intercept}
-                                                             for c in combinations}})
+    entries = {c.signal: {"coef": list(c.coef), "intercept": c.intercept,
+                          **({"reading": RECALL_READING} if c.signal == "recall" else {})} for c in combinations}
+    atomic_write_json(path, {"note": note, "combinations": entries})
     return path
 
 
 def load_combination(folder: Path, signal: str) -> Combination:
-    """The ``probe+signal`` combination fitted for the probes in ``folder``; a clear error where there is none."""
+    """The ``probe+signal`` combination fitted for the probes in ``folder``; a clear error where there is none, and a
+    warning where probe+recall was fitted on another recall reading's scores (its weights were fitted on decisions
+    the detector no longer makes; an entry without ``reading`` predates the field: reading 3)."""
     entry = combination_entry(folder, signal)
+    if signal == "recall" and (fitted := entry.get("reading", 3)) != RECALL_READING:
+        warnings.warn(f"{folder / COMBINATIONS_FILE}: probe+recall was fitted on recall reading {fitted}'s scores, "
+                      f"not the current reading {RECALL_READING}'s; refit it with benchmarks/bench_detectors.py "
+                      "--formats --save-combinations", StaleCombinationWarning, stacklevel=2)
     return Combination(signal, tuple(float(c) for c in entry["coef"]), float(entry["intercept"]))
 
 
