@@ -262,7 +262,9 @@ def test_memorised_under_several_seeds_keeps_what_every_seed_answers_and_a_file_
     both = memorised_items(tiny_llama, dataset, tmp_path / "both" / "memorised.json", 3, 8, (42, 0))
     assert [ex.id for ex in both] == [ex.id for ex in dataset][::6] and seeds_asked == [42, 0]
     one = memorised_items(tiny_llama, dataset, tmp_path / "one" / "memorised.json", 3, 8)
-    assert [ex.id for ex in one] == [ex.id for ex in dataset][::2] and seeds_asked == [42, 0, 42]  # its own key
+    assert [ex.id for ex in one] == [ex.id for ex in dataset][::2] and seeds_asked == [42, 0]  # each seed's pass once
+    memorised_items(tiny_llama, dataset, tmp_path / "three" / "memorised.json", 3, 8, (42, 0, 1))
+    assert seeds_asked == [42, 0, 1]  # only the new seed's pass
     with pytest.raises(SparekitError, match="memorised under closed-book seeds 42, not 42,0"):
         memorised_items(tiny_llama, dataset, tmp_path / "one" / "memorised.json", 3, 8, (42, 0))
     assert "memorised_seeds" not in BenchConfig().record()  # run directories from before the option resume

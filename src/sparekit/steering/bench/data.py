@@ -31,26 +31,11 @@ def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_sho
                     seeds: Sequence[int] = (MEMORISED_SEED,)) -> ConflictDataset:
     """The items ``lm`` answers closed-book under every one of ``seeds``' demonstrations, by the ids in ``path``
     (written on the first run with the seeds; one file may serve several runs on the same model and dataset, and a
-    file written for other seeds is refused).
-
-    The ids are also kept in sparekit's cache under the model's hash, the rows' fingerprint, ``k_shot`` and the
-    seeds, so runs in separate folders (``--held-out-relation`` fold by fold, two at once) make the closed-book
-    pass over the dataset once: the second waits for the first, then reads its ids. A model whose hash names no
-    one set of weights (:attr:`~sparekit.models.architecture.ModelInfo.pins_weights`) keeps its ids in ``path`` only.
-    """
+    file written for other seeds is refused)."""
     seeds = [int(s) for s in seeds]
     if not path.is_file():
-        if not lm.info.pins_weights:
-            atomic_write_json(path, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size, seeds), "seeds": seeds})
-        else:
-            named = "" if seeds == [MEMORISED_SEED] else f"|{seeds}"  # the default keeps its earlier key
-            key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}{named}".encode())
-            shared = cache_dir() / "memorised" / f"{key.hexdigest()[:32]}.json"
-            with waiting_lock(shared.with_suffix(".lock")):
-                if not shared.is_file():
-                    atomic_write_json(shared, {"ids": _memorised_ids(lm, dataset, k_shot, batch_size, seeds),
-                                               "seeds": seeds})
-            atomic_write_json(path, read_json(shared))
+        kept = set.intersection(*(set(_memorised_ids(lm, dataset, k_shot, batch_size, seed)) for seed in seeds))
+        atomic_write_json(path, {"ids": [ex.id for ex in dataset if ex.id in kept], "seeds": seeds})
     found = read_json(path)
     recorded = found.get("seeds", [MEMORISED_SEED])  # a file from before the option: the one default seed
     if recorded != seeds:
@@ -61,12 +46,26 @@ def memorised_items(lm: LoadedModel, dataset: ConflictDataset, path: Path, k_sho
     return dataset.subset([i for i, ex in enumerate(dataset) if ex.id in keep])
 
 
-def _memorised_ids(lm: LoadedModel, dataset: ConflictDataset, k_shot: int, batch_size: int,
-                   seeds: Sequence[int]) -> list[str]:
-    """The ids memorised under every seed's closed-book demonstrations, in the dataset's order."""
-    kept = set.intersection(*({ex.id for ex in memorised_subset(lm, dataset, seed=seed, k_shot=k_shot,
-                                                                   batch_size=batch_size)} for seed in seeds))
-    return [ex.id for ex in dataset if ex.id in kept]
+def _memorised_ids(lm: LoadedModel, dataset: ConflictDataset, k_shot: int, batch_size: int, seed: int) -> list[str]:
+    """The ids memorised under one seed's closed-book demonstrations.
+
+    Kept in sparekit's cache under the model's hash, the rows' fingerprint, ``k_shot`` and the seed, so runs in
+    separate folders (``--held-out-relation`` fold by fold, two at once) make each seed's closed-book pass over the
+    dataset once, whatever seeds they combine it with: the second waits for the first, then reads its ids. A model
+    whose hash names no one set of weights (:attr:`~sparekit.models.architecture.ModelInfo.pins_weights`) makes the
+    pass each time."""
+    def closed_book_pass() -> list[str]:
+        return [ex.id for ex in memorised_subset(lm, dataset, seed=seed, k_shot=k_shot, batch_size=batch_size)]
+
+    if not lm.info.pins_weights:
+        return closed_book_pass()
+    named = "" if seed == MEMORISED_SEED else f"|seed {seed}"  # the default seed keeps its earlier key
+    key = hashlib.sha256(f"{lm.info.model_hash}|{dataset_fingerprint(dataset)}|{k_shot}{named}".encode())
+    shared = cache_dir() / "memorised" / f"{key.hexdigest()[:32]}.json"
+    with waiting_lock(shared.with_suffix(".lock")):
+        if not shared.is_file():
+            atomic_write_json(shared, {"ids": closed_book_pass(), "seeds": [seed]})
+    return read_json(shared)["ids"]
 
 
 def benchmark_splits(memorised: ConflictDataset, dataset: ConflictDataset, config: BenchConfig) -> Splits:
