@@ -43,6 +43,13 @@ DECODERS = ("cad", "adacad", "dola")
 GATES = ("gate", "recall")
 
 
+def _require_distinct(option: str, what: str, values: Sequence[Any], example: str) -> None:
+    """One line where ``--option`` lists nothing or a value twice."""
+    if not values or len(set(values)) < len(values):
+        raise SparekitError(f"--{option} {','.join(map(str, values))!r}: give one or more distinct {what}",
+                            f"e.g. --{option} {example}")
+
+
 @dataclass
 class BenchConfig:
     """Everything that determines a steering benchmark's numbers."""
@@ -86,12 +93,8 @@ class BenchConfig:
             raise SparekitError(f"unknown protocol {self.protocol!r}", f"use one of {', '.join(PROTOCOLS)}")
         for name in (self.test_format, *self.fit_formats):  # an unknown format fails before any work
             FORMATS.lookup(name)
-        if not self.memorised_seeds or len(set(self.memorised_seeds)) < len(self.memorised_seeds):
-            raise SparekitError(f"--memorised-seeds {','.join(map(str, self.memorised_seeds))!r}: give one or more "
-                                "distinct seeds", f"e.g. --memorised-seeds {MEMORISED_SEED},0,1")
-        if not self.fit_formats or len(set(self.fit_formats)) < len(self.fit_formats):
-            raise SparekitError(f"--fit-formats {','.join(self.fit_formats)!r}: give one or more distinct formats",
-                                f"e.g. --fit-formats {DEFAULT_FORMAT},zero_shot,llamaindex")
+        _require_distinct("memorised-seeds", "seeds", self.memorised_seeds, f"{MEMORISED_SEED},0,1")
+        _require_distinct("fit-formats", "formats", self.fit_formats, f"{DEFAULT_FORMAT},zero_shot,llamaindex")
         if self.protocol == "paper" and (self.test_format, *self.fit_formats) != (DEFAULT_FORMAT,) * 2:
             raise SparekitError("the paper protocol fits and tests its own three-shot prompts",
                                 "drop --test-format and --fit-formats or use --protocol sparekit")
