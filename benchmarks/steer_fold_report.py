@@ -175,6 +175,10 @@ def main() -> None:
     methods = args.methods.split(",")
     output = BenchConfig(test_format=args.test_format).output
     runs = finished_folds(args.run, methods, output)
+    if not runs:  # each results.json lists the methods of its fold's last bench steer call
+        parser.exit(2, f"steer_fold_report: no held-out-* folder under {args.run} has {output('results.json')} with "
+                       f"every method of --methods {args.methods}; rerun bench steer there with all of them (finished "
+                       f"cells are read back) or list fewer methods\n")
     summary = fold_summary(runs, methods)
     atomic_write_json(args.run / output("folds_done.json"), summary)
     print(f"folds done: {', '.join(runs)}\n")

@@ -4,6 +4,7 @@ settings, steering exactly the test rows the gate fires on and leaving the other
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -108,3 +109,15 @@ def test_em_without_conflict_is_reported_per_direction_against_unsteered(report)
     table = report.no_conflict_table({"a": fold(1.0, 0.9, 10), "b": fold(0.8, 0.8, 30)}, ["none", "cad+recall"])
     # toward memory: mean 85.0 against none's 90.0; pooled (10 x 90 + 30 x 80) / 40 = 82.5; worst fold 80.0
     assert "| cad+recall | 100.0 (+0.0) / 100.0 / 100.0 | 85.0 (-5.0) / 82.5 / 80.0 |" in table
+
+
+def test_a_run_without_a_fold_holding_every_method_is_one_line_error(report, tmp_path, monkeypatch, capsys):
+    fold = tmp_path / "held-out-x"
+    fold.mkdir()
+    (fold / "results.json").write_text(json.dumps({"methods": {"none": {}, "cad+recall": {}}}))
+    assert list(report.finished_folds(tmp_path, ["none", "cad+recall"])) == ["x"]
+    monkeypatch.setattr(sys, "argv", ["steer_fold_report.py", str(tmp_path), "--methods", "none,adacad+recall"])
+    with pytest.raises(SystemExit) as exit_info:
+        report.main()
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in error and "none,adacad+recall" in error
