@@ -124,7 +124,11 @@ def generate_keyed(lm: LoadedModel, prompts: dict[str, str], batch_size: int, ch
     return predictions
 
 
-def closed_book_predictions(lm: LoadedModel, dataset: ConflictDataset, seed: int = 42, k_shot: int = 3,
+#: the closed-book demonstration seed that decides which items the model has memorised
+MEMORISED_SEED = 42
+
+
+def closed_book_predictions(lm: LoadedModel, dataset: ConflictDataset, seed: int = MEMORISED_SEED, k_shot: int = 3,
                             batch_size: int = 8, cache_dir: Path | None = None) -> list[str]:
     """The few-shot closed-book prediction for each row (shared by the rows of a question group).
 
@@ -136,7 +140,7 @@ def closed_book_predictions(lm: LoadedModel, dataset: ConflictDataset, seed: int
     return [by_group[ex.group] for ex in dataset]
 
 
-def memorised_subset(lm: LoadedModel, dataset: ConflictDataset, seed: int = 42, k_shot: int = 3,
+def memorised_subset(lm: LoadedModel, dataset: ConflictDataset, seed: int = MEMORISED_SEED, k_shot: int = 3,
                      batch_size: int = 8, cache_dir: Path | None = None) -> ConflictDataset:
     """Rows whose question the model answers correctly closed-book: only these can be in conflict."""
     preds = closed_book_predictions(lm, dataset, seed, k_shot, batch_size, cache_dir)

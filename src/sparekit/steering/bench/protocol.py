@@ -22,6 +22,7 @@ from sparekit.data.dataset import ConflictDataset
 from sparekit.data.formats import DEFAULT_FORMAT, FORMATS, PromptFormat
 from sparekit.data.prompts import THREE_SHOT, demo_block, item_demos, item_format
 from sparekit.errors import SparekitError
+from sparekit.evaluation.harness import MEMORISED_SEED  # memorised_seeds' default
 from sparekit.reporting.steering import describe
 from sparekit.steering.base import Direction, SteeringMethod, SteeringPrompt, make_method
 
@@ -32,8 +33,6 @@ DEFAULT_METHODS = ("none", "icl", "cad", "dola", "actadd", "sea", "knob", "spare
 EXTENSIBLE = ("methods", "param_grids", "strength_grids", "sweep_strengths", "seeds", "test_format")
 #: the demonstration seed of the dev prompts (test prompts use the config's seeds)
 DEV_SEED = 7
-#: the closed-book demonstration seed that decides which items the model has memorised (``memorised_seeds``)
-MEMORISED_SEED = 42
 #: "sparekit": this project's protocol (module docstring); "paper": the official SpARE code's (:func:`paper_config`)
 PROTOCOLS = ("sparekit", "paper")
 #: the decoding-level methods a label may add to another (``spare+cad``)
